@@ -1,0 +1,174 @@
+"""Validated specs of a stream: its model family, loss, optimizer, dtype, drift detector.
+
+A spec is the whole recipe for a stream's model: two streams with equal specs start in the same state (given
+the seed). Specs are frozen pydantic models; unknown fields are errors, so a typo never silently becomes a
+default.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "TRACKIN_DEFAULTS",
+    "ARModel",
+    "AdamSpec",
+    "DriftSpec",
+    "LinearModel",
+    "MLPModel",
+    "ModelSpec",
+    "OptimizerSpec",
+    "SGDSpec",
+    "StreamSpec",
+    "TrackInSpec",
+    "layer_sizes",
+]
+
+MAX_WIDTH = 4096
+Init = Literal["zeros", "random"]
+Activation = Literal["relu", "tanh", "gelu", "sigmoid"]
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LinearModel(_Spec):
+    """``y = W x + b``: in_dim -> out_dim."""
+
+    family: Literal["linear"] = "linear"
+    in_dim: Width
+    out_dim: Width = 1
+    init: Init = "zeros"
+    seed: int = Field(default=0, ge=0)
+
+
+class MLPModel(_Spec):
+    """A multilayer perceptron: in_dim -> hidden... -> out_dim, one activation between layers."""
+
+    family: Literal["mlp"] = "mlp"
+    in_dim: Width
+    hidden: tuple[Width, ...] = Field(default=(32,), min_length=1, max_length=8)
+    activation: Activation = "tanh"
+    out_dim: Width = 1
+    init: Init = "random"
+    seed: int = Field(default=0, ge=0)
+
+
+class ARModel(_Spec):
+    """A series model: from the last ``lags`` observations of ``dim`` values (or their changes, for target
+    ``delta``) predict the next observation. ``hidden`` turns the linear head into an MLP."""
+
+    family: Literal["ar"] = "ar"
+    dim: Width = 1
+    lags: Annotated[int, Field(ge=1, le=256)] = 8
+    target: Literal["level", "delta"] = "delta"
+    hidden: tuple[Width, ...] = Field(default=(), max_length=8)
+    activation: Activation = "tanh"
+    init: Init = "zeros"
+    seed: int = Field(default=0, ge=0)
+
+    @property
+    def window(self) -> int:
+        """Observations the lag buffer holds: one more than ``lags`` for changes."""
+        return self.lags + 1 if self.target == "delta" else self.lags
+
+
+ModelSpec = Annotated[LinearModel | MLPModel | ARModel, Field(discriminator="family")]
+
+
+def layer_sizes(model: LinearModel | MLPModel | ARModel) -> list[int]:
+    """Widths from input to output; every family is a stack of affine layers."""
+    if isinstance(model, LinearModel):
+        return [model.in_dim, model.out_dim]
+    if isinstance(model, MLPModel):
+        return [model.in_dim, *model.hidden, model.out_dim]
+    return [model.lags * model.dim, *model.hidden, model.dim]
+
+
+class TrackInSpec(_Spec):
+    """TrackIn's hyperparameters (docs/trackin.md)."""
+
+    name: Literal["trackin"] = "trackin"
+    lr: float = Field(default=0.05, gt=0, le=1e3)
+    gamma: float = Field(default=0.9, ge=0, lt=1)
+    beta: float = Field(default=1.0, ge=0, le=1e3)
+    beta_rule: Literal["constant", "cos", "norm"] = "cos"
+    debias: bool = True
+    eta: float = Field(default=0.0, ge=0, le=1e3)
+    eps_decay: float = Field(default=0.9, ge=0, le=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float | None = Field(default=None, gt=0)
+
+
+TRACKIN_DEFAULTS = TrackInSpec()
+"""TrackIn's defaults, chosen with bench/accuracy.py (docs/trackin.md); the optimizer class uses them too."""
+
+
+class SGDSpec(_Spec):
+    """SGD with optional momentum, dampening and debiasing (a baseline)."""
+
+    name: Literal["sgd"] = "sgd"
+    lr: float = Field(default=0.05, gt=0, le=1e3)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    dampening: float = Field(default=0.0, ge=0, le=1)
+    debias: bool = False
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float | None = Field(default=None, gt=0)
+
+
+class AdamSpec(_Spec):
+    """Adam (a baseline)."""
+
+    name: Literal["adam"] = "adam"
+    lr: float = Field(default=1e-2, gt=0, le=1e3)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.999, ge=0, lt=1)
+    eps: float = Field(default=1e-8, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float | None = Field(default=None, gt=0)
+
+
+OptimizerSpec = Annotated[TrackInSpec | SGDSpec | AdamSpec, Field(discriminator="name")]
+
+
+class DriftSpec(_Spec):
+    """Page-Hinkley test on the loss, in units of the stream's mean loss (so one default fits all scales).
+
+    ``delta``: tolerated relative rise; ``threshold``: alarm level of the cumulative statistic; ``warmup``:
+    steps before the test arms; ``reset_momentum``: clear the optimizer's momentum on a drift.
+    """
+
+    enabled: bool = True
+    delta: float = Field(default=0.1, ge=0)
+    threshold: float = Field(default=30.0, gt=0)
+    warmup: int = Field(default=30, ge=1)
+    reset_momentum: bool = False
+
+
+class StreamSpec(_Spec):
+    """Everything that defines a stream's model and how it learns."""
+
+    model: ModelSpec
+    loss: Literal["mse", "huber", "bce"] = "mse"
+    huber_delta: float = Field(default=1.0, gt=0)
+    optimizer: OptimizerSpec = Field(default_factory=TrackInSpec)
+    dtype: Literal["float32", "float64"] = "float32"
+    export_metrics: bool = False
+    drift: DriftSpec = Field(default_factory=DriftSpec)
+
+    def pool_key(self) -> tuple[object, ...]:
+        """Streams with equal keys share stacked tensors: same shapes, loss, optimizer kind and dtype."""
+        structure = self.model.model_dump(exclude={"init", "seed"})
+        eps_on = isinstance(self.optimizer, TrackInSpec) and self.optimizer.eta > 0
+        momentum_on = isinstance(self.optimizer, SGDSpec) and self.optimizer.momentum > 0
+        return (
+            tuple(sorted((k, str(v)) for k, v in structure.items())),
+            self.loss,
+            self.optimizer.name,
+            eps_on or momentum_on,
+            self.dtype,
+        )
