@@ -162,22 +162,22 @@ class StreamPool:
             self.state[f"param/{name}"][slot].copy_(value)
         opt = spec.optimizer.model_dump()
         for h in _HYPER[self.optimizer]:
-            value = opt[h]
+            raw = opt[h]
             if h == "beta_rule":
-                value = F.beta_rule_code(value)
-            elif h == "max_grad_norm" and value is None:
-                value = float("inf")
-            self.state[f"hyper/{h}"][slot].fill_(value)
+                raw = F.beta_rule_code(raw)
+            elif h == "max_grad_norm" and raw is None:
+                raw = float("inf")
+            self.state[f"hyper/{h}"][slot].fill_(raw)
         self.state["hyper/huber_delta"][slot].fill_(spec.huber_delta)
         d = spec.drift
-        for key, value in (
+        for key, setting in (
             ("delta", d.delta),
             ("threshold", d.threshold),
             ("warmup", d.warmup),
             ("enabled", d.enabled),
             ("reset", d.reset_momentum),
         ):
-            self.state[f"drift/{key}"][slot].fill_(value)
+            self.state[f"drift/{key}"][slot].fill_(setting)
         for f in ("last_loss", "loss_ewma", "grad_norm", "beta", "eps_norm"):
             self.state[f"fig/{f}"][slot].fill_(float("nan"))
         return slot
