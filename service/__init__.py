@@ -1,0 +1,1 @@
+"""trackin's HTTP service."""

@@ -1,0 +1,87 @@
+"""Turn a stream's tensors into checkpoint bytes and back, with a format version.
+
+safetensors, never pickle: a checkpoint read from a shared Redis or a copied file must not be able to
+run code, and safetensors blobs are plain, bounds-checked data. The format version lives in the
+checkpoint meta (``meta["format"]``) so it can be checked before the blob is touched:
+
+- the current version loads as is;
+- an older known version loads, then goes through `_UPGRADES` one version at a time;
+- a newer or unknown version, or a blob that does not parse, raises `CorruptCheckpoint` naming the
+  stream, so one bad record is reported instead of silently reset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from service.store.errors import CorruptCheckpoint
+
+__all__ = ["FORMAT_KEY", "FORMAT_VERSION", "decode_state", "encode_state"]
+
+FORMAT_VERSION = 1
+"""Bump when the tensor layout changes, and add the step from the previous version to `_UPGRADES`."""
+
+FORMAT_KEY = "format"
+"""The meta key the codec owns; whatever a caller puts there is overwritten on encode."""
+
+Upgrade = Callable[[dict[str, torch.Tensor], Mapping[str, Any]], dict[str, torch.Tensor]]
+"""Turns tensors of format ``v`` into format ``v + 1``; meta is read-only context (e.g. the spec)."""
+
+_UPGRADES: dict[int, Upgrade] = {
+    # Format 1 is the first; when format 2 arrives, register ``1: _upgrade_v1_to_v2`` here.
+}
+
+
+def encode_state(
+    tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
+) -> tuple[bytes, dict[str, Any]]:
+    """Serialize ``tensors`` and return ``(blob, meta with the format version)``.
+
+    Tensors are detached, moved to the CPU and made contiguous first, so state living on a GPU or
+    as a strided view of a batched engine tensor encodes the same as a plain CPU tensor.
+    """
+    plain: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"encode_state expects dict[str, Tensor]; got entry {name!r}")
+        plain[name] = tensor.detach().to("cpu").contiguous()
+    blob: bytes = safetensors.torch.save(plain)
+    return blob, {**meta, FORMAT_KEY: FORMAT_VERSION}
+
+
+def decode_state(stream_id: str, blob: bytes, meta: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Load the tensors of a checkpoint of ``stream_id``, upgrading older formats to the current one.
+
+    Raises `CorruptCheckpoint` (naming the stream) for a missing, unknown or newer format and for a
+    blob that is truncated or otherwise does not parse.
+    """
+    version = _format_version(stream_id, meta)
+    try:
+        tensors: dict[str, torch.Tensor] = safetensors.torch.load(blob)
+    except Exception as exc:  # any parse failure of stored bytes means the record is corrupt
+        raise CorruptCheckpoint(stream_id, f"tensor blob does not parse: {exc}") from exc
+    while version < FORMAT_VERSION:
+        upgrade = _UPGRADES.get(version)
+        if upgrade is None:
+            raise CorruptCheckpoint(stream_id, f"no upgrade from format {version}")
+        tensors = upgrade(tensors, meta)
+        version += 1
+    return tensors
+
+
+def _format_version(stream_id: str, meta: Mapping[str, Any]) -> int:
+    version = meta.get(FORMAT_KEY)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CorruptCheckpoint(stream_id, f"missing or invalid format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise CorruptCheckpoint(
+            stream_id,
+            f"format {version} is newer than this trackin supports ({FORMAT_VERSION}); upgrade trackin",
+        )
+    if version < 1:
+        raise CorruptCheckpoint(stream_id, f"unknown format {version}")
+    return version

@@ -1,0 +1,364 @@
+"""`Store` on Redis: shared state for several servers, with the log in Redis Streams.
+
+The client is wrapped, never subclassed, so the store's surface stays the `Store` contract and a
+redis-py upgrade cannot leak new methods into it. Timeouts are short and retries off: a dead Redis
+must turn into `StoreUnavailable` (503) within about one timeout, and a blind retry of a
+non-idempotent command (XADD, INCR) could log an observation twice.
+
+Fenced writes and deletes are Lua scripts, so the compare and the write are one atomic step on the
+server; a batch of writes is one pipeline of EVALSHA calls, one round trip. Durability of an
+acknowledged append is whatever the server's AOF policy gives (``appendfsync always`` for none lost).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+import redis.asyncio
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from service.store.base import (
+    Checkpoint,
+    LogEntry,
+    Store,
+    WriteOutcome,
+    check_counter,
+    check_limit,
+    check_record_kind,
+    check_record_name,
+    check_stream_id,
+    prefix_upper_bound,
+)
+from service.store.errors import CorruptCheckpoint, StoreError, StoreUnavailable
+from service.store.keys import DEFAULT_PREFIX, RedisKeys
+
+__all__ = ["DEFAULT_TIMEOUT", "RedisStore"]
+
+DEFAULT_TIMEOUT = 2.0
+"""Seconds for connect and for each reply; long enough for a busy server, short enough for a 503."""
+
+# KEYS: checkpoint hash, stream index. ARGV: id, epoch, step, log_position, meta, tensors.
+_WRITE_LUA = """
+local cur = redis.call('HMGET', KEYS[1], 'epoch', 'step', 'deleted')
+if cur[1] then
+  local epoch, step = tonumber(ARGV[2]), tonumber(ARGV[3])
+  local stored_epoch, stored_step = tonumber(cur[1]), tonumber(cur[2])
+  if cur[3] == '1' then
+    if epoch < stored_epoch then return 0 end
+  elseif epoch < stored_epoch or (epoch == stored_epoch and step <= stored_step) then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'step', ARGV[3], 'log_position', ARGV[4],
+           'meta', ARGV[5], 'tensors', ARGV[6], 'deleted', '0')
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+return 1
+"""
+
+# KEYS: checkpoint hash, stream index, log stream, log index. ARGV: id, epoch.
+_DELETE_LUA = """
+local stored = redis.call('HGET', KEYS[1], 'epoch')
+if stored and tonumber(stored) > tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'step', '0', 'deleted', '1')
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[1])
+return 1
+"""
+
+_CHECKPOINT_FIELDS = ("epoch", "step", "log_position", "meta", "tensors", "deleted")
+_PAYLOAD_FIELD = b"p"
+_POSITION = re.compile(r"(\d+)-(\d+)")
+_MAX_SEQ = 2**64 - 1
+_PAGE = 1000  # entries per XRANGE / keys per XLEN pipeline, so one reply never grows unbounded
+
+
+class RedisStore(Store):
+    """Store on one Redis server (or a replicated primary); several trackin servers may share it."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = DEFAULT_PREFIX,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"Invalid timeout: {timeout}")
+        self.url = url
+        self.keys = RedisKeys(key_prefix)
+        self.timeout = timeout
+        self._where = _redact(url)
+        self._client: redis.asyncio.Redis | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        if self._client is not None:
+            return
+        client = redis.asyncio.Redis.from_url(
+            self.url,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._write_script = client.register_script(_WRITE_LUA)
+        self._delete_script = client.register_script(_DELETE_LUA)
+        try:
+            with self._errors():
+                await client.ping()
+        except BaseException:
+            await client.aclose()
+            raise
+        self._client = client
+
+    async def shutdown(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    @property
+    def _redis(self) -> redis.asyncio.Redis:
+        if self._client is None:
+            raise StoreUnavailable("Redis store is not started")
+        return self._client
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Translate redis-py and socket errors into the store's exception tree."""
+        try:
+            yield
+        except (
+            redis.exceptions.ConnectionError,  # includes BusyLoadingError (AOF still loading)
+            redis.exceptions.TimeoutError,
+            redis.exceptions.ReadOnlyError,  # a replica after failover: retry on the new primary
+            OSError,
+            TimeoutError,
+        ) as exc:
+            raise StoreUnavailable(f"Redis at {self._where}: {exc}") from exc
+        except redis.exceptions.RedisError as exc:
+            raise StoreError(f"Redis at {self._where}: {exc}") from exc
+
+    # -- control ---------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        with self._errors():
+            await self._redis.ping()
+
+    async def acquire_epoch(self) -> int:
+        with self._errors():
+            return int(await self._redis.incr(self.keys.epoch))
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    async def write_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> WriteOutcome:
+        calls: list[tuple[list[str], list[str | int | bytes]]] = [
+            (
+                [self.keys.checkpoint(c.stream_id), self.keys.stream_index],
+                [c.stream_id, c.epoch, c.step, c.log_position, orjson.dumps(c.meta), c.tensors],
+            )
+            for c in checkpoints
+        ]
+        results: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        with self._errors():
+            for _ in range(2):  # the second pass only runs after NOSCRIPT (cache lost on restart)
+                pipe = self._redis.pipeline(transaction=False)
+                for i in pending:
+                    keys, args = calls[i]
+                    pipe.evalsha(self._write_script.sha, len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False) if pending else []
+                for i, reply in zip(pending, replies, strict=True):
+                    results[i] = reply
+                pending = [i for i in pending if isinstance(results[i], redis.exceptions.NoScriptError)]
+                if not pending:
+                    break
+                await self._redis.script_load(_WRITE_LUA)
+            for reply in results:
+                if isinstance(reply, Exception):
+                    raise reply
+        outcome = WriteOutcome(accepted=[], rejected=[])
+        for c, reply in zip(checkpoints, results, strict=True):
+            (outcome.accepted if reply == 1 else outcome.rejected).append(c.stream_id)
+        return outcome
+
+    async def read_checkpoint(self, stream_id: str) -> Checkpoint | None:
+        return (await self.read_checkpoints([stream_id])).get(stream_id)
+
+    async def read_checkpoints(self, stream_ids: Sequence[str]) -> dict[str, Checkpoint]:
+        ids = list(dict.fromkeys(check_stream_id(s) for s in stream_ids))
+        if not ids:
+            return {}
+        with self._errors():
+            pipe = self._redis.pipeline(transaction=False)
+            for stream_id in ids:
+                pipe.hmget(self.keys.checkpoint(stream_id), _CHECKPOINT_FIELDS)
+            replies = await pipe.execute()
+        found: dict[str, Checkpoint] = {}
+        for stream_id, fields in zip(ids, replies, strict=True):
+            checkpoint = _checkpoint_from_fields(stream_id, fields)
+            if checkpoint is not None:
+                found[stream_id] = checkpoint
+        return found
+
+    async def delete_stream(self, stream_id: str, epoch: int) -> bool:
+        check_counter("epoch", epoch)
+        keys = [
+            self.keys.checkpoint(stream_id),
+            self.keys.stream_index,
+            self.keys.log(stream_id),
+            self.keys.log_index,
+        ]
+        with self._errors():
+            return bool(await self._delete_script(keys=keys, args=[stream_id, epoch]))
+
+    async def list_streams(self, prefix: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
+        check_limit(limit)
+        if cursor is not None and cursor >= prefix:
+            low = b"(" + cursor.encode()
+        else:
+            low = b"[" + prefix.encode() if prefix else b"-"
+        upper = prefix_upper_bound(prefix)
+        high = b"+" if upper is None else b"(" + upper.encode()
+        with self._errors():
+            raw = await self._redis.zrangebylex(self.keys.stream_index, low, high, 0, limit + 1)
+        ids = [_text(item) for item in raw]
+        if len(ids) > limit:
+            return ids[:limit], ids[limit - 1]
+        return ids, None
+
+    async def count_streams(self) -> int:
+        with self._errors():
+            return int(await self._redis.zcard(self.keys.stream_index))
+
+    # -- durability log --------------------------------------------------------------------------
+
+    async def append_log(self, entries: Sequence[LogEntry]) -> list[str]:
+        if not entries:
+            return []
+        # MULTI/EXEC: the batch is logged whole or not at all, still in one round trip.
+        with self._errors():
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.sadd(self.keys.log_index, *{e.stream_id for e in entries})
+            for entry in entries:
+                pipe.xadd(self.keys.log(entry.stream_id), {_PAYLOAD_FIELD: entry.payload})
+            replies = await pipe.execute()
+        return [_text(position) for position in replies[1:]]
+
+    async def read_log(self, stream_id: str, after: str) -> list[tuple[str, bytes]]:
+        key = self.keys.log(stream_id)
+        low = "-" if after == "" else "(" + _check_position(after)
+        out: list[tuple[str, bytes]] = []
+        with self._errors():
+            while True:
+                page = await self._redis.xrange(key, min=low, max="+", count=_PAGE) or []
+                out.extend((_text(pos), _bytes((fields or {})[_PAYLOAD_FIELD])) for pos, fields in page)
+                if len(page) < _PAGE:
+                    return out
+                low = "(" + out[-1][0]
+
+    async def trim_log(self, stream_id: str, upto: str) -> None:
+        key = self.keys.log(stream_id)
+        if upto == "":
+            return
+        ms, seq = map(int, _POSITION.fullmatch(_check_position(upto)).groups())  # type: ignore[union-attr]
+        # MINID keeps ids >= its argument, so pass the id right after ``upto``.
+        min_id = f"{ms}-{seq + 1}" if seq < _MAX_SEQ else f"{ms + 1}-0"
+        with self._errors():
+            await self._redis.xtrim(key, minid=min_id, approximate=False)
+
+    async def log_length(self) -> int:
+        total = 0
+        with self._errors():
+            batch: list[bytes] = []
+            async for stream_id in self._redis.sscan_iter(self.keys.log_index, count=_PAGE):
+                batch.append(stream_id)
+                if len(batch) >= _PAGE:
+                    total += await self._xlen_sum(batch)
+                    batch = []
+            total += await self._xlen_sum(batch)
+        return total
+
+    async def _xlen_sum(self, stream_ids: list[bytes]) -> int:
+        if not stream_ids:
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        for stream_id in stream_ids:
+            pipe.xlen(self.keys.log(stream_id.decode()))
+        return sum(int(n) for n in await pipe.execute())
+
+    # -- records ---------------------------------------------------------------------------------
+
+    async def put_record(self, kind: str, name: str, value: dict[str, Any]) -> None:
+        check_record_name(name)
+        if not isinstance(value, dict):
+            raise ValueError(f"Invalid record value: expected dict, got {type(value).__name__}")
+        with self._errors():
+            await self._redis.hset(self.keys.records(kind), name, orjson.dumps(value))
+
+    async def delete_record(self, kind: str, name: str) -> None:
+        check_record_name(name)
+        with self._errors():
+            await self._redis.hdel(self.keys.records(kind), name)
+
+    async def list_records(self, kind: str) -> dict[str, dict[str, Any]]:
+        check_record_kind(kind)
+        with self._errors():
+            raw = await self._redis.hgetall(self.keys.records(kind))
+        out: dict[str, dict[str, Any]] = {}
+        for name, text in sorted(raw.items()):
+            value = orjson.loads(text)
+            if not isinstance(value, dict):
+                raise StoreError(f"record {kind}/{_text(name)!r} is not a JSON object")
+            out[_text(name)] = value
+        return out
+
+
+def _bytes(reply: object) -> bytes:
+    """A reply that must be bytes (the client never decodes); anything else is a protocol surprise."""
+    if not isinstance(reply, bytes):
+        raise StoreError(f"unexpected Redis reply {reply!r}")
+    return reply
+
+
+def _text(reply: object) -> str:
+    return _bytes(reply).decode()
+
+
+def _check_position(position: str) -> str:
+    """Redis positions are stream entry ids ``<ms>-<seq>``; anything else is a caller bug."""
+    if not isinstance(position, str) or _POSITION.fullmatch(position) is None:
+        raise ValueError(f"Invalid log position: {position!r}")
+    return position
+
+
+def _checkpoint_from_fields(stream_id: str, fields: list[bytes | None]) -> Checkpoint | None:
+    epoch, step, log_position, meta, tensors, deleted = fields
+    if epoch is None or deleted == b"1":
+        return None
+    if step is None or log_position is None or meta is None or tensors is None:
+        raise CorruptCheckpoint(stream_id, "checkpoint hash is missing fields")
+    try:
+        meta_value = orjson.loads(meta)
+        if not isinstance(meta_value, dict):
+            raise ValueError("meta is not a JSON object")
+        return Checkpoint(stream_id, int(epoch), int(step), log_position.decode(), meta_value, bytes(tensors))
+    except (ValueError, TypeError) as exc:  # covers orjson and int() parse errors
+        raise CorruptCheckpoint(stream_id, f"unreadable record: {exc}") from exc
+
+
+def _redact(url: str) -> str:
+    """The URL for error messages, without a password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))

@@ -1,0 +1,408 @@
+"""`Store` on a local SQLite file: the zero-dependency default for a single server.
+
+All SQL runs on one dedicated worker thread that owns the connection. sqlite3 calls block, so they
+must stay off the event loop, and one thread serializes them without any locking of our own.
+Every write is one transaction (``BEGIN IMMEDIATE`` takes the write lock up front, so two processes
+sharing the file queue on ``busy_timeout`` instead of failing on a lock upgrade).
+
+Durability. The journal is WAL. With ``synchronous=NORMAL`` (the default) a commit is durable against
+a crash of the *process* (the WAL is in the OS), but a power loss or kernel crash can drop the last
+commits; the file is never corrupted either way. ``synchronous=FULL`` fsyncs the WAL on every commit,
+so an acknowledged log append also survives power loss, at the cost of one fsync per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import orjson
+
+from service.store.base import (
+    Checkpoint,
+    LogEntry,
+    Store,
+    WriteOutcome,
+    check_counter,
+    check_limit,
+    check_record_kind,
+    check_record_name,
+    check_stream_id,
+    prefix_upper_bound,
+)
+from service.store.errors import CorruptCheckpoint, StoreError, StoreUnavailable
+
+__all__ = ["SQLiteStore", "Synchronous"]
+
+Synchronous = Literal["NORMAL", "FULL"]
+T = TypeVar("T")
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS checkpoints (
+    stream_id    TEXT PRIMARY KEY,
+    epoch        INTEGER NOT NULL,
+    step         INTEGER NOT NULL,
+    log_position TEXT NOT NULL,
+    meta         TEXT NOT NULL,
+    tensors      BLOB NOT NULL,
+    deleted      INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS log (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id TEXT NOT NULL,
+    payload   BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS log_stream_seq ON log (stream_id, seq);
+CREATE TABLE IF NOT EXISTS epochs (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    kind  TEXT NOT NULL,
+    name  TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (kind, name)
+);
+"""
+
+# Fencing lives in the WHERE of the upsert, so check and write are one statement; rowcount 0 = refused.
+_FENCED_UPSERT = """
+INSERT INTO checkpoints (stream_id, epoch, step, log_position, meta, tensors, deleted)
+VALUES (?, ?, ?, ?, ?, ?, 0)
+ON CONFLICT (stream_id) DO UPDATE SET
+    epoch = excluded.epoch, step = excluded.step, log_position = excluded.log_position,
+    meta = excluded.meta, tensors = excluded.tensors, deleted = 0
+WHERE excluded.epoch > checkpoints.epoch
+   OR (excluded.epoch = checkpoints.epoch
+       AND (excluded.step > checkpoints.step OR checkpoints.deleted = 1))
+"""
+
+_SELECT_CHECKPOINT = """
+SELECT stream_id, epoch, step, log_position, meta, tensors FROM checkpoints
+WHERE deleted = 0 AND stream_id IN ({marks})
+"""
+
+_IN_CHUNK = 500  # well under SQLite's bound-parameter limit
+
+
+class SQLiteStore(Store):
+    """Store backed by one SQLite file; safe to share between processes on one host."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: Synchronous = "NORMAL",
+        busy_timeout: float = 5.0,
+    ) -> None:
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"Invalid synchronous: {synchronous!r}")
+        if busy_timeout <= 0:
+            raise ValueError(f"Invalid busy_timeout: {busy_timeout}")
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None  # touched only on the worker thread
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trackin-sqlite")
+        try:
+            await self._run(self._open)
+        except BaseException:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+            raise
+
+    async def shutdown(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._close)
+        finally:
+            executor.shutdown(wait=True)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            with _transaction(conn):
+                _create_schema(conn)
+                conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the worker thread, translating sqlite3 errors into the store's tree."""
+        executor = self._executor
+        if executor is None:
+            raise StoreUnavailable("SQLite store is not started")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn)
+        except sqlite3.OperationalError as exc:  # locked, busy, I/O, disk full, read-only
+            raise StoreUnavailable(f"SQLite at {self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite at {self.path}: {exc}") from exc
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable("SQLite store is not started")
+        return self._conn
+
+    # -- control ---------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._db.execute("SELECT 1").fetchone())
+
+    async def acquire_epoch(self) -> int:
+        def acquire() -> int:
+            db = self._db
+            with _transaction(db):
+                row = db.execute(
+                    "INSERT INTO epochs (id, value) VALUES (1, 1) "
+                    "ON CONFLICT (id) DO UPDATE SET value = value + 1 RETURNING value"
+                ).fetchone()
+            return int(row[0])
+
+        return await self._run(acquire)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    async def write_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> WriteOutcome:
+        rows = [
+            (c.stream_id, c.epoch, c.step, c.log_position, orjson.dumps(c.meta).decode(), c.tensors)
+            for c in checkpoints
+        ]
+
+        def write() -> WriteOutcome:
+            db = self._db
+            outcome = WriteOutcome(accepted=[], rejected=[])
+            with _transaction(db):
+                for row in rows:
+                    stored = db.execute(_FENCED_UPSERT, row).rowcount == 1
+                    (outcome.accepted if stored else outcome.rejected).append(row[0])
+            return outcome
+
+        if not rows:
+            return WriteOutcome(accepted=[], rejected=[])
+        return await self._run(write)
+
+    async def read_checkpoint(self, stream_id: str) -> Checkpoint | None:
+        return (await self.read_checkpoints([stream_id])).get(stream_id)
+
+    async def read_checkpoints(self, stream_ids: Sequence[str]) -> dict[str, Checkpoint]:
+        ids = list(dict.fromkeys(check_stream_id(s) for s in stream_ids))
+
+        def read() -> list[tuple[Any, ...]]:
+            rows: list[tuple[Any, ...]] = []
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
+                sql = _SELECT_CHECKPOINT.format(marks=",".join("?" * len(chunk)))
+                rows.extend(self._db.execute(sql, chunk).fetchall())
+            return rows
+
+        if not ids:
+            return {}
+        return {row[0]: _checkpoint_from_row(row) for row in await self._run(read)}
+
+    async def delete_stream(self, stream_id: str, epoch: int) -> bool:
+        check_stream_id(stream_id)
+        check_counter("epoch", epoch)
+
+        def delete() -> bool:
+            db = self._db
+            with _transaction(db):
+                row = db.execute("SELECT epoch FROM checkpoints WHERE stream_id = ?", (stream_id,)).fetchone()
+                if row is not None and row[0] > epoch:
+                    return False
+                db.execute(
+                    "INSERT OR REPLACE INTO checkpoints "
+                    "(stream_id, epoch, step, log_position, meta, tensors, deleted) "
+                    "VALUES (?, ?, 0, '', '{}', x'', 1)",
+                    (stream_id, epoch),
+                )
+                db.execute("DELETE FROM log WHERE stream_id = ?", (stream_id,))
+            return True
+
+        return await self._run(delete)
+
+    async def list_streams(self, prefix: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
+        check_limit(limit)
+        sql = "SELECT stream_id FROM checkpoints WHERE deleted = 0 AND stream_id >= ?"
+        args: list[Any] = [prefix]
+        upper = prefix_upper_bound(prefix)
+        if upper is not None:
+            sql += " AND stream_id < ?"
+            args.append(upper)
+        if cursor is not None:
+            sql += " AND stream_id > ?"
+            args.append(cursor)
+        sql += " ORDER BY stream_id LIMIT ?"
+        args.append(limit + 1)  # one extra row tells whether another page exists
+
+        def page() -> list[str]:
+            return [row[0] for row in self._db.execute(sql, args).fetchall()]
+
+        ids = await self._run(page)
+        if len(ids) > limit:
+            return ids[:limit], ids[limit - 1]
+        return ids, None
+
+    async def count_streams(self) -> int:
+        def count() -> int:
+            row = self._db.execute("SELECT COUNT(*) FROM checkpoints WHERE deleted = 0").fetchone()
+            return int(row[0])
+
+        return await self._run(count)
+
+    # -- durability log --------------------------------------------------------------------------
+
+    async def append_log(self, entries: Sequence[LogEntry]) -> list[str]:
+        rows = [(e.stream_id, e.payload) for e in entries]
+
+        def append() -> list[str]:
+            db = self._db
+            with _transaction(db):
+                return [
+                    str(db.execute("INSERT INTO log (stream_id, payload) VALUES (?, ?)", r).lastrowid)
+                    for r in rows
+                ]
+
+        if not rows:
+            return []
+        return await self._run(append)
+
+    async def read_log(self, stream_id: str, after: str) -> list[tuple[str, bytes]]:
+        check_stream_id(stream_id)
+        seq = _parse_position(after)
+
+        def read() -> list[tuple[str, bytes]]:
+            cur = self._db.execute(
+                "SELECT seq, payload FROM log WHERE stream_id = ? AND seq > ? ORDER BY seq",
+                (stream_id, seq),
+            )
+            return [(str(s), bytes(p)) for s, p in cur.fetchall()]
+
+        return await self._run(read)
+
+    async def trim_log(self, stream_id: str, upto: str) -> None:
+        check_stream_id(stream_id)
+        seq = _parse_position(upto)
+
+        def trim() -> None:
+            db = self._db
+            with _transaction(db):
+                db.execute("DELETE FROM log WHERE stream_id = ? AND seq <= ?", (stream_id, seq))
+
+        await self._run(trim)
+
+    async def log_length(self) -> int:
+        def count() -> int:
+            return int(self._db.execute("SELECT COUNT(*) FROM log").fetchone()[0])
+
+        return await self._run(count)
+
+    # -- records ---------------------------------------------------------------------------------
+
+    async def put_record(self, kind: str, name: str, value: dict[str, Any]) -> None:
+        check_record_kind(kind)
+        check_record_name(name)
+        if not isinstance(value, dict):
+            raise ValueError(f"Invalid record value: expected dict, got {type(value).__name__}")
+        text = orjson.dumps(value).decode()
+
+        def put() -> None:
+            db = self._db
+            with _transaction(db):
+                db.execute(
+                    "INSERT OR REPLACE INTO records (kind, name, value) VALUES (?, ?, ?)",
+                    (kind, name, text),
+                )
+
+        await self._run(put)
+
+    async def delete_record(self, kind: str, name: str) -> None:
+        check_record_kind(kind)
+        check_record_name(name)
+
+        def delete() -> None:
+            db = self._db
+            with _transaction(db):
+                db.execute("DELETE FROM records WHERE kind = ? AND name = ?", (kind, name))
+
+        await self._run(delete)
+
+    async def list_records(self, kind: str) -> dict[str, dict[str, Any]]:
+        check_record_kind(kind)
+
+        def list_() -> list[tuple[str, str]]:
+            cur = self._db.execute("SELECT name, value FROM records WHERE kind = ? ORDER BY name", (kind,))
+            return [(str(n), str(v)) for n, v in cur.fetchall()]
+
+        return {name: _loads_dict(text) for name, text in await self._run(list_)}
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error (autocommit connection)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _create_schema(db: sqlite3.Connection) -> None:
+    # executescript would COMMIT our open transaction, so run the statements one by one.
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _parse_position(position: str) -> int:
+    """SQLite positions are decimal log seqs; "" means before the first entry."""
+    if position == "":
+        return 0
+    if not isinstance(position, str) or not position.isascii() or not position.isdecimal():
+        raise ValueError(f"Invalid log position: {position!r}")
+    return int(position)
+
+
+def _loads_dict(text: str | bytes) -> dict[str, Any]:
+    value = orjson.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("stored JSON is not an object")
+    return value
+
+
+def _checkpoint_from_row(row: tuple[Any, ...]) -> Checkpoint:
+    stream_id, epoch, step, log_position, meta, tensors = row
+    try:
+        return Checkpoint(stream_id, epoch, step, log_position, _loads_dict(meta), bytes(tensors))
+    except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+        raise CorruptCheckpoint(stream_id, f"unreadable record: {exc}") from exc
