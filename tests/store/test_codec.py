@@ -1,0 +1,114 @@
+"""service/store/codec.py: exact round trips, and corrupt or future checkpoints refused by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from service.store import codec
+from service.store.codec import FORMAT_VERSION, decode_state, encode_state
+from service.store.errors import CorruptCheckpoint, StoreError
+
+DTYPES = [torch.float32, torch.float64, torch.int64, torch.bool, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(), (0,), (3,), (2, 3, 4)], ids=str)
+def test_round_trip_is_exact(dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+    generator = torch.Generator().manual_seed(7)
+    source = torch.randn(shape, generator=generator, dtype=torch.float64) * 100
+    tensor = source > 0 if dtype == torch.bool else source.to(dtype)
+
+    blob, meta = encode_state({"t": tensor}, {"spec": "x"})
+    out = decode_state("s", blob, meta)
+
+    assert list(out) == ["t"]
+    assert out["t"].dtype == dtype
+    assert out["t"].shape == tensor.shape
+    assert torch.equal(out["t"], tensor)
+
+
+def test_views_and_grad_tensors_encode_as_plain_values() -> None:
+    stacked = torch.arange(24, dtype=torch.float32).reshape(4, 6)  # like a batched engine's [slots, ...]
+    weight = torch.ones(3, 2, requires_grad=True) * 2
+    tensors = {"slot1": stacked[1], "slot2": stacked[2], "col": stacked[:, 0], "t": stacked.T, "w": weight}
+
+    blob, meta = encode_state(tensors, {})
+    out = decode_state("s", blob, meta)
+
+    for name, tensor in tensors.items():
+        assert torch.equal(out[name], tensor.detach()), name
+        assert out[name].is_contiguous()
+        assert not out[name].requires_grad
+
+
+def test_meta_gains_format_without_mutating_input() -> None:
+    meta_in = {"spec": {"kind": "ar"}, "format": 99}
+    _, meta = encode_state({}, meta_in)
+    assert meta == {"spec": {"kind": "ar"}, "format": FORMAT_VERSION}
+    assert meta_in["format"] == 99
+
+
+def test_encoding_is_deterministic() -> None:
+    tensors = {"b": torch.ones(2), "a": torch.zeros(3, dtype=torch.int64)}
+    assert encode_state(tensors, {})[0] == encode_state(dict(reversed(tensors.items())), {})[0]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda b: b[: len(b) // 2], id="truncated-half"),
+        pytest.param(lambda b: b[:-1], id="truncated-one-byte"),
+        pytest.param(lambda b: b[:6], id="truncated-header"),
+        pytest.param(lambda b: b"", id="empty"),
+        pytest.param(lambda b: b[:8] + b"#" + b[9:], id="header-json-broken"),
+        pytest.param(lambda b: b"\xff" * 8 + b[8:], id="header-length-absurd"),
+    ],
+)
+def test_damaged_blob_raises_corrupt_naming_the_stream(damage: object) -> None:
+    blob, meta = encode_state({"w": torch.randn(8, 8)}, {})
+    assert callable(damage)
+    with pytest.raises(CorruptCheckpoint, match="'sensor-7'") as info:
+        decode_state("sensor-7", damage(blob), meta)
+    assert info.value.stream_id == "sensor-7"
+    assert "does not parse" in info.value.reason
+    assert isinstance(info.value, StoreError)
+
+
+def test_future_format_is_rejected_clearly() -> None:
+    blob, meta = encode_state({"w": torch.ones(1)}, {})
+    with pytest.raises(CorruptCheckpoint, match=r"'s9'.*format 2 is newer.*upgrade trackin"):
+        decode_state("s9", blob, {**meta, "format": FORMAT_VERSION + 1})
+
+
+@pytest.mark.parametrize("bad", [None, "1", 1.0, True, 0, -3])
+def test_missing_or_unknown_format_is_rejected(bad: object) -> None:
+    blob, meta = encode_state({"w": torch.ones(1)}, {})
+    meta = {k: v for k, v in meta.items() if k != "format"}
+    if bad is not None:
+        meta["format"] = bad
+    with pytest.raises(CorruptCheckpoint, match=r"'s1'.*format"):
+        decode_state("s1", blob, meta)
+
+
+def test_older_format_goes_through_the_upgrade_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend format 2 exists: a v1 checkpoint loads through the registered 1 -> 2 step."""
+    blob, meta = encode_state({"w": torch.tensor([1.0, 2.0])}, {"scale": 10.0})
+    assert meta["format"] == 1
+
+    def v1_to_v2(tensors: dict[str, torch.Tensor], meta: object) -> dict[str, torch.Tensor]:
+        assert isinstance(meta, dict)
+        return {"weight": tensors["w"] * meta["scale"]}
+
+    monkeypatch.setattr(codec, "FORMAT_VERSION", 2)
+    monkeypatch.setattr(codec, "_UPGRADES", {1: v1_to_v2})
+    assert torch.equal(codec.decode_state("s", blob, meta)["weight"], torch.tensor([10.0, 20.0]))
+
+    monkeypatch.setattr(codec, "_UPGRADES", {})
+    with pytest.raises(CorruptCheckpoint, match="no upgrade from format 1"):
+        codec.decode_state("s", blob, meta)
+
+
+def test_non_tensor_values_are_refused() -> None:
+    with pytest.raises(TypeError, match="'w'"):
+        encode_state({"w": [1.0]}, {})  # type: ignore[dict-item]
