@@ -227,7 +227,8 @@ class Store(abc.ABC):
         """Durably append entries in one round trip; return their positions in order.
 
         Call before acknowledging the observations: once this returns they survive a process crash.
-        Positions are opaque strings, increasing per stream; only the store compares them.
+        Positions are opaque strings, increasing per stream and meaningful only with their stream
+        (two streams may hold the same position); only the store compares them.
         """
 
     @abc.abstractmethod
