@@ -145,6 +145,13 @@ class StreamPool:
         """Streams resident in the pool."""
         return self.capacity - len(self._free)
 
+    def used_mask(self) -> Tensor:
+        """``[capacity]`` bool: which slots hold a stream."""
+        mask = torch.ones(self.capacity, dtype=torch.bool, device=self.device)
+        if self._free:
+            mask[torch.as_tensor(self._free, dtype=torch.int64, device=self.device)] = False
+        return mask
+
     def state_bytes(self) -> int:
         """Bytes of the stacked tensors (all slots, used or free)."""
         return sum(t.numel() * t.element_size() for t in self.state.values())

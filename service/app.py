@@ -1,0 +1,185 @@
+"""``create_app(settings)``: everything is built in the lifespan and torn down there; nothing at import."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from models.engine import Engine, ItemResult, resolve_device
+
+from .errors import ServiceError, Unavailable, error_body
+from .ingest import IngestBatch
+from .labels import PendingLabels
+from .metrics import Metrics
+from .registry import Registry
+from .routes import health, observations, streams
+from .scheduler import Scheduler
+from .settings import Settings
+from .snapshot import fleet_snapshot
+from .state import AppState
+from .ws import router as ws_router
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("trackin")
+
+
+def _record_batch(metrics: Metrics):  # type: ignore[no-untyped-def]
+    def after_apply(batches: list[IngestBatch], results: list[list[ItemResult]], seconds: float) -> None:
+        size = sum(len(b) for b in batches)
+        metrics.engine_step(size, seconds)
+        losses: list[float] = []
+        for batch, items in zip(batches, results, strict=True):
+            transport: Any = batch.transport
+            applied = sum(r.applied for r in items)
+            warming = sum(r.warming for r in items)
+            nonfinite = sum(r.nonfinite for r in items)
+            drifts = sum(r.drift for r in items)
+            if applied:
+                metrics.observed("applied", transport, applied)
+            if warming:
+                metrics.observed("warming", transport, warming)
+            if nonfinite:
+                metrics.observed("nonfinite", transport, nonfinite)
+            if drifts:
+                metrics.drifted(drifts)
+            losses.extend(r.loss for r in items if r.loss is not None)
+        if losses:
+            metrics.observe_losses(np.asarray(losses))
+
+    return after_apply
+
+
+class _HttpMetrics:
+    """Counts requests by route template, method and status (pure ASGI: no per-request task overhead)."""
+
+    def __init__(self, app: ASGIApp, get_metrics: Any) -> None:
+        self.app = app
+        self.get_metrics = get_metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            metrics = self.get_metrics()
+            route = scope.get("route")
+            if metrics is not None:
+                path = getattr(route, "path", "unmatched")
+                metrics.http_request(path, scope["method"], status, time.perf_counter() - started)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from .persistence import open_persistence
+
+        metrics = Metrics(CollectorRegistry(), max_stream_series=settings.metrics_max_stream_series)
+        engine = Engine(resolve_device(settings.device))
+        scheduler = Scheduler(
+            engine, max_batch=settings.max_batch_observations, after_apply=_record_batch(metrics)
+        )
+        registry = Registry(
+            scheduler, PendingLabels(settings.pending_label_ttl_seconds, settings.max_pending_labels)
+        )
+        state = AppState(settings, engine, scheduler, registry, metrics)
+        app.state.trackin = state
+        scheduler.start()
+        persistence = await open_persistence(settings, state)
+        state.persistence = persistence
+        registry.persistence = persistence
+        if persistence is not None:
+            scheduler.before_apply = persistence.before_apply
+            await persistence.start()
+        metrics.set_snapshot_source(
+            lambda: fleet_snapshot(
+                engine,
+                registry,
+                persistence.known_streams() if persistence is not None else None,
+                settings.metrics_max_stream_series,
+            )
+        )
+        sweeper = asyncio.create_task(_sweep_templates(registry, settings.template_sweep_seconds))
+        state.ready = True
+        log.info("trackin ready on %s (device %s)", f"{settings.host}:{settings.port}", engine.device)
+        try:
+            yield
+        finally:
+            state.ready = False
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await scheduler.stop()
+            if persistence is not None:
+                await persistence.stop()
+            log.info("trackin stopped")
+
+    app = FastAPI(
+        title="trackin",
+        version="0.1.0",
+        summary="Streaming online tracking: one small model per stream, one TrackIn step per observation.",
+        lifespan=lifespan,
+    )
+    app.include_router(health.router)
+    app.include_router(streams.router)
+    app.include_router(observations.router)
+    app.include_router(ws_router)
+    app.add_middleware(
+        _HttpMetrics, get_metrics=lambda: getattr(getattr(app.state, "trackin", None), "metrics", None)
+    )
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        field = ".".join(loc) or "body"
+        stream = request.path_params.get("stream_id")
+        message = f"{field}: {first.get('msg')}" + (f" ({len(errors) - 1} more)" if len(errors) > 1 else "")
+        return JSONResponse(error_body("invalid_input", message, field, stream), status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+
+    return app
+
+
+async def _sweep_templates(registry: Registry, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await registry.sweep_idle()
+        except Exception:
+            log.exception("template sweep failed")

@@ -1,0 +1,101 @@
+"""The service's errors and the one place that maps them to HTTP statuses.
+
+::
+
+    ServiceError                    code                 status
+    ├── InvalidInput                invalid_input        422
+    │   └── InvalidStreamId         invalid_stream_id    422
+    ├── UnknownStream               unknown_stream       404
+    ├── UnknownRequest              unknown_request      404
+    ├── SpecConflict                spec_conflict        409
+    ├── PayloadTooLarge             payload_too_large    413
+    ├── Unavailable                 unavailable          503 (with Retry-After)
+    └── StreamCorrupt               corrupt_checkpoint   500
+
+Every error carries the ``field`` it is about (a JSON path such as ``observations[3].x``) and, where one is
+involved, the stream id; the body is always ``{"error": {"code", "message", "field", "stream"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "InvalidInput",
+    "InvalidStreamId",
+    "PayloadTooLarge",
+    "ServiceError",
+    "SpecConflict",
+    "StreamCorrupt",
+    "Unavailable",
+    "UnknownRequest",
+    "UnknownStream",
+    "error_body",
+]
+
+
+class ServiceError(Exception):
+    """Root of the service's errors; ``status`` is the HTTP status, mapped here and nowhere else."""
+
+    code = "error"
+    status = 400
+
+    def __init__(self, message: str, *, field: str | None = None, stream: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.stream = stream
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.code, self.message, self.field, self.stream)
+
+
+class InvalidInput(ServiceError):
+    code = "invalid_input"
+    status = 422
+
+
+class InvalidStreamId(InvalidInput):
+    code = "invalid_stream_id"
+
+
+class UnknownStream(ServiceError):
+    code = "unknown_stream"
+    status = 404
+
+
+class UnknownRequest(ServiceError):
+    code = "unknown_request"
+    status = 404
+
+
+class SpecConflict(ServiceError):
+    code = "spec_conflict"
+    status = 409
+
+
+class PayloadTooLarge(ServiceError):
+    code = "payload_too_large"
+    status = 413
+
+
+class Unavailable(ServiceError):
+    """A dependency (the store) is down: nothing was applied; retry after ``retry_after`` seconds."""
+
+    code = "unavailable"
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: int = 1, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class StreamCorrupt(ServiceError):
+    code = "corrupt_checkpoint"
+    status = 500
+
+
+def error_body(
+    code: str, message: str, field: str | None = None, stream: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "field": field, "stream": stream}}

@@ -1,0 +1,124 @@
+"""Check a request's observations against their streams' specs and stack them for the engine.
+
+Per-item work is limited to reading fields and comparing lengths; the numbers themselves are converted and
+checked for finiteness in one numpy operation per width. The whole request is checked before anything is
+applied, so one bad item rejects the request and changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.specs import ARModel, StreamSpec, layer_sizes
+
+from .errors import InvalidInput
+from .wire import ObservationIn
+
+__all__ = ["IngestBatch", "build_batch", "check_vector"]
+
+
+@dataclass(slots=True)
+class IngestBatch:
+    """Validated observations, in request order, ready for ``Engine.observe``."""
+
+    stream_ids: list[str] = field(default_factory=list)
+    inputs: list[np.ndarray] = field(default_factory=list)
+    targets: list[np.ndarray | None] = field(default_factory=list)
+    specs: dict[str, StreamSpec] = field(default_factory=dict)
+    transport: str = "rest"
+
+    def __len__(self) -> int:
+        return len(self.stream_ids)
+
+
+def _as_list(value: float | list[float]) -> list[float]:
+    return value if isinstance(value, list) else [value]
+
+
+def _fail(message: str, where: str, stream: str) -> InvalidInput:
+    return InvalidInput(message, field=where, stream=stream)
+
+
+def check_vector(values: Sequence[float], width: int, where: str, stream: str) -> np.ndarray:
+    """One vector: right length and finite (for single-item control-plane calls such as predict)."""
+    if len(values) != width:
+        raise _fail(f"expected {width} values, got {len(values)}", where, stream)
+    array = np.asarray(values, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(array))
+    if bad.size:
+        raise _fail("values must be finite numbers (no NaN or infinity)", f"{where}[{bad[0]}]", stream)
+    return array
+
+
+def build_batch(
+    items: Sequence[ObservationIn],
+    specs: Mapping[str, StreamSpec],
+    *,
+    default_stream: str | None = None,
+    prefix: str = "observations",
+) -> IngestBatch:
+    """Validate every item; raise ``InvalidInput`` naming the first bad field (``observations[i].x``)."""
+    batch = IngestBatch()
+    pending: dict[int, list[tuple[int, str, list[float]]]] = {}
+    for i, item in enumerate(items):
+        here = f"{prefix}[{i}]"
+        stream = item.stream if item.stream is not None else default_stream
+        if stream is None:
+            raise InvalidInput("each observation needs a 'stream'", field=f"{here}.stream")
+        if default_stream is not None and stream != default_stream:
+            raise _fail(f"observation for {stream!r} posted to stream {default_stream!r}", here, stream)
+        spec = specs[stream]
+        batch.specs[stream] = spec
+        model = spec.model
+        if isinstance(model, ARModel):
+            if item.value is None:
+                raise _fail("ar streams take 'value' (the newly observed values)", f"{here}.value", stream)
+            if item.x is not None or item.y is not None:
+                raise _fail("ar streams take 'value', not 'x'/'y'", f"{here}.x", stream)
+            value = _as_list(item.value)
+            if len(value) != model.dim:
+                raise _fail(f"expected {model.dim} values, got {len(value)}", f"{here}.value", stream)
+            pending.setdefault(model.dim, []).append((len(batch.stream_ids), f"{here}.value", value))
+            batch.targets.append(None)
+        else:
+            if item.value is not None:
+                raise _fail("this stream takes 'x' and 'y', not 'value'", f"{here}.value", stream)
+            if item.x is None:
+                raise _fail("missing 'x'", f"{here}.x", stream)
+            if item.y is None:
+                raise _fail("missing 'y' (use /predict for predictions without a label)", f"{here}.y", stream)
+            in_dim, out_dim = model.in_dim, layer_sizes(model)[-1]
+            if len(item.x) != in_dim:
+                raise _fail(f"expected {in_dim} values, got {len(item.x)}", f"{here}.x", stream)
+            y = _as_list(item.y)
+            if len(y) != out_dim:
+                raise _fail(f"expected {out_dim} target values, got {len(y)}", f"{here}.y", stream)
+            pending.setdefault(in_dim, []).append((len(batch.stream_ids), f"{here}.x", item.x))
+            pending.setdefault(-out_dim, []).append((len(batch.stream_ids), f"{here}.y", y))
+            batch.targets.append(None)
+        batch.stream_ids.append(stream)
+        batch.inputs.append(_EMPTY)
+    for width, rows in pending.items():
+        array = np.array([values for _, _, values in rows], dtype=np.float64)
+        finite = np.isfinite(array).all(axis=1)
+        if not finite.all():
+            j = int(np.flatnonzero(~finite)[0])
+            position, where, _ = rows[j]
+            raise _fail(
+                "values must be finite numbers (no NaN or infinity)", where, batch.stream_ids[position]
+            )
+        for (position, where, _), row in zip(rows, array, strict=True):
+            if width < 0:
+                spec = specs[batch.stream_ids[position]]
+                if spec.loss == "bce" and not ((row >= 0) & (row <= 1)).all():
+                    raise _fail("bce targets must lie in [0, 1]", where, batch.stream_ids[position])
+                batch.targets[position] = row
+            else:
+                batch.inputs[position] = row
+    return batch
+
+
+_EMPTY = np.empty(0)

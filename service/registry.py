@@ -1,0 +1,343 @@
+"""The service's domain operations on streams and templates; route handlers call one of these each.
+
+A stream's learned state lives in the engine; here we keep what the engine does not: its spec, times, the
+template it came from, and the late-label inputs. All engine access goes through the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from models.engine import Engine, ItemResult
+from models.specs import ARModel, StreamSpec, layer_sizes
+
+from .errors import InvalidInput, SpecConflict, UnknownRequest, UnknownStream
+from .ids import check_stream_id
+from .ingest import IngestBatch, build_batch, check_vector
+from .labels import PendingLabels
+from .scheduler import Scheduler
+from .wire import ObservationIn
+
+__all__ = ["Persistence", "Registry", "StreamRecord", "Template"]
+
+
+@dataclass(slots=True)
+class StreamRecord:
+    spec: StreamSpec
+    created_at: float
+    updated_at: float
+    template: str | None = None
+    last_drift_at: float | None = None
+    drifts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    name: str
+    prefix: str
+    spec: StreamSpec
+    idle_seconds: float
+
+
+class Persistence(Protocol):
+    """What the registry needs from the store layer (absent when state is kept in memory only)."""
+
+    async def restore(self, stream_id: str) -> StreamRecord | None: ...
+    async def forget(self, stream_id: str) -> None: ...
+    async def stored_ids(
+        self, prefix: str, limit: int, cursor: str | None
+    ) -> tuple[list[str], str | None]: ...
+    async def save_template(self, template: Template) -> None: ...
+    async def delete_template(self, name: str) -> None: ...
+    def touched(self, stream_ids: Iterable[str]) -> None: ...
+
+
+@dataclass
+class Registry:
+    scheduler: Scheduler
+    labels: PendingLabels
+    persistence: Persistence | None = None
+    records: dict[str, StreamRecord] = field(default_factory=dict)
+    templates: dict[str, Template] = field(default_factory=dict)
+    _creating: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    # ----- streams ----------------------------------------------------------------------------------------
+
+    async def put_stream(
+        self, stream_id: str, spec: StreamSpec, *, replace: bool = False, template: str | None = None
+    ) -> Literal["created", "unchanged", "replaced"]:
+        check_stream_id(stream_id)
+        existing = self.records.get(stream_id) or await self._restore(stream_id)
+        if existing is not None:
+            if existing.spec == spec:
+                return "unchanged"
+            if not replace:
+                raise SpecConflict(
+                    f"stream {stream_id!r} exists with a different spec; use ?replace=true to replace it",
+                    field="spec",
+                    stream=stream_id,
+                )
+            await self.delete_stream(stream_id)
+        now = time.time()
+        record = StreamRecord(spec=spec, created_at=now, updated_at=now, template=template)
+
+        def create(engine: Engine) -> None:
+            engine.add(stream_id, spec)
+
+        await self.scheduler.call(create)
+        self.records[stream_id] = record
+        if self.persistence is not None:
+            self.persistence.touched([stream_id])
+        return "created" if existing is None else "replaced"
+
+    async def delete_stream(self, stream_id: str) -> None:
+        check_stream_id(stream_id)
+        if stream_id not in self.records and await self._restore(stream_id) is None:
+            raise UnknownStream(f"unknown stream {stream_id!r}", stream=stream_id)
+
+        def remove(engine: Engine) -> None:
+            if stream_id in engine:
+                engine.remove(stream_id)
+
+        await self.scheduler.call(remove)
+        self.records.pop(stream_id, None)
+        self.labels.drop_stream(stream_id)
+        if self.persistence is not None:
+            await self.persistence.forget(stream_id)
+
+    async def describe(self, stream_id: str) -> dict[str, Any]:
+        """Spec and figures of one stream."""
+        record = await self.require(stream_id)
+
+        def read(engine: Engine) -> dict[str, Any]:
+            location = engine.locate(stream_id)
+            state = location.pool.state
+            slot = location.slot
+            figures = {
+                key: state[key][slot].item()
+                for key in state
+                if key.startswith("fig/") or key in ("opt/step", "drift/count", "drift/last_step")
+            }
+            warming = False
+            if isinstance(location.spec.model, ARModel):
+                warming = bool(state["ar/filled"][slot].item() < location.spec.model.window)
+            figures["warming"] = warming
+            return figures
+
+        f = await self.scheduler.call(read)
+
+        def num(value: float) -> float | None:
+            return None if value != value else value
+
+        return {
+            "stream": stream_id,
+            "spec": record.spec.model_dump(mode="json"),
+            "template": record.template,
+            "figures": {
+                "steps": int(f["opt/step"]),
+                "last_loss": num(f["fig/last_loss"]),
+                "loss_ewma": num(f["fig/loss_ewma"]),
+                "grad_norm": num(f["fig/grad_norm"]),
+                "beta": num(f["fig/beta"]),
+                "eps_norm": num(f["fig/eps_norm"]),
+                "nonfinite_skips": int(f["fig/nonfinite"]),
+                "warming": f["warming"],
+                "drifts": int(f["drift/count"]),
+                "last_drift_step": int(f["drift/last_step"]) if f["drift/count"] else None,
+                "last_drift_at": record.last_drift_at,
+            },
+            "created_at": record.created_at,
+            "updated_at": record.updated_at,
+        }
+
+    async def list_streams(self, prefix: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
+        """Stream ids in order, resident or stored; ``cursor`` is the last id of the previous page."""
+        if self.persistence is not None:
+            stored, _ = await self.persistence.stored_ids(prefix, limit + 1, cursor)
+        else:
+            stored = []
+        ids = sorted({*(s for s in self.records if s.startswith(prefix)), *stored})
+        start = bisect.bisect_right(ids, cursor) if cursor else 0
+        page = ids[start : start + limit]
+        more = start + limit < len(ids)
+        return page, (page[-1] if more and page else None)
+
+    async def require(self, stream_id: str) -> StreamRecord:
+        """The stream's record, restoring it from the store or creating it from a template if needed."""
+        record = self.records.get(stream_id)
+        if record is not None:
+            return record
+        check_stream_id(stream_id)
+        record = await self._restore(stream_id)
+        if record is not None:
+            return record
+        template = self._template_for(stream_id)
+        if template is None:
+            raise UnknownStream(f"unknown stream {stream_id!r}", stream=stream_id)
+        lock = self._creating.setdefault(stream_id, asyncio.Lock())
+        async with lock:
+            if stream_id not in self.records:
+                await self.put_stream(stream_id, template.spec, template=template.name)
+        self._creating.pop(stream_id, None)
+        return self.records[stream_id]
+
+    async def _restore(self, stream_id: str) -> StreamRecord | None:
+        if self.persistence is None:
+            return None
+        record = await self.persistence.restore(stream_id)
+        if record is not None:
+            self.records.setdefault(stream_id, record)
+        return record
+
+    # ----- templates --------------------------------------------------------------------------------------
+
+    async def put_template(self, template: Template) -> Literal["created", "unchanged", "replaced"]:
+        old = self.templates.get(template.name)
+        if old == template:
+            return "unchanged"
+        self.templates[template.name] = template
+        if self.persistence is not None:
+            await self.persistence.save_template(template)
+        return "created" if old is None else "replaced"
+
+    async def delete_template(self, name: str) -> None:
+        if self.templates.pop(name, None) is None:
+            raise UnknownStream(f"unknown template {name!r}", field="name")
+        if self.persistence is not None:
+            await self.persistence.delete_template(name)
+
+    def _template_for(self, stream_id: str) -> Template | None:
+        matches = [t for t in self.templates.values() if stream_id.startswith(t.prefix)]
+        return max(matches, key=lambda t: (len(t.prefix), t.name)) if matches else None
+
+    async def sweep_idle(self) -> list[str]:
+        """Remove template-created streams idle for longer than their template allows."""
+        now = time.time()
+        idle = []
+        for stream_id, record in list(self.records.items()):
+            template = self.templates.get(record.template) if record.template else None
+            if template is not None and now - record.updated_at > template.idle_seconds:
+                idle.append(stream_id)
+        for stream_id in idle:
+            if stream_id in self.records:
+                await self.delete_stream(stream_id)
+        return idle
+
+    # ----- observations -----------------------------------------------------------------------------------
+
+    async def validate(
+        self, items: Sequence[ObservationIn], *, default_stream: str | None, prefix: str
+    ) -> IngestBatch:
+        """Resolve the streams (templates, restores) and check every item against its spec."""
+        specs: dict[str, StreamSpec] = {}
+        if default_stream is not None:
+            specs[default_stream] = (await self.require(default_stream)).spec
+        for i, item in enumerate(items):
+            stream = item.stream
+            if stream is not None and stream not in specs:
+                check_stream_id(stream, field=f"{prefix}[{i}].stream")
+                specs[stream] = (await self.require(stream)).spec
+        return build_batch(items, specs, default_stream=default_stream, prefix=prefix)
+
+    def submit(self, batch: IngestBatch) -> asyncio.Future[list[ItemResult]]:
+        """Queue a validated batch; its order among all requests is fixed at this call."""
+        future = self.scheduler.submit(batch)
+        future.add_done_callback(
+            lambda f: None if f.cancelled() or f.exception() else self._note(batch.stream_ids, f.result())
+        )
+        return future
+
+    async def observe(self, batch: IngestBatch) -> list[ItemResult]:
+        return await self.submit(batch)
+
+    def _note(self, stream_ids: Sequence[str], results: Sequence[ItemResult]) -> None:
+        now = time.time()
+        for stream_id in set(stream_ids):
+            record = self.records.get(stream_id)
+            if record is not None:
+                record.updated_at = now
+        for stream_id, result in zip(stream_ids, results, strict=True):
+            if result.drift:
+                record = self.records.get(stream_id)
+                if record is not None:
+                    record.last_drift_at = now
+                    record.drifts += 1
+        if self.persistence is not None:
+            self.persistence.touched(stream_ids)
+
+    async def predict(self, stream_id: str, x: list[float] | None, request_id: str | None) -> Any:
+        record = await self.require(stream_id)
+        model = record.spec.model
+        if isinstance(model, ARModel):
+            if x is not None:
+                raise InvalidInput("ar streams predict from their own history: send no 'x'", field="x")
+            if request_id is not None:
+                raise InvalidInput(
+                    "ar streams learn from the next value: post it as an observation", field="request_id"
+                )
+            inputs: list[np.ndarray | None] = [None]
+        else:
+            if x is None:
+                raise InvalidInput("missing 'x'", field="x", stream=stream_id)
+            inputs = [check_vector(x, model.in_dim, "x", stream_id)]
+        spec = record.spec
+
+        def run(engine: Engine) -> list[list[float] | None]:
+            return engine.predict([stream_id], inputs)
+
+        prediction = (await self.scheduler.call(run))[0]
+        if request_id is not None and inputs[0] is not None:
+            self.labels.put(stream_id, request_id, inputs[0])
+        return shape_prediction(spec, prediction)
+
+    async def label(self, stream_id: str, request_id: str, y: float | list[float]) -> ItemResult:
+        record = await self.require(stream_id)
+        x = self.labels.peek(stream_id, request_id)
+        if x is None:
+            raise UnknownRequest(
+                f"no pending prediction {request_id!r} for stream {stream_id!r} (never made, or expired)",
+                field="request_id",
+                stream=stream_id,
+            )
+        batch = build_batch(
+            [ObservationIn(x=x.tolist(), y=y)],
+            {stream_id: record.spec},
+            default_stream=stream_id,
+            prefix="label",
+        )
+        result = (await self.observe(batch))[0]
+        self.labels.discard(stream_id, request_id)
+        return result
+
+
+def shape_prediction(spec: StreamSpec, values: list[float] | None) -> float | list[float] | None:
+    """A scalar for single-output models, a list otherwise (as clients send ``y``)."""
+    if values is None:
+        return None
+    return values[0] if layer_sizes(spec.model)[-1] == 1 else values
+
+
+def result_json(spec: StreamSpec, result: ItemResult, stream: str | None = None) -> dict[str, Any]:
+    """One observation's answer on the wire."""
+    out: dict[str, Any] = {}
+    if stream is not None:
+        out["stream"] = stream
+    out["step"] = result.step
+    out["prediction"] = shape_prediction(spec, result.prediction)
+    out["loss"] = result.loss
+    out["applied"] = result.applied
+    if result.nonfinite:
+        out["skipped"] = "nonfinite"
+    if isinstance(spec.model, ARModel):
+        out["forecast"] = shape_prediction(spec, result.forecast)
+        out["warming"] = result.warming
+    if result.drift:
+        out["drift"] = True
+    return out

@@ -1,0 +1,1 @@
+"""HTTP routes: thin handlers that parse, call one registry operation and shape the answer."""

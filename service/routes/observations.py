@@ -1,0 +1,122 @@
+"""The REST hot path: observations for one stream or many, answered with pre-learning predictions."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from ..body import read_body
+from ..errors import InvalidInput, PayloadTooLarge, ServiceError
+from ..ids import check_stream_id
+from ..registry import result_json
+from ..state import AppState, State
+from ..wire import ObservationIn, ObservationsBody, decode_json, encode_json
+
+router = APIRouter(prefix="/v1", tags=["observations"])
+
+
+def _documented_body(schema: Any, examples: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI text for a body read by hand (msgspec), so FastAPI does not parse it a second time."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema, "examples": examples}},
+        }
+    }
+
+
+_ITEM_SCHEMA = msgspec.json.schema(ObservationIn)
+_ONE_STREAM_DOC = _documented_body(
+    {"anyOf": [_ITEM_SCHEMA, {"type": "array", "items": _ITEM_SCHEMA}]},
+    {
+        "one": {"summary": "One observation", "value": {"x": [0.1, 0.2, 0.3], "y": 1.5}},
+        "several": {"summary": "Several, applied in order", "value": [{"x": [0.1, 0.2, 0.3], "y": 1.5}]},
+        "ar": {"summary": "A series stream's new value", "value": {"value": [4321.25], "ts": 1700000000.0}},
+    },
+)
+_MANY_STREAMS_DOC = _documented_body(
+    msgspec.json.schema(ObservationsBody),
+    {
+        "many": {
+            "summary": "Observations of several streams, answered in order",
+            "value": {
+                "observations": [
+                    {"stream": "ES", "value": [4321.25]},
+                    {"stream": "sensor-7", "x": [0.1, 0.2], "y": 0.3},
+                ]
+            },
+        }
+    },
+)
+
+
+async def _ingest(
+    state: AppState, items: list[ObservationIn], default_stream: str | None, started: float
+) -> Response:
+    limit = state.settings.max_request_observations
+    try:
+        if len(items) > limit:
+            raise PayloadTooLarge(
+                f"{len(items)} observations exceed the limit of {limit} per request", field="observations"
+            )
+        if not items:
+            raise InvalidInput("no observations", field="observations")
+        batch = await state.registry.validate(items, default_stream=default_stream, prefix="observations")
+    except ServiceError:
+        state.metrics.observed("rejected", "rest", max(1, len(items)))
+        raise
+    results = await state.registry.observe(batch)
+    specs = batch.specs
+    many = default_stream is None
+    body = {
+        "results": [
+            result_json(specs[sid], r, sid if many else None)
+            for sid, r in zip(batch.stream_ids, results, strict=True)
+        ]
+    }
+    state.metrics.ingested("rest", time.perf_counter() - started)
+    return Response(encode_json(body), media_type="application/json")
+
+
+@router.post(
+    "/streams/{stream_id}/observations",
+    summary="Observe one stream: predict, score, then learn (one step per observation)",
+    openapi_extra=_ONE_STREAM_DOC,
+)
+async def observe_stream(stream_id: str, request: Request, state: State) -> Response:
+    started = time.perf_counter()
+    check_stream_id(stream_id)
+    raw = await read_body(request, state.settings.max_body_bytes)
+    try:
+        payload: ObservationIn | list[ObservationIn] = decode_json(
+            raw, ObservationIn | list[ObservationIn], prefix="observations"
+        )
+    except ServiceError as exc:
+        exc.stream = exc.stream or stream_id
+        state.metrics.observed("rejected", "rest")
+        raise
+    items = payload if isinstance(payload, list) else [payload]
+    return await _ingest(state, items, stream_id, started)
+
+
+@router.post(
+    "/observations",
+    summary="Observe many streams at once; validated as a whole before applying",
+    openapi_extra=_MANY_STREAMS_DOC,
+)
+async def observe_many(request: Request, state: State) -> Response:
+    started = time.perf_counter()
+    raw = await read_body(request, state.settings.max_body_bytes)
+    try:
+        payload: ObservationsBody | list[ObservationIn] = decode_json(
+            raw, ObservationsBody | list[ObservationIn]
+        )
+    except ServiceError:
+        state.metrics.observed("rejected", "rest")
+        raise
+    items = payload.observations if isinstance(payload, ObservationsBody) else payload
+    return await _ingest(state, items, None, started)

@@ -1,0 +1,107 @@
+"""Streams and templates: create, read, list, delete; predictions without learning; late labels."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from models.specs import StreamSpec
+
+from ..body import read_body
+from ..ids import MAX_ID_LENGTH, check_stream_id
+from ..registry import Template, result_json
+from ..schemas import STREAM_EXAMPLES, TemplateIn
+from ..state import State
+from ..wire import LabelIn, PredictIn, decode_json
+
+router = APIRouter(prefix="/v1", tags=["streams"])
+
+
+@router.put("/streams/{stream_id}", summary="Create (or replace) a stream from a spec")
+async def put_stream(
+    stream_id: str,
+    spec: Annotated[StreamSpec, Body(openapi_examples=STREAM_EXAMPLES)],
+    state: State,
+    replace: bool = False,
+) -> JSONResponse:
+    outcome = await state.registry.put_stream(stream_id, spec, replace=replace)
+    body = await state.registry.describe(stream_id)
+    return JSONResponse({"outcome": outcome, **body}, status_code=201 if outcome == "created" else 200)
+
+
+@router.get("/streams/{stream_id}", summary="A stream's spec and figures")
+async def get_stream(stream_id: str, state: State) -> dict[str, Any]:
+    check_stream_id(stream_id)
+    return await state.registry.describe(stream_id)
+
+
+@router.delete("/streams/{stream_id}", status_code=204, summary="Remove a stream and its stored state")
+async def delete_stream(stream_id: str, state: State) -> Response:
+    await state.registry.delete_stream(stream_id)
+    return Response(status_code=204)
+
+
+@router.get("/streams", summary="List stream ids by prefix, paginated")
+async def list_streams(
+    state: State,
+    prefix: Annotated[str, Query(max_length=MAX_ID_LENGTH)] = "",
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=MAX_ID_LENGTH)] = None,
+) -> dict[str, Any]:
+    ids, next_cursor = await state.registry.list_streams(prefix, limit, cursor)
+    return {"streams": ids, "next_cursor": next_cursor}
+
+
+@router.post("/streams/{stream_id}/predict", summary="Predict without learning")
+async def predict(stream_id: str, request: Request, state: State) -> dict[str, Any]:
+    raw = await read_body(request, state.settings.max_body_bytes)
+    body: PredictIn = decode_json(raw or b"{}", PredictIn)
+    prediction = await state.registry.predict(stream_id, body.x, body.request_id)
+    out: dict[str, Any] = {"stream": stream_id, "prediction": prediction}
+    if body.request_id is not None:
+        out["request_id"] = body.request_id
+    return out
+
+
+@router.post("/streams/{stream_id}/labels", summary="Apply the step for an earlier prediction's inputs")
+async def label(stream_id: str, request: Request, state: State) -> dict[str, Any]:
+    raw = await read_body(request, state.settings.max_body_bytes)
+    body: LabelIn = decode_json(raw, LabelIn)
+    result = await state.registry.label(stream_id, body.request_id, body.y)
+    spec = state.registry.records[stream_id].spec
+    return {"request_id": body.request_id, **result_json(spec, result)}
+
+
+@router.put("/templates/{name}", summary="Create or replace a template for streams created on the fly")
+async def put_template(name: str, template: TemplateIn, state: State) -> JSONResponse:
+    check_stream_id(name, field="name")
+    outcome = await state.registry.put_template(
+        Template(name=name, prefix=template.prefix, spec=template.spec, idle_seconds=template.idle_seconds)
+    )
+    return JSONResponse(
+        {"outcome": outcome, "name": name, **template.model_dump(mode="json")},
+        status_code=201 if outcome == "created" else 200,
+    )
+
+
+@router.get("/templates", summary="All templates")
+async def list_templates(state: State) -> dict[str, Any]:
+    return {
+        "templates": [
+            {
+                "name": t.name,
+                "prefix": t.prefix,
+                "idle_seconds": t.idle_seconds,
+                "spec": t.spec.model_dump(mode="json"),
+            }
+            for t in state.registry.templates.values()
+        ]
+    }
+
+
+@router.delete("/templates/{name}", status_code=204, summary="Remove a template (its streams stay)")
+async def delete_template(name: str, state: State) -> Response:
+    await state.registry.delete_template(name)
+    return Response(status_code=204)

@@ -1,0 +1,186 @@
+"""One worker owns the engine; handlers hand it work and await the result.
+
+Natural batching: whatever queued up while the previous batch ran becomes the next batch (up to a bound), so
+a lone observation waits for nobody and a busy server takes big batches. The queue is FIFO, so per stream the
+steps happen in the order requests arrived, whichever REST request or WebSocket connection they came from.
+Control-plane calls (create, delete, restore, export) go through the same queue, ordered with observations.
+Engine work runs on one dedicated thread so the event loop keeps parsing requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from models.engine import Engine, ItemResult
+
+from .errors import Unavailable, UnknownStream
+from .ingest import IngestBatch
+
+__all__ = ["BatchHook", "Scheduler"]
+
+T = TypeVar("T")
+
+BatchHook = Callable[[list[IngestBatch]], Awaitable[None]]
+"""Awaited before a batch is applied (e.g. the durability log); raising fails the batch, applying nothing."""
+
+
+@dataclass(slots=True)
+class _Observe:
+    batch: IngestBatch
+    future: asyncio.Future[list[ItemResult]]
+
+
+@dataclass(slots=True)
+class _Call:
+    fn: Callable[[Engine], Any]
+    future: asyncio.Future[Any]
+
+
+class Scheduler:
+    """Serialises all engine access; batches consecutive observation requests."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_batch: int,
+        before_apply: BatchHook | None = None,
+        after_apply: Callable[[list[IngestBatch], list[list[ItemResult]], float], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self.before_apply = before_apply
+        self.after_apply = after_apply
+        self._queue: collections.deque[_Observe | _Call] = collections.deque()
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trackin-engine")
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.last_batch_size = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="trackin-scheduler")
+
+    async def stop(self) -> None:
+        """Finish everything already accepted, then stop the worker."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    def submit(self, batch: IngestBatch) -> asyncio.Future[list[ItemResult]]:
+        """Queue a validated batch now (its place in the order is fixed here); the future gets its results."""
+        future: asyncio.Future[list[ItemResult]] = asyncio.get_running_loop().create_future()
+        self._submit(_Observe(batch, future))
+        return future
+
+    async def observe(self, batch: IngestBatch) -> list[ItemResult]:
+        """Apply a validated batch (one step per observation) and return per-item results in order."""
+        return await self.submit(batch)
+
+    async def call(self, fn: Callable[[Engine], T]) -> T:
+        """Run ``fn(engine)`` on the engine thread, in queue order with observations."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._submit(_Call(fn, future))
+        return await future
+
+    def _submit(self, job: _Observe | _Call) -> None:
+        if self._closing:
+            raise Unavailable("the server is shutting down", retry_after=5)
+        self._queue.append(job)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            job = self._queue.popleft()
+            if isinstance(job, _Call):
+                try:
+                    job.future.set_result(await loop.run_in_executor(self._executor, job.fn, self.engine))
+                except BaseException as exc:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            jobs = [job]
+            size = len(job.batch)
+            while self._queue and isinstance(self._queue[0], _Observe):
+                nxt = self._queue[0]
+                assert isinstance(nxt, _Observe)
+                if size + len(nxt.batch) > self.max_batch:
+                    break
+                jobs.append(nxt)
+                size += len(nxt.batch)
+                self._queue.popleft()
+            await self._apply(jobs, loop)
+
+    async def _apply(self, jobs: list[_Observe], loop: asyncio.AbstractEventLoop) -> None:
+        live = [j for j in jobs if self._still_valid(j)]
+        if not live:
+            return
+        batches = [j.batch for j in live]
+        if self.before_apply is not None:
+            try:
+                await self.before_apply(batches)
+            except BaseException as exc:
+                for j in live:
+                    if not j.future.done():
+                        j.future.set_exception(exc)
+                return
+        started = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._executor, _observe_all, self.engine, batches)
+        except BaseException as exc:
+            for j in live:
+                if not j.future.done():
+                    j.future.set_exception(exc)
+            return
+        self.last_batch_size = sum(len(b) for b in batches)
+        if self.after_apply is not None:
+            self.after_apply(batches, results, time.perf_counter() - started)
+        for j, result in zip(live, results, strict=True):
+            if not j.future.done():
+                j.future.set_result(result)
+
+    def _still_valid(self, job: _Observe) -> bool:
+        """A stream deleted or replaced after the request was checked makes the request fail, not misapply."""
+        for stream, spec in job.batch.specs.items():
+            if stream not in self.engine or self.engine.locate(stream).spec != spec:
+                job.future.set_exception(
+                    UnknownStream(f"stream {stream!r} was removed or replaced meanwhile", stream=stream)
+                )
+                return False
+        return True
+
+
+def _observe_all(engine: Engine, batches: list[IngestBatch]) -> list[list[ItemResult]]:
+    """One engine call for the merged batches; results split back per request."""
+    ids: list[str] = []
+    inputs: list[Any] = []
+    targets: list[Any] = []
+    for b in batches:
+        ids.extend(b.stream_ids)
+        inputs.extend(b.inputs)
+        targets.extend(b.targets)
+    merged = engine.observe(ids, inputs, targets)
+    out, start = [], 0
+    for b in batches:
+        out.append(merged[start : start + len(b)])
+        start += len(b)
+    return out

@@ -1,0 +1,47 @@
+"""Service configuration: one validated pydantic-settings class, from ``TRACKIN_*`` variables and flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; defaults run it alone on one machine with an embedded store."""
+
+    model_config = SettingsConfigDict(env_prefix="TRACKIN_", extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    data_dir: Path = Path("data")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Stores (the checkpoint issue): Redis when a URL is given, else SQLite in data_dir; "memory" keeps none.
+    redis_url: str | None = None
+    store: Literal["auto", "sqlite", "redis", "memory"] = "auto"
+    durability: Literal["log", "checkpoint"] = "log"
+    checkpoint_every_steps: int = Field(default=1000, ge=1)
+    checkpoint_interval_seconds: float = Field(default=5.0, gt=0)
+    max_resident_streams: int | None = Field(default=None, ge=1)
+    restore_eagerly: bool = False
+    store_timeout_seconds: float = Field(default=2.0, gt=0)
+
+    # Ingestion limits.
+    max_batch_observations: int = Field(default=4096, ge=1)
+    max_request_observations: int = Field(default=10_000, ge=1)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_ws_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_ws_in_flight: int = Field(default=8, ge=1)
+    pending_label_ttl_seconds: float = Field(default=300.0, gt=0)
+    max_pending_labels: int = Field(default=100_000, ge=1)
+    template_sweep_seconds: float = Field(default=1.0, gt=0)
+    shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    # Metrics.
+    metrics_max_stream_series: int = Field(default=100, ge=0)

@@ -1,0 +1,42 @@
+"""What the app builds in its lifespan, handed to route handlers as one ``Annotated`` dependency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request, WebSocket
+
+from models.engine import Engine
+
+from .metrics import Metrics
+from .registry import Registry
+from .scheduler import Scheduler
+from .settings import Settings
+
+__all__ = ["AppState", "State", "WsState"]
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: Engine
+    scheduler: Scheduler
+    registry: Registry
+    metrics: Metrics
+    persistence: Any = None  # service.persistence.Persistence when a store is configured
+    ready: bool = False
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.trackin
+    return state
+
+
+def _ws_state(websocket: WebSocket) -> AppState:
+    state: AppState = websocket.app.state.trackin
+    return state
+
+
+State = Annotated[AppState, Depends(_state)]
+WsState = Annotated[AppState, Depends(_ws_state)]

@@ -1,0 +1,135 @@
+"""WebSocket ingestion: ``{"seq", "observations"}`` in, ``{"seq", "results"}`` out, in order, per message.
+
+A reader validates and queues each message's observations with the scheduler at once (fixing their order),
+then hands the pending answer to a writer through a bounded queue: with ``max_ws_in_flight`` answers
+outstanding the reader stops reading, so a fast client is slowed by TCP backpressure; nothing is dropped or
+reordered. Bad messages get ``{"seq", "error"}`` and the connection stays open; protocol abuse (oversized or
+unparsable frames) closes it: 1009 (message too big) or 1007 (invalid payload data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import msgspec
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from .errors import InvalidInput, PayloadTooLarge, ServiceError
+from .ingest import IngestBatch
+from .registry import result_json
+from .state import AppState, WsState
+from .wire import WsMessage, decode_json, decode_msgpack
+
+router = APIRouter()
+
+CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_TOO_BIG = 1009
+
+Pending = tuple[Any, bool, "asyncio.Future[Any] | dict[str, Any]", "IngestBatch | None", float]
+
+
+def _seq_of(data: bytes | str, binary: bool) -> Any:
+    """The message's ``seq`` if it can be read at all, for error answers to messages that failed checks."""
+    try:
+        value = msgspec.msgpack.decode(data) if isinstance(data, bytes) else msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return None
+    return value.get("seq") if isinstance(value, dict) else None
+
+
+@router.websocket("/v1/ws")
+async def ingest(websocket: WebSocket, state: WsState) -> None:
+    await websocket.accept()
+    state.metrics.websocket_opened()
+    pending: asyncio.Queue[Pending | None] = asyncio.Queue(maxsize=state.settings.max_ws_in_flight)
+    writer = asyncio.create_task(_write(websocket, state, pending))
+    try:
+        await _read(websocket, state, pending)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        with contextlib.suppress(asyncio.CancelledError):
+            await pending.put(None)
+            await writer
+        state.metrics.websocket_closed()
+
+
+async def _read(websocket: WebSocket, state: AppState, pending: asyncio.Queue[Pending | None]) -> None:
+    limit = state.settings.max_ws_message_bytes
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        binary = message.get("bytes") is not None
+        data: bytes | str = message["bytes"] if binary else message.get("text") or ""
+        started = time.perf_counter()
+        if len(data) > limit:
+            await pending.put(None)
+            await websocket.close(CLOSE_TOO_BIG, f"message exceeds {limit} bytes")
+            raise WebSocketDisconnect(CLOSE_TOO_BIG)
+        seq = None
+        batch: IngestBatch | None = None
+        try:
+            decoded: WsMessage = (
+                decode_msgpack(data, WsMessage) if isinstance(data, bytes) else decode_json(data, WsMessage)
+            )
+            seq = decoded.seq
+            items = decoded.observations
+            if len(items) > state.settings.max_request_observations:
+                raise PayloadTooLarge("too many observations in one message", field="observations")
+            if not items:
+                raise InvalidInput("no observations", field="observations")
+            batch = await state.registry.validate(items, default_stream=None, prefix="observations")
+            batch.transport = "ws"
+            outcome: asyncio.Future[Any] | dict[str, Any] = state.registry.submit(batch)
+        except ServiceError as exc:
+            if isinstance(exc, InvalidInput) and exc.message.startswith("malformed"):
+                await pending.put(None)
+                await websocket.close(CLOSE_INVALID_PAYLOAD, "unparsable frame")
+                raise WebSocketDisconnect(CLOSE_INVALID_PAYLOAD) from None
+            if seq is None:
+                seq = _seq_of(data, binary)
+            state.metrics.observed("rejected", "ws")
+            outcome = exc.body()
+        await pending.put((seq, binary, outcome, batch, started))
+
+
+async def _write(websocket: WebSocket, state: AppState, pending: asyncio.Queue[Pending | None]) -> None:
+    while True:
+        entry = await pending.get()
+        if entry is None:
+            return
+        seq, binary, outcome, batch, started = entry
+        if isinstance(outcome, dict):
+            body: dict[str, Any] = {"seq": seq, **outcome}
+            state.metrics.websocket_message(ok=False)
+        else:
+            try:
+                results = await outcome
+                assert batch is not None
+                body = {
+                    "seq": seq,
+                    "results": [
+                        result_json(batch.specs[s], r, s)
+                        for s, r in zip(batch.stream_ids, results, strict=True)
+                    ],
+                }
+                state.metrics.websocket_message(ok=True)
+                state.metrics.ingested("ws", time.perf_counter() - started)
+            except ServiceError as exc:
+                body = {"seq": seq, **exc.body()}
+                state.metrics.websocket_message(ok=False)
+        try:
+            if binary:
+                await websocket.send_bytes(msgspec.msgpack.encode(body))
+            else:
+                await websocket.send_text(msgspec.json.encode(body).decode())
+        except (WebSocketDisconnect, RuntimeError):
+            return
+
+
+__all__ = ["router"]
