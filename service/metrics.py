@@ -55,6 +55,7 @@ __all__ = [
     "FleetSnapshot",
     "Metrics",
     "Outcome",
+    "StoreBackend",
     "StreamFigures",
     "Transport",
 ]
@@ -65,6 +66,7 @@ _go_float: Callable[[float], str] = floatToGoString  # how prometheus_client wri
 Outcome = Literal["applied", "warming", "rejected", "nonfinite"]
 Transport = Literal["rest", "ws", "replay", "log"]
 CheckpointOutcome = Literal["accepted", "rejected_stale", "failed"]
+StoreBackend = Literal["redis", "sqlite"]
 OUTCOMES: tuple[Outcome, ...] = ("applied", "warming", "rejected", "nonfinite")
 TRANSPORTS: tuple[Transport, ...] = ("rest", "ws", "replay", "log")
 CHECKPOINT_OUTCOMES: tuple[CheckpointOutcome, ...] = ("accepted", "rejected_stale", "failed")
@@ -114,7 +116,7 @@ class FleetSnapshot:
     resident_streams: int
     total_streams: int
     state_bytes: int
-    device_memory_bytes: dict[str, int]
+    device_memory_bytes: dict[str, int]  # at least the device holding state, e.g. {"cpu": state bytes}
     per_stream: list[StreamFigures]  # only opt-in streams; Metrics exports at most max_stream_series
 
 
@@ -391,7 +393,11 @@ class Metrics:
         self.log_entries = Gauge(
             "trackin_log_entries", "Observation-log entries not yet covered by a checkpoint.", registry=r
         )
-        self.store_up = Gauge("trackin_store_up", "1 if the store answered its last call.", registry=r)
+        # Labelled so that no series exists until a store reports: the memory-only mode has no store to be
+        # down, and an unwired store shows up as missing data rather than as a false "down".
+        self.store_up = Gauge(
+            "trackin_store_up", "1 if the store answered its last call.", ["backend"], registry=r
+        )
         self.restore_duration = Histogram(
             "trackin_stream_restore_duration_seconds",
             "Time to load an evicted or not-yet-loaded stream from the store.",
@@ -452,9 +458,9 @@ class Metrics:
         if not ok:
             self.checkpoint_failures.inc()
 
-    def set_store(self, *, up: bool, log_entries: int | None = None) -> None:
+    def set_store(self, backend: StoreBackend, *, up: bool, log_entries: int | None = None) -> None:
         """Store health after a store call; ``log_entries``: log entries not covered by a checkpoint."""
-        self.store_up.set(1 if up else 0)
+        self.store_up.labels(backend).set(1 if up else 0)
         if log_entries is not None:
             self.log_entries.set(log_entries)
 
