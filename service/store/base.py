@@ -108,7 +108,10 @@ class Checkpoint:
     log_position: str
     """Opaque position of the last log entry this checkpoint includes ("" = none)."""
     meta: dict[str, Any]
-    """JSON-able: spec, figures, format version (the codec puts "format" here)."""
+    """JSON-able: spec, figures, format version (the codec puts "format" here).
+
+    Stored as JSON, so tuples come back as lists and NaN or infinities as None (orjson's choice).
+    """
     tensors: bytes
     """A safetensors blob from `service.store.codec.encode_state`."""
 
@@ -227,6 +230,8 @@ class Store(abc.ABC):
         """Durably append entries in one round trip; return their positions in order.
 
         Call before acknowledging the observations: once this returns they survive a process crash.
+        After `StoreUnavailable` the outcome is unknown: the batch may still have been logged, so a
+        retried batch can appear twice in `read_log`.
         Positions are opaque strings, increasing per stream and meaningful only with their stream
         (two streams may hold the same position); only the store compares them.
         """

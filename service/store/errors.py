@@ -19,11 +19,11 @@ class StoreError(Exception):
     """Root of every store failure, so callers can catch the layer as a whole."""
 
 
-class StoreUnavailable(StoreError):  # noqa: N818 - name fixed by the store interface
+class StoreUnavailable(StoreError):
     """The backend cannot be reached right now; the same call may succeed later."""
 
 
-class CorruptCheckpoint(StoreError):  # noqa: N818 - name fixed by the store interface
+class CorruptCheckpoint(StoreError):
     """A checkpoint exists but cannot be turned back into state.
 
     Carries the stream id so an operator can find (and delete or restore) the one bad record instead of

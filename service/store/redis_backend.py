@@ -98,6 +98,9 @@ class RedisStore(Store):
         self._where = _redact(url)
         self._client: redis.asyncio.Redis | None = None
 
+    def __repr__(self) -> str:
+        return f"RedisStore({self._where!r}, key_prefix={self.keys.prefix!r})"
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def startup(self) -> None:

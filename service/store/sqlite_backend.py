@@ -111,6 +111,9 @@ class SQLiteStore(Store):
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # touched only on the worker thread
 
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r}, synchronous={self.synchronous!r})"
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def startup(self) -> None:

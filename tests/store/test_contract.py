@@ -26,6 +26,7 @@ from service.store import (
     WriteOutcome,
     decode_state,
     encode_state,
+    open_store,
 )
 from tests.support.redis_server import RedisServer, redis_server_binary
 
@@ -44,7 +45,7 @@ class SQLiteBackend:
         self.path = path
 
     def open(self) -> Store:
-        return SQLiteStore(self.path)
+        return open_store(f"sqlite:///{self.path}", self.path.parent / "unused")
 
     def restart(self) -> None:
         """Nothing runs outside the process: reopening the file is the restart."""
@@ -55,7 +56,7 @@ class RedisBackend:
         self.server = server
 
     def open(self) -> Store:
-        return RedisStore(self.server.url)
+        return open_store(self.server.url, self.server.directory)
 
     def restart(self) -> None:
         self.server.kill()  # SIGKILL: only the AOF can bring the data back
@@ -408,3 +409,35 @@ async def test_calls_outside_startup_raise_unavailable(backend: Backend) -> None
     with pytest.raises(StoreUnavailable):
         await s.count_streams()
     await s.shutdown()  # a second shutdown is harmless
+
+
+# -- the factory ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "where"),
+    [
+        (None, SQLiteStore, "data/trackin.sqlite3"),
+        ("", SQLiteStore, "data/trackin.sqlite3"),
+        ("sqlite://", SQLiteStore, "data/trackin.sqlite3"),
+        ("sqlite:///rel/t.db", SQLiteStore, "rel/t.db"),
+        ("sqlite:////abs/t.db?synchronous=FULL", SQLiteStore, "/abs/t.db"),
+        ("redis://:pw@example:6380/2", RedisStore, "redis://:***@example:6380/2"),
+    ],
+)
+def test_open_store_picks_the_backend(url: str | None, kind: type[Store], where: str) -> None:
+    store = open_store(url, Path("data"))
+    assert type(store) is kind
+    if isinstance(store, SQLiteStore):
+        assert store.path == Path(where)
+        assert store.synchronous == ("FULL" if url and "FULL" in url else "NORMAL")
+    else:
+        assert repr(store) == f"RedisStore({where!r}, key_prefix='trackin')"  # no password in logs
+
+
+@pytest.mark.parametrize(
+    "url", ["postgres://x/y", "sqlite://host/x.db", "sqlite:///x.db?synchronous=OFF", "sqlite:///x?a=1"]
+)
+def test_open_store_rejects_unknown_urls(url: str) -> None:
+    with pytest.raises(ValueError, match=r"(?i)sqlite|scheme|synchronous"):
+        open_store(url, Path("data"))

@@ -119,6 +119,25 @@ async def test_hung_server_times_out_then_recovers(server: RedisServer, store: R
     assert await store.count_streams() == 1
 
 
+async def test_timed_out_append_is_not_sent_twice(server: RedisServer, store: RedisStore) -> None:
+    """A timeout leaves the outcome unknown but never doubles it.
+
+    With redis 7 the entry does land once the server resumes (it reads the request before noticing
+    the client left), so a caller that got `StoreUnavailable` and retries may log the same
+    observation twice; the store itself must not add a copy by retrying internally.
+    """
+    server.pause()
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.append_log([LogEntry("f", b"maybe")])
+    finally:
+        server.resume()
+
+    payloads = [p for _, p in await store.read_log("f", "")]
+    assert payloads.count(b"maybe") <= 1
+    assert payloads[0] == b"before"
+
+
 async def test_startup_against_a_dead_server_raises_unavailable(server: RedisServer) -> None:
     server.stop()
     store = RedisStore(server.url, timeout=TIMEOUT)
