@@ -142,8 +142,7 @@ class RedisStore(Store):
             redis.exceptions.ConnectionError,  # includes BusyLoadingError (AOF still loading)
             redis.exceptions.TimeoutError,
             redis.exceptions.ReadOnlyError,  # a replica after failover: retry on the new primary
-            OSError,
-            TimeoutError,
+            OSError,  # refused, reset, and asyncio's TimeoutError (an OSError since 3.11)
         ) as exc:
             raise StoreUnavailable(f"Redis at {self._where}: {exc}") from exc
         except redis.exceptions.RedisError as exc:
@@ -162,6 +161,8 @@ class RedisStore(Store):
     # -- checkpoints -----------------------------------------------------------------------------
 
     async def write_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> WriteOutcome:
+        if not checkpoints:
+            return WriteOutcome(accepted=[], rejected=[])
         calls: list[tuple[list[str], list[str | int | bytes]]] = [
             (
                 [self.keys.checkpoint(c.stream_id), self.keys.stream_index],
@@ -177,7 +178,7 @@ class RedisStore(Store):
                 for i in pending:
                     keys, args = calls[i]
                     pipe.evalsha(self._write_script.sha, len(keys), *keys, *args)
-                replies = await pipe.execute(raise_on_error=False) if pending else []
+                replies = await pipe.execute(raise_on_error=False)
                 for i, reply in zip(pending, replies, strict=True):
                     results[i] = reply
                 pending = [i for i in pending if isinstance(results[i], redis.exceptions.NoScriptError)]
