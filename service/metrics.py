@@ -55,7 +55,6 @@ __all__ = [
     "FleetSnapshot",
     "Metrics",
     "Outcome",
-    "StoreBackend",
     "StreamFigures",
     "Transport",
 ]
@@ -66,7 +65,6 @@ _go_float: Callable[[float], str] = floatToGoString  # how prometheus_client wri
 Outcome = Literal["applied", "warming", "rejected", "nonfinite"]
 Transport = Literal["rest", "ws", "replay", "log"]
 CheckpointOutcome = Literal["accepted", "rejected_stale", "failed"]
-StoreBackend = Literal["redis", "sqlite"]
 OUTCOMES: tuple[Outcome, ...] = ("applied", "warming", "rejected", "nonfinite")
 TRANSPORTS: tuple[Transport, ...] = ("rest", "ws", "replay", "log")
 CHECKPOINT_OUTCOMES: tuple[CheckpointOutcome, ...] = ("accepted", "rejected_stale", "failed")
@@ -173,6 +171,24 @@ class _BulkHistogram:
             counts, total = self._counts.copy(), self._sum
         buckets = _bucket_pairs(self._bounds, counts)
         return [HistogramMetricFamily(self._name, self._documentation, buckets, total)]
+
+
+class _UnsetGauge:
+    """A label-less gauge with no sample until its first ``set`` (prometheus_client's Gauge starts at 0)."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._value: float | None = None
+
+    def set(self, value: float) -> None:
+        self._value = value  # one reference assignment: atomic under the GIL
+
+    def describe(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily(self._name, self._documentation)]
+
+    def collect(self) -> Iterable[Metric]:
+        return [_gauge(self._name, self._documentation, self._value)]
 
 
 _FLEET = (
@@ -393,11 +409,10 @@ class Metrics:
         self.log_entries = Gauge(
             "trackin_log_entries", "Observation-log entries not yet covered by a checkpoint.", registry=r
         )
-        # Labelled so that no series exists until a store reports: the memory-only mode has no store to be
-        # down, and an unwired store shows up as missing data rather than as a false "down".
-        self.store_up = Gauge(
-            "trackin_store_up", "1 if the store answered its last call.", ["backend"], registry=r
-        )
+        # No series until a store reports: the memory-only mode has no store to be down, and an unwired
+        # store shows up as missing data rather than as a false "down".
+        self.store_up = _UnsetGauge("trackin_store_up", "1 if the store answered its last call.")
+        r.register(self.store_up)
         self.restore_duration = Histogram(
             "trackin_stream_restore_duration_seconds",
             "Time to load an evicted or not-yet-loaded stream from the store.",
@@ -458,9 +473,9 @@ class Metrics:
         if not ok:
             self.checkpoint_failures.inc()
 
-    def set_store(self, backend: StoreBackend, *, up: bool, log_entries: int | None = None) -> None:
+    def set_store(self, *, up: bool, log_entries: int | None = None) -> None:
         """Store health after a store call; ``log_entries``: log entries not covered by a checkpoint."""
-        self.store_up.labels(backend).set(1 if up else 0)
+        self.store_up.set(1.0 if up else 0.0)
         if log_entries is not None:
             self.log_entries.set(log_entries)
 

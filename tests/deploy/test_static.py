@@ -69,7 +69,7 @@ def exposed_names() -> set[str]:
     )
     metrics.set_snapshot_source(lambda: snapshot)
     metrics.http_request("/healthz", "GET", 200, 0.001)
-    metrics.set_store("sqlite", up=True)
+    metrics.set_store(up=True)
     text = generate_latest(registry).decode()
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
 

@@ -79,7 +79,7 @@ def exercised(snap: FleetSnapshot, max_stream_series: int = 100) -> tuple[Metric
     metrics.websocket_closed()
     metrics.checkpoint_written("accepted", 5)
     metrics.checkpoint_pass(0.2, ok=False)
-    metrics.set_store("redis", up=True, log_entries=12)
+    metrics.set_store(up=True, log_entries=12)
     metrics.restored(0.05)
     metrics.evicted(2)
     return metrics, registry
@@ -220,7 +220,7 @@ def test_helpers_update_their_instruments() -> None:
     assert value(registry, "trackin_checkpoint_failures_total") == 1
     assert value(registry, "trackin_checkpoint_duration_seconds_count") == 1
     assert value(registry, "trackin_log_entries") == 12
-    assert value(registry, "trackin_store_up", backend="redis") == 1
+    assert value(registry, "trackin_store_up") == 1
     assert value(registry, "trackin_evictions_total") == 2
     assert value(registry, "trackin_engine_batch_size_sum") == 16
     labels = {"route": "/v1/streams/{stream_id}", "method": "PUT", "status": "201"}
