@@ -7,6 +7,9 @@ which becomes the ``field`` of the 422 answer. Specs and other control-plane bod
 
 from __future__ import annotations
 
+import contextlib
+import re
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -56,16 +59,39 @@ class LabelIn(msgspec.Struct, forbid_unknown_fields=True):
     y: float | list[float]
 
 
+_NAMED_FIELD = re.compile(r"^Object (?:contains unknown|missing required) field `([^`]+)`")
+
+
 def _path_field(message: str, prefix: str) -> str | None:
-    """The JSON path msgspec reports (``... - at `$.x[1]```), rebased on ``prefix``."""
+    """The JSON path msgspec reports (``... - at `$.x[1]```), rebased on ``prefix``; for an unknown or
+    missing field, the path of that field (``observations[0].z``) rather than of its object."""
     marker = "- at `$"
     at = message.rfind(marker)
-    if at < 0:
-        return prefix or None
-    path = message[at + len(marker) : -1].lstrip(".")
+    path = message[at + len(marker) : -1].lstrip(".") if at >= 0 else ""
+    named = _NAMED_FIELD.match(message)
+    if named:
+        path = f"{path}.{named[1]}" if path else named[1]
     if prefix and path.startswith("["):
         return prefix + path
     return f"{prefix}.{path}" if prefix and path else (path or prefix or None)
+
+
+_ITEM = re.compile(r"^observations\[(\d+)\]")
+
+
+def _invalid(message: str, prefix: str, loose: Callable[[], Any]) -> InvalidInput:
+    """The error for a type check that failed at msgspec's path; names the item's ``stream`` when the
+    body still parses without types (a bool or a string where a number belongs, an unknown field)."""
+    field = _path_field(message, prefix)
+    stream = None
+    item = _ITEM.match(field or "")
+    if item:
+        with contextlib.suppress(Exception):
+            body = loose()
+            items = body["observations"] if isinstance(body, dict) else body
+            found = items[int(item[1])].get("stream")
+            stream = found if isinstance(found, str) else None
+    return InvalidInput(message.split(" - at ")[0], field=field, stream=stream)
 
 
 def decode_json(data: bytes | str, kind: type[T] | Any, *, prefix: str = "") -> T:
@@ -73,8 +99,7 @@ def decode_json(data: bytes | str, kind: type[T] | Any, *, prefix: str = "") -> 
     try:
         return msgspec.json.decode(data, type=kind)  # type: ignore[no-any-return]
     except msgspec.ValidationError as exc:
-        message = str(exc)
-        raise InvalidInput(message.split(" - at ")[0], field=_path_field(message, prefix)) from None
+        raise _invalid(str(exc), prefix, lambda: msgspec.json.decode(data)) from None
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"malformed JSON: {exc}", field=prefix or "body") from None
 
@@ -83,8 +108,7 @@ def decode_msgpack(data: bytes, kind: type[T] | Any, *, prefix: str = "") -> T:
     try:
         return msgspec.msgpack.decode(data, type=kind)  # type: ignore[no-any-return]
     except msgspec.ValidationError as exc:
-        message = str(exc)
-        raise InvalidInput(message.split(" - at ")[0], field=_path_field(message, prefix)) from None
+        raise _invalid(str(exc), prefix, lambda: msgspec.msgpack.decode(data)) from None
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"malformed MessagePack: {exc}", field=prefix or "body") from None
 

@@ -29,7 +29,27 @@ def _documented_body(schema: Any, examples: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_ITEM_SCHEMA = msgspec.json.schema(ObservationIn)
+def _inline_schema(kind: Any) -> dict[str, Any]:
+    """msgspec's JSON schema with its ``#/$defs/...`` references inlined: they would not resolve inside
+    the OpenAPI document, whose root has no ``$defs``."""
+    schema = msgspec.json.schema(kind)
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    result: dict[str, Any] = inline(schema)
+    return result
+
+
+_ITEM_SCHEMA = _inline_schema(ObservationIn)
 _ONE_STREAM_DOC = _documented_body(
     {"anyOf": [_ITEM_SCHEMA, {"type": "array", "items": _ITEM_SCHEMA}]},
     {
@@ -39,7 +59,7 @@ _ONE_STREAM_DOC = _documented_body(
     },
 )
 _MANY_STREAMS_DOC = _documented_body(
-    msgspec.json.schema(ObservationsBody),
+    _inline_schema(ObservationsBody),
     {
         "many": {
             "summary": "Observations of several streams, answered in order",
@@ -52,6 +72,10 @@ _MANY_STREAMS_DOC = _documented_body(
         }
     },
 )
+
+
+def _is_list(raw: bytes) -> bool:
+    return raw.lstrip()[:1] == b"["
 
 
 async def _ingest(
@@ -92,8 +116,11 @@ async def observe_stream(stream_id: str, request: Request, state: State) -> Resp
     check_stream_id(stream_id)
     raw = await read_body(request, state.settings.max_body_bytes)
     try:
-        payload: ObservationIn | list[ObservationIn] = decode_json(
-            raw, ObservationIn | list[ObservationIn], prefix="observations"
+        # Decode as what the body starts with, so error paths read as build_batch's (observations[0].x).
+        payload: ObservationIn | list[ObservationIn] = (
+            decode_json(raw, list[ObservationIn], prefix="observations")
+            if _is_list(raw)
+            else decode_json(raw, ObservationIn, prefix="observations[0]")
         )
     except ServiceError as exc:
         exc.stream = exc.stream or stream_id
@@ -112,8 +139,10 @@ async def observe_many(request: Request, state: State) -> Response:
     started = time.perf_counter()
     raw = await read_body(request, state.settings.max_body_bytes)
     try:
-        payload: ObservationsBody | list[ObservationIn] = decode_json(
-            raw, ObservationsBody | list[ObservationIn]
+        payload: ObservationsBody | list[ObservationIn] = (
+            decode_json(raw, list[ObservationIn], prefix="observations")
+            if _is_list(raw)
+            else decode_json(raw, ObservationsBody)
         )
     except ServiceError:
         state.metrics.observed("rejected", "rest")
