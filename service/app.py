@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics = Metrics(CollectorRegistry(), max_stream_series=settings.metrics_max_stream_series)
         engine = Engine(resolve_device(settings.device))
         scheduler = Scheduler(
-            engine, max_batch=settings.max_batch_observations, after_apply=_record_batch(metrics)
+            engine, max_batch=settings.max_batch_observations, after_apply=[_record_batch(metrics)]
         )
         registry = Registry(
             scheduler, PendingLabels(settings.pending_label_ttl_seconds, settings.max_pending_labels)
@@ -115,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry.persistence = persistence
         if persistence is not None:
             scheduler.before_apply = persistence.before_apply
+            scheduler.after_apply.append(persistence.after_apply)
             await persistence.start()
         metrics.set_snapshot_source(
             lambda: fleet_snapshot(
@@ -134,9 +135,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
-            await scheduler.stop()
+            await scheduler.drain()
             if persistence is not None:
                 await persistence.stop()
+            await scheduler.stop()
             log.info("trackin stopped")
 
     app = FastAPI(

@@ -1,14 +1,502 @@
-"""Checkpoints and the durability log, wired between the registry, the scheduler and a store."""
+"""Checkpoints, the durability log and bounded residency, between the registry, the scheduler and a store.
+
+- ``log`` durability: every batch is appended to the store's log before it is applied and answered; a
+  checkpoint records the last log position it includes and the log is trimmed behind it. Restoring a stream
+  loads its checkpoint and replays its log tail, so nothing acknowledged is lost, even to SIGKILL.
+- ``checkpoint`` durability: no log; a crash loses the changes since the last checkpoint.
+- A background task checkpoints streams that changed every ``checkpoint_every_steps`` observations or
+  ``checkpoint_interval_seconds``, in batched writes; SIGTERM writes every changed stream.
+- Fencing: writes carry this process's epoch and the stream's observation count; the store refuses stale ones.
+- With ``max_resident_streams``, least recently used streams are checkpointed and dropped from memory; the
+  next observation restores them.
+- A store that is down makes log-mode ingestion answer 503 (nothing applied) while predictions keep working;
+  checkpoints retry with backoff and everything resumes when the store returns.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
+import torch
+
+from models.engine import Engine
+from models.specs import StreamSpec
+
+from .durability import decode_payload, encode_batches
+from .errors import StreamCorrupt, Unavailable
+from .ingest import IngestBatch
+from .registry import StreamRecord, Template
 from .settings import Settings
+from .store import (
+    Checkpoint,
+    CorruptCheckpoint,
+    LogEntry,
+    Store,
+    StoreUnavailable,
+    decode_state,
+    encode_state,
+    open_store,
+)
 
-__all__ = ["open_persistence"]
+if TYPE_CHECKING:
+    from .state import AppState
+
+__all__ = ["Persistence", "open_persistence"]
+
+log = logging.getLogger("trackin.persistence")
+
+TEMPLATE_KIND = "template"
+COUNT_KEY = "observations"
 
 
-async def open_persistence(settings: Settings, state: Any) -> Any:
+async def open_persistence(settings: Settings, state: AppState) -> Persistence | None:
     """The persistence layer for the configured store, or None when state is kept in memory only."""
-    return None
+    if settings.store == "memory":
+        return None
+    url = settings.redis_url if settings.store in ("auto", "redis") else None
+    if settings.store == "redis" and not url:
+        raise ValueError("store 'redis' needs TRACKIN_REDIS_URL")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(url, settings.data_dir, timeout=settings.store_timeout_seconds)
+    return Persistence(store, settings, state)
+
+
+class Persistence:
+    """Implements the registry's ``Persistence`` protocol and the scheduler's ``before_apply`` hook."""
+
+    def __init__(self, store: Store, settings: Settings, state: AppState) -> None:
+        self.store = store
+        self.settings = settings
+        self.state = state
+        self.log_mode = settings.durability == "log"
+        self.epoch: int | None = None
+        self.up = False
+        self._known = 0
+        self._counts: dict[str, int] = {}  # observations applied per resident stream (fencing "step")
+        self._saved: dict[str, int] = {}  # count at the last accepted checkpoint
+        self._log_pos: dict[str, str] = {}  # last log position appended per resident stream
+        self._recent: OrderedDict[str, None] = OrderedDict()  # resident streams, least recently used first
+        self._pinned: dict[str, int] = {}  # streams with validated batches not yet applied
+        self._restoring: dict[str, asyncio.Lock] = {}
+        self._evicting: dict[str, asyncio.Event] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._connect_lock = asyncio.Lock()
+
+    # ----- lifecycle --------------------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        return self.state.engine
+
+    async def start(self) -> None:
+        try:
+            await self._connect()
+        except StoreUnavailable as exc:
+            log.warning("store unavailable at start (%s); retrying in the background", exc)
+        self._task = asyncio.create_task(self._checkpoint_loop(), name="trackin-checkpoints")
+
+    async def _connect(self) -> None:
+        async with self._connect_lock:
+            if self.epoch is not None:
+                return
+            await self.store.startup()
+            self.epoch = await self.store.acquire_epoch()
+            for name, value in (await self.store.list_records(TEMPLATE_KIND)).items():
+                self.state.registry.templates[name] = Template(
+                    name=name,
+                    prefix=value["prefix"],
+                    spec=StreamSpec.model_validate(value["spec"]),
+                    idle_seconds=value["idle_seconds"],
+                )
+            self._known = await self.store.count_streams()
+            self._set_up(True)
+            log.info("store connected, owner epoch %d", self.epoch)
+        if self.settings.restore_eagerly:
+            await self._restore_all()
+
+    async def stop(self) -> None:
+        """Write every changed stream, then close the store (SIGTERM path)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.epoch is not None:
+            try:
+                await self.checkpoint(list(self._recent), force=False)
+            except StoreUnavailable:
+                log.error("store unavailable at shutdown: changes since the last checkpoint stay in the log")
+        await self.store.shutdown()
+
+    async def is_up(self) -> bool:
+        if self.epoch is None:
+            return False
+        try:
+            await self.store.ping()
+        except StoreUnavailable:
+            self._set_up(False)
+            return False
+        self._set_up(True)
+        return True
+
+    def known_streams(self) -> int:
+        return max(self._known, len(self.engine))
+
+    def _set_up(self, up: bool) -> None:
+        self.up = up
+        self.state.metrics.set_store(up=up)
+
+    # ----- hooks from the registry and the scheduler ------------------------------------------------------
+
+    def after_apply(self, batches: list[IngestBatch], results: Any, seconds: float) -> None:
+        """Count applied observations per stream (the fencing step) and refresh recency.
+
+        Runs in the scheduler's worker right after the engine call, before any later job (such as a
+        checkpoint export), so counts always match the engine state an export sees.
+        """
+        del results, seconds
+        for batch in batches:
+            for stream_id in batch.stream_ids:
+                self._counts[stream_id] = self._counts.get(stream_id, 0) + 1
+                self._recent[stream_id] = None
+                self._recent.move_to_end(stream_id)
+        self._wake.set()
+
+    def touched(self, stream_ids: Iterable[str]) -> None:
+        """Nothing to do: counting happens in ``after_apply``, in engine order."""
+
+    def pin(self, stream_ids: Iterable[str]) -> None:
+        """Keep streams resident while a request for them is between validation and apply."""
+        for stream_id in stream_ids:
+            self._pinned[stream_id] = self._pinned.get(stream_id, 0) + 1
+
+    def unpin(self, stream_ids: Iterable[str]) -> None:
+        for stream_id in stream_ids:
+            pins = self._pinned.get(stream_id, 0) - 1
+            if pins > 0:
+                self._pinned[stream_id] = pins
+            else:
+                self._pinned.pop(stream_id, None)
+
+    async def created(self, stream_id: str) -> None:
+        """A new stream is checkpointed at once, so its creation survives a crash."""
+        self._counts[stream_id] = 0
+        self._saved.pop(stream_id, None)
+        self._log_pos.pop(stream_id, None)
+        self._recent[stream_id] = None
+        await self._require_store()
+        await self.checkpoint([stream_id], force=True)
+        self._known += 1
+        self._wake.set()
+
+    async def before_apply(self, batches: list[IngestBatch]) -> None:
+        """Log mode: append the batch to the store's log; if that fails nothing is applied (503)."""
+        if not self.log_mode:
+            return
+        await self._require_store()
+        payloads = encode_batches(batches)
+        entries = [LogEntry(stream_id, payload) for stream_id, payload in payloads.items()]
+        try:
+            positions = await self.store.append_log(entries)
+        except StoreUnavailable as exc:
+            self._set_up(False)
+            raise Unavailable(f"store unavailable, nothing applied: {exc}", retry_after=1) from None
+        for entry, position in zip(entries, positions, strict=True):
+            self._log_pos[entry.stream_id] = position
+
+    async def _require_store(self) -> None:
+        if self.epoch is None:
+            try:
+                await self._connect()
+            except StoreUnavailable as exc:
+                raise Unavailable(f"store unavailable: {exc}", retry_after=1) from None
+
+    async def forget(self, stream_id: str) -> None:
+        await self._require_store()
+        assert self.epoch is not None
+        try:
+            await self.store.delete_stream(stream_id, self.epoch)
+        except StoreUnavailable as exc:
+            raise Unavailable(f"store unavailable: {exc}", retry_after=1) from None
+        for table in (self._counts, self._saved, self._log_pos, self._recent):
+            table.pop(stream_id, None)  # type: ignore[attr-defined]
+        self._known = max(0, self._known - 1)
+
+    async def stored_ids(self, prefix: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
+        await self._require_store()
+        try:
+            return await self.store.list_streams(prefix, limit, cursor)
+        except StoreUnavailable as exc:
+            raise Unavailable(f"store unavailable: {exc}", retry_after=1) from None
+
+    async def save_template(self, template: Template) -> None:
+        await self._require_store()
+        value = {
+            "prefix": template.prefix,
+            "spec": template.spec.model_dump(mode="json"),
+            "idle_seconds": template.idle_seconds,
+        }
+        try:
+            await self.store.put_record(TEMPLATE_KIND, template.name, value)
+        except StoreUnavailable as exc:
+            raise Unavailable(f"store unavailable: {exc}", retry_after=1) from None
+
+    async def delete_template(self, name: str) -> None:
+        await self._require_store()
+        try:
+            await self.store.delete_record(TEMPLATE_KIND, name)
+        except StoreUnavailable as exc:
+            raise Unavailable(f"store unavailable: {exc}", retry_after=1) from None
+
+    # ----- checkpoints ------------------------------------------------------------------------------------
+
+    async def checkpoint(self, stream_ids: Sequence[str], *, force: bool) -> list[str]:
+        """Write the given streams' state (only those changed since their last checkpoint unless ``force``).
+
+        The export runs on the engine thread in queue order, so the state and the log positions read with
+        it belong together: every batch logged before the export has been applied, none after.
+        """
+        wanted = [s for s in stream_ids if force or self._counts.get(s, 0) != self._saved.get(s, -1)]
+        if not wanted:
+            return []
+        counts = self._counts
+        positions = self._log_pos
+
+        def export(engine: Engine) -> list[tuple[str, dict[str, torch.Tensor], int, str]]:
+            return [
+                (s, engine.export(s), counts.get(s, 0), positions.get(s, "")) for s in wanted if s in engine
+            ]
+
+        exported = await self.state.scheduler.call(export)
+        records = self.state.registry.records
+        started = time.perf_counter()
+        checkpoints = await asyncio.to_thread(self._encode, exported, records)
+        assert self.epoch is not None
+        try:
+            outcome = await self.store.write_checkpoints(checkpoints)
+        except StoreUnavailable:
+            self._set_up(False)
+            self.state.metrics.checkpoint_written("failed", len(checkpoints))
+            self.state.metrics.checkpoint_pass(time.perf_counter() - started, ok=False)
+            raise
+        self._set_up(True)
+        self.state.metrics.checkpoint_pass(time.perf_counter() - started, ok=True)
+        if outcome.accepted:
+            self.state.metrics.checkpoint_written("accepted", len(outcome.accepted))
+        if outcome.rejected:
+            self.state.metrics.checkpoint_written("rejected_stale", len(outcome.rejected))
+            log.warning(
+                "store refused %d stale checkpoint(s), e.g. %s", len(outcome.rejected), outcome.rejected[0]
+            )
+        by_id = {c.stream_id: c for c in checkpoints}
+        trims = []
+        for stream_id in outcome.accepted:
+            cp = by_id[stream_id]
+            self._saved[stream_id] = cp.step
+            if cp.log_position:
+                trims.append(self.store.trim_log(stream_id, cp.log_position))
+        for stream_id in outcome.rejected:
+            # Equal (epoch, step) is already stored (a retry after a partial write): nothing left to do.
+            self._saved[stream_id] = by_id[stream_id].step
+        if trims:
+            await asyncio.gather(*trims)
+        return outcome.accepted
+
+    def _encode(
+        self, exported: list[tuple[str, dict[str, torch.Tensor], int, str]], records: dict[str, StreamRecord]
+    ) -> list[Checkpoint]:
+        assert self.epoch is not None
+        out = []
+        for stream_id, tensors, count, position in exported:
+            record = records.get(stream_id)
+            if record is None:
+                continue
+            meta: dict[str, Any] = {
+                "spec": record.spec.model_dump(mode="json"),
+                "created_at": record.created_at,
+                "updated_at": record.updated_at,
+                "template": record.template,
+                "last_drift_at": record.last_drift_at,
+                "drifts": record.drifts,
+                COUNT_KEY: count,
+            }
+            blob, meta = encode_state(tensors, meta)
+            out.append(Checkpoint(stream_id, self.epoch, count, position, meta, blob))
+        return out
+
+    async def _checkpoint_loop(self) -> None:
+        backoff = 0.5
+        last_pass = time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=0.2)
+            self._wake.clear()
+            try:
+                if self.epoch is None:
+                    await self._connect()
+                due_time = time.monotonic() - last_pass >= self.settings.checkpoint_interval_seconds
+                every = self.settings.checkpoint_every_steps
+                if due_time:
+                    changed = [s for s in self._recent if self._counts.get(s, 0) != self._saved.get(s, -1)]
+                else:
+                    changed = [
+                        s for s in self._recent if self._counts.get(s, 0) - self._saved.get(s, 0) >= every
+                    ]
+                if changed:
+                    await self.checkpoint(changed, force=False)
+                if due_time:
+                    last_pass = time.monotonic()
+                    if self.log_mode:
+                        self.state.metrics.set_store(up=True, log_entries=await self.store.log_length())
+                await self._evict_if_needed()
+                backoff = 0.5
+            except StoreUnavailable as exc:
+                self._set_up(False)
+                log.warning("checkpoint pass failed (%s); retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("checkpoint pass failed")
+                await asyncio.sleep(backoff)
+
+    # ----- eviction and restore ---------------------------------------------------------------------------
+
+    async def _evict_if_needed(self) -> None:
+        """Checkpoint and drop least recently used streams beyond the residency limit.
+
+        Victims are chosen and unregistered in one step on the event loop (no await in between), skipping
+        streams pinned by requests in flight; a request arriving meanwhile restores the stream from the
+        checkpoint just written, after waiting for the drop to finish.
+        """
+        limit = self.settings.max_resident_streams
+        if limit is None or len(self.engine) <= limit:
+            return
+        excess = len(self.engine) - limit
+        candidates = [s for s in self._recent if s not in self._pinned and s in self.engine][: excess * 2]
+        if not candidates:
+            return
+        await self.checkpoint(candidates, force=False)
+        victims = [
+            s for s in candidates if s not in self._pinned and self._counts.get(s, 0) == self._saved.get(s)
+        ][:excess]
+        if not victims:
+            return
+        done = asyncio.Event()
+        for s in victims:
+            self.state.registry.records.pop(s, None)
+            self._recent.pop(s, None)
+            self._evicting[s] = done
+
+        def drop(engine: Engine) -> None:
+            for s in victims:
+                if s in engine:
+                    engine.remove(s)
+
+        try:
+            await self.state.scheduler.call(drop)
+        finally:
+            for s in victims:
+                self._evicting.pop(s, None)
+                self._log_pos.pop(s, None)
+            done.set()
+        self.state.metrics.evicted(len(victims))
+
+    async def restore(self, stream_id: str) -> StreamRecord | None:
+        """Load a stream that is not resident: its checkpoint, then its log tail. None if never stored."""
+        evicting = self._evicting.get(stream_id)
+        if evicting is not None:
+            await evicting.wait()
+        if stream_id in self.engine:
+            return self.state.registry.records.get(stream_id)
+        await self._require_store()
+        lock = self._restoring.setdefault(stream_id, asyncio.Lock())
+        async with lock:
+            record = self.state.registry.records.get(stream_id)
+            if record is not None:
+                return record
+            started = time.perf_counter()
+            try:
+                checkpoint = await self.store.read_checkpoint(stream_id)
+                if checkpoint is None:
+                    return None
+                tail = await self.store.read_log(stream_id, checkpoint.log_position) if self.log_mode else []
+            except StoreUnavailable as exc:
+                self._set_up(False)
+                raise Unavailable(f"store unavailable, cannot restore {stream_id!r}: {exc}") from None
+            record = await self._load(checkpoint, tail)
+            self.state.metrics.restored(time.perf_counter() - started)
+        self._restoring.pop(stream_id, None)
+        return record
+
+    async def _load(self, checkpoint: Checkpoint, tail: list[tuple[str, bytes]]) -> StreamRecord:
+        stream_id = checkpoint.stream_id
+        meta = checkpoint.meta
+        try:
+            spec = StreamSpec.model_validate(meta["spec"])
+            tensors = decode_state(stream_id, checkpoint.tensors, meta)
+            replay = [decode_payload(payload) for _, payload in tail]
+        except CorruptCheckpoint as exc:
+            raise StreamCorrupt(str(exc), stream=stream_id) from None
+        except Exception as exc:
+            raise StreamCorrupt(
+                f"checkpoint of {stream_id!r} is unreadable: {exc}", stream=stream_id
+            ) from None
+
+        def install(engine: Engine) -> int:
+            engine.add(stream_id, spec)
+            try:
+                engine.load(stream_id, tensors)
+            except (KeyError, ValueError) as exc:
+                engine.remove(stream_id)
+                raise StreamCorrupt(
+                    f"checkpoint of {stream_id!r} does not fit its spec: {exc}", stream=stream_id
+                ) from None
+            applied = 0
+            for inputs, targets in replay:
+                engine.observe([stream_id] * len(inputs), inputs, targets)
+                applied += len(inputs)
+            return applied
+
+        replayed = await self.state.scheduler.call(install)
+        if replayed:
+            self.state.metrics.observed("applied", "log", replayed)
+        count = int(meta.get(COUNT_KEY, checkpoint.step)) + replayed
+        self._counts[stream_id] = count
+        self._saved[stream_id] = checkpoint.step
+        if tail:
+            self._log_pos[stream_id] = tail[-1][0]
+        elif checkpoint.log_position:
+            self._log_pos[stream_id] = checkpoint.log_position
+        self._recent[stream_id] = None
+        self._recent.move_to_end(stream_id)
+        record = StreamRecord(
+            spec=spec,
+            created_at=float(meta.get("created_at", time.time())),
+            updated_at=float(meta.get("updated_at", time.time())),
+            template=meta.get("template"),
+            last_drift_at=meta.get("last_drift_at"),
+            drifts=int(meta.get("drifts", 0)),
+        )
+        self.state.registry.records.setdefault(stream_id, record)
+        self._wake.set()
+        return self.state.registry.records[stream_id]
+
+    async def _restore_all(self) -> None:
+        cursor: str | None = None
+        while True:
+            ids, cursor = await self.store.list_streams("", 1000, cursor)
+            for stream_id in ids:
+                try:
+                    await self.restore(stream_id)
+                except StreamCorrupt as exc:
+                    log.error("%s", exc.message)
+            if cursor is None:
+                return

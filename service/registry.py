@@ -56,7 +56,10 @@ class Persistence(Protocol):
     ) -> tuple[list[str], str | None]: ...
     async def save_template(self, template: Template) -> None: ...
     async def delete_template(self, name: str) -> None: ...
+    async def created(self, stream_id: str) -> None: ...
     def touched(self, stream_ids: Iterable[str]) -> None: ...
+    def pin(self, stream_ids: Iterable[str]) -> None: ...
+    def unpin(self, stream_ids: Iterable[str]) -> None: ...
 
 
 @dataclass
@@ -94,7 +97,13 @@ class Registry:
         await self.scheduler.call(create)
         self.records[stream_id] = record
         if self.persistence is not None:
-            self.persistence.touched([stream_id])
+            try:
+                await self.persistence.created(stream_id)
+            except BaseException:
+                # Not durable, so not created: undo, leaving no half-made stream behind.
+                self.records.pop(stream_id, None)
+                await self.scheduler.call(lambda engine: engine.remove(stream_id))
+                raise
         return "created" if existing is None else "replaced"
 
     async def delete_stream(self, stream_id: str) -> None:
@@ -237,21 +246,44 @@ class Registry:
     ) -> IngestBatch:
         """Resolve the streams (templates, restores) and check every item against its spec."""
         specs: dict[str, StreamSpec] = {}
-        if default_stream is not None:
-            specs[default_stream] = (await self.require(default_stream)).spec
-        for i, item in enumerate(items):
-            stream = item.stream
-            if stream is not None and stream not in specs:
-                check_stream_id(stream, field=f"{prefix}[{i}].stream")
-                specs[stream] = (await self.require(stream)).spec
-        return build_batch(items, specs, default_stream=default_stream, prefix=prefix)
+        try:
+            if default_stream is not None:
+                specs[default_stream] = (await self.require(default_stream)).spec
+                self._pin([default_stream])
+            for i, item in enumerate(items):
+                stream = item.stream
+                if stream is not None and stream not in specs:
+                    check_stream_id(stream, field=f"{prefix}[{i}].stream")
+                    specs[stream] = (await self.require(stream)).spec
+                    self._pin([stream])
+            return build_batch(items, specs, default_stream=default_stream, prefix=prefix)
+        except BaseException:
+            self._unpin(specs)
+            raise
+
+    def _pin(self, stream_ids: Iterable[str]) -> None:
+        """Keep streams resident from validation until applied (the store layer may evict others)."""
+        if self.persistence is not None:
+            self.persistence.pin(stream_ids)
+
+    def _unpin(self, stream_ids: Iterable[str]) -> None:
+        if self.persistence is not None:
+            self.persistence.unpin(stream_ids)
 
     def submit(self, batch: IngestBatch) -> asyncio.Future[list[ItemResult]]:
         """Queue a validated batch; its order among all requests is fixed at this call."""
-        future = self.scheduler.submit(batch)
-        future.add_done_callback(
-            lambda f: None if f.cancelled() or f.exception() else self._note(batch.stream_ids, f.result())
-        )
+        try:
+            future = self.scheduler.submit(batch)
+        except BaseException:
+            self._unpin(batch.specs)
+            raise
+
+        def note(done: asyncio.Future[list[ItemResult]]) -> None:
+            self._unpin(batch.specs)
+            if not done.cancelled() and done.exception() is None:
+                self._note(batch.stream_ids, done.result())
+
+        future.add_done_callback(note)
         return future
 
     async def observe(self, batch: IngestBatch) -> list[ItemResult]:
@@ -312,6 +344,7 @@ class Registry:
             default_stream=stream_id,
             prefix="label",
         )
+        self._pin([stream_id])
         result = (await self.observe(batch))[0]
         self.labels.discard(stream_id, request_id)
         return result

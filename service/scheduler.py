@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,9 +22,12 @@ from models.engine import Engine, ItemResult
 from .errors import Unavailable, UnknownStream
 from .ingest import IngestBatch
 
-__all__ = ["BatchHook", "Scheduler"]
+__all__ = ["AfterApply", "BatchHook", "Scheduler"]
 
 T = TypeVar("T")
+
+AfterApply = Callable[[list[IngestBatch], list[list[ItemResult]], float], None]
+"""Called in the worker right after each engine call, before any later job runs (counting, metrics)."""
 
 BatchHook = Callable[[list[IngestBatch]], Awaitable[None]]
 """Awaited before a batch is applied (e.g. the durability log); raising fails the batch, applying nothing."""
@@ -51,12 +54,12 @@ class Scheduler:
         *,
         max_batch: int,
         before_apply: BatchHook | None = None,
-        after_apply: Callable[[list[IngestBatch], list[list[ItemResult]], float], None] | None = None,
+        after_apply: Sequence[AfterApply] = (),
     ) -> None:
         self.engine = engine
         self.max_batch = max_batch
         self.before_apply = before_apply
-        self.after_apply = after_apply
+        self.after_apply = list(after_apply)
         self._queue: collections.deque[_Observe | _Call] = collections.deque()
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trackin-engine")
@@ -70,6 +73,10 @@ class Scheduler:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="trackin-scheduler")
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far has been applied (new work is still accepted)."""
+        await self.call(lambda engine: None)
 
     async def stop(self) -> None:
         """Finish everything already accepted, then stop the worker."""
@@ -152,8 +159,9 @@ class Scheduler:
                     j.future.set_exception(exc)
             return
         self.last_batch_size = sum(len(b) for b in batches)
-        if self.after_apply is not None:
-            self.after_apply(batches, results, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        for hook in self.after_apply:
+            hook(batches, results, seconds)
         for j, result in zip(live, results, strict=True):
             if not j.future.done():
                 j.future.set_result(result)
