@@ -8,6 +8,7 @@ The running mean is cumulative for its first ``MEAN_WINDOW`` losses, then an EWM
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 __all__ = ["MEAN_WINDOW", "page_hinkley"]
@@ -17,36 +18,35 @@ MEAN_WINDOW = 500
 
 def page_hinkley(
     loss: Tensor,
-    mask: Tensor,
+    active: Tensor,
     n: Tensor,
-    mean: Tensor,
-    total: Tensor,
-    minimum: Tensor,
+    stats: Tensor,
     *,
-    delta: Tensor,
-    threshold: Tensor,
-    warmup: Tensor,
-    enabled: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """One update for rows where ``mask``; returns new ``(n, mean, total, minimum, alarm)``, all ``[rows]``.
+    delta: Tensor | float,
+    threshold: Tensor | float,
+    warmup: Tensor | int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One update of the rows where ``active``; the others come back unchanged.
 
-    After an alarm the detector restarts (n = 0), so it measures the new regime from scratch.
+    Args:
+        loss: ``[rows]`` this observation's loss (ignored where not ``active``).
+        active: ``[rows]`` bool, rows that observed a finite loss with detection on.
+        n: ``[rows]`` int, losses seen since the (re)start.
+        stats: ``[rows, 3]`` running mean, cumulative statistic and its minimum.
+        delta, threshold, warmup: per row ``[rows]`` or shared.
+
+    Returns:
+        ``(n, stats, alarm)``, new values. After an alarm the detector restarts (n = 0, stats = 0), so it
+        measures the new regime from scratch.
     """
-    active = mask & enabled
-    safe_mean = mean.clamp_min(1e-30)
-    z = loss / safe_mean - 1 - delta
+    mean, total, minimum = stats.unbind(1)
     armed = active & (n > 0)
-    new_total = total + z.where(armed, 0.0)
-    new_min = minimum.minimum(new_total).where(armed, minimum)
-    n1 = n + active.to(n.dtype)
-    rate = 1.0 / n1.clamp(min=1, max=MEAN_WINDOW).to(loss.dtype)
-    new_mean = (mean + (loss - mean) * rate).where(active, mean)
-    alarm = armed & (n1 >= warmup) & (new_total - new_min > threshold)
-    zero = new_total.new_zeros(())
-    return (
-        n1.where(~alarm, 0),
-        new_mean.where(~alarm, zero),
-        new_total.where(~alarm, zero),
-        new_min.where(~alarm, zero),
-        alarm,
-    )
+    z = loss / mean.clamp_min(1e-30) - (1 + delta)
+    total = torch.where(armed, total + z, total)
+    minimum = torch.minimum(minimum, total)  # unchanged where not armed: minimum <= total always holds
+    n = n + active
+    rate = n.clamp(1, MEAN_WINDOW).to(loss.dtype).reciprocal()
+    mean = torch.where(active, mean + (loss - mean) * rate, mean)
+    alarm = armed & (n >= warmup) & (total - minimum > threshold)
+    restart = alarm.unsqueeze(1)
+    return n.masked_fill(alarm, 0), torch.stack([mean, total, minimum], 1).masked_fill(restart, 0), alarm

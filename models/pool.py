@@ -1,13 +1,17 @@
 """A pool of streams that share one model structure, loss, optimizer kind and dtype, in stacked tensors.
 
 Every per-stream quantity (parameters, optimizer state, hyperparameters, the ``ar`` lag window, running
-figures, drift detector) is a row of one tensor in ``StreamPool.state``; dimension 0 is the slot. One call to
-:meth:`StreamPool.observe` steps all the streams of a batch with one vectorised update per round (a round
-holds at most one observation per stream), using the same functional core as :class:`models.TrackIn`.
+figures, drift detector) is a row of one tensor in ``StreamPool.state``; dimension 0 is the slot. The keys
+are views of three packed buffers (:mod:`models.layout`), so one call to :meth:`StreamPool.observe` steps all
+the streams of a batch with one vectorised update per round (a round holds at most one observation per
+stream): one gather per buffer, the model, the gradient, the same functional core as
+:class:`models.TrackIn` on flat ``[rows, n_params]`` slices, and one scatter per buffer.
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,6 +22,7 @@ from torch import Tensor
 from . import functional as F
 from .drift import page_hinkley
 from .families import ar_features, init_params, param_shapes, stacked_forward
+from .layout import BOOL, FLOAT, INT, PackedState
 from .losses import loss_per_row, prediction
 from .specs import AdamSpec, ARModel, SGDSpec, StreamSpec, TrackInSpec, layer_sizes
 
@@ -42,7 +47,7 @@ _HYPER = {
     "adam": ("lr", "beta1", "beta2", "eps", "weight_decay", "max_grad_norm"),
 }
 _FIGURES = ("last_loss", "loss_ewma", "grad_norm", "beta", "eps_norm")
-_COUNTERS = ("nonfinite", "drift/count", "drift/last_step", "drift/n")
+_TEMPLATE_CACHE = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +59,17 @@ class ObserveResult:
     steps: Tensor  # [n] the stream's step count after this observation
     applied: Tensor  # [n] bool: one optimizer step was taken
     warming: Tensor  # [n] bool: ar stream still filling its lag window (no step)
-    nonfinite: Tensor  # [n] bool: loss or gradient not finite, state left as it was
+    nonfinite: Tensor  # [n] bool: loss, gradient (or arriving ar value) not finite, state left as it was
     drift: Tensor  # [n] bool: the drift detector fired on this observation
     forecasts: Tensor | None  # [n, dim] next forecast of ar streams (NaN until the window is full)
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """A spec's initial row of each buffer, and the values of the settings the pool tracks."""
+
+    rows: list[Tensor]
+    values: dict[str, object]
 
 
 def _occurrence_rounds(slots: np.ndarray) -> list[np.ndarray]:
@@ -66,79 +79,100 @@ def _occurrence_rounds(slots: np.ndarray) -> list[np.ndarray]:
     order = np.argsort(slots, kind="stable")
     sorted_slots = slots[order]
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_slots)) + 1]
+    if starts.size == slots.size:
+        return [np.arange(slots.size)]
     run_id = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, sorted_slots.size]))
     occurrence = np.empty_like(slots)
     occurrence[order] = np.arange(sorted_slots.size) - starts[run_id]
-    if occurrence.max() == 0:
-        return [np.arange(slots.size)]
     return [np.flatnonzero(occurrence == r) for r in range(int(occurrence.max()) + 1)]
 
 
+def _output_grad(kind: str, output: Tensor, target: Tensor, delta: float | Tensor) -> Tensor:
+    """d loss_per_row / d output, ``[rows, out]``: the closed form for single-layer models."""
+    scale = 1.0 / output.shape[-1]
+    if kind == "mse":
+        return (output - target) * (2 * scale)
+    if kind == "huber":
+        d = delta.unsqueeze(-1) if isinstance(delta, Tensor) else delta
+        r = output - target
+        clipped = torch.clamp(r, -d, d) if isinstance(d, Tensor) else r.clamp(-d, d)
+        return clipped * scale if scale != 1.0 else clipped
+    return (torch.sigmoid(output) - target) * scale
+
+
 class StreamPool:
-    """Streams of one pool key (see :meth:`StreamSpec.pool_key`), stacked along dimension 0 (the slot)."""
+    """Streams of one pool key (see :meth:`StreamSpec.pool_key`), stacked along dimension 0 (the slot).
+
+    ``state``: every per-stream tensor by name, each ``[capacity, *shape]`` (views of the packed buffers;
+    they are replaced when the pool grows).
+    """
 
     def __init__(self, template: StreamSpec, device: torch.device | str = "cpu", capacity: int = 16) -> None:
         self.template = template
         self.model = template.model
         self.device = torch.device(device)
-        self.dtype = getattr(torch, template.dtype)
+        self.dtype: torch.dtype = getattr(torch, template.dtype)
         self.optimizer = template.optimizer.name
-        self.param_names = list(param_shapes(self.model))
+        self._key = template.pool_key()
+        shapes = self._param_shapes = param_shapes(self.model)
+        self.param_names = list(shapes)
         self.out_dim = layer_sizes(self.model)[-1]
-        self.capacity = 0
-        self.state: dict[str, Tensor] = {}
-        self._free: list[int] = []
-        self._layout = self._state_layout()
-        self._grow(max(1, capacity))
+        self._n_params = sum(math.prod(s) for s in shapes.values())
+        self._closed_form = len(layer_sizes(self.model)) == 2
+        opt = template.optimizer
+        self._buffers: list[str] = []
+        if isinstance(opt, TrackInSpec):
+            self._buffers = ["momentum"] + (["eps"] if opt.eta > 0 else [])
+        elif isinstance(opt, SGDSpec) and opt.momentum > 0:
+            self._buffers = ["momentum"]
+        elif isinstance(opt, AdamSpec):
+            self._buffers = ["exp_avg", "exp_avg_sq"]
+        self._packed = PackedState(self._state_entries(), self.dtype, self.device, max(1, capacity))
+        self._free: list[int] = list(range(self._packed.capacity - 1, -1, -1))
+        self._templates: dict[StreamSpec, _Template] = {}
+        self._last: tuple[StreamSpec, _Template] | None = None
+        tracked = [f"hyper/{h}" for h in _HYPER[self.optimizer]]
+        self._tracked: dict[str, Counter[object]] = {
+            k: Counter() for k in [*tracked, "hyper/huber_delta", "drift/enabled", "drift/reset"]
+        }
+        cols = self._packed.columns
+        self._col = {key: (c.start, c.stop) for key, c in cols.items()}
+        self._ones: dict[int, Tensor] = {}
+        self._gated = cols["fig/eps_norm"].stop  # float columns [0, gated) change only with a step
 
     # ----- layout and slots -------------------------------------------------------------------------------
 
-    def _state_layout(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """Every stacked tensor's per-stream shape and dtype."""
-        dt, i64, b = self.dtype, torch.int64, torch.bool
-        layout: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+    def _state_entries(self) -> list[tuple[str, tuple[int, ...], int]]:
+        """Every key's per-stream shape and buffer, in layout order (see :mod:`models.layout`)."""
         shapes = param_shapes(self.model)
-        for name, shape in shapes.items():
-            layout[f"param/{name}"] = (shape, dt)
-        opt = self.template.optimizer
-        slots_per_param: list[str] = []
-        if isinstance(opt, TrackInSpec):
-            slots_per_param = ["momentum"] + (["eps"] if opt.eta > 0 else [])
-            layout["opt/sq_avg"] = ((), dt)
-        elif isinstance(opt, SGDSpec) and opt.momentum > 0:
-            slots_per_param = ["momentum"]
-        elif isinstance(opt, AdamSpec):
-            slots_per_param = ["exp_avg", "exp_avg_sq"]
-        for kind in slots_per_param:
-            for name, shape in shapes.items():
-                layout[f"opt/{kind}/{name}"] = (shape, dt)
-        layout["opt/step"] = ((), i64)
+        entries = [(f"param/{name}", shape, FLOAT) for name, shape in shapes.items()]
+        for kind in self._buffers:
+            entries += [(f"opt/{kind}/{name}", shape, FLOAT) for name, shape in shapes.items()]
+        if self.optimizer == "trackin":
+            entries.append(("opt/sq_avg", (), FLOAT))
+        entries += [(f"fig/{f}", (), FLOAT) for f in _FIGURES]
+        entries.append(("opt/step", (), INT))
         for h in _HYPER[self.optimizer]:
-            layout[f"hyper/{h}"] = ((), i64 if h == "beta_rule" else b if h == "debias" else dt)
-        layout["hyper/huber_delta"] = ((), dt)
+            entries.append((f"hyper/{h}", (), INT if h == "beta_rule" else BOOL if h == "debias" else FLOAT))
+        entries.append(("hyper/huber_delta", (), FLOAT))
         if isinstance(self.model, ARModel):
-            layout["ar/window"] = ((self.model.window, self.model.dim), dt)
-            layout["ar/filled"] = ((), i64)
-        for f in _FIGURES:
-            layout[f"fig/{f}"] = ((), dt)
-        layout["fig/nonfinite"] = ((), i64)
-        for f in ("mean", "total", "min", "delta", "threshold"):
-            layout[f"drift/{f}"] = ((), dt)
-        for f in ("n", "count", "last_step", "warmup"):
-            layout[f"drift/{f}"] = ((), i64)
-        layout["drift/enabled"] = ((), b)
-        layout["drift/reset"] = ((), b)
-        return layout
+            entries.append(("ar/window", (self.model.window, self.model.dim), FLOAT))
+            entries.append(("ar/filled", (), INT))
+        entries.append(("fig/nonfinite", (), INT))
+        entries += [(f"drift/{f}", (), FLOAT) for f in ("mean", "total", "min", "delta", "threshold")]
+        entries += [(f"drift/{f}", (), INT) for f in ("n", "count", "last_step", "warmup")]
+        entries += [("drift/enabled", (), BOOL), ("drift/reset", (), BOOL)]
+        return entries
 
-    def _grow(self, capacity: int) -> None:
-        """Reallocate every stacked tensor to ``capacity`` rows (amortised doubling by the caller)."""
-        for key, (shape, dtype) in self._layout.items():
-            new = torch.zeros((capacity, *shape), dtype=dtype, device=self.device)
-            if key in self.state:
-                new[: self.capacity].copy_(self.state[key])
-            self.state[key] = new
-        self._free.extend(range(capacity - 1, self.capacity - 1, -1))
-        self.capacity = capacity
+    @property
+    def state(self) -> dict[str, Tensor]:
+        """Every per-stream tensor by name, ``[capacity, *shape]``."""
+        return self._packed.views
+
+    @property
+    def capacity(self) -> int:
+        """Slots allocated (used or free)."""
+        return self._packed.capacity
 
     @property
     def size(self) -> int:
@@ -154,19 +188,27 @@ class StreamPool:
 
     def state_bytes(self) -> int:
         """Bytes of the stacked tensors (all slots, used or free)."""
-        return sum(t.numel() * t.element_size() for t in self.state.values())
+        return self._packed.nbytes()
 
-    def add(self, spec: StreamSpec) -> int:
-        """Place a new stream in a free slot (growing by doubling when full), initialised from its spec."""
-        if spec.pool_key() != self.template.pool_key():
-            raise ValueError("spec does not belong to this pool")
-        if not self._free:
-            self._grow(self.capacity * 2)
-        slot = self._free.pop()
-        for tensor in self.state.values():
-            tensor[slot].zero_()
+    def _template_for(self, spec: StreamSpec) -> _Template:
+        """The initial rows of a spec (cached: adding many streams of one spec is a row copy each)."""
+        if self._last is not None and self._last[0] is spec:
+            return self._last[1]
+        found = self._templates.get(spec)
+        if found is None:
+            if spec.pool_key() != self._key:
+                raise ValueError("spec does not belong to this pool")
+            found = self._build_template(spec)
+            if len(self._templates) >= _TEMPLATE_CACHE:
+                self._templates.clear()
+            self._templates[spec] = found
+        self._last = (spec, found)
+        return found
+
+    def _build_template(self, spec: StreamSpec) -> _Template:
+        rows, views = self._packed.blank()
         for name, value in init_params(spec.model, self.dtype, self.device).items():
-            self.state[f"param/{name}"][slot].copy_(value)
+            views[f"param/{name}"][0].copy_(value)
         opt = spec.optimizer.model_dump()
         for h in _HYPER[self.optimizer]:
             raw = opt[h]
@@ -174,25 +216,61 @@ class StreamPool:
                 raw = F.beta_rule_code(raw)
             elif h == "max_grad_norm" and raw is None:
                 raw = float("inf")
-            self.state[f"hyper/{h}"][slot].fill_(raw)
-        self.state["hyper/huber_delta"][slot].fill_(spec.huber_delta)
+            views[f"hyper/{h}"].fill_(raw)
+        views["hyper/huber_delta"].fill_(spec.huber_delta)
         d = spec.drift
-        for key, setting in (
-            ("delta", d.delta),
-            ("threshold", d.threshold),
-            ("warmup", d.warmup),
-            ("enabled", d.enabled),
-            ("reset", d.reset_momentum),
-        ):
-            self.state[f"drift/{key}"][slot].fill_(setting)
-        for f in ("last_loss", "loss_ewma", "grad_norm", "beta", "eps_norm"):
-            self.state[f"fig/{f}"][slot].fill_(float("nan"))
+        settings = {
+            "delta": d.delta,
+            "threshold": d.threshold,
+            "warmup": d.warmup,
+            "enabled": d.enabled,
+            "reset": d.reset_momentum,
+        }
+        for key, setting in settings.items():
+            views[f"drift/{key}"].fill_(setting)
+        for f in _FIGURES:
+            views[f"fig/{f}"].fill_(float("nan"))
+        return _Template(rows, self._tracked_values(views))
+
+    def _tracked_values(self, views: Mapping[str, Tensor]) -> dict[str, object]:
+        return {key: views[key][0].item() for key in self._tracked}
+
+    def _count(self, values: Mapping[str, object], sign: int) -> None:
+        for key, value in values.items():
+            counter = self._tracked[key]
+            counter[value] += sign
+            if counter[value] <= 0:
+                del counter[value]
+
+    def _uniform(self, key: str, column: Tensor) -> float | int | bool | Tensor:
+        """A setting's value when every resident stream shares it (the core skips work), else its column."""
+        counter = self._tracked[key]
+        if len(counter) == 1:
+            (value,) = counter
+            assert isinstance(value, float | int | bool)
+            return value
+        return column
+
+    def add(self, spec: StreamSpec) -> int:
+        """Place a new stream in a free slot (growing by doubling when full), initialised from its spec."""
+        template = self._template_for(spec)
+        if not self._free:
+            old = self.capacity
+            self._packed.grow(old * 2)
+            self._free.extend(range(self.capacity - 1, old - 1, -1))
+        slot = self._free.pop()
+        self._packed.write_row(slot, template.rows)
+        self._count(template.values, +1)
         return slot
+
+    def _check_slot(self, slot: int) -> None:
+        if not 0 <= slot < self.capacity or slot in self._free:
+            raise KeyError(slot)
 
     def remove(self, slot: int) -> None:
         """Free a slot for reuse."""
-        if slot in self._free or not 0 <= slot < self.capacity:
-            raise KeyError(slot)
+        self._check_slot(slot)
+        self._count(self._tracked_values(self._packed.views_of(self._packed.read_row(slot))), -1)
         self._free.append(slot)
 
     def export(self, slot: int) -> dict[str, Tensor]:
@@ -205,28 +283,58 @@ class StreamPool:
         if missing:
             raise KeyError(f"state lacks {sorted(missing)}")
         for key, tensor in self.state.items():
-            value = state[key]
-            if tuple(value.shape) != tuple(tensor.shape[1:]):
-                raise ValueError(f"{key}: shape {tuple(value.shape)}, expected {tuple(tensor.shape[1:])}")
-            tensor[slot].copy_(value)
+            if tuple(state[key].shape) != tuple(tensor.shape[1:]):
+                raise ValueError(
+                    f"{key}: shape {tuple(state[key].shape)}, expected {tuple(tensor.shape[1:])}"
+                )
+        resident = 0 <= slot < self.capacity and slot not in self._free
+        rows = self._packed.read_row(slot)
+        views = self._packed.views_of(rows)
+        if resident:
+            self._count(self._tracked_values(views), -1)
+        for key, view in views.items():
+            view[0].copy_(state[key])
+        self._packed.write_row(slot, rows)
+        if resident:
+            self._count(self._tracked_values(views), +1)
 
     # ----- learning ---------------------------------------------------------------------------------------
 
+    def _params(self, theta: Tensor) -> dict[str, Tensor]:
+        """Named parameter views ``[rows, *shape]`` of a flat ``[rows, n_params]`` slice."""
+        out, start = {}, 0
+        for name, shape in self._param_shapes.items():
+            size = math.prod(shape)
+            out[name] = theta[:, start : start + size].view(theta.shape[0], *shape)
+            start += size
+        return out
+
+    def _forward(self, theta: Tensor, x: Tensor) -> Tensor:
+        return stacked_forward(self.model, self._params(theta), x)
+
+    def _ar_level(self, theta: Tensor, window: Tensor) -> Tensor:
+        """Forecast of the next level from a full window ``[rows, window, dim]``."""
+        assert isinstance(self.model, ARModel)
+        out = self._forward(theta, ar_features(self.model, window))
+        return out + window[:, -1] if self.model.target == "delta" else out
+
     def predict(self, slots: np.ndarray, inputs: Tensor | None = None) -> Tensor:
         """Predictions without learning: ``[n, out]`` on the host. For ``ar`` pools, the current forecast."""
-        s = torch.as_tensor(slots, dtype=torch.int64).to(self.device)
-        params = {n: self.state[f"param/{n}"].index_select(0, s) for n in self.param_names}
+        s = torch.as_tensor(np.asarray(slots), dtype=torch.int64).to(self.device)
+        f = self._packed.gather(s, FLOAT)
+        theta = f[:, : self._n_params]
         with torch.no_grad():
             if isinstance(self.model, ARModel):
-                window = self.state["ar/window"].index_select(0, s)
-                full = self.state["ar/filled"].index_select(0, s) >= self.model.window
-                out = self._ar_level(params, window)
-                out = out.where(full.unsqueeze(-1), torch.nan)
+                a, b = self._col["ar/window"]
+                window = f[:, a:b].view(f.shape[0], self.model.window, self.model.dim)
+                filled = self._packed.gather(s, INT)[:, self._col["ar/filled"][0]]
+                out = self._ar_level(theta, window).where(
+                    (filled >= self.model.window).unsqueeze(-1), torch.nan
+                )
             else:
                 assert inputs is not None
-                out = prediction(
-                    self.template.loss, stacked_forward(self.model, params, inputs.to(params["weight0"]))
-                )
+                x = inputs.to(device=self.device, dtype=self.dtype)
+                out = prediction(self.template.loss, self._forward(theta, x))
         return out.cpu()
 
     def observe(self, slots: np.ndarray, inputs: Tensor, targets: Tensor | None = None) -> ObserveResult:
@@ -235,29 +343,26 @@ class StreamPool:
         ``inputs``: ``[n, in]`` features (``ar``: ``[n, dim]`` newly arrived values); ``targets``:
         ``[n, out]`` (None for ``ar``, whose target is the arriving value).
         """
-        n = int(slots.size)
+        slots = np.asarray(slots, dtype=np.int64)
         dev, dt = self.device, self.dtype
         inputs = inputs.to(device=dev, dtype=dt)
         targets = targets.to(device=dev, dtype=dt) if targets is not None else None
-        is_ar = isinstance(self.model, ARModel)
-        out = {
-            "pred": torch.full((n, self.out_dim), torch.nan, dtype=dt, device=dev),
-            "loss": torch.full((n,), torch.nan, dtype=dt, device=dev),
-            "step": torch.zeros(n, dtype=torch.int64, device=dev),
-            "applied": torch.zeros(n, dtype=torch.bool, device=dev),
-            "warming": torch.zeros(n, dtype=torch.bool, device=dev),
-            "nonfinite": torch.zeros(n, dtype=torch.bool, device=dev),
-            "drift": torch.zeros(n, dtype=torch.bool, device=dev),
-        }
-        if is_ar:
-            out["forecast"] = torch.full((n, self.out_dim), torch.nan, dtype=dt, device=dev)
-        for positions in _occurrence_rounds(slots):
-            pos = torch.as_tensor(positions, dtype=torch.int64).to(dev)
-            s = torch.as_tensor(slots[positions], dtype=torch.int64).to(dev)
-            x = inputs.index_select(0, pos)
-            y = targets.index_select(0, pos) if targets is not None else None
-            for key, value in self._round(s, x, y).items():
-                out[key].index_copy_(0, pos, value)
+        rounds = _occurrence_rounds(slots)
+        parts: list[dict[str, Tensor]] = []
+        with torch.no_grad():
+            if len(rounds) <= 1:  # one round (or an empty batch): no regrouping of inputs and outcomes
+                parts.append(self._round(torch.from_numpy(slots).to(dev), inputs, targets))
+            else:
+                for positions in rounds:
+                    pos = torch.from_numpy(positions).to(dev)
+                    y = targets.index_select(0, pos) if targets is not None else None
+                    x = inputs.index_select(0, pos)
+                    parts.append(self._round(torch.from_numpy(slots[positions]).to(dev), x, y))
+        if len(parts) == 1:
+            out = parts[0]
+        else:
+            inverse = torch.from_numpy(np.argsort(np.concatenate(rounds))).to(dev)
+            out = {k: torch.cat([p[k] for p in parts]).index_select(0, inverse) for k in parts[0]}
         host = {k: v.cpu() for k, v in out.items()}
         return ObserveResult(
             predictions=host["pred"],
@@ -270,183 +375,199 @@ class StreamPool:
             forecasts=host.get("forecast"),
         )
 
-    def _ar_level(self, params: Mapping[str, Tensor], window: Tensor) -> Tensor:
-        """Forecast of the next level from a full window."""
-        assert isinstance(self.model, ARModel)
-        out = stacked_forward(self.model, params, ar_features(self.model, window))
-        return out + window[:, -1] if self.model.target == "delta" else out
-
     def _round(self, s: Tensor, x: Tensor, y: Tensor | None) -> dict[str, Tensor]:
-        """One vectorised step for distinct slots ``s``; returns per-row outcomes."""
-        model = self.model
-        rows = {k: v.index_select(0, s) for k, v in self.state.items()}
-        params = {n: rows[f"param/{n}"].requires_grad_() for n in self.param_names}
-        rows_n = s.shape[0]
+        """One vectorised step for distinct slots ``s``; returns per-row outcomes.
+
+        The rows are gathered once (``old``) and updated in a copy (``f``, ``i``); rows whose step is not
+        taken get their step-dependent columns back from ``old`` before the single scatter.
+        """
+        model, col, P = self.model, self._col, self._n_params
+        packed = self._packed
+        f_old = packed.gather(s, FLOAT)
+        i_old = packed.gather(s, INT)
+        b = packed.gather(s, BOOL)
+        f, i = f_old.clone(), i_old.clone()
+        theta = f[:, :P]
+        hd = self._uniform("hyper/huber_delta", f[:, col["hyper/huber_delta"][0]])
         result: dict[str, Tensor] = {}
-        with torch.enable_grad():
-            if isinstance(model, ARModel):
-                window = rows["ar/window"]
-                ready = rows["ar/filled"] >= model.window
-                feats = ar_features(model, window)
-                last = window[:, -1]
-                target = x - last if model.target == "delta" else x
-                output = stacked_forward(model, params, feats)
-                pred = output + last if model.target == "delta" else output
-            else:
-                ready = torch.ones(rows_n, dtype=torch.bool, device=s.device)
-                assert y is not None
-                target = y
-                output = stacked_forward(model, params, x)
-                pred = prediction(self.template.loss, output)
-            loss = loss_per_row(self.template.loss, output, target, rows["hyper/huber_delta"])
-            grads = torch.autograd.grad(loss.sum(), list(params.values()))
-        loss = loss.detach()
-        pred = pred.detach()
-        for p in params.values():
-            p.requires_grad_(False)
-        finite = torch.isfinite(loss)
-        for g in grads:
-            finite &= torch.isfinite(g.flatten(1)).all(1)
-        ok = ready & finite
-        stats = self._optimizer_step(rows, list(grads))
-
-        # Commit the stepped state only where a finite step was taken; elsewhere keep the rows unchanged.
-        for key in self.state:
-            if key.startswith(("param/", "opt/")):
-                self._scatter(key, s, ok, rows[key])
-
-        value_finite = torch.isfinite(x).flatten(1).all(1) if isinstance(model, ARModel) else ok
+        ready: Tensor | None
         if isinstance(model, ARModel):
+            a, z = col["ar/window"]
+            window = f_old[:, a:z].view(f.shape[0], model.window, model.dim)
+            ready = i_old[:, col["ar/filled"][0]] >= model.window
+            feats = ar_features(model, window)
+            last = window[:, -1]
+            target = x - last if model.target == "delta" else x
+        else:
+            ready = None
+            feats = x
+            assert y is not None
+            target = y
+
+        if self._closed_form:
+            output = self._forward(theta, feats)
+            loss = loss_per_row(self.template.loss, output, target, hd)
+            g = _output_grad(self.template.loss, output, target, hd)
+            grad = torch.cat([(g.unsqueeze(2) * feats.unsqueeze(1)).flatten(1), g], 1)
+        else:
+            leaf = theta.detach().requires_grad_(True)
+            with torch.enable_grad():
+                output = self._forward(leaf, feats)
+                loss = loss_per_row(self.template.loss, output, target, hd)
+                (grad,) = torch.autograd.grad(loss.sum(), leaf)
+            output, loss = output.detach(), loss.detach()
+        finite = self._finite(loss, grad)
+        ok = finite if ready is None else finite & ready
+
+        stats = self._optimizer_step(f, i, b, grad)
+        a = col["fig/loss_ewma"][0]
+        prev = f_old[:, a]
+        ewma = torch.where(prev.isnan(), loss, prev + LOSS_EWMA_ALPHA * (loss - prev))
+        a, z = col["fig/last_loss"][0], col["fig/eps_norm"][1]
+        f[:, a:z] = torch.stack([loss, ewma, stats.grad_norm, stats.beta, stats.eps_norm], 1)
+        gated = self._gated
+        f[:, :gated] = torch.where(ok.unsqueeze(1), f[:, :gated], f_old[:, :gated])
+        step_col = col["opt/step"][0]
+        step = torch.where(ok, i[:, step_col], i_old[:, step_col])
+        i[:, step_col] = step
+        nonfinite = ~finite if ready is None else ready & ~finite
+
+        if isinstance(model, ARModel):
+            assert ready is not None
+            value_finite = torch.isfinite(x).all(1)
             pushed = (~ready & value_finite) | ok
+            nonfinite = nonfinite | (~ready & ~value_finite)
             new_window = torch.cat([window[:, 1:], x.unsqueeze(1)], dim=1)
-            self._scatter("ar/window", s, pushed, new_window)
-            filled = (rows["ar/filled"] + 1).clamp(max=model.window)
-            self._scatter("ar/filled", s, pushed, filled)
-            stepped = {n: self.state[f"param/{n}"].index_select(0, s) for n in self.param_names}
-            full = filled >= model.window
-            with torch.no_grad():
-                forecast = self._ar_level(stepped, torch.where(pushed.view(-1, 1, 1), new_window, window))
-            has_forecast = torch.where(pushed, full, ready)
-            result["forecast"] = forecast.where(has_forecast.unsqueeze(-1), torch.nan)
+            a, z = col["ar/window"]
+            f[:, a:z] = torch.where(pushed.unsqueeze(1), new_window.flatten(1), f_old[:, a:z])
+            c = col["ar/filled"][0]
+            filled = (i_old[:, c] + pushed).clamp(max=model.window)
+            i[:, c] = filled
+            level = self._ar_level(theta, f[:, a:z].view(f.shape[0], model.window, model.dim))
+            result["forecast"] = level.where((filled >= model.window).unsqueeze(-1), torch.nan)
+            pred = output + last if model.target == "delta" else output
+            result["pred"] = pred.where(ready.unsqueeze(-1), torch.nan)
+            result["loss"] = loss.where(ready, torch.nan)
             result["warming"] = ~ready
         else:
+            result["pred"] = prediction(self.template.loss, output)
+            result["loss"] = loss
             result["warming"] = torch.zeros_like(ok)
-
-        self._update_figures(s, rows, ok, ready & ~finite, loss, stats)
-        result["drift"] = self._update_drift(s, rows, ok, loss)
-        result["pred"] = pred.where(ready.unsqueeze(-1), torch.nan)
-        result["loss"] = loss.where(ready, torch.nan)
-        result["step"] = self.state["opt/step"].index_select(0, s)
+        i[:, col["fig/nonfinite"][0]] += nonfinite
+        result["drift"] = self._drift(f, i, b, ok, loss, step)
+        packed.scatter(s, FLOAT, f)
+        packed.scatter(s, INT, i)
+        result["step"] = step
         result["applied"] = ok
-        result["nonfinite"] = ready & ~finite
+        result["nonfinite"] = nonfinite
         return result
 
-    def _scatter(self, key: str, s: Tensor, mask: Tensor, new: Tensor) -> None:
-        """Write ``new`` rows into slots ``s`` where ``mask``; other rows keep their current value."""
-        target = self.state[key]
-        current = target.index_select(0, s)
-        m = mask.view(-1, *([1] * (new.dim() - 1)))
-        target.index_copy_(0, s, torch.where(m, new.to(target.dtype), current))
+    def _finite(self, loss: Tensor, grad: Tensor) -> Tensor:
+        """``[rows]`` bool: the loss and every gradient entry are finite.
 
-    def _optimizer_step(self, rows: dict[str, Tensor], grads: list[Tensor]) -> F.StepStats:
-        """The functional core on the gathered rows (in place on ``rows``)."""
-        names = self.param_names
-        params = [rows[f"param/{n}"] for n in names]
-        h = {k.removeprefix("hyper/"): v for k, v in rows.items() if k.startswith("hyper/")}
+        ``(grad - grad) @ ones`` is 0 for a finite row and NaN otherwise (a matrix-vector product: much
+        faster on the CPU than ``isfinite(grad).all(1)``, a reduction over a short inner dimension).
+        """
+        ones = self._ones.get(grad.shape[1])
+        if ones is None:
+            ones = self._ones[grad.shape[1]] = grad.new_ones(grad.shape[1])
+        return torch.isfinite(loss + (grad - grad) @ ones)
 
-        def per_param(kind: str) -> list[Tensor]:
-            return [rows[f"opt/{kind}/{n}"] for n in names]
+    def _optimizer_step(self, f: Tensor, i: Tensor, b: Tensor, grad: Tensor) -> F.StepStats:
+        """The functional core on the gathered rows, in place on flat ``[rows, n_params]`` slices of ``f``."""
+        col, P = self._col, self._n_params
+        params = [f[:, :P]]
+        buffers = {}
+        for kind in self._buffers:
+            a = col[f"opt/{kind}/{self.param_names[0]}"][0]
+            buffers[kind] = [f[:, a : a + P]]
 
+        def h(name: str) -> F.Scalar:
+            key = f"hyper/{name}"
+            c = col[key][0]
+            column = i[:, c] if name == "beta_rule" else b[:, c] if name == "debias" else f[:, c]
+            value = self._uniform(key, column)
+            if name == "max_grad_norm" and isinstance(value, float) and value == float("inf"):
+                return None  # type: ignore[return-value]
+            if name == "beta_rule" and isinstance(value, int):
+                return F.BETA_RULES[value]  # type: ignore[return-value]
+            return value  # type: ignore[return-value]
+
+        step = i[:, col["opt/step"][0]]
         if self.optimizer == "trackin":
-            eps_on = f"opt/eps/{names[0]}" in rows
             return F.trackin(
                 params,
-                grads,
-                per_param("momentum"),
-                per_param("eps") if eps_on else None,
-                rows["opt/sq_avg"],
-                rows["opt/step"],
-                lr=h["lr"],
-                gamma=h["gamma"],
-                beta=h["beta"],
-                beta_rule=h["beta_rule"],
-                debias=h["debias"],
-                eta=h["eta"],
-                eps_decay=h["eps_decay"],
-                weight_decay=h["weight_decay"],
-                max_grad_norm=h["max_grad_norm"],
+                [grad],
+                buffers["momentum"],
+                buffers.get("eps"),
+                f[:, col["opt/sq_avg"][0]],
+                step,
+                lr=h("lr"),
+                gamma=h("gamma"),
+                beta=h("beta"),
+                beta_rule=h("beta_rule"),  # type: ignore[arg-type]
+                debias=h("debias"),  # type: ignore[arg-type]
+                eta=h("eta"),
+                eps_decay=h("eps_decay"),
+                weight_decay=h("weight_decay"),
+                max_grad_norm=h("max_grad_norm"),
                 foreach=False,
             )
         if self.optimizer == "sgd":
-            momentum_on = f"opt/momentum/{names[0]}" in rows
             return F.sgd(
                 params,
-                grads,
-                per_param("momentum") if momentum_on else None,
-                rows["opt/step"],
-                lr=h["lr"],
-                momentum=h["momentum"],
-                dampening=h["dampening"],
-                debias=h["debias"],
-                weight_decay=h["weight_decay"],
-                max_grad_norm=h["max_grad_norm"],
+                [grad],
+                buffers.get("momentum"),
+                step,
+                lr=h("lr"),
+                momentum=h("momentum"),
+                dampening=h("dampening"),
+                debias=h("debias"),  # type: ignore[arg-type]
+                weight_decay=h("weight_decay"),
+                max_grad_norm=h("max_grad_norm"),
             )
         return F.adam(
             params,
-            grads,
-            per_param("exp_avg"),
-            per_param("exp_avg_sq"),
-            rows["opt/step"],
-            lr=h["lr"],
-            beta1=h["beta1"],
-            beta2=h["beta2"],
-            eps=h["eps"],
-            weight_decay=h["weight_decay"],
-            max_grad_norm=h["max_grad_norm"],
+            [grad],
+            buffers["exp_avg"],
+            buffers["exp_avg_sq"],
+            step,
+            lr=h("lr"),
+            beta1=h("beta1"),
+            beta2=h("beta2"),
+            eps=h("eps"),
+            weight_decay=h("weight_decay"),
+            max_grad_norm=h("max_grad_norm"),
         )
 
-    def _update_figures(
-        self,
-        s: Tensor,
-        rows: Mapping[str, Tensor],
-        ok: Tensor,
-        nonfinite: Tensor,
-        loss: Tensor,
-        stats: F.StepStats,
-    ) -> None:
-        first = rows["opt/step"] <= 1
-        prev = rows["fig/loss_ewma"]
-        ewma = torch.where(first | prev.isnan(), loss, prev + LOSS_EWMA_ALPHA * (loss - prev))
-        self._scatter("fig/last_loss", s, ok, loss)
-        self._scatter("fig/loss_ewma", s, ok, ewma)
-        self._scatter("fig/grad_norm", s, ok, stats.grad_norm)
-        self._scatter("fig/beta", s, ok, stats.beta)
-        self._scatter("fig/eps_norm", s, ok, stats.eps_norm)
-        self._scatter("fig/nonfinite", s, nonfinite, rows["fig/nonfinite"] + 1)
-
-    def _update_drift(self, s: Tensor, rows: Mapping[str, Tensor], ok: Tensor, loss: Tensor) -> Tensor:
-        n, mean, total, minimum, alarm = page_hinkley(
-            loss.where(ok, 0.0),
-            ok,
-            rows["drift/n"],
-            rows["drift/mean"],
-            rows["drift/total"],
-            rows["drift/min"],
-            delta=rows["drift/delta"],
-            threshold=rows["drift/threshold"],
-            warmup=rows["drift/warmup"],
-            enabled=rows["drift/enabled"],
+    def _drift(self, f: Tensor, i: Tensor, b: Tensor, ok: Tensor, loss: Tensor, step: Tensor) -> Tensor:
+        """Page-Hinkley on the rows' losses (in place on ``f``, ``i``); returns the alarms ``[rows]``."""
+        col = self._col
+        enabled = self._uniform("drift/enabled", b[:, col["drift/enabled"][0]])
+        if enabled is False:
+            return torch.zeros_like(ok)
+        active = ok if enabled is True else ok & b[:, col["drift/enabled"][0]]  # type: ignore[operator]
+        a, z = col["drift/mean"][0], col["drift/min"][1]
+        n_col = col["drift/n"][0]
+        n, stats, alarm = page_hinkley(
+            loss,
+            active,
+            i[:, n_col],
+            f[:, a:z],
+            delta=f[:, col["drift/delta"][0]],
+            threshold=f[:, col["drift/threshold"][0]],
+            warmup=i[:, col["drift/warmup"][0]],
         )
-        everywhere = torch.ones_like(ok)
-        self._scatter("drift/n", s, everywhere, n)
-        self._scatter("drift/mean", s, everywhere, mean)
-        self._scatter("drift/total", s, everywhere, total)
-        self._scatter("drift/min", s, everywhere, minimum)
-        self._scatter("drift/count", s, alarm, rows["drift/count"] + 1)
-        step_now = self.state["opt/step"].index_select(0, s)
-        self._scatter("drift/last_step", s, alarm, step_now)
-        reset = alarm & rows["drift/reset"]
-        for key in self.state:
-            if key.startswith(("opt/momentum/", "opt/exp_avg/")):
-                self._scatter(key, s, reset, torch.zeros_like(rows[key]))
+        f[:, a:z] = stats
+        i[:, n_col] = n
+        i[:, col["drift/count"][0]] += alarm
+        c = col["drift/last_step"][0]
+        i[:, c] = torch.where(alarm, step, i[:, c])
+        reset = self._uniform("drift/reset", b[:, col["drift/reset"][0]])
+        if reset is not False:
+            kind = "exp_avg" if self.optimizer == "adam" else "momentum"
+            if kind in self._buffers:
+                m = col[f"opt/{kind}/{self.param_names[0]}"][0]
+                mask = alarm if reset is True else alarm & b[:, col["drift/reset"][0]]
+                f[:, m : m + self._n_params] = f[:, m : m + self._n_params].masked_fill(mask.unsqueeze(1), 0)
         return alarm

@@ -1,0 +1,297 @@
+"""The batched engine equals the per-stream reference: every optimizer, family and loss, any batch mix.
+
+For each case of the table, hypothesis draws a few streams with their own hyperparameters (mixed, or all the
+same so the pool takes its shared-setting path), a sequence of batches of stream choices with repeats, and
+data; the engine's answers, parameters and optimizer state must equal those of
+:class:`tests.models.reference.ReferenceStream` stepping each stream one observation at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from models.engine import Engine, ItemResult, UnknownStreamError
+from models.specs import (
+    AdamSpec,
+    ARModel,
+    DriftSpec,
+    LinearModel,
+    MLPModel,
+    SGDSpec,
+    StreamSpec,
+    TrackInSpec,
+)
+from tests.models.reference import Outcome, ReferenceStream
+
+TOL = {"float32": {"rtol": 1e-5, "atol": 1e-6}, "float64": {"rtol": 1e-10, "atol": 1e-12}}
+SETTINGS = settings(
+    max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of the table: a model, a loss, an optimizer kind and its per-stream choices, a dtype."""
+
+    name: str
+    model: Any
+    loss: str = "mse"
+    optimizer: str = "trackin"
+    options: dict[str, Any] | None = None  # fixed optimizer options (pool-defining ones, like eta > 0)
+    dtype: str = "float64"
+
+
+LIN = LinearModel(in_dim=3, init="random", seed=1)
+MLP_TANH = MLPModel(in_dim=3, hidden=(5,), activation="tanh", seed=2)
+MLP_RELU = MLPModel(in_dim=3, hidden=(4, 3), activation="relu", seed=3)
+
+CASES = [
+    Case("linear-mse-trackin", LIN),
+    Case("linear-mse-trackin-f32", LIN, dtype="float32"),
+    Case("linear-huber-trackin-eta", LIN, "huber", options={"eta": 0.05}),
+    Case("linear-bce-trackin", LIN, "bce"),
+    Case(
+        "linear2-mse-trackin-eta-f32", LinearModel(in_dim=4, out_dim=2), options={"eta": 0.1}, dtype="float32"
+    ),
+    Case("mlp-mse-trackin", MLP_TANH),
+    Case("mlp-huber-trackin-eta-f32", MLP_RELU, "huber", options={"eta": 0.05}, dtype="float32"),
+    Case("mlp-bce-trackin", MLPModel(in_dim=3, hidden=(4,), activation="gelu"), "bce"),
+    Case("ar-level-mse-trackin", ARModel(lags=3, target="level")),
+    Case(
+        "ar-delta-huber-trackin-eta",
+        ARModel(lags=2, target="delta", init="random"),
+        "huber",
+        options={"eta": 0.1},
+    ),
+    Case("ar-delta-hidden-mse-trackin-f32", ARModel(lags=3, hidden=(4,), init="random"), dtype="float32"),
+    Case("ar-level-hidden-bce-trackin", ARModel(lags=2, target="level", hidden=(3,), init="random"), "bce"),
+    Case("ar2-delta-mse-trackin", ARModel(dim=2, lags=2, target="delta")),
+    Case("linear-mse-sgd", LIN, optimizer="sgd"),
+    Case("linear-huber-sgd-momentum", LIN, "huber", "sgd", options={"momentum": 0.9}),
+    Case("mlp-mse-sgd-momentum-f32", MLP_TANH, optimizer="sgd", options={"momentum": 0.5}, dtype="float32"),
+    Case("ar-delta-mse-sgd-momentum", ARModel(lags=2), optimizer="sgd", options={"momentum": 0.8}),
+    Case("linear-mse-adam", LIN, optimizer="adam"),
+    Case("linear-bce-adam-f32", LIN, "bce", "adam", dtype="float32"),
+    Case("mlp-huber-adam", MLP_RELU, "huber", "adam"),
+    Case("ar-level-mse-adam", ARModel(lags=3, target="level", hidden=(3,), init="random"), optimizer="adam"),
+]
+
+# Per-stream choices: each stream draws one value per hyperparameter (or all streams share one draw).
+CHOICES: dict[str, dict[str, list[Any]]] = {
+    "trackin": {
+        "lr": [0.01, 0.05, 0.2],
+        "gamma": [0.2, 0.5, 0.9],  # not 0: the norm rule divides by 1 - kappa = 0 there
+        "beta": [0.0, 0.5, 1.0],
+        "beta_rule": ["constant", "cos", "norm"],
+        "debias": [True, False],
+        "eps_decay": [0.5, 0.9, 1.0],
+        "weight_decay": [0.0, 0.01],
+        "max_grad_norm": [None, 0.5],
+    },
+    "sgd": {
+        "lr": [0.01, 0.05, 0.1],
+        "dampening": [0.0, 0.5],
+        "debias": [True, False],
+        "weight_decay": [0.0, 0.01],
+        "max_grad_norm": [None, 0.5],
+    },
+    "adam": {
+        "lr": [0.01, 0.05],
+        "beta1": [0.0, 0.9],
+        "beta2": [0.9, 0.999],
+        "eps": [1e-8, 1e-3],
+        "weight_decay": [0.0, 0.01],
+        "max_grad_norm": [None, 0.5],
+    },
+}
+ETA_CHOICES = [0.01, 0.1]
+MOMENTUM_CHOICES = [0.5, 0.9]
+
+
+def _optimizer(case: Case, draw: st.DrawFn, shared: dict[str, Any] | None) -> Any:
+    options = dict(case.options or {})
+    for name, values in CHOICES[case.optimizer].items():
+        options[name] = shared[name] if shared is not None else draw(st.sampled_from(values))
+    if case.optimizer == "trackin":
+        if "eta" in options:
+            options["eta"] = draw(st.sampled_from(ETA_CHOICES))
+        return TrackInSpec(**options)
+    if case.optimizer == "sgd":
+        if "momentum" in options:
+            options["momentum"] = draw(st.sampled_from(MOMENTUM_CHOICES))
+        return SGDSpec(**options)
+    return AdamSpec(**options)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn, case: Case) -> tuple[list[StreamSpec], list[list[int]], int]:
+    """Stream specs (mixed or shared hyperparameters), batches of stream indices, a data seed."""
+    n_streams = draw(st.integers(1, 5))
+    shared = None
+    if draw(st.booleans()):
+        shared = {k: draw(st.sampled_from(v)) for k, v in CHOICES[case.optimizer].items()}
+    specs = [
+        StreamSpec(
+            model=case.model,
+            loss=case.loss,  # type: ignore[arg-type]
+            huber_delta=draw(st.sampled_from([0.5, 1.0])) if shared is None else 1.0,
+            optimizer=_optimizer(case, draw, shared),
+            dtype=case.dtype,  # type: ignore[arg-type]
+        )
+        for _ in range(n_streams)
+    ]
+    batch = st.lists(st.integers(0, n_streams - 1), min_size=1, max_size=64)
+    batches = draw(st.lists(batch, min_size=1, max_size=3))
+    return specs, batches, draw(st.integers(0, 2**16))
+
+
+def _data(spec: StreamSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    model = spec.model
+    if isinstance(model, ARModel):
+        value = rng.normal(size=model.dim)
+        return (rng.integers(0, 2, size=model.dim).astype(float) if spec.loss == "bce" else value), None
+    x = rng.normal(size=model.in_dim)
+    y = np.full(model.out_dim, x.sum() * 0.7 + 0.3) + 0.1 * rng.normal(size=model.out_dim)
+    if spec.loss == "bce":
+        y = (y > 0).astype(float)
+    return x, y
+
+
+def _close(
+    actual: list[float] | None, expected: list[float] | None, tol: dict[str, float], what: str
+) -> None:
+    assert (actual is None) == (expected is None), f"{what}: {actual} vs {expected}"
+    if actual is not None and expected is not None:
+        torch.testing.assert_close(
+            torch.tensor(actual, dtype=torch.float64),
+            torch.tensor(expected, dtype=torch.float64),
+            **tol,
+            msg=what,
+        )
+
+
+def assert_same_outcome(item: ItemResult, ref: Outcome, tol: dict[str, float], where: str) -> None:
+    assert (item.step, item.applied, item.warming, item.nonfinite) == (
+        ref.step,
+        ref.applied,
+        ref.warming,
+        ref.nonfinite,
+    ), where
+    _close(item.prediction, ref.prediction, tol, f"{where} prediction")
+    _close(
+        [item.loss] if item.loss is not None else None,
+        [ref.loss] if ref.loss is not None else None,
+        tol,
+        where,
+    )
+    _close(item.forecast, ref.forecast, tol, f"{where} forecast")
+
+
+def assert_same_state(engine: Engine, stream_id: str, ref: ReferenceStream, tol: dict[str, float]) -> None:
+    exported = engine.export(stream_id)
+    expected = ref.state()
+    for key, value in exported.items():
+        if not key.startswith(("param/", "opt/")):
+            continue
+        want = expected.get(key, torch.zeros_like(value))  # optimizer state is created lazily by the class
+        if key == "opt/step":
+            assert int(value) == int(want), f"{stream_id} {key}"
+        else:
+            torch.testing.assert_close(value, want.to(value.dtype), **tol, msg=f"{stream_id} {key}")
+
+
+def run_both(
+    specs: list[StreamSpec], batches: list[list[int]], seed: int
+) -> tuple[Engine, list[ReferenceStream]]:
+    """Feed the same observations to an engine and to the references, checking every answer."""
+    engine = Engine()
+    refs = [ReferenceStream(spec) for spec in specs]
+    for k, spec in enumerate(specs):
+        engine.add(f"s{k}", spec)
+    rng = np.random.default_rng(seed)
+    for b, batch in enumerate(batches):
+        data = [_data(specs[k], rng) for k in batch]
+        results = engine.observe([f"s{k}" for k in batch], [d[0] for d in data], [d[1] for d in data])
+        for j, (k, (x, y), item) in enumerate(zip(batch, data, results, strict=True)):
+            expected = refs[k].observe(torch.from_numpy(x), torch.from_numpy(y) if y is not None else None)
+            assert_same_outcome(item, expected, TOL[specs[k].dtype], f"batch {b} item {j} stream {k}")
+    return engine, refs
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@SETTINGS
+@given(data=st.data())
+def test_engine_equals_reference(case: Case, data: st.DataObject) -> None:
+    specs, batches, seed = data.draw(scenarios(case))
+    engine, refs = run_both(specs, batches, seed)
+    for k, ref in enumerate(refs):
+        assert_same_state(engine, f"s{k}", ref, TOL[specs[k].dtype])
+
+
+def test_long_run_stays_equal() -> None:
+    """Many steps of mixed streams: errors do not grow past the tolerance."""
+    specs = [
+        StreamSpec(model=LIN, optimizer=TrackInSpec(beta_rule=rule, lr=lr, eta=0.02))
+        for rule, lr in (("cos", 0.05), ("norm", 0.1), ("constant", 0.02))
+    ]
+    rng = np.random.default_rng(7)
+    batches = [list(rng.integers(0, 3, size=40)) for _ in range(15)]
+    engine, refs = run_both(specs, batches, 3)
+    for k, ref in enumerate(refs):
+        assert_same_state(engine, f"s{k}", ref, TOL["float64"])
+
+
+def test_mixed_pools_in_one_batch() -> None:
+    """A batch spanning several pools (families, optimizers, dtypes) is answered in order."""
+    specs = [
+        StreamSpec(model=LIN),
+        StreamSpec(model=MLP_TANH, optimizer=AdamSpec()),
+        StreamSpec(model=ARModel(lags=2), optimizer=SGDSpec(momentum=0.5)),
+        StreamSpec(model=LIN, dtype="float32", loss="huber"),
+    ]
+    engine, refs = run_both(specs, [[0, 1, 2, 3, 2, 2, 0, 1, 2, 3, 2, 1, 0]] * 3, 11)
+    assert len(engine.pools) == 4
+    for k, ref in enumerate(refs):
+        assert_same_state(engine, f"s{k}", ref, TOL[specs[k].dtype])
+
+
+def test_predict_does_not_learn() -> None:
+    engine = Engine()
+    engine.add("a", StreamSpec(model=LIN))
+    engine.add("r", StreamSpec(model=ARModel(lags=2, target="level")))
+    before = engine.export("a")
+    x = np.array([1.0, 2.0, 3.0])
+    (first,) = engine.predict(["a"], [x])
+    assert engine.predict(["a"], [x]) == [first]
+    assert all(torch.equal(before[k], v) for k, v in engine.export("a").items() if not v.isnan().any())
+    (outcome,) = engine.observe(["a"], [x], [np.array([1.0])])
+    assert outcome.prediction == pytest.approx(first)
+    assert engine.predict(["r"], [None]) == [None]
+    for v in (1.0, 2.0):
+        engine.observe(["r"], [np.array([v])], [None])
+    (forecast,) = engine.predict(["r"], [None])
+    assert forecast is not None
+    (scored,) = engine.observe(["r"], [np.array([3.0])], [None])
+    assert scored.prediction == pytest.approx(forecast)
+
+
+def test_unknown_and_duplicate_streams() -> None:
+    engine = Engine()
+    spec = StreamSpec(model=LIN, drift=DriftSpec(enabled=False))
+    engine.add("a", spec)
+    with pytest.raises(ValueError, match="already exists"):
+        engine.add("a", spec)
+    with pytest.raises(UnknownStreamError):
+        engine.observe(["b"], [np.zeros(3)], [np.zeros(1)])
+    with pytest.raises(UnknownStreamError):
+        engine.remove("b")
+    engine.remove("a")
+    assert "a" not in engine
+    assert len(engine) == 0
