@@ -40,13 +40,13 @@ def page_hinkley(
         measures the new regime from scratch.
     """
     mean, total, minimum = stats.unbind(1)
-    armed = active & (n > 0)
+    armed = active & (n >= warmup)
     z = loss / mean.clamp_min(1e-30) - (1 + delta)
     total = torch.where(armed, total + z, total)
     minimum = torch.minimum(minimum, total)  # unchanged where not armed: minimum <= total always holds
     n = n + active
     rate = n.clamp(1, MEAN_WINDOW).to(loss.dtype).reciprocal()
     mean = torch.where(active, mean + (loss - mean) * rate, mean)
-    alarm = armed & (n >= warmup) & (total - minimum > threshold)
+    alarm = armed & (total - minimum > threshold)
     restart = alarm.unsqueeze(1)
     return n.masked_fill(alarm, 0), torch.stack([mean, total, minimum], 1).masked_fill(restart, 0), alarm

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,10 +56,6 @@ class ItemResult:
     forecast: list[float] | None
 
 
-def _nan_to_none(values: list[float]) -> list[float] | None:
-    return None if any(v != v for v in values) else values
-
-
 class Engine:
     """All resident streams on one device."""
 
@@ -66,6 +63,9 @@ class Engine:
         self.device = torch.device(device)
         self._pools: dict[tuple[object, ...], StreamPool] = {}
         self._streams: dict[str, StreamLocation] = {}
+        # Equal specs share one object and their pool is found without recomputing the pool key: a
+        # million streams of one spec hold one spec, not a million copies. Entry: [spec, pool, streams].
+        self._specs: dict[StreamSpec, list[Any]] = {}
 
     def __contains__(self, stream_id: object) -> bool:
         return stream_id in self._streams
@@ -90,11 +90,16 @@ class Engine:
         """Create a stream in its pool (replacing nothing: remove first to replace)."""
         if stream_id in self._streams:
             raise ValueError(f"stream {stream_id!r} already exists")
-        key = spec.pool_key()
-        pool = self._pools.get(key)
-        if pool is None:
-            pool = self._pools[key] = StreamPool(spec, self.device)
-        location = StreamLocation(pool, pool.add(spec), spec)
+        entry = self._specs.get(spec)
+        if entry is None:
+            key = spec.pool_key()
+            pool = self._pools.get(key)
+            if pool is None:
+                pool = self._pools[key] = StreamPool(spec, self.device)
+            entry = self._specs[spec] = [spec, pool, 0]
+        shared, pool = entry[0], entry[1]
+        location = StreamLocation(pool, pool.add(shared), shared)
+        entry[2] += 1
         self._streams[stream_id] = location
         return location
 
@@ -102,6 +107,10 @@ class Engine:
         location = self.locate(stream_id)
         location.pool.remove(location.slot)
         del self._streams[stream_id]
+        entry = self._specs[location.spec]
+        entry[2] -= 1
+        if entry[2] == 0:
+            del self._specs[location.spec]
 
     def export(self, stream_id: str) -> dict[str, Tensor]:
         location = self.locate(stream_id)
@@ -114,6 +123,26 @@ class Engine:
     def state_bytes(self) -> int:
         return sum(pool.state_bytes() for pool in self._pools.values())
 
+    def _group(
+        self, stream_ids: Sequence[str]
+    ) -> tuple[np.ndarray, list[tuple[StreamPool, list[int] | None]]]:
+        """Slots of the items, and the items of each pool (None: all of them, the common one-pool batch)."""
+        streams = self._streams
+        try:
+            locations = [streams[stream_id] for stream_id in stream_ids]
+        except KeyError as error:
+            raise UnknownStreamError(error.args[0]) from None
+        slots = np.fromiter((loc.slot for loc in locations), dtype=np.int64, count=len(locations))
+        if not locations:
+            return slots, []
+        first = locations[0].pool
+        if all(loc.pool is first for loc in locations):
+            return slots, [(first, None)]
+        groups: dict[int, tuple[StreamPool, list[int]]] = {}
+        for i, loc in enumerate(locations):
+            groups.setdefault(id(loc.pool), (loc.pool, []))[1].append(i)
+        return slots, list(groups.values())
+
     def observe(
         self,
         stream_ids: Sequence[str],
@@ -121,18 +150,15 @@ class Engine:
         targets: Sequence[np.ndarray | None],
     ) -> list[ItemResult]:
         """One step per item, in order per stream. ``inputs[i]``: features, or the new value for ``ar``."""
-        groups: dict[int, list[int]] = {}
-        pools: dict[int, StreamPool] = {}
-        slots = np.empty(len(stream_ids), dtype=np.int64)
-        for i, stream_id in enumerate(stream_ids):
-            location = self.locate(stream_id)
-            slots[i] = location.slot
-            key = id(location.pool)
-            groups.setdefault(key, []).append(i)
-            pools[key] = location.pool
+        slots, groups = self._group(stream_ids)
+        if len(groups) == 1 and groups[0][1] is None:
+            pool = groups[0][0]
+            x = torch.from_numpy(np.stack(inputs))
+            y = None if isinstance(pool.model, ARModel) else torch.from_numpy(np.stack(targets))  # type: ignore[arg-type]
+            return list(_items(pool.observe(slots, x, y)))
         results: list[ItemResult | None] = [None] * len(stream_ids)
-        for key, members in groups.items():
-            pool = pools[key]
+        for pool, members in groups:
+            assert members is not None
             x = torch.from_numpy(np.stack([inputs[i] for i in members]))
             y = None
             if not isinstance(pool.model, ARModel):
@@ -146,47 +172,46 @@ class Engine:
         self, stream_ids: Sequence[str], inputs: Sequence[np.ndarray | None]
     ) -> list[list[float] | None]:
         """Predictions without learning (``ar``: the current forecast, None while warming)."""
+        slots, groups = self._group(stream_ids)
         out: list[list[float] | None] = [None] * len(stream_ids)
-        groups: dict[int, list[int]] = {}
-        pools: dict[int, StreamPool] = {}
-        slots = np.empty(len(stream_ids), dtype=np.int64)
-        for i, stream_id in enumerate(stream_ids):
-            location = self.locate(stream_id)
-            slots[i] = location.slot
-            groups.setdefault(id(location.pool), []).append(i)
-            pools[id(location.pool)] = location.pool
-        for key, members in groups.items():
-            pool = pools[key]
+        for pool, group in groups:
+            members = list(range(len(stream_ids))) if group is None else group
             x = None
             if not isinstance(pool.model, ARModel):
                 x = torch.from_numpy(np.stack([inputs[i] for i in members]))  # type: ignore[misc]
-            values = pool.predict(slots[members], x).tolist()
-            for i, row in zip(members, values, strict=True):
-                out[i] = _nan_to_none(row)
+            values = pool.predict(slots[members], x)
+            for i, row in zip(members, _rows(values), strict=True):
+                out[i] = row
         return out
 
 
+def _rows(values: Tensor) -> list[list[float] | None]:
+    """Rows as lists, None for rows with a NaN."""
+    nan = values.isnan().any(1).tolist()
+    return [None if bad else row for row, bad in zip(values.tolist(), nan, strict=True)]
+
+
 def _items(outcome: ObserveResult) -> Iterator[ItemResult]:
-    forecasts = outcome.forecasts.tolist() if outcome.forecasts is not None else None
-    for j, (step, pred, loss, applied, warming, nonfinite, drift) in enumerate(
-        zip(
-            outcome.steps.tolist(),
-            outcome.predictions.tolist(),
-            outcome.losses.tolist(),
-            outcome.applied.tolist(),
-            outcome.warming.tolist(),
-            outcome.nonfinite.tolist(),
-            outcome.drift.tolist(),
-            strict=True,
-        )
+    n = outcome.steps.shape[0]
+    forecasts = _rows(outcome.forecasts) if outcome.forecasts is not None else [None] * n
+    for step, pred, loss, applied, warming, nonfinite, drift, forecast in zip(
+        outcome.steps.tolist(),
+        _rows(outcome.predictions),
+        outcome.losses.tolist(),
+        outcome.applied.tolist(),
+        outcome.warming.tolist(),
+        outcome.nonfinite.tolist(),
+        outcome.drift.tolist(),
+        forecasts,
+        strict=True,
     ):
         yield ItemResult(
             step=step,
-            prediction=_nan_to_none(pred),
+            prediction=pred,
             loss=None if loss != loss else loss,
             applied=applied,
             warming=warming,
             nonfinite=nonfinite,
             drift=drift,
-            forecast=_nan_to_none(forecasts[j]) if forecasts is not None else None,
+            forecast=forecast,
         )
