@@ -128,7 +128,8 @@ def test_ar_warming_then_scoring_the_old_forecast() -> None:
             assert expected.forecast is not None
             assert r.forecasts[0].tolist() == pytest.approx(expected.forecast, rel=1e-12)
         if warming:
-            assert r.predictions[0].isnan().all() and r.losses[0].isnan()
+            assert r.predictions[0].isnan().all()
+            assert r.losses[0].isnan()
         else:
             # the arriving value scores the forecast made before it arrived, then enters the window
             assert r.predictions[0].tolist() == pytest.approx(forecasts[-1], rel=1e-12)
@@ -142,13 +143,18 @@ def test_ar_nonfinite_value() -> None:
     slot = pool.add(AR)
     nan = torch.tensor([[torch.nan]], dtype=torch.float64)
     r = pool.observe(np.array([slot]), nan)
-    assert bool(r.warming[0]) and bool(r.nonfinite[0]) and int(pool.state["ar/filled"][slot]) == 0
+    assert bool(r.warming[0])
+    assert bool(r.nonfinite[0])
+    assert int(pool.state["ar/filled"][slot]) == 0
     for v in (1.0, 2.0, 3.0):
         pool.observe(np.array([slot]), torch.tensor([[v]], dtype=torch.float64))
     before = pool.export(slot)
     r = pool.observe(np.array([slot]), nan)
-    assert bool(r.nonfinite[0]) and not bool(r.applied[0]) and not bool(r.warming[0])
-    assert r.forecasts is not None and not r.forecasts[0].isnan().any()  # the old forecast still stands
+    assert bool(r.nonfinite[0])
+    assert not bool(r.applied[0])
+    assert not bool(r.warming[0])
+    assert r.forecasts is not None
+    assert not r.forecasts[0].isnan().any()
     same_bits(before, pool.export(slot), skip=("fig/nonfinite",))
 
 
@@ -179,7 +185,8 @@ def test_growth_by_doubling_keeps_states() -> None:
         assert large.add(LIN) == slots[-1]
         feed(small, slots, k)
         feed(large, slots, k)
-    assert small.capacity == 16 and small.size == 9
+    assert small.capacity == 16
+    assert small.size == 9
     for s in slots:
         same_bits(small.export(s), large.export(s))
     assert small.state["param/weight0"].data_ptr() == small._packed.buffers[0].data_ptr()
@@ -242,7 +249,8 @@ def test_empty_batch_and_wrong_spec() -> None:
     pool = StreamPool(LIN)
     pool.add(LIN)
     r = pool.observe(np.array([], dtype=np.int64), torch.zeros(0, 3), torch.zeros(0, 1))
-    assert r.predictions.shape == (0, 1) and r.steps.shape == (0,)
+    assert r.predictions.shape == (0, 1)
+    assert r.steps.shape == (0,)
     with pytest.raises(ValueError, match="pool"):
         pool.add(StreamSpec(model=LinearModel(in_dim=4)))
 
