@@ -33,8 +33,8 @@ def fleet_snapshot(
         eps.append(pool.state["fig/eps_norm"][stepped].double().cpu())
     per_stream: list[StreamFigures] = []
     for stream_id, record in registry.records.items():
-        if len(per_stream) >= max_series:
-            break
+        if len(per_stream) > max_series:
+            break  # one past the cap, so Metrics can count what it drops
         if record.spec.export_metrics and stream_id in engine:
             location = engine.locate(stream_id)
             row = {
