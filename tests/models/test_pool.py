@@ -272,3 +272,27 @@ def test_drift_resets_momentum_when_asked() -> None:
     assert pool.state["opt/momentum/weight0"][slot].abs().sum() == 0
     assert int(pool.state["drift/count"][slot]) == 1
     assert int(pool.state["drift/last_step"][slot]) == int(r.steps[0])
+
+
+def test_drift_flags_jumps_quickly_and_stationary_streams_never() -> None:
+    """Default detector, one batched run: 200 stationary streams x 5,000 steps, and 100 streams whose target
+    jumps by 8 noise standard deviations halfway (docs/engine.md has the measured rates)."""
+    stationary, jumping, steps, jump_at = 200, 100, 5000, 2500
+    spec = StreamSpec(model=LinearModel(in_dim=4))
+    pool = StreamPool(spec, capacity=stationary + jumping)
+    slots = np.array([pool.add(spec) for _ in range(stationary + jumping)])
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(len(slots), 4, generator=g)
+    c = torch.randn(len(slots), generator=g)
+    jump = torch.zeros(len(slots))
+    jump[stationary:] = 8.0
+    alarms = torch.zeros(steps, len(slots), dtype=torch.bool)
+    for t in range(steps):
+        x = torch.randn(len(slots), 4, generator=g)
+        y = (x * w).sum(1) + c + torch.randn(len(slots), generator=g) + (jump if t >= jump_at else 0)
+        alarms[t] = pool.observe(slots, x, y.unsqueeze(1)).drift
+    assert not alarms[:, :stationary].any()
+    assert not alarms[:jump_at, stationary:].any()
+    after = alarms[jump_at:, stationary:]
+    assert after[:10].any(0).all()  # every jump flagged within 10 observations
+    assert int(pool.state["drift/count"][slots[stationary:]].min()) >= 1
