@@ -7,9 +7,9 @@ default.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 __all__ = [
     "TRACKIN_DEFAULTS",
@@ -33,7 +33,8 @@ Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Infinite or NaN hyperparameters (JSON 1e999, Python NaN) are never meaningful: refuse them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LinearModel(_Spec):
@@ -132,7 +133,18 @@ class AdamSpec(_Spec):
     max_grad_norm: float | None = Field(default=None, gt=0)
 
 
-OptimizerSpec = Annotated[TrackInSpec | SGDSpec | AdamSpec, Field(discriminator="name")]
+def _optimizer_name(value: Any) -> str:
+    """The optimizer's ``name``; left out, it is TrackIn's (defaults fill whatever is left out)."""
+    found = value.get("name", "trackin") if isinstance(value, dict) else getattr(value, "name", "trackin")
+    return str(found)
+
+
+OptimizerSpec = Annotated[
+    Annotated[TrackInSpec, Tag("trackin")]
+    | Annotated[SGDSpec, Tag("sgd")]
+    | Annotated[AdamSpec, Tag("adam")],
+    Discriminator(_optimizer_name),
+]
 
 
 class DriftSpec(_Spec):

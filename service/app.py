@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.engine import Engine, ItemResult, resolve_device
 
+from .body import BodyLimit
 from .errors import ServiceError, Unavailable, error_body
 from .ingest import IngestBatch
 from .labels import PendingLabels
@@ -151,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(streams.router)
     app.include_router(observations.router)
     app.include_router(ws_router)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(
         _HttpMetrics, get_metrics=lambda: getattr(getattr(app.state, "trackin", None), "metrics", None)
     )
@@ -165,7 +167,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        field = ".".join(loc) or "body"
+        field = "body" if first.get("type") == "json_invalid" else ".".join(loc) or "body"
         stream = request.path_params.get("stream_id")
         message = f"{field}: {first.get('msg')}" + (f" ({len(errors) - 1} more)" if len(errors) > 1 else "")
         return JSONResponse(error_body("invalid_input", message, field, stream), status_code=422)

@@ -69,7 +69,9 @@ def build_batch(
         if stream is None:
             raise InvalidInput("each observation needs a 'stream'", field=f"{here}.stream")
         if default_stream is not None and stream != default_stream:
-            raise _fail(f"observation for {stream!r} posted to stream {default_stream!r}", here, stream)
+            raise _fail(
+                f"observation for {stream!r} posted to stream {default_stream!r}", f"{here}.stream", stream
+            )
         spec = specs[stream]
         batch.specs[stream] = spec
         model = spec.model

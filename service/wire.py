@@ -101,7 +101,7 @@ def decode_json(data: bytes | str, kind: type[T] | Any, *, prefix: str = "") -> 
     except msgspec.ValidationError as exc:
         raise _invalid(str(exc), prefix, lambda: msgspec.json.decode(data)) from None
     except msgspec.DecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}", field=prefix or "body") from None
+        raise InvalidInput(f"malformed JSON: {exc}", field="body") from None
 
 
 def decode_msgpack(data: bytes, kind: type[T] | Any, *, prefix: str = "") -> T:
@@ -110,7 +110,7 @@ def decode_msgpack(data: bytes, kind: type[T] | Any, *, prefix: str = "") -> T:
     except msgspec.ValidationError as exc:
         raise _invalid(str(exc), prefix, lambda: msgspec.msgpack.decode(data)) from None
     except msgspec.DecodeError as exc:
-        raise InvalidInput(f"malformed MessagePack: {exc}", field=prefix or "body") from None
+        raise InvalidInput(f"malformed MessagePack: {exc}", field="body") from None
 
 
 def encode_json(value: Any) -> bytes:

@@ -85,10 +85,12 @@ async def _ingest(
     try:
         if len(items) > limit:
             raise PayloadTooLarge(
-                f"{len(items)} observations exceed the limit of {limit} per request", field="observations"
+                f"{len(items)} observations exceed the limit of {limit} per request",
+                field="observations",
+                stream=default_stream,
             )
         if not items:
-            raise InvalidInput("no observations", field="observations")
+            raise InvalidInput("no observations", field="observations", stream=default_stream)
         batch = await state.registry.validate(items, default_stream=default_stream, prefix="observations")
     except ServiceError:
         state.metrics.observed("rejected", "rest", max(1, len(items)))
@@ -114,8 +116,8 @@ async def _ingest(
 async def observe_stream(stream_id: str, request: Request, state: State) -> Response:
     started = time.perf_counter()
     check_stream_id(stream_id)
-    raw = await read_body(request, state.settings.max_body_bytes)
     try:
+        raw = await read_body(request, state.settings.max_body_bytes)
         # Decode as what the body starts with, so error paths read as build_batch's (observations[0].x).
         payload: ObservationIn | list[ObservationIn] = (
             decode_json(raw, list[ObservationIn], prefix="observations")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request, Response
@@ -10,6 +12,7 @@ from fastapi.responses import JSONResponse
 from models.specs import StreamSpec
 
 from ..body import read_body
+from ..errors import ServiceError
 from ..ids import MAX_ID_LENGTH, check_stream_id
 from ..registry import Template, result_json
 from ..schemas import STREAM_EXAMPLES, TemplateIn
@@ -17,6 +20,16 @@ from ..state import State
 from ..wire import LabelIn, PredictIn, decode_json
 
 router = APIRouter(prefix="/v1", tags=["streams"])
+
+
+@contextlib.contextmanager
+def _naming(stream_id: str) -> Iterator[None]:
+    """Errors raised inside name the stream of the URL unless they name one already."""
+    try:
+        yield
+    except ServiceError as exc:
+        exc.stream = exc.stream or stream_id
+        raise
 
 
 @router.put("/streams/{stream_id}", summary="Create (or replace) a stream from a spec")
@@ -56,9 +69,11 @@ async def list_streams(
 
 @router.post("/streams/{stream_id}/predict", summary="Predict without learning")
 async def predict(stream_id: str, request: Request, state: State) -> dict[str, Any]:
-    raw = await read_body(request, state.settings.max_body_bytes)
-    body: PredictIn = decode_json(raw or b"{}", PredictIn)
-    prediction = await state.registry.predict(stream_id, body.x, body.request_id)
+    check_stream_id(stream_id)
+    with _naming(stream_id):
+        raw = await read_body(request, state.settings.max_body_bytes)
+        body: PredictIn = decode_json(raw or b"{}", PredictIn)
+        prediction = await state.registry.predict(stream_id, body.x, body.request_id)
     out: dict[str, Any] = {"stream": stream_id, "prediction": prediction}
     if body.request_id is not None:
         out["request_id"] = body.request_id
@@ -67,9 +82,16 @@ async def predict(stream_id: str, request: Request, state: State) -> dict[str, A
 
 @router.post("/streams/{stream_id}/labels", summary="Apply the step for an earlier prediction's inputs")
 async def label(stream_id: str, request: Request, state: State) -> dict[str, Any]:
-    raw = await read_body(request, state.settings.max_body_bytes)
-    body: LabelIn = decode_json(raw, LabelIn)
-    result = await state.registry.label(stream_id, body.request_id, body.y)
+    check_stream_id(stream_id)
+    with _naming(stream_id):
+        raw = await read_body(request, state.settings.max_body_bytes)
+        body: LabelIn = decode_json(raw, LabelIn)
+        try:
+            result = await state.registry.label(stream_id, body.request_id, body.y)
+        except ServiceError as exc:
+            # The label is checked as an observation (label[0].y); name the field as the client sent it.
+            exc.field = exc.field.removeprefix("label[0].") if exc.field else exc.field
+            raise
     spec = state.registry.records[stream_id].spec
     return {"request_id": body.request_id, **result_json(spec, result)}
 

@@ -69,11 +69,13 @@ def check_error_body(
     body: Any, code: str, *, field: str | None = None, stream: str | None = None
 ) -> dict[str, Any]:
     """``{"error": {"code", "message", "field", "stream"}}`` and nothing else (also inside WS answers)."""
-    assert isinstance(body, dict) and set(body) <= {"error", "seq"}, body
+    assert isinstance(body, dict), body
+    assert set(body) <= {"error", "seq"}, body
     error = body["error"]
     assert set(error) == {"code", "message", "field", "stream"}, error
     assert error["code"] == code, error
-    assert isinstance(error["message"], str) and error["message"], error
+    assert isinstance(error["message"], str), error
+    assert error["message"], error
     assert error["field"] == field, error
     assert error["stream"] == stream, error
     result: dict[str, Any] = error
@@ -127,7 +129,7 @@ def _values(value: Any) -> list[float] | None:
 def assert_close(served: Any, expected: list[float] | None, what: str) -> None:
     got = _values(served)
     if expected is None or got is None:
-        assert got is None and expected is None, f"{what}: served {served}, engine {expected}"
+        assert (got, expected) == (None, None), f"{what}: served {served}, engine {expected}"
         return
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL, err_msg=what)
 

@@ -35,6 +35,16 @@ def test_put_creates_with_defaults_filled(http: httpx.Client) -> None:
     assert abs(body["created_at"] - time.time()) < 60
 
 
+def test_optimizer_name_left_out_is_trackin(http: httpx.Client) -> None:
+    sid = unique()
+    body = create(http, sid, {**LINEAR, "optimizer": {"lr": 0.01, "eta": 0.1}})
+    assert body["spec"]["optimizer"] == {
+        **StreamSpec.model_validate(LINEAR).optimizer.model_dump(mode="json"),
+        "lr": 0.01,
+        "eta": 0.1,
+    }
+
+
 def test_same_spec_again_is_200_unchanged_and_keeps_state(http: httpx.Client) -> None:
     sid = unique()
     create(http, sid, LINEAR)
