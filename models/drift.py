@@ -45,8 +45,7 @@ def page_hinkley(
     total = torch.where(armed, total + z, total)
     minimum = torch.minimum(minimum, total)  # unchanged where not armed: minimum <= total always holds
     n = n + active
-    rate = n.clamp(1, MEAN_WINDOW).to(loss.dtype).reciprocal()
-    mean = torch.where(active, mean + (loss - mean) * rate, mean)
+    mean = torch.where(active, mean + (loss - mean) / n.clamp(1, MEAN_WINDOW), mean)
     alarm = armed & (total - minimum > threshold)
     restart = alarm.unsqueeze(1)
-    return n.masked_fill(alarm, 0), torch.stack([mean, total, minimum], 1).masked_fill(restart, 0), alarm
+    return n.masked_fill(alarm, 0), torch.stack([mean, total, minimum], 1).masked_fill_(restart, 0), alarm

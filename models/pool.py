@@ -14,6 +14,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,10 +136,15 @@ class StreamPool:
         self._tracked: dict[str, Counter[object]] = {
             k: Counter() for k in [*tracked, "hyper/huber_delta", "drift/enabled", "drift/reset"]
         }
+        self._shared: dict[str, object] = dict.fromkeys(self._tracked)  # None: differs between streams
+        self._need_bool = False  # some bool setting differs between streams: gather the bool buffer
         cols = self._packed.columns
         self._col = {key: (c.start, c.stop) for key, c in cols.items()}
+        self._hyper_columns = [
+            (h, f"hyper/{h}", cols[f"hyper/{h}"].kind, cols[f"hyper/{h}"].start)
+            for h in _HYPER[self.optimizer]
+        ]
         self._ones: dict[int, Tensor] = {}
-        self._gated = cols["fig/eps_norm"].stop  # float columns [0, gated) change only with a step
 
     # ----- layout and slots -------------------------------------------------------------------------------
 
@@ -236,20 +242,30 @@ class StreamPool:
         return {key: views[key][0].item() for key in self._tracked}
 
     def _count(self, values: Mapping[str, object], sign: int) -> None:
+        """Count the settings of a stream that arrives (+1) or leaves (-1); refresh the shared values."""
         for key, value in values.items():
             counter = self._tracked[key]
             counter[value] += sign
             if counter[value] <= 0:
                 del counter[value]
+            self._shared[key] = next(iter(counter)) if len(counter) == 1 else None
+        self._need_bool = any(
+            self._shared[k] is None
+            for k, c in self._packed.columns.items()
+            if k in self._shared and c.kind == BOOL
+        )
 
-    def _uniform(self, key: str, column: Tensor) -> float | int | bool | Tensor:
-        """A setting's value when every resident stream shares it (the core skips work), else its column."""
-        counter = self._tracked[key]
-        if len(counter) == 1:
-            (value,) = counter
-            assert isinstance(value, float | int | bool)
-            return value
-        return column
+    def _setting(self, key: str, blocks: tuple[Tensor, Tensor, Tensor | None]) -> float | int | bool | Tensor:
+        """A setting's value when every resident stream shares it (the core then skips work, e.g. no weight
+        decay or clipping), else its column of the gathered rows."""
+        value = self._shared[key]
+        if value is None:
+            c = self._packed.columns[key]
+            block = blocks[c.kind]
+            assert block is not None
+            return block[:, c.start]
+        assert isinstance(value, float | int | bool)
+        return value
 
     def add(self, spec: StreamSpec) -> int:
         """Place a new stream in a free slot (growing by doubling when full), initialised from its spec."""
@@ -385,10 +401,12 @@ class StreamPool:
         packed = self._packed
         f_old = packed.gather(s, FLOAT)
         i_old = packed.gather(s, INT)
-        b = packed.gather(s, BOOL)
+        b = packed.gather(s, BOOL) if self._need_bool else None
         f, i = f_old.clone(), i_old.clone()
+        blocks = (f, i, b)
         theta = f[:, :P]
-        hd = self._uniform("hyper/huber_delta", f[:, col["hyper/huber_delta"][0]])
+        hd = self._setting("hyper/huber_delta", blocks)
+        assert not isinstance(hd, bool | int)
         result: dict[str, Tensor] = {}
         ready: Tensor | None
         if isinstance(model, ARModel):
@@ -419,17 +437,16 @@ class StreamPool:
         finite = self._finite(loss, grad)
         ok = finite if ready is None else finite & ready
 
-        stats = self._optimizer_step(f, i, b, grad)
-        a = col["fig/loss_ewma"][0]
-        prev = f_old[:, a]
-        ewma = torch.where(prev.isnan(), loss, prev + LOSS_EWMA_ALPHA * (loss - prev))
+        stats = self._optimizer_step(blocks, grad)
+        prev = f_old[:, col["fig/loss_ewma"][0]]
+        ewma = torch.where(prev.isnan(), loss, prev.lerp(loss, LOSS_EWMA_ALPHA))
         a, z = col["fig/last_loss"][0], col["fig/eps_norm"][1]
         f[:, a:z] = torch.stack([loss, ewma, stats.grad_norm, stats.beta, stats.eps_norm], 1)
-        gated = self._gated
-        f[:, :gated] = torch.where(ok.unsqueeze(1), f[:, :gated], f_old[:, :gated])
-        step_col = col["opt/step"][0]
-        step = torch.where(ok, i[:, step_col], i_old[:, step_col])
-        i[:, step_col] = step
+        # Only the step has changed the rows so far: where it was not taken, put every column back.
+        keep = ok.unsqueeze(1)
+        torch.where(keep, f, f_old, out=f)
+        torch.where(keep, i, i_old, out=i)
+        step = i[:, col["opt/step"][0]]
         nonfinite = ~finite if ready is None else ready & ~finite
 
         if isinstance(model, ARModel):
@@ -454,7 +471,7 @@ class StreamPool:
             result["loss"] = loss
             result["warming"] = torch.zeros_like(ok)
         i[:, col["fig/nonfinite"][0]] += nonfinite
-        result["drift"] = self._drift(f, i, b, ok, loss, step)
+        result["drift"] = self._drift(blocks, ok, loss, step)
         packed.scatter(s, FLOAT, f)
         packed.scatter(s, INT, i)
         result["step"] = step
@@ -473,26 +490,29 @@ class StreamPool:
             ones = self._ones[grad.shape[1]] = grad.new_ones(grad.shape[1])
         return torch.isfinite(loss + (grad - grad) @ ones)
 
-    def _optimizer_step(self, f: Tensor, i: Tensor, b: Tensor, grad: Tensor) -> F.StepStats:
-        """The functional core on the gathered rows, in place on flat ``[rows, n_params]`` slices of ``f``."""
+    def _optimizer_step(self, blocks: tuple[Tensor, Tensor, Tensor | None], grad: Tensor) -> F.StepStats:
+        """The functional core on the gathered rows, in place on flat ``[rows, n_params]`` slices of them."""
+        f, i, _ = blocks
         col, P = self._col, self._n_params
         params = [f[:, :P]]
         buffers = {}
         for kind in self._buffers:
             a = col[f"opt/{kind}/{self.param_names[0]}"][0]
             buffers[kind] = [f[:, a : a + P]]
-
-        def h(name: str) -> F.Scalar:
-            key = f"hyper/{name}"
-            c = col[key][0]
-            column = i[:, c] if name == "beta_rule" else b[:, c] if name == "debias" else f[:, c]
-            value = self._uniform(key, column)
-            if name == "max_grad_norm" and isinstance(value, float) and value == float("inf"):
-                return None  # type: ignore[return-value]
-            if name == "beta_rule" and isinstance(value, int):
-                return F.BETA_RULES[value]  # type: ignore[return-value]
-            return value  # type: ignore[return-value]
-
+        hyper: dict[str, Any] = {}
+        for name, key, which, c in self._hyper_columns:
+            value = self._shared[key]
+            if value is None:
+                block = blocks[which]
+                assert block is not None
+                hyper[name] = block[:, c]
+            elif name == "max_grad_norm":
+                hyper[name] = None if value == float("inf") else value
+            elif name == "beta_rule":
+                assert isinstance(value, int)
+                hyper[name] = F.BETA_RULES[value]
+            else:
+                hyper[name] = value
         step = i[:, col["opt/step"][0]]
         if self.optimizer == "trackin":
             return F.trackin(
@@ -502,51 +522,23 @@ class StreamPool:
                 buffers.get("eps"),
                 f[:, col["opt/sq_avg"][0]],
                 step,
-                lr=h("lr"),
-                gamma=h("gamma"),
-                beta=h("beta"),
-                beta_rule=h("beta_rule"),  # type: ignore[arg-type]
-                debias=h("debias"),  # type: ignore[arg-type]
-                eta=h("eta"),
-                eps_decay=h("eps_decay"),
-                weight_decay=h("weight_decay"),
-                max_grad_norm=h("max_grad_norm"),
                 foreach=False,
+                **hyper,
             )
         if self.optimizer == "sgd":
-            return F.sgd(
-                params,
-                [grad],
-                buffers.get("momentum"),
-                step,
-                lr=h("lr"),
-                momentum=h("momentum"),
-                dampening=h("dampening"),
-                debias=h("debias"),  # type: ignore[arg-type]
-                weight_decay=h("weight_decay"),
-                max_grad_norm=h("max_grad_norm"),
-            )
-        return F.adam(
-            params,
-            [grad],
-            buffers["exp_avg"],
-            buffers["exp_avg_sq"],
-            step,
-            lr=h("lr"),
-            beta1=h("beta1"),
-            beta2=h("beta2"),
-            eps=h("eps"),
-            weight_decay=h("weight_decay"),
-            max_grad_norm=h("max_grad_norm"),
-        )
+            return F.sgd(params, [grad], buffers.get("momentum"), step, **hyper)
+        return F.adam(params, [grad], buffers["exp_avg"], buffers["exp_avg_sq"], step, **hyper)
 
-    def _drift(self, f: Tensor, i: Tensor, b: Tensor, ok: Tensor, loss: Tensor, step: Tensor) -> Tensor:
-        """Page-Hinkley on the rows' losses (in place on ``f``, ``i``); returns the alarms ``[rows]``."""
+    def _drift(
+        self, blocks: tuple[Tensor, Tensor, Tensor | None], ok: Tensor, loss: Tensor, step: Tensor
+    ) -> Tensor:
+        """Page-Hinkley on the rows' losses (in place on the blocks); returns the alarms ``[rows]``."""
+        f, i, _ = blocks
         col = self._col
-        enabled = self._uniform("drift/enabled", b[:, col["drift/enabled"][0]])
+        enabled = self._setting("drift/enabled", blocks)
         if enabled is False:
             return torch.zeros_like(ok)
-        active = ok if enabled is True else ok & b[:, col["drift/enabled"][0]]  # type: ignore[operator]
+        active = ok if enabled is True else ok & enabled  # type: ignore[operator]
         a, z = col["drift/mean"][0], col["drift/min"][1]
         n_col = col["drift/n"][0]
         n, stats, alarm = page_hinkley(
@@ -562,12 +554,11 @@ class StreamPool:
         i[:, n_col] = n
         i[:, col["drift/count"][0]] += alarm
         c = col["drift/last_step"][0]
-        i[:, c] = torch.where(alarm, step, i[:, c])
-        reset = self._uniform("drift/reset", b[:, col["drift/reset"][0]])
-        if reset is not False:
-            kind = "exp_avg" if self.optimizer == "adam" else "momentum"
-            if kind in self._buffers:
-                m = col[f"opt/{kind}/{self.param_names[0]}"][0]
-                mask = alarm if reset is True else alarm & b[:, col["drift/reset"][0]]
-                f[:, m : m + self._n_params] = f[:, m : m + self._n_params].masked_fill(mask.unsqueeze(1), 0)
+        torch.where(alarm, step, i[:, c], out=i[:, c])
+        reset = self._setting("drift/reset", blocks)
+        kind = "exp_avg" if self.optimizer == "adam" else "momentum"
+        if reset is not False and kind in self._buffers:
+            m = col[f"opt/{kind}/{self.param_names[0]}"][0]
+            mask = alarm if reset is True else alarm & reset  # type: ignore[operator]
+            f[:, m : m + self._n_params].masked_fill_(mask.unsqueeze(1), 0)
         return alarm
