@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 from fastapi import APIRouter, WebSocket
@@ -32,13 +32,20 @@ CLOSE_TOO_BIG = 1009
 Pending = tuple[Any, bool, "asyncio.Future[Any] | dict[str, Any]", "IngestBatch | None", float]
 
 
+class _SeqOnly(msgspec.Struct):
+    """Reads nothing but ``seq``: other fields are skipped unchecked (a 1e999 elsewhere does not hide it)."""
+
+    seq: Any = None
+
+
 def _seq_of(data: bytes | str, binary: bool) -> Any:
     """The message's ``seq`` if it can be read at all, for error answers to messages that failed checks."""
     try:
-        value = msgspec.msgpack.decode(data) if isinstance(data, bytes) else msgspec.json.decode(data)
+        if isinstance(data, bytes):
+            return msgspec.msgpack.decode(data, type=_SeqOnly).seq
+        return msgspec.json.decode(data, type=_SeqOnly).seq
     except msgspec.DecodeError:
         return None
-    return value.get("seq") if isinstance(value, dict) else None
 
 
 @router.websocket("/v1/ws")
@@ -48,7 +55,7 @@ async def ingest(websocket: WebSocket, state: WsState) -> None:
     pending: asyncio.Queue[Pending | None] = asyncio.Queue(maxsize=state.settings.max_ws_in_flight)
     writer = asyncio.create_task(_write(websocket, state, pending))
     try:
-        await _read(websocket, state, pending)
+        await _read(websocket, state, pending, writer)
     except WebSocketDisconnect:
         pass
     finally:
@@ -58,7 +65,9 @@ async def ingest(websocket: WebSocket, state: WsState) -> None:
         state.metrics.websocket_closed()
 
 
-async def _read(websocket: WebSocket, state: AppState, pending: asyncio.Queue[Pending | None]) -> None:
+async def _read(
+    websocket: WebSocket, state: AppState, pending: asyncio.Queue[Pending | None], writer: asyncio.Task[None]
+) -> None:
     limit = state.settings.max_ws_message_bytes
     while True:
         message = await websocket.receive()
@@ -68,9 +77,8 @@ async def _read(websocket: WebSocket, state: AppState, pending: asyncio.Queue[Pe
         data: bytes | str = message["bytes"] if binary else message.get("text") or ""
         started = time.perf_counter()
         if len(data) > limit:
-            await pending.put(None)
-            await websocket.close(CLOSE_TOO_BIG, f"message exceeds {limit} bytes")
-            raise WebSocketDisconnect(CLOSE_TOO_BIG)
+            reason = f"message exceeds {limit} bytes"
+            await _close_after_answers(websocket, pending, writer, CLOSE_TOO_BIG, reason)
         seq = None
         batch: IngestBatch | None = None
         try:
@@ -88,14 +96,27 @@ async def _read(websocket: WebSocket, state: AppState, pending: asyncio.Queue[Pe
             outcome: asyncio.Future[Any] | dict[str, Any] = state.registry.submit(batch)
         except ServiceError as exc:
             if isinstance(exc, InvalidInput) and exc.message.startswith("malformed"):
-                await pending.put(None)
-                await websocket.close(CLOSE_INVALID_PAYLOAD, "unparsable frame")
-                raise WebSocketDisconnect(CLOSE_INVALID_PAYLOAD) from None
+                reason = "unparsable frame"
+                await _close_after_answers(websocket, pending, writer, CLOSE_INVALID_PAYLOAD, reason)
             if seq is None:
                 seq = _seq_of(data, binary)
             state.metrics.observed("rejected", "ws")
             outcome = exc.body()
         await pending.put((seq, binary, outcome, batch, started))
+
+
+async def _close_after_answers(
+    websocket: WebSocket,
+    pending: asyncio.Queue[Pending | None],
+    writer: asyncio.Task[None],
+    code: int,
+    reason: str,
+) -> NoReturn:
+    """Protocol abuse: answer every message accepted before it (in order), then close with ``code``."""
+    await pending.put(None)
+    await writer
+    await websocket.close(code, reason)
+    raise WebSocketDisconnect(code)
 
 
 async def _write(websocket: WebSocket, state: AppState, pending: asyncio.Queue[Pending | None]) -> None:
