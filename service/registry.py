@@ -123,7 +123,7 @@ class Registry:
 
     async def describe(self, stream_id: str) -> dict[str, Any]:
         """Spec and figures of one stream."""
-        record = await self.require(stream_id)
+        record = await self.require(stream_id, create=False)
 
         def read(engine: Engine) -> dict[str, Any]:
             location = engine.locate(stream_id)
@@ -178,8 +178,9 @@ class Registry:
         more = start + limit < len(ids)
         return page, (page[-1] if more and page else None)
 
-    async def require(self, stream_id: str) -> StreamRecord:
-        """The stream's record, restoring it from the store or creating it from a template if needed."""
+    async def require(self, stream_id: str, *, create: bool = True) -> StreamRecord:
+        """The stream's record, restoring it from the store or creating it from a template if needed
+        (``create=False`` for reads, which must not bring streams into being)."""
         record = self.records.get(stream_id)
         if record is not None:
             return record
@@ -187,7 +188,7 @@ class Registry:
         record = await self._restore(stream_id)
         if record is not None:
             return record
-        template = self._template_for(stream_id)
+        template = self._template_for(stream_id) if create else None
         if template is None:
             raise UnknownStream(f"unknown stream {stream_id!r}", stream=stream_id)
         lock = self._creating.setdefault(stream_id, asyncio.Lock())
