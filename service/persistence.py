@@ -85,9 +85,16 @@ class Persistence:
         self._pinned: dict[str, int] = {}  # streams with validated batches not yet applied
         self._restoring: dict[str, asyncio.Lock] = {}
         self._evicting: dict[str, asyncio.Event] = {}
+        # Streams whose last log append failed with an unknown outcome: the store may hold entries this
+        # process never applied (a timed-out append that the store executed anyway). Until they are
+        # settled (see _settle_suspects), new batches for them get 503 and they are not evicted.
+        self._suspect: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._connect_lock = asyncio.Lock()
+        # One checkpoint write at a time: two overlapping writes of one stream at one step would make the
+        # store refuse the second as stale (a false rejected_stale count, which pages someone).
+        self._checkpoint_lock = asyncio.Lock()
 
     # ----- lifecycle --------------------------------------------------------------------------------------
 
@@ -130,6 +137,7 @@ class Persistence:
         if self.epoch is not None:
             try:
                 await self.checkpoint(list(self._recent), force=False)
+                await self._settle_suspects()
             except StoreUnavailable:
                 log.error("store unavailable at shutdown: changes since the last checkpoint stay in the log")
         await self.store.shutdown()
@@ -191,7 +199,7 @@ class Persistence:
         self._log_pos.pop(stream_id, None)
         self._recent[stream_id] = None
         await self._require_store()
-        await self.checkpoint([stream_id], force=True)
+        await self.checkpoint([stream_id], force=False)  # unsaved: written unless a pass just did
         self._known += 1
         self._wake.set()
 
@@ -200,12 +208,24 @@ class Persistence:
         if not self.log_mode:
             return
         await self._require_store()
-        payloads = encode_batches(batches)
+        assert self.epoch is not None
+        payloads = encode_batches(batches, self.epoch)
+        unsettled = self._suspect.intersection(payloads)
+        if unsettled:
+            raise Unavailable(
+                f"stream {min(unsettled)!r} is settling after a store failure, nothing applied",
+                retry_after=1,
+                stream=min(unsettled),
+            )
         entries = [LogEntry(stream_id, payload) for stream_id, payload in payloads.items()]
         try:
             positions = await self.store.append_log(entries)
         except StoreUnavailable as exc:
+            # The append may still have happened (e.g. a timeout the store executed later): remember the
+            # streams, so their log is cleaned of what this process never applied before they go on.
+            self._suspect.update(payloads)
             self._set_up(False)
+            self._wake.set()
             raise Unavailable(f"store unavailable, nothing applied: {exc}", retry_after=1) from None
         for entry, position in zip(entries, positions, strict=True):
             self._log_pos[entry.stream_id] = position
@@ -262,6 +282,10 @@ class Persistence:
         The export runs on the engine thread in queue order, so the state and the log positions read with
         it belong together: every batch logged before the export has been applied, none after.
         """
+        async with self._checkpoint_lock:
+            return await self._checkpoint(stream_ids, force=force)
+
+    async def _checkpoint(self, stream_ids: Sequence[str], *, force: bool) -> list[str]:
         wanted = [s for s in stream_ids if force or self._counts.get(s, 0) != self._saved.get(s, -1)]
         if not wanted:
             return []
@@ -350,6 +374,8 @@ class Persistence:
                     ]
                 if changed:
                     await self.checkpoint(changed, force=False)
+                if self._suspect:
+                    await self._settle_suspects()
                 if due_time:
                     last_pass = time.monotonic()
                     if self.log_mode:
@@ -367,6 +393,30 @@ class Persistence:
                 log.exception("checkpoint pass failed")
                 await asyncio.sleep(backoff)
 
+    async def _settle_suspects(self) -> None:
+        """Drop log entries that failed appends may have left behind, so they are never replayed.
+
+        A 503 promised the client that nothing was applied. An append whose outcome was unknown may still
+        be in the log, after the last position this process knows it wrote; replaying it after a crash
+        would apply an observation the client was told was refused (and will likely send again). So for
+        each suspect stream: checkpoint it (covering every entry it did apply), then trim whatever the
+        log holds beyond that. New batches for the stream wait (503) until this is done.
+        """
+        for stream_id in sorted(self._suspect):
+            if stream_id in self.engine:
+                await self.checkpoint([stream_id], force=False)
+                if self._counts.get(stream_id, 0) != self._saved.get(stream_id):
+                    continue  # not written (refused as stale?): try again on the next pass
+                orphans = await self.store.read_log(stream_id, self._log_pos.get(stream_id, ""))
+                if orphans:
+                    await self.store.trim_log(stream_id, orphans[-1][0])
+                    log.warning(
+                        "stream %r: dropped %d log entries of appends answered 503 (never applied)",
+                        stream_id,
+                        len(orphans),
+                    )
+            self._suspect.discard(stream_id)
+
     # ----- eviction and restore ---------------------------------------------------------------------------
 
     async def _evict_if_needed(self) -> None:
@@ -380,7 +430,9 @@ class Persistence:
         if limit is None or len(self.engine) <= limit:
             return
         excess = len(self.engine) - limit
-        candidates = [s for s in self._recent if s not in self._pinned and s in self.engine][: excess * 2]
+        candidates = [
+            s for s in self._recent if s not in self._pinned and s not in self._suspect and s in self.engine
+        ][: excess * 2]
         if not candidates:
             return
         await self.checkpoint(candidates, force=False)
@@ -410,31 +462,59 @@ class Persistence:
         self.state.metrics.evicted(len(victims))
 
     async def restore(self, stream_id: str) -> StreamRecord | None:
-        """Load a stream that is not resident: its checkpoint, then its log tail. None if never stored."""
-        evicting = self._evicting.get(stream_id)
-        if evicting is not None:
-            await evicting.wait()
-        if stream_id in self.engine:
-            return self.state.registry.records.get(stream_id)
-        await self._require_store()
-        lock = self._restoring.setdefault(stream_id, asyncio.Lock())
-        async with lock:
-            record = self.state.registry.records.get(stream_id)
+        """Load a stream that is not resident: its checkpoint, then its log tail. None if never stored.
+
+        Concurrent callers for one stream share one load (a per-stream lock); a stream being evicted is
+        waited for and then loaded again. Residency is decided by the registry's record, never by the
+        engine alone: a stream is in the engine without a record while another request is installing it
+        or an eviction is dropping it, and answering "unknown" then would be a spurious 404.
+        """
+        records = self.state.registry.records
+        while True:
+            evicting = self._evicting.get(stream_id)
+            if evicting is not None:
+                await evicting.wait()
+                continue
+            record = records.get(stream_id)
             if record is not None:
                 return record
-            started = time.perf_counter()
-            try:
-                checkpoint = await self.store.read_checkpoint(stream_id)
-                if checkpoint is None:
-                    return None
-                tail = await self.store.read_log(stream_id, checkpoint.log_position) if self.log_mode else []
-            except StoreUnavailable as exc:
-                self._set_up(False)
-                raise Unavailable(f"store unavailable, cannot restore {stream_id!r}: {exc}") from None
-            record = await self._load(checkpoint, tail)
-            self.state.metrics.restored(time.perf_counter() - started)
-        self._restoring.pop(stream_id, None)
-        return record
+            await self._require_store()
+            lock = self._restoring.setdefault(stream_id, asyncio.Lock())
+            async with lock:
+                if stream_id in self._evicting or stream_id in records:
+                    continue  # evicted or restored by someone else while we waited: look again
+                if stream_id in self.engine:
+                    return None  # being created by put_stream right now, not stored yet
+                started = time.perf_counter()
+                try:
+                    checkpoint = await self.store.read_checkpoint(stream_id)
+                    if checkpoint is None:
+                        return None
+                    tail = (
+                        await self.store.read_log(stream_id, checkpoint.log_position) if self.log_mode else []
+                    )
+                except StoreUnavailable as exc:
+                    self._set_up(False)
+                    raise Unavailable(f"store unavailable, cannot restore {stream_id!r}: {exc}") from None
+                record = await self._load(checkpoint, tail)
+                self.state.metrics.restored(time.perf_counter() - started)
+                if self.log_mode and checkpoint.epoch != self.epoch:
+                    await self._claim(stream_id)
+            self._restoring.pop(stream_id, None)
+            return record
+
+    async def _claim(self, stream_id: str) -> None:
+        """Checkpoint a stream taken over from an older owner at once, under this process's epoch.
+
+        From then on replay skips log entries of older epochs, so a stale process still appending to the
+        stream's log cannot leak its observations into this owner's state after a crash. If the store
+        refuses or fails now, the stream stays marked as changed and the next checkpoint pass claims it.
+        """
+        self._saved.pop(stream_id, None)  # changed as far as this owner is concerned
+        try:
+            await self.checkpoint([stream_id], force=False)
+        except StoreUnavailable as exc:
+            log.warning("could not claim %r yet (%s); the next checkpoint pass will", stream_id, exc)
 
     async def _load(self, checkpoint: Checkpoint, tail: list[tuple[str, bytes]]) -> StreamRecord:
         stream_id = checkpoint.stream_id
@@ -442,13 +522,23 @@ class Persistence:
         try:
             spec = StreamSpec.model_validate(meta["spec"])
             tensors = decode_state(stream_id, checkpoint.tensors, meta)
-            replay = [decode_payload(payload) for _, payload in tail]
+            entries = [decode_payload(payload) for _, payload in tail]
         except CorruptCheckpoint as exc:
             raise StreamCorrupt(str(exc), stream=stream_id) from None
         except Exception as exc:
             raise StreamCorrupt(
                 f"checkpoint of {stream_id!r} is unreadable: {exc}", stream=stream_id
             ) from None
+
+        # Entries logged by an older owner after this checkpoint's owner took over are a stale process's.
+        replay = [(x, y) for epoch, x, y in entries if epoch is None or epoch >= checkpoint.epoch]
+        if len(replay) < len(entries):
+            log.warning(
+                "stream %r: skipped %d log entries of a stale owner (epoch older than %d)",
+                stream_id,
+                len(entries) - len(replay),
+                checkpoint.epoch,
+            )
 
         def install(engine: Engine) -> int:
             engine.add(stream_id, spec)

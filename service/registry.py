@@ -140,7 +140,11 @@ class Registry:
             figures["warming"] = warming
             return figures
 
-        f = await self.scheduler.call(read)
+        self._pin([stream_id])  # the store layer must not evict it between require and the read
+        try:
+            f = await self.scheduler.call(read)
+        finally:
+            self._unpin([stream_id])
 
         def num(value: float) -> float | None:
             return None if value != value else value
@@ -325,7 +329,11 @@ class Registry:
         def run(engine: Engine) -> list[list[float] | None]:
             return engine.predict([stream_id], inputs)
 
-        prediction = (await self.scheduler.call(run))[0]
+        self._pin([stream_id])
+        try:
+            prediction = (await self.scheduler.call(run))[0]
+        finally:
+            self._unpin([stream_id])
         if request_id is not None and inputs[0] is not None:
             self.labels.put(stream_id, request_id, inputs[0])
         return shape_prediction(spec, prediction)
