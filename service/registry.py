@@ -18,7 +18,7 @@ import numpy as np
 from models.engine import Engine, ItemResult
 from models.specs import ARModel, StreamSpec, layer_sizes
 
-from .errors import InvalidInput, SpecConflict, UnknownRequest, UnknownStream
+from .errors import InvalidInput, SpecConflict, StreamCorrupt, UnknownRequest, UnknownStream
 from .ids import check_stream_id
 from .ingest import IngestBatch, build_batch, check_vector
 from .labels import PendingLabels
@@ -77,7 +77,14 @@ class Registry:
         self, stream_id: str, spec: StreamSpec, *, replace: bool = False, template: str | None = None
     ) -> Literal["created", "unchanged", "replaced"]:
         check_stream_id(stream_id)
-        existing = self.records.get(stream_id) or await self._restore(stream_id)
+        damaged = False
+        try:
+            existing = self.records.get(stream_id) or await self._restore(stream_id)
+        except StreamCorrupt:
+            if not replace:
+                raise  # never silently replaced by a fresh model: replacing is the caller's decision
+            await self.delete_stream(stream_id)
+            existing, damaged = None, True
         if existing is not None:
             if existing.spec == spec:
                 return "unchanged"
@@ -104,11 +111,11 @@ class Registry:
                 self.records.pop(stream_id, None)
                 await self.scheduler.call(lambda engine: engine.remove(stream_id))
                 raise
-        return "created" if existing is None else "replaced"
+        return "created" if existing is None and not damaged else "replaced"
 
     async def delete_stream(self, stream_id: str) -> None:
         check_stream_id(stream_id)
-        if stream_id not in self.records and await self._restore(stream_id) is None:
+        if stream_id not in self.records and not await self._stored(stream_id):
             raise UnknownStream(f"unknown stream {stream_id!r}", stream=stream_id)
 
         def remove(engine: Engine) -> None:
@@ -120,6 +127,13 @@ class Registry:
         self.labels.drop_stream(stream_id)
         if self.persistence is not None:
             await self.persistence.forget(stream_id)
+
+    async def _stored(self, stream_id: str) -> bool:
+        """Restored from the store, or stored but unreadable (so a corrupt stream can still be deleted)."""
+        try:
+            return await self._restore(stream_id) is not None
+        except StreamCorrupt:
+            return True
 
     async def describe(self, stream_id: str) -> dict[str, Any]:
         """Spec and figures of one stream."""
