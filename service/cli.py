@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--redis-url")
     serve.add_argument("--store", choices=["auto", "sqlite", "redis", "memory"])
     serve.set_defaults(run=_serve)
+    from .replay import add_parser as add_replay
+
+    add_replay(sub)
     args = parser.parse_args(argv)
     result: int = args.run(args)
     return result
