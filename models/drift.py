@@ -32,14 +32,14 @@ def page_hinkley(
         loss: ``[rows]`` this observation's loss (ignored where not ``active``).
         active: ``[rows]`` bool, rows that observed a finite loss with detection on.
         n: ``[rows]`` int, losses seen since the (re)start.
-        stats: ``[rows, 3]`` running mean, cumulative statistic and its minimum.
+        stats: ``[3, rows]`` running mean, cumulative statistic and its minimum.
         delta, threshold, warmup: per row ``[rows]`` or shared.
 
     Returns:
         ``(n, stats, alarm)``, new values. After an alarm the detector restarts (n = 0, stats = 0), so it
         measures the new regime from scratch.
     """
-    mean, total, minimum = stats.unbind(1)
+    mean, total, minimum = stats.unbind(0)
     armed = active & (n >= warmup)
     z = loss / mean.clamp_min(1e-30) - (1 + delta)
     total = torch.where(armed, total + z, total)
@@ -47,5 +47,4 @@ def page_hinkley(
     n = n + active
     mean = torch.where(active, mean + (loss - mean) / n.clamp(1, MEAN_WINDOW), mean)
     alarm = armed & (total - minimum > threshold)
-    restart = alarm.unsqueeze(1)
-    return n.masked_fill(alarm, 0), torch.stack([mean, total, minimum], 1).masked_fill_(restart, 0), alarm
+    return n.masked_fill(alarm, 0), torch.stack([mean, total, minimum]).masked_fill_(alarm, 0), alarm

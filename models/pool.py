@@ -48,6 +48,7 @@ _HYPER = {
     "adam": ("lr", "beta1", "beta2", "eps", "weight_decay", "max_grad_norm"),
 }
 _FIGURES = ("last_loss", "loss_ewma", "grad_norm", "beta", "eps_norm")
+_DRIFT_SETTINGS = ("delta", "threshold", "warmup", "enabled", "reset")
 _TEMPLATE_CACHE = 256
 
 
@@ -75,8 +76,11 @@ class _Template:
 
 def _occurrence_rounds(slots: np.ndarray) -> list[np.ndarray]:
     """Positions split into rounds so that each round holds a stream at most once, in arrival order."""
-    if slots.size == 0:
-        return []
+    if slots.size <= 1:
+        return [np.arange(slots.size)] if slots.size else []
+    ordered = np.sort(slots)
+    if ordered[-1] - ordered[0] + 1 >= slots.size and (ordered[1:] != ordered[:-1]).all():
+        return [np.arange(slots.size)]  # no stream twice: one round (the common case, checked cheaply)
     order = np.argsort(slots, kind="stable")
     sorted_slots = slots[order]
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_slots)) + 1]
@@ -134,7 +138,7 @@ class StreamPool:
         self._last: tuple[StreamSpec, _Template] | None = None
         tracked = [f"hyper/{h}" for h in _HYPER[self.optimizer]]
         self._tracked: dict[str, Counter[object]] = {
-            k: Counter() for k in [*tracked, "hyper/huber_delta", "drift/enabled", "drift/reset"]
+            k: Counter() for k in [*tracked, "hyper/huber_delta", *(f"drift/{d}" for d in _DRIFT_SETTINGS)]
         }
         self._shared: dict[str, object] = dict.fromkeys(self._tracked)  # None: differs between streams
         self._need_bool = False  # some bool setting differs between streams: gather the bool buffer
@@ -326,7 +330,16 @@ class StreamPool:
         return out
 
     def _forward(self, theta: Tensor, x: Tensor) -> Tensor:
+        if self._closed_form:
+            return self._affine(theta, x)
         return stacked_forward(self.model, self._params(theta), x)
+
+    def _affine(self, theta: Tensor, x: Tensor) -> Tensor:
+        """``stacked_forward`` of a single-layer model, without its per-call Python: the same baddbmm."""
+        n, out = theta.shape[0], self.out_dim
+        weight = theta[:, : out * x.shape[1]].view(n, out, x.shape[1])
+        bias = theta[:, out * x.shape[1] :]
+        return torch.baddbmm(bias.unsqueeze(1), x.unsqueeze(1), weight.mT).squeeze(1)
 
     def _ar_level(self, theta: Tensor, window: Tensor) -> Tensor:
         """Forecast of the next level from a full window ``[rows, window, dim]``."""
@@ -394,15 +407,17 @@ class StreamPool:
     def _round(self, s: Tensor, x: Tensor, y: Tensor | None) -> dict[str, Tensor]:
         """One vectorised step for distinct slots ``s``; returns per-row outcomes.
 
-        The rows are gathered once (``old``) and updated in a copy (``f``, ``i``); rows whose step is not
-        taken get their step-dependent columns back from ``old`` before the single scatter.
+        Each buffer's rows are gathered twice in one call: the optimizer steps the second copy in place, then
+        every row is taken from the stepped copy or, where no step was taken, the untouched one; the
+        remaining per-row updates (``ar`` window, counters, drift) go on that block, scattered back once.
         """
         model, col, P = self.model, self._col, self._n_params
         packed = self._packed
-        f_old = packed.gather(s, FLOAT)
-        i_old = packed.gather(s, INT)
+        n = s.shape[0]
+        twice = torch.cat([s, s])  # two copies of the rows: [:n] stays as it was, [n:] is stepped
+        f_both, i_both = packed.gather(twice, FLOAT), packed.gather(twice, INT)
+        f_old, f, i_old, i = f_both[:n], f_both[n:], i_both[:n], i_both[n:]
         b = packed.gather(s, BOOL) if self._need_bool else None
-        f, i = f_old.clone(), i_old.clone()
         blocks = (f, i, b)
         theta = f[:, :P]
         hd = self._setting("hyper/huber_delta", blocks)
@@ -423,7 +438,7 @@ class StreamPool:
             target = y
 
         if self._closed_form:
-            output = self._forward(theta, feats)
+            output = self._affine(theta, feats)
             loss = loss_per_row(self.template.loss, output, target, hd)
             g = _output_grad(self.template.loss, output, target, hd)
             grad = torch.cat([(g.unsqueeze(2) * feats.unsqueeze(1)).flatten(1), g], 1)
@@ -442,10 +457,12 @@ class StreamPool:
         ewma = torch.where(prev.isnan(), loss, prev.lerp(loss, LOSS_EWMA_ALPHA))
         a, z = col["fig/last_loss"][0], col["fig/eps_norm"][1]
         f[:, a:z] = torch.stack([loss, ewma, stats.grad_norm, stats.beta, stats.eps_norm], 1)
-        # Only the step has changed the rows so far: where it was not taken, put every column back.
-        keep = ok.unsqueeze(1)
-        torch.where(keep, f, f_old, out=f)
-        torch.where(keep, i, i_old, out=i)
+        # Only the step has changed the rows so far: take each row from the stepped copy where the step was
+        # taken, else from the untouched one (a row gather: much cheaper than an elementwise where).
+        src = torch.arange(n, device=s.device) + n * ok
+        f, i = f_both.index_select(0, src), i_both.index_select(0, src)
+        blocks = (f, i, b)
+        theta = f[:, :P]
         step = i[:, col["opt/step"][0]]
         nonfinite = ~finite if ready is None else ready & ~finite
 
@@ -456,7 +473,7 @@ class StreamPool:
             nonfinite = nonfinite | (~ready & ~value_finite)
             new_window = torch.cat([window[:, 1:], x.unsqueeze(1)], dim=1)
             a, z = col["ar/window"]
-            f[:, a:z] = torch.where(pushed.unsqueeze(1), new_window.flatten(1), f_old[:, a:z])
+            f[:, a:z] = torch.where(pushed.unsqueeze(1), new_window.flatten(1), f[:, a:z])
             c = col["ar/filled"][0]
             filled = (i_old[:, c] + pushed).clamp(max=model.window)
             i[:, c] = filled
@@ -545,12 +562,12 @@ class StreamPool:
             loss,
             active,
             i[:, n_col],
-            f[:, a:z],
-            delta=f[:, col["drift/delta"][0]],
-            threshold=f[:, col["drift/threshold"][0]],
-            warmup=i[:, col["drift/warmup"][0]],
+            f[:, a:z].t().contiguous(),  # [3, rows]: contiguous rows are cheaper to compute on
+            delta=self._setting("drift/delta", blocks),  # type: ignore[arg-type]
+            threshold=self._setting("drift/threshold", blocks),  # type: ignore[arg-type]
+            warmup=self._setting("drift/warmup", blocks),  # type: ignore[arg-type]
         )
-        f[:, a:z] = stats
+        f[:, a:z] = stats.t()
         i[:, n_col] = n
         i[:, col["drift/count"][0]] += alarm
         c = col["drift/last_step"][0]
