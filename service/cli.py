@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import uvicorn
 
 __all__ = ["main"]
 
@@ -36,8 +41,9 @@ def _serve(args: argparse.Namespace) -> int:
     # uvicorn handles SIGTERM (stop accepting, finish what was accepted), then restores the handler found
     # here and raises the signal again: exit 0 then, as a graceful stop, not death by signal (-15).
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -45,7 +51,29 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
         access_log=False,
     )
-    return 0
+    server = _graceful_server(app, settings.shutdown_timeout_seconds)(config)
+    server.run()
+    return 0 if server.started else 3  # as uvicorn.run: 3 when startup failed (e.g. port taken)
+
+
+def _graceful_server(app: Any, timeout: float) -> type[uvicorn.Server]:
+    import uvicorn
+
+    from .ws import close_websockets
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn's shutdown closes WebSockets at once (1012), losing answers to messages already
+        accepted. First stop accepting, then let every connection answer what it accepted and close."""
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            for listener in self.servers:
+                listener.close()
+            state = getattr(app.state, "trackin", None)
+            if state is not None:
+                await close_websockets(state, timeout)
+            await super().shutdown(sockets)
+
+    return GracefulServer
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

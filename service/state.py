@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, WebSocket
@@ -26,6 +27,9 @@ class AppState:
     metrics: Metrics
     persistence: Any = None  # service.persistence.Persistence when a store is configured
     ready: bool = False
+    # Open WebSocket handlers, and the signal that makes them answer what they accepted and close (1001).
+    websockets: set[asyncio.Task[Any]] = field(default_factory=set)
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _state(request: Request) -> AppState:

@@ -26,6 +26,7 @@ from .wire import WsMessage, decode_json, decode_msgpack
 
 router = APIRouter()
 
+CLOSE_GOING_AWAY = 1001
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_TOO_BIG = 1009
 
@@ -52,6 +53,9 @@ def _seq_of(data: bytes | str, binary: bool) -> Any:
 async def ingest(websocket: WebSocket, state: WsState) -> None:
     await websocket.accept()
     state.metrics.websocket_opened()
+    handler = asyncio.current_task()
+    if handler is not None:
+        state.websockets.add(handler)
     pending: asyncio.Queue[Pending | None] = asyncio.Queue(maxsize=state.settings.max_ws_in_flight)
     writer = asyncio.create_task(_write(websocket, state, pending))
     try:
@@ -62,15 +66,44 @@ async def ingest(websocket: WebSocket, state: WsState) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await pending.put(None)
             await writer
+        if handler is not None:
+            state.websockets.discard(handler)
         state.metrics.websocket_closed()
+
+
+async def close_websockets(state: AppState, timeout: float) -> None:
+    """Shutdown: every connection stops reading, answers what it accepted, and closes with 1001."""
+    state.closing.set()
+    if state.websockets:
+        await asyncio.wait(set(state.websockets), timeout=timeout)
 
 
 async def _read(
     websocket: WebSocket, state: AppState, pending: asyncio.Queue[Pending | None], writer: asyncio.Task[None]
 ) -> None:
     limit = state.settings.max_ws_message_bytes
+    closing = asyncio.ensure_future(state.closing.wait())
+    try:
+        await _read_messages(websocket, state, pending, writer, closing, limit)
+    finally:
+        closing.cancel()
+
+
+async def _read_messages(
+    websocket: WebSocket,
+    state: AppState,
+    pending: asyncio.Queue[Pending | None],
+    writer: asyncio.Task[None],
+    closing: asyncio.Future[Any],
+    limit: int,
+) -> None:
     while True:
-        message = await websocket.receive()
+        receiving = asyncio.ensure_future(websocket.receive())
+        await asyncio.wait((receiving, closing), return_when=asyncio.FIRST_COMPLETED)
+        if not receiving.done():
+            receiving.cancel()
+            await _close_after_answers(websocket, pending, writer, CLOSE_GOING_AWAY, "server shutting down")
+        message = receiving.result()
         if message["type"] == "websocket.disconnect":
             return
         binary = message.get("bytes") is not None
@@ -153,4 +186,4 @@ async def _write(websocket: WebSocket, state: AppState, pending: asyncio.Queue[P
             return
 
 
-__all__ = ["router"]
+__all__ = ["close_websockets", "router"]

@@ -8,14 +8,14 @@ each other's way with unique stream ids. Tests that stop or break their server s
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.server import TrackinServer
+from tests.support.server import Servers, TrackinServer
 
 # Every test server: quick template sweeps and a short label lifetime, so those tests wait little.
 SHARED_ENV = {
@@ -29,25 +29,6 @@ LIMITS_ENV = {
     "TRACKIN_MAX_WS_MESSAGE_BYTES": "2048",
     "TRACKIN_MAX_WS_IN_FLIGHT": "2",
 }
-
-
-class Servers:
-    """Starts dedicated servers for one test and stops them after it."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.started: list[TrackinServer] = []
-
-    def start(self, env: Mapping[str, str] | None = None, **kwargs: Any) -> TrackinServer:
-        server = TrackinServer(
-            self.base / f"server-{len(self.started)}", env={**SHARED_ENV, **(env or {})}, **kwargs
-        )
-        self.started.append(server)
-        return server.start()
-
-    def close(self) -> None:
-        for server in self.started:
-            server.close()
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +45,7 @@ def limits_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackinS
 
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[Servers]:
-    started = Servers(tmp_path)
+    started = Servers(tmp_path, env=SHARED_ENV)
     try:
         yield started
     finally:

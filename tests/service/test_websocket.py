@@ -115,7 +115,10 @@ async def test_bad_messages_get_errors_and_the_connection_stays_open(
     server: TrackinServer, streams: tuple[str, str]
 ) -> None:
     lin, ar = streams
-    good = [{"stream": lin, "x": [1, 2, 3], "y": 1.0}, {"stream": ar, "value": [1.0, 2.0]}]
+    good: list[dict[str, Any]] = [
+        {"stream": lin, "x": [1, 2, 3], "y": 1.0},
+        {"stream": ar, "value": [1.0, 2.0]},
+    ]
     sent_good: list[dict[str, Any]] = []
     unknown = unique("missing")
     # (frame, expected seq, code, field, stream); None for a good message.

@@ -27,11 +27,11 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
 
 import httpx
 
-__all__ = ["ServerError", "TrackinServer"]
+__all__ = ["ServerError", "Servers", "TrackinServer"]
 
 _REPO = Path(__file__).resolve().parents[2]
 _START_TIMEOUT = 60.0
@@ -227,6 +227,26 @@ class TrackinServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class Servers:
+    """Dedicated servers for one test (a fixture's value): each in its own directory under ``base``, with
+    ``env`` under each one's own; `close` stops them all. ``started`` lets reports show their logs."""
+
+    def __init__(self, base: Path, *, env: Mapping[str, str] | None = None) -> None:
+        self.base = Path(base)
+        self.env = dict(env or {})
+        self.started: list[TrackinServer] = []
+
+    def start(self, env: Mapping[str, str] | None = None, **kwargs: Any) -> TrackinServer:
+        directory = self.base / f"server-{len(self.started)}"
+        server = TrackinServer(directory, env={**self.env, **(env or {})}, **kwargs)
+        self.started.append(server)
+        return server.start()
+
+    def close(self) -> None:
+        for server in self.started:
+            server.close()
 
 
 class _PortTakenError(Exception):
