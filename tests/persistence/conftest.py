@@ -67,9 +67,25 @@ class Backend:
 
     def __init__(self, name: str, base: Path, redis_server: RedisServer | None) -> None:
         self.name = name
+        self.base = base
         self.store_dir = base / "store"
         self.redis = redis_server
         self.keys = RedisKeys()
+        self.spawned: list[Backend] = []
+
+    def spawn(self) -> Backend:
+        """Another, independent store of the same kind (a second deployment), removed with this one."""
+        base = self.base / f"spawned-{len(self.spawned)}"
+        server = RedisServer(base / "redis").start() if self.redis is not None else None
+        other = Backend(self.name, base, server)
+        self.spawned.append(other)
+        return other
+
+    def close(self) -> None:
+        for other in self.spawned:
+            other.close()
+        if self.redis is not None:
+            self.redis.stop()
 
     def server_kwargs(self) -> dict[str, Any]:
         """`TrackinServer` arguments that point a server at this store."""
@@ -129,7 +145,9 @@ class Backend:
 @pytest.fixture(params=["sqlite", "redis"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "sqlite":
-        yield Backend("sqlite", tmp_path, None)
+        sqlite = Backend("sqlite", tmp_path, None)
+        yield sqlite
+        sqlite.close()
         return
     yield from _redis_backend(tmp_path)
 
@@ -143,8 +161,11 @@ def redis_backend(tmp_path: Path) -> Iterator[Backend]:
 def _redis_backend(tmp_path: Path) -> Iterator[Backend]:
     if redis_server_binary() is None:
         pytest.skip("redis-server not installed (scripts/system-deps installs it)")
-    with RedisServer(tmp_path / "redis") as server:
-        yield Backend("redis", tmp_path, server)
+    backend = Backend("redis", tmp_path, RedisServer(tmp_path / "redis").start())
+    try:
+        yield backend
+    finally:
+        backend.close()
 
 
 # ----- servers ----------------------------------------------------------------------------------------------
@@ -162,21 +183,29 @@ class Servers:
         self, env: Mapping[str, str] | None = None, *, memory: bool = False, **kwargs: Any
     ) -> TrackinServer:
         """A server on the backend's store (``memory``: no store at all), with ``FAST_ENV`` and ``env``."""
-        return self._make(env, memory, kwargs).start()
+        return self.make(env, memory=memory, **kwargs).start()
 
     def start_many(
         self, envs: Sequence[Mapping[str, str]], *, memory: Sequence[bool] | None = None
     ) -> list[TrackinServer]:
         """Several servers started at once (each start is seconds of imports; they overlap)."""
-        made = [self._make(env, bool(memory and memory[i]), {}) for i, env in enumerate(envs)]
-        with ThreadPoolExecutor(len(made)) as pool:
-            return list(pool.map(lambda server: server.start(), made))
+        made = [self.make(env, memory=bool(memory and memory[i])) for i, env in enumerate(envs)]
+        return start_all(made)
 
-    def _make(self, env: Mapping[str, str] | None, memory: bool, kwargs: dict[str, Any]) -> TrackinServer:
+    def make(
+        self,
+        env: Mapping[str, str] | None = None,
+        *,
+        memory: bool = False,
+        backend: Backend | None = None,
+        **kwargs: Any,
+    ) -> TrackinServer:
+        """A server not started yet (see `start_all`); ``backend`` overrides the test's store."""
         chosen: dict[str, Any] = {"store": "memory", "env": {}}
         if not memory:
-            assert self.backend is not None
-            chosen = self.backend.server_kwargs()
+            backend = backend or self.backend
+            assert backend is not None
+            chosen = backend.server_kwargs()
         server = TrackinServer(
             self.base / f"server-{len(self.started)}",
             env={**FAST_ENV, **chosen.pop("env"), **(env or {})},
@@ -191,6 +220,19 @@ class Servers:
             if server.running:
                 server.kill()
             server.close()
+
+
+def start_all(servers: Sequence[TrackinServer]) -> list[TrackinServer]:
+    """Start (or restart) servers concurrently: a start is seconds of imports, mostly waiting."""
+    with ThreadPoolExecutor(max(1, len(servers))) as pool:
+        return list(pool.map(lambda server: server.start(), servers))
+
+
+def stop_all(servers: Sequence[TrackinServer]) -> list[int]:
+    """Graceful stops (SIGTERM) at once; the exit codes."""
+    for server in servers:
+        server.terminate()
+    return [server.wait() for server in servers]
 
 
 @pytest.fixture

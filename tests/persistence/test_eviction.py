@@ -8,12 +8,13 @@ every answer (step, prediction, loss) and every final state must be equal with `
 from __future__ import annotations
 
 import random
+import threading
 import time
 from typing import Any
 
 import pytest
 
-from tests.persistence.conftest import FAMILIES, Api, Backend, Feed, Servers, metric
+from tests.persistence.conftest import FAMILIES, Api, Backend, Feed, Servers, metric, probes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -71,3 +72,41 @@ def test_evicted_streams_restore_to_identical_results(backend: Backend, servers:
         assert restore_seconds > 0
         listed = api.http.get("/v1/streams", params={"limit": 100}).json()["streams"]
         assert listed == sorted(streams)
+        steps = {s: api.describe(s)["figures"]["steps"] for s in streams}
+
+    # Concurrent clients on streams that keep being evicted and restored: two requests may restore one
+    # stream at once, or find it half-evicted. Every request must succeed, and every step must count.
+    applied: dict[str, int] = dict.fromkeys(streams, 0)
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        r = random.Random(seed)
+        with Api(limited) as own:
+            for _ in range(60):
+                stream_id = r.choice(list(streams))
+                kind = r.random()
+                if kind < 0.4:
+                    response = own.http.get(f"/v1/streams/{stream_id}")
+                elif kind < 0.6 or streams[stream_id]["model"]["family"] == "ar":
+                    probe = probes(streams[stream_id])[0]
+                    response = own.http.post(f"/v1/streams/{stream_id}/predict", json=probe and {"x": probe})
+                else:
+                    observation = Feed(streams[stream_id], seed=r.randrange(1000)).next()
+                    response = own.http.post(f"/v1/streams/{stream_id}/observations", json=observation)
+                    if response.status_code == 200:
+                        with lock:
+                            applied[stream_id] += 1
+                if response.status_code != 200:
+                    failures.append(f"{stream_id}: {response.status_code} {response.text}")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not failures, failures[:5]
+    with Api(limited) as api:
+        for stream_id in streams:
+            if streams[stream_id]["model"]["family"] != "ar":
+                assert api.describe(stream_id)["figures"]["steps"] == steps[stream_id] + applied[stream_id]
