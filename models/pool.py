@@ -92,6 +92,11 @@ def _occurrence_rounds(slots: np.ndarray) -> list[np.ndarray]:
     return [np.flatnonzero(occurrence == r) for r in range(int(occurrence.max()) + 1)]
 
 
+def _plain(t: Tensor) -> Tensor:
+    """An ordinary tensor (results made in inference mode are copied, so callers may modify them)."""
+    return t.clone() if t.is_inference() else t
+
+
 def _output_grad(kind: str, output: Tensor, target: Tensor, delta: float | Tensor) -> Tensor:
     """d loss_per_row / d output, ``[rows, out]``: the closed form for single-layer models."""
     scale = 1.0 / output.shape[-1]
@@ -329,14 +334,22 @@ class StreamPool:
             start += size
         return out
 
+    def _mode(self) -> torch.autograd.grad_mode.no_grad | torch.autograd.grad_mode.inference_mode:
+        """Inference mode where no gradient is recorded (single-layer models): about 15% less overhead per
+        op; pools that need autograd for their gradient run under no_grad."""
+        return torch.inference_mode() if self._closed_form else torch.no_grad()
+
     def _forward(self, theta: Tensor, x: Tensor) -> Tensor:
         if self._closed_form:
             return self._affine(theta, x)
         return stacked_forward(self.model, self._params(theta), x)
 
     def _affine(self, theta: Tensor, x: Tensor) -> Tensor:
-        """``stacked_forward`` of a single-layer model, without its per-call Python: the same baddbmm."""
+        """``stacked_forward`` of a single-layer model, without its per-call Python (one output: a row dot
+        product with ``[x, 1]``, as in ``_round``)."""
         n, out = theta.shape[0], self.out_dim
+        if out == 1:
+            return (theta * torch.cat([x, x.new_ones(n, 1)], 1)).sum(1, keepdim=True)
         weight = theta[:, : out * x.shape[1]].view(n, out, x.shape[1])
         bias = theta[:, out * x.shape[1] :]
         return torch.baddbmm(bias.unsqueeze(1), x.unsqueeze(1), weight.mT).squeeze(1)
@@ -352,7 +365,7 @@ class StreamPool:
         s = torch.as_tensor(np.asarray(slots), dtype=torch.int64).to(self.device)
         f = self._packed.gather(s, FLOAT)
         theta = f[:, : self._n_params]
-        with torch.no_grad():
+        with torch.inference_mode():
             if isinstance(self.model, ARModel):
                 a, b = self._col["ar/window"]
                 window = f[:, a:b].view(f.shape[0], self.model.window, self.model.dim)
@@ -364,7 +377,7 @@ class StreamPool:
                 assert inputs is not None
                 x = inputs.to(device=self.device, dtype=self.dtype)
                 out = prediction(self.template.loss, self._forward(theta, x))
-        return out.cpu()
+        return _plain(out.cpu())
 
     def observe(self, slots: np.ndarray, inputs: Tensor, targets: Tensor | None = None) -> ObserveResult:
         """Predict, score and step once per observation, in arrival order.
@@ -378,7 +391,7 @@ class StreamPool:
         targets = targets.to(device=dev, dtype=dt) if targets is not None else None
         rounds = _occurrence_rounds(slots)
         parts: list[dict[str, Tensor]] = []
-        with torch.no_grad():
+        with self._mode():
             if len(rounds) <= 1:  # one round (or an empty batch): no regrouping of inputs and outcomes
                 parts.append(self._round(torch.from_numpy(slots).to(dev), inputs, targets))
             else:
@@ -392,7 +405,7 @@ class StreamPool:
         else:
             inverse = torch.from_numpy(np.argsort(np.concatenate(rounds))).to(dev)
             out = {k: torch.cat([p[k] for p in parts]).index_select(0, inverse) for k in parts[0]}
-        host = {k: v.cpu() for k, v in out.items()}
+        host = {k: _plain(v.cpu()) for k, v in out.items()}
         return ObserveResult(
             predictions=host["pred"],
             losses=host["loss"],
@@ -437,7 +450,13 @@ class StreamPool:
             assert y is not None
             target = y
 
-        if self._closed_form:
+        if self._closed_form and self.out_dim == 1:
+            # one output: theta = [w, b] and the gradient is dL/dout * [x, 1]
+            ext = torch.cat([feats, feats.new_ones(n, 1)], 1)
+            output = (theta * ext).sum(1, keepdim=True)
+            loss = loss_per_row(self.template.loss, output, target, hd)
+            grad = _output_grad(self.template.loss, output, target, hd) * ext
+        elif self._closed_form:
             output = self._affine(theta, feats)
             loss = loss_per_row(self.template.loss, output, target, hd)
             g = _output_grad(self.template.loss, output, target, hd)
