@@ -153,6 +153,7 @@ async def _close_after_answers(
 
 
 async def _write(websocket: WebSocket, state: AppState, pending: asyncio.Queue[Pending | None]) -> None:
+    gone = False  # the client left: keep taking entries (unanswered) so the reader never blocks on us
     while True:
         entry = await pending.get()
         if entry is None:
@@ -177,13 +178,15 @@ async def _write(websocket: WebSocket, state: AppState, pending: asyncio.Queue[P
             except ServiceError as exc:
                 body = {"seq": seq, **exc.body()}
                 state.metrics.websocket_message(ok=False)
+        if gone:
+            continue
         try:
             if binary:
                 await websocket.send_bytes(msgspec.msgpack.encode(body))
             else:
                 await websocket.send_text(msgspec.json.encode(body).decode())
         except (WebSocketDisconnect, RuntimeError):
-            return
+            gone = True
 
 
 __all__ = ["close_websockets", "router"]

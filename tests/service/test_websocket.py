@@ -280,3 +280,35 @@ async def test_backpressure_stops_reading_and_loses_nothing(limits_server: Track
             sender.cancel()
     assert seqs == list(range(total))
     assert await steps(limits_server.url, sid) == total
+
+
+def open_connections(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    for line in text.splitlines():
+        if line.startswith("trackin_websocket_connections_open "):
+            return float(line.split()[1])
+    raise AssertionError("trackin_websocket_connections_open not exported")
+
+
+async def test_client_vanishing_with_answers_pending_frees_the_connection(
+    limits_server: TrackinServer,
+) -> None:
+    """A client that sends a burst and drops the TCP connection without reading: the handler must not
+    stay blocked behind answers nobody will read (2 in flight on this server)."""
+    lin = unique("lin")
+    await create(limits_server.url, {lin: LINEAR})
+    baseline = await asyncio.to_thread(open_connections, limits_server.url)
+    for _ in range(3):
+        ws = await ws_connect(limits_server)
+        for seq in range(60):
+            await ws.send(
+                json.dumps({"seq": seq, "observations": [{"stream": lin, "x": [0.1, 0.2, 0.3], "y": 1}]})
+            )
+        ws.transport.abort()  # gone without a close frame, answers unread
+        await ws.wait_closed()
+    deadline = asyncio.get_running_loop().time() + 15
+    while await asyncio.to_thread(open_connections, limits_server.url) > baseline:
+        assert asyncio.get_running_loop().time() < deadline, (
+            "WebSocket handlers still open after their clients left"
+        )
+        await asyncio.sleep(0.1)
