@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any, Self
@@ -72,18 +73,19 @@ class WsSession:
         self.binary = binary
         self._seq = itertools.count()
         self._ws: SyncConnection | None = None
+        self._exit = contextlib.ExitStack()
 
     def __enter__(self) -> Self:
-        self._ws = sync_connect(self.url, compression=None, max_size=MAX_MESSAGE_BYTES)
+        connection = sync_connect(self.url, compression=None, max_size=MAX_MESSAGE_BYTES)
+        self._ws = self._exit.enter_context(connection)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
-        if self._ws is not None:
-            self._ws.close()
-            self._ws = None
+        self._ws = None
+        self._exit.close()
 
     @property
     def _conn(self) -> SyncConnection:
