@@ -132,11 +132,11 @@ class Engine:
             locations = [streams[stream_id] for stream_id in stream_ids]
         except KeyError as error:
             raise UnknownStreamError(error.args[0]) from None
-        slots = np.fromiter((loc.slot for loc in locations), dtype=np.int64, count=len(locations))
+        slots = np.array([loc.slot for loc in locations], dtype=np.int64)
         if not locations:
             return slots, []
         first = locations[0].pool
-        if all(loc.pool is first for loc in locations):
+        if len(self._pools) == 1 or all(loc.pool is first for loc in locations):
             return slots, [(first, None)]
         groups: dict[int, tuple[StreamPool, list[int]]] = {}
         for i, loc in enumerate(locations):
@@ -153,16 +153,16 @@ class Engine:
         slots, groups = self._group(stream_ids)
         if len(groups) == 1 and groups[0][1] is None:
             pool = groups[0][0]
-            x = torch.from_numpy(np.stack(inputs))
-            y = None if isinstance(pool.model, ARModel) else torch.from_numpy(np.stack(targets))  # type: ignore[arg-type]
+            x = torch.from_numpy(_stacked(inputs))
+            y = None if isinstance(pool.model, ARModel) else torch.from_numpy(_stacked(targets))  # type: ignore[arg-type]
             return list(_items(pool.observe(slots, x, y)))
         results: list[ItemResult | None] = [None] * len(stream_ids)
         for pool, members in groups:
             assert members is not None
-            x = torch.from_numpy(np.stack([inputs[i] for i in members]))
+            x = torch.from_numpy(_stacked([inputs[i] for i in members]))
             y = None
             if not isinstance(pool.model, ARModel):
-                y = torch.from_numpy(np.stack([targets[i] for i in members]))  # type: ignore[misc]
+                y = torch.from_numpy(_stacked([targets[i] for i in members]))  # type: ignore[misc]
             outcome = pool.observe(slots[members], x, y)
             for i, item in zip(members, _items(outcome), strict=True):
                 results[i] = item
@@ -178,11 +178,20 @@ class Engine:
             members = list(range(len(stream_ids))) if group is None else group
             x = None
             if not isinstance(pool.model, ARModel):
-                x = torch.from_numpy(np.stack([inputs[i] for i in members]))  # type: ignore[misc]
+                x = torch.from_numpy(_stacked([inputs[i] for i in members]))  # type: ignore[misc]
             values = pool.predict(slots[members], x)
             for i, row in zip(members, _rows(values), strict=True):
                 out[i] = row
         return out
+
+
+def _stacked(items: Sequence[np.ndarray]) -> np.ndarray:
+    """Items of one shape as one array ``[n, *shape]`` (``np.array``: a third of ``np.stack``'s time; it
+    also refuses items of different shapes)."""
+    out = np.array(items)
+    if out.ndim < 2 or out.dtype == object:
+        raise ValueError(f"items must share one shape; got an array of shape {out.shape}")
+    return out
 
 
 def _rows(values: Tensor) -> list[list[float] | None]:

@@ -1,0 +1,302 @@
+"""Throughput of the batched engine against per-stream baselines, and resident bytes per stream.
+
+Run: ``.venv/bin/python -m bench.engine`` (``--budget`` seconds per cell, default 1; ``--quick`` for a
+smoke run). Side by side in one run:
+
+(a) ``module``: one :class:`models.families.FamilyModule` and one :class:`models.trackin.TrackIn` per stream,
+    stepped one observation at a time (forward, loss, backward, step);
+(b) ``river``: one River ``linear_model.LinearRegression`` per stream, ``predict_one`` then ``learn_one``
+    (linear only; River has no counterpart of the MLP);
+(c) ``engine``: all streams in one :class:`models.pool.StreamPool` with the full TrackIn update, batches
+    through the tensor API (``StreamPool.observe``: slots and stacked inputs), and through the id API
+    (``Engine.observe``: stream ids, one array per item, one ``ItemResult`` per item).
+
+Streams arrive at equal rates in shuffled order (concatenated random permutations of all streams), so a
+batch holds a stream more than once only when the batch is larger than the stream count (1,024 of 1,000
+streams: two rounds). Every cell runs for a fixed time budget, not a fixed count. The per-stream baselines
+do not depend on the batch size (they take one observation at a time), so they are measured once per
+family, stream count and thread setting and shown on every batch row; River is pure Python and ignores
+torch's threads. The memory figures come from fresh child processes (RSS from /proc/self/statm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.engine import Engine
+from models.families import FamilyModule
+from models.losses import loss_per_row
+from models.pool import StreamPool
+from models.specs import LinearModel, MLPModel, StreamSpec
+from models.trackin import TrackIn
+
+IN_DIM = 16
+FAMILIES: dict[str, StreamSpec] = {
+    "linear 16": StreamSpec(model=LinearModel(in_dim=IN_DIM)),
+    "mlp 16-32-1": StreamSpec(model=MLPModel(in_dim=IN_DIM, hidden=(32,))),
+}
+STREAMS = (1_000, 10_000, 100_000)
+BATCHES = (1, 64, 1_024)
+MEMORY_STREAMS = 1_000_000
+DATA_ROWS = 8_192
+
+
+@dataclass
+class Rate:
+    """Observations per second over a timed run (wall clock and process CPU time)."""
+
+    observations: int
+    wall: float
+    cpu: float
+
+    @property
+    def per_second(self) -> float:
+        return self.observations / self.wall
+
+    @property
+    def per_cpu_second(self) -> float:
+        return self.observations / max(self.cpu, 1e-9)
+
+
+def timed(step: Callable[[int], int], budget: float, warmup: int = 2) -> Rate:
+    """Call ``step(k)`` (returns observations done) until ``budget`` seconds have passed."""
+    for k in range(warmup):
+        step(k)
+    done, k = 0, warmup
+    wall, cpu = time.perf_counter(), time.process_time()
+    while True:
+        done += step(k)
+        k += 1
+        elapsed = time.perf_counter() - wall
+        if elapsed >= budget:
+            return Rate(done, elapsed, time.process_time() - cpu)
+
+
+class Workload:
+    """Arrival order of streams and the data of each arrival, cycled."""
+
+    def __init__(self, streams: int, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        reps = max(2, -(-4 * DATA_ROWS // streams))
+        self.order = np.concatenate([rng.permutation(streams) for _ in range(reps)])
+        self.x = rng.normal(size=(DATA_ROWS, IN_DIM))
+        self.y = self.x @ rng.normal(size=IN_DIM) + 0.1 * rng.normal(size=DATA_ROWS)
+        self.x32 = torch.from_numpy(self.x).float()
+        self.y32 = torch.from_numpy(self.y).float().unsqueeze(1)
+
+    def window(self, k: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k-th batch: stream indices and data rows."""
+        start = (k * size) % (len(self.order) - size)
+        rows = (np.arange(start, start + size)) % DATA_ROWS
+        return self.order[start : start + size], rows
+
+
+def bench_module(spec: StreamSpec, work: Workload, budget: float) -> Rate:
+    """(a) One module + TrackIn per stream, created on first use outside the timed part."""
+    touched = work.order[:5_000]
+    modules: dict[int, tuple[FamilyModule, TrackIn]] = {}
+    for s in np.unique(touched):
+        module = FamilyModule(spec.model)
+        modules[int(s)] = (module, TrackIn(module.parameters()))
+
+    def step(k: int) -> int:
+        stream = int(touched[k % len(touched)])
+        module, opt = modules[stream]
+        row = k % DATA_ROWS
+        x, y = work.x32[row : row + 1], work.y32[row : row + 1]
+        opt.zero_grad(set_to_none=True)
+        output = module(x)
+        loss = loss_per_row("mse", output, y)
+        loss.sum().backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        return 1
+
+    return timed(step, budget)
+
+
+def bench_river(work: Workload, budget: float, streams: int) -> Rate | None:
+    """(b) One River LinearRegression per stream (predict_one, then learn_one)."""
+    try:
+        from river import linear_model
+    except ImportError:
+        return None
+    touched = work.order[:400_000]
+    models = [linear_model.LinearRegression() for _ in range(min(streams, len(touched)))]
+    rows = [dict(enumerate(r)) for r in work.x.tolist()]
+    ys = work.y.tolist()
+
+    def step(k: int) -> int:
+        base = k * 256
+        for j in range(base, base + 256):
+            model = models[touched[j % len(touched)] % len(models)]
+            x = rows[j % DATA_ROWS]
+            model.predict_one(x)
+            model.learn_one(x, ys[j % DATA_ROWS])
+        return 256
+
+    return timed(step, budget)
+
+
+def build_engine(spec: StreamSpec, streams: int) -> tuple[Engine, list[str]]:
+    engine = Engine()
+    ids = [f"stream-{i}" for i in range(streams)]
+    for stream_id in ids:
+        engine.add(stream_id, spec)
+    return engine, ids
+
+
+def bench_engine(
+    engine: Engine, ids: list[str], work: Workload, batch: int, budget: float
+) -> tuple[Rate, Rate]:
+    """(c) The engine: tensor API (slots, stacked inputs) and id API (ids, per-item arrays and results)."""
+    (pool,) = engine.pools
+    slots = np.array([engine.locate(i).slot for i in ids], dtype=np.int64)
+    items_x = list(work.x)
+    items_y = list(work.y.reshape(-1, 1))
+
+    def tensor_step(k: int) -> int:
+        who, rows = work.window(k, batch)
+        index = torch.from_numpy(rows)
+        pool.observe(slots[who], work.x32.index_select(0, index), work.y32.index_select(0, index))
+        return batch
+
+    def id_step(k: int) -> int:
+        who, rows = work.window(k, batch)
+        engine.observe([ids[i] for i in who], [items_x[r] for r in rows], [items_y[r] for r in rows])
+        return batch
+
+    return timed(tensor_step, budget), timed(id_step, budget)
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_child(mode: str, streams: int) -> dict[str, float]:
+    """Resident bytes per stream at ``streams`` linear streams (run in a fresh process)."""
+    spec = FAMILIES["linear 16"]
+    torch.zeros(1).add_(1)  # load torch's kernels before the baseline reading
+    before = _resident_bytes()
+    if mode == "engine":
+        engine = Engine()
+        for i in range(streams):
+            engine.add(f"stream-{i:07d}", spec)
+        (pool,) = engine.pools
+    else:
+        pool = StreamPool(spec)
+        for _ in range(streams):
+            pool.add(spec)
+    grown = _resident_bytes() - before
+    learnable = [k for k in pool.state if k.startswith(("param/", "opt/"))]
+    raw = sum(pool.state[k][0].numel() * pool.state[k].element_size() for k in learnable)
+    every_key = sum(t[0].numel() * t.element_size() for t in pool.state.values())
+    return {
+        "rss_per_stream": grown / streams,
+        "state_bytes_per_stream": pool.state_bytes() / streams,
+        "row_bytes": every_key,
+        "padded_row_bytes": pool.state_bytes() / pool.capacity,
+        "learnable_bytes": raw,
+        "capacity": pool.capacity,
+    }
+
+
+def run_memory(streams: int) -> dict[str, dict[str, float]]:
+    out = {}
+    for mode in ("pool", "engine"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.engine", "--memory-child", mode, "--streams", str(streams)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def fmt(rate: float | None) -> str:
+    if rate is None:
+        return "-"
+    return f"{rate / 1e6:.2f}M" if rate >= 1e6 else f"{rate / 1e3:.1f}k" if rate >= 1e3 else f"{rate:.0f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=1.0, help="seconds per cell")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: small budgets, 1,000 streams")
+    parser.add_argument("--memory-child", choices=["pool", "engine"], help=argparse.SUPPRESS)
+    parser.add_argument("--streams", type=int, default=MEMORY_STREAMS, help="streams for the memory figure")
+    args = parser.parse_args()
+    if args.memory_child:
+        print(json.dumps(memory_child(args.memory_child, args.streams)))
+        return
+    budget = 0.2 if args.quick else args.budget
+    stream_counts = (1_000,) if args.quick else STREAMS
+    all_threads = os.cpu_count() or 1
+    thread_settings = sorted({1, all_threads})
+    print(
+        f"bench.engine: torch {torch.__version__}, {all_threads} cores, load average {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"  {budget:g} s per cell; obs/s by wall clock ('cpu x river': the ratio of process-CPU-time rates,"
+    )
+    print("  one-thread cells only: less sensitive to other load on the machine)")
+    print("  module/river are per-observation loops, measured once per family x streams x threads")
+    print("  engine = StreamPool.observe (tensor API); engine-ids = Engine.observe (ids, per-item results)")
+    header = (
+        f"{'family':<12} {'streams':>8} {'batch':>6} {'thr':>3} {'module':>8} {'river':>8} {'engine':>8} "
+        f"{'eng-ids':>8} {'x module':>9} {'x river':>8} {'cpu x river':>11} {'ids x river':>11}"
+    )
+    print(header)
+    print("-" * len(header))
+    for family, spec in FAMILIES.items():
+        for streams in stream_counts:
+            work = Workload(streams)
+            engine_ids = build_engine(spec, streams)
+            river = bench_river(work, budget, streams) if family.startswith("linear") else None
+            for threads in thread_settings:
+                torch.set_num_threads(threads)
+                module = bench_module(spec, work, budget)
+                for batch in BATCHES:
+                    engine, by_id = bench_engine(*engine_ids, work, batch, budget)
+                    ratios = ["-", "-", "-"]
+                    if river is not None:
+                        ratios = [
+                            f"{engine.per_second / river.per_second:.1f}",
+                            f"{engine.per_cpu_second / river.per_cpu_second:.1f}" if threads == 1 else "",
+                            f"{by_id.per_second / river.per_second:.1f}",
+                        ]
+                    print(
+                        f"{family:<12} {streams:>8,} {batch:>6} {threads:>3} {fmt(module.per_second):>8} "
+                        f"{fmt(river.per_second if river else None):>8} {fmt(engine.per_second):>8} "
+                        f"{fmt(by_id.per_second):>8} {engine.per_second / module.per_second:>9.0f} "
+                        f"{ratios[0]:>8} {ratios[1]:>11} {ratios[2]:>11}",
+                        flush=True,
+                    )
+            del engine_ids
+    torch.set_num_threads(all_threads)
+    memory_streams = 10_000 if args.quick else args.streams
+    print(f"\nresident memory at {memory_streams:,} linear streams (TrackIn, float32), fresh processes:")
+    for mode, m in run_memory(memory_streams).items():
+        print(
+            f"  {mode:<6}: RSS growth {m['rss_per_stream']:.0f} B/stream; "
+            f"stacked state {m['row_bytes']:.0f} B/row "
+            f"({m['padded_row_bytes']:.0f} padded, {m['state_bytes_per_stream']:.0f} B/stream at capacity "
+            f"{int(m['capacity']):,}); learnable (params + optimizer state) {m['learnable_bytes']:.0f} B. "
+            f"RSS / stacked state {m['rss_per_stream'] / m['row_bytes']:.2f}x, "
+            f"RSS / learnable {m['rss_per_stream'] / m['learnable_bytes']:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
