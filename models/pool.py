@@ -147,6 +147,7 @@ class StreamPool:
         }
         self._shared: dict[str, object] = dict.fromkeys(self._tracked)  # None: differs between streams
         self._need_bool = False  # some bool setting differs between streams: gather the bool buffer
+        self._sync_free = self.device.type != "cpu"  # see _round
         cols = self._packed.columns
         self._col = {key: (c.start, c.stop) for key, c in cols.items()}
         self._hyper_columns = [
@@ -420,16 +421,21 @@ class StreamPool:
     def _round(self, s: Tensor, x: Tensor, y: Tensor | None) -> dict[str, Tensor]:
         """One vectorised step for distinct slots ``s``; returns per-row outcomes.
 
-        Each buffer's rows are gathered twice in one call: the optimizer steps the second copy in place, then
-        every row is taken from the stepped copy or, where no step was taken, the untouched one; the
-        remaining per-row updates (``ar`` window, counters, drift) go on that block, scattered back once.
+        Each buffer's rows are gathered once and the optimizer steps them in place. Rows whose step is not
+        taken are then restored from the buffer (still untouched) before the remaining per-row updates
+        (``ar`` window, counters, drift) and one scatter per buffer. Finding those rows is data-dependent;
+        on an accelerator, where that would mean a host sync, each buffer is gathered twice instead and every
+        row taken from the stepped copy or the untouched one (``_sync_free``).
         """
         model, col, P = self.model, self._col, self._n_params
         packed = self._packed
         n = s.shape[0]
-        twice = torch.cat([s, s])  # two copies of the rows: [:n] stays as it was, [n:] is stepped
-        f_both, i_both = packed.gather(twice, FLOAT), packed.gather(twice, INT)
-        f_old, f, i_old, i = f_both[:n], f_both[n:], i_both[:n], i_both[n:]
+        if self._sync_free:
+            twice = torch.cat([s, s])  # two copies of the rows: [:n] stays as it was, [n:] is stepped
+            f_both, i_both = packed.gather(twice, FLOAT), packed.gather(twice, INT)
+            f, i = f_both[n:], i_both[n:]
+        else:
+            f, i = packed.gather(s, FLOAT), packed.gather(s, INT)
         b = packed.gather(s, BOOL) if self._need_bool else None
         blocks = (f, i, b)
         theta = f[:, :P]
@@ -439,8 +445,8 @@ class StreamPool:
         ready: Tensor | None
         if isinstance(model, ARModel):
             a, z = col["ar/window"]
-            window = f_old[:, a:z].view(f.shape[0], model.window, model.dim)
-            ready = i_old[:, col["ar/filled"][0]] >= model.window
+            window = f[:, a:z].view(f.shape[0], model.window, model.dim).clone()
+            ready = i[:, col["ar/filled"][0]] >= model.window
             feats = ar_features(model, window)
             last = window[:, -1]
             target = x - last if model.target == "delta" else x
@@ -472,14 +478,20 @@ class StreamPool:
         ok = finite if ready is None else finite & ready
 
         stats = self._optimizer_step(blocks, grad)
-        prev = f_old[:, col["fig/loss_ewma"][0]]
+        prev = f[:, col["fig/loss_ewma"][0]]
         ewma = torch.where(prev.isnan(), loss, prev.lerp(loss, LOSS_EWMA_ALPHA))
         a, z = col["fig/last_loss"][0], col["fig/eps_norm"][1]
         f[:, a:z] = torch.stack([loss, ewma, stats.grad_norm, stats.beta, stats.eps_norm], 1)
-        # Only the step has changed the rows so far: take each row from the stepped copy where the step was
-        # taken, else from the untouched one (a row gather: much cheaper than an elementwise where).
-        src = torch.arange(n, device=s.device) + n * ok
-        f, i = f_both.index_select(0, src), i_both.index_select(0, src)
+        # Only the step has changed the rows so far: where it was not taken, restore the whole row.
+        if self._sync_free:
+            src = torch.arange(n, device=s.device) + n * ok  # a row gather: cheaper than an elementwise where
+            f, i = f_both.index_select(0, src), i_both.index_select(0, src)
+        else:
+            failed = (~ok).nonzero().squeeze(1)
+            if failed.numel():
+                slots = s.index_select(0, failed)
+                f.index_copy_(0, failed, packed.gather(slots, FLOAT))
+                i.index_copy_(0, failed, packed.gather(slots, INT))
         blocks = (f, i, b)
         theta = f[:, :P]
         step = i[:, col["opt/step"][0]]
@@ -494,7 +506,7 @@ class StreamPool:
             a, z = col["ar/window"]
             f[:, a:z] = torch.where(pushed.unsqueeze(1), new_window.flatten(1), f[:, a:z])
             c = col["ar/filled"][0]
-            filled = (i_old[:, c] + pushed).clamp(max=model.window)
+            filled = (i[:, c] + pushed).clamp(max=model.window)
             i[:, c] = filled
             level = self._ar_level(theta, f[:, a:z].view(f.shape[0], model.window, model.dim))
             result["forecast"] = level.where((filled >= model.window).unsqueeze(-1), torch.nan)

@@ -296,3 +296,25 @@ def test_drift_flags_jumps_quickly_and_stationary_streams_never() -> None:
     after = alarms[jump_at:, stationary:]
     assert after[:10].any(0).all()  # every jump flagged within 10 observations
     assert int(pool.state["drift/count"][slots[stationary:]].min()) >= 1
+
+
+@pytest.mark.parametrize("spec", [LIN, MLP, AR], ids=["linear", "mlp", "ar"])
+def test_sync_free_restore_equals_the_cpu_restore(spec: StreamSpec) -> None:
+    """On accelerators failed rows are restored without a host sync (two copies of the rows): same bits."""
+    pools = [StreamPool(spec), StreamPool(spec)]
+    pools[1]._sync_free = True
+    g = torch.Generator().manual_seed(3)
+    dim = 1 if isinstance(spec.model, ARModel) else 3
+    for pool in pools:
+        for _ in range(4):
+            pool.add(spec)
+    for k in range(6):
+        x = torch.randn(6, dim, generator=g, dtype=torch.float64)
+        x[k % 6, 0] = torch.nan  # one failed row per batch
+        y = x.sum(1, keepdim=True).nan_to_num()
+        slots = np.array([0, 1, 2, 3, 1, 0])
+        results = [p.observe(slots, x, None if dim == 1 else y) for p in pools]
+        assert torch.equal(results[0].applied, results[1].applied)
+        assert torch.equal(bits(results[0].losses), bits(results[1].losses))
+    for slot in range(4):
+        same_bits(pools[0].export(slot), pools[1].export(slot))
