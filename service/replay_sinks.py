@@ -46,13 +46,14 @@ class RestSink:
         self.client = TrackinClient(url, timeout=300.0)
 
     def prepare(self, plan: StreamPlan) -> None:
-        """Fresh state: replace the streams; for a template, first delete the streams under its prefix."""
+        """Fresh state: the streams (or those under the template's prefix) are deleted, then created."""
+        stale = list(self.client.list_streams(plan.prefix)) if plan.prefix is not None else []
+        for stream in [*plan.streams, *stale]:
+            with contextlib.suppress(TrackinError):  # not there (or removed meanwhile by the idle sweep)
+                self.client.delete_stream(stream)
         for stream in plan.streams:
-            self.client.create_stream(stream, plan.spec, replace=True)
+            self.client.create_stream(stream, plan.spec)
         if plan.template is not None and plan.prefix is not None:
-            for stream in list(self.client.list_streams(plan.prefix)):
-                with contextlib.suppress(TrackinError):  # removed meanwhile by the idle sweep
-                    self.client.delete_stream(stream)
             self.client.put_template(plan.template, plan.prefix, plan.spec, idle_seconds=plan.idle_seconds)
 
     def run(self, messages: Iterable[list[Observation]]) -> Iterator[list[Result]]:
