@@ -21,6 +21,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -28,7 +29,7 @@ import torch
 from models.engine import Engine
 from models.specs import StreamSpec
 
-from .durability import decode_payload, encode_batches
+from .durability import ReplayPlan, decode_payload, encode_batches, plan_replay
 from .errors import StreamCorrupt, Unavailable
 from .ingest import IngestBatch
 from .registry import StreamRecord, Template
@@ -209,7 +210,7 @@ class Persistence:
             return
         await self._require_store()
         assert self.epoch is not None
-        payloads = encode_batches(batches, self.epoch)
+        payloads = encode_batches(batches, self.epoch, self._log_pos)
         unsettled = self._suspect.intersection(payloads)
         if unsettled:
             raise Unavailable(
@@ -319,17 +320,17 @@ class Persistence:
                 "store refused %d stale checkpoint(s), e.g. %s", len(outcome.rejected), outcome.rejected[0]
             )
         by_id = {c.stream_id: c for c in checkpoints}
-        trims = []
+        trims: dict[str, str] = {}
         for stream_id in outcome.accepted:
             cp = by_id[stream_id]
             self._saved[stream_id] = cp.step
             if cp.log_position:
-                trims.append(self.store.trim_log(stream_id, cp.log_position))
+                trims[stream_id] = cp.log_position
         for stream_id in outcome.rejected:
             # Equal (epoch, step) is already stored (a retry after a partial write): nothing left to do.
             self._saved[stream_id] = by_id[stream_id].step
         if trims:
-            await asyncio.gather(*trims)
+            await self.store.trim_logs(trims)
         return outcome.accepted
 
     def _encode(
@@ -498,95 +499,158 @@ class Persistence:
                     raise Unavailable(f"store unavailable, cannot restore {stream_id!r}: {exc}") from None
                 record = await self._load(checkpoint, tail)
                 self.state.metrics.restored(time.perf_counter() - started)
-                if self.log_mode and checkpoint.epoch != self.epoch:
-                    await self._claim(stream_id)
             self._restoring.pop(stream_id, None)
             return record
 
-    async def _claim(self, stream_id: str) -> None:
-        """Checkpoint a stream taken over from an older owner at once, under this process's epoch.
-
-        From then on replay skips log entries of older epochs, so a stale process still appending to the
-        stream's log cannot leak its observations into this owner's state after a crash. If the store
-        refuses or fails now, the stream stays marked as changed and the next checkpoint pass claims it.
-        """
-        self._saved.pop(stream_id, None)  # changed as far as this owner is concerned
-        try:
-            await self.checkpoint([stream_id], force=False)
-        except StoreUnavailable as exc:
-            log.warning("could not claim %r yet (%s); the next checkpoint pass will", stream_id, exc)
-
     async def _load(self, checkpoint: Checkpoint, tail: list[tuple[str, bytes]]) -> StreamRecord:
-        stream_id = checkpoint.stream_id
-        meta = checkpoint.meta
-        try:
-            spec = StreamSpec.model_validate(meta["spec"])
-            tensors = decode_state(stream_id, checkpoint.tensors, meta)
-            entries = [decode_payload(payload) for _, payload in tail]
-        except CorruptCheckpoint as exc:
-            raise StreamCorrupt(str(exc), stream=stream_id) from None
-        except Exception as exc:
-            raise StreamCorrupt(
-                f"checkpoint of {stream_id!r} is unreadable: {exc}", stream=stream_id
-            ) from None
+        outcome = (await self._load_many([(checkpoint, tail)]))[checkpoint.stream_id]
+        if isinstance(outcome, StreamCorrupt):
+            raise outcome
+        return outcome
 
-        # Entries logged by an older owner after this checkpoint's owner took over are a stale process's.
-        replay = [(x, y) for epoch, x, y in entries if epoch is None or epoch >= checkpoint.epoch]
-        if len(replay) < len(entries):
-            log.warning(
-                "stream %r: skipped %d log entries of a stale owner (epoch older than %d)",
-                stream_id,
-                len(entries) - len(replay),
-                checkpoint.epoch,
+    async def _load_many(
+        self, stored: list[tuple[Checkpoint, list[tuple[str, bytes]]]]
+    ) -> dict[str, StreamRecord | StreamCorrupt]:
+        """Install stored streams (checkpoint, then the chain of their log tails) in one engine call.
+
+        Decoding runs on a worker thread, so a large batch (eager restore) never stalls the event loop.
+        A stream that cannot be decoded or does not fit its spec is reported, not installed.
+        """
+        decoded = await asyncio.to_thread(lambda: [_decode(c, tail) for c, tail in stored])
+        ready = [d for d in decoded if not isinstance(d, StreamCorrupt)]
+
+        def install(engine: Engine) -> dict[str, int | StreamCorrupt]:
+            out: dict[str, int | StreamCorrupt] = {}
+            for d in ready:
+                stream_id = d.checkpoint.stream_id
+                if stream_id in engine:
+                    continue  # installed meanwhile (e.g. created again): leave it as it is
+                engine.add(stream_id, d.spec)
+                try:
+                    engine.load(stream_id, d.tensors)
+                except (KeyError, ValueError) as exc:
+                    engine.remove(stream_id)
+                    out[stream_id] = StreamCorrupt(
+                        f"checkpoint of {stream_id!r} does not fit its spec: {exc}", stream=stream_id
+                    )
+                    continue
+                applied = 0
+                for entry in d.plan.apply:
+                    engine.observe([stream_id] * len(entry.inputs), entry.inputs, entry.targets)
+                    applied += len(entry.inputs)
+                out[stream_id] = applied
+            return out
+
+        installed = await self.state.scheduler.call(install) if ready else {}
+        results: dict[str, StreamRecord | StreamCorrupt] = {}
+        replayed_total = 0
+        records = self.state.registry.records
+        for d in decoded:
+            if isinstance(d, StreamCorrupt):
+                assert d.stream is not None
+                results[d.stream] = d
+                continue
+            stream_id = d.checkpoint.stream_id
+            replayed = installed.get(stream_id)
+            if isinstance(replayed, StreamCorrupt):
+                results[stream_id] = replayed
+                continue
+            if replayed is None:  # was resident already
+                existing = records.get(stream_id)
+                if existing is not None:
+                    results[stream_id] = existing
+                continue
+            if d.plan.skipped:
+                log.warning(
+                    "stream %r: skipped %d log entries never applied by its owner (a stale process's, "
+                    "or appends answered 503)",
+                    stream_id,
+                    d.plan.skipped,
+                )
+            replayed_total += replayed
+            meta = d.checkpoint.meta
+            self._counts[stream_id] = int(meta.get(COUNT_KEY, d.checkpoint.step)) + replayed
+            self._saved[stream_id] = d.checkpoint.step
+            if d.plan.head:
+                self._log_pos[stream_id] = d.plan.head  # the base of this process's next append
+            self._recent[stream_id] = None
+            self._recent.move_to_end(stream_id)
+            record = StreamRecord(
+                spec=d.spec,
+                created_at=float(meta.get("created_at", time.time())),
+                updated_at=float(meta.get("updated_at", time.time())),
+                template=meta.get("template"),
+                last_drift_at=meta.get("last_drift_at"),
+                drifts=int(meta.get("drifts", 0)),
             )
-
-        def install(engine: Engine) -> int:
-            engine.add(stream_id, spec)
-            try:
-                engine.load(stream_id, tensors)
-            except (KeyError, ValueError) as exc:
-                engine.remove(stream_id)
-                raise StreamCorrupt(
-                    f"checkpoint of {stream_id!r} does not fit its spec: {exc}", stream=stream_id
-                ) from None
-            applied = 0
-            for inputs, targets in replay:
-                engine.observe([stream_id] * len(inputs), inputs, targets)
-                applied += len(inputs)
-            return applied
-
-        replayed = await self.state.scheduler.call(install)
-        if replayed:
-            self.state.metrics.observed("applied", "log", replayed)
-        count = int(meta.get(COUNT_KEY, checkpoint.step)) + replayed
-        self._counts[stream_id] = count
-        self._saved[stream_id] = checkpoint.step
-        if tail:
-            self._log_pos[stream_id] = tail[-1][0]
-        elif checkpoint.log_position:
-            self._log_pos[stream_id] = checkpoint.log_position
-        self._recent[stream_id] = None
-        self._recent.move_to_end(stream_id)
-        record = StreamRecord(
-            spec=spec,
-            created_at=float(meta.get("created_at", time.time())),
-            updated_at=float(meta.get("updated_at", time.time())),
-            template=meta.get("template"),
-            last_drift_at=meta.get("last_drift_at"),
-            drifts=int(meta.get("drifts", 0)),
-        )
-        self.state.registry.records.setdefault(stream_id, record)
+            results[stream_id] = records.setdefault(stream_id, record)
+        if replayed_total:
+            self.state.metrics.observed("applied", "log", replayed_total)
         self._wake.set()
-        return self.state.registry.records[stream_id]
+        return results
 
     async def _restore_all(self) -> None:
+        """Eager restore: every stored stream, a page at a time (one read, one engine call per page).
+
+        Stops at the residency limit, if any. Streams a request is restoring meanwhile are left to it.
+        """
+        limit = self.settings.max_resident_streams
         cursor: str | None = None
         while True:
             ids, cursor = await self.store.list_streams("", 1000, cursor)
+            if limit is not None:
+                ids = ids[: max(0, limit - len(self.engine))]
+            locks: list[tuple[str, asyncio.Lock]] = []
             for stream_id in ids:
-                try:
-                    await self.restore(stream_id)
-                except StreamCorrupt as exc:
-                    log.error("%s", exc.message)
-            if cursor is None:
+                lock = self._restoring.setdefault(stream_id, asyncio.Lock())
+                if not lock.locked() and stream_id not in self.state.registry.records:
+                    await lock.acquire()  # free: returns at once
+                    locks.append((stream_id, lock))
+            try:
+                started = time.perf_counter()
+                checkpoints = await self.store.read_checkpoints([s for s, _ in locks])
+                tails = (
+                    await self.store.read_logs({s: c.log_position for s, c in checkpoints.items()})
+                    if self.log_mode
+                    else {}
+                )
+                loaded = await self._load_many([(c, tails.get(s, [])) for s, c in checkpoints.items()])
+                if loaded:
+                    each = (time.perf_counter() - started) / len(loaded)
+                    for outcome in loaded.values():
+                        if isinstance(outcome, StreamCorrupt):
+                            log.error("%s", outcome.message)
+                        else:
+                            self.state.metrics.restored(each)
+            finally:
+                for stream_id, lock in locks:
+                    lock.release()
+                    self._restoring.pop(stream_id, None)
+            if cursor is None or (limit is not None and len(self.engine) >= limit):
                 return
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    checkpoint: Checkpoint
+    spec: StreamSpec
+    tensors: dict[str, torch.Tensor]
+    plan: ReplayPlan
+
+
+def _decode(checkpoint: Checkpoint, tail: list[tuple[str, bytes]]) -> _Decoded | StreamCorrupt:
+    """A stored stream made ready to install, or the error naming it (never a fresh model instead)."""
+    stream_id = checkpoint.stream_id
+    try:
+        spec = StreamSpec.model_validate(checkpoint.meta["spec"])
+        tensors = decode_state(stream_id, checkpoint.tensors, checkpoint.meta)
+        plan = plan_replay(
+            checkpoint.epoch,
+            checkpoint.log_position,
+            [decode_payload(position, payload) for position, payload in tail],
+        )
+    except CorruptCheckpoint as exc:
+        return StreamCorrupt(str(exc), stream=stream_id)
+    except Exception as exc:
+        return StreamCorrupt(f"checkpoint of {stream_id!r} is unreadable: {exc}", stream=stream_id)
+    return _Decoded(checkpoint, spec, tensors, plan)

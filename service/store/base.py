@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -243,6 +243,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def trim_log(self, stream_id: str, upto: str) -> None:
         """Drop the stream's entries at or before ``upto``, once a checkpoint includes them."""
+
+    async def read_logs(self, after: Mapping[str, str]) -> dict[str, list[tuple[str, bytes]]]:
+        """Batched `read_log`: ``{stream: entries after after[stream]}`` for every stream asked, in few
+        round trips (backends override this loop)."""
+        return {stream_id: await self.read_log(stream_id, position) for stream_id, position in after.items()}
+
+    async def trim_logs(self, upto: Mapping[str, str]) -> None:
+        """Batched `trim_log` in few round trips (backends override this loop); never one call per stream
+        at once, which would need as many connections."""
+        for stream_id, position in upto.items():
+            await self.trim_log(stream_id, position)
 
     @abc.abstractmethod
     async def log_length(self) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -272,11 +272,38 @@ class RedisStore(Store):
         key = self.keys.log(stream_id)
         if upto == "":
             return
-        ms, seq = map(int, _POSITION.fullmatch(_check_position(upto)).groups())  # type: ignore[union-attr]
-        # MINID keeps ids >= its argument, so pass the id right after ``upto``.
-        min_id = f"{ms}-{seq + 1}" if seq < _MAX_SEQ else f"{ms + 1}-0"
+        min_id = _min_id_after(upto)
         with self._errors():
             await self._redis.xtrim(key, minid=min_id, approximate=False)
+
+    async def read_logs(self, after: Mapping[str, str]) -> dict[str, list[tuple[str, bytes]]]:
+        lows = {s: "-" if a == "" else "(" + _check_position(a) for s, a in after.items()}
+        out: dict[str, list[tuple[str, bytes]]] = {s: [] for s in after}
+        with self._errors():
+            while lows:
+                pipe = self._redis.pipeline(transaction=False)
+                for stream_id, low in lows.items():
+                    pipe.xrange(self.keys.log(stream_id), min=low, max="+", count=_PAGE)
+                pages = await pipe.execute()
+                more: dict[str, str] = {}
+                for (stream_id, _), page in zip(lows.items(), pages, strict=True):
+                    entries = [
+                        (_text(pos), _bytes((fields or {})[_PAYLOAD_FIELD])) for pos, fields in page or []
+                    ]
+                    out[stream_id].extend(entries)
+                    if len(entries) == _PAGE:
+                        more[stream_id] = "(" + entries[-1][0]
+                lows = more
+        return out
+
+    async def trim_logs(self, upto: Mapping[str, str]) -> None:
+        targets = [(s, _min_id_after(u)) for s, u in upto.items() if u != ""]
+        with self._errors():
+            for start in range(0, len(targets), _PAGE):
+                pipe = self._redis.pipeline(transaction=False)
+                for stream_id, min_id in targets[start : start + _PAGE]:
+                    pipe.xtrim(self.keys.log(stream_id), minid=min_id, approximate=False)
+                await pipe.execute()
 
     async def log_length(self) -> int:
         total = 0
@@ -341,6 +368,12 @@ def _check_position(position: str) -> str:
     if not isinstance(position, str) or _POSITION.fullmatch(position) is None:
         raise ValueError(f"Invalid log position: {position!r}")
     return position
+
+
+def _min_id_after(position: str) -> str:
+    """The stream entry id right after ``position``: XTRIM MINID keeps ids >= its argument."""
+    ms, seq = map(int, _POSITION.fullmatch(_check_position(position)).groups())  # type: ignore[union-attr]
+    return f"{ms}-{seq + 1}" if seq < _MAX_SEQ else f"{ms + 1}-0"
 
 
 def _checkpoint_from_fields(stream_id: str, fields: list[bytes | None]) -> Checkpoint | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -321,6 +321,38 @@ class SQLiteStore(Store):
                 db.execute("DELETE FROM log WHERE stream_id = ? AND seq <= ?", (stream_id, seq))
 
         await self._run(trim)
+
+    async def read_logs(self, after: Mapping[str, str]) -> dict[str, list[tuple[str, bytes]]]:
+        wanted = [(check_stream_id(s), _parse_position(a)) for s, a in after.items()]
+
+        def read() -> dict[str, list[tuple[str, bytes]]]:
+            out: dict[str, list[tuple[str, bytes]]] = {s: [] for s, _ in wanted}
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = dict(wanted[start : start + _IN_CHUNK])
+                marks = ",".join("?" * len(chunk))
+                cur = self._db.execute(
+                    f"SELECT stream_id, seq, payload FROM log WHERE stream_id IN ({marks}) ORDER BY seq",
+                    list(chunk),
+                )
+                for stream_id, seq, payload in cur.fetchall():
+                    if seq > chunk[stream_id]:
+                        out[stream_id].append((str(seq), bytes(payload)))
+            return out
+
+        if not wanted:
+            return {}
+        return await self._run(read)
+
+    async def trim_logs(self, upto: Mapping[str, str]) -> None:
+        rows = [(check_stream_id(s), _parse_position(u)) for s, u in upto.items()]
+
+        def trim() -> None:
+            db = self._db
+            with _transaction(db):
+                db.executemany("DELETE FROM log WHERE stream_id = ? AND seq <= ?", rows)
+
+        if rows:
+            await self._run(trim)
 
     async def log_length(self) -> int:
         def count() -> int:

@@ -150,6 +150,10 @@ async def test_sigkill_during_rest_and_websocket_traffic_loses_nothing_acknowled
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
     assert all(c.error is not None for c in clients), "every client should have seen the connection die"
 
+    # Restore eagerly at start on SQLite, lazily on first use on Redis (test_store_faults does the other
+    # two): the batched and the one-stream paths both replay log tails.
+    if backend.name == "sqlite":
+        server.env["TRACKIN_RESTORE_EAGERLY"] = "true"
     server.start()
     with Api(server) as api:
         served = {c.stream: api.state(c.stream, c.spec) for c in clients}

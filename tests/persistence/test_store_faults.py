@@ -199,6 +199,7 @@ def test_redis_down_and_back_during_traffic(redis_backend: Backend, servers: Ser
     # Crash both and restart: every acknowledged observation is there, and nothing that was refused.
     logged.kill()
     checkpointed.kill()
+    logged.env["TRACKIN_RESTORE_EAGERLY"] = "true"  # batched restore with log tails (lazy: test_crash)
     start_all([logged, checkpointed])
     with Api(logged) as log_api, Api(checkpointed) as ckpt_api:
         for t in log_traffic:

@@ -341,6 +341,40 @@ async def test_trim_log_and_log_length(store: Store) -> None:
     assert await store.log_length() == 2
 
 
+async def test_batched_read_logs_and_trim_logs(store: Store) -> None:
+    entries = [LogEntry(f"b{i % 3}", bytes([i])) for i in range(12)]
+    positions = await store.append_log(entries)
+    by_stream: dict[str, list[tuple[str, bytes]]] = {}
+    for pos, e in zip(positions, entries, strict=True):
+        by_stream.setdefault(e.stream_id, []).append((pos, e.payload))
+
+    after = {"b0": "", "b1": by_stream["b1"][1][0], "b2": by_stream["b2"][-1][0], "none": ""}
+    assert await store.read_logs(after) == {
+        "b0": by_stream["b0"],
+        "b1": by_stream["b1"][2:],
+        "b2": [],
+        "none": [],
+    }
+    assert await store.read_logs({}) == {}
+
+    await store.trim_logs({"b0": by_stream["b0"][0][0], "b1": by_stream["b1"][-1][0], "b2": ""})
+    assert await store.read_log("b0", "") == by_stream["b0"][1:]
+    assert await store.read_log("b1", "") == []
+    assert await store.read_log("b2", "") == by_stream["b2"]
+    await store.trim_logs({})
+    assert await store.log_length() == 3 + 4
+
+
+async def test_read_logs_pages_long_logs(store: Store) -> None:
+    """More entries than one reply page (1,000 in Redis) still come back whole and in order."""
+    positions = await store.append_log([LogEntry("long", i.to_bytes(2, "big")) for i in range(2100)])
+    await store.append_log([LogEntry("short", b"s")])
+    got = await store.read_logs({"long": positions[5], "short": ""})
+    assert [p for p, _ in got["long"]] == positions[6:]
+    assert [int.from_bytes(b, "big") for _, b in got["long"]] == list(range(6, 2100))
+    assert [b for _, b in got["short"]] == [b"s"]
+
+
 async def test_invalid_arguments_are_value_errors(store: Store) -> None:
     with pytest.raises(ValueError, match="stream id"):
         await store.read_checkpoint("has space")

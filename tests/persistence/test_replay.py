@@ -1,0 +1,81 @@
+"""`plan_replay`: which durability-log entries a restore applies on top of a checkpoint.
+
+Table-driven: each case is a checkpoint (epoch, position), a log tail of ``(position, epoch, base)``
+entries in store order, and the positions that must be applied. The e2e tests cover the common paths;
+these cover the interleavings that need a crash at one exact moment.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.durability import LoggedBatch, decode_payload, encode_batches, plan_replay
+from service.ingest import IngestBatch
+
+Entry = tuple[str, int | None, str | None]
+
+CASES: list[tuple[str, tuple[int, str], list[Entry], list[str]]] = [
+    ("empty tail", (1, "p0"), [], []),
+    (
+        "one owner, chained",
+        (1, "p0"),
+        [("p1", 1, "p0"), ("p2", 1, "p1"), ("p3", 1, "p2")],
+        ["p1", "p2", "p3"],
+    ),
+    ("first entry of a stream never checkpointed", (1, ""), [("p1", 1, ""), ("p2", 1, "p1")], ["p1", "p2"]),
+    ("new owner continues the old one's tail", (1, "p0"), [("p1", 1, "p0"), ("p2", 2, "p1")], ["p1", "p2"]),
+    (
+        "stale writer after the new owner's checkpoint",
+        (2, "p5"),
+        [("p6", 1, "p4"), ("p7", 2, "p5"), ("p8", 1, "p6")],
+        ["p7"],
+    ),
+    (
+        # B (epoch 2) restored at p1; A (epoch 1) appended p2 before B's first append, which is based on p1.
+        "stale writer interleaved before the new owner's first checkpoint",
+        (1, "p0"),
+        [("p1", 1, "p0"), ("p2", 1, "p1"), ("p3", 2, "p1"), ("p4", 1, "p2"), ("p5", 2, "p3")],
+        ["p1", "p3", "p5"],
+    ),
+    (
+        # An append answered 503 that the store executed anyway (p2); the writer's next append is based
+        # on p1, the last one it applied.
+        "orphaned append cut off by the writer's next entry",
+        (1, "p0"),
+        [("p1", 1, "p0"), ("p2", 1, "p1"), ("p3", 1, "p1")],
+        ["p1", "p3"],
+    ),
+    ("entry based outside the chain", (3, "p0"), [("p1", 3, "p9"), ("p2", 3, "p0")], ["p2"]),
+    (
+        "payloads without epoch or base replay in order",
+        (1, "p0"),
+        [("p1", None, None), ("p2", None, None)],
+        ["p1", "p2"],
+    ),
+]
+
+
+def _entry(position: str, epoch: int | None, base: str | None) -> LoggedBatch:
+    return LoggedBatch(position, epoch, base, [np.zeros(1)], [None])
+
+
+@pytest.mark.parametrize(("checkpoint", "tail", "applied"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_plan_replay(checkpoint: tuple[int, str], tail: list[Entry], applied: list[str]) -> None:
+    plan = plan_replay(*checkpoint, [_entry(*e) for e in tail])
+    assert [e.position for e in plan.apply] == applied
+    assert plan.head == (applied[-1] if applied else checkpoint[1])
+    assert plan.skipped == len(tail) - len(applied)
+
+
+def test_payload_round_trip_keeps_epoch_base_and_exact_values() -> None:
+    x = np.array([0.1, 1 / 3, -2.5e-300])
+    y = np.array([np.pi])
+    batch = IngestBatch(stream_ids=["s", "t", "s"], inputs=[x, x * 2, x * 3], targets=[y, None, y * 2])
+    payloads = encode_batches([batch], 7, {"s": "12-0"})
+    s = decode_payload("13-0", payloads["s"])
+    assert (s.epoch, s.base, s.position) == (7, "12-0", "13-0")
+    assert [a.tolist() for a in s.inputs] == [x.tolist(), (x * 3).tolist()]
+    assert [a.tolist() for a in s.targets if a is not None] == [y.tolist(), (y * 2).tolist()]
+    t = decode_payload("13-1", payloads["t"])
+    assert (t.base, t.targets) == ("", [None])
