@@ -84,8 +84,6 @@ def _occurrence_rounds(slots: np.ndarray) -> list[np.ndarray]:
     order = np.argsort(slots, kind="stable")
     sorted_slots = slots[order]
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_slots)) + 1]
-    if starts.size == slots.size:
-        return [np.arange(slots.size)]
     run_id = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, sorted_slots.size]))
     occurrence = np.empty_like(slots)
     occurrence[order] = np.arange(sorted_slots.size) - starts[run_id]
@@ -103,9 +101,11 @@ def _output_grad(kind: str, output: Tensor, target: Tensor, delta: float | Tenso
     if kind == "mse":
         return (output - target) * (2 * scale)
     if kind == "huber":
-        d = delta.unsqueeze(-1) if isinstance(delta, Tensor) else delta
-        r = output - target
-        clipped = torch.clamp(r, -d, d) if isinstance(d, Tensor) else r.clamp(-d, d)
+        r = output - target  # huber': r inside [-d, d], d * sign(r) outside
+        if isinstance(delta, Tensor):
+            clipped = r.clamp(-delta.unsqueeze(-1), delta.unsqueeze(-1))
+        else:
+            clipped = r.clamp(-delta, delta)
         return clipped * scale if scale != 1.0 else clipped
     return (torch.sigmoid(output) - target) * scale
 
