@@ -94,8 +94,8 @@ class TrackInSpec(_Spec):
     """TrackIn's hyperparameters (docs/trackin.md)."""
 
     name: Literal["trackin"] = "trackin"
-    lr: float = Field(default=0.05, gt=0, le=1e3)
-    gamma: float = Field(default=0.9, ge=0, lt=1)
+    lr: float = Field(default=0.04, gt=0, le=1e3)
+    gamma: float = Field(default=0.98, ge=0, lt=1)
     beta: float = Field(default=1.0, ge=0, le=1e3)
     beta_rule: Literal["constant", "cos", "norm"] = "cos"
     debias: bool = True
