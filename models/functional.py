@@ -147,6 +147,8 @@ def _momentum_scale(
     rho = (row_sq_norm(momenta) / bias.square()) / (sq_avg / bias).clamp_min(_TINY)
     kappa = (1 - gamma_r) / (1 + gamma_r)
     s_norm = ((rho - kappa) / (1 - kappa).clamp_min(_TINY)).clamp(0.0, 1.0)
+    # gamma = 0: kappa = rho = 1, no signal-to-noise estimate (0 / 0); s = 0 rather than rounding noise
+    s_norm = torch.where(kappa < 1, s_norm, torch.zeros_like(s_norm))
     s_cos = cos.clamp_min(0.0)
     if isinstance(beta_rule, Tensor):
         s = torch.where(beta_rule == 0, torch.ones_like(s_cos), torch.where(beta_rule == 1, s_cos, s_norm))

@@ -364,3 +364,17 @@ def test_invalid_arguments_raise_value_error_naming_them(kwargs: dict[str, Any],
         TrackIn([p], **{"lr": 0.1, **kwargs})
     with pytest.raises(ValueError, match=rf"^Invalid {name}: "):
         TrackIn([{"params": [p], **kwargs}], lr=0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_norm_rule_with_gamma_zero_takes_plain_gradient_steps(clip: float | None, dtype: torch.dtype) -> None:
+    """gamma = 0 makes kappa = 1 and rho = 1: the norm rule has no signal-to-noise estimate (0 / 0), and s is
+    defined as 0 then, so each step is a plain (clipped) gradient step rather than one decided by rounding."""
+    gen = torch.Generator().manual_seed(11)
+    theta = nn.Parameter(torch.zeros(5, dtype=dtype))
+    opt = TrackIn([theta], lr=0.1, gamma=0.0, beta=1.0, beta_rule="norm", max_grad_norm=clip)
+    for _ in range(200):
+        theta.grad = 10 * torch.randn(5, generator=gen, dtype=torch.float64).to(dtype)
+        opt.step()
+        assert float(opt.state[theta]["beta_t"]) == 0.0
