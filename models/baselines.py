@@ -98,7 +98,6 @@ class _RowOptimizer(Optimizer):
             params: list[Tensor] = []
             grads: list[Tensor] = []
             buffers: list[list[Tensor]] = [[] for _ in names]
-            states: list[dict[str, Any]] = []
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -106,19 +105,25 @@ class _RowOptimizer(Optimizer):
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
                 state = self.state[p]
                 if not state:
-                    state["step"] = torch.zeros((), dtype=torch.int64, device=p.device)
+                    # t belongs to the group (one row): a late parameter joins at the group's count
+                    group_state = next((self.state[q] for q in group["params"] if self.state.get(q)), None)
+                    state["step"] = (
+                        group_state["step"].clone()
+                        if group_state is not None
+                        else torch.zeros((), dtype=torch.int64, device=p.device)
+                    )
                 for name, column in zip(names, buffers, strict=True):
                     if name not in state:
                         state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     column.append(state[name].unsqueeze(0))
                 params.append(p.unsqueeze(0))
                 grads.append(p.grad.unsqueeze(0))
-                states.append(state)
             if not params:
                 continue
             step = self._row_step(group, params, grads, buffers)
-            for state in states:
-                state["step"].copy_(step[0])
+            for p in group["params"]:
+                if self.state.get(p):
+                    self.state[p]["step"].copy_(step[0])
         return loss
 
     def _group_step(self, group: dict[str, Any]) -> Tensor:

@@ -168,10 +168,15 @@ class TrackIn(Optimizer):
                 raise RuntimeError("TrackIn does not support sparse gradients")
             state = self.state[p]
             if not state:
-                state["step"] = torch.zeros((), dtype=torch.int64, device=p.device)
+                # t, the norm EWMA and beta_t belong to the group: a late parameter joins at its values
+                group_state = next((self.state[q] for q in group["params"] if self.state.get(q)), None)
+                for key, dtype in (("step", torch.int64), ("sq_avg", p.dtype), ("beta_t", p.dtype)):
+                    state[key] = (
+                        group_state[key].clone()
+                        if group_state is not None
+                        else torch.zeros((), dtype=dtype, device=p.device)
+                    )
                 state["momentum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["sq_avg"] = torch.zeros((), dtype=p.dtype, device=p.device)
-                state["beta_t"] = torch.zeros((), dtype=p.dtype, device=p.device)
             if group["eta"] > 0 and "eps" not in state:
                 state["eps"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             params.append(p.unsqueeze(0))
@@ -215,9 +220,9 @@ class TrackIn(Optimizer):
                 foreach=group["foreach"],
             )
             for p in group["params"]:
-                if p.grad is None:
+                state = self.state.get(p)
+                if not state:
                     continue
-                state = self.state[p]
                 state["step"].copy_(step[0])
                 state["sq_avg"].copy_(sq_avg[0])
                 state["beta_t"].copy_(stats.beta[0])

@@ -240,3 +240,16 @@ def test_each_group_is_one_row_of_the_core() -> None:
             weight_decay=0.01,
         )
     assert torch.equal(p.detach(), row[0][0])
+
+
+@pytest.mark.parametrize("cls", [DebiasedSGD, AdamBaseline])
+def test_late_parameter_joins_the_group_step_count(cls: Any) -> None:
+    """The group is one row with one step count; a parameter whose first gradient comes late joins it."""
+    late = nn.Parameter(torch.zeros(2, dtype=DT))
+    early = nn.Parameter(torch.zeros(1, dtype=DT))
+    opt = cls([late, early], lr=0.1)
+    for t in range(4):
+        late.grad = None if t < 2 else torch.ones(2, dtype=DT)
+        early.grad = torch.ones(1, dtype=DT)
+        opt.step()
+    assert int(opt.state[late]["step"]) == int(opt.state[early]["step"]) == 4

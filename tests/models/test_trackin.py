@@ -378,3 +378,24 @@ def test_norm_rule_with_gamma_zero_takes_plain_gradient_steps(clip: float | None
         theta.grad = 10 * torch.randn(5, generator=gen, dtype=torch.float64).to(dtype)
         opt.step()
         assert float(opt.state[theta]["beta_t"]) == 0.0
+
+
+@pytest.mark.parametrize("rule", ["cos", "norm"])
+def test_param_whose_first_grad_comes_late_joins_the_group_count(rule: str) -> None:
+    """The step count t and the norm EWMA belong to the group. A parameter whose first gradient arrives at
+    step 2 starts from the group's t (its momentum from zero), which is exactly a run in which it had a zero
+    gradient at step 1 (zero adds nothing to the group's norms and cosines)."""
+    runs = []
+    for first_grad in (None, 0.0):
+        late = nn.Parameter(torch.tensor([1.0, -1.0], dtype=torch.float64))
+        early = nn.Parameter(torch.tensor([0.5], dtype=torch.float64))
+        opt = TrackIn([late, early], lr=0.1, gamma=0.5, beta_rule=rule, eta=0.05)
+        for t, g in enumerate(_grad_sequence(6, seed=2)):
+            late.grad = torch.tensor(g[:2], dtype=torch.float64)
+            if t == 0:
+                late.grad = None if first_grad is None else torch.zeros(2, dtype=torch.float64)
+            early.grad = torch.tensor(g[2:3], dtype=torch.float64)
+            opt.step()
+        assert int(opt.state[late]["step"]) == int(opt.state[early]["step"]) == 6
+        runs.append(torch.cat([late.detach(), early.detach()]))
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=1e-14)
