@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from models.specs import ARModel, StreamSpec, layer_sizes
+from models.specs import ARModel, StreamSpec
 
 from .errors import InvalidInput
 from .wire import ObservationIn
@@ -62,64 +63,77 @@ def build_batch(
 ) -> IngestBatch:
     """Validate every item; raise ``InvalidInput`` naming the first bad field (``observations[i].x``)."""
     batch = IngestBatch()
+    # rows waiting for one numpy conversion per width: (position, field suffix, values); the field's full
+    # name (observations[3].x) is only spelt out for an error
     pending: dict[int, list[tuple[int, str, list[float]]]] = {}
+    ids = batch.stream_ids
     for i, item in enumerate(items):
-        here = f"{prefix}[{i}]"
         stream = item.stream if item.stream is not None else default_stream
         if stream is None:
-            raise InvalidInput("each observation needs a 'stream'", field=f"{here}.stream")
+            raise InvalidInput("each observation needs a 'stream'", field=f"{prefix}[{i}].stream")
         if default_stream is not None and stream != default_stream:
             raise _fail(
-                f"observation for {stream!r} posted to stream {default_stream!r}", f"{here}.stream", stream
+                f"observation for {stream!r} posted to stream {default_stream!r}",
+                f"{prefix}[{i}].stream",
+                stream,
             )
         spec = specs[stream]
         batch.specs[stream] = spec
         model = spec.model
         if isinstance(model, ARModel):
             if item.value is None:
-                raise _fail("ar streams take 'value' (the newly observed values)", f"{here}.value", stream)
+                raise _fail(
+                    "ar streams take 'value' (the newly observed values)", f"{prefix}[{i}].value", stream
+                )
             if item.x is not None or item.y is not None:
-                raise _fail("ar streams take 'value', not 'x'/'y'", f"{here}.x", stream)
+                raise _fail("ar streams take 'value', not 'x'/'y'", f"{prefix}[{i}].x", stream)
             value = _as_list(item.value)
             if len(value) != model.dim:
-                raise _fail(f"expected {model.dim} values, got {len(value)}", f"{here}.value", stream)
-            pending.setdefault(model.dim, []).append((len(batch.stream_ids), f"{here}.value", value))
-            batch.targets.append(None)
+                raise _fail(f"expected {model.dim} values, got {len(value)}", f"{prefix}[{i}].value", stream)
+            pending.setdefault(model.dim, []).append((i, "value", value))
         else:
             if item.value is not None:
-                raise _fail("this stream takes 'x' and 'y', not 'value'", f"{here}.value", stream)
+                raise _fail("this stream takes 'x' and 'y', not 'value'", f"{prefix}[{i}].value", stream)
             if item.x is None:
-                raise _fail("missing 'x'", f"{here}.x", stream)
+                raise _fail("missing 'x'", f"{prefix}[{i}].x", stream)
             if item.y is None:
-                raise _fail("missing 'y' (use /predict for predictions without a label)", f"{here}.y", stream)
-            in_dim, out_dim = model.in_dim, layer_sizes(model)[-1]
+                raise _fail(
+                    "missing 'y' (use /predict for predictions without a label)", f"{prefix}[{i}].y", stream
+                )
+            in_dim, out_dim = model.in_dim, model.out_dim
             if len(item.x) != in_dim:
-                raise _fail(f"expected {in_dim} values, got {len(item.x)}", f"{here}.x", stream)
+                raise _fail(f"expected {in_dim} values, got {len(item.x)}", f"{prefix}[{i}].x", stream)
             y = _as_list(item.y)
             if len(y) != out_dim:
-                raise _fail(f"expected {out_dim} target values, got {len(y)}", f"{here}.y", stream)
-            pending.setdefault(in_dim, []).append((len(batch.stream_ids), f"{here}.x", item.x))
-            pending.setdefault(-out_dim, []).append((len(batch.stream_ids), f"{here}.y", y))
-            batch.targets.append(None)
-        batch.stream_ids.append(stream)
-        batch.inputs.append(_EMPTY)
+                raise _fail(f"expected {out_dim} target values, got {len(y)}", f"{prefix}[{i}].y", stream)
+            pending.setdefault(in_dim, []).append((i, "x", item.x))
+            pending.setdefault(-out_dim, []).append((i, "y", y))
+        ids.append(stream)
+    n = len(ids)
+    batch.inputs = [_EMPTY] * n
+    batch.targets = [None] * n
     for width, rows in pending.items():
         array = np.array([values for _, _, values in rows], dtype=np.float64)
         finite = np.isfinite(array).all(axis=1)
         if not finite.all():
-            j = int(np.flatnonzero(~finite)[0])
-            position, where, _ = rows[j]
+            position, name, _ = rows[int(np.flatnonzero(~finite)[0])]
             raise _fail(
-                "values must be finite numbers (no NaN or infinity)", where, batch.stream_ids[position]
+                "values must be finite numbers (no NaN or infinity)",
+                f"{prefix}[{position}].{name}",
+                ids[position],
             )
-        for (position, where, _), row in zip(rows, array, strict=True):
-            if width < 0:
-                spec = specs[batch.stream_ids[position]]
-                if spec.loss == "bce" and not ((row >= 0) & (row <= 1)).all():
-                    raise _fail("bce targets must lie in [0, 1]", where, batch.stream_ids[position])
-                batch.targets[position] = row
-            else:
-                batch.inputs[position] = row
+        if width < 0 and any(spec.loss == "bce" for spec in batch.specs.values()):
+            for (position, name, _), row in zip(rows, array, strict=True):
+                if specs[ids[position]].loss == "bce" and not ((row >= 0) & (row <= 1)).all():
+                    raise _fail(
+                        "bce targets must lie in [0, 1]", f"{prefix}[{position}].{name}", ids[position]
+                    )
+        column: list[Any] = batch.targets if width < 0 else batch.inputs
+        if len(rows) == n:
+            column[:] = array
+        else:
+            for (position, _, _), row in zip(rows, array, strict=True):
+                column[position] = row
     return batch
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from models.engine import Engine, ItemResult
-from models.specs import ARModel, StreamSpec, layer_sizes
+from models.specs import ARModel, StreamSpec
 
 from .errors import InvalidInput, SpecConflict, StreamCorrupt, UnknownRequest, UnknownStream
 from .ids import check_stream_id
@@ -377,7 +377,8 @@ def shape_prediction(spec: StreamSpec, values: list[float] | None) -> float | li
     """A scalar for single-output models, a list otherwise (as clients send ``y``)."""
     if values is None:
         return None
-    return values[0] if layer_sizes(spec.model)[-1] == 1 else values
+    model = spec.model
+    return values[0] if (model.dim if isinstance(model, ARModel) else model.out_dim) == 1 else values
 
 
 def result_json(spec: StreamSpec, result: ItemResult, stream: str | None = None) -> dict[str, Any]:
