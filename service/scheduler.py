@@ -124,6 +124,8 @@ class Scheduler:
                 except BaseException as exc:
                     if not job.future.done():
                         job.future.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise  # the worker itself is cancelled: end, do not swallow it
                 continue
             jobs = [job]
             size = len(job.batch)
@@ -149,6 +151,8 @@ class Scheduler:
                 for j in live:
                     if not j.future.done():
                         j.future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
                 return
         started = time.perf_counter()
         try:
@@ -157,6 +161,8 @@ class Scheduler:
             for j in live:
                 if not j.future.done():
                     j.future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             return
         self.last_batch_size = sum(len(b) for b in batches)
         seconds = time.perf_counter() - started

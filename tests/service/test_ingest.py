@@ -1,0 +1,121 @@
+"""service/ingest.py and service/wire.py: every check names the field (a JSON path) and the stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+
+from models.specs import StreamSpec
+from service.errors import InvalidInput
+from service.ingest import build_batch, check_vector
+from service.wire import ObservationIn, ObservationsBody, WsMessage, decode_json, decode_msgpack
+
+LIN = StreamSpec.model_validate({"model": {"family": "linear", "in_dim": 3, "out_dim": 2}})
+AR = StreamSpec.model_validate({"model": {"family": "ar", "dim": 2}})
+BCE = StreamSpec.model_validate({"model": {"family": "linear", "in_dim": 1}, "loss": "bce"})
+SPECS = {"lin": LIN, "ar": AR, "bce": BCE}
+OK_LIN: dict[str, Any] = {"stream": "lin", "x": [1, 2, 3], "y": [1, 2]}
+OK_AR: dict[str, Any] = {"stream": "ar", "value": [1, 2]}
+
+BAD_ITEMS = [
+    ([OK_LIN, {"stream": "lin", "x": [1, 2], "y": [1, 2]}], "observations[1].x", "lin"),
+    ([{"stream": "lin", "x": [1, 2, 3], "y": 1.0}], "observations[0].y", "lin"),
+    ([OK_AR, {"stream": "lin", "x": [1, 2, 3]}], "observations[1].y", "lin"),
+    ([{"stream": "lin", "y": [1, 2]}], "observations[0].x", "lin"),
+    ([OK_LIN, OK_AR, {"stream": "lin", "value": [1, 2]}], "observations[2].value", "lin"),
+    ([{"stream": "ar", "value": [1, 2, 3]}], "observations[0].value", "ar"),
+    ([{"stream": "ar", "x": [1, 2], "y": [1, 2]}], "observations[0].value", "ar"),
+    ([{"stream": "ar", "value": [1, 2], "x": [1]}], "observations[0].x", "ar"),
+    ([OK_LIN, {"stream": "ar", "value": [1, float("nan")]}], "observations[1].value", "ar"),
+    ([{"stream": "lin", "x": [1, float("inf"), 3], "y": [1, 2]}], "observations[0].x", "lin"),
+    (
+        [OK_LIN, OK_LIN, {"stream": "lin", "x": [1, 2, 3], "y": [1, float("-inf")]}],
+        "observations[2].y",
+        "lin",
+    ),
+    ([{"stream": "bce", "x": [1], "y": 1.5}], "observations[0].y", "bce"),
+    ([{"stream": "bce", "x": [1], "y": -0.1}], "observations[0].y", "bce"),
+    ([OK_LIN, {"x": [1, 2, 3], "y": [1, 2]}], "observations[1].stream", None),
+]
+
+
+@pytest.mark.parametrize(("items", "field", "stream"), BAD_ITEMS)
+def test_build_batch_names_the_first_bad_field(
+    items: list[dict[str, Any]], field: str, stream: str | None
+) -> None:
+    with pytest.raises(InvalidInput) as error:
+        build_batch([ObservationIn(**i) for i in items], SPECS)
+    assert (error.value.field, error.value.stream) == (field, stream)
+
+
+def test_build_batch_keeps_order_and_values() -> None:
+    items = [
+        OK_LIN,
+        OK_AR,
+        {"stream": "lin", "x": [4, 5, 6], "y": [0, 1]},
+        {"stream": "bce", "x": [2], "y": 1},
+    ]
+    batch = build_batch([ObservationIn(**i) for i in items], SPECS)
+    assert batch.stream_ids == ["lin", "ar", "lin", "bce"]
+    assert len(batch) == 4
+    np.testing.assert_array_equal(batch.inputs[2], [4, 5, 6])
+    np.testing.assert_array_equal(batch.targets[2], [0, 1])
+    np.testing.assert_array_equal(batch.inputs[1], [1, 2])
+    assert batch.targets[1] is None
+    np.testing.assert_array_equal(batch.targets[3], [1])
+    assert all(a.dtype == np.float64 for a in batch.inputs)
+    assert set(batch.specs) == {"lin", "ar", "bce"}
+
+
+def test_a_stream_other_than_the_urls_is_refused() -> None:
+    with pytest.raises(InvalidInput) as error:
+        build_batch([ObservationIn(**OK_LIN)], SPECS, default_stream="ar")
+    assert error.value.field == "observations[0].stream"
+
+
+def test_check_vector() -> None:
+    np.testing.assert_array_equal(check_vector([1, 2], 2, "x", "s"), [1, 2])
+    with pytest.raises(InvalidInput) as error:
+        check_vector([1, float("nan")], 2, "x", "s")
+    assert (error.value.field, error.value.stream) == ("x[1]", "s")
+    with pytest.raises(InvalidInput) as error:
+        check_vector([1], 2, "x", "s")
+    assert error.value.field == "x"
+
+
+DECODE_CASES = [
+    (b'{"x": [1, "a"]}', ObservationIn, "observations[0]", "observations[0].x[1]", None),
+    (b'{"x": [1], "q": 2}', ObservationIn, "observations[0]", "observations[0].q", None),
+    (b'[{"x": [1]}, {"x": [1e999]}]', list[ObservationIn], "observations", "observations[1].x[0]", None),
+    (b'{"observations": [{"stream": "s1", "x": [true]}]}', ObservationsBody, "",
+     "observations[0].x[0]", "s1"),
+    (b'{"observations": [{"stream": "s1"}, {"stream": "s2", "w": 1}]}', ObservationsBody, "",
+     "observations[1].w", "s2"),
+    (b'{"seq": 1, "observations": [{"stream": "s", "y": "1"}]}', WsMessage, "", "observations[0].y", "s"),
+    (b'{"seq": 1}', WsMessage, "", "observations", None),
+    (b'{"seq": 1, "observations": [', WsMessage, "", "body", None),
+    (b"", ObservationIn, "observations[0]", "body", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("raw", "kind", "prefix", "field", "stream"), DECODE_CASES)
+def test_decode_errors_name_the_field(
+    raw: bytes, kind: Any, prefix: str, field: str, stream: str | None
+) -> None:
+    with pytest.raises(InvalidInput) as error:
+        decode_json(raw, kind, prefix=prefix)
+    assert (error.value.field, error.value.stream) == (field, stream)
+
+
+def test_msgpack_decode_errors_name_the_field() -> None:
+    raw = msgpack.packb({"seq": 3, "observations": [{"stream": "s", "x": [1, "2"]}]})
+    with pytest.raises(InvalidInput) as error:
+        decode_msgpack(raw, WsMessage)
+    assert (error.value.field, error.value.stream) == ("observations[0].x[1]", "s")
+    with pytest.raises(InvalidInput) as error:
+        decode_msgpack(b"\xc1", WsMessage)
+    assert error.value.field == "body"
+    assert error.value.message.startswith("malformed")

@@ -1,0 +1,154 @@
+"""service/scheduler.py in-process: natural batching, FIFO order, bounds, and stopping."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from models.engine import Engine, ItemResult
+from models.specs import StreamSpec
+from service.errors import Unavailable, UnknownStream
+from service.ingest import IngestBatch, build_batch
+from service.scheduler import Scheduler
+from service.wire import ObservationIn
+
+pytestmark = pytest.mark.timeout(30)
+
+SPEC = StreamSpec.model_validate({"model": {"family": "linear", "in_dim": 2}})
+
+
+def batch(stream: str, n: int, start: float = 0.0) -> IngestBatch:
+    items = [ObservationIn(x=[start + i, 1.0], y=1.0) for i in range(n)]
+    return build_batch(items, {stream: SPEC}, default_stream=stream)
+
+
+class Recorder:
+    """An after_apply hook: the request sizes of every engine call."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+
+    def __call__(self, batches: list[IngestBatch], results: list[list[ItemResult]], seconds: float) -> None:
+        self.calls.append([len(b) for b in batches])
+
+
+async def started(max_batch: int = 100) -> tuple[Scheduler, Engine, Recorder]:
+    engine = Engine("cpu")
+    for sid in ("a", "b"):
+        engine.add(sid, SPEC)
+    recorder = Recorder()
+    scheduler = Scheduler(engine, max_batch=max_batch, after_apply=[recorder])
+    scheduler.start()
+    return scheduler, engine, recorder
+
+
+async def hold_engine(scheduler: Scheduler) -> tuple[threading.Event, asyncio.Future[Any]]:
+    """Occupy the engine thread until the returned event is set (requests queue up meanwhile)."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def block(engine: Engine) -> None:
+        entered.set()
+        release.wait(10)
+
+    blocked = asyncio.ensure_future(scheduler.call(block))
+    await asyncio.to_thread(entered.wait, 10)
+    return release, blocked
+
+
+async def test_a_lone_observation_waits_for_nobody() -> None:
+    scheduler, _, recorder = await started()
+    results = await asyncio.wait_for(scheduler.observe(batch("a", 1)), timeout=5)
+    assert [r.step for r in results] == [1]
+    assert recorder.calls == [[1]]
+    await scheduler.stop()
+
+
+async def test_what_queues_while_busy_becomes_one_batch_in_arrival_order() -> None:
+    scheduler, _, recorder = await started()
+    release, blocked = await hold_engine(scheduler)
+    futures = [scheduler.submit(batch(sid, n, start=10 * i)) for i, (sid, n) in enumerate(
+        [("a", 2), ("b", 3), ("a", 1), ("a", 4)]
+    )]  # fmt: skip
+    release.set()
+    await blocked
+    results = [await f for f in futures]
+    assert recorder.calls == [[2, 3, 1, 4]]  # one engine call for all four requests
+    assert [r.step for r in results[0]] == [1, 2]
+    assert [r.step for r in results[1]] == [1, 2, 3]
+    assert [r.step for r in results[2]] == [3]  # after the first request's two, in arrival order
+    assert [r.step for r in results[3]] == [4, 5, 6, 7]
+    await scheduler.stop()
+
+
+async def test_batches_are_bounded_and_calls_keep_their_place() -> None:
+    scheduler, engine, recorder = await started(max_batch=5)
+    release, blocked = await hold_engine(scheduler)
+    first = [
+        scheduler.submit(batch("a", 2)),
+        scheduler.submit(batch("a", 2)),
+        scheduler.submit(batch("a", 2)),
+    ]
+    seen_steps = asyncio.ensure_future(
+        scheduler.call(lambda e: int(e.locate("a").pool.state["opt/step"][e.locate("a").slot]))
+    )
+    await asyncio.sleep(0)  # let the call take its place in the queue
+    second = scheduler.submit(batch("a", 1))
+    release.set()
+    await blocked
+    await asyncio.gather(*first, second)
+    # 2 + 2 fit in 5, the third waits for the next call; the control call runs between, in queue order.
+    assert recorder.calls == [[2, 2], [2], [1]]
+    assert await seen_steps == 6
+    assert engine.locate("a").pool.state["opt/step"][engine.locate("a").slot].item() == 7
+    await scheduler.stop()
+
+
+async def test_a_stream_removed_or_replaced_meanwhile_fails_only_its_request() -> None:
+    """Requests are checked against specs before they queue; a delete or replace queued ahead of them
+    makes them fail (never apply to the new stream), while others in the same engine call apply."""
+    scheduler, engine, recorder = await started()
+    engine.add("c", SPEC)
+    release, blocked = await hold_engine(scheduler)
+    checked_b, checked_c = batch("b", 2), batch("c", 2)  # validated while b and c were as specified
+    other = StreamSpec.model_validate({"model": {"family": "linear", "in_dim": 2}, "loss": "huber"})
+
+    def replace_c(e: Engine) -> None:
+        e.remove("c")
+        e.add("c", other)
+
+    changes = [
+        asyncio.ensure_future(scheduler.call(lambda e: e.remove("b"))),
+        asyncio.ensure_future(scheduler.call(replace_c)),
+    ]
+    await asyncio.sleep(0)  # both changes queued ahead of the requests checked before them
+    doomed = [scheduler.submit(checked_b), scheduler.submit(checked_c)]
+    kept = scheduler.submit(batch("a", 2))
+    release.set()
+    await blocked
+    await asyncio.gather(*changes)
+    for future, stream in zip(doomed, "bc", strict=True):
+        with pytest.raises(UnknownStream) as error:
+            await future
+        assert error.value.stream == stream
+    assert [r.step for r in await kept] == [1, 2]
+    assert recorder.calls == [[2]]
+    assert engine.locate("c").pool.state["opt/step"][engine.locate("c").slot].item() == 0
+    await scheduler.stop()
+
+
+async def test_stop_finishes_what_was_accepted_then_refuses() -> None:
+    scheduler, _, _ = await started()
+    release, blocked = await hold_engine(scheduler)
+    accepted = [scheduler.submit(batch("a", 3)) for _ in range(4)]
+    stopping = asyncio.ensure_future(scheduler.stop())
+    await asyncio.sleep(0.05)
+    with pytest.raises(Unavailable):
+        scheduler.submit(batch("a", 1))
+    release.set()
+    await blocked
+    await stopping
+    assert [r.step for f in accepted for r in f.result()] == list(range(1, 13))
