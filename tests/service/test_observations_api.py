@@ -157,7 +157,7 @@ def test_ar_predict_without_body_is_the_forecast(http: httpx.Client) -> None:
     assert predicted.status_code == 200, predicted.text
     assert predicted.json()["prediction"] == results[-1]["forecast"]
     x_given = http.post(f"/v1/streams/{sid}/predict", json={"x": [1.0]})
-    assert_error(x_given, 422, "invalid_input", field="x")
+    assert_error(x_given, 422, "invalid_input", field="x", stream=sid)
 
 
 def test_health_and_readiness(http: httpx.Client) -> None:
