@@ -15,7 +15,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.service import AR, LINEAR, Reference, assert_results_match, check_error_body, unique
+from tests.service import AR, LINEAR, Reference, assert_close, assert_results_match, check_error_body, unique
 from tests.support.server import TrackinServer
 
 pytestmark = pytest.mark.timeout(90)
@@ -162,11 +162,15 @@ async def test_bad_messages_get_errors_and_the_connection_stays_open(
             error = check_error_body(got, code, field=field, stream=stream)
             if field is None:  # a message that is not an object at all: just say so
                 assert error["message"]
-    # Only the good messages were applied.
+    # Only the good messages were applied: step counts, and parameters (a prediction from them).
     assert await steps(server.url, lin) == 2
     assert await steps(server.url, ar) == 0  # two values only: still warming
-    mine = [o for o in sent_good if o["stream"] == lin]
-    assert len(mine) == 2
+    reference = Reference(LINEAR)
+    reference.observe_all([o for o in sent_good if o["stream"] == lin])
+    probe = [0.5, -1.0, 2.0]
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        predicted = (await http.post(f"/v1/streams/{lin}/predict", json={"x": probe})).json()["prediction"]
+    assert_close(predicted, reference.predict(probe), "prediction after the rejected messages")
 
 
 @pytest.mark.parametrize("frame", ["{not json", b"\xc1\xc1\xc1", "", b""])
