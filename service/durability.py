@@ -1,8 +1,11 @@
 """The durability log's payloads: a batch's observations of one stream, replayable after a crash.
 
-Payloads are MessagePack of ``{"e": epoch, "b": base, "x": rows, "y": rows}`` (``y`` absent for ``ar``
-streams, whose rows are the arriving values). Replay applies them through the same engine call as live
-traffic, so a restored stream ends in exactly the state an uninterrupted run would have.
+Payloads are MessagePack of ``{"e": epoch, "b": base, "x": X, "y": Y}``: ``X`` and ``Y`` are the
+stream's rows of inputs and targets in apply order as little-endian float64 bytes, C order, ``[n, width]``
+with ``n = len(X) // (8 * width)`` and the widths in ``"w"`` and ``"t"`` (``y`` absent for ``ar`` streams,
+whose rows are the arriving values). Raw bytes keep every value exact and cost one copy per stream
+instead of a float object per value. Replay applies them through the same engine call as live traffic, so
+a restored stream ends in exactly the state an uninterrupted run would have.
 
 Appends are not fenced by the store, so a stream's log can hold entries that no owner ever applied: those
 of a stale process (one a newer process took the stream over from) and those of an append that failed
@@ -16,7 +19,7 @@ applied those). Positions are only compared for equality, as the store contract 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import msgpack
@@ -40,32 +43,53 @@ class LoggedBatch:
     targets: list[np.ndarray | None]
 
 
-def encode_batches(batches: Sequence[IngestBatch], epoch: int, bases: dict[str, str]) -> dict[str, bytes]:
+def encode_batches(batches: Sequence[IngestBatch], epoch: int, bases: Mapping[str, str]) -> dict[str, bytes]:
     """One payload per stream for the merged batches, observations in apply order.
 
     ``bases[stream]``: the position of the last entry applied to that stream's state ("" if none).
     """
-    xs: dict[str, list[list[float]]] = {}
-    ys: dict[str, list[list[float]]] = {}
-    for batch in batches:
-        for stream, x, y in zip(batch.stream_ids, batch.inputs, batch.targets, strict=True):
-            xs.setdefault(stream, []).append(x.tolist())
-            if y is not None:
-                ys.setdefault(stream, []).append(y.tolist())
-    return {
-        stream: msgpack.packb(
-            {"e": epoch, "b": bases.get(stream, ""), "x": rows, **({"y": ys[stream]} if stream in ys else {})}
-        )
-        for stream, rows in xs.items()
-    }
+    ids = [s for b in batches for s in b.stream_ids]
+    inputs = [x for b in batches for x in b.inputs]
+    targets = [y for b in batches for y in b.targets]
+    codes: dict[str, int] = {}
+    code = np.fromiter((codes.setdefault(s, len(codes)) for s in ids), dtype=np.int64, count=len(ids))
+    order = np.argsort(code, kind="stable")  # each stream's items together, in apply order
+    ends = np.cumsum(np.bincount(code, minlength=len(codes))).tolist()
+    xs = _stacked(inputs)
+    ys = _stacked(targets) if all(y is not None for y in targets) else None
+    out: dict[str, bytes] = {}
+    start = 0
+    for stream, end in zip(codes, ends, strict=True):
+        rows = order[start:end]
+        start = end
+        x = xs[rows] if xs is not None else np.stack([inputs[i] for i in rows])
+        payload: dict[str, object] = {"e": epoch, "b": bases.get(stream, ""), "w": x.shape[1], "x": _raw(x)}
+        if targets[rows[0]] is not None:
+            y = ys[rows] if ys is not None else np.stack([targets[i] for i in rows])  # type: ignore[misc]
+            payload["t"] = y.shape[1]
+            payload["y"] = _raw(y)
+        out[stream] = msgpack.packb(payload)
+    return out
+
+
+def _stacked(rows: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    """All rows as one matrix when they share a width (the usual batch), else None."""
+    try:
+        return np.stack(rows)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return None
+
+
+def _raw(rows: np.ndarray) -> bytes:
+    return np.ascontiguousarray(rows, dtype="<f8").tobytes()
 
 
 def decode_payload(position: str, payload: bytes) -> LoggedBatch:
     """One log entry, with inputs and targets as the engine takes them."""
     data = msgpack.unpackb(payload)
-    inputs = [np.asarray(row, dtype=np.float64) for row in data["x"]]
+    inputs = _rows(data["x"], data.get("w"))
     if "y" in data:
-        targets: list[np.ndarray | None] = [np.asarray(row, dtype=np.float64) for row in data["y"]]
+        targets: list[np.ndarray | None] = list(_rows(data["y"], data.get("t")))
     else:
         targets = [None] * len(inputs)
     epoch = data.get("e")
@@ -73,6 +97,13 @@ def decode_payload(position: str, payload: bytes) -> LoggedBatch:
     return LoggedBatch(
         position, None if epoch is None else int(epoch), None if base is None else str(base), inputs, targets
     )
+
+
+def _rows(raw: bytes | list[list[float]], width: int | None) -> list[np.ndarray]:
+    if isinstance(raw, list):  # the first format: nested lists of floats
+        return [np.asarray(row, dtype=np.float64) for row in raw]
+    assert width is not None
+    return list(np.frombuffer(raw, dtype="<f8").reshape(-1, width).astype(np.float64))
 
 
 @dataclass(frozen=True, slots=True)

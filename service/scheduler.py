@@ -110,50 +110,74 @@ class Scheduler:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            job = self._queue.popleft()
-            if isinstance(job, _Call):
-                try:
-                    job.future.set_result(await loop.run_in_executor(self._executor, job.fn, self.engine))
-                except BaseException as exc:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise  # the worker itself is cancelled: end, do not swallow it
-                continue
-            jobs = [job]
-            size = len(job.batch)
-            while self._queue and isinstance(self._queue[0], _Observe):
-                nxt = self._queue[0]
-                assert isinstance(nxt, _Observe)
-                if size + len(nxt.batch) > self.max_batch:
-                    break
-                jobs.append(nxt)
-                size += len(nxt.batch)
-                self._queue.popleft()
-            await self._apply(jobs, loop)
+        # The engine stage of the previous observation batch, still running: the next batch's
+        # ``before_apply`` (a durability-log append: a store round trip) overlaps it instead of leaving
+        # the engine idle. Engine work itself stays strictly in queue order, and a control-plane call
+        # waits for it, so a call sees every batch queued before it applied and none after it logged.
+        applying: asyncio.Task[None] | None = None
+        try:
+            while True:
+                if not self._queue:
+                    if applying is not None:
+                        await applying
+                        applying = None
+                        continue
+                    if self._closing:
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                job = self._queue.popleft()
+                if isinstance(job, _Call):
+                    if applying is not None:
+                        await applying
+                        applying = None
+                    try:
+                        job.future.set_result(await loop.run_in_executor(self._executor, job.fn, self.engine))
+                    except BaseException as exc:
+                        if not job.future.done():
+                            job.future.set_exception(exc)
+                        if isinstance(exc, asyncio.CancelledError):
+                            raise  # the worker itself is cancelled: end, do not swallow it
+                    continue
+                jobs = [job]
+                size = len(job.batch)
+                while self._queue and isinstance(self._queue[0], _Observe):
+                    nxt = self._queue[0]
+                    assert isinstance(nxt, _Observe)
+                    if size + len(nxt.batch) > self.max_batch:
+                        break
+                    jobs.append(nxt)
+                    size += len(nxt.batch)
+                    self._queue.popleft()
+                live = await self._prepare(jobs)
+                if applying is not None:
+                    await applying
+                    applying = None
+                if live:
+                    applying = asyncio.create_task(self._apply(live, loop), name="trackin-apply")
+        finally:
+            if applying is not None and not applying.done():
+                applying.cancel()
 
-    async def _apply(self, jobs: list[_Observe], loop: asyncio.AbstractEventLoop) -> None:
+    async def _prepare(self, jobs: list[_Observe]) -> list[_Observe]:
+        """The jobs still valid whose ``before_apply`` succeeded; the others' futures get the error."""
         live = [j for j in jobs if self._still_valid(j)]
-        if not live:
-            return
+        if not live or self.before_apply is None:
+            return live
+        try:
+            await self.before_apply([j.batch for j in live])
+        except BaseException as exc:
+            for j in live:
+                if not j.future.done():
+                    j.future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return []
+        return live
+
+    async def _apply(self, live: list[_Observe], loop: asyncio.AbstractEventLoop) -> None:
         batches = [j.batch for j in live]
-        if self.before_apply is not None:
-            try:
-                await self.before_apply(batches)
-            except BaseException as exc:
-                for j in live:
-                    if not j.future.done():
-                        j.future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                return
         started = time.perf_counter()
         try:
             results = await loop.run_in_executor(self._executor, _observe_all, self.engine, batches)

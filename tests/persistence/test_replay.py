@@ -7,6 +7,7 @@ these cover the interleavings that need a crash at one exact moment.
 
 from __future__ import annotations
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -79,3 +80,20 @@ def test_payload_round_trip_keeps_epoch_base_and_exact_values() -> None:
     assert [a.tolist() for a in s.targets if a is not None] == [y.tolist(), (y * 2).tolist()]
     t = decode_payload("13-1", payloads["t"])
     assert (t.base, t.targets) == ("", [None])
+
+
+def test_payloads_of_streams_with_different_widths() -> None:
+    wide, narrow = np.arange(5.0), np.array([2.0])
+    batch = IngestBatch(stream_ids=["w", "n", "w"], inputs=[wide, narrow, wide + 1], targets=[None] * 3)
+    payloads = encode_batches([batch, batch], 1, {})
+    w = decode_payload("1", payloads["w"])
+    assert [a.tolist() for a in w.inputs] == [wide.tolist(), (wide + 1).tolist()] * 2
+    assert [a.tolist() for a in decode_payload("2", payloads["n"]).inputs] == [narrow.tolist()] * 2
+
+
+def test_first_format_payloads_still_replay() -> None:
+    old = msgpack.packb({"x": [[1.0, 2.0]], "y": [[0.5]]})
+    entry = decode_payload("7", old)
+    assert (entry.epoch, entry.base) == (None, None)
+    assert [a.tolist() for a in entry.inputs] == [[1.0, 2.0]]
+    assert [a.tolist() for a in entry.targets if a is not None] == [[0.5]]
