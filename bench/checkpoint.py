@@ -1,7 +1,8 @@
 """Persistence benchmark: what checkpoints and the durability log cost ingestion; how fast state comes back.
 
     .venv/bin/python -m bench.checkpoint [--seconds 8] [--streams 1000] [--batch 1000] [--clients 3]
-                                         [--restore-streams 100000] [--skip-lazy] [--json out.json]
+                                         [--repeat 2] [--restore-streams 100000] [--skip-lazy]
+                                         [--only throughput|restore] [--json out.json]
 
 Side by side in one run, each on a real ``trackin serve`` subprocess over loopback (the helpers of
 ``tests/support``, so a benchmark server is started exactly as the end-to-end tests start one):
@@ -12,7 +13,8 @@ Side by side in one run, each on a real ``trackin serve`` subprocess over loopba
   ``checkpoint`` and ``log`` durability, with the default checkpoint settings (every 1,000 steps or 5 s).
   Redis is a local ``redis-server`` with AOF and ``appendfsync always`` (an acknowledged log append
   survives a Redis crash too); SQLite is WAL with ``synchronous=NORMAL`` (survives a trackin crash).
-  Ratios are to no store. Target: ``log`` on Redis >= 0.7x.
+  Ratios are to no store. Target: ``log`` on Redis >= 0.7x. The configurations run in ``--repeat``
+  rounds and each keeps its best run, so a slow moment of a shared machine does not decide a ratio.
 - Restore of ``--restore-streams`` stored streams (``log`` durability, clean shutdown: empty log tails):
   eagerly at startup (``TRACKIN_RESTORE_EAGERLY=true``; time to ``/readyz`` minus a lazy server's start),
   and lazily on first use (requests of 1,000 distinct streams until all were touched, minus the same pass
@@ -332,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=2, help="rounds of throughput runs; the best counts")
     parser.add_argument("--restore-streams", type=int, default=100_000)
     parser.add_argument("--skip-lazy", action="store_true", help="only the eager restore")
     parser.add_argument("--only", choices=["throughput", "restore"], help="run one half")
@@ -346,10 +349,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "throughput"):
             configs = [("memory", "checkpoint"), ("sqlite", "checkpoint"), ("sqlite", "log")]
             configs += [("redis", "checkpoint"), ("redis", "log")]
-            for i, (backend, durability) in enumerate(configs):
-                row = throughput(base / f"t{i}", backend, durability, args)
-                rates.append(row)
-                console.log(f"{row.name}: {row.rate:,.0f} observations/s")
+            best: dict[str, ThroughputRow] = {}
+            for r in range(args.repeat):  # rounds over all configurations: slow phases of a shared
+                for i, (backend, durability) in enumerate(configs):  # machine hit every one alike
+                    row = throughput(base / f"t{r}-{i}", backend, durability, args)
+                    console.log(f"{row.name}: {row.rate:,.0f} observations/s")
+                    if row.name not in best or row.rate > best[row.name].rate:
+                        best[row.name] = row
+            rates = list(best.values())
             for row in rates:
                 row.ratio = row.rate / rates[0].rate
         if args.only in (None, "restore"):

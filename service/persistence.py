@@ -35,6 +35,7 @@ from .ingest import IngestBatch
 from .registry import StreamRecord, Template
 from .settings import Settings
 from .store import (
+    STREAM_ID_PATTERN,
     Checkpoint,
     CorruptCheckpoint,
     LogEntry,
@@ -589,6 +590,28 @@ class Persistence:
         self._wake.set()
         return results
 
+    async def prefetch(self, stream_ids: Iterable[str]) -> None:
+        """Restore the stored ones of many non-resident streams at once (a store read and an engine call
+        per 1,000), e.g. before a batch of observations is validated stream by stream.
+
+        Best effort: ids that are invalid, unknown or corrupt are left for `restore` to answer one by one.
+        """
+        records = self.state.registry.records
+        wanted = [
+            s
+            for s in dict.fromkeys(stream_ids)
+            if s not in records and s not in self._evicting and STREAM_ID_PATTERN.fullmatch(s)
+        ]
+        if len(wanted) < 2:
+            return  # one stream: the ordinary path is as fast
+        await self._require_store()
+        try:
+            for start in range(0, len(wanted), 1000):
+                await self._restore_page(wanted[start : start + 1000], report=False)
+        except StoreUnavailable as exc:
+            self._set_up(False)
+            raise Unavailable(f"store unavailable, cannot restore streams: {exc}") from None
+
     async def _restore_all(self) -> None:
         """Eager restore: every stored stream, a page at a time (one read, one engine call per page).
 
@@ -600,34 +623,40 @@ class Persistence:
             ids, cursor = await self.store.list_streams("", 1000, cursor)
             if limit is not None:
                 ids = ids[: max(0, limit - len(self.engine))]
-            locks: list[tuple[str, asyncio.Lock]] = []
-            for stream_id in ids:
-                lock = self._restoring.setdefault(stream_id, asyncio.Lock())
-                if not lock.locked() and stream_id not in self.state.registry.records:
-                    await lock.acquire()  # free: returns at once
-                    locks.append((stream_id, lock))
-            try:
-                started = time.perf_counter()
-                checkpoints = await self.store.read_checkpoints([s for s, _ in locks])
-                tails = (
-                    await self.store.read_logs({s: c.log_position for s, c in checkpoints.items()})
-                    if self.log_mode
-                    else {}
-                )
-                loaded = await self._load_many([(c, tails.get(s, [])) for s, c in checkpoints.items()])
-                if loaded:
-                    each = (time.perf_counter() - started) / len(loaded)
-                    for outcome in loaded.values():
-                        if isinstance(outcome, StreamCorrupt):
-                            log.error("%s", outcome.message)
-                        else:
-                            self.state.metrics.restored(each)
-            finally:
-                for stream_id, lock in locks:
-                    lock.release()
-                    self._restoring.pop(stream_id, None)
+            await self._restore_page(ids, report=True)
             if cursor is None or (limit is not None and len(self.engine) >= limit):
                 return
+
+    async def _restore_page(self, ids: Sequence[str], *, report: bool) -> None:
+        """Restore the stored ones of ``ids`` that nobody else is restoring; ``report``: log corrupt ones."""
+        locks: list[tuple[str, asyncio.Lock]] = []
+        for stream_id in ids:
+            lock = self._restoring.setdefault(stream_id, asyncio.Lock())
+            if not lock.locked() and stream_id not in self.state.registry.records:
+                await lock.acquire()  # free: returns at once
+                locks.append((stream_id, lock))
+        try:
+            if not locks:
+                return
+            started = time.perf_counter()
+            checkpoints = await self.store.read_checkpoints([s for s, _ in locks])
+            tails = (
+                await self.store.read_logs({s: c.log_position for s, c in checkpoints.items()})
+                if self.log_mode
+                else {}
+            )
+            loaded = await self._load_many([(c, tails.get(s, [])) for s, c in checkpoints.items()])
+            if loaded:
+                each = (time.perf_counter() - started) / len(loaded)
+                for outcome in loaded.values():
+                    if not isinstance(outcome, StreamCorrupt):
+                        self.state.metrics.restored(each)
+                    elif report:
+                        log.error("%s", outcome.message)
+        finally:
+            for stream_id, lock in locks:
+                lock.release()
+                self._restoring.pop(stream_id, None)
 
 
 @dataclass(frozen=True, slots=True)

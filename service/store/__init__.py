@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from service.store.base import Checkpoint, LogEntry, Store, WriteOutcome
+from service.store.base import STREAM_ID_PATTERN, Checkpoint, LogEntry, Store, WriteOutcome
 from service.store.codec import FORMAT_VERSION, decode_state, encode_state
 from service.store.errors import CorruptCheckpoint, StoreError, StoreUnavailable
 from service.store.keys import DEFAULT_PREFIX
@@ -20,6 +20,7 @@ from service.store.sqlite_backend import SQLiteStore
 __all__ = [
     "FORMAT_VERSION",
     "SQLITE_FILENAME",
+    "STREAM_ID_PATTERN",
     "Checkpoint",
     "CorruptCheckpoint",
     "LogEntry",
