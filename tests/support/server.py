@@ -35,7 +35,7 @@ __all__ = ["ServerError", "Servers", "TrackinServer"]
 
 _REPO = Path(__file__).resolve().parents[2]
 _START_TIMEOUT = 60.0
-_STOP_TIMEOUT = 40.0  # above the service's default graceful-shutdown budget is not needed in tests
+_STOP_TIMEOUT = 40.0  # SIGTERM to exit; a test server drains in seconds, this only bounds a hang
 _TAIL = 4000
 
 
