@@ -1,15 +1,17 @@
 """The multi-stream engine: stream ids mapped to slots of pools, one vectorised step per pool and batch.
 
-The id -> (pool, slot) mapping is the only per-stream Python object; everything a stream learns lives in its
-pool's stacked tensors. A batch may mix pools: items are grouped by pool (a loop over pools, never over
-streams) and each pool observes its share in one call.
+The id -> (pool, slot) mapping is the only per-stream Python object, and a small one: each id maps to one
+integer, ``spec entry << 32 | slot``, where the entry is the stream's spec (equal specs share one entry and
+one spec object) and its pool. Everything a stream learns lives in its pool's stacked tensors. A batch may
+mix pools: items are grouped by pool (a loop over pools, never over streams) and each pool observes its share
+in one call.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -56,16 +58,29 @@ class ItemResult:
     forecast: list[float] | None
 
 
+_SLOT_BITS = 32
+_SLOT_MASK = (1 << _SLOT_BITS) - 1
+
+
+@dataclass(slots=True)
+class _Entry:
+    """A spec shared by resident streams: the one spec object they hold, their pool, how many they are."""
+
+    spec: StreamSpec
+    pool: StreamPool
+    streams: int = 0
+
+
 class Engine:
     """All resident streams on one device."""
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
         self._pools: dict[tuple[object, ...], StreamPool] = {}
-        self._streams: dict[str, StreamLocation] = {}
-        # Equal specs share one object and their pool is found without recomputing the pool key: a
-        # million streams of one spec hold one spec, not a million copies. Entry: [spec, pool, streams].
-        self._specs: dict[StreamSpec, list[Any]] = {}
+        self._streams: dict[str, int] = {}  # id -> entry << 32 | slot
+        self._entries: list[_Entry | None] = []
+        self._entry_of: dict[StreamSpec, int] = {}
+        self._free_entries: list[int] = []
 
     def __contains__(self, stream_id: object) -> bool:
         return stream_id in self._streams
@@ -80,37 +95,54 @@ class Engine:
     def pools(self) -> list[StreamPool]:
         return list(self._pools.values())
 
-    def locate(self, stream_id: str) -> StreamLocation:
+    def _code(self, stream_id: str) -> int:
         try:
             return self._streams[stream_id]
         except KeyError:
             raise UnknownStreamError(stream_id) from None
 
+    def _entry(self, code: int) -> _Entry:
+        entry = self._entries[code >> _SLOT_BITS]
+        assert entry is not None
+        return entry
+
+    def locate(self, stream_id: str) -> StreamLocation:
+        code = self._code(stream_id)
+        entry = self._entry(code)
+        return StreamLocation(entry.pool, code & _SLOT_MASK, entry.spec)
+
     def add(self, stream_id: str, spec: StreamSpec) -> StreamLocation:
         """Create a stream in its pool (replacing nothing: remove first to replace)."""
         if stream_id in self._streams:
             raise ValueError(f"stream {stream_id!r} already exists")
-        entry = self._specs.get(spec)
-        if entry is None:
+        index = self._entry_of.get(spec)
+        if index is None:
             key = spec.pool_key()
             pool = self._pools.get(key)
             if pool is None:
                 pool = self._pools[key] = StreamPool(spec, self.device)
-            entry = self._specs[spec] = [spec, pool, 0]
-        shared, pool = entry[0], entry[1]
-        location = StreamLocation(pool, pool.add(shared), shared)
-        entry[2] += 1
-        self._streams[stream_id] = location
-        return location
+            index = self._free_entries.pop() if self._free_entries else len(self._entries)
+            if index == len(self._entries):
+                self._entries.append(None)
+            self._entries[index] = _Entry(spec, pool)
+            self._entry_of[spec] = index
+        entry = self._entries[index]
+        assert entry is not None
+        slot = entry.pool.add(entry.spec)
+        entry.streams += 1
+        self._streams[stream_id] = index << _SLOT_BITS | slot
+        return StreamLocation(entry.pool, slot, entry.spec)
 
     def remove(self, stream_id: str) -> None:
-        location = self.locate(stream_id)
-        location.pool.remove(location.slot)
+        code = self._code(stream_id)
+        entry = self._entry(code)
+        entry.pool.remove(code & _SLOT_MASK)
         del self._streams[stream_id]
-        entry = self._specs[location.spec]
-        entry[2] -= 1
-        if entry[2] == 0:
-            del self._specs[location.spec]
+        entry.streams -= 1
+        if entry.streams == 0:
+            index = self._entry_of.pop(entry.spec)
+            self._entries[index] = None
+            self._free_entries.append(index)
 
     def export(self, stream_id: str) -> dict[str, Tensor]:
         location = self.locate(stream_id)
@@ -129,19 +161,28 @@ class Engine:
         """Slots of the items, and the items of each pool (None: all of them, the common one-pool batch)."""
         streams = self._streams
         try:
-            locations = [streams[stream_id] for stream_id in stream_ids]
+            codes = np.array([streams[stream_id] for stream_id in stream_ids], dtype=np.int64)
         except KeyError as error:
             raise UnknownStreamError(error.args[0]) from None
-        slots = np.array([loc.slot for loc in locations], dtype=np.int64)
-        if not locations:
+        slots = codes & _SLOT_MASK
+        if codes.size == 0:
             return slots, []
-        first = locations[0].pool
-        if len(self._pools) == 1 or all(loc.pool is first for loc in locations):
-            return slots, [(first, None)]
-        groups: dict[int, tuple[StreamPool, list[int]]] = {}
-        for i, loc in enumerate(locations):
-            groups.setdefault(id(loc.pool), (loc.pool, []))[1].append(i)
-        return slots, list(groups.values())
+        if len(self._pools) == 1:
+            return slots, [(next(iter(self._pools.values())), None)]
+        entries, inverse = np.unique(codes >> _SLOT_BITS, return_inverse=True)
+        order: dict[int, int] = {}  # pool -> group number, in order of first appearance among the entries
+        pools: list[StreamPool] = []
+        group_of_entry = []
+        for e in entries.tolist():
+            pool = self._entry(e << _SLOT_BITS).pool
+            if id(pool) not in order:
+                order[id(pool)] = len(pools)
+                pools.append(pool)
+            group_of_entry.append(order[id(pool)])
+        if len(pools) == 1:
+            return slots, [(pools[0], None)]
+        owner = np.array(group_of_entry)[inverse]
+        return slots, [(pool, np.flatnonzero(owner == k).tolist()) for k, pool in enumerate(pools)]
 
     def observe(
         self,
@@ -155,7 +196,7 @@ class Engine:
             pool = groups[0][0]
             x = torch.from_numpy(_stacked(inputs))
             y = None if isinstance(pool.model, ARModel) else torch.from_numpy(_stacked(targets))  # type: ignore[arg-type]
-            return list(_items(pool.observe(slots, x, y)))
+            return _items(pool.observe(slots, x, y))
         results: list[ItemResult | None] = [None] * len(stream_ids)
         for pool, members in groups:
             assert members is not None
@@ -200,27 +241,19 @@ def _rows(values: Tensor) -> list[list[float] | None]:
     return [None if bad else row for row, bad in zip(values.tolist(), nan, strict=True)]
 
 
-def _items(outcome: ObserveResult) -> Iterator[ItemResult]:
+def _items(outcome: ObserveResult) -> list[ItemResult]:
+    """One ``ItemResult`` per observation (built positionally by ``starmap``: this loop is per item)."""
     n = outcome.steps.shape[0]
     forecasts = _rows(outcome.forecasts) if outcome.forecasts is not None else [None] * n
-    for step, pred, loss, applied, warming, nonfinite, drift, forecast in zip(
+    losses = [None if v != v else v for v in outcome.losses.tolist()]
+    columns = (
         outcome.steps.tolist(),
         _rows(outcome.predictions),
-        outcome.losses.tolist(),
+        losses,
         outcome.applied.tolist(),
         outcome.warming.tolist(),
         outcome.nonfinite.tolist(),
         outcome.drift.tolist(),
         forecasts,
-        strict=True,
-    ):
-        yield ItemResult(
-            step=step,
-            prediction=pred,
-            loss=None if loss != loss else loss,
-            applied=applied,
-            warming=warming,
-            nonfinite=nonfinite,
-            drift=drift,
-            forecast=forecast,
-        )
+    )
+    return list(itertools.starmap(ItemResult, zip(*columns, strict=True)))
