@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import msgpack
 import orjson
 import redis.asyncio
 import redis.exceptions
@@ -73,17 +74,26 @@ redis.call('SREM', KEYS[4], ARGV[1])
 return 1
 """
 
-# KEYS: log index, then one log stream per entry. ARGV: the entries' stream ids, then their payloads.
+# KEYS: log index, then one log stream per entry. ARGV: the entries' stream ids joined by newlines (not in
+# the id alphabet), their payloads as one MessagePack array (raw strings: Redis 7.0 cmsgpack has no bin
+# type). Returns the new positions joined by commas:
+# three arguments and one reply instead of thousands, which is what an append of a large batch costs.
 _APPEND_LUA = """
+local ids = {}
+for id in string.gmatch(ARGV[1], '[^\\n]+') do ids[#ids + 1] = id end
+local payloads = cmsgpack.unpack(ARGV[2])
 local n = #KEYS - 1
+if #ids ~= n or #payloads ~= n then
+  return redis.error_reply('append: ' .. n .. ' keys, ' .. #ids .. ' ids, ' .. #payloads .. ' payloads')
+end
 for i = 1, n, 500 do
-  redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 499, n)))
+  redis.call('SADD', KEYS[1], unpack(ids, i, math.min(i + 499, n)))
 end
 local positions = {}
 for i = 1, n do
-  positions[i] = redis.call('XADD', KEYS[i + 1], '*', 'p', ARGV[n + i])
+  positions[i] = redis.call('XADD', KEYS[i + 1], '*', 'p', payloads[i])
 end
-return positions
+return table.concat(positions, ',')
 """
 
 _CHECKPOINT_FIELDS = ("epoch", "step", "log_position", "meta", "tensors", "deleted")
@@ -265,10 +275,13 @@ class RedisStore(Store):
         # command to pack and one reply to parse instead of one per stream, which is most of the cost of
         # an append of a thousand streams' observations.
         keys = [self.keys.log_index, *(self.keys.log(e.stream_id) for e in entries)]
-        args: list[str | bytes] = [*(e.stream_id for e in entries), *(e.payload for e in entries)]
+        args = [
+            "\n".join(e.stream_id for e in entries),
+            msgpack.packb([e.payload for e in entries], use_bin_type=False),
+        ]
         with self._errors():
-            replies = await self._append_script(keys=keys, args=args)
-        return [_text(position) for position in replies]
+            reply = await self._append_script(keys=keys, args=args)
+        return _text(reply).split(",")
 
     async def read_log(self, stream_id: str, after: str) -> list[tuple[str, bytes]]:
         key = self.keys.log(stream_id)

@@ -289,10 +289,11 @@ class SQLiteStore(Store):
         def append() -> list[str]:
             db = self._db
             with _transaction(db):
-                return [
-                    str(db.execute("INSERT INTO log (stream_id, payload) VALUES (?, ?)", r).lastrowid)
-                    for r in rows
-                ]
+                # One statement for the batch. Inside BEGIN IMMEDIATE nobody else inserts, and
+                # AUTOINCREMENT gives each row the next seq, so the batch holds consecutive seqs.
+                db.executemany("INSERT INTO log (stream_id, payload) VALUES (?, ?)", rows)
+                last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
+            return [str(seq) for seq in range(last - len(rows) + 1, last + 1)]
 
         if not rows:
             return []
