@@ -9,7 +9,7 @@ squared errors over the observations both scored: below 1, trackin beats the bas
 Model settings (flags override them; ``--spec`` replaces them):
 
 - Values are sent in units of the file's typical change (``--unit auto``: the median non-zero absolute
-  change between consecutive observations of a stream; 0.25 for E-mini ticks, 1.2e-4 for GBP/USD minute
+  change between consecutive observations of a stream; 0.25 for E-mini ticks, 1e-4 for GBP/USD minute
   bars, 1 to 2 px for MOT17 boxes), prices also relative to the first price. A gradient step's size
   depends on the scale of the inputs, and FX quotes move by 1e-5 where boxes move by pixels: in these
   units one set of hyperparameters fits every file, and float32 keeps full precision.
