@@ -295,3 +295,23 @@ def test_unknown_and_duplicate_streams() -> None:
     engine.remove("a")
     assert "a" not in engine
     assert len(engine) == 0
+
+
+def test_ids_share_equal_specs_and_free_them() -> None:
+    engine = Engine()
+    first = StreamSpec(model=LIN)
+    engine.add("a", first)
+    engine.add("b", StreamSpec(model=LIN))  # equal, not the same object
+    assert engine.locate("b").spec is first
+    other = StreamSpec(model=LIN, optimizer=TrackInSpec(lr=0.01))
+    engine.add("c", other)
+    assert engine.locate("c").pool is engine.locate("a").pool
+    for stream_id in ("a", "b", "c"):
+        engine.remove(stream_id)
+    assert not engine._entry_of
+    engine.add("d", other)
+    location = engine.locate("d")
+    assert location.spec is other
+    assert location.slot in range(location.pool.capacity)
+    (result,) = engine.observe(["d"], [np.ones(3)], [np.ones(1)])
+    assert result.step == 1
