@@ -147,6 +147,8 @@ class StreamPool:
         }
         self._shared: dict[str, object] = dict.fromkeys(self._tracked)  # None: differs between streams
         self._need_bool = False  # some bool setting differs between streams: gather the bool buffer
+        # the core's keyword arguments when every hyperparameter is shared by the resident streams
+        self._shared_hyper: dict[str, Any] | None = None
         self._sync_free = self.device.type != "cpu"  # see _round
         cols = self._packed.columns
         self._col = {key: (c.start, c.stop) for key, c in cols.items()}
@@ -251,6 +253,16 @@ class StreamPool:
     def _tracked_values(self, views: Mapping[str, Tensor]) -> dict[str, object]:
         return {key: views[key][0].item() for key in self._tracked}
 
+    @staticmethod
+    def _core_value(name: str, value: object) -> object:
+        """A shared setting as the functional core takes it (no clipping as None, the rule by name)."""
+        if name == "max_grad_norm" and value == float("inf"):
+            return None
+        if name == "beta_rule":
+            assert isinstance(value, int)
+            return F.BETA_RULES[value]
+        return value
+
     def _count(self, values: Mapping[str, object], sign: int) -> None:
         """Count the settings of a stream that arrives (+1) or leaves (-1); refresh the shared values."""
         for key, value in values.items():
@@ -259,6 +271,11 @@ class StreamPool:
             if counter[value] <= 0:
                 del counter[value]
             self._shared[key] = next(iter(counter)) if len(counter) == 1 else None
+        self._shared_hyper = None
+        if all(self._shared[key] is not None for _, key, _, _ in self._hyper_columns):
+            self._shared_hyper = {
+                name: self._core_value(name, self._shared[key]) for name, key, _, _ in self._hyper_columns
+            }
         self._need_bool = any(
             self._shared[k] is None
             for k, c in self._packed.columns.items()
@@ -547,20 +564,16 @@ class StreamPool:
         for kind in self._buffers:
             a = col[f"opt/{kind}/{self.param_names[0]}"][0]
             buffers[kind] = [f[:, a : a + P]]
-        hyper: dict[str, Any] = {}
-        for name, key, which, c in self._hyper_columns:
-            value = self._shared[key]
-            if value is None:
-                block = blocks[which]
-                assert block is not None
-                hyper[name] = block[:, c]
-            elif name == "max_grad_norm":
-                hyper[name] = None if value == float("inf") else value
-            elif name == "beta_rule":
-                assert isinstance(value, int)
-                hyper[name] = F.BETA_RULES[value]
-            else:
-                hyper[name] = value
+        hyper: dict[str, Any] | None = self._shared_hyper
+        if hyper is None:  # some hyperparameter differs between streams: that one is a column of the rows
+            hyper = {}
+            for name, key, which, c in self._hyper_columns:
+                if self._shared[key] is None:
+                    block = blocks[which]
+                    assert block is not None
+                    hyper[name] = block[:, c]
+                else:
+                    hyper[name] = self._core_value(name, self._shared[key])
         step = i[:, col["opt/step"][0]]
         if self.optimizer == "trackin":
             return F.trackin(
