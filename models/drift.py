@@ -20,31 +20,33 @@ def page_hinkley(
     loss: Tensor,
     active: Tensor,
     n: Tensor,
-    stats: Tensor,
+    mean: Tensor,
+    total: Tensor,
+    minimum: Tensor,
     *,
     delta: Tensor | float,
     threshold: Tensor | float,
     warmup: Tensor | int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One update of the rows where ``active``; the others come back unchanged.
+) -> Tensor:
+    """One update of the rows where ``active``, in place; the others are left unchanged. Returns the alarms.
 
     Args:
         loss: ``[rows]`` this observation's loss (ignored where not ``active``).
         active: ``[rows]`` bool, rows that observed a finite loss with detection on.
-        n: ``[rows]`` int, losses seen since the (re)start.
-        stats: ``[3, rows]`` running mean, cumulative statistic and its minimum.
+        n: ``[rows]`` int, losses seen since the (re)start (updated in place).
+        mean, total, minimum: ``[rows]`` running mean of the loss, cumulative statistic and its minimum
+            (updated in place; strided columns of a larger block are fine).
         delta, threshold, warmup: per row ``[rows]`` or shared.
 
-    Returns:
-        ``(n, stats, alarm)``, new values. After an alarm the detector restarts (n = 0, stats = 0), so it
-        measures the new regime from scratch.
+    After an alarm the detector restarts (n = 0, statistics 0), so it measures the new regime from scratch.
     """
-    mean, total, minimum = stats.unbind(0)
     armed = active & (n >= warmup)
     z = loss / mean.clamp_min(1e-30) - (1 + delta)
-    total = torch.where(armed, total + z, total)
-    minimum = torch.minimum(minimum, total)  # unchanged where not armed: minimum <= total always holds
-    n = n + active
-    mean = torch.where(active, mean + (loss - mean) / n.clamp(1, MEAN_WINDOW), mean)
+    torch.where(armed, total + z, total, out=total)
+    torch.minimum(minimum, total, out=minimum)  # unchanged where not armed: minimum <= total always holds
+    n.add_(active)
+    torch.where(active, mean + (loss - mean) / n.clamp(1, MEAN_WINDOW), mean, out=mean)
     alarm = armed & (total - minimum > threshold)
-    return n.masked_fill(alarm, 0), torch.stack([mean, total, minimum]).masked_fill_(alarm, 0), alarm
+    for t in (n, mean, total, minimum):
+        t.masked_fill_(alarm, 0)
+    return alarm

@@ -600,20 +600,18 @@ class StreamPool:
         if enabled is False:
             return torch.zeros_like(ok)
         active = ok if enabled is True else ok & enabled  # type: ignore[operator]
-        a, z = col["drift/mean"][0], col["drift/min"][1]
-        n_col = col["drift/n"][0]
-        n, stats, alarm = page_hinkley(
+        alarm = page_hinkley(
             loss,
             active,
-            i[:, n_col],
-            f[:, a:z].t().contiguous(),  # [3, rows]: contiguous rows are cheaper to compute on
+            i[:, col["drift/n"][0]],
+            f[:, col["drift/mean"][0]],
+            f[:, col["drift/total"][0]],
+            f[:, col["drift/min"][0]],
             delta=self._setting("drift/delta", blocks),  # type: ignore[arg-type]
             threshold=self._setting("drift/threshold", blocks),  # type: ignore[arg-type]
             warmup=self._setting("drift/warmup", blocks),  # type: ignore[arg-type]
         )
-        f[:, a:z] = stats.t()
-        i[:, n_col] = n
-        i[:, col["drift/count"][0]] += alarm
+        i[:, col["drift/count"][0]].add_(alarm)
         c = col["drift/last_step"][0]
         torch.where(alarm, step, i[:, c], out=i[:, c])
         reset = self._setting("drift/reset", blocks)
