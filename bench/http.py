@@ -352,7 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rate", type=float, default=1000.0, help="paced WebSocket messages/s")
     parser.add_argument(
-        "--mix", choices=["random", "cycle"], default="random", help="stream of each observation"
+        "--mix",
+        choices=["random", "cycle"],
+        default="random",
+        help="each observation for a random stream, or streams taking turns",
     )
     parser.add_argument("--torch-threads", type=int, help="OMP_NUM_THREADS of the server (default: unset)")
     parser.add_argument("--breakdown", action="store_true", help="also time each stage of a batch alone")
