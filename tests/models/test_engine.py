@@ -87,7 +87,7 @@ CASES = [
 CHOICES: dict[str, dict[str, list[Any]]] = {
     "trackin": {
         "lr": [0.01, 0.05, 0.2],
-        "gamma": [0.2, 0.5, 0.9],  # not 0: the norm rule divides by 1 - kappa = 0 there
+        "gamma": [0.0, 0.5, 0.9],
         "beta": [0.0, 0.5, 1.0],
         "beta_rule": ["constant", "cos", "norm"],
         "debias": [True, False],
