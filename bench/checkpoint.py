@@ -102,7 +102,11 @@ class Deployment:
         elif self.backend == "sqlite":
             args = ["--data-dir", str(self.base / "store")]  # a later --data-dir wins; logs stay apart
         server = TrackinServer(
-            self.base / f"server-{len(self.servers)}", env=extra, args=args, store=self.backend
+            self.base / f"server-{len(self.servers)}",
+            env=extra,
+            args=args,
+            store=self.backend,
+            start_timeout=1800,  # an eager restore of 100,000 streams happens before /readyz
         )
         self.servers.append(server)
         return server

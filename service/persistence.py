@@ -7,10 +7,14 @@
 - A background task checkpoints streams that changed every ``checkpoint_every_steps`` observations or
   ``checkpoint_interval_seconds``, in batched writes; SIGTERM writes every changed stream.
 - Fencing: writes carry this process's epoch and the stream's observation count; the store refuses stale ones.
+  Log entries carry the epoch and the position they build on (`service.durability`), so a replay follows
+  exactly one owner's history: a stale process's appends are never replayed.
 - With ``max_resident_streams``, least recently used streams are checkpointed and dropped from memory; the
-  next observation restores them.
+  next observation restores them. A request naming many stored streams restores them in one batch.
 - A store that is down makes log-mode ingestion answer 503 (nothing applied) while predictions keep working;
-  checkpoints retry with backoff and everything resumes when the store returns.
+  checkpoints retry with backoff and everything resumes when the store returns. An append whose outcome is
+  unknown (a timeout the store may still execute) marks its streams suspect: they take no new batch until
+  whatever the log holds beyond their last applied entry is trimmed, so a 503 never turns into a replay.
 """
 
 from __future__ import annotations
