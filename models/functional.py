@@ -132,8 +132,11 @@ def _momentum_scale(
     ``momenta`` hold m_{t-1} on entry and m_t on return; ``step`` must already hold t.
     """
     gamma_r = _as_row_tensor(gamma, g_sq)
-    m_prev_sq = row_sq_norm(momenta)
-    cos = _row_dot(g, momenta) / (g_sq * m_prev_sq).sqrt().clamp_min(_TINY)
+    # One rule for every row (the common case): compute only its s_t.
+    needs = {beta_rule} if isinstance(beta_rule, str) else {"cos", "norm"}
+    if "cos" in needs:
+        m_prev_sq = row_sq_norm(momenta)
+        s_cos = (_row_dot(g, momenta) / (g_sq * m_prev_sq).sqrt().clamp_min(_TINY)).clamp_min(0.0)
     for m, x in zip(momenta, g, strict=True):
         m.mul_(_bcast(gamma_r, m)).add_(x * _bcast(1 - gamma_r, x))
     sq_avg.mul_(gamma_r).add_((1 - gamma_r) * g_sq)
@@ -144,17 +147,19 @@ def _momentum_scale(
     elif not debias:
         bias = torch.ones_like(bias)
 
-    rho = (row_sq_norm(momenta) / bias.square()) / (sq_avg / bias).clamp_min(_TINY)
-    kappa = (1 - gamma_r) / (1 + gamma_r)
-    s_norm = ((rho - kappa) / (1 - kappa).clamp_min(_TINY)).clamp(0.0, 1.0)
-    # gamma = 0: kappa = rho = 1, no signal-to-noise estimate (0 / 0); s = 0 rather than rounding noise
-    s_norm = torch.where(kappa < 1, s_norm, torch.zeros_like(s_norm))
-    s_cos = cos.clamp_min(0.0)
+    if "norm" in needs:
+        rho = (row_sq_norm(momenta) / bias.square()) / (sq_avg / bias).clamp_min(_TINY)
+        kappa = (1 - gamma_r) / (1 + gamma_r)
+        s_norm = ((rho - kappa) / (1 - kappa).clamp_min(_TINY)).clamp(0.0, 1.0)
+        # gamma = 0: kappa = rho = 1, no signal-to-noise estimate (0 / 0); s = 0 rather than rounding noise
+        s_norm = torch.where(kappa < 1, s_norm, torch.zeros_like(s_norm))
+    beta_r = _as_row_tensor(beta, g_sq)
     if isinstance(beta_rule, Tensor):
         s = torch.where(beta_rule == 0, torch.ones_like(s_cos), torch.where(beta_rule == 1, s_cos, s_norm))
-    else:
-        s = {"constant": torch.ones_like(s_cos), "cos": s_cos, "norm": s_norm}[beta_rule]
-    return _as_row_tensor(beta, g_sq) * s, bias
+        return beta_r * s, bias
+    if beta_rule == "constant":
+        return beta_r.clone(), bias
+    return beta_r * (s_cos if beta_rule == "cos" else s_norm), bias
 
 
 def trackin(
