@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from .persistence import open_persistence
 
+        torch.set_num_threads(settings.torch_threads)
         metrics = Metrics(CollectorRegistry(), max_stream_series=settings.metrics_max_stream_series)
         engine = Engine(resolve_device(settings.device))
         scheduler = Scheduler(

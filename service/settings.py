@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     data_dir: Path = Path("data")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    torch_threads: int = Field(default=1, ge=1, le=256)
+    """Intra-op threads for the engine; one is fastest for the small per-round ops (docs/engine.md)."""
 
     # Stores (the checkpoint issue): Redis when a URL is given, else SQLite in data_dir; "memory" keeps none.
     redis_url: str | None = None
