@@ -357,14 +357,14 @@ def main(argv: list[str] | None = None) -> int:
         default="random",
         help="each observation for a random stream, or streams taking turns",
     )
-    parser.add_argument("--torch-threads", type=int, help="OMP_NUM_THREADS of the server (default: unset)")
+    parser.add_argument("--torch-threads", type=int, help="the server's TRACKIN_TORCH_THREADS")
     parser.add_argument("--breakdown", action="store_true", help="also time each stage of a batch alone")
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args(argv)
 
     mix = Mix.make(args.streams, args.inputs, 100_000, cycle=args.mix == "cycle")
     river = river_rate(mix, min(args.seconds, 3.0))
-    env = {"OMP_NUM_THREADS": str(args.torch_threads)} if args.torch_threads else None
+    env = {"TRACKIN_TORCH_THREADS": str(args.torch_threads)} if args.torch_threads else None
     with serve(env) as server:
         rows = asyncio.run(run(args, server, mix))
     for r in rows:
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"trackin over loopback: {args.streams:,} linear streams x {args.inputs} inputs ({args.mix} mix), "
         f"{args.seconds:g} s each, {os.cpu_count()} CPUs, load {load:.1f}"
-        + (f", server OMP_NUM_THREADS={args.torch_threads}" if args.torch_threads else "")
+        + (f", server TRACKIN_TORCH_THREADS={args.torch_threads}" if args.torch_threads else "")
     )
     _print(rows, river, header)
     for line in _targets(rows, river, args.rate):
@@ -381,7 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.breakdown:
         from .http_stages import stage_costs
 
-        costs = stage_costs(mix.names, mix.observations()[:1000], args.inputs)
+        costs = stage_costs(
+            mix.names, mix.observations()[:1000], args.inputs, threads=args.torch_threads or 1
+        )
         print("\nOne request of 1,000 observations, each stage alone in this process (us per observation):")
         for name, micros in costs:
             print(f"  {name:46s} {micros:7.2f}")

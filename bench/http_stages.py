@@ -25,9 +25,19 @@ __all__ = ["stage_costs"]
 
 
 def stage_costs(
-    names: list[str], observations: list[Any], inputs: int, *, repeats: int = 30
+    names: list[str], observations: list[Any], inputs: int, *, threads: int = 1, repeats: int = 30
 ) -> list[tuple[str, float]]:
-    """``(stage, microseconds per observation)`` for one request of ``observations`` (1,000 or so)."""
+    """``(stage, microseconds per observation)`` for one request of ``observations`` (1,000 or so), the
+    engine on ``threads`` torch intra-op threads (the service's ``torch_threads``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _costs(names, observations, inputs, repeats)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _costs(names: list[str], observations: list[Any], inputs: int, repeats: int) -> list[tuple[str, float]]:
     engine = Engine("cpu")
     spec = {"model": {"family": "linear", "in_dim": inputs}}
     shared = {n: engine.add(n, StreamSpec.model_validate(spec)).spec for n in names}
