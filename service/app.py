@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -129,6 +130,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         )
         sweeper = asyncio.create_task(_sweep_templates(registry, settings.template_sweep_seconds))
+        # Long-lived objects made at start-up (engine, modules) need no cycle scans: keeps GC pauses short.
+        gc.freeze()
         state.ready = True
         log.info("trackin ready on %s (device %s)", f"{settings.host}:{settings.port}", engine.device)
         try:

@@ -199,7 +199,8 @@ class Scheduler:
     def _still_valid(self, job: _Observe) -> bool:
         """A stream deleted or replaced after the request was checked makes the request fail, not misapply."""
         for stream, spec in job.batch.specs.items():
-            if stream not in self.engine or self.engine.locate(stream).spec != spec:
+            current = None if stream not in self.engine else self.engine.locate(stream).spec
+            if current is not spec and current != spec:
                 job.future.set_exception(
                     UnknownStream(f"stream {stream!r} was removed or replaced meanwhile", stream=stream)
                 )

@@ -32,12 +32,12 @@ class AppState:
     closing: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def _state(request: Request) -> AppState:
+async def _state(request: Request) -> AppState:
     state: AppState = request.app.state.trackin
     return state
 
 
-def _ws_state(websocket: WebSocket) -> AppState:
+async def _ws_state(websocket: WebSocket) -> AppState:
     state: AppState = websocket.app.state.trackin
     return state
 

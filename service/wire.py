@@ -30,7 +30,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-class ObservationIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+class ObservationIn(msgspec.Struct, forbid_unknown_fields=True, gc=False, omit_defaults=True):
     """One observation: ``x``/``y`` for linear and mlp streams, ``value`` for ar streams."""
 
     stream: str | None = None
@@ -40,21 +40,21 @@ class ObservationIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     ts: float | None = None
 
 
-class ObservationsBody(msgspec.Struct, forbid_unknown_fields=True):
+class ObservationsBody(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     observations: list[ObservationIn]
 
 
-class WsMessage(msgspec.Struct, forbid_unknown_fields=True):
+class WsMessage(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     seq: int
     observations: list[ObservationIn]
 
 
-class PredictIn(msgspec.Struct, forbid_unknown_fields=True):
+class PredictIn(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     x: list[float] | None = None
     request_id: str | None = None
 
 
-class LabelIn(msgspec.Struct, forbid_unknown_fields=True):
+class LabelIn(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     request_id: str
     y: float | list[float]
 
