@@ -55,21 +55,35 @@ def encode_batches(batches: Sequence[IngestBatch], epoch: int, bases: Mapping[st
     code = np.fromiter((codes.setdefault(s, len(codes)) for s in ids), dtype=np.int64, count=len(ids))
     order = np.argsort(code, kind="stable")  # each stream's items together, in apply order
     ends = np.cumsum(np.bincount(code, minlength=len(codes))).tolist()
-    xs = _stacked(inputs)
-    ys = _stacked(targets) if all(y is not None for y in targets) else None
+    # The usual batch has one width per side: sort the stacked rows by stream once, then every stream's
+    # rows are one contiguous slice, and its bytes one copy.
+    xs = _sorted_rows(inputs, order)
+    ys = _sorted_rows(targets, order) if all(y is not None for y in targets) else None
+    rows_of = order.tolist()
     out: dict[str, bytes] = {}
     start = 0
     for stream, end in zip(codes, ends, strict=True):
-        rows = order[start:end]
-        start = end
-        x = xs[rows] if xs is not None else np.stack([inputs[i] for i in rows])
-        payload: dict[str, object] = {"e": epoch, "b": bases.get(stream, ""), "w": x.shape[1], "x": _raw(x)}
+        rows = rows_of[start:end]
+        x = xs[start:end] if xs is not None else _raw(np.stack([inputs[i] for i in rows]))
+        payload: dict[str, object] = {
+            "e": epoch,
+            "b": bases.get(stream, ""),
+            "w": x.shape[1],
+            "x": x.tobytes(),
+        }
         if targets[rows[0]] is not None:
-            y = ys[rows] if ys is not None else np.stack([targets[i] for i in rows])  # type: ignore[misc]
+            y = ys[start:end] if ys is not None else _raw(np.stack([targets[i] for i in rows]))  # type: ignore[misc]
             payload["t"] = y.shape[1]
-            payload["y"] = _raw(y)
+            payload["y"] = y.tobytes()
         out[stream] = msgpack.packb(payload)
+        start = end
     return out
+
+
+def _sorted_rows(rows: Sequence[np.ndarray | None], order: np.ndarray) -> np.ndarray | None:
+    """All rows as one little-endian float64 matrix in ``order``, when they share a width, else None."""
+    stacked = _stacked(rows)
+    return None if stacked is None else _raw(stacked[order])
 
 
 def _stacked(rows: Sequence[np.ndarray | None]) -> np.ndarray | None:
@@ -80,8 +94,8 @@ def _stacked(rows: Sequence[np.ndarray | None]) -> np.ndarray | None:
         return None
 
 
-def _raw(rows: np.ndarray) -> bytes:
-    return np.ascontiguousarray(rows, dtype="<f8").tobytes()
+def _raw(rows: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(rows, dtype="<f8")
 
 
 def decode_payload(position: str, payload: bytes) -> LoggedBatch:
