@@ -358,7 +358,10 @@ class Registry:
             self.labels.put(stream_id, request_id, inputs[0])
         return shape_prediction(spec, prediction)
 
-    async def label(self, stream_id: str, request_id: str, y: float | list[float]) -> ItemResult:
+    async def label(
+        self, stream_id: str, request_id: str, y: float | list[float]
+    ) -> tuple[StreamSpec, ItemResult]:
+        """Step on an earlier prediction's kept inputs; returns the spec it ran with and the result."""
         record = await self.require(stream_id)
         x = self.labels.peek(stream_id, request_id)
         if x is None:
@@ -376,7 +379,7 @@ class Registry:
         self._pin([stream_id])
         result = (await self.observe(batch))[0]
         self.labels.discard(stream_id, request_id)
-        return result
+        return record.spec, result
 
 
 def shape_prediction(spec: StreamSpec, values: list[float] | None) -> float | list[float] | None:

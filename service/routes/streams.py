@@ -87,12 +87,11 @@ async def label(stream_id: str, request: Request, state: State) -> dict[str, Any
         raw = await read_body(request, state.settings.max_body_bytes)
         body: LabelIn = decode_json(raw, LabelIn)
         try:
-            result = await state.registry.label(stream_id, body.request_id, body.y)
+            spec, result = await state.registry.label(stream_id, body.request_id, body.y)
         except ServiceError as exc:
             # The label is checked as an observation (label[0].y); name the field as the client sent it.
             exc.field = exc.field.removeprefix("label[0].") if exc.field else exc.field
             raise
-    spec = state.registry.records[stream_id].spec
     return {"request_id": body.request_id, **result_json(spec, result)}
 
 
