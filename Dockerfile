@@ -25,10 +25,15 @@ ENV PATH=/opt/venv/bin:$PATH
 # torch first, from its own index: the largest layer, and it changes far less often than the code.
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 WORKDIR /src
+COPY client ./client
 COPY pyproject.toml README* ./
+# trackin/ holds the import root: its models, service and replay are links to the folders copied beside it.
+COPY trackin ./trackin
 COPY models ./models
 COPY service ./service
-RUN pip install --no-cache-dir .
+COPY replay ./replay
+# The client first (same call), so that the replay extra's trackin-client is the one in client/.
+RUN pip install --no-cache-dir ./client "./[replay]"
 
 FROM ${BASE_IMAGE} AS runtime
 ENV PATH=/opt/venv/bin:$PATH \

@@ -32,8 +32,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
-from models import functional as F
-from models.specs import TRACKIN_DEFAULTS
+from trackin.models import functional as F
+from trackin.models.specs import TRACKIN_DEFAULTS
 
 __all__ = ["TASKS", "main", "make_streams"]
 

@@ -43,9 +43,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from service.store import SQLITE_FILENAME, Checkpoint, RedisStore, SQLiteStore, Store
 from tests.support.redis_server import RedisServer
 from tests.support.server import TrackinServer
+from trackin.service.store import SQLITE_FILENAME, Checkpoint, RedisStore, SQLiteStore, Store
 
 __all__ = ["RestoreRow", "ThroughputRow", "main"]
 

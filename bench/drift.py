@@ -15,8 +15,8 @@ import time
 import numpy as np
 import torch
 
-from models.pool import StreamPool
-from models.specs import DriftSpec, LinearModel, StreamSpec
+from trackin.models.pool import StreamPool
+from trackin.models.specs import DriftSpec, LinearModel, StreamSpec
 
 JUMPS = (4.0, 6.0, 8.0, 10.0)
 STATIONARY = 200

@@ -33,12 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.engine import Engine
-from models.families import FamilyModule
-from models.losses import loss_per_row
-from models.pool import StreamPool
-from models.specs import LinearModel, MLPModel, StreamSpec
-from models.trackin import TrackIn
+from trackin.models.engine import Engine
+from trackin.models.families import FamilyModule
+from trackin.models.losses import loss_per_row
+from trackin.models.pool import StreamPool
+from trackin.models.specs import LinearModel, MLPModel, StreamSpec
+from trackin.models.trackin import TrackIn
 
 IN_DIM = 16
 FAMILIES: dict[str, StreamSpec] = {

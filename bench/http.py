@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from service.client import AsyncTrackinClient, Observation
+from trackin_client import AsyncTrackinClient, Observation
 
 __all__ = ["Row", "main"]
 
@@ -82,7 +82,16 @@ def serve(extra_env: dict[str, str] | None = None) -> Iterator[Server]:
     """A ``trackin serve --store memory`` subprocess on a free loopback port (e.g. for ``py-spy --pid``)."""
     port = _free_port()
     env = {**os.environ, "TRACKIN_LOG_LEVEL": "warning", **(extra_env or {})}
-    command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "trackin.service.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     process = subprocess.Popen([*command, "--store", "memory", "--device", "cpu"], env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -379,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in _targets(rows, river, args.rate):
         print(line)
     if args.breakdown:
-        from .http_stages import stage_costs
+        from bench.http_stages import stage_costs
 
         costs = stage_costs(
             mix.names, mix.observations()[:1000], args.inputs, threads=args.torch_threads or 1

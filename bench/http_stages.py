@@ -15,11 +15,11 @@ from typing import Any
 import msgspec
 import torch
 
-from models.engine import Engine
-from models.specs import StreamSpec
-from service.ingest import build_batch
-from service.registry import result_json
-from service.wire import ObservationsBody, decode_json, encode_json
+from trackin.models.engine import Engine
+from trackin.models.specs import StreamSpec
+from trackin.service.domain.ingest import build_batch
+from trackin.service.domain.registry import result_json
+from trackin.service.transport.wire import ObservationsBody, decode_json, encode_json
 
 __all__ = ["stage_costs"]
 

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import functional as F
-from .specs import AdamSpec, SGDSpec
+from trackin.models import functional as F
+from trackin.models.specs import AdamSpec, SGDSpec
 
 __all__ = ["AdamBaseline", "DebiasedSGD", "validate_adam", "validate_sgd"]
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .pool import ObserveResult, StreamPool
-from .specs import ARModel, StreamSpec
+from trackin.models.pool import ObserveResult, StreamPool
+from trackin.models.specs import ARModel, StreamSpec
 
 __all__ = ["Engine", "ItemResult", "StreamLocation", "UnknownStreamError", "resolve_device"]
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from .specs import ARModel, LinearModel, MLPModel, layer_sizes
+from trackin.models.specs import ARModel, LinearModel, MLPModel, layer_sizes
 
 __all__ = [
     "ARModel",

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import functional as F
-from .drift import page_hinkley
-from .families import ar_features, init_params, param_shapes, stacked_forward
-from .layout import BOOL, FLOAT, INT, PackedState
-from .losses import loss_per_row, prediction
-from .specs import AdamSpec, ARModel, SGDSpec, StreamSpec, TrackInSpec, layer_sizes
+from trackin.models import functional as F
+from trackin.models.drift import page_hinkley
+from trackin.models.families import ar_features, init_params, param_shapes, stacked_forward
+from trackin.models.layout import BOOL, FLOAT, INT, PackedState
+from trackin.models.losses import loss_per_row, prediction
+from trackin.models.specs import AdamSpec, ARModel, SGDSpec, StreamSpec, TrackInSpec, layer_sizes
 
 __all__ = ["LOSS_EWMA_ALPHA", "ObserveResult", "StreamPool"]
 

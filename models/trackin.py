@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import functional as F
-from .specs import TRACKIN_DEFAULTS
+from trackin.models import functional as F
+from trackin.models.specs import TRACKIN_DEFAULTS
 
 __all__ = ["TrackIn", "validate_trackin"]
 

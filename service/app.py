@@ -19,20 +19,19 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from models.engine import Engine, ItemResult, resolve_device
-
-from .body import BodyLimit
-from .errors import ServiceError, Unavailable, error_body
-from .ingest import IngestBatch
-from .labels import PendingLabels
-from .metrics import Metrics
-from .registry import Registry
-from .routes import health, observations, streams
-from .scheduler import Scheduler
-from .settings import Settings
-from .snapshot import fleet_snapshot
-from .state import AppState
-from .ws import router as ws_router
+from trackin.models.engine import Engine, ItemResult, resolve_device
+from trackin.service.domain.ingest import IngestBatch
+from trackin.service.domain.labels import PendingLabels
+from trackin.service.domain.registry import Registry
+from trackin.service.domain.scheduler import Scheduler
+from trackin.service.errors import ServiceError, Unavailable, error_body
+from trackin.service.metrics import Metrics
+from trackin.service.settings import Settings
+from trackin.service.snapshot import fleet_snapshot
+from trackin.service.state import AppState
+from trackin.service.transport.body import BodyLimit
+from trackin.service.transport.routes import health, observations, streams
+from trackin.service.transport.ws import router as ws_router
 
 __all__ = ["create_app"]
 
@@ -100,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from .persistence import open_persistence
+        from trackin.service.durability.persistence import open_persistence
 
         torch.set_num_threads(settings.torch_threads)
         metrics = Metrics(CollectorRegistry(), max_stream_series=settings.metrics_max_stream_series)

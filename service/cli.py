@@ -19,8 +19,8 @@ __all__ = ["main"]
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import create_app
-    from .settings import Settings
+    from trackin.service.app import create_app
+    from trackin.service.settings import Settings
 
     overrides = {
         k: v
@@ -59,7 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _graceful_server(app: Any, timeout: float) -> type[uvicorn.Server]:
     import uvicorn
 
-    from .ws import close_websockets
+    from trackin.service.transport.ws import close_websockets
 
     class GracefulServer(uvicorn.Server):
         """uvicorn's shutdown closes WebSockets at once (1012), losing answers to messages already
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--redis-url")
     serve.add_argument("--store", choices=["auto", "sqlite", "redis", "memory"])
     serve.set_defaults(run=_serve)
-    from .replay import add_parser as add_replay
+    from trackin.replay.cli import add_parser as add_replay
 
     add_replay(sub)
     args = parser.parse_args(argv)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidStreamId
+from trackin.service.errors import InvalidStreamId
 
 __all__ = ["MAX_ID_LENGTH", "check_stream_id"]
 

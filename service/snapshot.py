@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from models.engine import Engine
-
-from .metrics import FleetSnapshot, StreamFigures
-from .registry import Registry
+from trackin.models.engine import Engine
+from trackin.service.domain.registry import Registry
+from trackin.service.metrics import FleetSnapshot, StreamFigures
 
 __all__ = ["fleet_snapshot"]
 

@@ -8,12 +8,11 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request, WebSocket
 
-from models.engine import Engine
-
-from .metrics import Metrics
-from .registry import Registry
-from .scheduler import Scheduler
-from .settings import Settings
+from trackin.models.engine import Engine
+from trackin.service.domain.registry import Registry
+from trackin.service.domain.scheduler import Scheduler
+from trackin.service.metrics import Metrics
+from trackin.service.settings import Settings
 
 __all__ = ["AppState", "State", "WsState"]
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from service.store.base import STREAM_ID_PATTERN, Checkpoint, LogEntry, Store, WriteOutcome
-from service.store.codec import FORMAT_VERSION, decode_state, encode_state
-from service.store.errors import CorruptCheckpoint, StoreError, StoreUnavailable
-from service.store.keys import DEFAULT_PREFIX
-from service.store.redis_backend import DEFAULT_TIMEOUT, RedisStore
-from service.store.sqlite_backend import SQLiteStore
+from trackin.service.store.base import STREAM_ID_PATTERN, Checkpoint, LogEntry, Store, WriteOutcome
+from trackin.service.store.codec import FORMAT_VERSION, decode_state, encode_state
+from trackin.service.store.errors import CorruptCheckpoint, StoreError, StoreUnavailable
+from trackin.service.store.keys import DEFAULT_PREFIX
+from trackin.service.store.redis_backend import DEFAULT_TIMEOUT, RedisStore
+from trackin.service.store.sqlite_backend import SQLiteStore
 
 __all__ = [
     "FORMAT_VERSION",

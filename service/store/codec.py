@@ -19,7 +19,7 @@ import safetensors.numpy
 import safetensors.torch
 import torch
 
-from service.store.errors import CorruptCheckpoint
+from trackin.service.store.errors import CorruptCheckpoint
 
 __all__ = ["FORMAT_KEY", "FORMAT_VERSION", "decode_state", "encode_state"]
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from service.store.base import check_record_kind, check_stream_id
+from trackin.service.store.base import check_record_kind, check_stream_id
 
 __all__ = ["DEFAULT_PREFIX", "RedisKeys"]
 

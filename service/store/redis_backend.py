@@ -25,7 +25,7 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from service.store.base import (
+from trackin.service.store.base import (
     Checkpoint,
     LogEntry,
     Store,
@@ -37,8 +37,8 @@ from service.store.base import (
     check_stream_id,
     prefix_upper_bound,
 )
-from service.store.errors import CorruptCheckpoint, StoreError, StoreUnavailable
-from service.store.keys import DEFAULT_PREFIX, RedisKeys
+from trackin.service.store.errors import CorruptCheckpoint, StoreError, StoreUnavailable
+from trackin.service.store.keys import DEFAULT_PREFIX, RedisKeys
 
 __all__ = ["DEFAULT_TIMEOUT", "RedisStore"]
 

@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar
 
 import orjson
 
-from service.store.base import (
+from trackin.service.store.base import (
     Checkpoint,
     LogEntry,
     Store,
@@ -35,7 +35,7 @@ from service.store.base import (
     check_stream_id,
     prefix_upper_bound,
 )
-from service.store.errors import CorruptCheckpoint, StoreError, StoreUnavailable
+from trackin.service.store.errors import CorruptCheckpoint, StoreError, StoreUnavailable
 
 __all__ = ["SQLiteStore", "Synchronous"]
 

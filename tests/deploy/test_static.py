@@ -19,7 +19,6 @@ import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the venv
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.metrics import FleetSnapshot, Metrics, StreamFigures
 from tests.deploy.promql import (
     ALERTS,
     DASHBOARDS,
@@ -28,6 +27,7 @@ from tests.deploy.promql import (
     all_expressions,
     metric_names,
 )
+from trackin.service.metrics import FleetSnapshot, Metrics, StreamFigures
 
 VARIABLES = {"instance": ".*", "stream": "s1", "__rate_interval": "30s", "__interval": "30s"}
 PROMETHEUS_BUILTIN = {"up"}
@@ -222,7 +222,8 @@ def test_dockerfile_essentials() -> None:
     assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim", text, re.M)
     assert len(re.findall(r"^FROM \$\{BASE_IMAGE\}", text, re.M)) == 2, "multi-stage on BASE_IMAGE"
     assert re.search(r"^ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cpu", text, re.M)
-    assert re.search(r"^RUN pip install .*\.$", text, re.M), "installs the project"
+    client_then_project = r'^RUN pip install .*\./client "\./\[replay\]"$'
+    assert re.search(client_then_project, text, re.M)
     assert re.search(r"^USER 10001", text, re.M)
     assert re.search(r"^EXPOSE 8000$", text, re.M)
     assert re.search(r"^HEALTHCHECK .*\n.*/healthz", text, re.M)
@@ -230,7 +231,11 @@ def test_dockerfile_essentials() -> None:
     assert f"CMD {cmd}" in text
     lines = [ln for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln and ln[0] != "#"]
     assert lines[0] == "*", ".dockerignore is an allow-list: ignore everything, then re-include"
-    assert {"!pyproject.toml", "!models/", "!service/"} <= set(lines)
+    copied = set(re.findall(r"^COPY (?!--from)(\S+)", text, re.M))
+    linked = {p.name for p in (ROOT / "trackin").iterdir() if p.is_symlink()}
+    assert linked <= copied, "every folder trackin/ links to is in the image"
+    included = {"!" + c.rstrip("/") + ("/" if (ROOT / c).is_dir() else "") for c in copied}
+    assert included <= set(lines)
 
 
 def test_kubernetes_objects_fit_together() -> None:

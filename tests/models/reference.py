@@ -15,11 +15,11 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from models.baselines import AdamBaseline, DebiasedSGD
-from models.families import FamilyModule, ar_features
-from models.losses import loss_per_row, prediction
-from models.specs import AdamSpec, ARModel, SGDSpec, StreamSpec, TrackInSpec
-from models.trackin import TrackIn
+from trackin.models.baselines import AdamBaseline, DebiasedSGD
+from trackin.models.families import FamilyModule, ar_features
+from trackin.models.losses import loss_per_row, prediction
+from trackin.models.specs import AdamSpec, ARModel, SGDSpec, StreamSpec, TrackInSpec
+from trackin.models.trackin import TrackIn
 
 __all__ = ["Outcome", "ReferenceStream", "make_optimizer"]
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from models import functional as F
-from models.baselines import AdamBaseline, DebiasedSGD
-from models.specs import AdamSpec, SGDSpec
+from trackin.models import functional as F
+from trackin.models.baselines import AdamBaseline, DebiasedSGD
+from trackin.models.specs import AdamSpec, SGDSpec
 
 DT = torch.float64
 

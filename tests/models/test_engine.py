@@ -17,8 +17,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.engine import Engine, ItemResult, UnknownStreamError
-from models.specs import (
+from tests.models.reference import Outcome, ReferenceStream
+from trackin.models.engine import Engine, ItemResult, UnknownStreamError
+from trackin.models.specs import (
     AdamSpec,
     ARModel,
     DriftSpec,
@@ -28,7 +29,6 @@ from models.specs import (
     StreamSpec,
     TrackInSpec,
 )
-from tests.models.reference import Outcome, ReferenceStream
 
 TOL = {"float32": {"rtol": 1e-5, "atol": 1e-6}, "float64": {"rtol": 1e-10, "atol": 1e-12}}
 SETTINGS = settings(

@@ -10,9 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from models.families import FamilyModule, ar_features, forward, init_params, param_shapes, stacked_forward
-from models.losses import loss_per_row, prediction
-from models.specs import ARModel, LinearModel, MLPModel
+from trackin.models.families import (
+    FamilyModule,
+    ar_features,
+    forward,
+    init_params,
+    param_shapes,
+    stacked_forward,
+)
+from trackin.models.losses import loss_per_row, prediction
+from trackin.models.specs import ARModel, LinearModel, MLPModel
 
 DT = torch.float64
 Model = LinearModel | MLPModel | ARModel

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from models import functional as F
-from models.families import forward, init_params
-from models.specs import MLPModel
-from models.trackin import TrackIn
+from trackin.models import functional as F
+from trackin.models.families import forward, init_params
+from trackin.models.specs import MLPModel
+from trackin.models.trackin import TrackIn
 
 DT = torch.float64
 

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from models.pool import StreamPool, _occurrence_rounds
-from models.specs import ARModel, DriftSpec, LinearModel, MLPModel, SGDSpec, StreamSpec, TrackInSpec
 from tests.models.reference import ReferenceStream
+from trackin.models.pool import StreamPool, _occurrence_rounds
+from trackin.models.specs import ARModel, DriftSpec, LinearModel, MLPModel, SGDSpec, StreamSpec, TrackInSpec
 
 LIN = StreamSpec(model=LinearModel(in_dim=3, init="random"), optimizer=TrackInSpec(eta=0.05))
 MLP = StreamSpec(model=MLPModel(in_dim=3, hidden=(4,)), optimizer=TrackInSpec(eta=0.05), loss="huber")

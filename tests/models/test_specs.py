@@ -9,7 +9,7 @@ import pytest
 import torch
 from pydantic import BaseModel, ValidationError
 
-from models.specs import (
+from trackin.models.specs import (
     TRACKIN_DEFAULTS,
     AdamSpec,
     ARModel,
@@ -21,7 +21,7 @@ from models.specs import (
     TrackInSpec,
     layer_sizes,
 )
-from models.trackin import TrackIn
+from trackin.models.trackin import TrackIn
 
 INVALID: list[tuple[type[BaseModel], dict[str, Any], str]] = [
     (TrackInSpec, {"lr": 0.0}, "lr"),

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from models.trackin import TrackIn
+from trackin.models.trackin import TrackIn
 
 # ---------------------------------------------------------------------------------------------------------
 # Hand-computed steps: theta = [1, 2], g = [3, 4] (||g|| = 5), lr = 0.1, gamma = 0.5, beta = 1.

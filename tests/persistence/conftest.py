@@ -27,12 +27,12 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from models.engine import Engine, ItemResult
-from models.specs import ARModel, StreamSpec
-from service.store import SQLITE_FILENAME, Checkpoint, RedisStore, SQLiteStore, Store
-from service.store.keys import RedisKeys
 from tests.support.redis_server import RedisServer, redis_server_binary
 from tests.support.server import TrackinServer
+from trackin.models.engine import Engine, ItemResult
+from trackin.models.specs import ARModel, StreamSpec
+from trackin.service.store import SQLITE_FILENAME, Checkpoint, RedisStore, SQLiteStore, Store
+from trackin.service.store.keys import RedisKeys
 
 LINEAR: dict[str, Any] = {"model": {"family": "linear", "in_dim": 3, "init": "random", "seed": 7}}
 MLP: dict[str, Any] = {"model": {"family": "mlp", "in_dim": 4, "hidden": [8], "seed": 3}}

@@ -11,8 +11,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from service.durability import LoggedBatch, decode_payload, encode_batches, plan_replay
-from service.ingest import IngestBatch
+from trackin.service.domain.ingest import IngestBatch
+from trackin.service.durability.payloads import LoggedBatch, decode_payload, encode_batches, plan_replay
 
 Entry = tuple[str, int | None, str | None]
 

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from models.engine import Engine, ItemResult
-from models.specs import ARModel, StreamSpec
+from trackin.models.engine import Engine, ItemResult
+from trackin.models.specs import ARModel, StreamSpec
 
 __all__ = [
     "AR",

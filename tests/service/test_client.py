@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from service.client import AsyncTrackinClient, TrackinClient, TrackinError
 from tests.support.server import TrackinServer
+from trackin_client import AsyncTrackinClient, TrackinClient, TrackinError
 
 LINEAR = {"model": {"family": "linear", "in_dim": 2}}
 SERIES = {"model": {"family": "ar", "dim": 1, "lags": 2}}

@@ -8,10 +8,16 @@ import msgpack
 import numpy as np
 import pytest
 
-from models.specs import StreamSpec
-from service.errors import InvalidInput
-from service.ingest import build_batch, check_vector
-from service.wire import ObservationIn, ObservationsBody, WsMessage, decode_json, decode_msgpack
+from trackin.models.specs import StreamSpec
+from trackin.service.domain.ingest import build_batch, check_vector
+from trackin.service.errors import InvalidInput
+from trackin.service.transport.wire import (
+    ObservationIn,
+    ObservationsBody,
+    WsMessage,
+    decode_json,
+    decode_msgpack,
+)
 
 LIN = StreamSpec.model_validate({"model": {"family": "linear", "in_dim": 3, "out_dim": 2}})
 AR = StreamSpec.model_validate({"model": {"family": "ar", "dim": 2}})

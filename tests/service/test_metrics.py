@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import DuplicateTimeseries
 from prometheus_client.samples import Sample
 
-from service.metrics import (
+from trackin.service.metrics import (
     BETA_BUCKETS,
     CHECKPOINT_OUTCOMES,
     EPS_NORM_BUCKETS,

@@ -9,7 +9,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from models.specs import ARModel, StreamSpec, layer_sizes
 from tests.service import (
     AR,
     LINEAR,
@@ -21,6 +20,7 @@ from tests.service import (
     create,
     unique,
 )
+from trackin.models.specs import ARModel, StreamSpec, layer_sizes
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,10 +15,10 @@ from typing import Literal
 import numpy as np
 import pytest
 
-from service.cli import main
-from service.replay import ReplayOptions, Summary, replay
-from service.replay_sources import detect_format, read_mot, read_steps
 from tests.support.server import TrackinServer
+from trackin.replay.cli import ReplayOptions, Summary, replay
+from trackin.replay.sources import detect_format, read_mot, read_steps
+from trackin.service.cli import main
 
 TICKS = 600
 LAGS = 16  # the price default: lags + 1 values fill the window before the first forecast

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from models.engine import Engine, ItemResult
-from models.specs import StreamSpec
-from service.errors import Unavailable, UnknownStream
-from service.ingest import IngestBatch, build_batch
-from service.scheduler import Scheduler
-from service.wire import ObservationIn
+from trackin.models.engine import Engine, ItemResult
+from trackin.models.specs import StreamSpec
+from trackin.service.domain.ingest import IngestBatch, build_batch
+from trackin.service.domain.scheduler import Scheduler
+from trackin.service.errors import Unavailable, UnknownStream
+from trackin.service.transport.wire import ObservationIn
 
 pytestmark = pytest.mark.timeout(30)
 

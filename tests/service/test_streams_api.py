@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from models.specs import StreamSpec
 from tests.service import AR, LINEAR, assert_error, create, unique
+from trackin.models.specs import StreamSpec
 
 pytestmark = pytest.mark.timeout(60)
 

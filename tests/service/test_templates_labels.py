@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from models.specs import StreamSpec
 from tests.service import AR, LINEAR, Reference, assert_close, assert_error, create, state_of, unique
+from trackin.models.specs import StreamSpec
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.store import codec
-from service.store.codec import FORMAT_VERSION, decode_state, encode_state
-from service.store.errors import CorruptCheckpoint, StoreError
+from trackin.service.store import codec
+from trackin.service.store.codec import FORMAT_VERSION, decode_state, encode_state
+from trackin.service.store.errors import CorruptCheckpoint, StoreError
 
 DTYPES = [torch.float32, torch.float64, torch.int64, torch.bool, torch.float16, torch.bfloat16]
 

@@ -16,7 +16,8 @@ from typing import Any, Protocol
 import pytest
 import torch
 
-from service.store import (
+from tests.support.redis_server import RedisServer, redis_server_binary
+from trackin.service.store import (
     Checkpoint,
     LogEntry,
     RedisStore,
@@ -28,7 +29,6 @@ from service.store import (
     encode_state,
     open_store,
 )
-from tests.support.redis_server import RedisServer, redis_server_binary
 
 
 class Backend(Protocol):

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.store import (
+from tests.support.redis_server import RedisServer, redis_server_binary
+from trackin.service.store import (
     Checkpoint,
     LogEntry,
     RedisStore,
@@ -22,7 +23,6 @@ from service.store import (
     StoreUnavailable,
     encode_state,
 )
-from tests.support.redis_server import RedisServer, redis_server_binary
 
 pytestmark = pytest.mark.skipif(redis_server_binary() is None, reason="redis-server not installed")
 

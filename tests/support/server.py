@@ -101,7 +101,16 @@ class TrackinServer:
         return self._proc.pid if self._proc is not None else None
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "trackin.service.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         cmd += ["--data-dir", str(self.data_dir), "--device", self.device]
         if self.store is not None:
             cmd += ["--store", self.store]

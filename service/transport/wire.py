@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from .errors import InvalidInput
+from trackin.service.errors import InvalidInput
 
 __all__ = [
     "LabelIn",

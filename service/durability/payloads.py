@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
-from .ingest import IngestBatch
+from trackin.service.domain.ingest import IngestBatch
 
 __all__ = ["LoggedBatch", "ReplayPlan", "decode_payload", "encode_batches", "plan_replay"]
 

@@ -18,11 +18,11 @@ import msgspec
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from .errors import InvalidInput, PayloadTooLarge, ServiceError
-from .ingest import IngestBatch
-from .registry import result_json
-from .state import AppState, WsState
-from .wire import WsMessage, decode_json, decode_msgpack
+from trackin.service.domain.ingest import IngestBatch
+from trackin.service.domain.registry import result_json
+from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError
+from trackin.service.state import AppState, WsState
+from trackin.service.transport.wire import WsMessage, decode_json, decode_msgpack
 
 router = APIRouter()
 

@@ -1,4 +1,4 @@
-"""Batching for :mod:`service.client`: many observations per ``POST /v1/observations``.
+"""Batching for :mod:`trackin_client`: many observations per ``POST /v1/observations``.
 
 Sending observations one per request costs a round trip and the server's per-request work each time;
 a batcher collects them (for any streams) and sends ``size`` at a time, or after ``max_delay`` seconds.
@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import Protocol, Self
 
-if TYPE_CHECKING:
-    from .client import AsyncTrackinClient, Observation, Result, TrackinClient
+from trackin_client._models import Observation, Result
 
 __all__ = ["AsyncBatcher", "Batcher"]
+
+
+class _Sender(Protocol):
+    def observe_many(self, observations: Sequence[Observation]) -> list[Result]: ...
+
+
+class _AsyncSender(Protocol):
+    async def observe_many(self, observations: Sequence[Observation]) -> list[Result]: ...
 
 
 def _check_size(size: int, max_delay: float | None) -> None:
@@ -33,7 +41,7 @@ class Batcher:
     sent). Call :meth:`flush` when the feed pauses; leaving the ``with`` block flushes.
     """
 
-    def __init__(self, client: TrackinClient, size: int = 1000, *, max_delay: float | None = None) -> None:
+    def __init__(self, client: _Sender, size: int = 1000, *, max_delay: float | None = None) -> None:
         _check_size(size, max_delay)
         self.client = client
         self.size = size
@@ -75,7 +83,7 @@ class AsyncBatcher:
     Use as ``async with``: leaving the block sends what is left and waits for it.
     """
 
-    def __init__(self, client: AsyncTrackinClient, size: int = 1000, *, max_delay: float = 0.05) -> None:
+    def __init__(self, client: _AsyncSender, size: int = 1000, *, max_delay: float = 0.05) -> None:
         _check_size(size, max_delay)
         self.client = client
         self.size = size

@@ -17,10 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from models.engine import Engine, ItemResult
-
-from .errors import Unavailable, UnknownStream
-from .ingest import IngestBatch
+from trackin.models.engine import Engine, ItemResult
+from trackin.service.domain.ingest import IngestBatch
+from trackin.service.errors import Unavailable, UnknownStream
 
 __all__ = ["AfterApply", "BatchHook", "Scheduler"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.specs import StreamSpec
+from trackin.models.specs import StreamSpec
 
 __all__ = ["STREAM_EXAMPLES", "TemplateIn"]
 

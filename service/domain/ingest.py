@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from models.specs import ARModel, StreamSpec
-
-from .errors import InvalidInput
-from .wire import ObservationIn
+from trackin.models.specs import ARModel, StreamSpec
+from trackin.service.errors import InvalidInput
+from trackin.service.transport.wire import ObservationIn
 
 __all__ = ["IngestBatch", "build_batch", "check_vector"]
 

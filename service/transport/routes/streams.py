@@ -9,15 +9,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from models.specs import StreamSpec
-
-from ..body import read_body
-from ..errors import ServiceError
-from ..ids import MAX_ID_LENGTH, check_stream_id
-from ..registry import Template, result_json
-from ..schemas import STREAM_EXAMPLES, TemplateIn
-from ..state import State
-from ..wire import LabelIn, PredictIn, decode_json
+from trackin.models.specs import StreamSpec
+from trackin.service.domain.registry import Template, result_json
+from trackin.service.errors import ServiceError
+from trackin.service.ids import MAX_ID_LENGTH, check_stream_id
+from trackin.service.state import State
+from trackin.service.transport.body import read_body
+from trackin.service.transport.schemas import STREAM_EXAMPLES, TemplateIn
+from trackin.service.transport.wire import LabelIn, PredictIn, decode_json
 
 router = APIRouter(prefix="/v1", tags=["streams"])
 

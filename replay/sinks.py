@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .client import Observation, Result, TrackinClient, TrackinError
+from trackin_client import Observation, Result, TrackinClient, TrackinError
 
 __all__ = ["InProcessSink", "RestSink", "Sink", "StreamPlan", "WsSink"]
 
@@ -84,13 +84,13 @@ class InProcessSink:
     label = "in-process"
 
     def __init__(self, device: str = "cpu") -> None:
-        from models.engine import Engine, resolve_device
+        from trackin.models.engine import Engine, resolve_device
 
         self.engine = Engine(resolve_device(device))
         self.plan: StreamPlan | None = None
 
     def prepare(self, plan: StreamPlan) -> None:
-        from models.specs import StreamSpec
+        from trackin.models.specs import StreamSpec
 
         self.plan = plan
         self.spec = StreamSpec.model_validate(plan.spec)
@@ -98,7 +98,7 @@ class InProcessSink:
             self.engine.add(stream, self.spec)
 
     def run(self, messages: Iterable[list[Observation]]) -> Iterator[list[Result]]:
-        from .registry import result_json
+        from trackin.service.domain.registry import result_json
 
         assert self.plan is not None, "prepare() first"
         prefix = self.plan.prefix

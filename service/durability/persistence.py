@@ -30,15 +30,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from models.engine import Engine
-from models.specs import StreamSpec
-
-from .durability import ReplayPlan, decode_payload, encode_batches, plan_replay
-from .errors import StreamCorrupt, Unavailable
-from .ingest import IngestBatch
-from .registry import StreamRecord, Template
-from .settings import Settings
-from .store import (
+from trackin.models.engine import Engine
+from trackin.models.specs import StreamSpec
+from trackin.service.domain.ingest import IngestBatch
+from trackin.service.domain.registry import StreamRecord, Template
+from trackin.service.durability.payloads import ReplayPlan, decode_payload, encode_batches, plan_replay
+from trackin.service.errors import StreamCorrupt, Unavailable
+from trackin.service.settings import Settings
+from trackin.service.store import (
     STREAM_ID_PATTERN,
     Checkpoint,
     CorruptCheckpoint,
@@ -51,7 +50,7 @@ from .store import (
 )
 
 if TYPE_CHECKING:
-    from .state import AppState
+    from trackin.service.state import AppState
 
 __all__ = ["Persistence", "open_persistence"]
 

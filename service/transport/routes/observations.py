@@ -9,12 +9,12 @@ import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ..body import read_body
-from ..errors import InvalidInput, PayloadTooLarge, ServiceError
-from ..ids import check_stream_id
-from ..registry import result_json
-from ..state import AppState, State
-from ..wire import ObservationIn, ObservationsBody, decode_json, encode_json
+from trackin.service.domain.registry import result_json
+from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError
+from trackin.service.ids import check_stream_id
+from trackin.service.state import AppState, State
+from trackin.service.transport.body import read_body
+from trackin.service.transport.wire import ObservationIn, ObservationsBody, decode_json, encode_json
 
 router = APIRouter(prefix="/v1", tags=["observations"])
 

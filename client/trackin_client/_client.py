@@ -32,67 +32,15 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from .client_batch import AsyncBatcher, Batcher
+from trackin_client._batch import AsyncBatcher, Batcher
+from trackin_client._models import DEFAULT_URL, Observation, Result, TrackinError
 
 if TYPE_CHECKING:
-    from .client_ws import AsyncWsSession, WsSession
+    from trackin_client._ws import AsyncWsSession, WsSession
 
-__all__ = [
-    "AsyncBatcher",
-    "AsyncTrackinClient",
-    "Batcher",
-    "Observation",
-    "Result",
-    "TrackinClient",
-    "TrackinError",
-]
-
-Observation = Mapping[str, Any]
-"""An observation as on the wire: ``x``/``y`` (linear, mlp) or ``value`` (ar); optional ``stream``, ``ts``."""
-Result = dict[str, Any]
-"""One observation's answer: ``step``, ``prediction``, ``loss``, ``applied`` (+ ``forecast``, ``warming``)."""
-
-DEFAULT_URL = "http://127.0.0.1:8000"
 _JSON = {"content-type": "application/json"}
 
-
-class TrackinError(Exception):
-    """An error answer: the server's ``{"error": {code, message, field, stream}}`` and the HTTP status.
-
-    ``status`` is None for errors that arrive on a WebSocket (or when the connection itself failed).
-    """
-
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        *,
-        status: int | None = None,
-        field: str | None = None,
-        stream: str | None = None,
-    ) -> None:
-        where = ", ".join(f"{k}={v}" for k, v in (("field", field), ("stream", stream)) if v)
-        head = f"{status} {code}" if status is not None else code
-        super().__init__(f"{head}: {message}" + (f" ({where})" if where else ""))
-        self.code = code
-        self.message = message
-        self.status = status
-        self.field = field
-        self.stream = stream
-
-    @classmethod
-    def from_body(cls, body: Any, status: int | None = None) -> TrackinError:
-        """From an error body; anything else becomes code ``http_error`` with the body as the message."""
-        error = body.get("error") if isinstance(body, dict) else None
-        if not isinstance(error, dict):
-            return cls("http_error", str(body)[:500], status=status)
-        return cls(
-            str(error.get("code", "error")),
-            str(error.get("message", "")),
-            status=status,
-            field=error.get("field"),
-            stream=error.get("stream"),
-        )
+__all__ = ["AsyncTrackinClient", "TrackinClient"]
 
 
 def _decode(response: httpx.Response) -> Any:
@@ -259,7 +207,7 @@ class TrackinClient:
 
     def ws(self, *, max_in_flight: int = 8, binary: bool = True) -> WsSession:
         """A WebSocket session (connects on ``with``): pipelined messages, answers in order."""
-        from .client_ws import WsSession
+        from trackin_client._ws import WsSession
 
         return WsSession(_ws_url(self.http.base_url), max_in_flight=max_in_flight, binary=binary)
 
@@ -345,7 +293,7 @@ class AsyncTrackinClient:
         return AsyncBatcher(self, size, max_delay=max_delay)
 
     def ws(self, *, max_in_flight: int = 8, binary: bool = True) -> AsyncWsSession:
-        from .client_ws import AsyncWsSession
+        from trackin_client._ws import AsyncWsSession
 
         return AsyncWsSession(_ws_url(self.http.base_url), max_in_flight=max_in_flight, binary=binary)
 

@@ -9,8 +9,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import InvalidStreamId, PayloadTooLarge
-from .ids import check_stream_id
+from trackin.service.errors import InvalidStreamId, PayloadTooLarge
+from trackin.service.ids import check_stream_id
 
 __all__ = ["BodyLimit", "read_body"]
 

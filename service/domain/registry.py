@@ -15,15 +15,14 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from models.engine import Engine, ItemResult
-from models.specs import ARModel, StreamSpec
-
-from .errors import InvalidInput, SpecConflict, StreamCorrupt, UnknownRequest, UnknownStream
-from .ids import check_stream_id
-from .ingest import IngestBatch, build_batch, check_vector
-from .labels import PendingLabels
-from .scheduler import Scheduler
-from .wire import ObservationIn
+from trackin.models.engine import Engine, ItemResult
+from trackin.models.specs import ARModel, StreamSpec
+from trackin.service.domain.ingest import IngestBatch, build_batch, check_vector
+from trackin.service.domain.labels import PendingLabels
+from trackin.service.domain.scheduler import Scheduler
+from trackin.service.errors import InvalidInput, SpecConflict, StreamCorrupt, UnknownRequest, UnknownStream
+from trackin.service.ids import check_stream_id
+from trackin.service.transport.wire import ObservationIn
 
 __all__ = ["Persistence", "Registry", "StreamRecord", "Template"]
 

@@ -1,4 +1,4 @@
-"""WebSocket sessions for :mod:`service.client`: pipelined ``{"seq", "observations"}`` messages.
+"""WebSocket sessions for :mod:`trackin_client`: pipelined ``{"seq", "observations"}`` messages.
 
 A session keeps up to ``max_in_flight`` messages unanswered on one connection (the server's own bound is
 ``max_ws_in_flight``, 8 by default; past it the server stops reading, so a larger client bound only queues
@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection as SyncConnection
 from websockets.sync.client import connect as sync_connect
 
-from .client import Observation, Result, TrackinError
+from trackin_client._models import Observation, Result, TrackinError
 
 __all__ = ["AsyncWsSession", "WsSession"]
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .replay import Summary
+    from trackin.replay.summary import Summary
 
 __all__ = ["plot_summary"]
 

@@ -1,0 +1,1 @@
+"""The service's domain: streams and templates (registry), validation (ingest), the engine's worker."""
