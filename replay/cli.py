@@ -37,10 +37,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from trackin.replay.sinks import InProcessSink, RestSink, Sink, StreamPlan, WsSink
+from trackin.replay.sinks import InProcessSink, Observation, Sink, StreamPlan
 from trackin.replay.sources import FORMATS, Format, Steps, read_steps
 from trackin.replay.summary import Summary
-from trackin_client import DEFAULT_URL, Observation
+
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 __all__ = ["ReplayOptions", "Summary", "add_parser", "replay", "stream_spec"]
 
@@ -111,6 +112,13 @@ def _messages(
 def _make_sink(options: ReplayOptions) -> Sink:
     if options.url is None:
         return InProcessSink()
+    try:
+        from trackin.replay.remote import RestSink, WsSink
+    except ImportError as error:  # the replay extra is not installed
+        raise SystemExit(
+            f"trackin replay --url needs trackin-client ({error}): pip install ./client 'trackin[replay]', "
+            "or replay without a server: --in-process"
+        ) from None
     return WsSink(options.url) if options.transport == "ws" else RestSink(options.url)
 
 

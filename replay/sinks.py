@@ -1,4 +1,4 @@
-"""Where ``trackin replay`` sends its messages: a running service (REST or WebSocket) or an engine in-process.
+"""Where ``trackin replay`` sends its messages: an engine in-process here, a running service in ``remote``.
 
 A sink sets up fresh streams (or a template, for feeds whose streams appear on the fly), then turns a
 sequence of messages (lists of observations, each with ``"stream"``) into their results, in order.
@@ -6,16 +6,18 @@ sequence of messages (lists of observations, each with ``"stream"``) into their 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from trackin_client import Observation, Result, TrackinClient, TrackinError
+__all__ = ["InProcessSink", "Observation", "Result", "Sink", "StreamPlan"]
 
-__all__ = ["InProcessSink", "RestSink", "Sink", "StreamPlan", "WsSink"]
+Observation = Mapping[str, Any]
+"""An observation as on the wire (``trackin_client.Observation``)."""
+Result = dict[str, Any]
+"""One observation's answer as on the wire (``trackin_client.Result``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,47 +37,6 @@ class Sink(Protocol):
     def prepare(self, plan: StreamPlan) -> None: ...
     def run(self, messages: Iterable[list[Observation]]) -> Iterator[list[Result]]: ...
     def close(self) -> None: ...
-
-
-class RestSink:
-    """One ``POST /v1/observations`` per message, each waiting for the previous (keeps per-stream order)."""
-
-    label = "rest"
-
-    def __init__(self, url: str) -> None:
-        self.client = TrackinClient(url, timeout=300.0)
-
-    def prepare(self, plan: StreamPlan) -> None:
-        """Fresh state: the streams (or those under the template's prefix) are deleted, then created."""
-        stale = list(self.client.list_streams(plan.prefix)) if plan.prefix is not None else []
-        for stream in [*plan.streams, *stale]:
-            with contextlib.suppress(TrackinError):  # not there (or removed meanwhile by the idle sweep)
-                self.client.delete_stream(stream)
-        for stream in plan.streams:
-            self.client.create_stream(stream, plan.spec)
-        if plan.template is not None and plan.prefix is not None:
-            self.client.put_template(plan.template, plan.prefix, plan.spec, idle_seconds=plan.idle_seconds)
-
-    def run(self, messages: Iterable[list[Observation]]) -> Iterator[list[Result]]:
-        for message in messages:
-            yield self.client.observe_many(message)
-
-    def close(self) -> None:
-        self.client.close()
-
-
-class WsSink(RestSink):
-    """Messages pipelined on one WebSocket (MessagePack), up to ``max_in_flight`` unanswered."""
-
-    label = "ws"
-
-    def __init__(self, url: str, max_in_flight: int = 8) -> None:
-        super().__init__(url)
-        self.max_in_flight = max_in_flight
-
-    def run(self, messages: Iterable[list[Observation]]) -> Iterator[list[Result]]:
-        with self.client.ws(max_in_flight=self.max_in_flight) as ws:
-            yield from ws.stream(messages)
 
 
 class InProcessSink:
@@ -107,7 +68,7 @@ class InProcessSink:
             for stream in ids:
                 if stream not in self.engine:
                     if prefix is None or not stream.startswith(prefix):
-                        raise TrackinError("unknown_stream", f"unknown stream {stream!r}", stream=stream)
+                        raise KeyError(f"unknown stream {stream!r} (no template prefix matches it)")
                     self.engine.add(stream, self.spec)
             inputs = [np.asarray(o["value"], dtype=np.float64) for o in message]
             results = self.engine.observe(ids, inputs, [None] * len(ids))
