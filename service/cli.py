@@ -1,4 +1,4 @@
-"""The ``trackin`` command: ``serve`` runs the service, ``replay`` streams a file through it."""
+"""``trackin serve``: run the service with uvicorn, draining what was accepted on SIGTERM."""
 
 from __future__ import annotations
 
@@ -80,10 +80,11 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trackin", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the HTTP/WebSocket service (settings also from TRACKIN_* env)")
+def add_parser(commands: Any) -> None:
+    """Register ``serve`` on the ``trackin`` command's subparsers."""
+    serve = commands.add_parser(
+        "serve", help="run the HTTP/WebSocket service (settings also from TRACKIN_* env)"
+    )
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--device", help="auto | cpu | cuda[:N]")
@@ -91,9 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--redis-url")
     serve.add_argument("--store", choices=["auto", "sqlite", "redis", "memory"])
     serve.set_defaults(run=_serve)
-    from trackin.replay.cli import add_parser as add_replay
 
-    add_replay(sub)
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m trackin.service.cli serve``: the server alone (the ``trackin`` command is trackin.cli)."""
+    parser = argparse.ArgumentParser(prog="trackin", description=__doc__)
+    add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     result: int = args.run(args)
     return result

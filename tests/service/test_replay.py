@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from tests.support.server import TrackinServer
+from trackin.cli import main
 from trackin.replay.cli import ReplayOptions, Summary, replay
 from trackin.replay.sources import detect_format, read_mot, read_steps
-from trackin.service.cli import main
 
 TICKS = 600
 LAGS = 16  # the price default: lags + 1 values fill the window before the first forecast

@@ -2,7 +2,7 @@
 
 In-process ASGI clients skip what users actually hit: uvicorn's HTTP and WebSocket parsing, TCP
 backpressure, signals and process exit codes. So tests start the real command line
-(``python -m service.cli serve``) on a free port, in its own data directory, with extra ``TRACKIN_*``
+(``python -m trackin.service.cli serve``) on a free port, in its own data directory, with extra ``TRACKIN_*``
 variables or flags, and wait for ``/readyz``. Output goes to a log file whose tail is put into every
 error this helper raises (and into failing tests' reports by the service suite's conftest).
 
