@@ -167,11 +167,7 @@ class Scheduler:
         try:
             await self.before_apply([j.batch for j in live])
         except BaseException as exc:
-            for j in live:
-                if not j.future.done():
-                    j.future.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            _fail(live, exc)
             return []
         return live
 
@@ -181,11 +177,7 @@ class Scheduler:
         try:
             results = await loop.run_in_executor(self._executor, _observe_all, self.engine, batches)
         except BaseException as exc:
-            for j in live:
-                if not j.future.done():
-                    j.future.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            _fail(live, exc)
             return
         self.last_batch_size = sum(len(b) for b in batches)
         seconds = time.perf_counter() - started
@@ -222,3 +214,12 @@ def _observe_all(engine: Engine, batches: list[IngestBatch]) -> list[list[ItemRe
         out.append(merged[start : start + len(b)])
         start += len(b)
     return out
+
+
+def _fail(jobs: list[_Observe], exc: BaseException) -> None:
+    """Every job's future gets the error; a cancellation also goes on up (the worker is stopping)."""
+    for j in jobs:
+        if not j.future.done():
+            j.future.set_exception(exc)
+    if isinstance(exc, asyncio.CancelledError):
+        raise exc

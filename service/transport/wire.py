@@ -96,21 +96,20 @@ def _invalid(message: str, prefix: str, loose: Callable[[], Any]) -> InvalidInpu
 
 def decode_json(data: bytes | str, kind: type[T] | Any, *, prefix: str = "") -> T:
     """Decode and type-check; raise ``InvalidInput`` naming the field on any error."""
-    try:
-        return msgspec.json.decode(data, type=kind)  # type: ignore[no-any-return]
-    except msgspec.ValidationError as exc:
-        raise _invalid(str(exc), prefix, lambda: msgspec.json.decode(data)) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}", field="body") from None
+    return _decode(msgspec.json.decode, "JSON", data, kind, prefix)  # type: ignore[no-any-return]
 
 
 def decode_msgpack(data: bytes, kind: type[T] | Any, *, prefix: str = "") -> T:
+    return _decode(msgspec.msgpack.decode, "MessagePack", data, kind, prefix)  # type: ignore[no-any-return]
+
+
+def _decode(decode: Any, format_name: str, data: bytes | str, kind: Any, prefix: str) -> Any:
     try:
-        return msgspec.msgpack.decode(data, type=kind)  # type: ignore[no-any-return]
+        return decode(data, type=kind)
     except msgspec.ValidationError as exc:
-        raise _invalid(str(exc), prefix, lambda: msgspec.msgpack.decode(data)) from None
+        raise _invalid(str(exc), prefix, lambda: decode(data)) from None
     except msgspec.DecodeError as exc:
-        raise InvalidInput(f"malformed MessagePack: {exc}", field="body") from None
+        raise InvalidInput(f"malformed {format_name}: {exc}", field="body") from None
 
 
 def encode_json(value: Any) -> bytes:
