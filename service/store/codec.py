@@ -2,7 +2,9 @@
 
 safetensors, never pickle: a checkpoint read from a shared Redis or a copied file must not be able to
 run code, and safetensors blobs are plain, bounds-checked data. The format version lives in the
-checkpoint meta (``meta["format"]``) so it can be checked before the blob is touched:
+checkpoint meta (``meta["format"]``) so it can be checked before the blob is touched. The version is the
+engine's (`trackin.models.keys.FORMAT_VERSION`, beside the state keys it versions); bump it when the tensor
+layout changes, and add the step from the previous version to `_UPGRADES`:
 
 - the current version loads as is;
 - an older known version loads, then goes through `_UPGRADES` one version at a time;
@@ -19,12 +21,11 @@ import safetensors.numpy
 import safetensors.torch
 import torch
 
+from trackin.models.keys import FORMAT_VERSION
 from trackin.service.store.errors import CorruptCheckpoint
 
 __all__ = ["FORMAT_KEY", "FORMAT_VERSION", "decode_state", "encode_state"]
 
-FORMAT_VERSION = 1
-"""Bump when the tensor layout changes, and add the step from the previous version to `_UPGRADES`."""
 
 FORMAT_KEY = "format"
 """The meta key the codec owns; whatever a caller puts there is overwritten on encode."""

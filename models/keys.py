@@ -1,0 +1,92 @@
+"""The names of a stream's state tensors, and the checkpoint format version: the strings that cross a layer.
+
+A pool (:mod:`models.layout`) names every per-stream tensor by one of these keys, ``StreamPool.export`` and
+``load`` exchange them, and the service's checkpoint codec stores them with ``FORMAT_VERSION``. Code outside
+``models/`` reads figures through the typed accessors of :class:`models.engine.Engine`, not these strings.
+Renaming a key or changing a shape breaks the checkpoints already written: bump ``FORMAT_VERSION`` and give
+the codec an upgrade from the previous version.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "AR_FILLED",
+    "AR_WINDOW",
+    "BETA",
+    "DRIFT_COUNT",
+    "DRIFT_DELTA",
+    "DRIFT_ENABLED",
+    "DRIFT_LAST_STEP",
+    "DRIFT_MEAN",
+    "DRIFT_MIN",
+    "DRIFT_N",
+    "DRIFT_RESET",
+    "DRIFT_THRESHOLD",
+    "DRIFT_TOTAL",
+    "DRIFT_WARMUP",
+    "EPS_NORM",
+    "FIGURES",
+    "FORMAT_VERSION",
+    "GRAD_NORM",
+    "HUBER_DELTA",
+    "LAST_LOSS",
+    "LOSS_EWMA",
+    "NONFINITE",
+    "STEP",
+    "buffer",
+    "hyper",
+    "opt",
+    "param",
+]
+
+FORMAT_VERSION: Final = 1
+"""Version of the checkpoint layout (these keys, their dtypes and shapes); see ``service.store.codec``."""
+
+
+def param(name: str) -> str:
+    """A parameter: ``param/weight0``."""
+    return f"param/{name}"
+
+
+def buffer(kind: str, name: str) -> str:
+    """An optimizer buffer of one parameter: ``opt/momentum/weight0``."""
+    return f"opt/{kind}/{name}"
+
+
+def opt(name: str) -> str:
+    """Optimizer state with one value per stream: ``opt/step``, ``opt/sq_avg``."""
+    return f"opt/{name}"
+
+
+def hyper(name: str) -> str:
+    """A stream's hyperparameter: ``hyper/lr``."""
+    return f"hyper/{name}"
+
+
+STEP: Final = opt("step")
+HUBER_DELTA: Final = hyper("huber_delta")
+AR_WINDOW: Final = "ar/window"
+AR_FILLED: Final = "ar/filled"
+
+LAST_LOSS: Final = "fig/last_loss"
+LOSS_EWMA: Final = "fig/loss_ewma"
+GRAD_NORM: Final = "fig/grad_norm"
+BETA: Final = "fig/beta"
+EPS_NORM: Final = "fig/eps_norm"
+FIGURES: Final = (LAST_LOSS, LOSS_EWMA, GRAD_NORM, BETA, EPS_NORM)
+"""The float figures a round writes, in layout order (one slice of the float buffer)."""
+NONFINITE: Final = "fig/nonfinite"
+
+DRIFT_MEAN: Final = "drift/mean"
+DRIFT_TOTAL: Final = "drift/total"
+DRIFT_MIN: Final = "drift/min"
+DRIFT_N: Final = "drift/n"
+DRIFT_COUNT: Final = "drift/count"
+DRIFT_LAST_STEP: Final = "drift/last_step"
+DRIFT_DELTA: Final = "drift/delta"
+DRIFT_THRESHOLD: Final = "drift/threshold"
+DRIFT_WARMUP: Final = "drift/warmup"
+DRIFT_ENABLED: Final = "drift/enabled"
+DRIFT_RESET: Final = "drift/reset"
