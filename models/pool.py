@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 
 from trackin.models import functional as F
+from trackin.models import losses
 from trackin.models.drift import page_hinkley
 from trackin.models.families import ar_features, init_params, param_shapes, stacked_forward
 from trackin.models.layout import BOOL, FLOAT, INT, PackedState
-from trackin.models.losses import loss_per_row, prediction
 from trackin.models.specs import AdamSpec, ARModel, SGDSpec, StreamSpec, TrackInSpec, layer_sizes
 
 __all__ = ["LOSS_EWMA_ALPHA", "ObserveResult", "StreamPool"]
@@ -95,21 +95,6 @@ def _plain(t: Tensor) -> Tensor:
     return t.clone() if t.is_inference() else t
 
 
-def _output_grad(kind: str, output: Tensor, target: Tensor, delta: float | Tensor) -> Tensor:
-    """d loss_per_row / d output, ``[rows, out]``: the closed form for single-layer models."""
-    scale = 1.0 / output.shape[-1]
-    if kind == "mse":
-        return (output - target) * (2 * scale)
-    if kind == "huber":
-        r = output - target  # huber': r inside [-d, d], d * sign(r) outside
-        if isinstance(delta, Tensor):
-            clipped = r.clamp(-delta.unsqueeze(-1), delta.unsqueeze(-1))
-        else:
-            clipped = r.clamp(-delta, delta)
-        return clipped * scale if scale != 1.0 else clipped
-    return (torch.sigmoid(output) - target) * scale
-
-
 class StreamPool:
     """Streams of one pool key (see :meth:`StreamSpec.pool_key`), stacked along dimension 0 (the slot).
 
@@ -129,6 +114,7 @@ class StreamPool:
         self.out_dim = layer_sizes(self.model)[-1]
         self._n_params = sum(math.prod(s) for s in shapes.values())
         self._closed_form = len(layer_sizes(self.model)) == 2
+        self._loss = losses.get(template.loss)
         opt = template.optimizer
         self._buffers: list[str] = []
         if isinstance(opt, TrackInSpec):
@@ -394,7 +380,7 @@ class StreamPool:
             else:
                 assert inputs is not None
                 x = inputs.to(device=self.device, dtype=self.dtype)
-                out = prediction(self.template.loss, self._forward(theta, x))
+                out = self._loss.prediction(self._forward(theta, x))
         return _plain(out.cpu())
 
     def observe(self, slots: np.ndarray, inputs: Tensor, targets: Tensor | None = None) -> ObserveResult:
@@ -477,18 +463,18 @@ class StreamPool:
             # one output: theta = [w, b] and the gradient is dL/dout * [x, 1]
             ext = torch.cat([feats, feats.new_ones(n, 1)], 1)
             output = (theta * ext).sum(1, keepdim=True)
-            loss = loss_per_row(self.template.loss, output, target, hd)
-            grad = _output_grad(self.template.loss, output, target, hd) * ext
+            loss = self._loss(output, target, hd)
+            grad = self._loss.gradient(output, target, hd) * ext
         elif self._closed_form:
             output = self._affine(theta, feats)
-            loss = loss_per_row(self.template.loss, output, target, hd)
-            g = _output_grad(self.template.loss, output, target, hd)
+            loss = self._loss(output, target, hd)
+            g = self._loss.gradient(output, target, hd)
             grad = torch.cat([(g.unsqueeze(2) * feats.unsqueeze(1)).flatten(1), g], 1)
         else:
             leaf = theta.detach().requires_grad_(True)
             with torch.enable_grad():
                 output = self._forward(leaf, feats)
-                loss = loss_per_row(self.template.loss, output, target, hd)
+                loss = self._loss(output, target, hd)
                 (grad,) = torch.autograd.grad(loss.sum(), leaf)
             output, loss = output.detach(), loss.detach()
         finite = self._finite(loss, grad)
@@ -532,7 +518,7 @@ class StreamPool:
             result["loss"] = loss.where(ready, torch.nan)
             result["warming"] = ~ready
         else:
-            result["pred"] = prediction(self.template.loss, output)
+            result["pred"] = self._loss.prediction(output)
             result["loss"] = loss
             result["warming"] = torch.zeros_like(ok)
         i[:, col["fig/nonfinite"][0]] += nonfinite
