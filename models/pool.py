@@ -24,29 +24,15 @@ from trackin.models import functional as F
 from trackin.models import losses
 from trackin.models.drift import page_hinkley
 from trackin.models.families import ar_features, init_params, param_shapes, stacked_forward
+from trackin.models.hyper import OPTIMIZERS
 from trackin.models.layout import BOOL, FLOAT, INT, PackedState
-from trackin.models.specs import AdamSpec, ARModel, SGDSpec, StreamSpec, TrackInSpec, layer_sizes
+from trackin.models.specs import ARModel, StreamSpec, layer_sizes
 
 __all__ = ["LOSS_EWMA_ALPHA", "ObserveResult", "StreamPool"]
 
 LOSS_EWMA_ALPHA = 0.05
 """Weight of the newest loss in a stream's loss EWMA (about the last 20 observations)."""
 
-_HYPER = {
-    "trackin": (
-        "lr",
-        "gamma",
-        "beta",
-        "beta_rule",
-        "debias",
-        "eta",
-        "eps_decay",
-        "weight_decay",
-        "max_grad_norm",
-    ),
-    "sgd": ("lr", "momentum", "dampening", "debias", "weight_decay", "max_grad_norm"),
-    "adam": ("lr", "beta1", "beta2", "eps", "weight_decay", "max_grad_norm"),
-}
 _FIGURES = ("last_loss", "loss_ewma", "grad_norm", "beta", "eps_norm")
 _DRIFT_SETTINGS = ("delta", "threshold", "warmup", "enabled", "reset")
 _TEMPLATE_CACHE = 256
@@ -115,19 +101,13 @@ class StreamPool:
         self._n_params = sum(math.prod(s) for s in shapes.values())
         self._closed_form = len(layer_sizes(self.model)) == 2
         self._loss = losses.get(template.loss)
-        opt = template.optimizer
-        self._buffers: list[str] = []
-        if isinstance(opt, TrackInSpec):
-            self._buffers = ["momentum"] + (["eps"] if opt.eta > 0 else [])
-        elif isinstance(opt, SGDSpec) and opt.momentum > 0:
-            self._buffers = ["momentum"]
-        elif isinstance(opt, AdamSpec):
-            self._buffers = ["exp_avg", "exp_avg_sq"]
+        self._hyper = OPTIMIZERS[self.optimizer]
+        self._buffers = list(self._hyper.state_buffers(template.optimizer.model_dump()))
         self._packed = PackedState(self._state_entries(), self.dtype, self.device, max(1, capacity))
         self._free: list[int] = list(range(self._packed.capacity - 1, -1, -1))
         self._templates: dict[StreamSpec, _Template] = {}
         self._last: tuple[StreamSpec, _Template] | None = None
-        tracked = [f"hyper/{h}" for h in _HYPER[self.optimizer]]
+        tracked = [f"hyper/{h}" for h in self._hyper.names]
         self._tracked: dict[str, Counter[object]] = {
             k: Counter() for k in [*tracked, "hyper/huber_delta", *(f"drift/{d}" for d in _DRIFT_SETTINGS)]
         }
@@ -139,8 +119,7 @@ class StreamPool:
         cols = self._packed.columns
         self._col = {key: (c.start, c.stop) for key, c in cols.items()}
         self._hyper_columns = [
-            (h, f"hyper/{h}", cols[f"hyper/{h}"].kind, cols[f"hyper/{h}"].start)
-            for h in _HYPER[self.optimizer]
+            (h, f"hyper/{h}", cols[f"hyper/{h}"].kind, cols[f"hyper/{h}"].start) for h in self._hyper.names
         ]
         self._ones: dict[int, Tensor] = {}
 
@@ -152,12 +131,10 @@ class StreamPool:
         entries = [(f"param/{name}", shape, FLOAT) for name, shape in shapes.items()]
         for kind in self._buffers:
             entries += [(f"opt/{kind}/{name}", shape, FLOAT) for name, shape in shapes.items()]
-        if self.optimizer == "trackin":
-            entries.append(("opt/sq_avg", (), FLOAT))
+        entries += [(f"opt/{name}", (), FLOAT) for name in self._hyper.row_state]
         entries += [(f"fig/{f}", (), FLOAT) for f in _FIGURES]
         entries.append(("opt/step", (), INT))
-        for h in _HYPER[self.optimizer]:
-            entries.append((f"hyper/{h}", (), INT if h == "beta_rule" else BOOL if h == "debias" else FLOAT))
+        entries += [(f"hyper/{h.name}", (), h.kind) for h in self._hyper]
         entries.append(("hyper/huber_delta", (), FLOAT))
         if isinstance(self.model, ARModel):
             entries.append(("ar/window", (self.model.window, self.model.dim), FLOAT))
@@ -214,13 +191,8 @@ class StreamPool:
         for name, value in init_params(spec.model, self.dtype, self.device).items():
             views[f"param/{name}"][0].copy_(value)
         opt = spec.optimizer.model_dump()
-        for h in _HYPER[self.optimizer]:
-            raw = opt[h]
-            if h == "beta_rule":
-                raw = F.beta_rule_code(raw)
-            elif h == "max_grad_norm" and raw is None:
-                raw = float("inf")
-            views[f"hyper/{h}"].fill_(raw)
+        for h in self._hyper:
+            views[f"hyper/{h.name}"].fill_(h.to_column(opt[h.name]))
         views["hyper/huber_delta"].fill_(spec.huber_delta)
         d = spec.drift
         settings = {
@@ -239,15 +211,9 @@ class StreamPool:
     def _tracked_values(self, views: Mapping[str, Tensor]) -> dict[str, object]:
         return {key: views[key][0].item() for key in self._tracked}
 
-    @staticmethod
-    def _core_value(name: str, value: object) -> object:
+    def _core_value(self, name: str, value: object) -> object:
         """A shared setting as the functional core takes it (no clipping as None, the rule by name)."""
-        if name == "max_grad_norm" and value == float("inf"):
-            return None
-        if name == "beta_rule":
-            assert isinstance(value, int)
-            return F.BETA_RULES[value]
-        return value
+        return self._hyper[name].to_core(value)
 
     def _count(self, values: Mapping[str, object], sign: int) -> None:
         """Count the settings of a stream that arrives (+1) or leaves (-1); refresh the shared values."""

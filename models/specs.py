@@ -2,19 +2,24 @@
 
 A spec is the whole recipe for a stream's model: two streams with equal specs start in the same state (given
 the seed). Specs are frozen pydantic models; unknown fields are errors, so a typo never silently becomes a
-default.
+default. The optimizer specs are built from the declarations in :mod:`models.hyper` (one field per
+hyperparameter, with its default and bounds), so they agree with the optimizer classes and the pool.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
+
+from trackin.models.hyper import ADAM, OPTIMIZERS, SGD, TRACKIN, Hyper, Hyperparameters
+from trackin.models.layout import BOOL
 
 __all__ = [
     "TRACKIN_DEFAULTS",
     "ARModel",
     "AdamSpec",
+    "BaseOptimizerSpec",
     "DriftSpec",
     "LinearModel",
     "MLPModel",
@@ -90,47 +95,40 @@ def layer_sizes(model: LinearModel | MLPModel | ARModel) -> list[int]:
     return [model.lags * model.dim, *model.hidden, model.dim]
 
 
-class TrackInSpec(_Spec):
-    """TrackIn's hyperparameters (docs/trackin.md)."""
+class BaseOptimizerSpec(_Spec):
+    """Base of the optimizer specs, whose fields are derived from the declarations in :mod:`models.hyper`."""
 
-    name: Literal["trackin"] = "trackin"
-    lr: float = Field(default=0.04, gt=0, le=1e3)
-    gamma: float = Field(default=0.98, ge=0, lt=1)
-    beta: float = Field(default=1.0, ge=0, le=1e3)
-    beta_rule: Literal["constant", "cos", "norm"] = "cos"
-    debias: bool = True
-    eta: float = Field(default=0.0, ge=0, le=1e3)
-    eps_decay: float = Field(default=0.9, ge=0, le=1)
-    weight_decay: float = Field(default=0.0, ge=0)
-    max_grad_norm: float | None = Field(default=None, gt=0)
+    if TYPE_CHECKING:  # the fields exist at run time only; ``name`` is the first, the optimizer's tag
 
+        def __init__(self, **hyperparameters: Any) -> None: ...
+
+        @property
+        def name(self) -> str: ...
+
+
+def _field(h: Hyper) -> tuple[Any, Any]:
+    """A declared hyperparameter as a pydantic field definition: its type, and its default and bounds."""
+    kind: Any = float | None if h.optional else float
+    if h.choices:
+        kind = Literal[h.choices]
+    elif h.kind == BOOL:
+        kind = bool
+    return kind, Field(h.default, gt=h.gt, ge=h.ge, lt=h.lt, le=h.le)
+
+
+def _optimizer_spec(cls_name: str, hyper: Hyperparameters, doc: str) -> type[BaseOptimizerSpec]:
+    """The spec class of an optimizer: ``name`` (its tag), then one field per declared hyperparameter."""
+    fields: dict[str, Any] = {"name": (Literal[hyper.name], hyper.name)}
+    fields.update((h.name, _field(h)) for h in hyper)
+    return create_model(cls_name, __base__=BaseOptimizerSpec, __doc__=doc, __module__=__name__, **fields)
+
+
+TrackInSpec = _optimizer_spec("TrackInSpec", TRACKIN, "TrackIn's hyperparameters (docs/trackin.md).")
+SGDSpec = _optimizer_spec("SGDSpec", SGD, "SGD with optional momentum, dampening and debiasing (a baseline).")
+AdamSpec = _optimizer_spec("AdamSpec", ADAM, "Adam (a baseline).")
 
 TRACKIN_DEFAULTS = TrackInSpec()
-"""TrackIn's defaults, chosen with bench/accuracy.py (docs/trackin.md); the optimizer class uses them too."""
-
-
-class SGDSpec(_Spec):
-    """SGD with optional momentum, dampening and debiasing (a baseline)."""
-
-    name: Literal["sgd"] = "sgd"
-    lr: float = Field(default=0.05, gt=0, le=1e3)
-    momentum: float = Field(default=0.0, ge=0, lt=1)
-    dampening: float = Field(default=0.0, ge=0, le=1)
-    debias: bool = False
-    weight_decay: float = Field(default=0.0, ge=0)
-    max_grad_norm: float | None = Field(default=None, gt=0)
-
-
-class AdamSpec(_Spec):
-    """Adam (a baseline)."""
-
-    name: Literal["adam"] = "adam"
-    lr: float = Field(default=1e-2, gt=0, le=1e3)
-    beta1: float = Field(default=0.9, ge=0, lt=1)
-    beta2: float = Field(default=0.999, ge=0, lt=1)
-    eps: float = Field(default=1e-8, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    max_grad_norm: float | None = Field(default=None, gt=0)
+"""TrackIn's defaults, chosen with bench/accuracy.py (docs/trackin.md), as a spec."""
 
 
 def _optimizer_name(value: Any) -> str:
@@ -139,12 +137,15 @@ def _optimizer_name(value: Any) -> str:
     return str(found)
 
 
-OptimizerSpec = Annotated[
-    Annotated[TrackInSpec, Tag("trackin")]
-    | Annotated[SGDSpec, Tag("sgd")]
-    | Annotated[AdamSpec, Tag("adam")],
-    Discriminator(_optimizer_name),
-]
+if TYPE_CHECKING:
+    OptimizerSpec = BaseOptimizerSpec
+else:
+    OptimizerSpec = Annotated[
+        Annotated[TrackInSpec, Tag("trackin")]
+        | Annotated[SGDSpec, Tag("sgd")]
+        | Annotated[AdamSpec, Tag("adam")],
+        Discriminator(_optimizer_name),
+    ]
 
 
 class DriftSpec(_Spec):
@@ -178,12 +179,11 @@ class StreamSpec(_Spec):
     def pool_key(self) -> tuple[object, ...]:
         """Streams with equal keys share stacked tensors: same shapes, loss, optimizer kind and dtype."""
         structure = self.model.model_dump(exclude={"init", "seed"})
-        eps_on = isinstance(self.optimizer, TrackInSpec) and self.optimizer.eta > 0
-        momentum_on = isinstance(self.optimizer, SGDSpec) and self.optimizer.momentum > 0
+        opt = self.optimizer
         return (
             tuple(sorted((k, str(v)) for k, v in structure.items())),
             self.loss,
-            self.optimizer.name,
-            eps_on or momentum_on,
+            opt.name,
+            OPTIMIZERS[opt.name].state_buffers(opt.model_dump()),  # eta > 0: TrackIn keeps eps, ...
             self.dtype,
         )
