@@ -17,10 +17,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from trackin.models.figures import FleetFigures, StreamFigures
 from trackin.models.pool import ObserveResult, StreamPool
 from trackin.models.specs import ARModel, StreamSpec
 
-__all__ = ["Engine", "ItemResult", "StreamLocation", "UnknownStreamError", "resolve_device"]
+__all__ = [
+    "Engine",
+    "FleetFigures",
+    "ItemResult",
+    "StreamFigures",
+    "StreamLocation",
+    "UnknownStreamError",
+    "resolve_device",
+]
 
 
 class UnknownStreamError(KeyError):
@@ -154,6 +163,29 @@ class Engine:
 
     def state_bytes(self) -> int:
         return sum(pool.state_bytes() for pool in self._pools.values())
+
+    def figures(self, stream_id: str) -> StreamFigures:
+        """One stream's figures: steps, losses, gradient norm, beta_t, ||eps||, counters, warming."""
+        return self.figures_of([stream_id])[0]
+
+    def figures_of(self, stream_ids: Sequence[str]) -> list[StreamFigures]:
+        """The figures of many streams, in order, with one copy to the host."""
+        slots, groups = self._group(stream_ids)
+        blocks: list[Tensor] = []
+        order: list[int] = []
+        for pool, members in groups:
+            items = list(range(len(stream_ids))) if members is None else members
+            blocks.append(pool.figure_rows(slots[items]))
+            order += items
+        if not blocks:
+            return []
+        rows = dict(zip(order, torch.cat(blocks).tolist(), strict=True))
+        return [StreamFigures.from_row(rows[i]) for i in range(len(stream_ids))]
+
+    def fleet_figures(self) -> FleetFigures:
+        """Loss EWMA, beta_t and ||eps|| of every resident stream that has stepped (the fleet histograms),
+        with one copy to the host."""
+        return FleetFigures.from_rows([pool.fleet_rows() for pool in self._pools.values()])
 
     def _group(
         self, stream_ids: Sequence[str]

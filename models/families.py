@@ -20,6 +20,7 @@ from trackin.models.specs import ARModel, LinearModel, MLPModel, layer_sizes
 __all__ = [
     "ARModel",
     "FamilyModule",
+    "FlatModel",
     "ar_features",
     "forward",
     "init_params",
@@ -73,24 +74,25 @@ def init_params(
 
 def forward(model: Model, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
     """One model's output for ``x``: ``[..., in] -> [..., out]``. Pure: usable with torch.func."""
-    act = _activation(model)
-    n_layers = len(layer_sizes(model)) - 1
-    h = x
-    for i in range(n_layers):
-        h = h @ params[f"weight{i}"].mT + params[f"bias{i}"]
-        if i < n_layers - 1:
-            h = act(h)
-    return h
+    return _layers(model, params, x, lambda h, w, b: h @ w.mT + b)
 
 
 def stacked_forward(model: Model, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
     """Outputs of many models at once: params ``[rows, *shape]``, ``x`` ``[rows, in]`` -> ``[rows, out]``."""
+    return _layers(
+        model, params, x, lambda h, w, b: torch.baddbmm(b.unsqueeze(1), h.unsqueeze(1), w.mT).squeeze(1)
+    )
+
+
+def _layers(
+    model: Model, params: Mapping[str, Tensor], x: Tensor, affine: Callable[[Tensor, Tensor, Tensor], Tensor]
+) -> Tensor:
+    """The stack of affine layers (``affine(h, weight, bias)``) with the activation between them."""
     act = _activation(model)
     n_layers = len(layer_sizes(model)) - 1
     h = x
     for i in range(n_layers):
-        h = torch.baddbmm(params[f"bias{i}"].unsqueeze(1), h.unsqueeze(1), params[f"weight{i}"].mT)
-        h = h.squeeze(1)
+        h = affine(h, params[f"weight{i}"], params[f"bias{i}"])
         if i < n_layers - 1:
             h = act(h)
     return h
@@ -104,6 +106,54 @@ def ar_features(model: ARModel, window: Tensor) -> Tensor:
     if model.target == "delta":
         window = window[..., 1:, :] - window[..., :-1, :]
     return window.flatten(-2)
+
+
+class FlatModel:
+    """A family's forward on flat parameter rows ``theta: [rows, n_params]`` (a slice of a pool's packed
+    buffer), parameters in ``param_shapes`` order.
+
+    Single-layer models (``linear``, ``ar`` without hidden layers) are ``closed_form``: their output is an
+    affine map of ``[x, 1]`` and their gradient ``dL/dout * [x, 1]``, so they need no autograd.
+    """
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.shapes = param_shapes(model)
+        self.n_params = sum(math.prod(s) for s in self.shapes.values())
+        sizes = layer_sizes(model)
+        self.out_dim = sizes[-1]
+        self.closed_form = len(sizes) == 2
+
+    def params(self, theta: Tensor) -> dict[str, Tensor]:
+        """Named parameter views ``[rows, *shape]`` of ``theta``."""
+        out, start = {}, 0
+        for name, shape in self.shapes.items():
+            size = math.prod(shape)
+            out[name] = theta[:, start : start + size].view(theta.shape[0], *shape)
+            start += size
+        return out
+
+    def __call__(self, theta: Tensor, x: Tensor) -> Tensor:
+        """Outputs ``[rows, out]`` for inputs ``x: [rows, in]``."""
+        if self.closed_form:
+            return self.affine(theta, x)
+        return stacked_forward(self.model, self.params(theta), x)
+
+    def affine(self, theta: Tensor, x: Tensor) -> Tensor:
+        """``stacked_forward`` of a single-layer model, without its per-call Python (one output: a row dot
+        product with ``[x, 1]``)."""
+        n, out = theta.shape[0], self.out_dim
+        if out == 1:
+            return (theta * torch.cat([x, x.new_ones(n, 1)], 1)).sum(1, keepdim=True)
+        weight = theta[:, : out * x.shape[1]].view(n, out, x.shape[1])
+        bias = theta[:, out * x.shape[1] :]
+        return torch.baddbmm(bias.unsqueeze(1), x.unsqueeze(1), weight.mT).squeeze(1)
+
+    def ar_level(self, theta: Tensor, window: Tensor) -> Tensor:
+        """An ``ar`` model's forecast of the next level from a full window ``[rows, window, dim]``."""
+        assert isinstance(self.model, ARModel)
+        out = self(theta, ar_features(self.model, window))
+        return out + window[:, -1] if self.model.target == "delta" else out
 
 
 class FamilyModule(nn.Module):

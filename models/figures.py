@@ -1,0 +1,98 @@
+"""A stream's running figures, as typed values: what the service reports and exports as metrics.
+
+A round writes them into the stream's row (:mod:`models.round`); here they are read back, many streams at a
+time, as one float64 block per pool, so a caller copies to the host once per call rather than once per
+figure and stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from trackin.models import keys
+from trackin.models.layout import FLOAT, INT, PackedState
+
+__all__ = ["LOSS_EWMA_ALPHA", "FleetFigures", "StreamFigures", "figure_rows", "fleet_rows"]
+
+LOSS_EWMA_ALPHA = 0.05
+"""Weight of the newest loss in a stream's loss EWMA (about the last 20 observations)."""
+
+_INTS = (keys.STEP, keys.NONFINITE, keys.DRIFT_COUNT, keys.DRIFT_LAST_STEP)
+_FLEET = (keys.LOSS_EWMA, keys.BETA, keys.EPS_NORM)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFigures:
+    """One stream's figures. The float ones are NaN until the stream has been scored."""
+
+    steps: int  # optimizer steps taken
+    last_loss: float
+    loss_ewma: float
+    grad_norm: float  # of the last gradient, before clipping
+    beta: float  # beta_t of the last step (TrackIn); the momentum factor (SGD) or beta1 (Adam)
+    eps_norm: float  # ||eps_t|| (TrackIn with eta > 0), else 0
+    nonfinite_skips: int  # observations refused because the loss or a gradient was not finite
+    drifts: int  # drift alarms
+    last_drift_step: int | None  # the step of the last alarm
+    warming: bool  # an ``ar`` stream still filling its lag window
+
+    @classmethod
+    def from_row(cls, row: Sequence[float]) -> StreamFigures:
+        """From one row of :func:`figure_rows`, on the host."""
+        last_loss, loss_ewma, grad_norm, beta, eps_norm, steps, nonfinite, drifts, last_step, warming = row
+        return cls(
+            steps=int(steps),
+            last_loss=last_loss,
+            loss_ewma=loss_ewma,
+            grad_norm=grad_norm,
+            beta=beta,
+            eps_norm=eps_norm,
+            nonfinite_skips=int(nonfinite),
+            drifts=int(drifts),
+            last_drift_step=int(last_step) if drifts else None,
+            warming=bool(warming),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FleetFigures:
+    """Figures of every resident stream that has stepped, for the fleet histograms: each ``[streams]``,
+    float64, on the host."""
+
+    loss_ewma: Tensor
+    beta: Tensor
+    eps_norm: Tensor
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Tensor]) -> FleetFigures:
+        """From the pools' :func:`fleet_rows` (on any device), with one copy to the host."""
+        block = torch.cat(list(rows)).cpu() if rows else torch.zeros(0, len(_FLEET), dtype=torch.float64)
+        loss_ewma, beta, eps_norm = block.T.contiguous()
+        return cls(loss_ewma=loss_ewma, beta=beta, eps_norm=eps_norm)
+
+
+def figure_rows(packed: PackedState, slots: Tensor, window: int | None) -> Tensor:
+    """``[len(slots), 10]`` float64 on the pool's device, the fields of :class:`StreamFigures` in order.
+
+    ``window``: the lag window of an ``ar`` pool (its streams warm until it is full), else None.
+    """
+    c = packed.columns
+    floats = packed.buffers[FLOAT].index_select(0, slots)[:, [c[k].start for k in keys.FIGURES]]
+    ints = packed.buffers[INT].index_select(0, slots)
+    counters = ints[:, [c[k].start for k in _INTS]]
+    if window is None:
+        warming = torch.zeros_like(slots, dtype=torch.float64)
+    else:
+        warming = (ints[:, c[keys.AR_FILLED].start] < window).double()
+    return torch.cat([floats.double(), counters.double(), warming.unsqueeze(1)], 1)
+
+
+def fleet_rows(packed: PackedState, used: Tensor) -> Tensor:
+    """``[n, 3]`` float64 (loss EWMA, beta_t, ||eps||) of the used slots that have stepped, on the device."""
+    stepped = used & (packed.views[keys.STEP] > 0)
+    columns = [packed.columns[k].start for k in _FLEET]
+    return packed.buffers[FLOAT][:, columns][stepped].double()
