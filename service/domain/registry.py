@@ -141,24 +141,9 @@ class Registry:
         """Spec and figures of one stream."""
         record = await self.require(stream_id, create=False)
 
-        def read(engine: Engine) -> dict[str, Any]:
-            location = engine.locate(stream_id)
-            state = location.pool.state
-            slot = location.slot
-            figures = {
-                key: state[key][slot].item()
-                for key in state
-                if key.startswith("fig/") or key in ("opt/step", "drift/count", "drift/last_step")
-            }
-            warming = False
-            if isinstance(location.spec.model, ARModel):
-                warming = bool(state["ar/filled"][slot].item() < location.spec.model.window)
-            figures["warming"] = warming
-            return figures
-
         self._pin([stream_id])  # the store layer must not evict it between require and the read
         try:
-            f = await self.scheduler.call(read)
+            f = await self.scheduler.call(lambda engine: engine.figures(stream_id))
         finally:
             self._unpin([stream_id])
 
@@ -170,16 +155,16 @@ class Registry:
             "spec": record.spec.model_dump(mode="json"),
             "template": record.template,
             "figures": {
-                "steps": int(f["opt/step"]),
-                "last_loss": num(f["fig/last_loss"]),
-                "loss_ewma": num(f["fig/loss_ewma"]),
-                "grad_norm": num(f["fig/grad_norm"]),
-                "beta": num(f["fig/beta"]),
-                "eps_norm": num(f["fig/eps_norm"]),
-                "nonfinite_skips": int(f["fig/nonfinite"]),
-                "warming": f["warming"],
-                "drifts": int(f["drift/count"]),
-                "last_drift_step": int(f["drift/last_step"]) if f["drift/count"] else None,
+                "steps": f.steps,
+                "last_loss": num(f.last_loss),
+                "loss_ewma": num(f.loss_ewma),
+                "grad_norm": num(f.grad_norm),
+                "beta": num(f.beta),
+                "eps_norm": num(f.eps_norm),
+                "nonfinite_skips": f.nonfinite_skips,
+                "warming": f.warming,
+                "drifts": f.drifts,
+                "last_drift_step": f.last_drift_step,
                 "last_drift_at": record.last_drift_at,
             },
             "created_at": record.created_at,
