@@ -71,10 +71,16 @@ class Hyper:
         if self.choices:
             return value in self.choices
         if self.kind == BOOL:
-            return isinstance(value, bool)
+            return not isinstance(value, str) and value in (
+                False,
+                True,
+            )  # 0 and 1 too, as the spec takes them
         if value is None:
             return self.optional
-        if isinstance(value, bool) or not math.isfinite(value):  # NaN and inf fail here, as in the spec
+        try:
+            if isinstance(value, bool | str) or not math.isfinite(value):  # NaN and inf too, as in the spec
+                return False
+        except TypeError:  # not a number
             return False
         return (
             (self.gt is None or value > self.gt)

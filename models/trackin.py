@@ -63,7 +63,7 @@ class TrackIn(RowOptimizer):
 
     hyper = TRACKIN
     options: ClassVar[Mapping[str, Any]] = {"maximize": False, "foreach": None}
-    row_state = ("sq_avg", "beta_t")
+    row_state = (*TRACKIN.row_state, "beta_t")  # the engine keeps beta_t among the figures
 
     def __init__(
         self,

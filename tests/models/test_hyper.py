@@ -1,5 +1,7 @@
 """The hyperparameter declarations (models/hyper.py) are the one source: the specs, the optimizer classes and
-the pool derive from them, so they accept the same values and agree on defaults."""
+the pool derive from them, so they accept the same values and agree on defaults. (Values, not spellings: the
+spec also parses JSON-ish strings such as "0.5", which the optimizer classes, taking Python values, refuse.)
+"""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ def probes(h: Hyper) -> list[Any]:
     if h.choices:
         return [*h.choices, "sign", None]
     if isinstance(h.default, bool):
-        return [True, False]
+        return [True, False, 0, 1, 2]
     values: list[Any] = [math.nan, math.inf, -math.inf, None, 0.0, 1.0, 1e4]
     for bound in (h.gt, h.ge, h.lt, h.le):
         if bound is not None:
