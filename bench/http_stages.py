@@ -18,7 +18,7 @@ import torch
 from trackin.models.engine import Engine
 from trackin.models.specs import StreamSpec
 from trackin.service.domain.ingest import build_batch
-from trackin.service.domain.registry import result_json
+from trackin.service.transport.results import result_json
 from trackin.service.transport.wire import ObservationsBody, decode_json, encode_json
 
 __all__ = ["stage_costs"]

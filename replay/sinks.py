@@ -59,7 +59,7 @@ class InProcessSink:
             self.engine.add(stream, self.spec)
 
     def run(self, messages: Iterable[list[Observation]]) -> Iterator[list[Result]]:
-        from trackin.service.domain.registry import result_json
+        from trackin.service.transport.results import result_json
 
         assert self.plan is not None, "prepare() first"
         prefix = self.plan.prefix

@@ -313,7 +313,11 @@ class Registry:
         if self.persistence is not None:
             self.persistence.touched(stream_ids)
 
-    async def predict(self, stream_id: str, x: list[float] | None, request_id: str | None) -> Any:
+    async def predict(
+        self, stream_id: str, x: list[float] | None, request_id: str | None
+    ) -> tuple[StreamSpec, list[float] | None]:
+        """The model's output without learning, with the spec it ran with (``request_id``: keep the inputs
+        for a later label)."""
         record = await self.require(stream_id)
         model = record.spec.model
         if isinstance(model, ARModel):
@@ -340,7 +344,7 @@ class Registry:
             self._unpin([stream_id])
         if request_id is not None and inputs[0] is not None:
             self.labels.put(stream_id, request_id, inputs[0])
-        return shape_prediction(spec, prediction)
+        return spec, prediction
 
     async def label(
         self, stream_id: str, request_id: str, y: float | list[float]
@@ -364,30 +368,3 @@ class Registry:
         result = (await self.observe(batch))[0]
         self.labels.discard(stream_id, request_id)
         return record.spec, result
-
-
-def shape_prediction(spec: StreamSpec, values: list[float] | None) -> float | list[float] | None:
-    """A scalar for single-output models, a list otherwise (as clients send ``y``)."""
-    if values is None:
-        return None
-    model = spec.model
-    return values[0] if (model.dim if isinstance(model, ARModel) else model.out_dim) == 1 else values
-
-
-def result_json(spec: StreamSpec, result: ItemResult, stream: str | None = None) -> dict[str, Any]:
-    """One observation's answer on the wire."""
-    out: dict[str, Any] = {}
-    if stream is not None:
-        out["stream"] = stream
-    out["step"] = result.step
-    out["prediction"] = shape_prediction(spec, result.prediction)
-    out["loss"] = result.loss
-    out["applied"] = result.applied
-    if result.nonfinite:
-        out["skipped"] = "nonfinite"
-    if isinstance(spec.model, ARModel):
-        out["forecast"] = shape_prediction(spec, result.forecast)
-        out["warming"] = result.warming
-    if result.drift:
-        out["drift"] = True
-    return out

@@ -19,9 +19,9 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from trackin.service.domain.ingest import IngestBatch
-from trackin.service.domain.registry import result_json
 from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError
 from trackin.service.state import AppState, WsState
+from trackin.service.transport.results import result_json
 from trackin.service.transport.wire import WsMessage, decode_json, decode_msgpack
 
 router = APIRouter()

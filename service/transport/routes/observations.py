@@ -9,11 +9,11 @@ import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from trackin.service.domain.registry import result_json
 from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError
 from trackin.service.ids import check_stream_id
 from trackin.service.state import AppState, State
 from trackin.service.transport.body import read_body
+from trackin.service.transport.results import result_json
 from trackin.service.transport.wire import ObservationIn, ObservationsBody, decode_json, encode_json
 
 router = APIRouter(prefix="/v1", tags=["observations"])

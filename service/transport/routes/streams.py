@@ -10,11 +10,12 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from trackin.models.specs import StreamSpec
-from trackin.service.domain.registry import Template, result_json
+from trackin.service.domain.registry import Template
 from trackin.service.errors import ServiceError
 from trackin.service.ids import MAX_ID_LENGTH, check_stream_id
 from trackin.service.state import State
 from trackin.service.transport.body import read_body
+from trackin.service.transport.results import result_json, shape_prediction
 from trackin.service.transport.schemas import STREAM_EXAMPLES, TemplateIn
 from trackin.service.transport.wire import LabelIn, PredictIn, decode_json
 
@@ -72,8 +73,8 @@ async def predict(stream_id: str, request: Request, state: State) -> dict[str, A
     with _naming(stream_id):
         raw = await read_body(request, state.settings.max_body_bytes)
         body: PredictIn = decode_json(raw or b"{}", PredictIn)
-        prediction = await state.registry.predict(stream_id, body.x, body.request_id)
-    out: dict[str, Any] = {"stream": stream_id, "prediction": prediction}
+        spec, values = await state.registry.predict(stream_id, body.x, body.request_id)
+    out: dict[str, Any] = {"stream": stream_id, "prediction": shape_prediction(spec, values)}
     if body.request_id is not None:
         out["request_id"] = body.request_id
     return out
