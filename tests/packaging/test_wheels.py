@@ -7,6 +7,7 @@ web stack, nor redis. The two installed copies then talk to each other over a re
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -30,6 +31,10 @@ SHADOWS = {
 
 pytestmark = pytest.mark.timeout(600)
 
+# What the installed copies import must come from their venvs, not from a checkout the caller put on the
+# path (the development setup exports PYTHONPATH=<checkout>): every process here runs without it.
+ENV = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -38,7 +43,9 @@ def free_port() -> int:
 
 
 def run(*args: str | Path, cwd: Path | None = None) -> str:
-    done = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=500)
+    done = subprocess.run(
+        [str(a) for a in args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=500
+    )
     assert done.returncode == 0, f"{' '.join(map(str, args))} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -170,6 +177,7 @@ def installed_server(server_venv: Path, user_dir: Path) -> Iterator[str]:
         process = subprocess.Popen(
             [server_venv / "bin/trackin", "serve", "--port", str(port), "--store", "memory"],
             cwd=user_dir,
+            env=ENV,
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
