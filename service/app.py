@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trackin.models.engine import Engine, ItemResult, resolve_device
+from trackin.service.domain.catalog import Catalog
 from trackin.service.domain.ingest import IngestBatch
 from trackin.service.domain.labels import PendingLabels
 from trackin.service.domain.registry import Registry
@@ -107,8 +108,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         scheduler = Scheduler(
             engine, max_batch=settings.max_batch_observations, after_apply=[_record_batch(metrics)]
         )
+        catalog = Catalog()
         registry = Registry(
-            scheduler, PendingLabels(settings.pending_label_ttl_seconds, settings.max_pending_labels)
+            scheduler, PendingLabels(settings.pending_label_ttl_seconds, settings.max_pending_labels), catalog
         )
         state = AppState(settings, engine, scheduler, registry, metrics)
         app.state.trackin = state
@@ -123,7 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.set_snapshot_source(
             lambda: fleet_snapshot(
                 engine,
-                registry,
+                catalog,
                 persistence.known_streams() if persistence is not None else None,
                 settings.metrics_max_stream_series,
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from trackin.models.engine import Engine
-from trackin.service.domain.registry import Registry
+from trackin.service.domain.catalog import Catalog
 from trackin.service.metrics import FleetSnapshot, StreamFigures
 
 __all__ = ["fleet_snapshot"]
@@ -18,12 +18,12 @@ def _device_memory(engine: Engine) -> dict[str, int]:
 
 
 def fleet_snapshot(
-    engine: Engine, registry: Registry, total_streams: int | None, max_series: int
+    engine: Engine, catalog: Catalog, total_streams: int | None, max_series: int
 ) -> FleetSnapshot:
     """Loss EWMA, beta_t and ||eps|| of every resident stream that has stepped, plus opt-in series."""
     fleet = engine.fleet_figures()
     opted: list[str] = []
-    for stream_id, record in registry.records.items():
+    for stream_id, record in catalog.items():
         if len(opted) > max_series:
             break  # one past the cap, so Metrics can count what it drops
         if record.spec.export_metrics and stream_id in engine:

@@ -17,6 +17,7 @@ import numpy as np
 
 from trackin.models.engine import Engine, ItemResult
 from trackin.models.specs import ARModel, StreamSpec
+from trackin.service.domain.catalog import Catalog, StreamRecord, Template
 from trackin.service.domain.ingest import IngestBatch, build_batch, check_vector
 from trackin.service.domain.labels import PendingLabels
 from trackin.service.domain.scheduler import Scheduler
@@ -25,24 +26,6 @@ from trackin.service.ids import check_stream_id
 from trackin.service.transport.wire import ObservationIn
 
 __all__ = ["Persistence", "Registry", "StreamRecord", "Template"]
-
-
-@dataclass(slots=True)
-class StreamRecord:
-    spec: StreamSpec
-    created_at: float
-    updated_at: float
-    template: str | None = None
-    last_drift_at: float | None = None
-    drifts: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Template:
-    name: str
-    prefix: str
-    spec: StreamSpec
-    idle_seconds: float
 
 
 class Persistence(Protocol):
@@ -66,9 +49,8 @@ class Persistence(Protocol):
 class Registry:
     scheduler: Scheduler
     labels: PendingLabels
+    catalog: Catalog
     persistence: Persistence | None = None
-    records: dict[str, StreamRecord] = field(default_factory=dict)
-    templates: dict[str, Template] = field(default_factory=dict)
     _creating: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     # ----- streams ----------------------------------------------------------------------------------------
@@ -79,7 +61,7 @@ class Registry:
         check_stream_id(stream_id)
         damaged = False
         try:
-            existing = self.records.get(stream_id) or await self._restore(stream_id)
+            existing = self.catalog.record(stream_id) or await self._restore(stream_id)
         except StreamCorrupt:
             if not replace:
                 raise  # never silently replaced by a fresh model: replacing is the caller's decision
@@ -104,20 +86,20 @@ class Registry:
         # batch's specs are still current compare an object with itself: 0.7 us instead of 3.7 per stream.
         shared = await self.scheduler.call(create)
         record = StreamRecord(spec=shared, created_at=now, updated_at=now, template=template)
-        self.records[stream_id] = record
+        self.catalog.add(stream_id, record)
         if self.persistence is not None:
             try:
                 await self.persistence.created(stream_id)
             except BaseException:
                 # Not durable, so not created: undo, leaving no half-made stream behind.
-                self.records.pop(stream_id, None)
+                self.catalog.remove(stream_id)
                 await self.scheduler.call(lambda engine: engine.remove(stream_id))
                 raise
         return "created" if existing is None and not damaged else "replaced"
 
     async def delete_stream(self, stream_id: str) -> None:
         check_stream_id(stream_id)
-        if stream_id not in self.records and not await self._stored(stream_id):
+        if stream_id not in self.catalog and not await self._stored(stream_id):
             raise UnknownStream(f"unknown stream {stream_id!r}", stream=stream_id)
 
         def remove(engine: Engine) -> None:
@@ -125,7 +107,7 @@ class Registry:
                 engine.remove(stream_id)
 
         await self.scheduler.call(remove)
-        self.records.pop(stream_id, None)
+        self.catalog.remove(stream_id)
         self.labels.drop_stream(stream_id)
         if self.persistence is not None:
             await self.persistence.forget(stream_id)
@@ -177,7 +159,7 @@ class Registry:
             stored, _ = await self.persistence.stored_ids(prefix, limit + 1, cursor)
         else:
             stored = []
-        ids = sorted({*(s for s in self.records if s.startswith(prefix)), *stored})
+        ids = sorted({*self.catalog.ids(prefix), *stored})
         start = bisect.bisect_right(ids, cursor) if cursor else 0
         page = ids[start : start + limit]
         more = start + limit < len(ids)
@@ -186,62 +168,60 @@ class Registry:
     async def require(self, stream_id: str, *, create: bool = True) -> StreamRecord:
         """The stream's record, restoring it from the store or creating it from a template if needed
         (``create=False`` for reads, which must not bring streams into being)."""
-        record = self.records.get(stream_id)
+        record = self.catalog.record(stream_id)
         if record is not None:
             return record
         check_stream_id(stream_id)
         record = await self._restore(stream_id)
         if record is not None:
             return record
-        template = self._template_for(stream_id) if create else None
+        template = self.catalog.template_for(stream_id) if create else None
         if template is None:
             raise UnknownStream(f"unknown stream {stream_id!r}", stream=stream_id)
         lock = self._creating.setdefault(stream_id, asyncio.Lock())
         async with lock:
-            if stream_id not in self.records:
+            if stream_id not in self.catalog:
                 await self.put_stream(stream_id, template.spec, template=template.name)
         self._creating.pop(stream_id, None)
-        return self.records[stream_id]
+        record = self.catalog.record(stream_id)
+        assert record is not None
+        return record
 
     async def _restore(self, stream_id: str) -> StreamRecord | None:
         if self.persistence is None:
             return None
-        record = await self.persistence.restore(stream_id)
-        if record is not None:
-            self.records.setdefault(stream_id, record)
-        return record
+        return await self.persistence.restore(stream_id)
 
     # ----- templates --------------------------------------------------------------------------------------
 
     async def put_template(self, template: Template) -> Literal["created", "unchanged", "replaced"]:
-        old = self.templates.get(template.name)
+        old = self.catalog.template(template.name)
         if old == template:
             return "unchanged"
-        self.templates[template.name] = template
+        self.catalog.put_template(template)
         if self.persistence is not None:
             await self.persistence.save_template(template)
         return "created" if old is None else "replaced"
 
     async def delete_template(self, name: str) -> None:
-        if self.templates.pop(name, None) is None:
+        if self.catalog.remove_template(name) is None:
             raise UnknownStream(f"unknown template {name!r}", field="name")
         if self.persistence is not None:
             await self.persistence.delete_template(name)
 
-    def _template_for(self, stream_id: str) -> Template | None:
-        matches = [t for t in self.templates.values() if stream_id.startswith(t.prefix)]
-        return max(matches, key=lambda t: (len(t.prefix), t.name)) if matches else None
+    def templates(self) -> list[Template]:
+        return self.catalog.templates()
 
     async def sweep_idle(self) -> list[str]:
         """Remove template-created streams idle for longer than their template allows."""
         now = time.time()
         idle = []
-        for stream_id, record in list(self.records.items()):
-            template = self.templates.get(record.template) if record.template else None
+        for stream_id, record in list(self.catalog.items()):
+            template = self.catalog.template(record.template) if record.template else None
             if template is not None and now - record.updated_at > template.idle_seconds:
                 idle.append(stream_id)
         for stream_id in idle:
-            if stream_id in self.records:
+            if stream_id in self.catalog:
                 await self.delete_stream(stream_id)
         return idle
 
@@ -254,7 +234,7 @@ class Registry:
         specs: dict[str, StreamSpec] = {}
         if self.persistence is not None:  # stored streams come back in one batch, not one by one
             named = [item.stream for item in items if item.stream is not None]
-            await self.persistence.prefetch(s for s in named if s not in self.records)
+            await self.persistence.prefetch(s for s in named if s not in self.catalog)
         try:
             if default_stream is not None:
                 specs[default_stream] = (await self.require(default_stream)).spec
@@ -301,12 +281,12 @@ class Registry:
     def _note(self, stream_ids: Sequence[str], results: Sequence[ItemResult]) -> None:
         now = time.time()
         for stream_id in set(stream_ids):
-            record = self.records.get(stream_id)
+            record = self.catalog.record(stream_id)
             if record is not None:
                 record.updated_at = now
         for stream_id, result in zip(stream_ids, results, strict=True):
             if result.drift:
-                record = self.records.get(stream_id)
+                record = self.catalog.record(stream_id)
                 if record is not None:
                     record.last_drift_at = now
                     record.drifts += 1

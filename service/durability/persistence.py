@@ -32,8 +32,8 @@ import torch
 
 from trackin.models.engine import Engine
 from trackin.models.specs import StreamSpec
+from trackin.service.domain.catalog import Catalog, StreamRecord, Template
 from trackin.service.domain.ingest import IngestBatch
-from trackin.service.domain.registry import StreamRecord, Template
 from trackin.service.durability.payloads import ReplayPlan, decode_payload, encode_batches, plan_replay
 from trackin.service.errors import StreamCorrupt, Unavailable
 from trackin.service.settings import Settings
@@ -107,6 +107,10 @@ class Persistence:
     def engine(self) -> Engine:
         return self.state.engine
 
+    @property
+    def catalog(self) -> Catalog:
+        return self.state.registry.catalog
+
     async def start(self) -> None:
         try:
             await self._connect()
@@ -120,13 +124,16 @@ class Persistence:
                 return
             await self.store.startup()
             self.epoch = await self.store.acquire_epoch()
-            for name, value in (await self.store.list_records(TEMPLATE_KIND)).items():
-                self.state.registry.templates[name] = Template(
+            stored = await self.store.list_records(TEMPLATE_KIND)
+            self.catalog.load_templates(
+                Template(
                     name=name,
                     prefix=value["prefix"],
                     spec=StreamSpec.model_validate(value["spec"]),
                     idle_seconds=value["idle_seconds"],
                 )
+                for name, value in stored.items()
+            )
             self._known = await self.store.count_streams()
             self._set_up(True)
             log.info("store connected, owner epoch %d", self.epoch)
@@ -303,7 +310,7 @@ class Persistence:
             ]
 
         exported = await self.state.scheduler.call(export)
-        records = self.state.registry.records
+        records = {s: r for s, *_ in exported if (r := self.catalog.record(s)) is not None}
         started = time.perf_counter()
         checkpoints = await asyncio.to_thread(self._encode, exported, records)
         assert self.epoch is not None
@@ -448,7 +455,7 @@ class Persistence:
             return
         done = asyncio.Event()
         for s in victims:
-            self.state.registry.records.pop(s, None)
+            self.catalog.remove(s)
             self._recent.pop(s, None)
             self._evicting[s] = done
 
@@ -474,19 +481,18 @@ class Persistence:
         engine alone: a stream is in the engine without a record while another request is installing it
         or an eviction is dropping it, and answering "unknown" then would be a spurious 404.
         """
-        records = self.state.registry.records
         while True:
             evicting = self._evicting.get(stream_id)
             if evicting is not None:
                 await evicting.wait()
                 continue
-            record = records.get(stream_id)
+            record = self.catalog.record(stream_id)
             if record is not None:
                 return record
             await self._require_store()
             lock = self._restoring.setdefault(stream_id, asyncio.Lock())
             async with lock:
-                if stream_id in self._evicting or stream_id in records:
+                if stream_id in self._evicting or stream_id in self.catalog:
                     continue  # evicted or restored by someone else while we waited: look again
                 if stream_id in self.engine:
                     return None  # being created by put_stream right now, not stored yet
@@ -548,7 +554,6 @@ class Persistence:
         installed = await self.state.scheduler.call(install) if ready else {}
         results: dict[str, StreamRecord | StreamCorrupt] = {}
         replayed_total = 0
-        records = self.state.registry.records
         for d in decoded:
             if isinstance(d, StreamCorrupt):
                 assert d.stream is not None
@@ -560,7 +565,7 @@ class Persistence:
                 results[stream_id] = replayed
                 continue
             if replayed is None:  # was resident already
-                existing = records.get(stream_id)
+                existing = self.catalog.record(stream_id)
                 if existing is not None:
                     results[stream_id] = existing
                 continue
@@ -587,7 +592,7 @@ class Persistence:
                 last_drift_at=meta.get("last_drift_at"),
                 drifts=int(meta.get("drifts", 0)),
             )
-            results[stream_id] = records.setdefault(stream_id, record)
+            results[stream_id] = self.catalog.adopt(stream_id, record)
         if replayed_total:
             self.state.metrics.observed("applied", "log", replayed_total)
         self._wake.set()
@@ -599,11 +604,10 @@ class Persistence:
 
         Best effort: ids that are invalid, unknown or corrupt are left for `restore` to answer one by one.
         """
-        records = self.state.registry.records
         wanted = [
             s
             for s in dict.fromkeys(stream_ids)
-            if s not in records and s not in self._evicting and STREAM_ID_PATTERN.fullmatch(s)
+            if s not in self.catalog and s not in self._evicting and STREAM_ID_PATTERN.fullmatch(s)
         ]
         if len(wanted) < 2:
             return  # one stream: the ordinary path is as fast
@@ -635,7 +639,7 @@ class Persistence:
         locks: list[tuple[str, asyncio.Lock]] = []
         for stream_id in ids:
             lock = self._restoring.setdefault(stream_id, asyncio.Lock())
-            if not lock.locked() and stream_id not in self.state.registry.records:
+            if not lock.locked() and stream_id not in self.catalog:
                 await lock.acquire()  # free: returns at once
                 locks.append((stream_id, lock))
         try:

@@ -117,7 +117,7 @@ async def list_templates(state: State) -> dict[str, Any]:
                 "idle_seconds": t.idle_seconds,
                 "spec": t.spec.model_dump(mode="json"),
             }
-            for t in state.registry.templates.values()
+            for t in state.registry.templates()
         ]
     }
 

@@ -1,0 +1,102 @@
+"""What the service keeps about streams besides their learned state: records of resident streams, templates.
+
+One object owns both tables and changes them only through its methods, so the registry and durability
+(which restores and evicts streams, and loads templates from the store) share it without either one
+reaching into the other's dictionaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import ItemsView, Iterable
+from dataclasses import dataclass
+
+from trackin.models.specs import StreamSpec
+
+__all__ = ["Catalog", "StreamRecord", "Template"]
+
+
+@dataclass(slots=True)
+class StreamRecord:
+    spec: StreamSpec
+    created_at: float
+    updated_at: float
+    template: str | None = None
+    last_drift_at: float | None = None
+    drifts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    name: str
+    prefix: str
+    spec: StreamSpec
+    idle_seconds: float
+
+
+class Catalog:
+    """Records of the resident streams by id, and templates by name.
+
+    A stream is resident when it has a record here; it may sit in the engine without one for a moment
+    (being created, restored or evicted), never the other way round for longer than an engine call.
+    """
+
+    def __init__(self) -> None:
+        self._records: dict[str, StreamRecord] = {}
+        self._templates: dict[str, Template] = {}
+
+    # ----- records ----------------------------------------------------------------------------------------
+
+    def __contains__(self, stream_id: object) -> bool:
+        return stream_id in self._records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def record(self, stream_id: str) -> StreamRecord | None:
+        return self._records.get(stream_id)
+
+    def items(self) -> ItemsView[str, StreamRecord]:
+        return self._records.items()
+
+    def ids(self, prefix: str) -> list[str]:
+        """Resident stream ids starting with ``prefix``, unordered."""
+        return [s for s in self._records if s.startswith(prefix)]
+
+    def add(self, stream_id: str, record: StreamRecord) -> None:
+        """Record a stream just created (replacing any record of that id)."""
+        self._records[stream_id] = record
+
+    def adopt(self, stream_id: str, record: StreamRecord) -> StreamRecord:
+        """Record a restored stream unless it got a record meanwhile; the record in force."""
+        return self._records.setdefault(stream_id, record)
+
+    def remove(self, stream_id: str) -> StreamRecord | None:
+        """Forget a stream's record (deleted, or evicted from memory); the record it had."""
+        return self._records.pop(stream_id, None)
+
+    # ----- templates --------------------------------------------------------------------------------------
+
+    def template(self, name: str) -> Template | None:
+        return self._templates.get(name)
+
+    def templates(self) -> list[Template]:
+        return list(self._templates.values())
+
+    def put_template(self, template: Template) -> Template | None:
+        """Add or replace a template; the one it replaced."""
+        old = self._templates.get(template.name)
+        self._templates[template.name] = template
+        return old
+
+    def remove_template(self, name: str) -> Template | None:
+        return self._templates.pop(name, None)
+
+    def load_templates(self, templates: Iterable[Template]) -> None:
+        """Templates read from the store when it connects; each replaces one of the same name."""
+        for template in templates:
+            self._templates[template.name] = template
+
+    def template_for(self, stream_id: str) -> Template | None:
+        """The template whose prefix is the longest match for ``stream_id`` (ties: the greatest name)."""
+        matches = [t for t in self._templates.values() if stream_id.startswith(t.prefix)]
+        return max(matches, key=lambda t: (len(t.prefix), t.name)) if matches else None
