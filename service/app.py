@@ -23,8 +23,21 @@ from trackin.models.engine import Engine, ItemResult, resolve_device
 from trackin.service.domain.catalog import Catalog
 from trackin.service.domain.ingest import IngestBatch
 from trackin.service.domain.labels import PendingLabels
+from trackin.service.domain.persistence import InMemory, Persistence
 from trackin.service.domain.registry import Registry
 from trackin.service.domain.scheduler import Scheduler
+from trackin.service.durability import (
+    Checkpointer,
+    CheckpointLoop,
+    Connection,
+    Durability,
+    DurabilityLog,
+    Ledger,
+    Residency,
+    Restorer,
+    StoreHealth,
+    configured_store,
+)
 from trackin.service.errors import ServiceError, Unavailable, error_body
 from trackin.service.metrics import Metrics
 from trackin.service.settings import Settings
@@ -34,7 +47,7 @@ from trackin.service.transport.body import BodyLimit
 from trackin.service.transport.routes import health, observations, streams
 from trackin.service.transport.ws import router as ws_router
 
-__all__ = ["create_app"]
+__all__ = ["build", "create_app"]
 
 log = logging.getLogger("trackin")
 
@@ -95,46 +108,76 @@ class _HttpMetrics:
                 metrics.http_request(path, scope["method"], status, time.perf_counter() - started)
 
 
+def build(settings: Settings) -> AppState:
+    """Every long-lived object, each made with its collaborators (none assigned afterwards).
+
+    Durability's parts come in dependency order: the log and the ledger first, because the scheduler
+    calls them around each batch; then what needs the scheduler (checkpoints, residency, restores).
+    """
+    metrics = Metrics(CollectorRegistry(), max_stream_series=settings.metrics_max_stream_series)
+    engine = Engine(resolve_device(settings.device))
+    catalog = Catalog()
+    labels = PendingLabels(settings.pending_label_ttl_seconds, settings.max_pending_labels)
+    max_batch, log_mode = settings.max_batch_observations, settings.durability == "log"
+    store = configured_store(settings)
+    durability: Durability | None = None
+    persistence: Persistence = InMemory()
+    if store is None:
+        scheduler = Scheduler(engine, max_batch=max_batch, after_apply=[_record_batch(metrics)])
+    else:
+        health = StoreHealth(metrics)
+        connection = Connection(store, health, catalog)
+        ledger = Ledger()
+        journal = DurabilityLog(store, connection, ledger, health)
+        scheduler = Scheduler(
+            engine,
+            max_batch=max_batch,
+            before_apply=journal.append if log_mode else None,
+            after_apply=[_record_batch(metrics), ledger.applied],
+        )
+        checkpointer = Checkpointer(store, connection, ledger, scheduler, catalog, health, metrics)
+        limit = settings.max_resident_streams
+        residency = Residency(limit, engine, scheduler, catalog, ledger, journal, checkpointer, metrics)
+        restorer = Restorer(
+            store, connection, ledger, engine, scheduler, catalog, residency, health, metrics,
+            replay_log=log_mode, limit=limit,
+        )  # fmt: skip
+        loop = CheckpointLoop(
+            settings, engine, connection, ledger, checkpointer, journal, residency, restorer, health
+        )
+        durability = Durability(
+            store, engine, connection, health, ledger, checkpointer, residency, restorer, loop
+        )
+        persistence = durability
+    registry = Registry(scheduler, labels, catalog, persistence)
+    metrics.set_snapshot_source(
+        lambda: fleet_snapshot(
+            engine,
+            catalog,
+            durability.known_streams() if durability is not None else None,
+            settings.metrics_max_stream_series,
+        )
+    )
+    return AppState(settings, engine, scheduler, registry, metrics, durability)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from trackin.service.durability.persistence import open_persistence
-
         torch.set_num_threads(settings.torch_threads)
-        metrics = Metrics(CollectorRegistry(), max_stream_series=settings.metrics_max_stream_series)
-        engine = Engine(resolve_device(settings.device))
-        scheduler = Scheduler(
-            engine, max_batch=settings.max_batch_observations, after_apply=[_record_batch(metrics)]
-        )
-        catalog = Catalog()
-        registry = Registry(
-            scheduler, PendingLabels(settings.pending_label_ttl_seconds, settings.max_pending_labels), catalog
-        )
-        state = AppState(settings, engine, scheduler, registry, metrics)
+        state = build(settings)
         app.state.trackin = state
+        registry, scheduler, durability = state.registry, state.scheduler, state.durability
         scheduler.start()
-        persistence = await open_persistence(settings, state)
-        state.persistence = persistence
-        registry.persistence = persistence
-        if persistence is not None:
-            scheduler.before_apply = persistence.before_apply
-            scheduler.after_apply.append(persistence.after_apply)
-            await persistence.start()
-        metrics.set_snapshot_source(
-            lambda: fleet_snapshot(
-                engine,
-                catalog,
-                persistence.known_streams() if persistence is not None else None,
-                settings.metrics_max_stream_series,
-            )
-        )
+        if durability is not None:
+            await durability.start()
         sweeper = asyncio.create_task(_sweep_templates(registry, settings.template_sweep_seconds))
         # Long-lived objects made at start-up (engine, modules) need no cycle scans: keeps GC pauses short.
         gc.freeze()
         state.ready = True
-        log.info("trackin ready on %s (device %s)", f"{settings.host}:{settings.port}", engine.device)
+        log.info("trackin ready on %s (device %s)", f"{settings.host}:{settings.port}", state.engine.device)
         try:
             yield
         finally:
@@ -143,8 +186,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
             await scheduler.drain()
-            if persistence is not None:
-                await persistence.stop()
+            if durability is not None:
+                await durability.stop()
             await scheduler.stop()
             log.info("trackin stopped")
 

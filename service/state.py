@@ -1,4 +1,4 @@
-"""What the app builds in its lifespan, handed to route handlers as one ``Annotated`` dependency."""
+"""What the lifespan built, handed to route handlers as one ``Annotated`` dependency."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from fastapi import Depends, Request, WebSocket
 from trackin.models.engine import Engine
 from trackin.service.domain.registry import Registry
 from trackin.service.domain.scheduler import Scheduler
+from trackin.service.durability import Durability
 from trackin.service.metrics import Metrics
 from trackin.service.settings import Settings
 
@@ -24,7 +25,8 @@ class AppState:
     scheduler: Scheduler
     registry: Registry
     metrics: Metrics
-    persistence: Any = None  # service.persistence.Persistence when a store is configured
+    durability: Durability | None
+    """None when state is kept in memory only (``store = "memory"``)."""
     ready: bool = False
     # Open WebSocket handlers, and the signal that makes them answer what they accepted and close (1001).
     websockets: set[asyncio.Task[Any]] = field(default_factory=set)

@@ -1,7 +1,8 @@
 """The service's domain operations on streams and templates; route handlers call one of these each.
 
-A stream's learned state lives in the engine; here we keep what the engine does not: its spec, times, the
-template it came from, and the late-label inputs. All engine access goes through the scheduler.
+A stream's learned state lives in the engine; the catalog keeps what the engine does not (its spec, times,
+the template it came from), `PendingLabels` the late-label inputs. All engine access goes through the
+scheduler; storing, restoring and evicting streams through `Persistence` (durability, or `InMemory`).
 """
 
 from __future__ import annotations
@@ -9,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -20,48 +20,42 @@ from trackin.models.specs import ARModel, StreamSpec
 from trackin.service.domain.catalog import Catalog, StreamRecord, Template
 from trackin.service.domain.ingest import IngestBatch, build_batch, check_vector
 from trackin.service.domain.labels import PendingLabels
+from trackin.service.domain.persistence import Persistence
 from trackin.service.domain.scheduler import Scheduler
 from trackin.service.errors import InvalidInput, SpecConflict, StreamCorrupt, UnknownRequest, UnknownStream
 from trackin.service.ids import check_stream_id
 from trackin.service.transport.wire import ObservationIn
 
-__all__ = ["Persistence", "Registry", "StreamRecord", "Template"]
+__all__ = ["Registry"]
+
+Outcome = Literal["created", "unchanged", "replaced"]
 
 
-class Persistence(Protocol):
-    """What the registry needs from the store layer (absent when state is kept in memory only)."""
-
-    async def restore(self, stream_id: str) -> StreamRecord | None: ...
-    async def forget(self, stream_id: str) -> None: ...
-    async def stored_ids(
-        self, prefix: str, limit: int, cursor: str | None
-    ) -> tuple[list[str], str | None]: ...
-    async def save_template(self, template: Template) -> None: ...
-    async def delete_template(self, name: str) -> None: ...
-    async def created(self, stream_id: str) -> None: ...
-    async def prefetch(self, stream_ids: Iterable[str]) -> None: ...
-    def touched(self, stream_ids: Iterable[str]) -> None: ...
-    def pin(self, stream_ids: Iterable[str]) -> None: ...
-    def unpin(self, stream_ids: Iterable[str]) -> None: ...
-
-
-@dataclass
 class Registry:
-    scheduler: Scheduler
-    labels: PendingLabels
-    catalog: Catalog
-    persistence: Persistence | None = None
-    _creating: dict[str, asyncio.Lock] = field(default_factory=dict)
+    """Streams and templates: create, describe, list, delete; observe, predict, label.
+
+    Every operation that uses a stream holds it resident (`Persistence.hold`) from the moment it looks
+    the stream up until it is done with it, so bounded residency never drops a stream under a request.
+    """
+
+    def __init__(
+        self, scheduler: Scheduler, labels: PendingLabels, catalog: Catalog, persistence: Persistence
+    ) -> None:
+        self._scheduler = scheduler
+        self._labels = labels
+        self._catalog = catalog
+        self._persistence = persistence
+        self._creating: dict[str, asyncio.Lock] = {}
 
     # ----- streams ----------------------------------------------------------------------------------------
 
     async def put_stream(
         self, stream_id: str, spec: StreamSpec, *, replace: bool = False, template: str | None = None
-    ) -> Literal["created", "unchanged", "replaced"]:
+    ) -> Outcome:
         check_stream_id(stream_id)
         damaged = False
         try:
-            existing = self.catalog.record(stream_id) or await self._restore(stream_id)
+            existing = self._catalog.record(stream_id) or await self._persistence.restore(stream_id)
         except StreamCorrupt:
             if not replace:
                 raise  # never silently replaced by a fresh model: replacing is the caller's decision
@@ -84,50 +78,45 @@ class Registry:
 
         # The engine keeps one object per distinct spec. Recording that one lets the scheduler's check that a
         # batch's specs are still current compare an object with itself: 0.7 us instead of 3.7 per stream.
-        shared = await self.scheduler.call(create)
-        record = StreamRecord(spec=shared, created_at=now, updated_at=now, template=template)
-        self.catalog.add(stream_id, record)
-        if self.persistence is not None:
-            try:
-                await self.persistence.created(stream_id)
-            except BaseException:
-                # Not durable, so not created: undo, leaving no half-made stream behind.
-                self.catalog.remove(stream_id)
-                await self.scheduler.call(lambda engine: engine.remove(stream_id))
-                raise
+        shared = await self._scheduler.call(create)
+        self._catalog.add(
+            stream_id, StreamRecord(spec=shared, created_at=now, updated_at=now, template=template)
+        )
+        try:
+            await self._persistence.created(stream_id)
+        except BaseException:
+            # Not durable, so not created: undo, leaving no half-made stream behind.
+            self._catalog.remove(stream_id)
+            await self._scheduler.call(lambda engine: engine.remove(stream_id))
+            raise
         return "created" if existing is None and not damaged else "replaced"
 
     async def delete_stream(self, stream_id: str) -> None:
         check_stream_id(stream_id)
-        if stream_id not in self.catalog and not await self._stored(stream_id):
+        if stream_id not in self._catalog and not await self._stored(stream_id):
             raise UnknownStream(f"unknown stream {stream_id!r}", stream=stream_id)
 
         def remove(engine: Engine) -> None:
             if stream_id in engine:
                 engine.remove(stream_id)
 
-        await self.scheduler.call(remove)
-        self.catalog.remove(stream_id)
-        self.labels.drop_stream(stream_id)
-        if self.persistence is not None:
-            await self.persistence.forget(stream_id)
+        await self._scheduler.call(remove)
+        self._catalog.remove(stream_id)
+        self._labels.drop_stream(stream_id)
+        await self._persistence.forget(stream_id)
 
     async def _stored(self, stream_id: str) -> bool:
         """Restored from the store, or stored but unreadable (so a corrupt stream can still be deleted)."""
         try:
-            return await self._restore(stream_id) is not None
+            return await self._persistence.restore(stream_id) is not None
         except StreamCorrupt:
             return True
 
     async def describe(self, stream_id: str) -> dict[str, Any]:
         """Spec and figures of one stream."""
-        record = await self.require(stream_id, create=False)
-
-        self._pin([stream_id])  # the store layer must not evict it between require and the read
-        try:
-            f = await self.scheduler.call(lambda engine: engine.figures(stream_id))
-        finally:
-            self._unpin([stream_id])
+        async with self._persistence.hold([stream_id]):
+            record = await self.require(stream_id, create=False)
+            f = await self._scheduler.call(lambda engine: engine.figures(stream_id))
 
         def num(value: float) -> float | None:
             return None if value != value else value
@@ -155,11 +144,8 @@ class Registry:
 
     async def list_streams(self, prefix: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
         """Stream ids in order, resident or stored; ``cursor`` is the last id of the previous page."""
-        if self.persistence is not None:
-            stored, _ = await self.persistence.stored_ids(prefix, limit + 1, cursor)
-        else:
-            stored = []
-        ids = sorted({*self.catalog.ids(prefix), *stored})
+        stored, _ = await self._persistence.stored_ids(prefix, limit + 1, cursor)
+        ids = sorted({*self._catalog.ids(prefix), *stored})
         start = bisect.bisect_right(ids, cursor) if cursor else 0
         page = ids[start : start + limit]
         more = start + limit < len(ids)
@@ -168,183 +154,169 @@ class Registry:
     async def require(self, stream_id: str, *, create: bool = True) -> StreamRecord:
         """The stream's record, restoring it from the store or creating it from a template if needed
         (``create=False`` for reads, which must not bring streams into being)."""
-        record = self.catalog.record(stream_id)
+        record = self._catalog.record(stream_id)
         if record is not None:
             return record
         check_stream_id(stream_id)
-        record = await self._restore(stream_id)
+        record = await self._persistence.restore(stream_id)
         if record is not None:
             return record
-        template = self.catalog.template_for(stream_id) if create else None
+        template = self._catalog.template_for(stream_id) if create else None
         if template is None:
             raise UnknownStream(f"unknown stream {stream_id!r}", stream=stream_id)
         lock = self._creating.setdefault(stream_id, asyncio.Lock())
         async with lock:
-            if stream_id not in self.catalog:
+            if stream_id not in self._catalog:
                 await self.put_stream(stream_id, template.spec, template=template.name)
         self._creating.pop(stream_id, None)
-        record = self.catalog.record(stream_id)
+        record = self._catalog.record(stream_id)
         assert record is not None
         return record
 
-    async def _restore(self, stream_id: str) -> StreamRecord | None:
-        if self.persistence is None:
-            return None
-        return await self.persistence.restore(stream_id)
-
     # ----- templates --------------------------------------------------------------------------------------
 
-    async def put_template(self, template: Template) -> Literal["created", "unchanged", "replaced"]:
-        old = self.catalog.template(template.name)
+    async def put_template(self, template: Template) -> Outcome:
+        old = self._catalog.template(template.name)
         if old == template:
             return "unchanged"
-        self.catalog.put_template(template)
-        if self.persistence is not None:
-            await self.persistence.save_template(template)
+        self._catalog.put_template(template)
+        await self._persistence.save_template(template)
         return "created" if old is None else "replaced"
 
     async def delete_template(self, name: str) -> None:
-        if self.catalog.remove_template(name) is None:
+        if self._catalog.remove_template(name) is None:
             raise UnknownStream(f"unknown template {name!r}", field="name")
-        if self.persistence is not None:
-            await self.persistence.delete_template(name)
+        await self._persistence.delete_template(name)
 
     def templates(self) -> list[Template]:
-        return self.catalog.templates()
+        return self._catalog.templates()
 
     async def sweep_idle(self) -> list[str]:
         """Remove template-created streams idle for longer than their template allows."""
         now = time.time()
         idle = []
-        for stream_id, record in list(self.catalog.items()):
-            template = self.catalog.template(record.template) if record.template else None
+        for stream_id, record in list(self._catalog.items()):
+            template = self._catalog.template(record.template) if record.template else None
             if template is not None and now - record.updated_at > template.idle_seconds:
                 idle.append(stream_id)
         for stream_id in idle:
-            if stream_id in self.catalog:
+            if stream_id in self._catalog:
                 await self.delete_stream(stream_id)
         return idle
 
     # ----- observations -----------------------------------------------------------------------------------
 
-    async def validate(
+    async def enqueue(
+        self,
+        items: Sequence[ObservationIn],
+        *,
+        default_stream: str | None,
+        prefix: str,
+        transport: str = "rest",
+    ) -> tuple[IngestBatch, asyncio.Future[list[ItemResult]]]:
+        """Resolve the streams (templates, restores), check every item against its spec, and queue the
+        batch: its order among all requests is fixed here. The future gets the per-item results once the
+        batch is applied; its streams stay resident until then."""
+        # Stored streams come back in one batch, not one by one.
+        await self._persistence.prefetch(s for s in _named(items) if s not in self._catalog)
+        async with self._persistence.hold(_named(items, default_stream)) as held:
+            batch = await self._validate(items, default_stream=default_stream, prefix=prefix)
+            batch.transport = transport
+            applied = self._submit(batch)
+            held.until(applied)
+        return batch, applied
+
+    async def _validate(
         self, items: Sequence[ObservationIn], *, default_stream: str | None, prefix: str
     ) -> IngestBatch:
-        """Resolve the streams (templates, restores) and check every item against its spec."""
         specs: dict[str, StreamSpec] = {}
-        if self.persistence is not None:  # stored streams come back in one batch, not one by one
-            named = [item.stream for item in items if item.stream is not None]
-            await self.persistence.prefetch(s for s in named if s not in self.catalog)
-        try:
-            if default_stream is not None:
-                specs[default_stream] = (await self.require(default_stream)).spec
-                self._pin([default_stream])
-            for i, item in enumerate(items):
-                stream = item.stream
-                if stream is not None and stream not in specs:
-                    check_stream_id(stream, field=f"{prefix}[{i}].stream")
-                    specs[stream] = (await self.require(stream)).spec
-                    self._pin([stream])
-            return build_batch(items, specs, default_stream=default_stream, prefix=prefix)
-        except BaseException:
-            self._unpin(specs)
-            raise
+        if default_stream is not None:
+            specs[default_stream] = (await self.require(default_stream)).spec
+        for i, item in enumerate(items):
+            stream = item.stream
+            if stream is not None and stream not in specs:
+                check_stream_id(stream, field=f"{prefix}[{i}].stream")
+                specs[stream] = (await self.require(stream)).spec
+        return build_batch(items, specs, default_stream=default_stream, prefix=prefix)
 
-    def _pin(self, stream_ids: Iterable[str]) -> None:
-        """Keep streams resident from validation until applied (the store layer may evict others)."""
-        if self.persistence is not None:
-            self.persistence.pin(stream_ids)
-
-    def _unpin(self, stream_ids: Iterable[str]) -> None:
-        if self.persistence is not None:
-            self.persistence.unpin(stream_ids)
-
-    def submit(self, batch: IngestBatch) -> asyncio.Future[list[ItemResult]]:
-        """Queue a validated batch; its order among all requests is fixed at this call."""
-        try:
-            future = self.scheduler.submit(batch)
-        except BaseException:
-            self._unpin(batch.specs)
-            raise
-
-        def note(done: asyncio.Future[list[ItemResult]]) -> None:
-            self._unpin(batch.specs)
-            if not done.cancelled() and done.exception() is None:
-                self._note(batch.stream_ids, done.result())
-
-        future.add_done_callback(note)
+    def _submit(self, batch: IngestBatch) -> asyncio.Future[list[ItemResult]]:
+        future = self._scheduler.submit(batch)
+        future.add_done_callback(lambda done: self._note(batch.stream_ids, done))
         return future
 
-    async def observe(self, batch: IngestBatch) -> list[ItemResult]:
-        return await self.submit(batch)
-
-    def _note(self, stream_ids: Sequence[str], results: Sequence[ItemResult]) -> None:
+    def _note(self, stream_ids: Sequence[str], done: asyncio.Future[list[ItemResult]]) -> None:
+        """An applied batch: its streams' update times, and the drifts it detected."""
+        if done.cancelled() or done.exception() is not None:
+            return
         now = time.time()
         for stream_id in set(stream_ids):
-            record = self.catalog.record(stream_id)
+            record = self._catalog.record(stream_id)
             if record is not None:
                 record.updated_at = now
-        for stream_id, result in zip(stream_ids, results, strict=True):
+        for stream_id, result in zip(stream_ids, done.result(), strict=True):
             if result.drift:
-                record = self.catalog.record(stream_id)
+                record = self._catalog.record(stream_id)
                 if record is not None:
                     record.last_drift_at = now
                     record.drifts += 1
-        if self.persistence is not None:
-            self.persistence.touched(stream_ids)
 
     async def predict(
         self, stream_id: str, x: list[float] | None, request_id: str | None
     ) -> tuple[StreamSpec, list[float] | None]:
         """The model's output without learning, with the spec it ran with (``request_id``: keep the inputs
         for a later label)."""
-        record = await self.require(stream_id)
-        model = record.spec.model
-        if isinstance(model, ARModel):
-            if x is not None:
-                raise InvalidInput("ar streams predict from their own history: send no 'x'", field="x")
-            if request_id is not None:
-                raise InvalidInput(
-                    "ar streams learn from the next value: post it as an observation", field="request_id"
-                )
-            inputs: list[np.ndarray | None] = [None]
-        else:
-            if x is None:
-                raise InvalidInput("missing 'x'", field="x", stream=stream_id)
-            inputs = [check_vector(x, model.in_dim, "x", stream_id)]
-        spec = record.spec
+        async with self._persistence.hold([stream_id]):
+            spec = (await self.require(stream_id)).spec
+            model = spec.model
+            if isinstance(model, ARModel):
+                if x is not None:
+                    raise InvalidInput("ar streams predict from their own history: send no 'x'", field="x")
+                if request_id is not None:
+                    raise InvalidInput(
+                        "ar streams learn from the next value: post it as an observation", field="request_id"
+                    )
+                inputs: list[np.ndarray | None] = [None]
+            else:
+                if x is None:
+                    raise InvalidInput("missing 'x'", field="x", stream=stream_id)
+                inputs = [check_vector(x, model.in_dim, "x", stream_id)]
 
-        def run(engine: Engine) -> list[list[float] | None]:
-            return engine.predict([stream_id], inputs)
+            def run(engine: Engine) -> list[list[float] | None]:
+                return engine.predict([stream_id], inputs)
 
-        self._pin([stream_id])
-        try:
-            prediction = (await self.scheduler.call(run))[0]
-        finally:
-            self._unpin([stream_id])
+            prediction = (await self._scheduler.call(run))[0]
         if request_id is not None and inputs[0] is not None:
-            self.labels.put(stream_id, request_id, inputs[0])
+            self._labels.put(stream_id, request_id, inputs[0])
         return spec, prediction
 
     async def label(
         self, stream_id: str, request_id: str, y: float | list[float]
     ) -> tuple[StreamSpec, ItemResult]:
         """Step on an earlier prediction's kept inputs; returns the spec it ran with and the result."""
-        record = await self.require(stream_id)
-        x = self.labels.peek(stream_id, request_id)
-        if x is None:
-            raise UnknownRequest(
-                f"no pending prediction {request_id!r} for stream {stream_id!r} (never made, or expired)",
-                field="request_id",
-                stream=stream_id,
+        async with self._persistence.hold([stream_id]):
+            record = await self.require(stream_id)
+            x = self._labels.peek(stream_id, request_id)
+            if x is None:
+                raise UnknownRequest(
+                    f"no pending prediction {request_id!r} for stream {stream_id!r} (never made, or expired)",
+                    field="request_id",
+                    stream=stream_id,
+                )
+            batch = build_batch(
+                [ObservationIn(x=x.tolist(), y=y)],
+                {stream_id: record.spec},
+                default_stream=stream_id,
+                prefix="label",
             )
-        batch = build_batch(
-            [ObservationIn(x=x.tolist(), y=y)],
-            {stream_id: record.spec},
-            default_stream=stream_id,
-            prefix="label",
-        )
-        self._pin([stream_id])
-        result = (await self.observe(batch))[0]
-        self.labels.discard(stream_id, request_id)
+            result = (await self._submit(batch))[0]
+        self._labels.discard(stream_id, request_id)
         return record.spec, result
+
+
+def _named(items: Sequence[ObservationIn], default_stream: str | None = None) -> Iterator[str]:
+    """The stream ids a request names (each as often as it does)."""
+    if default_stream is not None:
+        yield default_stream
+    for item in items:
+        if item.stream is not None:
+            yield item.stream

@@ -124,9 +124,10 @@ async def _read_messages(
                 raise PayloadTooLarge("too many observations in one message", field="observations")
             if not items:
                 raise InvalidInput("no observations", field="observations")
-            batch = await state.registry.validate(items, default_stream=None, prefix="observations")
-            batch.transport = "ws"
-            outcome: asyncio.Future[Any] | dict[str, Any] = state.registry.submit(batch)
+            batch, applied = await state.registry.enqueue(
+                items, default_stream=None, prefix="observations", transport="ws"
+            )
+            outcome: asyncio.Future[Any] | dict[str, Any] = applied
         except ServiceError as exc:
             if isinstance(exc, InvalidInput) and exc.message.startswith("malformed"):
                 reason = "unparsable frame"

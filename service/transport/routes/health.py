@@ -19,8 +19,8 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", summary="Ready to take traffic (engine up, store reachable)")
 async def readyz(state: State) -> JSONResponse:
     checks: dict[str, str] = {"engine": "up" if state.ready else "starting"}
-    if state.persistence is not None:
-        checks["store"] = "up" if await state.persistence.is_up() else "down"
+    if state.durability is not None:
+        checks["store"] = "up" if await state.durability.is_up() else "down"
     ok = all(v == "up" for v in checks.values())
     return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 

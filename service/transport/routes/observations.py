@@ -91,11 +91,13 @@ async def _ingest(
             )
         if not items:
             raise InvalidInput("no observations", field="observations", stream=default_stream)
-        batch = await state.registry.validate(items, default_stream=default_stream, prefix="observations")
+        batch, applied = await state.registry.enqueue(
+            items, default_stream=default_stream, prefix="observations"
+        )
     except ServiceError:
         state.metrics.observed("rejected", "rest", max(1, len(items)))
         raise
-    results = await state.registry.observe(batch)
+    results = await applied
     specs = batch.specs
     many = default_stream is None
     body = {

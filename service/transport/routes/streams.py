@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from trackin.models.specs import StreamSpec
-from trackin.service.domain.registry import Template
+from trackin.service.domain.catalog import Template
 from trackin.service.errors import ServiceError
 from trackin.service.ids import MAX_ID_LENGTH, check_stream_id
 from trackin.service.state import State

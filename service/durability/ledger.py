@@ -1,0 +1,121 @@
+"""Per resident stream: observations applied, the count last checkpointed, the last log position, recency.
+
+The parts of durability share these facts (the log extends positions, the checkpointer saves counts,
+residency evicts by recency, the restorer sets all of them), so one object owns them and the parts go
+through its methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from collections.abc import Mapping
+
+from trackin.models.engine import ItemResult
+from trackin.service.domain.ingest import IngestBatch
+
+__all__ = ["Ledger"]
+
+
+class Ledger:
+    """Bookkeeping of resident streams, and the checkpoint loop's wake-up call.
+
+    A stream's count is the fencing step its checkpoints carry; it has changed since its last checkpoint
+    while the count differs from the saved one. `applied` is a scheduler hook: it runs right after each
+    engine call and before any later engine job (such as a checkpoint export), so counts always match the
+    engine state an export sees.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._saved: dict[str, int] = {}  # count at the last accepted checkpoint
+        self._positions: dict[str, str] = {}  # last log position appended (or restored) per stream
+        self._recent: OrderedDict[str, None] = OrderedDict()  # least recently used first
+        self._wake = asyncio.Event()
+
+    # ----- changes ----------------------------------------------------------------------------------------
+
+    def applied(self, batches: list[IngestBatch], results: list[list[ItemResult]], seconds: float) -> None:
+        """Count each applied observation and refresh recency (the scheduler's ``after_apply`` hook)."""
+        del results, seconds
+        counts, recent = self._counts, self._recent
+        for batch in batches:
+            for stream_id in batch.stream_ids:
+                counts[stream_id] = counts.get(stream_id, 0) + 1
+                recent[stream_id] = None
+                recent.move_to_end(stream_id)
+        self._wake.set()
+
+    def started(self, stream_id: str) -> None:
+        """A new stream: nothing applied, saved or logged yet."""
+        self._counts[stream_id] = 0
+        self._saved.pop(stream_id, None)
+        self._positions.pop(stream_id, None)
+        self._recent[stream_id] = None
+        self._wake.set()
+
+    def loaded(self, stream_id: str, *, count: int, saved: int, head: str) -> None:
+        """A stream restored from a checkpoint saved at ``saved`` plus log entries up to ``head``."""
+        self._counts[stream_id] = count
+        self._saved[stream_id] = saved
+        if head:
+            self._positions[stream_id] = head  # the base of this process's next append
+        self._recent[stream_id] = None
+        self._recent.move_to_end(stream_id)
+        self._wake.set()
+
+    def logged(self, stream_id: str, position: str) -> None:
+        self._positions[stream_id] = position
+
+    def checkpointed(self, stream_id: str, count: int) -> None:
+        self._saved[stream_id] = count
+
+    def forget(self, stream_id: str) -> None:
+        """A stream deleted or dropped from memory: nothing is known about it any more."""
+        for table in (self._counts, self._saved, self._positions, self._recent):
+            table.pop(stream_id, None)
+
+    # ----- reads ------------------------------------------------------------------------------------------
+
+    def count(self, stream_id: str) -> int:
+        return self._counts.get(stream_id, 0)
+
+    def position(self, stream_id: str) -> str:
+        """The last log position of the stream's state ("" = its start, or nothing logged)."""
+        return self._positions.get(stream_id, "")
+
+    def positions(self) -> Mapping[str, str]:
+        return self._positions
+
+    def clean(self, stream_id: str) -> bool:
+        """Checkpointed with every observation it applied (never for a stream not checkpointed yet)."""
+        return self._counts.get(stream_id, 0) == self._saved.get(stream_id)
+
+    def changed(self, stream_id: str) -> bool:
+        """Not checkpointed with every observation it applied (always for a stream not checkpointed yet)."""
+        return self._counts.get(stream_id, 0) != self._saved.get(stream_id, -1)
+
+    def recent(self) -> list[str]:
+        """Resident streams, least recently used first."""
+        return list(self._recent)
+
+    def changed_streams(self) -> list[str]:
+        return [s for s in self._recent if self.changed(s)]
+
+    def streams_behind(self, steps: int) -> list[str]:
+        """Streams with at least ``steps`` observations since their last checkpoint."""
+        counts, saved = self._counts, self._saved
+        return [s for s in self._recent if counts.get(s, 0) - saved.get(s, 0) >= steps]
+
+    # ----- the checkpoint loop's cue ----------------------------------------------------------------------
+
+    def nudge(self) -> None:
+        """Wake the checkpoint loop now (something changed that it may act on)."""
+        self._wake.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Until the next nudge or ``timeout`` seconds, whichever comes first."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+        self._wake.clear()

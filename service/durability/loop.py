@@ -1,0 +1,138 @@
+"""The checkpoint loop: background passes that keep the store current, and the last pass at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from trackin.models.engine import Engine
+from trackin.service.durability.checkpointer import Checkpointer
+from trackin.service.durability.connection import Connection
+from trackin.service.durability.health import StoreHealth
+from trackin.service.durability.ledger import Ledger
+from trackin.service.durability.log import DurabilityLog
+from trackin.service.durability.residency import Residency
+from trackin.service.durability.restorer import Restorer
+from trackin.service.errors import Unavailable
+from trackin.service.settings import Settings
+
+__all__ = ["CheckpointLoop"]
+
+log = logging.getLogger("trackin.durability")
+
+POLL_SECONDS = 0.2
+"""A pass runs at least this often, and at once when the ledger is nudged."""
+
+
+class CheckpointLoop:
+    """Runs passes in the background; each pass:
+
+    - connects if the store was down (and, with ``restore_eagerly``, restores every stored stream once);
+    - checkpoints streams ``checkpoint_every_steps`` observations behind, and every changed stream each
+      ``checkpoint_interval_seconds`` (then refreshes the log-length gauge);
+    - settles suspect streams (see `DurabilityLog`);
+    - evicts streams beyond the residency limit.
+
+    While the store is down, passes back off (0.5 s, doubling up to 30 s) and everything resumes when it
+    answers again.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        connection: Connection,
+        ledger: Ledger,
+        checkpointer: Checkpointer,
+        log: DurabilityLog,
+        residency: Residency,
+        restorer: Restorer,
+        health: StoreHealth,
+    ) -> None:
+        self._every = settings.checkpoint_every_steps
+        self._interval = settings.checkpoint_interval_seconds
+        self._log_mode = settings.durability == "log"
+        self._restore_pending = settings.restore_eagerly
+        self._engine = engine
+        self._connection = connection
+        self._ledger = ledger
+        self._checkpointer = checkpointer
+        self._log = log
+        self._residency = residency
+        self._restorer = restorer
+        self._health = health
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Connect (and restore eagerly) now if the store answers, then run passes in the background."""
+        try:
+            await self._prepare()
+        except Unavailable as exc:
+            log.warning("store unavailable at start (%s); retrying in the background", exc)
+        self._task = asyncio.create_task(self._run(), name="trackin-checkpoints")
+
+    async def stop(self) -> None:
+        """Stop the passes, then write every changed stream and settle suspects (the SIGTERM path)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if not self._connection.connected:
+            return
+        try:
+            await self._checkpointer.checkpoint(self._ledger.recent())
+            await self.settle()
+        except Unavailable:
+            log.error("store unavailable at shutdown: changes since the last checkpoint stay in the log")
+
+    async def settle(self) -> None:
+        """Drop log entries that failed appends may have left behind, so they are never replayed.
+
+        A 503 promised the client that nothing was applied. An append whose outcome was unknown may still
+        be in the log, after the last position this process knows it wrote; replaying it after a crash
+        would apply an observation the client was told was refused (and will likely send again). So for
+        each suspect stream: checkpoint it (covering every entry it did apply), then drop whatever the log
+        holds beyond that. New batches for the stream wait (503) until this is done.
+        """
+        for stream_id in self._log.suspects():
+            if stream_id not in self._engine:
+                self._log.settled(stream_id)  # deleted or dropped: its log went with it
+                continue
+            await self._checkpointer.checkpoint([stream_id])
+            if self._ledger.clean(stream_id):  # else not written (refused as stale?): next pass
+                await self._log.drop_orphans(stream_id)
+
+    async def _prepare(self) -> None:
+        await self._connection.require()
+        if self._restore_pending:
+            await self._restorer.restore_all()
+            self._restore_pending = False
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        last_full = time.monotonic()
+        while True:
+            await self._ledger.wait(POLL_SECONDS)
+            try:
+                await self._prepare()
+                full = time.monotonic() - last_full >= self._interval
+                ledger = self._ledger
+                due = ledger.changed_streams() if full else ledger.streams_behind(self._every)
+                if due:
+                    await self._checkpointer.checkpoint(due)
+                await self.settle()
+                if full:
+                    last_full = time.monotonic()
+                    if self._log_mode:
+                        self._health.mark(True, log_entries=await self._log.length())
+                await self._residency.evict()
+                backoff = 0.5
+            except Unavailable as exc:
+                log.warning("checkpoint pass failed (%s); retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+            except Exception:
+                log.exception("checkpoint pass failed")
+                await asyncio.sleep(backoff)
