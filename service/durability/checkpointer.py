@@ -58,15 +58,15 @@ class Checkpointer:
         # refuse the second as stale (a false rejected_stale count, which pages someone).
         self._lock = asyncio.Lock()
 
-    async def checkpoint(self, stream_ids: Sequence[str], *, force: bool = False) -> list[str]:
-        """Write the streams that changed since their last checkpoint (all of them if ``force``); the ids
-        the store accepted. ``Unavailable`` if the store is down."""
+    async def checkpoint(self, stream_ids: Sequence[str]) -> list[str]:
+        """Write those of the streams that changed since their last checkpoint; the ids the store
+        accepted. ``Unavailable`` if the store is down."""
         async with self._lock:
-            return await self._write(stream_ids, force=force)
+            return await self._write(stream_ids)
 
-    async def _write(self, stream_ids: Sequence[str], *, force: bool) -> list[str]:
+    async def _write(self, stream_ids: Sequence[str]) -> list[str]:
         ledger = self._ledger
-        wanted = [s for s in stream_ids if force or ledger.changed(s)]
+        wanted = [s for s in stream_ids if ledger.changed(s)]
         if not wanted:
             return []
         epoch = await self._connection.require()
