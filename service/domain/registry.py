@@ -179,14 +179,15 @@ class Registry:
         old = self._catalog.template(template.name)
         if old == template:
             return "unchanged"
+        await self._persistence.save_template(template)  # stored first: a 503 leaves nothing changed
         self._catalog.put_template(template)
-        await self._persistence.save_template(template)
         return "created" if old is None else "replaced"
 
     async def delete_template(self, name: str) -> None:
-        if self._catalog.remove_template(name) is None:
+        if self._catalog.template(name) is None:
             raise UnknownStream(f"unknown template {name!r}", field="name")
         await self._persistence.delete_template(name)
+        self._catalog.remove_template(name)
 
     def templates(self) -> list[Template]:
         return self._catalog.templates()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tests.persistence.conftest import Backend
-from tests.persistence.parts import Parts, assert_same_state, rows, until_up
+from tests.persistence.parts import LINEAR, Parts, assert_same_state, rows, until_up
+from trackin.service.domain.catalog import Template
 from trackin.service.durability.records import COUNT_KEY
 from trackin.service.errors import Unavailable
 from trackin.service.store import RedisStore, decode_state
@@ -91,15 +92,22 @@ async def test_a_failed_write_is_a_503_counted_and_retried_later(redis_backend: 
         assert parts.sample("trackin_store_up") == 1
 
 
-async def test_a_stream_that_cannot_be_stored_is_not_created(redis_backend: Backend) -> None:
+async def test_what_cannot_be_stored_is_not_changed(redis_backend: Backend) -> None:
     assert redis_backend.redis is not None
     async with Parts.on(RedisStore(redis_backend.redis.url, timeout=0.5)) as parts:
         await parts.create("a")
+        kept = Template("kept", "k-", LINEAR, 60.0)
+        await parts.registry.put_template(kept)
         redis_backend.redis.stop()
         with pytest.raises(Unavailable) as caught:
-            await parts.registry.put_stream("b", parts.catalog.record("a").spec)  # type: ignore[union-attr]
+            await parts.registry.put_stream("b", LINEAR)
         assert caught.value.status == 503
         assert "b" not in parts.catalog
         assert "b" not in parts.engine
         assert "b" not in parts.ledger.recent()
         assert parts.connection.known == 1
+        with pytest.raises(Unavailable):
+            await parts.registry.put_template(Template("new", "n-", LINEAR, 60.0))
+        with pytest.raises(Unavailable):
+            await parts.registry.delete_template("kept")
+        assert parts.registry.templates() == [kept], "a 503 leaves the templates as they were"
