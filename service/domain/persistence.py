@@ -28,7 +28,8 @@ class Hold(Protocol):
 
 
 class Persistence(Protocol):
-    """Storing, restoring and evicting streams, and storing templates (`Durability` implements it)."""
+    """Storing, restoring and evicting streams, and storing templates
+    (`trackin.service.durability.Durability` implements it; every call may raise ``Unavailable``)."""
 
     async def restore(self, stream_id: str) -> StreamRecord | None:
         """Bring a stored stream back into memory; its record, or None if it was never stored."""
@@ -38,18 +39,29 @@ class Persistence(Protocol):
         """Restore many stored streams in one go (best effort: `restore` answers for each later)."""
         ...
 
-    def hold(self, stream_ids: Iterable[str]) -> Hold: ...
+    def hold(self, stream_ids: Iterable[str]) -> Hold:
+        """Keep these streams resident while the caller uses them."""
+        ...
+
     async def created(self, stream_id: str) -> None:
         """Make a new stream durable; raising means it was not created."""
         ...
 
-    async def forget(self, stream_id: str) -> None: ...
+    async def forget(self, stream_id: str) -> None:
+        """Delete a stream's stored state."""
+        ...
+
     async def stored_ids(self, prefix: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
         """Stored stream ids starting with ``prefix``, a page after ``cursor``."""
         ...
 
-    async def save_template(self, template: Template) -> None: ...
-    async def delete_template(self, name: str) -> None: ...
+    async def save_template(self, template: Template) -> None:
+        """Store a template (created or replaced)."""
+        ...
+
+    async def delete_template(self, name: str) -> None:
+        """Delete a stored template."""
+        ...
 
 
 class _NoHold:
