@@ -123,7 +123,7 @@ def run_trackin(datasets: Sequence[DataSet]) -> tuple[list[Answers], bool]:
             [nan if r.prediction is None else r.prediction for r in items], dtype=np.float64
         )
         warming = np.array([bool(r.warming) for r in items])
-        skipped = np.array([bool(r.nonfinite) for r in items])
+        skipped = np.array([bool(getattr(r, "nonfinite", False)) for r in items])
         out.append(Answers(predictions.reshape(len(items), ds.dim), warming, skipped))
     return out, timed
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from bench.datasets import EMINI, GBPUSD, load_all
 from bench.realdata import box_scores, evaluate, main, run_trackin, user_spec
+from trackin.models.engine import Engine
 
 FRAMES = 40
 
@@ -89,6 +92,30 @@ def test_one_engine_for_all_equals_one_run_each(tmp_path: Path) -> None:
         [alone], _ = run_trackin([ds])
         np.testing.assert_array_equal(alone.predictions, answers.predictions)
         np.testing.assert_array_equal(alone.warming, answers.warming)
+
+
+def test_times_are_passed_when_the_engine_takes_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets, _ = load_all(make_data(tmp_path), limit=None)
+    observe = Engine.observe
+    seen: list[float | None] = []
+
+    def observe_with_ts(
+        self: Engine,
+        ids: Sequence[str],
+        inputs: Sequence[np.ndarray],
+        targets: Any,
+        ts: Sequence[float | None],
+    ) -> Any:
+        seen.extend(ts)
+        return observe(self, ids, inputs, targets)
+
+    _, timed = run_trackin(datasets[1:2])
+    assert not timed
+    monkeypatch.setattr(Engine, "observe", observe_with_ts)
+    _, timed = run_trackin(datasets[1:2])
+    assert timed
+    assert datasets[1].times is not None
+    assert seen == datasets[1].times.tolist()  # one sequence: arrival order is file order
 
 
 def test_evaluate_counts_warming_answers_as_the_last_value(tmp_path: Path) -> None:
