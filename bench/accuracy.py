@@ -1,6 +1,11 @@
 """Prequential accuracy benchmark: TrackIn against SGD, Adam, a Kalman filter and RLS on drifting regression.
 
     .venv/bin/python -m bench.accuracy [--seeds 10] [--steps 5000] [--markdown] [--tune]
+    .venv/bin/python -m bench.accuracy --real [--data ../shared/data] [--limit 100000] [--markdown]
+
+``--real`` runs the real-data suite instead (:mod:`bench.realdata`, also ``python -m bench.realdata``):
+trackin's defaults, through the service's engine, against last value, constant velocity, a Kalman filter and
+RLS on MOT17 boxes, E-mini ticks and GBP/USD minute bars.
 
 Every stream is a linear regression whose weights move: ``x_t ~ N(0, I_8)``, ``y_t = w_t . x_t + 0.1 n_t``.
 At each step a method predicts ``y_t``, is scored ``(y_t - yhat_t)^2`` (summed over the run: the cumulative
@@ -25,6 +30,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
+from bench import realdata
 from trackin.models import functional as F
 from trackin.models.specs import TRACKIN_DEFAULTS
 
@@ -384,7 +391,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="torch intra-op threads (1: the tensors are small; extra threads "
         "only spin, and on a busy machine they slow every op down many times)",
     )
+    parser.add_argument("--real", action="store_true", help="the real-data suite (bench/realdata.py) instead")
+    parser.add_argument("--data", type=Path, default=realdata.DEFAULT_DATA, help="--real: the shared data")
+    parser.add_argument("--limit", type=int, default=realdata.DEFAULT_LIMIT, help="--real: E-mini ticks")
     args = parser.parse_args(argv)
+    if args.real:
+        markdown = ["--markdown"] if args.markdown else []
+        realdata.main(
+            ["--data", str(args.data), "--limit", str(args.limit), "--threads", str(args.threads), *markdown]
+        )
+        return
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     offset = TUNE_SEED_OFFSET if args.tune else 0

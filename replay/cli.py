@@ -1,34 +1,38 @@
-"""``trackin replay FILE``: stream a file through trackin, score its forecasts against the obvious baseline.
+"""``trackin replay FILE``: stream a file through trackin, score its forecasts against the strongest trivial
+baseline on a fixed set of arrivals.
 
-Prices (ticks or bars CSV) become one ``ar`` stream per instrument; MOTChallenge ``gt.txt`` boxes become
-one ``ar`` stream per object, created on the fly from a template (``<sequence>:<id>``), all objects of a
-frame in one message. Every answer carries the prediction made before learning from that observation; the
-baseline predicts no change (the last price, the last box). The summary gives the ratio of the two mean
-squared errors over the observations both scored: below 1, trackin beats the baseline.
+Prices (ticks, bars or bid/ask quotes CSV) become one stream per instrument; MOTChallenge ``gt.txt`` boxes
+one stream per object, created on the fly from a template (``<sequence>:<id>``), all objects of a frame in
+one message. Every answer carries the prediction made before learning from that observation.
 
-Model settings (flags override them; ``--spec`` replaces them):
+The stream spec is the one a user gets by default, validated with ``StreamSpec`` before anything is sent
+(an invalid spec stops the replay before it starts):
 
-- Values are sent in units of the file's typical change (``--unit auto``: the median non-zero absolute
-  change between consecutive observations of a stream; 0.25 for E-mini ticks, 1e-4 for GBP/USD minute
-  bars, 1 to 2 px for MOT17 boxes), prices also relative to the first price. A gradient step's size
-  depends on the scale of the inputs, and FX quotes move by 1e-5 where boxes move by pixels: in these
-  units one set of hyperparameters fits every file, and float32 keeps full precision.
-- ``target: delta``: the model forecasts the next change from the last ``lags`` changes. Zero weights (the
-  initial state) forecast no change, which is the baseline itself, so learning starts from it.
-- ``huber`` loss (delta 1 unit): on MOT17-02 the MSE diverged at every learning rate tried (a box moving
-  30 px a frame gives gradients 30 times those of a still one); Huber bounds each step's error term and
-  equals the MSE (up to 1/2) within one unit.
-- ``lr 0.003`` (TrackIn's other settings at their defaults); ``lags 16`` for prices, ``lags 8`` for boxes
-  (tracks are short and each object waits for its lag window). Chosen on the first 20,000 E-mini ticks
-  (lr 0.003: ratio 0.925; 0.01: 0.944; 0.03: 1.083) and on MOT17-02 (lags 8, lr 0.003: 0.38).
+- prices: ``{"model": {"family": "ar", "dim": 1}}``, every other field at its default, prices as they are
+  in the file (``--unit U`` divides them by U first; the default 1 changes nothing).
+- boxes: ``{"model": {"family": "track", "dim": 4}}`` (constant velocity from a track's second box, with a
+  learned residual) when the engine has the ``track`` family; with an engine that has not, the ``ar`` spec
+  ``{"family": "ar", "dim": 4, "lags": 8, "target": "delta"}`` with ``huber`` loss (delta 1 px) and lr 0.003,
+  as before (the MSE diverged on MOT17-02 at every learning rate tried).
+- ``--spec`` replaces the default; ``--lags``, ``--lr`` and ``--loss`` then set those fields of either.
+
+Scoring (:mod:`trackin.replay.scoring`): from every stream's third observation on, whatever ``lags``, minus
+the first change across a session gap of a price file; trackin's warming answers (no forecast yet) count as
+the last value; the baseline is constant velocity on the frame numbers for boxes, no change for prices. The
+summary gives the ratio of the two mean squared errors: below 1, trackin beats the baseline.
+
+Exit status (:mod:`trackin.replay.errors`): 0; 2 when the file or the spec cannot be replayed; 1 when
+trackin diverged (a non-finite mean loss or forecast), after printing the summary.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,13 +41,24 @@ from typing import Any, Literal
 
 import numpy as np
 
+from trackin.replay.errors import InputError, ReplayError
+from trackin.replay.scoring import GAP_FACTOR, previous_index
 from trackin.replay.sinks import InProcessSink, Observation, Sink, StreamPlan
-from trackin.replay.sources import FORMATS, Format, Steps, read_steps
-from trackin.replay.summary import Summary
+from trackin.replay.sources import FORMATS, Format, Steps, detect_format, read_steps
+from trackin.replay.summary import Answers, Summary, summarise
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+PRICE_SPEC: dict[str, Any] = {"model": {"family": "ar", "dim": 1}}
+TRACK_SPEC: dict[str, Any] = {"model": {"family": "track", "dim": 4}}
+AR_BOX_SPEC: dict[str, Any] = {
+    "model": {"family": "ar", "dim": 4, "lags": 8, "target": "delta"},
+    "loss": "huber",
+    "huber_delta": 1.0,
+    "optimizer": {"name": "trackin", "lr": 0.003},
+}
+"""The box spec for an engine without the ``track`` family."""
 
-__all__ = ["ReplayOptions", "Summary", "add_parser", "replay", "stream_spec"]
+__all__ = ["ReplayOptions", "Summary", "add_parser", "box_spec", "replay", "stream_spec"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,55 +72,58 @@ class ReplayOptions:
     stream: str | None = None
     lags: int | None = None
     lr: float | None = None
-    loss: Literal["mse", "huber"] = "huber"
-    unit: float | None = None  # None: auto
-    spec: dict[str, Any] | None = None  # a whole stream spec, instead of the one built from the above
+    loss: Literal["mse", "huber"] | None = None
+    unit: float = 1.0  # values are sent divided by it
+    spec: dict[str, Any] | None = None  # a whole stream spec, instead of the default
+    gap_factor: float = GAP_FACTOR
     plot: Path | None = None
     progress: bool = True
 
 
+def _validated(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec with every default filled in; :class:`InputError` if ``StreamSpec`` refuses it."""
+    from pydantic import ValidationError
+
+    from trackin.models.specs import StreamSpec
+
+    try:
+        return StreamSpec.model_validate(spec).model_dump(mode="json")
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise InputError(f"invalid stream spec {json.dumps(spec)}: {problems}") from None
+
+
+def box_spec() -> dict[str, Any]:
+    """The ``track`` spec if this engine accepts it, else the ``ar`` one."""
+    try:
+        _validated(TRACK_SPEC)
+    except InputError:
+        return copy.deepcopy(AR_BOX_SPEC)
+    return copy.deepcopy(TRACK_SPEC)
+
+
 def stream_spec(fmt: Format, options: ReplayOptions) -> dict[str, Any]:
-    """The stream spec a replay uses (see the module docstring for why)."""
-    if options.spec is not None:
-        return options.spec
-    boxes = fmt == "mot"
-    return {
-        "model": {
-            "family": "ar",
-            "dim": 4 if boxes else 1,
-            "lags": options.lags or (8 if boxes else 16),
-            "target": "delta",
-        },
-        "loss": options.loss,
-        "huber_delta": 1.0,
-        "optimizer": {"name": "trackin", "lr": options.lr or 0.003},
-    }
-
-
-def _previous(codes: np.ndarray) -> np.ndarray:
-    """For each observation, the index of the same stream's previous observation (-1 for the first)."""
-    order = np.argsort(codes, kind="stable")
-    previous = np.full(codes.size, -1, dtype=np.int64)
-    same = codes[order[1:]] == codes[order[:-1]]
-    previous[order[1:][same]] = order[:-1][same]
-    return previous
-
-
-def typical_change(values: np.ndarray, previous: np.ndarray, sample: int = 10_000) -> float:
-    """Median non-zero absolute change between consecutive observations of a stream (first ``sample``)."""
-    has = np.flatnonzero(previous >= 0)[:sample]
-    changes = np.abs(values[has] - values[previous[has]]).ravel()
-    changes = changes[changes > 0]
-    return float(np.median(changes)) if changes.size else 1.0
+    """The spec a replay sends (see the module docstring), not yet validated."""
+    base = options.spec if options.spec is not None else box_spec() if fmt == "mot" else PRICE_SPEC
+    spec = copy.deepcopy(base)
+    if options.lags is not None:
+        spec.setdefault("model", {})["lags"] = options.lags
+    if options.lr is not None:
+        optimizer = spec.setdefault("optimizer", {})
+        if isinstance(optimizer, dict):
+            optimizer["lr"] = options.lr
+    if options.loss is not None:
+        spec["loss"] = options.loss
+    return spec
 
 
 def _messages(
-    steps: Steps, streams: list[str], scaled: np.ndarray, per_message: int
+    steps: Steps, streams: list[str], sent: np.ndarray, per_message: int
 ) -> Iterator[list[Observation]]:
     starts = steps.starts
     for k in range(0, len(starts) - 1, per_message):
         a, b = int(starts[k]), int(starts[min(k + per_message, len(starts) - 1)])
-        rows = scaled[a:b].tolist()
+        rows = sent[a:b].tolist()
         yield [{"stream": streams[i], "value": row} for i, row in zip(range(a, b), rows, strict=True)]
 
 
@@ -123,49 +141,56 @@ def _make_sink(options: ReplayOptions) -> Sink:
 
 
 def replay(options: ReplayOptions) -> Summary:
-    """Read, send, score; with ``options.plot``, also write the PNG."""
-    steps = read_steps(options.path, options.format, limit=options.limit, name=options.stream)
+    """Validate, read, send, score; with ``options.plot``, also write the PNG.
+
+    Raises :class:`InputError` before sending anything when the file or the spec cannot be replayed. A
+    diverged run returns its summary, whose :meth:`Summary.check` raises.
+    """
+    if not (np.isfinite(options.unit) and options.unit > 0):
+        raise InputError(f"--unit must be a positive number, not {options.unit}")
+    fmt = detect_format(options.path) if options.format == "auto" else options.format
+    sent_spec = stream_spec(fmt, options)
+    spec = _validated(sent_spec)
+    steps = read_steps(options.path, fmt, limit=options.limit, name=options.stream)
     boxes = steps.format == "mot"
     keys, codes = np.unique(np.asarray(steps.keys, dtype=object), return_inverse=True)
     codes = codes.astype(np.int64)
     streams_of_keys = [f"{steps.name}:{k}" if boxes else str(k) for k in keys.tolist()]
     streams = [streams_of_keys[c] for c in codes.tolist()]
-    previous = _previous(codes)
-    unit = options.unit or typical_change(steps.values, previous)
-    origin = 0.0 if boxes or not len(steps) else float(steps.values[0, 0])
-    scaled = (steps.values - origin) / unit
-    spec = stream_spec(steps.format, options)
     plan = (
-        StreamPlan(spec, template=steps.name, prefix=f"{steps.name}:")
+        StreamPlan(sent_spec, template=steps.name, prefix=f"{steps.name}:")
         if boxes
-        else StreamPlan(spec, streams=tuple(streams_of_keys))
+        else StreamPlan(sent_spec, streams=tuple(streams_of_keys))
     )
     per_message = options.batch or (1 if boxes else 1000)
     n = len(steps)
-    predictions = np.full((n, steps.dim), np.nan)
-    losses = np.full(n, np.nan)
-    applied = 0
+    answers = Answers.empty(n, steps.dim)
     sink = _make_sink(options)
     try:
         sink.prepare(plan)
         started = time.perf_counter()
         position = 0
         with _progress(n, options.progress, steps.name) as advance:
-            for results in sink.run(_messages(steps, streams, scaled, per_message)):
+            for results in sink.run(_messages(steps, streams, steps.values / options.unit, per_message)):
                 for j, result in enumerate(results, start=position):
-                    prediction = result.get("prediction")
-                    if prediction is not None:
-                        predictions[j] = prediction
-                    if result.get("loss") is not None:
-                        losses[j] = result["loss"]
-                    applied += bool(result.get("applied"))
+                    answers.record(j, result)
                 position += len(results)
                 advance(len(results))
         seconds = time.perf_counter() - started
     finally:
         sink.close()
-    summary = _summarise(
-        steps, codes, previous, predictions * unit + origin, losses, applied, seconds, sink.label, spec, unit
+    answers.predictions *= options.unit
+    summary = summarise(
+        steps,
+        codes,
+        previous_index(codes),
+        answers,
+        seconds,
+        sink.label,
+        spec,
+        sent_spec,
+        options.unit,
+        options.gap_factor,
     )
     summary.stream_names = streams_of_keys
     if options.plot is not None:
@@ -173,45 +198,6 @@ def replay(options: ReplayOptions) -> Summary:
 
         plot_summary(summary, options.plot)
     return summary
-
-
-def _summarise(
-    steps: Steps,
-    codes: np.ndarray,
-    previous: np.ndarray,
-    predictions: np.ndarray,
-    losses: np.ndarray,
-    applied: int,
-    seconds: float,
-    transport: str,
-    spec: dict[str, Any],
-    unit: float,
-) -> Summary:
-    values = steps.values
-    scored = ~np.isnan(predictions).any(axis=1) & (previous >= 0)
-    model_se = ((predictions - values) ** 2).sum(axis=1)[scored]
-    base_se = ((values[previous] - values) ** 2).sum(axis=1)[scored]
-    return Summary(
-        name=steps.name,
-        format=steps.format,
-        transport=transport,
-        observations=len(steps),
-        streams=int(codes.max()) + 1 if codes.size else 0,
-        scored=int(scored.sum()),
-        applied=applied,
-        seconds=seconds,
-        mean_loss=float(np.nanmean(losses)) if np.isfinite(losses).any() else float("nan"),
-        mse=float(model_se.mean()) if model_se.size else float("nan"),
-        baseline_mse=float(base_se.mean()) if base_se.size else float("nan"),
-        unit=unit,
-        spec=spec,
-        values=values,
-        predictions=predictions,
-        previous=previous,
-        losses=losses,
-        codes=codes,
-        step_of=np.repeat(steps.labels, np.diff(steps.starts)),
-    )
 
 
 @contextlib.contextmanager
@@ -227,9 +213,21 @@ def _progress(total: int, enabled: bool, name: str) -> Iterator[Callable[[int], 
         yield lambda k: bar.advance(task, k)
 
 
+def _spec_argument(text: str) -> dict[str, Any]:
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(spec, dict):
+        raise argparse.ArgumentTypeError("a stream spec is a JSON object")
+    return spec
+
+
 def add_parser(commands: Any) -> None:
     """Register ``replay`` on the ``trackin`` command's subparsers."""
-    p = commands.add_parser("replay", help="stream a ticks/bars CSV or MOTChallenge gt.txt through trackin")
+    p = commands.add_parser(
+        "replay", help="stream a ticks/bars/quotes CSV or MOTChallenge gt.txt through trackin"
+    )
     p.add_argument("file", type=Path)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--url", default=os.environ.get("TRACKIN_URL", DEFAULT_URL), help="running service")
@@ -239,11 +237,19 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--batch", type=int, help="rows (prices, default 1000) or frames (mot, 1) per message")
     p.add_argument("--transport", choices=["rest", "ws"], default="rest")
     p.add_argument("--stream", help="stream name (prices) or template/prefix name (mot)")
-    p.add_argument("--lags", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--loss", choices=["mse", "huber"], default="huber")
-    p.add_argument("--unit", type=float, help="value unit (default: the typical change)")
-    p.add_argument("--spec", type=json.loads, help="a whole stream spec (JSON) instead of the defaults")
+    p.add_argument("--lags", type=int, help="set the spec's model.lags")
+    p.add_argument("--lr", type=float, help="set the spec's optimizer.lr")
+    p.add_argument("--loss", choices=["mse", "huber"], help="set the spec's loss")
+    p.add_argument(
+        "--unit", type=float, default=1.0, help="send values divided by this (default 1: as they are)"
+    )
+    p.add_argument("--spec", type=_spec_argument, help="a whole stream spec (JSON) instead of the default")
+    p.add_argument(
+        "--gap-factor",
+        type=float,
+        default=GAP_FACTOR,
+        help="prices: a spacing over this many median spacings is a session gap (default %(default)g)",
+    )
     p.add_argument("--plot", type=Path, help="write a PNG of forecasts and rolling loss")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=_run)
@@ -263,11 +269,17 @@ def _run(args: argparse.Namespace) -> int:
         loss=args.loss,
         unit=args.unit,
         spec=args.spec,
+        gap_factor=args.gap_factor,
         plot=args.plot,
         progress=not args.no_progress,
     )
-    summary = replay(options)
-    print("\n".join(summary.lines()))
-    if options.plot is not None:
-        print(f"  plot           {options.plot}")
+    try:
+        summary = replay(options)
+        print("\n".join(summary.lines()))
+        if options.plot is not None:
+            print(f"  plot           {options.plot}")
+        summary.check()
+    except ReplayError as error:
+        print(f"trackin replay: error: {error}", file=sys.stderr)
+        return error.exit_status
     return 0

@@ -1,7 +1,8 @@
 """The PNG of ``trackin replay --plot``: forecasts against actual values, and the rolling loss.
 
 Top: the last ``window`` scored observations of the stream that moved most (prices: the price; boxes: the
-box centre's x and y, one panel each): actual values, trackin's forecasts and the no-change baseline.
+box centre's x and y, one panel each): actual values, trackin's forecasts (warming answers as the last value,
+as they are scored) and the baseline's (no change for prices, constant velocity for boxes).
 Bottom: rolling mean squared error of trackin and of the baseline over all scored observations, in file
 order (log scale).
 """
@@ -42,16 +43,16 @@ def plot_summary(summary: Summary, out: Path, window: int = 300) -> None:
     import matplotlib.pyplot as plt
 
     boxes = summary.format == "mot"
-    scored = ~np.isnan(summary.predictions).any(axis=1) & (summary.previous >= 0)
-    model = ((summary.predictions - summary.values) ** 2).sum(axis=1)
-    base = ((summary.values[summary.previous] - summary.values) ** 2).sum(axis=1)
+    scored = summary.scored_mask
+    model = ((summary.forecasts - summary.values) ** 2).sum(axis=1)
+    base = ((summary.baseline_forecasts - summary.values) ** 2).sum(axis=1)
     # the stream that moved most (for prices, the only one)
     moved = np.bincount(summary.codes[scored], weights=base[scored], minlength=len(summary.stream_names))
     shown = int(moved.argmax()) if scored.any() else 0
     mine = np.flatnonzero(scored & (summary.codes == shown))[-window:]
     actual, names = _shown(summary.values[mine], boxes)
-    forecast, _ = _shown(summary.predictions[mine], boxes)
-    last, _ = _shown(summary.values[summary.previous[mine]], boxes)
+    forecast, _ = _shown(summary.forecasts[mine], boxes)
+    baseline, _ = _shown(summary.baseline_forecasts[mine], boxes)
     fig, axes = plt.subplots(len(names) + 1, 1, figsize=(11, 3.2 * (len(names) + 1)), constrained_layout=True)
     where = summary.step_of[mine]
     step = "frame" if boxes else "row"
@@ -59,7 +60,7 @@ def plot_summary(summary: Summary, out: Path, window: int = 300) -> None:
     for d, (ax, name) in enumerate(zip(axes[:-1], names, strict=True)):
         ax.plot(where, actual[:, d], "k.-", lw=1, ms=3, label="actual")
         ax.plot(where, forecast[:, d], "C1.-", lw=1, ms=3, label="trackin forecast")
-        ax.step(where, last[:, d], "C0", lw=1, ls=":", where="post", label="baseline (last value)")
+        ax.plot(where, baseline[:, d], "C0.:", lw=1, ms=2, label=f"baseline ({summary.baseline})")
         what = f"box centre {name} (px)" if boxes else name
         ax.set_title(f"{stream}: {what}, last {mine.size} forecasts, each made before learning")
         ax.set_xlabel(step)
@@ -71,7 +72,7 @@ def plot_summary(summary: Summary, out: Path, window: int = 300) -> None:
     if positions.size:
         x = summary.step_of[positions][roll - 1 :]
         bottom.plot(x, _rolling_mean(model[scored], roll), "C1", lw=1.2, label="trackin")
-        bottom.plot(x, _rolling_mean(base[scored], roll), "C0", lw=1.2, label="baseline (last value)")
+        bottom.plot(x, _rolling_mean(base[scored], roll), "C0", lw=1.2, label="baseline")
         bottom.set_yscale("log")
         bottom.legend(loc="best", fontsize=8)
     unit = "px², 4 values summed" if boxes else "price²"
