@@ -110,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = Registry(
             scheduler, PendingLabels(settings.pending_label_ttl_seconds, settings.max_pending_labels)
         )
+        metrics.set_pending_source(lambda: scheduler.pending_observations)
         state = AppState(settings, engine, scheduler, registry, metrics)
         app.state.trackin = state
         scheduler.start()
