@@ -158,14 +158,19 @@ def drive_traffic(trackin: str, seconds: float) -> None:
 
 def test_every_dashboard_and_alert_expression_returns_data(trackin: str, prometheus: str) -> None:
     drive_traffic(trackin, seconds=6)
+    traffic_ended = time.time()  # Prometheus stamps samples with this host's clock
 
     def scraped_enough() -> bool:
         samples = query(prometheus, 'count_over_time(up{job="trackin"}[1m])')
         per_stream = query(prometheus, f'trackin_stream_loss_ewma{{stream="{STREAMS[0]}"}}')
         return bool(samples) and float(samples[0]["value"][1]) >= 8 and bool(per_stream)
 
+    def scraped_after_the_traffic() -> bool:
+        latest = query(prometheus, 'timestamp(up{job="trackin"})')
+        return bool(latest) and float(latest[0]["value"][1]) > traffic_ended
+
     wait_for("8 scrapes and the opt-in stream series", scraped_enough, 30)
-    time.sleep(1.5)  # one more scrape after the last request
+    wait_for("a scrape started after the last request", scraped_after_the_traffic, 30)
 
     expressions = all_expressions(VARIABLES)
     empty = [f"{e.where}: {e.expr}" for e in expressions if not query(prometheus, e.expr)]
