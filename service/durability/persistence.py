@@ -82,6 +82,10 @@ class Persistence:
         self.log_mode = settings.durability == "log"
         self.epoch: int | None = None
         self.up = False
+        # Every stored stream is loaded (restore_eagerly), or nobody asked for that: /readyz waits for it,
+        # also when the store was down at start and the restore happens on a background retry.
+        self.restored = not settings.restore_eagerly
+        self._restore_lock = asyncio.Lock()
         self._known = 0
         self._counts: dict[str, int] = {}  # observations applied per resident stream (fencing "step")
         self._saved: dict[str, int] = {}  # count at the last accepted checkpoint
@@ -115,23 +119,29 @@ class Persistence:
         self._task = asyncio.create_task(self._checkpoint_loop(), name="trackin-checkpoints")
 
     async def _connect(self) -> None:
+        """Connect (once) and, with ``restore_eagerly``, finish the eager restore (until it succeeds)."""
         async with self._connect_lock:
-            if self.epoch is not None:
-                return
-            await self.store.startup()
-            self.epoch = await self.store.acquire_epoch()
-            for name, value in (await self.store.list_records(TEMPLATE_KIND)).items():
-                self.state.registry.templates[name] = Template(
-                    name=name,
-                    prefix=value["prefix"],
-                    spec=StreamSpec.model_validate(value["spec"]),
-                    idle_seconds=value["idle_seconds"],
-                )
-            self._known = await self.store.count_streams()
-            self._set_up(True)
-            log.info("store connected, owner epoch %d", self.epoch)
-        if self.settings.restore_eagerly:
-            await self._restore_all()
+            if self.epoch is None:
+                await self._open_store()
+        if not self.restored:
+            async with self._restore_lock:
+                if not self.restored:
+                    await self._restore_all()
+                    self.restored = True
+
+    async def _open_store(self) -> None:
+        await self.store.startup()
+        self.epoch = await self.store.acquire_epoch()
+        for name, value in (await self.store.list_records(TEMPLATE_KIND)).items():
+            self.state.registry.templates[name] = Template(
+                name=name,
+                prefix=value["prefix"],
+                spec=StreamSpec.model_validate(value["spec"]),
+                idle_seconds=value["idle_seconds"],
+            )
+        self._known = await self.store.count_streams()
+        self._set_up(True)
+        log.info("store connected, owner epoch %d", self.epoch)
 
     async def stop(self) -> None:
         """Write every changed stream, then close the store (SIGTERM path)."""
@@ -367,7 +377,7 @@ class Persistence:
                 await asyncio.wait_for(self._wake.wait(), timeout=0.2)
             self._wake.clear()
             try:
-                if self.epoch is None:
+                if self.epoch is None or not self.restored:
                     await self._connect()
                 due_time = time.monotonic() - last_pass >= self.settings.checkpoint_interval_seconds
                 every = self.settings.checkpoint_every_steps
