@@ -12,7 +12,6 @@ import math
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,18 +23,12 @@ import httpx
 import pytest
 
 from tests.deploy.promql import ALERTS, all_expressions
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 STREAMS = ("e2e-a", "e2e-b")  # both opt in to per-stream series
 VARIABLES = {"instance": ".*", "stream": STREAMS[0], "__rate_interval": "30s", "__interval": "30s"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def executable(name: str) -> str:
