@@ -345,7 +345,7 @@ async def test_client_vanishing_with_answers_pending_frees_the_connection(
             )
         ws.transport.abort()  # gone without a close frame, answers unread
         await ws.wait_closed()
-    deadline = asyncio.get_running_loop().time() + 15
+    deadline = asyncio.get_running_loop().time() + 30
     while await asyncio.to_thread(open_connections, limits_server.url) > baseline:
         assert asyncio.get_running_loop().time() < deadline, (
             "WebSocket handlers still open after their clients left"
