@@ -33,7 +33,7 @@ from tests.support.server import TrackinServer
 pytestmark = pytest.mark.timeout(150)
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
