@@ -281,7 +281,7 @@ LONG_RUN = [
 # gradient steps (lr = 0.02: 25 steps); past that horizon differences stop accumulating
 # (tests.support.tolerances).
 LONG_RUN_MEMORY = memory(
-    decays=tuple(d for s in LONG_RUN for d in (s.optimizer.gamma, s.optimizer.eps_decay)),  # type: ignore[union-attr]
+    decays=tuple(d for s in LONG_RUN for d in (s.optimizer.gamma, s.optimizer.eps_decay)),
     lrs=tuple(s.optimizer.lr for s in LONG_RUN),
 )
 

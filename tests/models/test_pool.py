@@ -111,7 +111,7 @@ def test_nonfinite_leaves_the_stream_as_it_was(spec: StreamSpec, bad: str) -> No
     # ... and equal those of a batch without stream 1, up to rounding: a batch of other rows may pick other
     # kernels (vector body or scalar tail) on some CPUs.
     absent, _, _ = run("absent")
-    tol = tolerance(spec.dtype, ops=step_ops(spec.model), steps=3, scale=4.0)
+    tol = tolerance(spec.dtype, ops=step_ops(spec.model), steps=3, scale=8.0)  # |x|, |y| < 8
     for k in (0, 2, 3):
         for key, value in absent.export(slots[k]).items():
             torch.testing.assert_close(pool.export(slots[k])[key], value, **tol, equal_nan=True, msg=key)

@@ -1,4 +1,4 @@
-"""Another CPU's rounding, on this one: a torch function mode that moves every arithmetic result by some ulps.
+"""Another CPU's rounding, on this one: a torch function mode that moves kernel-dependent results by ulps.
 
 Kernels for other instruction sets (MKL's AVX-512 GEMM, ATen's vector widths, fused multiply-adds) round
 differently from this machine's, by an ulp or a few per operation. ``OtherRounding`` makes a code path round
