@@ -168,6 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
         state = build(settings)
+        state.metrics.set_pending_source(lambda: state.scheduler.pending_observations)
         app.state.trackin = state
         registry, scheduler, durability = state.registry, state.scheduler, state.durability
         scheduler.start()

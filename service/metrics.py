@@ -157,6 +157,11 @@ class Metrics:
             buckets=BATCH_SIZE_BUCKETS,
             registry=r,
         )
+        self.engine_pending = Gauge(
+            "trackin_engine_pending_observations",
+            "Observations accepted and not yet applied (queued for the engine, or in it): the backlog.",
+            registry=r,
+        )
         self.engine_step_duration = Histogram(
             "trackin_engine_step_duration_seconds",
             "Time of one batched engine step (predict, loss, backward, update).",
@@ -202,6 +207,10 @@ class Metrics:
         self.evictions = Counter("trackin_evictions", "Streams evicted from memory.", registry=r)
         if process_metrics:
             ProcessCollector(namespace="trackin", registry=r)
+
+    def set_pending_source(self, fn: Callable[[], int]) -> None:
+        """Read the engine's backlog from ``fn`` at each scrape."""
+        self.engine_pending.set_function(fn)
 
     def set_snapshot_source(self, fn: Callable[[], FleetSnapshot]) -> None:
         """Call ``fn`` at each scrape, from the thread serving /metrics; it must be safe to call there."""

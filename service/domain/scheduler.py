@@ -65,10 +65,20 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.last_batch_size = 0
+        self._pending_observations = 0
 
     @property
     def pending(self) -> int:
         return len(self._queue)
+
+    @property
+    def pending_observations(self) -> int:
+        """Observations accepted and not yet applied or failed: queued, or in the engine now.
+
+        It drops in the same step in which ``after_apply`` counts them, so, read from the event loop,
+        accepted = pending + counted at every moment.
+        """
+        return self._pending_observations
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="trackin-scheduler")
@@ -105,7 +115,12 @@ class Scheduler:
         if self._closing:
             raise Unavailable("the server is shutting down", retry_after=5)
         self._queue.append(job)
+        if isinstance(job, _Observe):
+            self._pending_observations += len(job.batch)
         self._wake.set()
+
+    def _settled(self, jobs: Sequence[_Observe]) -> None:
+        self._pending_observations -= sum(len(j.batch) for j in jobs)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -161,12 +176,17 @@ class Scheduler:
 
     async def _prepare(self, jobs: list[_Observe]) -> list[_Observe]:
         """The jobs still valid whose ``before_apply`` succeeded; the others' futures get the error."""
-        live = [j for j in jobs if self._still_valid(j)]
+        live: list[_Observe] = []
+        failed: list[_Observe] = []
+        for j in jobs:
+            (live if self._still_valid(j) else failed).append(j)
+        self._settled(failed)
         if not live or self.before_apply is None:
             return live
         try:
             await self.before_apply([j.batch for j in live])
         except BaseException as exc:
+            self._settled(live)
             _fail(live, exc)
             return []
         return live
@@ -177,10 +197,12 @@ class Scheduler:
         try:
             results = await loop.run_in_executor(self._executor, _observe_all, self.engine, batches)
         except BaseException as exc:
+            self._settled(live)
             _fail(live, exc)
             return
         self.last_batch_size = sum(len(b) for b in batches)
         seconds = time.perf_counter() - started
+        self._settled(live)  # no await until the hooks have counted them
         for hook in self.after_apply:
             hook(batches, results, seconds)
         for j, result in zip(live, results, strict=True):

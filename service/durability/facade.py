@@ -80,6 +80,11 @@ class Durability:
         self._health.mark(True)
         return True
 
+    @property
+    def restored(self) -> bool:
+        """The eager restore (``restore_eagerly``) is done, or was not asked for."""
+        return self._loop.restored
+
     def known_streams(self) -> int:
         """Streams stored or resident."""
         return max(self._connection.known, len(self._engine))

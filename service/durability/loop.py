@@ -104,6 +104,11 @@ class CheckpointLoop:
             if self._ledger.clean(stream_id):  # else not written (refused as stale?): next pass
                 await self._log.drop_orphans(stream_id)
 
+    @property
+    def restored(self) -> bool:
+        """The eager restore is done (or was not asked for): readiness waits for it."""
+        return not self._restore_pending
+
     async def _prepare(self) -> None:
         await self._connection.require()
         if self._restore_pending:

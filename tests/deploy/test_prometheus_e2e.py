@@ -12,7 +12,6 @@ import math
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,18 +23,12 @@ import httpx
 import pytest
 
 from tests.deploy.promql import ALERTS, all_expressions
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 STREAMS = ("e2e-a", "e2e-b")  # both opt in to per-stream series
 VARIABLES = {"instance": ".*", "stream": STREAMS[0], "__rate_interval": "30s", "__interval": "30s"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def executable(name: str) -> str:
@@ -158,14 +151,19 @@ def drive_traffic(trackin: str, seconds: float) -> None:
 
 def test_every_dashboard_and_alert_expression_returns_data(trackin: str, prometheus: str) -> None:
     drive_traffic(trackin, seconds=6)
+    traffic_ended = time.time()  # Prometheus stamps samples with this host's clock
 
     def scraped_enough() -> bool:
         samples = query(prometheus, 'count_over_time(up{job="trackin"}[1m])')
         per_stream = query(prometheus, f'trackin_stream_loss_ewma{{stream="{STREAMS[0]}"}}')
         return bool(samples) and float(samples[0]["value"][1]) >= 8 and bool(per_stream)
 
+    def scraped_after_the_traffic() -> bool:
+        latest = query(prometheus, 'timestamp(up{job="trackin"})')
+        return bool(latest) and float(latest[0]["value"][1]) > traffic_ended
+
     wait_for("8 scrapes and the opt-in stream series", scraped_enough, 30)
-    time.sleep(1.5)  # one more scrape after the last request
+    wait_for("a scrape started after the last request", scraped_after_the_traffic, 30)
 
     expressions = all_expressions(VARIABLES)
     empty = [f"{e.where}: {e.expr}" for e in expressions if not query(prometheus, e.expr)]

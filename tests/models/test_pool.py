@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from tests.models.reference import ReferenceStream
+from tests.support.tolerances import step_ops, tolerance
 from trackin.models.pool import StreamPool, _occurrence_rounds
 from trackin.models.specs import ARModel, DriftSpec, LinearModel, MLPModel, SGDSpec, StreamSpec, TrackInSpec
 
@@ -75,36 +76,45 @@ def test_streams_outside_the_batch_are_untouched(spec: StreamSpec) -> None:
 @pytest.mark.parametrize("spec", [LIN, MLP], ids=["linear", "mlp"])
 @pytest.mark.parametrize("bad", ["nan-input", "inf-target", "huge-input"])
 def test_nonfinite_leaves_the_stream_as_it_was(spec: StreamSpec, bad: str) -> None:
-    def run(include_bad: bool) -> tuple[StreamPool, list[int], object]:
+    def run(row: str) -> tuple[StreamPool, list[int], object]:
+        """Stream 1's observation is ``bad``, an ordinary one (``finite``), or not sent (``absent``)."""
         pool = StreamPool(spec)
         slots = [pool.add(spec) for _ in range(4)]
         feed(pool, slots * 2, 0)
-        batch = [0, 1, 2, 3, 2] if include_bad else [0, 2, 3, 2]
+        batch = [0, 2, 3, 2] if row == "absent" else [0, 1, 2, 3, 2]
         x = torch.arange(15, dtype=torch.float64).view(5, 3) / 10
         y = torch.ones(5, 1, dtype=torch.float64)
-        if include_bad:
+        if row == "bad":
             if bad == "nan-input":
                 x[1, 0] = torch.nan
             elif bad == "inf-target":
                 y[1, 0] = torch.inf
             else:
                 x[1] = 1e300  # finite input, overflowing loss
-        else:
+        elif row == "absent":
             keep = [0, 2, 3, 4]
             x, y = x[keep], y[keep]
         before = pool.export(slots[1])
         result = pool.observe(np.array(batch), x, y)
         return pool, slots, (before, result)
 
-    pool, slots, (before, result) = run(True)
-    clean, _, _ = run(False)
+    pool, slots, (before, result) = run("bad")
     assert result.nonfinite.tolist() == [False, True, False, False, False]  # type: ignore[attr-defined]
     assert result.applied.tolist() == [True, False, True, True, True]  # type: ignore[attr-defined]
     after = pool.export(slots[1])
     same_bits(before, after, skip=("fig/nonfinite",))  # type: ignore[arg-type]
     assert int(after["fig/nonfinite"]) == 1
+    # The other rows of the same batch shape (the same kernels) are those of a batch without the bad value...
+    finite, _, _ = run("finite")
     for k in (0, 2, 3):
-        same_bits(pool.export(slots[k]), clean.export(slots[k]))
+        same_bits(pool.export(slots[k]), finite.export(slots[k]))
+    # ... and equal those of a batch without stream 1, up to rounding: a batch of other rows may pick other
+    # kernels (vector body or scalar tail) on some CPUs.
+    absent, _, _ = run("absent")
+    tol = tolerance(spec.dtype, ops=step_ops(spec.model), steps=3, scale=8.0)  # |x|, |y| < 8
+    for k in (0, 2, 3):
+        for key, value in absent.export(slots[k]).items():
+            torch.testing.assert_close(pool.export(slots[k])[key], value, **tol, equal_nan=True, msg=key)
 
 
 def test_ar_warming_then_scoring_the_old_forecast() -> None:
@@ -241,8 +251,11 @@ def test_loaded_settings_switch_between_shared_and_per_stream_paths() -> None:
         r = pool.observe(np.array(slots), x, y)
         for j, s in enumerate(slots):
             expected = refs[s].observe(x[j], y[j])
-            assert float(r.losses[j]) == pytest.approx(expected.loss, rel=1e-10)
-    torch.testing.assert_close(pool.export(a)["param/weight0"], refs[a].state()["param/weight0"])
+            # float32, pool against reference: equal up to rounding; |x|, |y| < 8 and the loss is a square
+            tol = tolerance(LIN.dtype, ops=step_ops(LIN.model), steps=expected.step, scale=8.0**2)
+            assert float(r.losses[j]) == pytest.approx(expected.loss, rel=tol["rtol"], abs=tol["atol"])
+    tol = tolerance(LIN.dtype, ops=step_ops(LIN.model), steps=8, scale=8.0)
+    torch.testing.assert_close(pool.export(a)["param/weight0"], refs[a].state()["param/weight0"], **tol)
 
 
 def test_empty_batch_and_wrong_spec() -> None:

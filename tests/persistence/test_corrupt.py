@@ -40,7 +40,7 @@ def test_corrupt_checkpoints_are_reported_not_replaced(backend: Backend, servers
         before = {s: api.state(s, spec) for s, spec in STREAMS.items()}
         api.observe("ok-linear", Feed(STREAMS["ok-linear"], seed=50).take(1))  # the one left resident
         before["ok-linear"] = api.state("ok-linear", STREAMS["ok-linear"])
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while metric(api.metrics(), "trackin_streams_resident") != 1:
             assert time.monotonic() < deadline, "eviction down to one resident stream"
             time.sleep(0.05)

@@ -58,7 +58,7 @@ def test_evicted_streams_restore_to_identical_results(backend: Backend, servers:
         for stream_id, spec in streams.items():
             assert _without_times(api.state(stream_id, spec)) == _without_times(ref.state(stream_id, spec))
 
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while (resident := metric(api.metrics(), "trackin_streams_resident")) != LIMIT:
             assert time.monotonic() < deadline, f"{resident} streams resident, limit {LIMIT}"
             time.sleep(0.1)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(120)
 SPEC = FAMILIES["linear"]
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"

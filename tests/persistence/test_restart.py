@@ -8,12 +8,18 @@ side by side, each on its own store of the test's backend: ``log`` durability re
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from tests.persistence.conftest import (
     FAMILIES,
+    LINEAR,
     NO_BACKGROUND_CHECKPOINTS,
     Api,
     Backend,
@@ -26,6 +32,7 @@ from tests.persistence.conftest import (
     stop_all,
 )
 from tests.support.server import TrackinServer
+from trackin.service.store import SQLITE_FILENAME
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -95,5 +102,56 @@ def test_sigterm_restart_keeps_every_stream_identical(backend: Backend, servers:
                 for got, want in zip(served, expected, strict=True):
                     assert got["step"] == want.step, (mode, stream_id, got)
                     assert_close(got["prediction"], want.prediction, f"{mode} {stream_id} prediction")
-                    assert_close(got["loss"], want.loss, f"{mode} {stream_id} loss")
+                    assert_close(got["loss"], want.loss, f"{mode} {stream_id} loss", squared=True)
                 assert_close(api.state(stream_id, spec)[1], reference.predictions(stream_id, spec), stream_id)
+
+
+@contextlib.contextmanager
+def _store_down(backend: Backend) -> Iterator[None]:
+    """The store refuses service: Redis stopped, or the SQLite file write-locked by another connection."""
+    if backend.redis is not None:
+        backend.redis.stop()
+        try:
+            yield
+        finally:
+            backend.redis.start()
+        return
+    db = sqlite3.connect(backend.store_dir / SQLITE_FILENAME, isolation_level=None)
+    try:
+        db.execute("BEGIN EXCLUSIVE")
+        yield
+        db.execute("ROLLBACK")
+    finally:
+        db.close()
+
+
+def test_eager_restore_after_a_store_outage_at_start_is_ready_only_when_done(
+    backend: Backend, servers: Servers
+) -> None:
+    """The store is down when a server that restores eagerly starts: it retries in the background, and
+    /readyz stays 503 until every stored stream is back, not merely until the store answers again (a
+    client told "ready" must find the streams loaded, and restore metrics complete)."""
+    env = {"TRACKIN_DURABILITY": "checkpoint", **NO_BACKGROUND_CHECKPOINTS}
+    first = servers.start(env)
+    n = 80
+    with Api(first) as api:
+        for k in range(n):
+            api.create(f"s{k:03d}", LINEAR)
+            api.observe(f"s{k:03d}", Feed(LINEAR, seed=k).take(2))
+    assert first.stop() == 0  # SIGTERM writes every stream
+
+    second = servers.make({**env, "TRACKIN_RESTORE_EAGERLY": "true"})
+    with ThreadPoolExecutor(1) as pool:
+        with _store_down(backend):
+            starting = pool.submit(second.start)  # returns once /readyz says 200
+            deadline = time.monotonic() + 60
+            while "store unavailable at start" not in second.logs():
+                assert time.monotonic() < deadline, second.describe()
+                assert not starting.done(), "ready while the store was down"
+                time.sleep(0.05)
+        starting.result(timeout=120)
+    with Api(second) as api:
+        samples = api.metrics()
+        assert metric(samples, "trackin_stream_restore_duration_seconds_count") == n
+        assert api.http.get("/readyz").json()["checks"] == {"engine": "up", "store": "up"}
+        assert api.describe("s079")["figures"]["steps"] == 2

@@ -33,7 +33,7 @@ from tests.support.server import TrackinServer
 pytestmark = pytest.mark.timeout(150)
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -127,6 +127,7 @@ def test_redis_down_and_back_during_traffic(redis_backend: Backend, servers: Ser
             t.start()
         _wait_for(lambda: all(len(t.acked) >= 10 for t in traffic.values()), "traffic to flow")
 
+        logs_before = {server: len(server.logs()) for server in (logged, checkpointed)}
         redis.stop()
         log_traffic = [traffic["log-linear"], traffic["log-ar"]]
         _wait_for(lambda: all(t.count(503) >= 3 for t in log_traffic), "log-mode ingestion to answer 503")
@@ -153,7 +154,12 @@ def test_redis_down_and_back_during_traffic(redis_backend: Backend, servers: Ser
         )
         assert ckpt.count(503) == 0
         assert ckpt_api.http.get("/readyz").status_code == 503
-        time.sleep(1.0)  # several failed checkpoint passes, with backoff, and no crash
+        # Several failed checkpoint passes, with backoff, and no crash.
+        for server, start in logs_before.items():
+            _wait_for(
+                lambda server=server, start=start: server.logs()[start:].count("checkpoint pass failed") >= 2,
+                "two failed checkpoint passes",
+            )
         assert logged.running
         assert checkpointed.running
 

@@ -150,6 +150,7 @@ def test_brief_metric_names_are_exported() -> None:
         "trackin_websocket_messages_total",
         "trackin_engine_batch_size_bucket",
         "trackin_engine_step_duration_seconds_bucket",
+        "trackin_engine_pending_observations",
         "trackin_ingest_latency_seconds_bucket",
         "trackin_observation_loss_bucket",
         "trackin_observation_loss_sum",

@@ -145,10 +145,33 @@ async def test_stop_finishes_what_was_accepted_then_refuses() -> None:
     release, blocked = await hold_engine(scheduler)
     accepted = [scheduler.submit(batch("a", 3)) for _ in range(4)]
     stopping = asyncio.ensure_future(scheduler.stop())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # stop() runs up to its first await: the scheduler is closed from then on
     with pytest.raises(Unavailable):
         scheduler.submit(batch("a", 1))
     release.set()
     await blocked
     await stopping
     assert [r.step for f in accepted for r in f.result()] == list(range(1, 13))
+
+
+async def test_pending_observations_are_the_backlog() -> None:
+    """Accepted observations stay pending until applied or failed, and leave the count in the step that
+    counts them (after_apply sees it lowered): accepted = pending + counted, whenever the loop looks."""
+    scheduler, _, recorder = await started(max_batch=4)
+    seen: list[int] = []
+    scheduler.after_apply.append(lambda *_: seen.append(scheduler.pending_observations))
+    release, blocked = await hold_engine(scheduler)
+    doomed = batch("b", 2)  # checked while b exists; b is removed before it applies
+    removal = asyncio.ensure_future(scheduler.call(lambda e: e.remove("b")))
+    await asyncio.sleep(0)
+    futures = [scheduler.submit(doomed), scheduler.submit(batch("a", 3)), scheduler.submit(batch("a", 2))]
+    assert scheduler.pending_observations == 7
+    release.set()
+    await blocked
+    await removal
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert isinstance(results[0], UnknownStream)
+    assert recorder.calls == [[3], [2]]  # 2 + 3 > 4: two engine calls
+    assert seen == [2, 0]
+    assert scheduler.pending_observations == 0
+    await scheduler.stop()

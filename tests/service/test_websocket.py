@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 import socket
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -234,55 +235,89 @@ async def test_messages_before_a_protocol_error_are_answered(server: TrackinServ
     assert await steps(server.url, lin) == 100
 
 
+IN_FLIGHT = 2  # TRACKIN_MAX_WS_IN_FLIGHT of the limits server
+# Bytes user space may hold on the way, beyond the kernel's socket buffers: the client's reads are paused
+# with at most one socket read (asyncio reads 256 KiB at a time) and ``max_queue`` frames queued; the
+# server's transport holds at most its write buffer's high-water mark (64 KiB) and the frame being written.
+USER_SPACE_BYTES = 2 * 256 * 1024
+
+
+def _max_send_buffer() -> int:
+    """The most a TCP socket's send buffer grows to by itself (Linux autotuning's cap, net.ipv4.tcp_wmem)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, IndexError, ValueError):
+        return 64 * 1024 * 1024  # no /proc: far more than any default
+
+
 @pytest.mark.timeout(120)
 async def test_backpressure_stops_reading_and_loses_nothing(limits_server: TrackinServer) -> None:
     """A client that sends without reading: the server (2 messages in flight) stops reading once the
-    answers back up, so the stream's step count stops growing below what was sent; when the client
-    reads, every answer arrives exactly once, in order, and every message was applied.
+    answers back up, so it never reads more than its in-flight bound plus the answers the connection
+    can buffer; when the client reads, every answer arrives exactly once, in order, and every message was
+    applied.
 
-    Answers are made much larger than messages (300 outputs per observation) and the client's receive
-    buffer small, so that TCP buffers on loopback (a few MB) cannot hide the backpressure."""
+    The buffers are measured, not assumed: the client's receive buffer (set small, read back), the cap of
+    the server's send buffer (tcp_wmem), and user space's share bound how many answers can be on their way;
+    the client sends that many plus 200 more messages, so the server must stop reading before the end
+    whatever the kernel's buffer sizes, and the bound is checked against the step count."""
     sid = unique("bp")
+    out_dim = 300  # answers much larger than messages: a few hundred fill the buffers
     spec = {
-        "model": {"family": "linear", "in_dim": 1, "out_dim": 300},
+        "model": {"family": "linear", "in_dim": 1, "out_dim": out_dim, "init": "random"},
         "optimizer": {"name": "sgd", "lr": 1e-3},
     }
     await create(limits_server.url, {sid: spec})
-    total = 1500
-    message = {"observations": [{"stream": sid, "x": [1.0], "y": [1] * 300}]}
+    message = {"observations": [{"stream": sid, "x": [1.0], "y": [1] * out_dim}]}
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    receive_buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)  # what the kernel granted
     sock.connect(("127.0.0.1", limits_server.port))
     sock.setblocking(False)
     sent = 0
     async with await ws_connect(limits_server, sock=sock, max_queue=1, compression=None) as ws:
+        await ws.send(json.dumps({"seq": 0, **message}))
+        # Answers are 300 floats of full precision (random weights), so about as long as the first; count
+        # them at half its length to be safe.
+        answer_bytes = len(await ws.recv())
+        buffered = (receive_buffer + _max_send_buffer() + USER_SPACE_BYTES) // (answer_bytes // 2)
+        # read but unanswered: the queue, the answer being written, the message waiting to be queued
+        bound = 1 + buffered + IN_FLIGHT + 2
+        total = bound + 200
 
         async def send_all() -> None:
             nonlocal sent
-            for seq in range(total):
+            for seq in range(1, total):
                 await ws.send(json.dumps({"seq": seq, **message}))
                 sent += 1
 
         sender = asyncio.create_task(send_all())
         try:
-            # Wait until the step count stops moving.
+            # Until the step count rests for a second (a slow server only makes this wait longer).
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 90
             history = [await steps(limits_server.url, sid)]
-            while len(history) < 4 or len(set(history[-4:])) > 1:
-                await asyncio.sleep(0.2)
+            while len(history) < 5 or len(set(history[-5:])) > 1:
+                assert loop.time() < deadline, history[-10:]
+                assert history[-1] <= bound, f"the server read {history[-1]} messages, bound {bound}"
+                await asyncio.sleep(0.25)
                 history.append(await steps(limits_server.url, sid))
-                assert len(history) < 200, history
             stalled = history[-1]
-            assert stalled < sent, f"the server read all {sent} messages sent: no backpressure"
+            assert stalled <= bound, f"the server read {stalled} messages unanswered, bound {bound}"
             assert stalled < total
-            seqs = []
-            for _ in range(total):
-                got = await answer(ws)
+            seqs, sizes = [], []
+            for _ in range(1, total):
+                frame = await asyncio.wait_for(ws.recv(), timeout=30)
+                sizes.append(len(frame))
+                got = json.loads(frame)
                 seqs.append(got["seq"])
                 assert got["results"][0]["step"] == got["seq"] + 1, got["seq"]
             await sender
         finally:
             sender.cancel()
-    assert seqs == list(range(total))
+    assert sent == total - 1
+    assert seqs == list(range(1, total))
+    assert min(sizes) > answer_bytes // 2, (min(sizes), answer_bytes)
     assert await steps(limits_server.url, sid) == total
 
 
@@ -310,7 +345,7 @@ async def test_client_vanishing_with_answers_pending_frees_the_connection(
             )
         ws.transport.abort()  # gone without a close frame, answers unread
         await ws.wait_closed()
-    deadline = asyncio.get_running_loop().time() + 15
+    deadline = asyncio.get_running_loop().time() + 30
     while await asyncio.to_thread(open_connections, limits_server.url) > baseline:
         assert asyncio.get_running_loop().time() < deadline, (
             "WebSocket handlers still open after their clients left"

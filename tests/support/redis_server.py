@@ -27,6 +27,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from tests.support.ports import free_port, listens
+
 __all__ = ["RedisServer", "redis_server_binary"]
 
 _START_TIMEOUT = 10.0
@@ -48,7 +50,7 @@ class RedisServer:
         self.binary = binary
         self.base_directory = Path(directory)
         self._pick_port = port is None  # until the first start, a lost port race may pick another
-        self.port = port if port is not None else _free_port()
+        self.port = port if port is not None else free_port()
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -77,7 +79,7 @@ class RedisServer:
             try:
                 self._start_once()
             except _PortTakenError:
-                self.port = _free_port()
+                self.port = free_port()
                 continue
             self._pick_port = False
             return self
@@ -110,7 +112,7 @@ class RedisServer:
                 if self._pick_port and "already in use" in tail:
                     raise _PortTakenError
                 raise RuntimeError(f"redis-server exited at start on port {self.port}:\n{tail}")
-            if _answers_ping(self.port):
+            if _answers_ping(self.port) and listens(self._proc.pid, self.port):
                 return
             time.sleep(0.01)
         self.kill()
@@ -165,14 +167,7 @@ class RedisServer:
 
 
 class _PortTakenError(Exception):
-    """Another process bound the port between `_free_port` and redis-server's bind."""
-
-
-def _free_port() -> int:
-    """A port the kernel just considered free; a race with another process is possible but rare."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """Another process bound the port between `free_port` and redis-server's bind."""
 
 
 def _answers_ping(port: int) -> bool:

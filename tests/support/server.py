@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ from types import TracebackType
 from typing import IO, Any, Self
 
 import httpx
+
+from tests.support.ports import free_port, listens
 
 __all__ = ["ServerError", "Servers", "TrackinServer"]
 
@@ -74,7 +75,7 @@ class TrackinServer:
         self.device = device
         self.start_timeout = start_timeout
         self._pick_port = port is None
-        self.port = port if port is not None else _free_port()
+        self.port = port if port is not None else free_port()
         self.log_path = self.data_dir / "trackin-serve.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -138,7 +139,7 @@ class TrackinServer:
             try:
                 self._start_once()
             except _PortTakenError:
-                self.port = _free_port()
+                self.port = free_port()
                 continue
             self._pick_port = False  # later restarts keep the port clients know
             return self
@@ -154,7 +155,7 @@ class TrackinServer:
         self._log.flush()
         started_at = self.log_path.stat().st_size
         self.returncode = None
-        self._proc = subprocess.Popen(
+        self._proc = proc = subprocess.Popen(
             self.command(),
             cwd=_REPO,
             env=env,
@@ -165,7 +166,7 @@ class TrackinServer:
         deadline = time.monotonic() + self.start_timeout
         with httpx.Client(timeout=1.0) as client:
             while time.monotonic() < deadline:
-                code = self._proc.poll()
+                code = proc.poll()
                 if code is not None:
                     self.returncode = code
                     output = self.logs()[started_at:]
@@ -173,7 +174,9 @@ class TrackinServer:
                         raise _PortTakenError
                     raise ServerError(f"trackin serve exited at start with {code}\n{self.describe()}")
                 with contextlib.suppress(httpx.TransportError):
-                    if client.get(f"{self.url}/readyz").status_code == 200:
+                    # 200 from the port, and the port's listener is this process (not one that took the
+                    # port while this one failed to bind it)
+                    if client.get(f"{self.url}/readyz").status_code == 200 and listens(proc.pid, self.port):
                         return
                 time.sleep(0.05)
         self.kill()
@@ -259,11 +262,4 @@ class Servers:
 
 
 class _PortTakenError(Exception):
-    """Another process bound the port between `_free_port` and the server's bind."""
-
-
-def _free_port() -> int:
-    """A port the kernel just considered free; a race with another process is possible but rare."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """Another process bound the port between `free_port` and the server's bind."""

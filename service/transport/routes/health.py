@@ -16,11 +16,13 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Ready to take traffic (engine up, store reachable)")
+@router.get("/readyz", summary="Ready to take traffic (engine up, store reachable, eager restore done)")
 async def readyz(state: State) -> JSONResponse:
     checks: dict[str, str] = {"engine": "up" if state.ready else "starting"}
     if state.durability is not None:
         checks["store"] = "up" if await state.durability.is_up() else "down"
+        if not state.durability.restored:  # restore_eagerly, not finished yet (the store was down at start)
+            checks["restore"] = "running"
     ok = all(v == "up" for v in checks.values())
     return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
