@@ -26,7 +26,7 @@ from trackin.models.hyper import OPTIMIZERS
 from trackin.models.layout import FLOAT, INT, PackedState
 from trackin.models.round import Round
 from trackin.models.rows import Settings, Templates, state_entries
-from trackin.models.specs import ARModel, StreamSpec
+from trackin.models.specs import ARModel, StreamSpec, TrackModel
 from trackin.models.tracking_round import TrackingNet, TrackingRound
 
 __all__ = ["ObserveResult", "StreamPool"]
@@ -89,6 +89,7 @@ class StreamPool:
             net = TrackingNet(self.model)
             entries = state_entries(self.model, hyper, buffers, shapes=net.shapes, extra=net.layout.entries())
         else:
+            assert not isinstance(self.model, TrackModel)
             net = FlatModel(self.model)
             entries = state_entries(self.model, hyper, buffers)
         self._net = net

@@ -22,7 +22,7 @@ from trackin.models import keys
 from trackin.models.families import init_params, param_shapes
 from trackin.models.hyper import Hyperparameters
 from trackin.models.layout import BOOL, FLOAT, INT, PackedState
-from trackin.models.specs import ARModel, ModelSpec, StreamSpec
+from trackin.models.specs import ARModel, ModelSpec, StreamSpec, TrackModel
 from trackin.models.tracking import PRIOR as TRACKING_PRIOR
 
 __all__ = ["Blocks", "Settings", "Template", "Templates", "state_entries"]
@@ -53,7 +53,9 @@ def state_entries(
     """Every key's per-stream shape and buffer, in layout order (see :mod:`models.layout`): the parameters,
     then each optimizer buffer over all parameters, form flat slices of the float buffer. ``shapes``
     overrides the family's parameters and ``extra`` adds float state (the tracking path's)."""
-    shapes = param_shapes(model) if shapes is None else shapes
+    if shapes is None:
+        assert not isinstance(model, TrackModel), "a track model's weights are the tracking path's"
+        shapes = param_shapes(model)
     entries = [(keys.param(name), shape, FLOAT) for name, shape in shapes.items()]
     for kind in buffers:
         entries += [(keys.buffer(kind, name), shape, FLOAT) for name, shape in shapes.items()]
@@ -173,6 +175,7 @@ class Templates:
             for key in keys.SKILL_FIGURES:
                 views[key].fill_(torch.nan)
         else:
+            assert not isinstance(spec.model, TrackModel)
             for name, value in init_params(spec.model, packed.dtypes[FLOAT], packed.device).items():
                 views[keys.param(name)][0].copy_(value)
         values = spec.optimizer.model_dump()

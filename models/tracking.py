@@ -25,10 +25,10 @@ from trackin.models import keys
 from trackin.models.specs import (
     TRACKIN_EXTRA,
     ARModel,
+    BaseOptimizerSpec,
     LinearModel,
     ModelSpec,
     StreamSpec,
-    TrackInSpec,
     TrackModel,
 )
 
@@ -84,9 +84,10 @@ def uses_tracking(spec: StreamSpec) -> bool:
     return spec.tracking
 
 
-def optimizer_kwargs(opt: TrackInSpec) -> dict[str, Any]:
-    """The TrackIn optimizer's arguments from a spec (without the fields that shape the pool)."""
-    return opt.model_dump(exclude={"name", *TRACKIN_EXTRA})
+def optimizer_kwargs(opt: BaseOptimizerSpec) -> dict[str, Any]:
+    """The TrackIn optimizer's arguments from its spec (without the fields that shape the pool)."""
+    kwargs: dict[str, Any] = opt.model_dump(exclude={"name", *TRACKIN_EXTRA})
+    return kwargs
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,18 +233,19 @@ def step(
     series' first value), ``nonfinite`` (refused: not finite, or a time not after the previous one).
     The optimizer state of rows that take no step is the caller's to restore.
     """
-    s = _scales(v)
     finite = torch.isfinite(x).all(1)
     if lay.kind == "linear":
         assert y is not None
         finite = finite & torch.isfinite(y).all(1)
         first = torch.zeros_like(finite)
         ok = finite
-        naive, model, served, share, phi = linear_predictions(lay, v, x, mix_naive)
+        naive, model, served, share, _ = linear_predictions(lay, v, x, mix_naive)
         clean_y = y.nan_to_num(0.0, 0.0, 0.0)
         target, learn_naive, learn_model = clean_y, naive, model
+        scales(v, torch.cat([x, clean_y], 1), ok & torch.as_tensor(standardize, device=x.device))
+        s = _scales(v)  # the step learns in the scales that include this observation
+        phi = _features(lay, v, s, x.nan_to_num(0.0, 0.0, 0.0))
         scaled_target = clean_y / s[:, -lay.outputs :]
-        stat_values = torch.cat([x, clean_y], 1)
         levels = (served, model, naive)
     else:
         seen = v[keys.SERIES_SEEN] > 0
@@ -253,14 +255,16 @@ def step(
         first = ~seen & finite
         ok = seen & finite
         gap = torch.where(ok, now - last_ts, torch.ones_like(now)).unsqueeze(1)
-        naive, model, served, share, phi = series_rates(lay, v, mix_naive)
+        naive, model, served, share, _ = series_rates(lay, v, mix_naive)
         rate = torch.where(ok.unsqueeze(1), (x - last) / gap, 0.0)
         target, learn_naive, learn_model = rate, naive, model
-        scaled_target = (rate - naive) / s[:, : lay.dim]
         stat_values = torch.cat([rate, x], 1) if lay.kind == "level" else rate
+        scales(v, stat_values, ok & torch.as_tensor(standardize, device=x.device))
+        s = _scales(v)  # the step learns in the scales that include this observation
+        phi = _features(lay, v, s, None)
+        scaled_target = (rate - naive) / s[:, : lay.dim]
         levels = (last + gap * served, last + gap * model, last + gap * naive)
     learn(lay, v, phi, scaled_target, target, learn_model, learn_naive, ok, forget, optimizer_step)
-    scales(v, stat_values, ok & torch.as_tensor(standardize, device=x.device))
     okc = ok.unsqueeze(1)
     if lay.kind == "linear":
         mean, mean_w = v[keys.TRACK_MEAN], v[keys.TRACK_MEAN_W]

@@ -121,16 +121,13 @@ class TrackingReference:
         y = y.to(self.dt)
         if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all())):
             return TrackingOutcome(None, None, False, True, None)
-        phi = self._features(x)
         naive = self.mean / self.mean_w if self.mean_w > 0 else torch.zeros(self.k, dtype=self.dt)
-        unit = self._unit()
-        model = naive + self._bounded(unit * (self.weight.detach() @ phi) - naive)
+        model = naive + self._bounded(self._unit() * (self.weight.detach() @ self._features(x)) - naive)
         served = naive + self._weight() * (model - naive)
-        target = y / unit
-        self._learn(phi, target, y, model, naive)
+        self._update_scales(torch.cat([x, y]))  # the step learns in the scales that include this one
+        self._learn(self._features(x), y / self._unit(), y, model, naive)
         self.mean = self.mean * (1 - T.STAT_ALPHA) + y
         self.mean_w = self.mean_w * (1 - T.STAT_ALPHA) + 1
-        self._update_scales(torch.cat([x, y]))
         return TrackingOutcome(served.tolist(), self._loss(served, y), True, False, None)
 
     def _observe_series(self, value: Tensor, ts: float | None) -> TrackingOutcome:
@@ -142,13 +139,12 @@ class TrackingReference:
             self.last, self.last_ts = value.clone(), t
             return TrackingOutcome(None, None, False, False, self._forecast())
         gap = t - self.last_ts
-        naive_rate, model_rate, served_rate, phi = self._rates()
+        naive_rate, model_rate, served_rate, _ = self._rates()
         served = self.last + gap * served_rate
         rate = (value - self.last) / gap
-        unit = self._unit()
-        self._learn(phi, (rate - naive_rate) / unit, rate, model_rate, naive_rate)
-        scaled = torch.cat([rate, value]) if self.level_features else rate
-        self._update_scales(scaled)
+        self._update_scales(torch.cat([rate, value]) if self.level_features else rate)
+        phi = self._features(None)  # in the scales that include this value
+        self._learn(phi, (rate - naive_rate) / self._unit(), rate, model_rate, naive_rate)
         self.rates = torch.cat([rate.unsqueeze(0), self.rates[:-1]])
         self.rate = rate
         self.last, self.last_ts = value.clone(), t
