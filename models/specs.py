@@ -71,7 +71,7 @@ class ARModel(_Spec):
 
     family: Literal["ar"] = "ar"
     dim: Width = 1
-    lags: Annotated[int, Field(ge=1, le=256)] = 8
+    lags: Annotated[int, Field(ge=1, le=256)] = 4
     target: Literal["level", "delta"] = "delta"
     hidden: tuple[Width, ...] = Field(default=(), max_length=8)
     activation: Activation = "tanh"

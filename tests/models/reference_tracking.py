@@ -183,8 +183,8 @@ class TrackingReference:
         self.resid2 = self.resid2 * (1 - T.STAT_ALPHA) + residual.square()
         self.naive2 = self.naive2 * (1 - T.STAT_ALPHA) + (y - naive).square()
         self.stat_w = self.stat_w * (1 - T.STAT_ALPHA) + 1
-        self.mix_model = T.MIX_RHO * self.mix_model + (y - model).square()
-        self.mix_naive = T.MIX_RHO * self.mix_naive + (y - naive).square()
+        self.mix_model = T.MIX_RHO * self.mix_model + (y - model).abs() ** T.MIX_POWER
+        self.mix_naive = T.MIX_RHO * self.mix_naive + (y - naive).abs() ** T.MIX_POWER
         self.mix_n = T.MIX_RHO * self.mix_n + 1
         self.learned += 1
 
