@@ -166,7 +166,7 @@ class TrackingReference:
         return (self.last + self._rates()[2]).tolist()
 
     def _learn(self, phi: Tensor, target: Tensor, y: Tensor, model: Tensor, naive: Tensor) -> None:
-        """One preconditioned TrackIn step on the residual ``target`` (in model units), then the statistics."""
+        """One preconditioned TrackIn step on the residual ``target`` (model units), then the statistics."""
         residual = target - self.weight.detach() @ phi
         if self.stat_w > 0 and self.learned >= 2:
             limit = T.CLIP * (self.resid2 / self.stat_w).sqrt()

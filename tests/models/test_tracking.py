@@ -163,7 +163,8 @@ def test_track_is_constant_velocity_from_the_second_observation() -> None:
     results = [
         engine.observe(["obj"], [b], [None], [float(f)])[0] for f, b in zip(frames, boxes, strict=True)
     ]
-    assert results[0].warming and results[0].prediction is None
+    assert results[0].warming
+    assert results[0].prediction is None
     np.testing.assert_allclose(results[1].prediction, boxes[0])  # no velocity yet: the last box
     for r, b in zip(results[2:], boxes[2:], strict=True):
         np.testing.assert_allclose(r.prediction, b, atol=1e-9)
@@ -176,7 +177,8 @@ def test_time_must_advance_and_state_is_untouched() -> None:
         engine.observe(["obj"], [np.array([f])], [None], [f])
     before = engine.export("obj")
     (r,) = engine.observe(["obj"], [np.array([9.0])], [None], [3.0])
-    assert r.nonfinite and not r.applied
+    assert r.nonfinite
+    assert not r.applied
     after = engine.export("obj")
     for key, value in before.items():
         if key != "fig/nonfinite":
