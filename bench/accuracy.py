@@ -40,7 +40,8 @@ from torch import Tensor
 
 from bench import realdata
 from trackin.models import functional as F
-from trackin.models.specs import TRACKIN_DEFAULTS
+from trackin.models.engine import Engine
+from trackin.models.specs import TRACKIN_DEFAULTS, StreamSpec
 
 __all__ = ["TASKS", "main", "make_streams"]
 
@@ -222,8 +223,37 @@ def trackin_setting(**changes: Any) -> Setting:
     return {**TRACKIN_DEFAULTS.model_dump(include=keys), **changes}
 
 
+def run_engine(x: Tensor, y: Tensor, points: Sequence[Setting]) -> Tensor:
+    """A ``linear`` stream per seed and task through the engine, as a user's spec gets it (the scale-free,
+    RLS-preconditioned path: ``{"model": {"family": "linear", "in_dim": 8}}``), plus ``points``' changes."""
+    steps, streams, dim = x.shape
+    out = []
+    for point in points:
+        engine = Engine()
+        spec = StreamSpec.model_validate(
+            {"model": {"family": "linear", "in_dim": dim}, "dtype": "float64", **point}
+        )
+        ids = [f"s{s}" for s in range(streams)]
+        for stream_id in ids:
+            engine.add(stream_id, spec)
+        cum = torch.zeros(streams, dtype=DT)
+        xs, ys = x.numpy(), y.numpy()
+        for t in range(steps):
+            results = engine.observe(ids, list(xs[t]), list(ys[t].reshape(-1, 1)))
+            predicted = torch.tensor(
+                [r.prediction[0] if r.prediction else math.nan for r in results], dtype=DT
+            )
+            cum += (predicted - y[t]).square()
+        out.append(cum)
+    return torch.stack(out).view(len(points), len(TASKS), -1)
+
+
 def methods() -> list[Method]:
-    out = [Method("TrackIn defaults", run_trackin, (trackin_setting(),), ())]
+    out = [
+        Method("trackin defaults (engine: scale-free, RLS)", run_engine, ({},), ()),
+        Method("  the same, forget 0.98", run_engine, ({"optimizer": {"forget": 0.98}},), ()),
+        Method("TrackIn defaults (first order)", run_trackin, (trackin_setting(),), ()),
+    ]
     for rule, eta_on in itertools.product(("constant", "cos", "norm"), (False, True)):
         eps = ETA_ON if eta_on else {"eta": 0.0}
         points = tuple(trackin_setting(lr=lr, beta_rule=rule, **eps) for lr in LR_GRID)

@@ -37,7 +37,7 @@ from trackin.models.engine import Engine
 from trackin.models.families import FamilyModule
 from trackin.models.losses import loss_per_row
 from trackin.models.pool import StreamPool
-from trackin.models.specs import LinearModel, MLPModel, StreamSpec
+from trackin.models.specs import LinearModel, MLPModel, StreamSpec, TrackModel
 from trackin.models.trackin import TrackIn
 
 IN_DIM = 16
@@ -106,6 +106,7 @@ def bench_module(spec: StreamSpec, work: Workload, budget: float) -> Rate:
     touched = work.order[:5_000]
     modules: dict[int, tuple[FamilyModule, TrackIn]] = {}
     for s in np.unique(touched):
+        assert not isinstance(spec.model, TrackModel)
         module = FamilyModule(spec.model)
         modules[int(s)] = (module, TrackIn(module.parameters()))
 

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from trackin.models.figures import FleetFigures, StreamFigures
 from trackin.models.pool import ObserveResult, StreamPool
-from trackin.models.specs import ARModel, StreamSpec
+from trackin.models.specs import ARModel, StreamSpec, TrackModel
 
 __all__ = [
     "Engine",
@@ -221,22 +221,26 @@ class Engine:
         stream_ids: Sequence[str],
         inputs: Sequence[np.ndarray],
         targets: Sequence[np.ndarray | None],
+        times: Sequence[float | None] | None = None,
     ) -> list[ItemResult]:
-        """One step per item, in order per stream. ``inputs[i]``: features, or the new value for ``ar``."""
+        """One step per item, in order per stream. ``inputs[i]``: features, or the new value of a series;
+        ``times[i]``: a series' time of that value (frame number, seconds; None: one unit after the last)."""
         slots, groups = self._group(stream_ids)
+        ts = None if times is None else np.array([np.nan if t is None else t for t in times], np.float64)
         if len(groups) == 1 and groups[0][1] is None:
             pool = groups[0][0]
             x = torch.from_numpy(_stacked(inputs))
-            y = None if isinstance(pool.model, ARModel) else torch.from_numpy(_stacked(targets))  # type: ignore[arg-type]
-            return _items(pool.observe(slots, x, y))
+            y = None if _is_series(pool) else torch.from_numpy(_stacked(targets))  # type: ignore[arg-type]
+            return _items(pool.observe(slots, x, y, None if ts is None else torch.from_numpy(ts)))
         results: list[ItemResult | None] = [None] * len(stream_ids)
         for pool, members in groups:
             assert members is not None
             x = torch.from_numpy(_stacked([inputs[i] for i in members]))
             y = None
-            if not isinstance(pool.model, ARModel):
+            if not _is_series(pool):
                 y = torch.from_numpy(_stacked([targets[i] for i in members]))  # type: ignore[misc]
-            outcome = pool.observe(slots[members], x, y)
+            t = None if ts is None else torch.from_numpy(ts[members])
+            outcome = pool.observe(slots[members], x, y, t)
             for i, item in zip(members, _items(outcome), strict=True):
                 results[i] = item
         return results  # type: ignore[return-value]
@@ -250,7 +254,7 @@ class Engine:
         for pool, group in groups:
             members = list(range(len(stream_ids))) if group is None else group
             x = None
-            if not isinstance(pool.model, ARModel):
+            if not _is_series(pool):
                 x = torch.from_numpy(_stacked([inputs[i] for i in members]))  # type: ignore[misc]
             values = pool.predict(slots[members], x)
             for i, row in zip(members, _rows(values), strict=True):
@@ -289,3 +293,8 @@ def _items(outcome: ObserveResult) -> list[ItemResult]:
         forecasts,
     )
     return list(itertools.starmap(ItemResult, zip(*columns, strict=True)))
+
+
+def _is_series(pool: StreamPool) -> bool:
+    """Whether the pool's target is its arriving value (``ar``, ``track``) rather than a given ``y``."""
+    return isinstance(pool.model, ARModel | TrackModel)

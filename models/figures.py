@@ -7,6 +7,7 @@ figure and stream.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,12 +39,19 @@ class StreamFigures:
     nonfinite_skips: int  # observations refused because the loss or a gradient was not finite
     drifts: int  # drift alarms
     last_drift_step: int | None  # the step of the last alarm
-    warming: bool  # an ``ar`` stream still filling its lag window
+    warming: bool  # a series that has no forecast yet (first-order ``ar``: still filling its lag window)
+    model_loss: float  # loss EWMA of the model alone (scale-free path; NaN elsewhere)
+    naive_loss: float  # loss EWMA of the naive forecast: no change, zero, the mean, constant velocity
+    skill: float  # 1 - model_loss / naive_loss: above 0 the model beats the naive forecast
+    mix_weight: float  # the model's share of the served forecast (mean over outputs)
 
     @classmethod
     def from_row(cls, row: Sequence[float]) -> StreamFigures:
         """From one row of :func:`figure_rows`, on the host."""
-        last_loss, loss_ewma, grad_norm, beta, eps_norm, steps, nonfinite, drifts, last_step, warming = row
+        last_loss, loss_ewma, grad_norm, beta, eps_norm, steps, nonfinite, drifts, last_step, warming = row[
+            :10
+        ]
+        model_loss, naive_loss, mix_weight = row[10:]
         return cls(
             steps=int(steps),
             last_loss=last_loss,
@@ -55,7 +63,15 @@ class StreamFigures:
             drifts=int(drifts),
             last_drift_step=int(last_step) if drifts else None,
             warming=bool(warming),
+            model_loss=model_loss,
+            naive_loss=naive_loss,
+            skill=_skill(model_loss, naive_loss),
+            mix_weight=mix_weight,
         )
+
+
+def _skill(model_loss: float, naive_loss: float) -> float:
+    return 1.0 - model_loss / naive_loss if naive_loss > 0 else math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,33 +82,52 @@ class FleetFigures:
     loss_ewma: Tensor
     beta: Tensor
     eps_norm: Tensor
+    skill: Tensor  # 1 - model loss / naive loss, of the streams on the scale-free path only
 
     @classmethod
     def from_rows(cls, rows: Sequence[Tensor]) -> FleetFigures:
         """From the pools' :func:`fleet_rows` (on any device), with one copy to the host."""
-        block = torch.cat(list(rows)).cpu() if rows else torch.zeros(0, len(_FLEET), dtype=torch.float64)
-        loss_ewma, beta, eps_norm = block.T.contiguous()
-        return cls(loss_ewma=loss_ewma, beta=beta, eps_norm=eps_norm)
+        width = len(_FLEET) + 1
+        block = torch.cat(list(rows)).cpu() if rows else torch.zeros(0, width, dtype=torch.float64)
+        loss_ewma, beta, eps_norm, skill = block.T.contiguous()
+        return cls(loss_ewma=loss_ewma, beta=beta, eps_norm=eps_norm, skill=skill[~skill.isnan()])
 
 
 def figure_rows(packed: PackedState, slots: Tensor, window: int | None) -> Tensor:
-    """``[len(slots), 10]`` float64 on the pool's device, the fields of :class:`StreamFigures` in order.
+    """``[len(slots), 13]`` float64 on the pool's device: the fields of :class:`StreamFigures` in order,
+    ``skill`` left out (derived).
 
-    ``window``: the lag window of an ``ar`` pool (its streams warm until it is full), else None.
+    ``window``: the lag window of a first-order ``ar`` pool (its streams warm until it is full), else None.
     """
     c = packed.columns
-    floats = packed.buffers[FLOAT].index_select(0, slots)[:, [c[k].start for k in keys.FIGURES]]
+    f = packed.buffers[FLOAT].index_select(0, slots)
+    floats = f[:, [c[k].start for k in keys.FIGURES]]
     ints = packed.buffers[INT].index_select(0, slots)
     counters = ints[:, [c[k].start for k in _INTS]]
-    if window is None:
-        warming = torch.zeros_like(slots, dtype=torch.float64)
-    else:
+    if window is not None:
         warming = (ints[:, c[keys.AR_FILLED].start] < window).double()
-    return torch.cat([floats.double(), counters.double(), warming.unsqueeze(1)], 1)
+    elif keys.SERIES_SEEN in c:
+        warming = (f[:, c[keys.SERIES_SEEN].start] == 0).double()
+    else:
+        warming = torch.zeros_like(slots, dtype=torch.float64)
+    if keys.MODEL_LOSS in c:
+        skill = f[:, [c[k].start for k in keys.SKILL_FIGURES]].double()
+    else:
+        skill = torch.full((slots.shape[0], len(keys.SKILL_FIGURES)), math.nan, dtype=torch.float64)
+        skill = skill.to(f.device)
+    return torch.cat([floats.double(), counters.double(), warming.unsqueeze(1), skill], 1)
 
 
 def fleet_rows(packed: PackedState, used: Tensor) -> Tensor:
-    """``[n, 3]`` float64 (loss EWMA, beta_t, ||eps||) of the used slots that have stepped, on the device."""
+    """``[n, 4]`` float64 (loss EWMA, beta_t, ||eps||, skill or NaN) of the used slots that have stepped,
+    on the device."""
     stepped = used & (packed.views[keys.STEP] > 0)
     columns = [packed.columns[k].start for k in _FLEET]
-    return packed.buffers[FLOAT][:, columns][stepped].double()
+    block = packed.buffers[FLOAT][:, columns][stepped].double()
+    if keys.MODEL_LOSS in packed.columns:
+        model = packed.views[keys.MODEL_LOSS][stepped].double()
+        naive = packed.views[keys.NAIVE_LOSS][stepped].double()
+        skill = torch.where(naive > 0, 1 - model / naive, math.nan)
+    else:
+        skill = torch.full((block.shape[0],), math.nan, dtype=torch.float64, device=block.device)
+    return torch.cat([block, skill.unsqueeze(1)], 1)

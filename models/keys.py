@@ -33,15 +33,37 @@ __all__ = [
     "HUBER_DELTA",
     "LAST_LOSS",
     "LOSS_EWMA",
+    "MIX_MODEL",
+    "MIX_N",
+    "MIX_NAIVE",
+    "MIX_WEIGHT",
+    "MODEL_LOSS",
+    "NAIVE_LOSS",
     "NONFINITE",
+    "SERIES_LAST",
+    "SERIES_RATE",
+    "SERIES_RATES",
+    "SERIES_SEEN",
+    "SERIES_TS",
+    "SKILL_FIGURES",
     "STEP",
+    "TRACK_COV",
+    "TRACK_LEARNED",
+    "TRACK_MEAN",
+    "TRACK_MEAN_W",
+    "TRACK_NAIVE2",
+    "TRACK_RESID2",
+    "TRACK_SCALE_M2",
+    "TRACK_SCALE_N",
+    "TRACK_STAT_W",
+    "TRACK_WEIGHT",
     "buffer",
     "hyper",
     "opt",
     "param",
 ]
 
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
 """Version of the checkpoint layout (these keys, their dtypes and shapes); see ``service.store.codec``."""
 
 
@@ -90,3 +112,29 @@ DRIFT_THRESHOLD: Final = "drift/threshold"
 DRIFT_WARMUP: Final = "drift/warmup"
 DRIFT_ENABLED: Final = "drift/enabled"
 DRIFT_RESET: Final = "drift/reset"
+
+# The scale-free, preconditioned path (models/tracking.py): the weights are the parameter ``weight``.
+TRACK_WEIGHT: Final = param("weight")
+TRACK_COV: Final = "track/cov"
+TRACK_SCALE_M2: Final = "track/scale_m2"
+TRACK_SCALE_N: Final = "track/scale_n"
+TRACK_RESID2: Final = "track/resid2"
+TRACK_NAIVE2: Final = "track/naive2"
+TRACK_STAT_W: Final = "track/stat_w"
+TRACK_LEARNED: Final = "track/learned"
+TRACK_MEAN: Final = "track/mean"
+TRACK_MEAN_W: Final = "track/mean_w"
+MIX_MODEL: Final = "mix/model"
+MIX_NAIVE: Final = "mix/naive"
+MIX_N: Final = "mix/n"
+SERIES_LAST: Final = "series/last"
+SERIES_TS: Final = "series/ts"
+SERIES_SEEN: Final = "series/seen"
+SERIES_RATE: Final = "series/rate"
+SERIES_RATES: Final = "series/rates"
+MODEL_LOSS: Final = "fig/model_loss"
+NAIVE_LOSS: Final = "fig/naive_loss"
+MIX_WEIGHT: Final = "fig/mix_weight"
+SKILL_FIGURES: Final = (MODEL_LOSS, NAIVE_LOSS, MIX_WEIGHT)
+"""Loss EWMAs (the stream's loss) of the model alone and of the naive forecast, and the model's mean share
+of the served forecast: one slice of the float buffer, after ``FIGURES``."""

@@ -26,7 +26,8 @@ from trackin.models.hyper import OPTIMIZERS
 from trackin.models.layout import FLOAT, INT, PackedState
 from trackin.models.round import Round
 from trackin.models.rows import Settings, Templates, state_entries
-from trackin.models.specs import ARModel, StreamSpec
+from trackin.models.specs import ARModel, StreamSpec, TrackModel
+from trackin.models.tracking_round import TrackingNet, TrackingRound
 
 __all__ = ["ObserveResult", "StreamPool"]
 
@@ -81,16 +82,30 @@ class StreamPool:
         self.optimizer = template.optimizer.name
         hyper = OPTIMIZERS[self.optimizer]
         buffers = hyper.state_buffers(template.optimizer.model_dump())
-        self._net = FlatModel(self.model)
-        self.param_names = list(self._net.shapes)
-        self.out_dim = self._net.out_dim
+        self.tracking = template.tracking
         self._loss = losses.get(template.loss)
-        entries = state_entries(self.model, hyper, buffers)
+        net: FlatModel | TrackingNet
+        if self.tracking:
+            net = TrackingNet(self.model)
+            entries = state_entries(self.model, hyper, buffers, shapes=net.shapes, extra=net.layout.entries())
+        else:
+            assert not isinstance(self.model, TrackModel)
+            net = FlatModel(self.model)
+            entries = state_entries(self.model, hyper, buffers)
+        self._net = net
+        self.param_names = list(net.shapes)
+        self.out_dim = net.out_dim
         self._packed = PackedState(entries, self.dtype, self.device, max(1, capacity))
         self._free: list[int] = list(range(self._packed.capacity - 1, -1, -1))
         self._settings = Settings(hyper, self._packed)
         self._templates = Templates(template.pool_key(), hyper, self._packed, self._settings)
-        self._round = Round(self._packed, self._net, self._loss, hyper, buffers, self._settings)
+        self._round: Round
+        if isinstance(net, TrackingNet):
+            self._round = TrackingRound(
+                self._packed, net, self._loss, hyper, buffers, self._settings, template
+            )
+        else:
+            self._round = Round(self._packed, net, self._loss, hyper, buffers, self._settings)
         self._sync_free = self.device.type != "cpu"  # see Round.__call__
 
     @property
@@ -174,7 +189,7 @@ class StreamPool:
         """The figures of streams ``slots``: ``[n, 10]`` float64 on the pool's device (see
         :func:`models.figures.figure_rows`)."""
         s = torch.as_tensor(np.asarray(slots), dtype=torch.int64).to(self.device)
-        window = self.model.window if isinstance(self.model, ARModel) else None
+        window = self.model.window if isinstance(self.model, ARModel) and not self.tracking else None
         return figure_rows(self._packed, s, window)
 
     def fleet_rows(self) -> Tensor:
@@ -191,6 +206,11 @@ class StreamPool:
     def predict(self, slots: np.ndarray, inputs: Tensor | None = None) -> Tensor:
         """Predictions without learning: ``[n, out]`` on the host. For ``ar`` pools, the current forecast."""
         s = torch.as_tensor(np.asarray(slots), dtype=torch.int64).to(self.device)
+        if isinstance(self._round, TrackingRound):
+            x = None if inputs is None else inputs.to(device=self.device, dtype=self.dtype)
+            with torch.inference_mode():
+                return _plain(self._round.predict(s, x).cpu())
+        assert isinstance(self._net, FlatModel)
         f = self._packed.gather(s, FLOAT)
         theta = f[:, : self._net.n_params]
         columns = self._packed.columns
@@ -208,28 +228,39 @@ class StreamPool:
                 out = self._loss.prediction(self._net(theta, x))
         return _plain(out.cpu())
 
-    def observe(self, slots: np.ndarray, inputs: Tensor, targets: Tensor | None = None) -> ObserveResult:
+    def observe(
+        self, slots: np.ndarray, inputs: Tensor, targets: Tensor | None = None, times: Tensor | None = None
+    ) -> ObserveResult:
         """Predict, score and step once per observation, in arrival order.
 
-        ``inputs``: ``[n, in]`` features (``ar``: ``[n, dim]`` newly arrived values); ``targets``:
-        ``[n, out]`` (None for ``ar``, whose target is the arriving value).
+        ``inputs``: ``[n, in]`` features (``ar``, ``track``: ``[n, dim]`` newly arrived values);
+        ``targets``: ``[n, out]`` (None for series, whose target is the arriving value); ``times``: ``[n]``
+        the series' times (tracking path only; NaN or None: one time unit after the previous value).
         """
         slots = np.asarray(slots, dtype=np.int64)
         dev, dt = self.device, self.dtype
         inputs = inputs.to(device=dev, dtype=dt)
         targets = targets.to(device=dev, dtype=dt) if targets is not None else None
+        times = times.to(device=dev, dtype=dt) if times is not None and self.tracking else None
         rounds = _occurrence_rounds(slots)
         parts: list[dict[str, Tensor]] = []
         step, sync_free = self._round, self._sync_free
+
+        def run(s: np.ndarray, x: Tensor, y: Tensor | None, ts: Tensor | None) -> dict[str, Tensor]:
+            s_dev = torch.from_numpy(s).to(dev)
+            if isinstance(step, TrackingRound):
+                return step(s_dev, x, y, sync_free=sync_free, ts=ts)
+            return step(s_dev, x, y, sync_free=sync_free)
+
         with self._mode():
             if len(rounds) <= 1:  # one round (or an empty batch): no regrouping of inputs and outcomes
-                parts.append(step(torch.from_numpy(slots).to(dev), inputs, targets, sync_free=sync_free))
+                parts.append(run(slots, inputs, targets, times))
             else:
                 for positions in rounds:
                     pos = torch.from_numpy(positions).to(dev)
                     y = targets.index_select(0, pos) if targets is not None else None
-                    x = inputs.index_select(0, pos)
-                    parts.append(step(torch.from_numpy(slots[positions]).to(dev), x, y, sync_free=sync_free))
+                    ts = times.index_select(0, pos) if times is not None else None
+                    parts.append(run(slots[positions], inputs.index_select(0, pos), y, ts))
         if len(parts) == 1:
             out = parts[0]
         else:

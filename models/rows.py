@@ -22,7 +22,8 @@ from trackin.models import keys
 from trackin.models.families import init_params, param_shapes
 from trackin.models.hyper import Hyperparameters
 from trackin.models.layout import BOOL, FLOAT, INT, PackedState
-from trackin.models.specs import ARModel, ModelSpec, StreamSpec
+from trackin.models.specs import ARModel, ModelSpec, StreamSpec, TrackModel
+from trackin.models.tracking import PRIOR as TRACKING_PRIOR
 
 __all__ = ["Blocks", "Settings", "Template", "Templates", "state_entries"]
 
@@ -42,11 +43,19 @@ _TEMPLATE_CACHE = 256
 
 
 def state_entries(
-    model: ModelSpec, hyper: Hyperparameters, buffers: Sequence[str]
+    model: ModelSpec,
+    hyper: Hyperparameters,
+    buffers: Sequence[str],
+    *,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    extra: Sequence[tuple[str, tuple[int, ...]]] = (),
 ) -> list[tuple[str, tuple[int, ...], int]]:
     """Every key's per-stream shape and buffer, in layout order (see :mod:`models.layout`): the parameters,
-    then each optimizer buffer over all parameters, form flat slices of the float buffer."""
-    shapes = param_shapes(model)
+    then each optimizer buffer over all parameters, form flat slices of the float buffer. ``shapes``
+    overrides the family's parameters and ``extra`` adds float state (the tracking path's)."""
+    if shapes is None:
+        assert not isinstance(model, TrackModel), "a track model's weights are the tracking path's"
+        shapes = param_shapes(model)
     entries = [(keys.param(name), shape, FLOAT) for name, shape in shapes.items()]
     for kind in buffers:
         entries += [(keys.buffer(kind, name), shape, FLOAT) for name, shape in shapes.items()]
@@ -55,7 +64,8 @@ def state_entries(
     entries.append((keys.STEP, (), INT))
     entries += [(keys.hyper(h.name), (), h.kind) for h in hyper]
     entries.append((keys.HUBER_DELTA, (), FLOAT))
-    if isinstance(model, ARModel):
+    entries += [(key, shape, FLOAT) for key, shape in extra]
+    if isinstance(model, ARModel) and not extra:
         entries.append((keys.AR_WINDOW, (model.window, model.dim), FLOAT))
         entries.append((keys.AR_FILLED, (), INT))
     entries.append((keys.NONFINITE, (), INT))
@@ -159,8 +169,15 @@ class Templates:
     def _build(self, spec: StreamSpec) -> Template:
         packed = self._packed
         rows, views = packed.blank()
-        for name, value in init_params(spec.model, packed.dtypes[FLOAT], packed.device).items():
-            views[keys.param(name)][0].copy_(value)
+        if spec.tracking:  # zero weights (the naive forecast) and the RLS prior
+            cov = views[keys.TRACK_COV]
+            cov.copy_(torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device) * TRACKING_PRIOR)
+            for key in keys.SKILL_FIGURES:
+                views[key].fill_(torch.nan)
+        else:
+            assert not isinstance(spec.model, TrackModel)
+            for name, value in init_params(spec.model, packed.dtypes[FLOAT], packed.device).items():
+                views[keys.param(name)][0].copy_(value)
         values = spec.optimizer.model_dump()
         for h in self._hyper:
             views[keys.hyper(h.name)].fill_(h.to_column(values[h.name]))

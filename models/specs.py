@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model, model_validator
 
 from trackin.models.hyper import ADAM, OPTIMIZERS, SGD, TRACKIN, Hyper, Hyperparameters
 from trackin.models.layout import BOOL
@@ -28,6 +28,7 @@ __all__ = [
     "SGDSpec",
     "StreamSpec",
     "TrackInSpec",
+    "TrackModel",
     "layer_sizes",
 ]
 
@@ -70,7 +71,7 @@ class ARModel(_Spec):
 
     family: Literal["ar"] = "ar"
     dim: Width = 1
-    lags: Annotated[int, Field(ge=1, le=256)] = 8
+    lags: Annotated[int, Field(ge=1, le=256)] = 4
     target: Literal["level", "delta"] = "delta"
     hidden: tuple[Width, ...] = Field(default=(), max_length=8)
     activation: Activation = "tanh"
@@ -83,15 +84,28 @@ class ARModel(_Spec):
         return self.lags + 1 if self.target == "delta" else self.lags
 
 
-ModelSpec = Annotated[LinearModel | MLPModel | ARModel, Field(discriminator="family")]
+class TrackModel(_Spec):
+    """Boxes (or any positions) of a tracked object: constant velocity from the second observation on, plus
+    a learned residual from the last ``lags`` velocities (docs/trackin.md, "Boxes"). Observations may carry
+    ``ts`` (a frame number or a time): velocities are per unit of it, so gaps in frames are bridged."""
+
+    family: Literal["track"] = "track"
+    dim: Width = 4
+    lags: Annotated[int, Field(ge=1, le=256)] = 4
+    seed: int = Field(default=0, ge=0)
 
 
-def layer_sizes(model: LinearModel | MLPModel | ARModel) -> list[int]:
+ModelSpec = Annotated[LinearModel | MLPModel | ARModel | TrackModel, Field(discriminator="family")]
+
+
+def layer_sizes(model: LinearModel | MLPModel | ARModel | TrackModel) -> list[int]:
     """Widths from input to output; every family is a stack of affine layers."""
     if isinstance(model, LinearModel):
         return [model.in_dim, model.out_dim]
     if isinstance(model, MLPModel):
         return [model.in_dim, *model.hidden, model.out_dim]
+    if isinstance(model, TrackModel):
+        return [model.lags * model.dim, model.dim]
     return [model.lags * model.dim, *model.hidden, model.dim]
 
 
@@ -116,14 +130,30 @@ def _field(h: Hyper) -> tuple[Any, Any]:
     return kind, Field(h.default, gt=h.gt, ge=h.ge, lt=h.lt, le=h.le)
 
 
-def _optimizer_spec(cls_name: str, hyper: Hyperparameters, doc: str) -> type[BaseOptimizerSpec]:
-    """The spec class of an optimizer: ``name`` (its tag), then one field per declared hyperparameter."""
+def _optimizer_spec(
+    cls_name: str, hyper: Hyperparameters, doc: str, **extra: tuple[Any, Any]
+) -> type[BaseOptimizerSpec]:
+    """The spec class of an optimizer: ``name`` (its tag), then one field per declared hyperparameter, then
+    ``extra`` fields that shape the pool rather than the functional core's step."""
     fields: dict[str, Any] = {"name": (Literal[hyper.name], hyper.name)}
     fields.update((h.name, _field(h)) for h in hyper)
+    fields.update(extra)
     return create_model(cls_name, __base__=BaseOptimizerSpec, __doc__=doc, __module__=__name__, **fields)
 
 
-TrackInSpec = _optimizer_spec("TrackInSpec", TRACKIN, "TrackIn's hyperparameters (docs/trackin.md).")
+PRECONDITIONS = ("auto", "none", "rls")
+TRACKIN_EXTRA = {"precondition", "forget"}
+"""TrackInSpec's fields that are not arguments of the TrackIn optimizer class."""
+
+TrackInSpec = _optimizer_spec(
+    "TrackInSpec",
+    TRACKIN,
+    "TrackIn's hyperparameters (docs/trackin.md). ``precondition``: ``rls`` preconditions the step with a "
+    "per-stream RLS covariance of forgetting factor ``forget`` (closed-form families, mse or huber loss); "
+    "``auto`` (the default) does so wherever it applies; with it, ``lr`` defaults to 1 (the full RLS gain).",
+    precondition=(Literal[PRECONDITIONS], "auto"),
+    forget=(float, Field(0.999, ge=0.5, le=1)),
+)
 SGDSpec = _optimizer_spec("SGDSpec", SGD, "SGD with optional momentum, dampening and debiasing (a baseline).")
 AdamSpec = _optimizer_spec("AdamSpec", ADAM, "Adam (a baseline).")
 
@@ -166,15 +196,56 @@ class DriftSpec(_Spec):
 
 
 class StreamSpec(_Spec):
-    """Everything that defines a stream's model and how it learns."""
+    """Everything that defines a stream's model and how it learns.
+
+    ``standardize``: learn on inputs and targets divided by scales the stream measures itself (off: for
+    users who scale their own data). ``mix_naive``: serve a mix of the model and the naive forecast that fits
+    the target, weighted by their recent errors (docs/trackin.md, "Tracking real data")."""
 
     model: ModelSpec
     loss: Literal["mse", "huber", "bce"] = "mse"
     huber_delta: float = Field(default=1.0, gt=0)
     optimizer: OptimizerSpec = Field(default_factory=TrackInSpec)
     dtype: Literal["float32", "float64"] = "float32"
+    standardize: bool = True
+    mix_naive: bool = True
     export_metrics: bool = False
     drift: DriftSpec = Field(default_factory=DriftSpec)
+
+    @model_validator(mode="after")
+    def _resolve_precondition(self) -> StreamSpec:
+        """``precondition: auto`` becomes ``rls`` or ``none`` here, and ``lr`` left out becomes 1 with
+        ``rls``: a stored spec then says exactly how its stream learns."""
+        opt = self.optimizer
+        if opt.name != "trackin":
+            if isinstance(self.model, TrackModel):
+                raise ValueError("model.family track learns with the trackin optimizer only")
+            return self
+        closed = isinstance(self.model, LinearModel | TrackModel) or (
+            isinstance(self.model, ARModel) and not self.model.hidden
+        )
+        applies = closed and self.loss in ("mse", "huber")
+        mode = opt.precondition  # type: ignore[attr-defined]
+        if mode == "rls" and not applies:
+            raise ValueError(
+                "optimizer.precondition rls needs a linear, ar (without hidden layers) or track model "
+                "and the mse or huber loss"
+            )
+        if isinstance(self.model, TrackModel) and (mode == "none" or not applies):
+            raise ValueError("model.family track needs optimizer.precondition auto or rls, and mse or huber")
+        if mode != "auto":
+            return self
+        resolved = "rls" if applies else "none"
+        update: dict[str, Any] = {"precondition": resolved}
+        if resolved == "rls" and "lr" not in opt.model_fields_set:
+            update["lr"] = 1.0
+        object.__setattr__(self, "optimizer", opt.model_copy(update=update))
+        return self
+
+    @property
+    def tracking(self) -> bool:
+        """Whether the stream learns on the scale-free, preconditioned path (:mod:`models.tracking`)."""
+        return self.optimizer.name == "trackin" and self.optimizer.precondition == "rls"  # type: ignore[attr-defined]
 
     def pool_key(self) -> tuple[object, ...]:
         """Streams with equal keys share stacked tensors: same shapes, loss, optimizer kind and dtype."""
@@ -186,4 +257,5 @@ class StreamSpec(_Spec):
             opt.name,
             OPTIMIZERS[opt.name].state_buffers(opt.model_dump()),  # eta > 0: TrackIn keeps eps, ...
             self.dtype,
+            self.tracking,
         )

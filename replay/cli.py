@@ -121,10 +121,19 @@ def _messages(
     steps: Steps, streams: list[str], sent: np.ndarray, per_message: int
 ) -> Iterator[list[Observation]]:
     starts = steps.starts
+    # Boxes carry their frame number, so a track's constant velocity bridges frames it was missing from;
+    # prices go one step per tick (a change does not grow with the time between ticks).
+    frames = np.repeat(steps.labels, np.diff(starts)).tolist() if steps.format == "mot" else None
     for k in range(0, len(starts) - 1, per_message):
         a, b = int(starts[k]), int(starts[min(k + per_message, len(starts) - 1)])
         rows = sent[a:b].tolist()
-        yield [{"stream": streams[i], "value": row} for i, row in zip(range(a, b), rows, strict=True)]
+        message: list[Observation] = [
+            {"stream": streams[i], "value": row} for i, row in zip(range(a, b), rows, strict=True)
+        ]
+        if frames is not None:
+            for i, item in zip(range(a, b), message, strict=True):
+                item["ts"] = frames[i]  # type: ignore[index]
+        yield message
 
 
 def _make_sink(options: ReplayOptions) -> Sink:

@@ -71,7 +71,7 @@ class InProcessSink:
                         raise KeyError(f"unknown stream {stream!r} (no template prefix matches it)")
                     self.engine.add(stream, self.spec)
             inputs = [np.asarray(o["value"], dtype=np.float64) for o in message]
-            results = self.engine.observe(ids, inputs, [None] * len(ids))
+            results = self.engine.observe(ids, inputs, [None] * len(ids), [o.get("ts") for o in message])
             yield [result_json(self.spec, r, s) for s, r in zip(ids, results, strict=True)]
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ streams and the opt-in per-stream gauges. The bucket bounds of every distributio
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -32,6 +33,7 @@ __all__ = [
     "EPS_NORM_BUCKETS",
     "LATENCY_BUCKETS",
     "LOSS_BUCKETS",
+    "SKILL_BUCKETS",
     "BulkHistogram",
     "FleetSnapshot",
     "SnapshotCollector",
@@ -60,6 +62,8 @@ BATCH_SIZE_BUCKETS = tuple(float(2**k) for k in range(14))  # 1 .. 8192 observat
 # counts streams whose momentum term is off (cos <= 0).
 BETA_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 5.0, 10.0, 100.0, 1000.0)
 EPS_NORM_BUCKETS = (0.0, *_one_two_five(-8, 2))  # le=0: error correction off (eta = 0)
+SKILL_BUCKETS = (-1.0, -0.5, -0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
+"""Skill: above 0 a stream's model beats its naive forecast (the served mix never does much worse)."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ class FleetSnapshot:
     state_bytes: int
     device_memory_bytes: dict[str, int]  # at least the device holding state, e.g. {"cpu": state bytes}
     per_stream: list[StreamFigures]  # only opt-in streams; Metrics exports at most max_stream_series
+    skill: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(0))
+    """[m] 1 - model loss / naive loss of the streams on the scale-free path that have stepped."""
 
 
 FloatArray = npt.NDArray[np.float64]
@@ -169,6 +175,12 @@ _FLEET = (
     ("trackin_fleet_loss_ewma", "loss_ewma", LOSS_BUCKETS, "Loss EWMA across resident streams."),
     ("trackin_fleet_beta", "beta", BETA_BUCKETS, "Momentum coefficient beta_t across resident streams."),
     ("trackin_fleet_eps_norm", "eps_norm", EPS_NORM_BUCKETS, "||eps_t|| across resident streams."),
+    (
+        "trackin_fleet_skill",
+        "skill",
+        SKILL_BUCKETS,
+        "Skill (1 - model loss / naive-forecast loss) across resident streams; below 0 the naive is better.",
+    ),
 )
 _PER_STREAM = (
     ("trackin_stream_loss_ewma", "loss_ewma", "Loss EWMA of an opt-in stream."),

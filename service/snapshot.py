@@ -43,6 +43,7 @@ def fleet_snapshot(
         loss_ewma=fleet.loss_ewma,
         beta=fleet.beta,
         eps_norm=fleet.eps_norm,
+        skill=fleet.skill,
         resident_streams=len(engine),
         total_streams=total_streams if total_streams is not None else len(engine),
         state_bytes=engine.state_bytes(),

@@ -7,13 +7,14 @@ applied, so one bad item rejects the request and changes nothing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from trackin.models.specs import ARModel, StreamSpec
+from trackin.models.specs import ARModel, StreamSpec, TrackModel
 from trackin.service.errors import InvalidInput
 from trackin.service.transport.wire import ObservationIn
 
@@ -27,6 +28,8 @@ class IngestBatch:
     stream_ids: list[str] = field(default_factory=list)
     inputs: list[np.ndarray] = field(default_factory=list)
     targets: list[np.ndarray | None] = field(default_factory=list)
+    times: list[float | None] | None = None
+    """Series' times (``ts``) per item, None for none; None when no item carries one."""
     specs: dict[str, StreamSpec] = field(default_factory=dict)
     transport: str = "rest"
 
@@ -65,6 +68,7 @@ def build_batch(
     # rows waiting for one numpy conversion per width: (position, field suffix, values); the field's full
     # name (observations[3].x) is only spelt out for an error
     pending: dict[int, list[tuple[int, str, list[float]]]] = {}
+    last_ts: dict[str, float] = {}  # a series' times must increase within the request too
     ids = batch.stream_ids
     for i, item in enumerate(items):
         stream = item.stream if item.stream is not None else default_stream
@@ -79,18 +83,30 @@ def build_batch(
         spec = specs[stream]
         batch.specs[stream] = spec
         model = spec.model
-        if isinstance(model, ARModel):
+        if isinstance(model, ARModel | TrackModel):
+            family = model.family
             if item.value is None:
                 raise _fail(
-                    "ar streams take 'value' (the newly observed values)", f"{prefix}[{i}].value", stream
+                    f"{family} streams take 'value' (the newly observed values)",
+                    f"{prefix}[{i}].value",
+                    stream,
                 )
             if item.x is not None or item.y is not None:
-                raise _fail("ar streams take 'value', not 'x'/'y'", f"{prefix}[{i}].x", stream)
+                raise _fail(f"{family} streams take 'value', not 'x'/'y'", f"{prefix}[{i}].x", stream)
             value = _as_list(item.value)
             if len(value) != model.dim:
                 raise _fail(f"expected {model.dim} values, got {len(value)}", f"{prefix}[{i}].value", stream)
             pending.setdefault(model.dim, []).append((i, "value", value))
+            if item.ts is not None:
+                _check_time(item.ts, last_ts, stream, f"{prefix}[{i}].ts")
+                last_ts[stream] = item.ts
+                if batch.times is None:
+                    batch.times = [None] * i
+            if batch.times is not None:
+                batch.times.append(item.ts)
         else:
+            if batch.times is not None:
+                batch.times.append(None)
             if item.value is not None:
                 raise _fail("this stream takes 'x' and 'y', not 'value'", f"{prefix}[{i}].value", stream)
             if item.x is None:
@@ -137,3 +153,13 @@ def build_batch(
 
 
 _EMPTY = np.empty(0)
+
+
+def _check_time(ts: float, last: dict[str, float], stream: str, where: str) -> None:
+    """A finite time, after the stream's previous one in this request (the engine refuses, without a
+    step, a time that is not after the last one it applied)."""
+    if not math.isfinite(ts):
+        raise _fail("ts must be a finite number", where, stream)
+    previous = last.get(stream)
+    if previous is not None and not ts > previous:
+        raise _fail(f"ts must increase along a stream: {ts} after {previous}", where, stream)

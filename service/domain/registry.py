@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from trackin.models.engine import Engine, ItemResult
-from trackin.models.specs import ARModel, StreamSpec
+from trackin.models.specs import ARModel, StreamSpec, TrackModel
 from trackin.service.domain.catalog import Catalog, StreamRecord, Template
 from trackin.service.domain.ingest import IngestBatch, build_batch, check_vector
 from trackin.service.domain.labels import PendingLabels
@@ -132,6 +132,10 @@ class Registry:
                 "grad_norm": num(f.grad_norm),
                 "beta": num(f.beta),
                 "eps_norm": num(f.eps_norm),
+                "model_loss": num(f.model_loss),
+                "naive_loss": num(f.naive_loss),
+                "skill": num(f.skill),
+                "mix_weight": num(f.mix_weight),
                 "nonfinite_skips": f.nonfinite_skips,
                 "warming": f.warming,
                 "drifts": f.drifts,
@@ -269,12 +273,15 @@ class Registry:
         async with self._persistence.hold([stream_id]):
             spec = (await self.require(stream_id)).spec
             model = spec.model
-            if isinstance(model, ARModel):
+            if isinstance(model, ARModel | TrackModel):
                 if x is not None:
-                    raise InvalidInput("ar streams predict from their own history: send no 'x'", field="x")
+                    raise InvalidInput(
+                        f"{model.family} streams predict from their own history: send no 'x'", field="x"
+                    )
                 if request_id is not None:
                     raise InvalidInput(
-                        "ar streams learn from the next value: post it as an observation", field="request_id"
+                        f"{model.family} streams learn from the next value: post it as an observation",
+                        field="request_id",
                     )
                 inputs: list[np.ndarray | None] = [None]
             else:

@@ -226,11 +226,15 @@ def _observe_all(engine: Engine, batches: list[IngestBatch]) -> list[list[ItemRe
     ids: list[str] = []
     inputs: list[Any] = []
     targets: list[Any] = []
+    timed = any(b.times is not None for b in batches)
+    times: list[float | None] = []
     for b in batches:
         ids.extend(b.stream_ids)
         inputs.extend(b.inputs)
         targets.extend(b.targets)
-    merged = engine.observe(ids, inputs, targets)
+        if timed:
+            times.extend(b.times if b.times is not None else [None] * len(b))
+    merged = engine.observe(ids, inputs, targets, times if timed else None)
     out, start = [], 0
     for b in batches:
         out.append(merged[start : start + len(b)])

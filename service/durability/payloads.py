@@ -41,6 +41,8 @@ class LoggedBatch:
     """Log position of the state this entry applies to ("" = the stream's start; None = not recorded)."""
     inputs: list[np.ndarray]
     targets: list[np.ndarray | None]
+    times: list[float | None] | None = None
+    """A series' times (``ts``), when the observations carried any."""
 
 
 def encode_batches(batches: Sequence[IngestBatch], epoch: int, bases: Mapping[str, str]) -> dict[str, bytes]:
@@ -51,6 +53,11 @@ def encode_batches(batches: Sequence[IngestBatch], epoch: int, bases: Mapping[st
     ids = [s for b in batches for s in b.stream_ids]
     inputs = [x for b in batches for x in b.inputs]
     targets = [y for b in batches for y in b.targets]
+    times: np.ndarray | None = None
+    if any(b.times is not None for b in batches):
+        times = np.array(
+            [np.nan if t is None else t for b in batches for t in (b.times or [None] * len(b))], "<f8"
+        )
     codes: dict[str, int] = {}
     code = np.fromiter((codes.setdefault(s, len(codes)) for s in ids), dtype=np.int64, count=len(ids))
     order = np.argsort(code, kind="stable")  # each stream's items together, in apply order
@@ -71,6 +78,8 @@ def encode_batches(batches: Sequence[IngestBatch], epoch: int, bases: Mapping[st
             "w": x.shape[1],
             "x": x.tobytes(),
         }
+        if times is not None:
+            payload["s"] = np.ascontiguousarray(times[rows]).tobytes()
         if targets[rows[0]] is not None:
             y = ys[start:end] if ys is not None else _raw(np.stack([targets[i] for i in rows]))  # type: ignore[misc]
             payload["t"] = y.shape[1]
@@ -108,8 +117,16 @@ def decode_payload(position: str, payload: bytes) -> LoggedBatch:
         targets = [None] * len(inputs)
     epoch = data.get("e")
     base = data.get("b")
+    times: list[float | None] | None = None
+    if "s" in data:
+        times = [None if t != t else float(t) for t in np.frombuffer(data["s"], dtype="<f8").tolist()]
     return LoggedBatch(
-        position, None if epoch is None else int(epoch), None if base is None else str(base), inputs, targets
+        position,
+        None if epoch is None else int(epoch),
+        None if base is None else str(base),
+        inputs,
+        targets,
+        times,
     )
 
 

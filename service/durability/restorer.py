@@ -29,6 +29,7 @@ from trackin.service.durability.residency import Residency
 from trackin.service.errors import StreamCorrupt
 from trackin.service.metrics import Metrics
 from trackin.service.store import STREAM_ID_PATTERN, Checkpoint, CorruptCheckpoint, Store, decode_state
+from trackin.service.store.codec import upgrade_spec
 
 __all__ = ["Restorer"]
 
@@ -240,7 +241,7 @@ def _decode(checkpoint: Checkpoint, tail: _Tail) -> _Decoded | StreamCorrupt:
     """A stored stream made ready to install, or the error naming it (never a fresh model instead)."""
     stream_id = checkpoint.stream_id
     try:
-        spec = StreamSpec.model_validate(checkpoint.meta["spec"])
+        spec = StreamSpec.model_validate(upgrade_spec(checkpoint.meta["spec"], checkpoint.meta))
         tensors = decode_state(stream_id, checkpoint.tensors, checkpoint.meta)
         plan = plan_replay(
             checkpoint.epoch,
@@ -273,7 +274,7 @@ def _install_all(engine: Engine, ready: list[_Decoded]) -> dict[str, int | Strea
             continue
         applied = 0
         for entry in d.plan.apply:
-            engine.observe([stream_id] * len(entry.inputs), entry.inputs, entry.targets)
+            engine.observe([stream_id] * len(entry.inputs), entry.inputs, entry.targets, entry.times)
             applied += len(entry.inputs)
         out[stream_id] = applied
     return out

@@ -24,7 +24,7 @@ import torch
 from trackin.models.keys import FORMAT_VERSION
 from trackin.service.store.errors import CorruptCheckpoint
 
-__all__ = ["FORMAT_KEY", "FORMAT_VERSION", "decode_state", "encode_state"]
+__all__ = ["FORMAT_KEY", "FORMAT_VERSION", "decode_state", "encode_state", "upgrade_spec"]
 
 
 FORMAT_KEY = "format"
@@ -33,9 +33,29 @@ FORMAT_KEY = "format"
 Upgrade = Callable[[dict[str, torch.Tensor], Mapping[str, Any]], dict[str, torch.Tensor]]
 """Turns tensors of format ``v`` into format ``v + 1``; meta is read-only context (e.g. the spec)."""
 
+
+def _same_tensors(tensors: dict[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    return tensors
+
+
 _UPGRADES: dict[int, Upgrade] = {
-    # Format 1 is the first; when format 2 arrives, register ``1: _upgrade_v1_to_v2`` here.
+    1: _same_tensors,  # format 2 added the scale-free path; a format-1 stream keeps its state (and its spec
+    # is pinned to the first-order path it was written by: ``upgrade_spec``)
 }
+
+
+def upgrade_spec(spec: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored spec as this version reads it. Format 1 predates the scale-free path and its defaults: its
+    streams keep learning the way they did (first order, in raw units, no naive mix)."""
+    out = dict(spec)
+    if meta.get(FORMAT_KEY) == 1:
+        optimizer = dict(out.get("optimizer") or {})
+        if optimizer.get("name", "trackin") == "trackin":
+            optimizer.setdefault("precondition", "none")
+            out["optimizer"] = optimizer
+        out.setdefault("standardize", False)
+        out.setdefault("mix_naive", False)
+    return out
 
 
 def encode_state(

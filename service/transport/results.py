@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from trackin.models.engine import ItemResult
-from trackin.models.specs import ARModel, StreamSpec
+from trackin.models.specs import ARModel, StreamSpec, TrackModel
 
 __all__ = ["result_json", "shape_prediction"]
 
@@ -15,7 +15,11 @@ def shape_prediction(spec: StreamSpec, values: list[float] | None) -> float | li
     if values is None:
         return None
     model = spec.model
-    return values[0] if (model.dim if isinstance(model, ARModel) else model.out_dim) == 1 else values
+    return (
+        values[0]
+        if (model.dim if isinstance(model, ARModel | TrackModel) else model.out_dim) == 1
+        else values
+    )
 
 
 def result_json(spec: StreamSpec, result: ItemResult, stream: str | None = None) -> dict[str, Any]:
@@ -29,7 +33,7 @@ def result_json(spec: StreamSpec, result: ItemResult, stream: str | None = None)
     out["applied"] = result.applied
     if result.nonfinite:
         out["skipped"] = "nonfinite"
-    if isinstance(spec.model, ARModel):
+    if isinstance(spec.model, ARModel | TrackModel):
         out["forecast"] = shape_prediction(spec, result.forecast)
         out["warming"] = result.warming
     if result.drift:

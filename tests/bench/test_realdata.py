@@ -94,28 +94,28 @@ def test_one_engine_for_all_equals_one_run_each(tmp_path: Path) -> None:
         np.testing.assert_array_equal(alone.warming, answers.warming)
 
 
-def test_times_are_passed_when_the_engine_takes_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_boxes_carry_their_frames_and_prices_no_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     datasets, _ = load_all(make_data(tmp_path), limit=None)
     observe = Engine.observe
     seen: list[float | None] = []
 
-    def observe_with_ts(
-        self: Engine,
-        ids: Sequence[str],
-        inputs: Sequence[np.ndarray],
-        targets: Any,
-        ts: Sequence[float | None],
+    def recording(
+        self: Engine, ids: Sequence[str], inputs: Sequence[np.ndarray], targets: Any, times: Any = None
     ) -> Any:
-        seen.extend(ts)
-        return observe(self, ids, inputs, targets)
+        seen.extend(times)
+        return observe(self, ids, inputs, targets, times)
 
-    _, timed = run_trackin(datasets[1:2])
-    assert not timed
-    monkeypatch.setattr(Engine, "observe", observe_with_ts)
-    _, timed = run_trackin(datasets[1:2])
+    monkeypatch.setattr(Engine, "observe", recording)
+    prices = next(d for d in datasets if d.kind == "prices")
+    boxes = next(d for d in datasets if d.kind == "boxes")
+    _, timed = run_trackin([prices])
     assert timed
-    assert datasets[1].times is not None
-    assert seen == datasets[1].times.tolist()  # one sequence: arrival order is file order
+    assert seen == [None] * len(prices.values), "prices: one step per tick"
+    seen.clear()
+    run_trackin([boxes])
+    assert sorted(t for t in seen if t is not None) == sorted(boxes.clock.tolist())
 
 
 def test_evaluate_counts_warming_answers_as_the_last_value(tmp_path: Path) -> None:
@@ -126,7 +126,7 @@ def test_evaluate_counts_warming_answers_as_the_last_value(tmp_path: Path) -> No
     assert ticks.scores["trackin defaults"][0] < 1.0  # the bounce is learnable
     spec, _ = user_spec("prices")
     assert spec == {"model": {"family": "ar", "dim": 1}}
-    assert ticks.warming == 8 + 1 - 2  # the default ar window (8 lags of changes), scored from the third
+    assert ticks.warming == 0  # the default path forecasts from the second value on
     boxes = evaluate(datasets[0], answers[0])
     assert boxes.metrics == ("mean IoU ↑", "centre error / height ↓")
     assert boxes.scores["constant velocity"][0] > 0.9

@@ -15,10 +15,11 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from tests.models.reference_tracking import TrackingReference
 from trackin.models.baselines import AdamBaseline, DebiasedSGD
 from trackin.models.families import FamilyModule, ar_features
 from trackin.models.losses import loss_per_row, prediction
-from trackin.models.specs import AdamSpec, ARModel, SGDSpec, StreamSpec, TrackInSpec
+from trackin.models.specs import TRACKIN_EXTRA, AdamSpec, ARModel, SGDSpec, StreamSpec, TrackInSpec
 from trackin.models.trackin import TrackIn
 
 __all__ = ["Outcome", "ReferenceStream", "make_optimizer"]
@@ -29,7 +30,7 @@ def make_optimizer(spec: StreamSpec, module: FamilyModule) -> Optimizer:
     opt = spec.optimizer
     params = list(module.parameters())
     if isinstance(opt, TrackInSpec):
-        return TrackIn(params, **opt.model_dump(exclude={"name"}))
+        return TrackIn(params, **opt.model_dump(exclude={"name", *TRACKIN_EXTRA}))
     if isinstance(opt, SGDSpec):
         return DebiasedSGD(params, **opt.model_dump(exclude={"name"}))
     assert isinstance(opt, AdamSpec)
@@ -50,10 +51,14 @@ class Outcome:
 
 
 class ReferenceStream:
-    """One stream stepped the ordinary way."""
+    """One stream stepped the ordinary way (on the tracking path: :class:`TrackingReference`'s way)."""
 
     def __init__(self, spec: StreamSpec) -> None:
         self.spec = spec
+        self.tracking = TrackingReference(spec) if spec.tracking else None
+        if self.tracking is not None:
+            self.steps = 0
+            return
         self.dtype = getattr(torch, spec.dtype)
         self.module = FamilyModule(spec.model, self.dtype)
         self.opt = make_optimizer(spec, self.module)
@@ -76,7 +81,12 @@ class ReferenceStream:
         self.opt.zero_grad(set_to_none=True)
         return output.detach()[0], loss.detach()[0], finite
 
-    def observe(self, x: Tensor, y: Tensor | None = None) -> Outcome:
+    def observe(self, x: Tensor, y: Tensor | None = None, ts: float | None = None) -> Outcome:
+        if self.tracking is not None:
+            o = self.tracking.observe(x, y, ts)
+            self.steps += o.applied
+            first = o.prediction is None and not o.nonfinite
+            return Outcome(o.prediction, o.loss, self.steps, o.applied, first, o.nonfinite, o.forecast)
         x = x.to(self.dtype)
         model = self.spec.model
         if not isinstance(model, ARModel):
@@ -119,11 +129,15 @@ class ReferenceStream:
     def state(self) -> dict[str, Tensor]:
         """Parameters and optimizer state under the engine's export keys."""
         out: dict[str, Tensor] = {}
-        names = {id(p): n for n, p in self.module.params.items()}
-        for p in self.module.parameters():
-            name = names[id(p)]
+        if self.tracking is not None:
+            named = [("weight", self.tracking.weight)]
+            opt: Optimizer = self.tracking.opt
+        else:
+            named = list(self.module.params.items())
+            opt = self.opt
+        for name, p in named:
             out[f"param/{name}"] = p.detach().clone()
-            st = self.opt.state.get(p, {})
+            st = opt.state.get(p, {})
             for key, engine_key in (
                 ("momentum", "momentum"),
                 ("momentum_buffer", "momentum"),

@@ -274,7 +274,9 @@ def test_engine_equals_reference(case: Case, ulps: int | None, data: st.DataObje
 
 
 LONG_RUN = [
-    StreamSpec(model=LIN, optimizer=TrackInSpec(beta_rule=rule, lr=lr, eta=0.02))
+    StreamSpec(
+        model=LIN, optimizer=TrackInSpec(beta_rule=rule, lr=lr, eta=0.02, precondition="none")
+    )  # the first-order path (the tracking path: tests/models/test_tracking.py)
     for rule, lr in (("cos", 0.05), ("norm", 0.1), ("constant", 0.02))
 ]
 # The streams forget a difference within their slowest average (momentum gamma = 0.98: 50 steps) or their

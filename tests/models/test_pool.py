@@ -15,9 +15,13 @@ from tests.support.tolerances import step_ops, tolerance
 from trackin.models.pool import StreamPool, _occurrence_rounds
 from trackin.models.specs import ARModel, DriftSpec, LinearModel, MLPModel, SGDSpec, StreamSpec, TrackInSpec
 
-LIN = StreamSpec(model=LinearModel(in_dim=3, init="random"), optimizer=TrackInSpec(eta=0.05))
+# The first-order path (the tracking path has its own tests: tests/models/test_tracking.py).
+FIRST_ORDER = TrackInSpec(precondition="none")
+LIN = StreamSpec(
+    model=LinearModel(in_dim=3, init="random"), optimizer=TrackInSpec(eta=0.05, precondition="none")
+)
 MLP = StreamSpec(model=MLPModel(in_dim=3, hidden=(4,)), optimizer=TrackInSpec(eta=0.05), loss="huber")
-AR = StreamSpec(model=ARModel(lags=3, target="level"), dtype="float64")
+AR = StreamSpec(model=ARModel(lags=3, target="level"), optimizer=FIRST_ORDER, dtype="float64")
 
 
 def bits(t: Tensor) -> Tensor:
@@ -174,7 +178,9 @@ def test_removed_slot_is_reused_and_starts_fresh() -> None:
     b = pool.add(LIN)
     feed(pool, [a, b, a], 0)
     pool.remove(a)
-    other = LIN.model_copy(update={"optimizer": TrackInSpec(eta=0.1, lr=0.01), "huber_delta": 2.0})
+    other = LIN.model_copy(
+        update={"optimizer": TrackInSpec(eta=0.1, lr=0.01, precondition="none"), "huber_delta": 2.0}
+    )
     c = pool.add(other)
     assert c == a
     fresh = StreamPool(other)
@@ -234,7 +240,9 @@ def test_export_load_round_trip_continues_bit_for_bit(spec: StreamSpec) -> None:
 
 def test_loaded_settings_switch_between_shared_and_per_stream_paths() -> None:
     """Loading a stream with other hyperparameters makes the pool use per-stream columns, and back."""
-    slow = LIN.model_copy(update={"optimizer": TrackInSpec(eta=0.05, lr=0.01, beta_rule="norm")})
+    slow = LIN.model_copy(
+        update={"optimizer": TrackInSpec(eta=0.05, lr=0.01, beta_rule="norm", precondition="none")}
+    )
     pool = StreamPool(LIN)
     a, b = pool.add(LIN), pool.add(LIN)
     donor = StreamPool(slow)
@@ -265,13 +273,13 @@ def test_empty_batch_and_wrong_spec() -> None:
     assert r.predictions.shape == (0, 1)
     assert r.steps.shape == (0,)
     with pytest.raises(ValueError, match="pool"):
-        pool.add(StreamSpec(model=LinearModel(in_dim=4)))
+        pool.add(StreamSpec(model=LinearModel(in_dim=4), optimizer=FIRST_ORDER))
 
 
 def test_drift_resets_momentum_when_asked() -> None:
     spec = StreamSpec(
         model=LinearModel(in_dim=1),
-        optimizer=TrackInSpec(lr=0.01),
+        optimizer=TrackInSpec(lr=0.01, precondition="none"),
         drift=DriftSpec(warmup=5, reset_momentum=True),
     )
     pool = StreamPool(spec)
@@ -291,7 +299,7 @@ def test_drift_flags_jumps_quickly_and_stationary_streams_never() -> None:
     """Default detector, one batched run: 200 stationary streams x 5,000 steps, and 100 streams whose target
     jumps by 8 noise standard deviations halfway (docs/engine.md has the measured rates)."""
     stationary, jumping, steps, jump_at = 200, 100, 5000, 2500
-    spec = StreamSpec(model=LinearModel(in_dim=4))
+    spec = StreamSpec(model=LinearModel(in_dim=4), optimizer=FIRST_ORDER)
     pool = StreamPool(spec, capacity=stationary + jumping)
     slots = np.array([pool.add(spec) for _ in range(stationary + jumping)])
     g = torch.Generator().manual_seed(0)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from trackin.models.specs import (
     TRACKIN_DEFAULTS,
+    TRACKIN_EXTRA,
     AdamSpec,
     ARModel,
     DriftSpec,
@@ -86,7 +87,7 @@ def test_trackin_defaults_come_from_the_spec() -> None:
 
 def test_trackin_spec_maps_onto_the_constructor() -> None:
     spec = TrackInSpec(lr=0.2, beta_rule="norm", eta=0.01, max_grad_norm=3.0)
-    opt = TrackIn([torch.nn.Parameter(torch.zeros(1))], **spec.model_dump(exclude={"name"}))
+    opt = TrackIn([torch.nn.Parameter(torch.zeros(1))], **spec.model_dump(exclude={"name", *TRACKIN_EXTRA}))
     group = opt.param_groups[0]
     assert (group["lr"], group["beta_rule"], group["eta"], group["max_grad_norm"]) == (0.2, "norm", 0.01, 3.0)
 

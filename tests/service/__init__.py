@@ -17,7 +17,7 @@ import torch
 
 from tests.support.tolerances import memory, step_ops, tolerance
 from trackin.models.engine import Engine, ItemResult
-from trackin.models.specs import TRACKIN_DEFAULTS, ARModel, StreamSpec
+from trackin.models.specs import TRACKIN_DEFAULTS, ARModel, StreamSpec, TrackModel
 
 __all__ = [
     "AR",
@@ -114,10 +114,10 @@ class Reference:
         self.engine.add("ref", self.spec)
 
     def observe(self, observation: Mapping[str, Any]) -> ItemResult:
-        if isinstance(self.spec.model, ARModel):
+        if isinstance(self.spec.model, ARModel | TrackModel):
             value = observation["value"]
             inputs = np.asarray(value if isinstance(value, list) else [value], dtype=np.float64)
-            return self.engine.observe(["ref"], [inputs], [None])[0]
+            return self.engine.observe(["ref"], [inputs], [None], [observation.get("ts")])[0]
         y = observation["y"]
         x = np.asarray(observation["x"], dtype=np.float64)
         target = np.asarray(y if isinstance(y, list) else [y], dtype=np.float64)

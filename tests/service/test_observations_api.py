@@ -20,7 +20,7 @@ from tests.service import (
     create,
     unique,
 )
-from trackin.models.specs import ARModel, StreamSpec, layer_sizes
+from trackin.models.specs import ARModel, StreamSpec, TrackModel, layer_sizes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,6 +37,8 @@ SPECS: dict[str, dict[str, Any]] = {
     "ar-level-hidden": {
         "model": {"family": "ar", "dim": 1, "lags": 4, "target": "level", "hidden": [5], "init": "random"}
     },
+    "ar-first-order": {**AR, "optimizer": {"precondition": "none"}},
+    "track-with-frames": {"model": {"family": "track", "dim": 2, "lags": 2}},
 }
 
 
@@ -45,12 +47,16 @@ def observations(spec: dict[str, Any], n: int, seed: int) -> list[dict[str, Any]
     rng = random.Random(seed)
     parsed = StreamSpec.model_validate(spec)
     model = parsed.model
-    if isinstance(model, ARModel):
+    if isinstance(model, ARModel | TrackModel):
         level = [rng.uniform(-1, 1) for _ in range(model.dim)]
         out = []
+        frame = 0
         for _ in range(n):
             level = [v + rng.gauss(0, 0.3) for v in level]
             out.append({"value": list(level)})
+            if isinstance(model, TrackModel):  # frame numbers with gaps
+                frame += rng.choice([1, 1, 2, 4])
+                out[-1]["ts"] = frame
         return out
     out_dim = layer_sizes(model)[-1]
     items = []
@@ -92,9 +98,13 @@ def test_served_results_equal_the_engine(http: httpx.Client, name: str) -> None:
     reference = Reference(spec)
     expected = reference.observe_all(items)
     assert_results_match(served, expected)
-    is_ar = isinstance(reference.spec.model, ARModel)
-    # One step per observation (an ar stream steps once its lag window is full and a target follows).
-    warm = reference.spec.model.window if isinstance(reference.spec.model, ARModel) else 0
+    model = reference.spec.model
+    is_ar = isinstance(model, ARModel | TrackModel)
+    # One step per observation: a series steps once a previous value exists (a first-order ar stream:
+    # once its lag window is full and a target follows).
+    warm = 0
+    if is_ar:
+        warm = 1 if reference.spec.tracking else model.window  # type: ignore[union-attr]
     assert [r["step"] for r in served] == [max(0, i - warm) for i in range(1, 31)]
     for r in served:
         assert set(r) <= {"step", "prediction", "loss", "applied", "forecast", "warming", "drift"}
@@ -260,3 +270,18 @@ def test_metrics_count_observations_and_requests(http: httpx.Client) -> None:
         frozenset({("route", "/v1/streams/{stream_id}/observations"), ("method", "POST"), ("status", "200")}),
     )
     assert after[ok_route] - before.get(ok_route, 0) == 1
+
+
+def test_series_times_must_increase_within_a_request(http: httpx.Client) -> None:
+    sid = unique("track")
+    create(http, sid, {"model": {"family": "track", "dim": 1}})
+    body = [{"value": [1.0], "ts": 5}, {"value": [2.0], "ts": 5}]
+    response = http.post(f"/v1/streams/{sid}/observations", json=body)
+    assert_error(response, 422, "invalid_input", field="observations[1].ts", stream=sid)
+    assert http.get(f"/v1/streams/{sid}").json()["figures"]["steps"] == 0, "nothing applied"
+    ok = post(http, f"/v1/streams/{sid}/observations", [{"value": [1.0], "ts": 5}, {"value": [3.0], "ts": 7}])
+    assert ok[1]["prediction"] == 1.0  # no velocity yet: the last value
+    (late,) = post(http, f"/v1/streams/{sid}/observations", {"value": [4.0], "ts": 6})
+    assert not late["applied"], "a time before the stream's last one is refused without a step"
+    (next_,) = post(http, f"/v1/streams/{sid}/observations", {"value": [9.0], "ts": 9})
+    assert next_["prediction"] == 5.0, "constant velocity over the frame gap: 3 + 1 * (9 - 7)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -106,8 +107,8 @@ def test_ticks_in_process_with_the_user_default(tmp_path: Path) -> None:
     assert summary.spec == StreamSpec.model_validate(PRICE_SPEC).model_dump(mode="json")
     assert summary.unit == 1.0
     assert summary.scored == TICKS - 2  # from the third tick on
-    assert summary.warming == WINDOW - 2  # scored as the last value
-    assert summary.applied == TICKS - WINDOW
+    assert summary.warming == 0  # the scale-free default forecasts from the second tick on
+    assert summary.applied == TICKS - 1
     assert summary.baseline_mse == pytest.approx(0.0625)  # no change: one tick (0.25) off every time
     assert summary.ratio < 0.5  # the bounce is learnable
     assert summary.mse == pytest.approx(summary.ratio * summary.baseline_mse)
@@ -121,10 +122,14 @@ def test_the_scored_set_does_not_depend_on_lags(tmp_path: Path, lags: int) -> No
     summary = replay(ReplayOptions(tmp_path / "es.csv.gz", url=None, progress=False, lags=lags))
     assert summary.requested == {"model": {"family": "ar", "dim": 1, "lags": lags}}
     assert summary.scored == 200 - 2
-    assert summary.warming == lags + 1 - 2
+    assert summary.warming == 0  # no lag window to fill on the default path, whatever lags
     assert summary.baseline_mse == pytest.approx(0.0625)
-    warming = summary.scored_mask & (np.arange(200) < lags + 1)  # answered before the window was full
-    assert (summary.forecasts[warming] == summary.values[np.flatnonzero(warming) - 1]).all()
+    first_order = {"model": {"family": "ar", "dim": 1, "lags": lags}, "optimizer": {"precondition": "none"}}
+    windowed = replay(ReplayOptions(tmp_path / "es.csv.gz", url=None, progress=False, spec=first_order))
+    assert windowed.scored == 200 - 2
+    assert windowed.warming == lags + 1 - 2
+    warming = windowed.scored_mask & (np.arange(200) < lags + 1)  # answered before the window was full
+    assert (windowed.forecasts[warming] == windowed.values[np.flatnonzero(warming) - 1]).all()
 
 
 def test_a_session_gap_is_not_scored(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -248,11 +253,13 @@ def test_input_errors_exit_2_with_a_message(
 
 def test_a_diverged_run_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_ticks(tmp_path / "es.csv.gz", 200)
-    status, out, err = run([str(tmp_path / "es.csv.gz"), "--lr", "100"], capsys)
+    first_order = '{"model": {"family": "ar", "dim": 1}, "optimizer": {"precondition": "none", "lr": 100}}'
+    status, out, err = run([str(tmp_path / "es.csv.gz"), "--spec", first_order], capsys)
     assert status == 1
     assert "ratio" in out  # the summary first
     assert "trackin replay: error: es: trackin diverged" in err
-    summary = replay(ReplayOptions(tmp_path / "es.csv.gz", url=None, progress=False, lr=100))
+    spec = json.loads(first_order)
+    summary = replay(ReplayOptions(tmp_path / "es.csv.gz", url=None, progress=False, spec=spec))
     assert summary.nonfinite > 0
     assert summary.failure() is not None
 

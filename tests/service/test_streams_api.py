@@ -112,12 +112,24 @@ def test_eps_norm_grows_with_eta(http: httpx.Client) -> None:
 
 def test_ar_stream_is_warming_until_its_window_fills(http: httpx.Client) -> None:
     sid = unique()
-    create(http, sid, AR)  # delta target, 3 lags: a window of 4 values
+    create(http, sid, {**AR, "optimizer": {"precondition": "none"}})  # first order: a window of 4 values
     assert http.get(f"/v1/streams/{sid}").json()["figures"]["warming"] is True
     warming = [r["warming"] for r in observe(http, sid, [{"value": [i, -i]} for i in range(6)])]
     assert warming[:3] == [True] * 3
     assert warming[-1] is False
     assert http.get(f"/v1/streams/{sid}").json()["figures"]["warming"] is False
+
+
+def test_a_default_series_forecasts_from_its_second_value(http: httpx.Client) -> None:
+    """The scale-free default needs no lag window: only the first value has nothing to be scored by."""
+    sid = unique()
+    create(http, sid, AR)
+    results = observe(http, sid, [{"value": [i, -i]} for i in range(3)])
+    assert [r["warming"] for r in results] == [True, False, False]
+    assert results[1]["prediction"] == [0.0, 0.0], "no change: the naive forecast"
+    figures = http.get(f"/v1/streams/{sid}").json()["figures"]
+    assert figures["warming"] is False
+    assert figures["naive_loss"] is not None
 
 
 def test_get_and_delete(http: httpx.Client) -> None:

@@ -77,7 +77,9 @@ def test_damaged_blob_raises_corrupt_naming_the_stream(damage: object) -> None:
 
 def test_future_format_is_rejected_clearly() -> None:
     blob, meta = encode_state({"w": torch.ones(1)}, {})
-    with pytest.raises(CorruptCheckpoint, match=r"'s9'.*format 2 is newer.*upgrade trackin"):
+    with pytest.raises(
+        CorruptCheckpoint, match=rf"'s9'.*format {FORMAT_VERSION + 1} is newer.*upgrade trackin"
+    ):
         decode_state("s9", blob, {**meta, "format": FORMAT_VERSION + 1})
 
 
@@ -92,23 +94,50 @@ def test_missing_or_unknown_format_is_rejected(bad: object) -> None:
 
 
 def test_older_format_goes_through_the_upgrade_table(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pretend format 2 exists: a v1 checkpoint loads through the registered 1 -> 2 step."""
+    """Pretend the next format exists: a checkpoint of today's loads through the registered step."""
     blob, meta = encode_state({"w": torch.tensor([1.0, 2.0])}, {"scale": 10.0})
-    assert meta["format"] == 1
+    now = codec.FORMAT_VERSION
+    assert meta["format"] == now
 
     def v1_to_v2(tensors: dict[str, torch.Tensor], meta: object) -> dict[str, torch.Tensor]:
         assert isinstance(meta, dict)
         return {"weight": tensors["w"] * meta["scale"]}
 
-    monkeypatch.setattr(codec, "FORMAT_VERSION", 2)
-    monkeypatch.setattr(codec, "_UPGRADES", {1: v1_to_v2})
+    monkeypatch.setattr(codec, "FORMAT_VERSION", now + 1)
+    monkeypatch.setattr(codec, "_UPGRADES", {now: v1_to_v2})
     assert torch.equal(codec.decode_state("s", blob, meta)["weight"], torch.tensor([10.0, 20.0]))
 
     monkeypatch.setattr(codec, "_UPGRADES", {})
-    with pytest.raises(CorruptCheckpoint, match="no upgrade from format 1"):
+    with pytest.raises(CorruptCheckpoint, match=f"no upgrade from format {now}"):
         codec.decode_state("s", blob, meta)
 
 
 def test_non_tensor_values_are_refused() -> None:
     with pytest.raises(TypeError, match="'w'"):
         encode_state({"w": [1.0]}, {})  # type: ignore[dict-item]
+
+
+def test_a_format_1_stream_keeps_learning_the_first_order_way() -> None:
+    """Format 2 added the scale-free path and made it the default; a stored format-1 spec (which never
+    named it) is read as the first-order spec it was, and its tensors load into that pool unchanged."""
+    from trackin.models.engine import Engine
+    from trackin.models.specs import StreamSpec
+
+    old = StreamSpec.model_validate(
+        {"model": {"family": "ar", "lags": 2}, "optimizer": {"precondition": "none"}}
+    )
+    engine = Engine()
+    engine.add("s", old)
+    tensors = engine.export("s")
+    v1_spec = old.model_dump(mode="json")
+    for key in ("standardize", "mix_naive"):
+        del v1_spec[key]
+    del v1_spec["optimizer"]["precondition"], v1_spec["optimizer"]["forget"]
+    blob, _ = encode_state(tensors, {})
+    meta = {"format": 1, "spec": v1_spec}
+    spec = StreamSpec.model_validate(codec.upgrade_spec(v1_spec, meta))
+    assert not spec.tracking
+    assert StreamSpec.model_validate(v1_spec).tracking, "read with today's defaults it would not fit"
+    restored = Engine()
+    restored.add("s", spec)
+    restored.load("s", decode_state("s", blob, meta))

@@ -1,0 +1,366 @@
+"""The scale-free, preconditioned path of the closed-form families (docs/trackin.md, "Tracking real data").
+
+A stream of ``linear``, ``ar`` (without hidden layers) or ``track`` learns, by default, with TrackIn's step
+preconditioned by a per-stream RLS covariance, on inputs and targets divided by scales it measured itself;
+it serves a mix of its model and the naive forecast that fits its target, weighted by their recent errors,
+and never departs from the naive forecast by more than ``BOUND`` times the naive's typical error. Every step
+here is batched over the gathered rows of a pool (``[rows, ...]``), with no host sync: :func:`step` is the
+round of :class:`models.round.TrackingRound`; ``tests/models/reference_tracking.py`` is the same math for one
+stream, written plainly.
+
+The constants below are the defaults chosen on ``../shared/data`` and the synthetic drifts (one set for all
+data; bench/accuracy.py, docs/trackin.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from trackin.models import keys
+from trackin.models.specs import (
+    TRACKIN_EXTRA,
+    ARModel,
+    BaseOptimizerSpec,
+    LinearModel,
+    ModelSpec,
+    StreamSpec,
+    TrackModel,
+)
+
+__all__ = [
+    "BOUND",
+    "CLIP",
+    "COV_CAP",
+    "FEATURE_CLIP",
+    "MIX_BIAS",
+    "MIX_ETA",
+    "MIX_POWER",
+    "MIX_RHO",
+    "MIX_WARMUP",
+    "PRIOR",
+    "SCALE_WARMUP",
+    "STAT_ALPHA",
+    "Layout",
+    "layout",
+    "optimizer_kwargs",
+    "step",
+    "uses_tracking",
+]
+
+PRIOR = 0.1
+"""Initial RLS covariance, ``PRIOR * I`` in scaled units: a ridge prior that starts every model at the naive
+forecast and lets it leave only as the data insist (short object tracks need that)."""
+CLIP = 3.0
+"""A step's residual is clipped at ``CLIP`` times the running RMS residual (Huber in scaled units)."""
+FEATURE_CLIP = 1e3
+"""Scaled features beyond this (a 1000-sigma value) are clipped, so one wild value cannot reach 1e30."""
+BOUND = 10.0
+"""The model may depart from the naive forecast by at most this many RMS errors of the naive forecast."""
+COV_CAP = 1e3
+"""The covariance's largest diagonal entry is capped here: no windup when a direction goes unexcited."""
+STAT_ALPHA = 0.01
+"""Weight of the newest value in the running residual and naive-error mean squares."""
+SCALE_WARMUP = 32
+"""Observations whose mean squares set a stream's scales; the scales are frozen after them."""
+MIX_RHO = 0.99
+"""Discount of the model's and the naive forecast's squared errors in the mix (about 100 observations)."""
+MIX_ETA = 1.0
+"""Learning rate of the exponentially weighted mix, per unit of discounted relative advantage."""
+MIX_BIAS = 8.0
+"""Prior for the naive forecast: the model must prove itself (about 4% lower error over ~100 observations
+for an even mix) before it is served."""
+MIX_POWER = 1.0
+"""The mix weighs the model and the naive forecast by their discounted absolute errors: squared errors let a
+few large misses decide, and chose models that lose on most boxes (MOT17-09's IoU)."""
+MIX_WARMUP = 10
+"""Steps during which only the naive forecast is served."""
+
+Kind = Literal["linear", "delta", "level", "track"]
+
+
+def uses_tracking(spec: StreamSpec) -> bool:
+    """Whether a spec runs on this path (``StreamSpec`` resolves ``precondition: auto``)."""
+    return spec.tracking
+
+
+def optimizer_kwargs(opt: BaseOptimizerSpec) -> dict[str, Any]:
+    """The TrackIn optimizer's arguments from its spec (without the fields that shape the pool)."""
+    kwargs: dict[str, Any] = opt.model_dump(exclude={"name", *TRACKIN_EXTRA})
+    return kwargs
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Sizes of one pool's tracking state."""
+
+    kind: Kind
+    outputs: int  # k: the model's outputs (series: dim)
+    features: int  # p: scaled features and the constant 1
+    scales: int  # measured scales: inputs and targets (linear), rates (and levels) per dim (series)
+    lags: int  # series: rates kept
+    dim: int  # series: values per observation
+
+    def entries(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Every tracking key and its per-stream shape (all in the pool's float buffer)."""
+        k, p = self.outputs, self.features
+        out = [
+            (keys.TRACK_COV, (p, p)),
+            (keys.TRACK_SCALE_M2, (self.scales,)),
+            (keys.TRACK_SCALE_N, ()),
+            (keys.TRACK_RESID2, (k,)),
+            (keys.TRACK_NAIVE2, (k,)),
+            (keys.TRACK_STAT_W, ()),
+            (keys.MIX_MODEL, (k,)),
+            (keys.MIX_NAIVE, (k,)),
+            (keys.MIX_N, ()),
+            (keys.TRACK_LEARNED, ()),
+            *((key, ()) for key in keys.SKILL_FIGURES),
+        ]
+        if self.kind == "linear":
+            out += [(keys.TRACK_MEAN, (k,)), (keys.TRACK_MEAN_W, ())]
+        else:
+            out += [
+                (keys.SERIES_LAST, (self.dim,)),
+                (keys.SERIES_TS, ()),
+                (keys.SERIES_SEEN, ()),
+                (keys.SERIES_RATE, (self.dim,)),
+                (keys.SERIES_RATES, (self.lags, self.dim)),
+            ]
+        return out
+
+
+def layout(model: ModelSpec) -> Layout:
+    if isinstance(model, LinearModel):
+        return Layout("linear", model.out_dim, model.in_dim + 1, model.in_dim + model.out_dim, 0, 0)
+    assert isinstance(model, ARModel | TrackModel)
+    kind: Kind = "track" if isinstance(model, TrackModel) else model.target
+    levels = model.dim if kind == "level" else 0
+    features = model.lags * model.dim + levels + 1
+    return Layout(kind, model.dim, features, model.dim + levels, model.lags, model.dim)
+
+
+Views = Mapping[str, Tensor]
+OptimizerStep = Callable[[Tensor], None]
+"""Steps the gathered rows' weights (flat ``[rows, k * p]``) in place given their preconditioned gradient."""
+
+
+def _scales(v: Views) -> Tensor:
+    s = v[keys.TRACK_SCALE_M2].sqrt()
+    return torch.where(s > 0, s, torch.ones_like(s))
+
+
+def _weight(v: Views, mix_naive: bool | Tensor) -> Tensor:
+    """``[rows, k]``: the model's share of the served forecast."""
+    mm, mn, n = v[keys.MIX_MODEL], v[keys.MIX_NAIVE], v[keys.MIX_N].unsqueeze(1)
+    total = (mm + mn).clamp_min(torch.finfo(mm.dtype).tiny)
+    share = torch.sigmoid(MIX_ETA * 2 * n * (mn - mm) / total - MIX_BIAS)
+    share = share * (v[keys.TRACK_LEARNED] >= MIX_WARMUP).unsqueeze(1)
+    if isinstance(mix_naive, Tensor):
+        return torch.where(mix_naive.unsqueeze(1), share, torch.ones_like(share))
+    return share if mix_naive else torch.ones_like(share)
+
+
+def _bounded(v: Views, departure: Tensor) -> Tensor:
+    """``departure`` from the naive forecast, within ``BOUND`` RMS naive errors (none measured yet: as is)."""
+    w = v[keys.TRACK_STAT_W].unsqueeze(1)
+    bound = BOUND * (v[keys.TRACK_NAIVE2] / w.clamp_min(torch.finfo(w.dtype).tiny)).sqrt()
+    bound = torch.where(w > 0, bound, torch.full_like(bound, torch.inf))
+    return torch.minimum(torch.maximum(departure, -bound), bound)
+
+
+def _features(lay: Layout, v: Views, s: Tensor, x: Tensor | None) -> Tensor:
+    """``[rows, p]``: scaled features and the constant 1."""
+    if lay.kind == "linear":
+        assert x is not None
+        feats = x / s[:, : -lay.outputs]
+    else:
+        rates = v[keys.SERIES_RATES] / s[:, : lay.dim].unsqueeze(1)
+        feats = rates.flatten(1)
+        if lay.kind == "level":
+            feats = torch.cat([feats, v[keys.SERIES_LAST] / s[:, lay.dim :]], 1)
+    feats = feats.clamp(-FEATURE_CLIP, FEATURE_CLIP)
+    return torch.cat([feats, feats.new_ones(feats.shape[0], 1)], 1)
+
+
+def series_rates(
+    lay: Layout, v: Views, mix_naive: bool | Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Naive, model and served rates of change ``[rows, dim]`` for the next value, the model's share of the
+    served rate, and the features."""
+    s = _scales(v)
+    naive = v[keys.SERIES_RATE] if lay.kind == "track" else torch.zeros_like(v[keys.SERIES_RATE])
+    phi = _features(lay, v, s, None)
+    raw = torch.bmm(v[keys.TRACK_WEIGHT], phi.unsqueeze(2)).squeeze(2)
+    model = naive + _bounded(v, s[:, : lay.dim] * raw)
+    share = _weight(v, mix_naive)
+    return naive, model, naive + share * (model - naive), share, phi
+
+
+def linear_predictions(
+    lay: Layout, v: Views, x: Tensor, mix_naive: bool | Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Naive, model and served predictions ``[rows, k]`` of a linear pool for inputs ``x``, the model's
+    share, and the features."""
+    s = _scales(v)
+    phi = _features(lay, v, s, x.nan_to_num(0.0, 0.0, 0.0))
+    w = v[keys.TRACK_MEAN_W].unsqueeze(1)
+    naive = torch.where(w > 0, v[keys.TRACK_MEAN] / w.clamp_min(torch.finfo(w.dtype).tiny), 0.0)
+    raw = torch.bmm(v[keys.TRACK_WEIGHT], phi.unsqueeze(2)).squeeze(2)
+    model = naive + _bounded(v, s[:, -lay.outputs :] * raw - naive)
+    share = _weight(v, mix_naive)
+    return naive, model, naive + share * (model - naive), share, phi
+
+
+def step(
+    lay: Layout,
+    v: Views,
+    x: Tensor,
+    y: Tensor | None,
+    ts: Tensor | None,
+    *,
+    forget: float | Tensor,
+    standardize: bool | Tensor,
+    mix_naive: bool | Tensor,
+    optimizer_step: OptimizerStep,
+) -> dict[str, Tensor]:
+    """One observation per gathered row, in place on the views; returns per-row outcomes.
+
+    ``x``: inputs ``[rows, in]`` (series: the arriving values ``[rows, dim]``), ``y``: targets (linear),
+    ``ts``: the series' times ``[rows]`` (None or NaN: one time unit after the previous value). Outcomes:
+    ``served``, ``model`` and ``naive`` predictions ``[rows, k]`` in the target's units (series: levels;
+    NaN for a series' first value), ``weight`` (the model's share), ``ok`` (a step was taken), ``first`` (a
+    series' first value), ``nonfinite`` (refused: not finite, or a time not after the previous one).
+    The optimizer state of rows that take no step is the caller's to restore.
+    """
+    finite = torch.isfinite(x).all(1)
+    if lay.kind == "linear":
+        assert y is not None
+        finite = finite & torch.isfinite(y).all(1)
+        first = torch.zeros_like(finite)
+        ok = finite
+        naive, model, served, share, _ = linear_predictions(lay, v, x, mix_naive)
+        clean_y = y.nan_to_num(0.0, 0.0, 0.0)
+        target, learn_naive, learn_model = clean_y, naive, model
+        scales(v, torch.cat([x, clean_y], 1), ok & torch.as_tensor(standardize, device=x.device))
+        s = _scales(v)  # the step learns in the scales that include this observation
+        phi = _features(lay, v, s, x.nan_to_num(0.0, 0.0, 0.0))
+        scaled_target = clean_y / s[:, -lay.outputs :]
+        levels = (served, model, naive)
+    else:
+        seen = v[keys.SERIES_SEEN] > 0
+        last, last_ts = v[keys.SERIES_LAST], v[keys.SERIES_TS]
+        now = last_ts + 1 if ts is None else torch.where(ts.isnan(), last_ts + 1, ts)
+        finite = finite & torch.isfinite(now) & (~seen | (now > last_ts))
+        first = ~seen & finite
+        ok = seen & finite
+        gap = torch.where(ok, now - last_ts, torch.ones_like(now)).unsqueeze(1)
+        naive, model, served, share, _ = series_rates(lay, v, mix_naive)
+        rate = torch.where(ok.unsqueeze(1), (x - last) / gap, 0.0)
+        target, learn_naive, learn_model = rate, naive, model
+        stat_values = torch.cat([rate, x], 1) if lay.kind == "level" else rate
+        scales(v, stat_values, ok & torch.as_tensor(standardize, device=x.device))
+        s = _scales(v)  # the step learns in the scales that include this observation
+        phi = _features(lay, v, s, None)
+        scaled_target = (rate - naive) / s[:, : lay.dim]
+        levels = (last + gap * served, last + gap * model, last + gap * naive)
+    learn(lay, v, phi, scaled_target, target, learn_model, learn_naive, ok, forget, optimizer_step)
+    okc = ok.unsqueeze(1)
+    if lay.kind == "linear":
+        mean, mean_w = v[keys.TRACK_MEAN], v[keys.TRACK_MEAN_W]
+        mean.copy_(torch.where(okc, mean * (1 - STAT_ALPHA) + target, mean))
+        mean_w.copy_(torch.where(ok, mean_w * (1 - STAT_ALPHA) + 1, mean_w))
+    else:
+        rates = v[keys.SERIES_RATES]
+        pushed = torch.cat([rate.unsqueeze(1), rates[:, :-1]], 1)
+        rates.copy_(torch.where(okc.unsqueeze(2), pushed, rates))
+        v[keys.SERIES_RATE].copy_(torch.where(okc, rate, v[keys.SERIES_RATE]))
+        started = ok | first
+        v[keys.SERIES_LAST].copy_(torch.where(started.unsqueeze(1), x, last))
+        v[keys.SERIES_TS].copy_(torch.where(started, now, last_ts))
+        v[keys.SERIES_SEEN].copy_(torch.where(started, torch.ones_like(now), v[keys.SERIES_SEEN]))
+    nan = torch.full_like(levels[0], torch.nan)
+    served_l, model_l, naive_l = (p.where(okc, nan) for p in levels)
+    return {
+        "served": served_l,
+        "model": model_l,
+        "naive": naive_l,
+        "weight": share,
+        "first": first,
+        "ok": ok,
+        "nonfinite": ~finite,
+    }
+
+
+def forecast(lay: Layout, v: Views, mix_naive: bool | Tensor) -> Tensor:
+    """``[rows, dim]``: each series' next value one time unit ahead (NaN before its first value)."""
+    served = v[keys.SERIES_LAST] + series_rates(lay, v, mix_naive)[2]
+    return served.where((v[keys.SERIES_SEEN] > 0).unsqueeze(1), torch.nan)
+
+
+def learn(
+    lay: Layout,
+    v: Views,
+    phi: Tensor,
+    scaled_target: Tensor,
+    target: Tensor,
+    model: Tensor,
+    naive: Tensor,
+    ok: Tensor,
+    forget: float | Tensor,
+    optimizer_step: OptimizerStep,
+) -> None:
+    """The preconditioned step and the running statistics, for rows ``ok`` (the others keep their state)."""
+    weight, cov = v[keys.TRACK_WEIGHT], v[keys.TRACK_COV]
+    tiny = torch.finfo(phi.dtype).tiny
+    okc = ok.unsqueeze(1)
+    residual = scaled_target - torch.bmm(weight, phi.unsqueeze(2)).squeeze(2)
+    stat_w = v[keys.TRACK_STAT_W].unsqueeze(1)
+    limit = CLIP * (v[keys.TRACK_RESID2] / stat_w.clamp_min(tiny)).sqrt()
+    clip_on = (v[keys.TRACK_LEARNED] >= 2).unsqueeze(1) & (stat_w > 0)
+    limit = torch.where(clip_on, limit, torch.full_like(limit, torch.inf))
+    residual = torch.minimum(torch.maximum(residual, -limit), limit).where(okc, 0.0)
+    lam = forget if isinstance(forget, float) else forget.unsqueeze(1)
+    p_phi = torch.bmm(cov, phi.unsqueeze(2)).squeeze(2)
+    gain = p_phi / (lam + (phi * p_phi).sum(1, keepdim=True))
+    grad = -(residual.unsqueeze(2) * gain.unsqueeze(1))
+    before = weight.clone()
+    optimizer_step(grad.flatten(1))
+    weight.copy_(torch.where(okc.unsqueeze(2), weight, before))
+    lam3 = lam if isinstance(lam, float) else lam.unsqueeze(2)
+    new_cov = (cov - gain.unsqueeze(2) * p_phi.unsqueeze(1)) / lam3
+    new_cov = 0.5 * (new_cov + new_cov.mT)
+    peak = new_cov.diagonal(dim1=1, dim2=2).amax(1)
+    new_cov = new_cov * (COV_CAP / peak.clamp_min(COV_CAP)).view(-1, 1, 1)
+    cov.copy_(torch.where(okc.unsqueeze(2), new_cov, cov))
+    keep = 1 - STAT_ALPHA
+    updates = (
+        (keys.TRACK_RESID2, v[keys.TRACK_RESID2] * keep + residual.square()),
+        (keys.TRACK_NAIVE2, v[keys.TRACK_NAIVE2] * keep + (target - naive).square()),
+        (keys.MIX_MODEL, MIX_RHO * v[keys.MIX_MODEL] + (target - model).abs() ** MIX_POWER),
+        (keys.MIX_NAIVE, MIX_RHO * v[keys.MIX_NAIVE] + (target - naive).abs() ** MIX_POWER),
+    )
+    for key, value in updates:
+        v[key].copy_(torch.where(okc, value, v[key]))
+    for key, value in (
+        (keys.TRACK_STAT_W, v[keys.TRACK_STAT_W] * keep + 1),
+        (keys.MIX_N, MIX_RHO * v[keys.MIX_N] + 1),
+        (keys.TRACK_LEARNED, v[keys.TRACK_LEARNED] + 1),
+    ):
+        v[key].copy_(torch.where(ok, value, v[key]))
+
+
+def scales(v: Views, values: Tensor, update: Tensor) -> None:
+    """Mean squares over a stream's first ``SCALE_WARMUP`` observations, then frozen (a scale that no longer
+    moves leaves the learned mapping from inputs to predictions as it is)."""
+    count = v[keys.TRACK_SCALE_N]
+    update = update & (count < SCALE_WARMUP)
+    new_count = count + 1
+    m2 = v[keys.TRACK_SCALE_M2]
+    blended = m2 + (values.square().nan_to_num(0.0, 0.0, 0.0) - m2) / new_count.unsqueeze(1)
+    m2.copy_(torch.where(update.unsqueeze(1), blended, m2))
+    count.copy_(torch.where(update, new_count, count))

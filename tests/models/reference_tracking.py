@@ -1,0 +1,208 @@
+"""The per-stream reference of the scale-free, preconditioned path (docs/trackin.md, "Tracking real data").
+
+One stream, one observation at a time, written for reading rather than speed: the scales, the RLS
+covariance, the residual over the naive forecast, the naive mix and the bounds, with the optimizer step taken
+by a real :class:`models.trackin.TrackIn` on the preconditioned gradient. The batched engine must equal it
+(tests/models/test_tracking.py): tightly in float64, within float32 tolerances in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from trackin.models import tracking as T
+from trackin.models.specs import ARModel, LinearModel, StreamSpec, TrackInSpec, TrackModel
+from trackin.models.trackin import TrackIn
+
+__all__ = ["TrackingOutcome", "TrackingReference"]
+
+
+@dataclass
+class TrackingOutcome:
+    prediction: list[float] | None  # served (None while no forecast exists: a series' first value)
+    loss: float | None
+    applied: bool
+    nonfinite: bool
+    forecast: list[float] | None  # series: the next forecast after learning (None before two values)
+
+
+class TrackingReference:
+    """One stream of a closed-form family on the scale-free path."""
+
+    def __init__(self, spec: StreamSpec) -> None:
+        model = spec.model
+        assert isinstance(spec.optimizer, TrackInSpec)
+        self.spec, self.model = spec, model
+        self.dt = getattr(torch, spec.dtype)
+        self.series = isinstance(model, ARModel | TrackModel)
+        if self.series:
+            assert isinstance(model, ARModel | TrackModel)
+            self.k = model.dim
+            self.lags = model.lags
+            self.level_features = isinstance(model, ARModel) and model.target == "level"
+            n_feat = model.lags * model.dim + (model.dim if self.level_features else 0)
+            self.n_scale = model.dim * (2 if self.level_features else 1)
+        else:
+            assert isinstance(model, LinearModel)
+            self.k = model.out_dim
+            n_feat = model.in_dim
+            self.n_scale = model.in_dim + model.out_dim
+        self.p = n_feat + 1
+        z = lambda *shape: torch.zeros(*shape, dtype=self.dt)  # noqa: E731
+        self.weight = torch.nn.Parameter(z(self.k, self.p))
+        opt = spec.optimizer
+        self.opt = TrackIn([self.weight], **T.optimizer_kwargs(opt))
+        self.forget = opt.forget
+        self.cov = torch.eye(self.p, dtype=self.dt) * T.PRIOR
+        self.scale_m2, self.scale_n = z(self.n_scale), 0
+        self.resid2, self.naive2, self.stat_w = z(self.k), z(self.k), 0.0
+        self.mix_model, self.mix_naive, self.mix_n = z(self.k), z(self.k), 0.0
+        self.mean, self.mean_w = z(self.k), 0.0  # linear: the naive forecast, the running mean of y
+        self.learned = 0
+        # series
+        self.last: Tensor | None = None
+        self.last_ts = 0.0
+        self.count = 0
+        self.rate = z(self.k)
+        self.rates = z(self.lags if self.series else 0, self.k)  # newest first
+
+    # --- pieces -------------------------------------------------------------------------------------------
+
+    def _scales(self) -> Tensor:
+        s = self.scale_m2.sqrt()
+        return torch.where(s > 0, s, torch.ones_like(s))
+
+    def _features(self, x: Tensor | None) -> Tensor:
+        s = self._scales()
+        if self.series:
+            feats = (self.rates / s[: self.k]).flatten()
+            if self.level_features:
+                assert self.last is not None
+                feats = torch.cat([feats, self.last / s[self.k :]])
+        else:
+            assert x is not None
+            feats = x / s[: -self.k]
+        feats = feats.clamp(-T.FEATURE_CLIP, T.FEATURE_CLIP)
+        return torch.cat([feats, torch.ones(1, dtype=self.dt)])
+
+    def _unit(self) -> Tensor:
+        """Units of the model's output: the rate scale (series) or the target scale (linear)."""
+        s = self._scales()
+        return s[: self.k] if self.series else s[-self.k :]
+
+    def _weight(self) -> Tensor:
+        """The share of the model in the served forecast, per output."""
+        if not self.spec.mix_naive:
+            return torch.ones(self.k, dtype=self.dt)
+        if self.learned < T.MIX_WARMUP:
+            return torch.zeros(self.k, dtype=self.dt)
+        total = (self.mix_model + self.mix_naive).clamp_min(torch.finfo(self.dt).tiny)
+        advantage = 2 * self.mix_n * (self.mix_naive - self.mix_model) / total
+        return torch.sigmoid(T.MIX_ETA * advantage - T.MIX_BIAS)
+
+    def _bounded(self, residual: Tensor) -> Tensor:
+        """The model's departure from the naive forecast, at most BOUND times the naive's typical error."""
+        if self.stat_w == 0:
+            return residual
+        bound = T.BOUND * (self.naive2 / self.stat_w).sqrt()
+        return torch.minimum(torch.maximum(residual, -bound), bound)
+
+    # --- one observation ----------------------------------------------------------------------------------
+
+    def observe(self, x: Tensor, y: Tensor | None = None, ts: float | None = None) -> TrackingOutcome:
+        x = x.to(self.dt)
+        if self.series:
+            return self._observe_series(x, ts)
+        assert y is not None
+        y = y.to(self.dt)
+        if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all())):
+            return TrackingOutcome(None, None, False, True, None)
+        naive = self.mean / self.mean_w if self.mean_w > 0 else torch.zeros(self.k, dtype=self.dt)
+        model = naive + self._bounded(self._unit() * (self.weight.detach() @ self._features(x)) - naive)
+        served = naive + self._weight() * (model - naive)
+        self._update_scales(torch.cat([x, y]))  # the step learns in the scales that include this one
+        self._learn(self._features(x), y / self._unit(), y, model, naive)
+        self.mean = self.mean * (1 - T.STAT_ALPHA) + y
+        self.mean_w = self.mean_w * (1 - T.STAT_ALPHA) + 1
+        return TrackingOutcome(served.tolist(), self._loss(served, y), True, False, None)
+
+    def _observe_series(self, value: Tensor, ts: float | None) -> TrackingOutcome:
+        t = self.last_ts + 1.0 if ts is None else float(ts)
+        if not bool(torch.isfinite(value).all()) or (self.last is not None and not t > self.last_ts):
+            return TrackingOutcome(None, None, False, True, self._forecast())
+        self.count += 1
+        if self.last is None:
+            self.last, self.last_ts = value.clone(), t
+            return TrackingOutcome(None, None, False, False, self._forecast())
+        gap = t - self.last_ts
+        naive_rate, model_rate, served_rate, _ = self._rates()
+        served = self.last + gap * served_rate
+        rate = (value - self.last) / gap
+        self._update_scales(torch.cat([rate, value]) if self.level_features else rate)
+        phi = self._features(None)  # in the scales that include this value
+        self._learn(phi, (rate - naive_rate) / self._unit(), rate, model_rate, naive_rate)
+        self.rates = torch.cat([rate.unsqueeze(0), self.rates[:-1]])
+        self.rate = rate
+        self.last, self.last_ts = value.clone(), t
+        return TrackingOutcome(served.tolist(), self._loss(served, value), True, False, self._forecast())
+
+    def _rates(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Naive, model and served rates of change for the next value, and the features."""
+        is_track = isinstance(self.model, TrackModel)
+        naive = self.rate.clone() if is_track else torch.zeros(self.k, dtype=self.dt)
+        phi = self._features(None)
+        model = naive + self._bounded(self._unit() * (self.weight.detach() @ phi))
+        served = naive + self._weight() * (model - naive)
+        return naive, model, served, phi
+
+    def _forecast(self) -> list[float] | None:
+        """The next value one time unit ahead (what ``predict`` answers)."""
+        if self.last is None:
+            return None
+        return (self.last + self._rates()[2]).tolist()
+
+    def _learn(self, phi: Tensor, target: Tensor, y: Tensor, model: Tensor, naive: Tensor) -> None:
+        """One preconditioned TrackIn step on the residual ``target`` (model units), then the statistics."""
+        residual = target - self.weight.detach() @ phi
+        if self.stat_w > 0 and self.learned >= 2:
+            limit = T.CLIP * (self.resid2 / self.stat_w).sqrt()
+            residual = torch.minimum(torch.maximum(residual, -limit), limit)
+        p_phi = self.cov @ phi
+        gain = p_phi / (self.forget + phi @ p_phi)
+        self.weight.grad = -residual.unsqueeze(1) * gain.unsqueeze(0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        cov = (self.cov - gain.unsqueeze(1) * p_phi.unsqueeze(0)) / self.forget
+        cov = 0.5 * (cov + cov.T)
+        peak = cov.diagonal().max()
+        self.cov = cov * (T.COV_CAP / peak) if peak > T.COV_CAP else cov
+        self.resid2 = self.resid2 * (1 - T.STAT_ALPHA) + residual.square()
+        self.naive2 = self.naive2 * (1 - T.STAT_ALPHA) + (y - naive).square()
+        self.stat_w = self.stat_w * (1 - T.STAT_ALPHA) + 1
+        self.mix_model = T.MIX_RHO * self.mix_model + (y - model).abs() ** T.MIX_POWER
+        self.mix_naive = T.MIX_RHO * self.mix_naive + (y - naive).abs() ** T.MIX_POWER
+        self.mix_n = T.MIX_RHO * self.mix_n + 1
+        self.learned += 1
+
+    def _update_scales(self, values: Tensor) -> None:
+        """Mean squares over the first SCALE_WARMUP observations, then frozen: a scale that no longer moves
+        leaves the mapping from inputs to predictions as learned."""
+        if self.spec.standardize and self.scale_n < T.SCALE_WARMUP:
+            self.scale_n += 1
+            self.scale_m2 = self.scale_m2 + (values.square() - self.scale_m2) / self.scale_n
+
+    def _loss(self, served: Tensor, target: Tensor) -> float:
+        r = served - target
+        if self.spec.loss == "huber":
+            d = self.spec.huber_delta
+            a = r.abs()
+            return float(torch.where(a <= d, 0.5 * r.square(), d * (a - 0.5 * d)).mean())
+        return float(r.square().mean())
+
+
+def finite_or_none(values: list[float] | None) -> list[float] | None:
+    return None if values is None or not all(math.isfinite(v) for v in values) else values
