@@ -5,9 +5,10 @@ redis-py upgrade cannot leak new methods into it. Timeouts are short and retries
 must turn into `StoreUnavailable` (503) within about one timeout, and a blind retry of a
 non-idempotent command (XADD, INCR) could log an observation twice.
 
-Fenced writes and deletes are Lua scripts, so the compare and the write are one atomic step on the
-server; a batch of writes is one pipeline of EVALSHA calls, one round trip. Durability of an
-acknowledged append is whatever the server's AOF policy gives (``appendfsync always`` for none lost).
+Fenced writes and deletes are Lua scripts (`service.store.redis_scripts`), so the compare and the write
+are one atomic step on the server; a batch of writes is one pipeline of EVALSHA calls, one round trip.
+Durability of an acknowledged append is whatever the server's AOF policy gives (``appendfsync always``
+for none lost).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import msgpack
 import orjson
 import redis.asyncio
 import redis.exceptions
@@ -37,67 +37,22 @@ from trackin.service.store.base import (
     check_stream_id,
     prefix_upper_bound,
 )
-from trackin.service.store.errors import CorruptCheckpoint, StoreError, StoreUnavailable
+from trackin.service.store.errors import StoreError, StoreUnavailable
 from trackin.service.store.keys import DEFAULT_PREFIX, RedisKeys
+from trackin.service.store.redis_replies import (
+    CHECKPOINT_FIELDS,
+    checkpoint_from_fields,
+    log_entries,
+    reply_text,
+)
+from trackin.service.store.redis_scripts import RedisScripts
+from trackin.service.store.rows import dumps_record, split_page
 
 __all__ = ["DEFAULT_TIMEOUT", "RedisStore"]
 
 DEFAULT_TIMEOUT = 2.0
 """Seconds for connect and for each reply; long enough for a busy server, short enough for a 503."""
 
-# KEYS: checkpoint hash, stream index. ARGV: id, epoch, step, log_position, meta, tensors.
-_WRITE_LUA = """
-local cur = redis.call('HMGET', KEYS[1], 'epoch', 'step', 'deleted')
-if cur[1] then
-  local epoch, step = tonumber(ARGV[2]), tonumber(ARGV[3])
-  local stored_epoch, stored_step = tonumber(cur[1]), tonumber(cur[2])
-  if cur[3] == '1' then
-    if epoch < stored_epoch then return 0 end
-  elseif epoch < stored_epoch or (epoch == stored_epoch and step <= stored_step) then
-    return 0
-  end
-end
-redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'step', ARGV[3], 'log_position', ARGV[4],
-           'meta', ARGV[5], 'tensors', ARGV[6], 'deleted', '0')
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-return 1
-"""
-
-# KEYS: checkpoint hash, stream index, log stream, log index. ARGV: id, epoch.
-_DELETE_LUA = """
-local stored = redis.call('HGET', KEYS[1], 'epoch')
-if stored and tonumber(stored) > tonumber(ARGV[2]) then return 0 end
-redis.call('DEL', KEYS[1], KEYS[3])
-redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'step', '0', 'deleted', '1')
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('SREM', KEYS[4], ARGV[1])
-return 1
-"""
-
-# KEYS: log index, then one log stream per entry. ARGV: the entries' stream ids joined by newlines (not in
-# the id alphabet), their payloads as one MessagePack array (raw strings: Redis 7.0 cmsgpack has no bin
-# type). Returns the new positions joined by commas:
-# three arguments and one reply instead of thousands, which is what an append of a large batch costs.
-_APPEND_LUA = """
-local ids = {}
-for id in string.gmatch(ARGV[1], '[^\\n]+') do ids[#ids + 1] = id end
-local payloads = cmsgpack.unpack(ARGV[2])
-local n = #KEYS - 1
-if #ids ~= n or #payloads ~= n then
-  return redis.error_reply('append: ' .. n .. ' keys, ' .. #ids .. ' ids, ' .. #payloads .. ' payloads')
-end
-for i = 1, n, 500 do
-  redis.call('SADD', KEYS[1], unpack(ids, i, math.min(i + 499, n)))
-end
-local positions = {}
-for i = 1, n do
-  positions[i] = redis.call('XADD', KEYS[i + 1], '*', 'p', payloads[i])
-end
-return table.concat(positions, ',')
-"""
-
-_CHECKPOINT_FIELDS = ("epoch", "step", "log_position", "meta", "tensors", "deleted")
-_PAYLOAD_FIELD = b"p"
 _POSITION = re.compile(r"(\d+)-(\d+)")
 _MAX_SEQ = 2**64 - 1
 _PAGE = 1000  # entries per XRANGE / keys per XLEN pipeline, so one reply never grows unbounded
@@ -120,6 +75,7 @@ class RedisStore(Store):
         self.timeout = timeout
         self._where = _redact(url)
         self._client: redis.asyncio.Redis | None = None
+        self._scripts: RedisScripts | None = None
 
     def __repr__(self) -> str:
         return f"RedisStore({self._where!r}, key_prefix={self.keys.prefix!r})"
@@ -135,9 +91,6 @@ class RedisStore(Store):
             socket_connect_timeout=self.timeout,
             retry=Retry(NoBackoff(), 0),
         )
-        self._write_script = client.register_script(_WRITE_LUA)
-        self._delete_script = client.register_script(_DELETE_LUA)
-        self._append_script = client.register_script(_APPEND_LUA)
         try:
             with self._errors():
                 await client.ping()
@@ -145,9 +98,10 @@ class RedisStore(Store):
             await client.aclose()
             raise
         self._client = client
+        self._scripts = RedisScripts(client, self.keys)
 
     async def shutdown(self) -> None:
-        client, self._client = self._client, None
+        client, self._client, self._scripts = self._client, None, None
         if client is not None:
             await client.aclose()
 
@@ -156,6 +110,12 @@ class RedisStore(Store):
         if self._client is None:
             raise StoreUnavailable("Redis store is not started")
         return self._client
+
+    @property
+    def _lua(self) -> RedisScripts:
+        if self._scripts is None:
+            raise StoreUnavailable("Redis store is not started")
+        return self._scripts
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -187,34 +147,11 @@ class RedisStore(Store):
     async def write_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> WriteOutcome:
         if not checkpoints:
             return WriteOutcome(accepted=[], rejected=[])
-        calls: list[tuple[list[str], list[str | int | bytes]]] = [
-            (
-                [self.keys.checkpoint(c.stream_id), self.keys.stream_index],
-                [c.stream_id, c.epoch, c.step, c.log_position, orjson.dumps(c.meta), c.tensors],
-            )
-            for c in checkpoints
-        ]
-        results: list[Any] = [None] * len(calls)
-        pending = list(range(len(calls)))
         with self._errors():
-            for _ in range(2):  # the second pass only runs after NOSCRIPT (cache lost on restart)
-                pipe = self._redis.pipeline(transaction=False)
-                for i in pending:
-                    keys, args = calls[i]
-                    pipe.evalsha(self._write_script.sha, len(keys), *keys, *args)
-                replies = await pipe.execute(raise_on_error=False)
-                for i, reply in zip(pending, replies, strict=True):
-                    results[i] = reply
-                pending = [i for i in pending if isinstance(results[i], redis.exceptions.NoScriptError)]
-                if not pending:
-                    break
-                await self._redis.script_load(_WRITE_LUA)
-            for reply in results:
-                if isinstance(reply, Exception):
-                    raise reply
+            stored = await self._lua.write_checkpoints(checkpoints)
         outcome = WriteOutcome(accepted=[], rejected=[])
-        for c, reply in zip(checkpoints, results, strict=True):
-            (outcome.accepted if reply == 1 else outcome.rejected).append(c.stream_id)
+        for c, ok in zip(checkpoints, stored, strict=True):
+            (outcome.accepted if ok else outcome.rejected).append(c.stream_id)
         return outcome
 
     async def read_checkpoint(self, stream_id: str) -> Checkpoint | None:
@@ -227,25 +164,20 @@ class RedisStore(Store):
         with self._errors():
             pipe = self._redis.pipeline(transaction=False)
             for stream_id in ids:
-                pipe.hmget(self.keys.checkpoint(stream_id), _CHECKPOINT_FIELDS)
+                pipe.hmget(self.keys.checkpoint(stream_id), CHECKPOINT_FIELDS)
             replies = await pipe.execute()
         found: dict[str, Checkpoint] = {}
         for stream_id, fields in zip(ids, replies, strict=True):
-            checkpoint = _checkpoint_from_fields(stream_id, fields)
+            checkpoint = checkpoint_from_fields(stream_id, fields)
             if checkpoint is not None:
                 found[stream_id] = checkpoint
         return found
 
     async def delete_stream(self, stream_id: str, epoch: int) -> bool:
         check_counter("epoch", epoch)
-        keys = [
-            self.keys.checkpoint(stream_id),
-            self.keys.stream_index,
-            self.keys.log(stream_id),
-            self.keys.log_index,
-        ]
+        check_stream_id(stream_id)
         with self._errors():
-            return bool(await self._delete_script(keys=keys, args=[stream_id, epoch]))
+            return await self._lua.delete_stream(stream_id, epoch)
 
     async def list_streams(self, prefix: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
         check_limit(limit)
@@ -257,10 +189,7 @@ class RedisStore(Store):
         high = b"+" if upper is None else b"(" + upper.encode()
         with self._errors():
             raw = await self._redis.zrangebylex(self.keys.stream_index, low, high, 0, limit + 1)
-        ids = [_text(item) for item in raw]
-        if len(ids) > limit:
-            return ids[:limit], ids[limit - 1]
-        return ids, None
+        return split_page([reply_text(item) for item in raw], limit)
 
     async def count_streams(self) -> int:
         with self._errors():
@@ -274,14 +203,8 @@ class RedisStore(Store):
         # One script call: atomic like MULTI/EXEC (the batch is logged whole or not at all), but one
         # command to pack and one reply to parse instead of one per stream, which is most of the cost of
         # an append of a thousand streams' observations.
-        keys = [self.keys.log_index, *(self.keys.log(e.stream_id) for e in entries)]
-        args = [
-            "\n".join(e.stream_id for e in entries),
-            msgpack.packb([e.payload for e in entries], use_bin_type=False),
-        ]
         with self._errors():
-            reply = await self._append_script(keys=keys, args=args)
-        return _text(reply).split(",")
+            return await self._lua.append_log(entries)
 
     async def read_log(self, stream_id: str, after: str) -> list[tuple[str, bytes]]:
         key = self.keys.log(stream_id)
@@ -290,7 +213,7 @@ class RedisStore(Store):
         with self._errors():
             while True:
                 page = await self._redis.xrange(key, min=low, max="+", count=_PAGE) or []
-                out.extend((_text(pos), _bytes((fields or {})[_PAYLOAD_FIELD])) for pos, fields in page)
+                out.extend(log_entries(page))
                 if len(page) < _PAGE:
                     return out
                 low = "(" + out[-1][0]
@@ -314,9 +237,7 @@ class RedisStore(Store):
                 pages = await pipe.execute()
                 more: dict[str, str] = {}
                 for (stream_id, _), page in zip(lows.items(), pages, strict=True):
-                    entries = [
-                        (_text(pos), _bytes((fields or {})[_PAYLOAD_FIELD])) for pos, fields in page or []
-                    ]
+                    entries = log_entries(page)
                     out[stream_id].extend(entries)
                     if len(entries) == _PAGE:
                         more[stream_id] = "(" + entries[-1][0]
@@ -356,10 +277,9 @@ class RedisStore(Store):
 
     async def put_record(self, kind: str, name: str, value: dict[str, Any]) -> None:
         check_record_name(name)
-        if not isinstance(value, dict):
-            raise ValueError(f"Invalid record value: expected dict, got {type(value).__name__}")
+        data = dumps_record(value)
         with self._errors():
-            await self._redis.hset(self.keys.records(kind), name, orjson.dumps(value))
+            await self._redis.hset(self.keys.records(kind), name, data)
 
     async def delete_record(self, kind: str, name: str) -> None:
         check_record_name(name)
@@ -374,20 +294,9 @@ class RedisStore(Store):
         for name, text in sorted(raw.items()):
             value = orjson.loads(text)
             if not isinstance(value, dict):
-                raise StoreError(f"record {kind}/{_text(name)!r} is not a JSON object")
-            out[_text(name)] = value
+                raise StoreError(f"record {kind}/{reply_text(name)!r} is not a JSON object")
+            out[reply_text(name)] = value
         return out
-
-
-def _bytes(reply: object) -> bytes:
-    """A reply that must be bytes (the client never decodes); anything else is a protocol surprise."""
-    if not isinstance(reply, bytes):
-        raise StoreError(f"unexpected Redis reply {reply!r}")
-    return reply
-
-
-def _text(reply: object) -> str:
-    return _bytes(reply).decode()
 
 
 def _check_position(position: str) -> str:
@@ -401,21 +310,6 @@ def _min_id_after(position: str) -> str:
     """The stream entry id right after ``position``: XTRIM MINID keeps ids >= its argument."""
     ms, seq = map(int, _POSITION.fullmatch(_check_position(position)).groups())  # type: ignore[union-attr]
     return f"{ms}-{seq + 1}" if seq < _MAX_SEQ else f"{ms + 1}-0"
-
-
-def _checkpoint_from_fields(stream_id: str, fields: list[bytes | None]) -> Checkpoint | None:
-    epoch, step, log_position, meta, tensors, deleted = fields
-    if epoch is None or deleted == b"1":
-        return None
-    if step is None or log_position is None or meta is None or tensors is None:
-        raise CorruptCheckpoint(stream_id, "checkpoint hash is missing fields")
-    try:
-        meta_value = orjson.loads(meta)
-        if not isinstance(meta_value, dict):
-            raise ValueError("meta is not a JSON object")
-        return Checkpoint(stream_id, int(epoch), int(step), log_position.decode(), meta_value, bytes(tensors))
-    except (ValueError, TypeError) as exc:  # covers orjson and int() parse errors
-        raise CorruptCheckpoint(stream_id, f"unreadable record: {exc}") from exc
 
 
 def _redact(url: str) -> str:

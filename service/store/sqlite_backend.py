@@ -3,7 +3,8 @@
 All SQL runs on one dedicated worker thread that owns the connection. sqlite3 calls block, so they
 must stay off the event loop, and one thread serializes them without any locking of our own.
 Every write is one transaction (``BEGIN IMMEDIATE`` takes the write lock up front, so two processes
-sharing the file queue on ``busy_timeout`` instead of failing on a lock upgrade).
+sharing the file queue on ``busy_timeout`` instead of failing on a lock upgrade). The tables and the
+SQL live in `service.store.sqlite_schema`.
 
 Durability. The journal is WAL. With ``synchronous=NORMAL`` (the default) a commit is durable against
 a crash of the *process* (the WAL is in the OS), but a power loss or kernel crash can drop the last
@@ -23,6 +24,7 @@ from typing import Any, Literal, TypeVar
 
 import orjson
 
+from trackin.service.store import sqlite_schema as sql
 from trackin.service.store.base import (
     Checkpoint,
     LogEntry,
@@ -33,62 +35,14 @@ from trackin.service.store.base import (
     check_record_kind,
     check_record_name,
     check_stream_id,
-    prefix_upper_bound,
 )
-from trackin.service.store.errors import CorruptCheckpoint, StoreError, StoreUnavailable
+from trackin.service.store.errors import StoreError, StoreUnavailable
+from trackin.service.store.rows import decoding_checkpoint, dumps_record, loads_object, split_page
 
 __all__ = ["SQLiteStore", "Synchronous"]
 
 Synchronous = Literal["NORMAL", "FULL"]
 T = TypeVar("T")
-
-_SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS checkpoints (
-    stream_id    TEXT PRIMARY KEY,
-    epoch        INTEGER NOT NULL,
-    step         INTEGER NOT NULL,
-    log_position TEXT NOT NULL,
-    meta         TEXT NOT NULL,
-    tensors      BLOB NOT NULL,
-    deleted      INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS log (
-    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
-    stream_id TEXT NOT NULL,
-    payload   BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS log_stream_seq ON log (stream_id, seq);
-CREATE TABLE IF NOT EXISTS epochs (
-    id    INTEGER PRIMARY KEY CHECK (id = 1),
-    value INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS records (
-    kind  TEXT NOT NULL,
-    name  TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (kind, name)
-);
-"""
-
-# Fencing lives in the WHERE of the upsert, so check and write are one statement; rowcount 0 = refused.
-_FENCED_UPSERT = """
-INSERT INTO checkpoints (stream_id, epoch, step, log_position, meta, tensors, deleted)
-VALUES (?, ?, ?, ?, ?, ?, 0)
-ON CONFLICT (stream_id) DO UPDATE SET
-    epoch = excluded.epoch, step = excluded.step, log_position = excluded.log_position,
-    meta = excluded.meta, tensors = excluded.tensors, deleted = 0
-WHERE excluded.epoch > checkpoints.epoch
-   OR (excluded.epoch = checkpoints.epoch
-       AND (excluded.step > checkpoints.step OR checkpoints.deleted = 1))
-"""
-
-_SELECT_CHECKPOINT = """
-SELECT stream_id, epoch, step, log_position, meta, tensors FROM checkpoints
-WHERE deleted = 0 AND stream_id IN ({marks})
-"""
-
-_IN_CHUNK = 500  # well under SQLite's bound-parameter limit
 
 
 class SQLiteStore(Store):
@@ -140,11 +94,9 @@ class SQLiteStore(Store):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            sql.set_pragmas(conn, self.synchronous)
             with _transaction(conn):
-                _create_schema(conn)
-                conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+                sql.create_schema(conn)
         except BaseException:
             conn.close()
             raise
@@ -178,16 +130,13 @@ class SQLiteStore(Store):
     # -- control ---------------------------------------------------------------------------------
 
     async def ping(self) -> None:
-        await self._run(lambda: self._db.execute("SELECT 1").fetchone())
+        await self._run(lambda: self._db.execute(sql.PING).fetchone())
 
     async def acquire_epoch(self) -> int:
         def acquire() -> int:
             db = self._db
             with _transaction(db):
-                row = db.execute(
-                    "INSERT INTO epochs (id, value) VALUES (1, 1) "
-                    "ON CONFLICT (id) DO UPDATE SET value = value + 1 RETURNING value"
-                ).fetchone()
+                row = db.execute(sql.ACQUIRE_EPOCH).fetchone()
             return int(row[0])
 
         return await self._run(acquire)
@@ -205,7 +154,7 @@ class SQLiteStore(Store):
             outcome = WriteOutcome(accepted=[], rejected=[])
             with _transaction(db):
                 for row in rows:
-                    stored = db.execute(_FENCED_UPSERT, row).rowcount == 1
+                    stored = db.execute(sql.FENCED_UPSERT, row).rowcount == 1
                     (outcome.accepted if stored else outcome.rejected).append(row[0])
             return outcome
 
@@ -221,10 +170,9 @@ class SQLiteStore(Store):
 
         def read() -> list[tuple[Any, ...]]:
             rows: list[tuple[Any, ...]] = []
-            for start in range(0, len(ids), _IN_CHUNK):
-                chunk = ids[start : start + _IN_CHUNK]
-                sql = _SELECT_CHECKPOINT.format(marks=",".join("?" * len(chunk)))
-                rows.extend(self._db.execute(sql, chunk).fetchall())
+            for start in range(0, len(ids), sql.IN_CHUNK):
+                chunk = ids[start : start + sql.IN_CHUNK]
+                rows.extend(self._db.execute(sql.select_checkpoints(len(chunk)), chunk).fetchall())
             return rows
 
         if not ids:
@@ -238,45 +186,27 @@ class SQLiteStore(Store):
         def delete() -> bool:
             db = self._db
             with _transaction(db):
-                row = db.execute("SELECT epoch FROM checkpoints WHERE stream_id = ?", (stream_id,)).fetchone()
+                row = db.execute(sql.SELECT_EPOCH, (stream_id,)).fetchone()
                 if row is not None and row[0] > epoch:
                     return False
-                db.execute(
-                    "INSERT OR REPLACE INTO checkpoints "
-                    "(stream_id, epoch, step, log_position, meta, tensors, deleted) "
-                    "VALUES (?, ?, 0, '', '{}', x'', 1)",
-                    (stream_id, epoch),
-                )
-                db.execute("DELETE FROM log WHERE stream_id = ?", (stream_id,))
+                db.execute(sql.TOMBSTONE, (stream_id, epoch))
+                db.execute(sql.DELETE_LOG, (stream_id,))
             return True
 
         return await self._run(delete)
 
     async def list_streams(self, prefix: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
         check_limit(limit)
-        sql = "SELECT stream_id FROM checkpoints WHERE deleted = 0 AND stream_id >= ?"
-        args: list[Any] = [prefix]
-        upper = prefix_upper_bound(prefix)
-        if upper is not None:
-            sql += " AND stream_id < ?"
-            args.append(upper)
-        if cursor is not None:
-            sql += " AND stream_id > ?"
-            args.append(cursor)
-        sql += " ORDER BY stream_id LIMIT ?"
-        args.append(limit + 1)  # one extra row tells whether another page exists
+        query, args = sql.list_streams_query(prefix, limit, cursor)
 
         def page() -> list[str]:
-            return [row[0] for row in self._db.execute(sql, args).fetchall()]
+            return [row[0] for row in self._db.execute(query, args).fetchall()]
 
-        ids = await self._run(page)
-        if len(ids) > limit:
-            return ids[:limit], ids[limit - 1]
-        return ids, None
+        return split_page(await self._run(page), limit)
 
     async def count_streams(self) -> int:
         def count() -> int:
-            row = self._db.execute("SELECT COUNT(*) FROM checkpoints WHERE deleted = 0").fetchone()
+            row = self._db.execute(sql.COUNT_STREAMS).fetchone()
             return int(row[0])
 
         return await self._run(count)
@@ -291,8 +221,8 @@ class SQLiteStore(Store):
             with _transaction(db):
                 # One statement for the batch. Inside BEGIN IMMEDIATE nobody else inserts, and
                 # AUTOINCREMENT gives each row the next seq, so the batch holds consecutive seqs.
-                db.executemany("INSERT INTO log (stream_id, payload) VALUES (?, ?)", rows)
-                last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
+                db.executemany(sql.APPEND_LOG, rows)
+                last = int(db.execute(sql.LAST_ROWID).fetchone()[0])
             return [str(seq) for seq in range(last - len(rows) + 1, last + 1)]
 
         if not rows:
@@ -304,10 +234,7 @@ class SQLiteStore(Store):
         seq = _parse_position(after)
 
         def read() -> list[tuple[str, bytes]]:
-            cur = self._db.execute(
-                "SELECT seq, payload FROM log WHERE stream_id = ? AND seq > ? ORDER BY seq",
-                (stream_id, seq),
-            )
+            cur = self._db.execute(sql.READ_LOG, (stream_id, seq))
             return [(str(s), bytes(p)) for s, p in cur.fetchall()]
 
         return await self._run(read)
@@ -319,7 +246,7 @@ class SQLiteStore(Store):
         def trim() -> None:
             db = self._db
             with _transaction(db):
-                db.execute("DELETE FROM log WHERE stream_id = ? AND seq <= ?", (stream_id, seq))
+                db.execute(sql.TRIM_LOG, (stream_id, seq))
 
         await self._run(trim)
 
@@ -328,13 +255,9 @@ class SQLiteStore(Store):
 
         def read() -> dict[str, list[tuple[str, bytes]]]:
             out: dict[str, list[tuple[str, bytes]]] = {s: [] for s, _ in wanted}
-            for start in range(0, len(wanted), _IN_CHUNK):
-                chunk = dict(wanted[start : start + _IN_CHUNK])
-                marks = ",".join("?" * len(chunk))
-                cur = self._db.execute(
-                    f"SELECT stream_id, seq, payload FROM log WHERE stream_id IN ({marks}) ORDER BY seq",
-                    list(chunk),
-                )
+            for start in range(0, len(wanted), sql.IN_CHUNK):
+                chunk = dict(wanted[start : start + sql.IN_CHUNK])
+                cur = self._db.execute(sql.select_logs(len(chunk)), list(chunk))
                 for stream_id, seq, payload in cur.fetchall():
                     if seq > chunk[stream_id]:
                         out[stream_id].append((str(seq), bytes(payload)))
@@ -350,14 +273,14 @@ class SQLiteStore(Store):
         def trim() -> None:
             db = self._db
             with _transaction(db):
-                db.executemany("DELETE FROM log WHERE stream_id = ? AND seq <= ?", rows)
+                db.executemany(sql.TRIM_LOG, rows)
 
         if rows:
             await self._run(trim)
 
     async def log_length(self) -> int:
         def count() -> int:
-            return int(self._db.execute("SELECT COUNT(*) FROM log").fetchone()[0])
+            return int(self._db.execute(sql.COUNT_LOG).fetchone()[0])
 
         return await self._run(count)
 
@@ -366,17 +289,12 @@ class SQLiteStore(Store):
     async def put_record(self, kind: str, name: str, value: dict[str, Any]) -> None:
         check_record_kind(kind)
         check_record_name(name)
-        if not isinstance(value, dict):
-            raise ValueError(f"Invalid record value: expected dict, got {type(value).__name__}")
-        text = orjson.dumps(value).decode()
+        text = dumps_record(value).decode()
 
         def put() -> None:
             db = self._db
             with _transaction(db):
-                db.execute(
-                    "INSERT OR REPLACE INTO records (kind, name, value) VALUES (?, ?, ?)",
-                    (kind, name, text),
-                )
+                db.execute(sql.PUT_RECORD, (kind, name, text))
 
         await self._run(put)
 
@@ -387,7 +305,7 @@ class SQLiteStore(Store):
         def delete() -> None:
             db = self._db
             with _transaction(db):
-                db.execute("DELETE FROM records WHERE kind = ? AND name = ?", (kind, name))
+                db.execute(sql.DELETE_RECORD, (kind, name))
 
         await self._run(delete)
 
@@ -395,10 +313,10 @@ class SQLiteStore(Store):
         check_record_kind(kind)
 
         def list_() -> list[tuple[str, str]]:
-            cur = self._db.execute("SELECT name, value FROM records WHERE kind = ? ORDER BY name", (kind,))
+            cur = self._db.execute(sql.SELECT_RECORDS, (kind,))
             return [(str(n), str(v)) for n, v in cur.fetchall()]
 
-        return {name: _loads_dict(text) for name, text in await self._run(list_)}
+        return {name: loads_object(text) for name, text in await self._run(list_)}
 
 
 @contextlib.contextmanager
@@ -413,13 +331,6 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     db.execute("COMMIT")
 
 
-def _create_schema(db: sqlite3.Connection) -> None:
-    # executescript would COMMIT our open transaction, so run the statements one by one.
-    for statement in _SCHEMA.split(";"):
-        if statement.strip():
-            db.execute(statement)
-
-
 def _parse_position(position: str) -> int:
     """SQLite positions are decimal log seqs; "" means before the first entry."""
     if position == "":
@@ -429,16 +340,7 @@ def _parse_position(position: str) -> int:
     return int(position)
 
 
-def _loads_dict(text: str | bytes) -> dict[str, Any]:
-    value = orjson.loads(text)
-    if not isinstance(value, dict):
-        raise ValueError("stored JSON is not an object")
-    return value
-
-
 def _checkpoint_from_row(row: tuple[Any, ...]) -> Checkpoint:
     stream_id, epoch, step, log_position, meta, tensors = row
-    try:
-        return Checkpoint(stream_id, epoch, step, log_position, _loads_dict(meta), bytes(tensors))
-    except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
-        raise CorruptCheckpoint(stream_id, f"unreadable record: {exc}") from exc
+    with decoding_checkpoint(stream_id):
+        return Checkpoint(stream_id, epoch, step, log_position, loads_object(meta), bytes(tensors))

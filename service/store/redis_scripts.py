@@ -1,0 +1,131 @@
+"""The Redis store's Lua scripts, each behind a typed call.
+
+A script makes a compare and a write one atomic step on the server (fencing), or a whole batch one
+command (appends). Each script's KEYS and ARGV are documented next to its source, and the wrapper
+that fills them sits right after, so the two cannot drift apart. Key names come from `RedisKeys`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+import orjson
+import redis.asyncio
+import redis.exceptions
+
+from trackin.service.store.base import Checkpoint, LogEntry
+from trackin.service.store.keys import RedisKeys
+from trackin.service.store.redis_replies import reply_text
+
+__all__ = ["APPEND_LUA", "DELETE_LUA", "WRITE_LUA", "RedisScripts"]
+
+# KEYS: checkpoint hash, stream index. ARGV: id, epoch, step, log_position, meta, tensors.
+WRITE_LUA = """
+local cur = redis.call('HMGET', KEYS[1], 'epoch', 'step', 'deleted')
+if cur[1] then
+  local epoch, step = tonumber(ARGV[2]), tonumber(ARGV[3])
+  local stored_epoch, stored_step = tonumber(cur[1]), tonumber(cur[2])
+  if cur[3] == '1' then
+    if epoch < stored_epoch then return 0 end
+  elseif epoch < stored_epoch or (epoch == stored_epoch and step <= stored_step) then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'step', ARGV[3], 'log_position', ARGV[4],
+           'meta', ARGV[5], 'tensors', ARGV[6], 'deleted', '0')
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+return 1
+"""
+
+# KEYS: checkpoint hash, stream index, log stream, log index. ARGV: id, epoch.
+DELETE_LUA = """
+local stored = redis.call('HGET', KEYS[1], 'epoch')
+if stored and tonumber(stored) > tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'step', '0', 'deleted', '1')
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[1])
+return 1
+"""
+
+# KEYS: log index, then one log stream per entry. ARGV: the entries' stream ids joined by newlines (not in
+# the id alphabet), their payloads as one MessagePack array (raw strings: Redis 7.0 cmsgpack has no bin
+# type). Returns the new positions joined by commas:
+# three arguments and one reply instead of thousands, which is what an append of a large batch costs.
+APPEND_LUA = """
+local ids = {}
+for id in string.gmatch(ARGV[1], '[^\\n]+') do ids[#ids + 1] = id end
+local payloads = cmsgpack.unpack(ARGV[2])
+local n = #KEYS - 1
+if #ids ~= n or #payloads ~= n then
+  return redis.error_reply('append: ' .. n .. ' keys, ' .. #ids .. ' ids, ' .. #payloads .. ' payloads')
+end
+for i = 1, n, 500 do
+  redis.call('SADD', KEYS[1], unpack(ids, i, math.min(i + 499, n)))
+end
+local positions = {}
+for i = 1, n do
+  positions[i] = redis.call('XADD', KEYS[i + 1], '*', 'p', payloads[i])
+end
+return table.concat(positions, ',')
+"""
+
+
+class RedisScripts:
+    """The three scripts registered on one client; redis-py errors pass through for the store to map."""
+
+    def __init__(self, client: redis.asyncio.Redis, keys: RedisKeys) -> None:
+        self._client = client
+        self._keys = keys
+        self._write = client.register_script(WRITE_LUA)
+        self._delete = client.register_script(DELETE_LUA)
+        self._append = client.register_script(APPEND_LUA)
+
+    async def write_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> list[bool]:
+        """Run the fenced write for each checkpoint in one pipeline; True where it was stored."""
+        calls: list[tuple[list[str], list[str | int | bytes]]] = [
+            (
+                [self._keys.checkpoint(c.stream_id), self._keys.stream_index],
+                [c.stream_id, c.epoch, c.step, c.log_position, orjson.dumps(c.meta), c.tensors],
+            )
+            for c in checkpoints
+        ]
+        results: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        for _ in range(2):  # the second pass only runs after NOSCRIPT (cache lost on restart)
+            pipe = self._client.pipeline(transaction=False)
+            for i in pending:
+                keys, args = calls[i]
+                pipe.evalsha(self._write.sha, len(keys), *keys, *args)
+            replies = await pipe.execute(raise_on_error=False)
+            for i, reply in zip(pending, replies, strict=True):
+                results[i] = reply
+            pending = [i for i in pending if isinstance(results[i], redis.exceptions.NoScriptError)]
+            if not pending:
+                break
+            await self._client.script_load(WRITE_LUA)
+        for reply in results:
+            if isinstance(reply, Exception):
+                raise reply
+        return [reply == 1 for reply in results]
+
+    async def delete_stream(self, stream_id: str, epoch: int) -> bool:
+        """Fenced delete leaving a tombstone at ``epoch``; False when a newer epoch is stored."""
+        keys = [
+            self._keys.checkpoint(stream_id),
+            self._keys.stream_index,
+            self._keys.log(stream_id),
+            self._keys.log_index,
+        ]
+        return bool(await self._delete(keys=keys, args=[stream_id, epoch]))
+
+    async def append_log(self, entries: Sequence[LogEntry]) -> list[str]:
+        """Append a non-empty batch atomically in one command; the new positions, in order."""
+        keys = [self._keys.log_index, *(self._keys.log(e.stream_id) for e in entries)]
+        args = [
+            "\n".join(e.stream_id for e in entries),
+            msgpack.packb([e.payload for e in entries], use_bin_type=False),
+        ]
+        return reply_text(await self._append(keys=keys, args=args)).split(",")
