@@ -17,9 +17,12 @@ The gradient methods train the service's ``linear`` family (weight and bias, zer
 so the gradient is ``2 (yhat - y) [x, 1]``. All seeds and grid points of a method run as stacked rows through
 the functional core (:mod:`models.functional`), exactly as the engine runs streams. The Kalman filter (weights
 on a random walk, known noise variance 0.01, prior N(0, I)) and RLS with forgetting (the same filter with its
-covariance inflated by 1/lambda instead of a random walk) are batched the same way. Each method but "TrackIn
-defaults" reports its best grid point per task (by mean cumulative error), so the baselines are tuned per task
-while TrackIn's defaults are one setting for all tasks; ``--tune`` searches that setting on other seeds.
+covariance inflated by 1/lambda instead of a random walk) are batched the same way. The first rows are the
+engine with a user's default spec (the scale-free, RLS-preconditioned path, ``models/tracking.py``), then the
+first-order TrackIn defaults. Each method with a grid reports its best point per task (by mean cumulative
+error), so the baselines are tuned per task while the defaults are one setting for all tasks; ``--tune``
+searches the first-order setting on other seeds. Tasks: ``bench/drift_tasks.py``; runners:
+``bench/accuracy_runners.py``.
 """
 
 from __future__ import annotations
@@ -39,169 +42,24 @@ from rich.table import Table
 from torch import Tensor
 
 from bench import realdata
-from trackin.models import functional as F
-from trackin.models.engine import Engine
-from trackin.models.specs import TRACKIN_DEFAULTS, StreamSpec
+from trackin.models.specs import TRACKIN_DEFAULTS
 
 __all__ = ["TASKS", "main", "make_streams"]
 
-DIM = 8
-NOISE = 0.1
-WALK = 0.01
-JUMP_AT = 2000
-VELOCITY = 0.001
-PERIOD = 1000.0
-TASKS = ("walk+jump", "velocity", "oscillation")
-TUNE_SEED_OFFSET = 1000
-DT = torch.float64
-
-LR_GRID = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1)
-ADAM_LR_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
-KALMAN_Q_GRID = tuple(10.0 ** (k / 2) for k in range(-14, -3))  # 1e-7 ... 1e-2, half decades
-RLS_FORGET_GRID = (0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)
-ETA_ON = {"eta": 0.001, "eps_decay": 0.9}
-"""The eps setting of the "eta on" rows (the best eta > 0 of ``--tune``)."""
-
-Setting = dict[str, Any]
-
-
-def _stream(task: str, seed: int, steps: int) -> tuple[Tensor, Tensor]:
-    """One stream of ``task``: inputs ``[steps, DIM]`` and targets ``[steps]``."""
-    gen = torch.Generator().manual_seed(seed * len(TASKS) + TASKS.index(task))
-    w0 = torch.randn(DIM, generator=gen, dtype=DT)
-    t = torch.arange(steps, dtype=DT).unsqueeze(1)
-    if task == "walk+jump":
-        w = w0 + WALK * torch.randn(steps, DIM, generator=gen, dtype=DT).cumsum(0)
-        w[JUMP_AT:] += torch.randn(DIM, generator=gen, dtype=DT)
-    elif task == "velocity":
-        w = w0 + VELOCITY * torch.randn(DIM, generator=gen, dtype=DT) * t
-    else:
-        phase = 2 * math.pi * torch.rand(DIM, generator=gen, dtype=DT)
-        w = w0 + torch.sin(2 * math.pi * t / PERIOD + phase)
-    x = torch.randn(steps, DIM, generator=gen, dtype=DT)
-    y = (w * x).sum(1) + NOISE * torch.randn(steps, generator=gen, dtype=DT)
-    return x, y
-
-
-def make_streams(seeds: Sequence[int], steps: int) -> tuple[Tensor, Tensor]:
-    """All tasks' streams, task-major: inputs ``[steps, streams, DIM]``, targets ``[steps, streams]``."""
-    pairs = [_stream(task, seed, steps) for task in TASKS for seed in seeds]
-    return torch.stack([p[0] for p in pairs], 1), torch.stack([p[1] for p in pairs], 1)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Runners: each returns the cumulative squared error per (grid point, task, seed).
-# ---------------------------------------------------------------------------------------------------------
-
-Update = Callable[[list[Tensor], list[Tensor]], None]
-
-
-def _gradient_run(x: Tensor, y: Tensor, points: int, update: Update) -> Tensor:
-    """Prequential run of the linear model on ``points * streams`` stacked rows (row = point, stream)."""
-    steps, streams, dim = x.shape
-    rows = points * streams
-    stream = torch.arange(rows) % streams
-    weight, bias = torch.zeros(rows, 1, dim, dtype=DT), torch.zeros(rows, 1, dtype=DT)
-    cum = torch.zeros(rows, dtype=DT)
-    for t in range(steps):
-        xt, yt = x[t, stream], y[t, stream]
-        err = (weight[:, 0] * xt).sum(-1) + bias[:, 0] - yt
-        cum += err.square()
-        two_err = 2 * err.unsqueeze(1)
-        update([weight, bias], [(two_err * xt).unsqueeze(1), two_err])
-    return cum.nan_to_num(nan=math.inf).view(points, len(TASKS), -1)
-
-
-def _column(points: Sequence[Setting], key: str, streams: int, dtype: torch.dtype = DT) -> Tensor:
-    return torch.tensor([p[key] for p in points], dtype=dtype).repeat_interleave(streams)
-
-
-def run_trackin(x: Tensor, y: Tensor, points: Sequence[Setting]) -> Tensor:
-    streams = x.shape[1]
-    rows = len(points) * streams
-    momenta = [torch.zeros(rows, 1, DIM, dtype=DT), torch.zeros(rows, 1, dtype=DT)]
-    eps = [torch.zeros_like(m) for m in momenta]
-    sq_avg, step = torch.zeros(rows, dtype=DT), torch.zeros(rows, dtype=torch.int64)
-    lr, gamma, beta, eta, eps_decay = (
-        _column(points, k, streams) for k in ("lr", "gamma", "beta", "eta", "eps_decay")
-    )
-    rule = torch.tensor([F.beta_rule_code(p["beta_rule"]) for p in points]).repeat_interleave(streams)
-    debias = _column(points, "debias", streams, torch.bool)
-
-    def update(params: list[Tensor], grads: list[Tensor]) -> None:
-        F.trackin(
-            params,
-            grads,
-            momenta,
-            eps,
-            sq_avg,
-            step,
-            lr=lr,
-            gamma=gamma,
-            beta=beta,
-            beta_rule=rule,
-            debias=debias,
-            eta=eta,
-            eps_decay=eps_decay,
-        )
-
-    return _gradient_run(x, y, len(points), update)
-
-
-def run_sgd(x: Tensor, y: Tensor, points: Sequence[Setting]) -> Tensor:
-    streams = x.shape[1]
-    rows = len(points) * streams
-    momenta = [torch.zeros(rows, 1, DIM, dtype=DT), torch.zeros(rows, 1, dtype=DT)]
-    step = torch.zeros(rows, dtype=torch.int64)
-    lr, momentum, dampening = (_column(points, k, streams) for k in ("lr", "momentum", "dampening"))
-    debias = _column(points, "debias", streams, torch.bool)
-
-    def update(params: list[Tensor], grads: list[Tensor]) -> None:
-        F.sgd(params, grads, momenta, step, lr=lr, momentum=momentum, dampening=dampening, debias=debias)
-
-    return _gradient_run(x, y, len(points), update)
-
-
-def run_adam(x: Tensor, y: Tensor, points: Sequence[Setting]) -> Tensor:
-    streams = x.shape[1]
-    rows = len(points) * streams
-    m = [torch.zeros(rows, 1, DIM, dtype=DT), torch.zeros(rows, 1, dtype=DT)]
-    v = [torch.zeros_like(a) for a in m]
-    step = torch.zeros(rows, dtype=torch.int64)
-    lr = _column(points, "lr", streams)
-
-    def update(params: list[Tensor], grads: list[Tensor]) -> None:
-        F.adam(params, grads, m, v, step, lr=lr, beta1=0.9, beta2=0.999, eps=1e-8)
-
-    return _gradient_run(x, y, len(points), update)
-
-
-def run_filter(x: Tensor, y: Tensor, points: Sequence[Setting]) -> Tensor:
-    """Kalman filter on ``[x, 1]`` with prior N(0, I) and noise variance NOISE^2. Between steps the
-    covariance becomes ``P / forget + q I``: a random walk of variance q (Kalman, forget = 1) or RLS with
-    forgetting factor ``forget`` (q = 0; RLS with P_0 = I / 0.01 in its own scaling)."""
-    steps, streams, dim = x.shape
-    rows = len(points) * streams
-    stream = torch.arange(rows) % streams
-    eye = torch.eye(dim + 1, dtype=DT)
-    inflate = (1 / _column(points, "forget", streams)).view(-1, 1, 1)
-    walk = _column(points, "q", streams).view(-1, 1, 1) * eye
-    cov = eye.repeat(rows, 1, 1)
-    w = torch.zeros(rows, dim + 1, dtype=DT)
-    cum = torch.zeros(rows, dtype=DT)
-    ones = torch.ones(rows, 1, dtype=DT)
-    for t in range(steps):
-        h = torch.cat([x[t, stream], ones], 1)
-        cov = cov * inflate + walk
-        ph = torch.bmm(cov, h.unsqueeze(2)).squeeze(2)
-        gain = ph / ((h * ph).sum(1, keepdim=True) + NOISE**2)
-        err = y[t, stream] - (h * w).sum(1)
-        cum += err.square()
-        w += gain * err.unsqueeze(1)
-        cov = cov - gain.unsqueeze(2) * ph.unsqueeze(1)
-        cov = 0.5 * (cov + cov.mT)
-    return cum.nan_to_num(nan=math.inf).view(len(points), len(TASKS), -1)
-
+from bench.accuracy_runners import run_adam, run_engine, run_filter, run_sgd, run_trackin
+from bench.drift_tasks import (
+    ADAM_LR_GRID,
+    DIM,
+    ETA_ON,
+    KALMAN_Q_GRID,
+    LR_GRID,
+    NOISE,
+    RLS_FORGET_GRID,
+    TASKS,
+    TUNE_SEED_OFFSET,
+    Setting,
+    make_streams,
+)
 
 # ---------------------------------------------------------------------------------------------------------
 # Methods, their grids, and the table.
@@ -221,31 +79,6 @@ def trackin_setting(**changes: Any) -> Setting:
     """TrackIn's defaults with ``changes``."""
     keys = {"lr", "gamma", "beta", "beta_rule", "debias", "eta", "eps_decay"}
     return {**TRACKIN_DEFAULTS.model_dump(include=keys), **changes}
-
-
-def run_engine(x: Tensor, y: Tensor, points: Sequence[Setting]) -> Tensor:
-    """A ``linear`` stream per seed and task through the engine, as a user's spec gets it (the scale-free,
-    RLS-preconditioned path: ``{"model": {"family": "linear", "in_dim": 8}}``), plus ``points``' changes."""
-    steps, streams, dim = x.shape
-    out = []
-    for point in points:
-        engine = Engine()
-        spec = StreamSpec.model_validate(
-            {"model": {"family": "linear", "in_dim": dim}, "dtype": "float64", **point}
-        )
-        ids = [f"s{s}" for s in range(streams)]
-        for stream_id in ids:
-            engine.add(stream_id, spec)
-        cum = torch.zeros(streams, dtype=DT)
-        xs, ys = x.numpy(), y.numpy()
-        for t in range(steps):
-            results = engine.observe(ids, list(xs[t]), list(ys[t].reshape(-1, 1)))
-            predicted = torch.tensor(
-                [r.prediction[0] if r.prediction else math.nan for r in results], dtype=DT
-            )
-            cum += (predicted - y[t]).square()
-        out.append(cum)
-    return torch.stack(out).view(len(points), len(TASKS), -1)
 
 
 def methods() -> list[Method]:
