@@ -42,7 +42,10 @@ from trackin.models.trackin import TrackIn
 
 IN_DIM = 16
 FAMILIES: dict[str, StreamSpec] = {
-    "linear 16": StreamSpec(model=LinearModel(in_dim=IN_DIM)),
+    "linear 16": StreamSpec(model=LinearModel(in_dim=IN_DIM)),  # the default: scale-free, RLS-preconditioned
+    "linear 16, first order": StreamSpec.model_validate(
+        {"model": {"family": "linear", "in_dim": IN_DIM}, "optimizer": {"precondition": "none"}}
+    ),
     "mlp 16-32-1": StreamSpec(model=MLPModel(in_dim=IN_DIM, hidden=(32,))),
 }
 STREAMS = (1_000, 10_000, 100_000)
