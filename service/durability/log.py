@@ -55,6 +55,8 @@ class DurabilityLog:
             self._suspect.update(payloads)
             self._ledger.nudge()
             raise
+        if not self._health.up:  # the store answered an append: it is back (a failure may have come last)
+            self._health.mark(True)
         for entry, position in zip(entries, positions, strict=True):
             self._ledger.logged(entry.stream_id, position)
 
