@@ -248,6 +248,14 @@ CASES = [
         code="unknown_stream",
     ),
     _obs(
+        "many-dot-segment-id",  # "." and ".." are URL dot-segments, never stream ids
+        [{**GOOD, "stream": "$LIN"}, {**GOOD, "stream": ".."}],
+        "observations[1].stream",
+        None,
+        path="/v1/observations",
+        code="invalid_stream_id",
+    ),
+    _obs(
         "many-one-bool",
         {"observations": [{**GOOD, "stream": "$LIN"}, {"stream": "$BCE", "x": [1, False, 3], "y": 1}]},
         "observations[1].x[1]",

@@ -269,3 +269,23 @@ def test_ar_streams_take_no_request_id(http: httpx.Client) -> None:
     create(http, sid, AR)
     refused = http.post(f"/v1/streams/{sid}/predict", json={"request_id": "r"})
     assert_error(refused, 422, "invalid_input", field="request_id", stream=sid)
+
+
+@pytest.mark.parametrize(
+    ("field", "spec"),
+    [
+        ("spec.model.linear.seed", {**LINEAR, "model": {**LINEAR["model"], "seed": 2**64}}),
+        ("spec.huber_delta", {**LINEAR, "huber_delta": 1e300}),
+        ("spec.drift.warmup", {**LINEAR, "drift": {"warmup": 2**63}}),
+    ],
+)
+def test_a_spec_the_engine_cannot_hold_is_refused_and_leaves_no_template(
+    http: httpx.Client, field: str, spec: dict[str, Any]
+) -> None:
+    """Each of these once answered 500 and stayed registered, failing every matching stream's first step."""
+    name, prefix = unique("tpl"), unique("cam") + ":"
+    refused = put_template(http, name, prefix, spec, 60)
+    assert_error(refused, 422, "invalid_input", field=field)
+    assert name not in [t["name"] for t in http.get("/v1/templates").json()["templates"]]
+    sid = prefix + "1"
+    assert_error(observe(http, sid, {"x": [1, 2, 3], "y": 1.0}), 404, "unknown_stream", stream=sid)
