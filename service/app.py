@@ -117,7 +117,9 @@ def build(settings: Settings) -> AppState:
     metrics = Metrics(CollectorRegistry(), max_stream_series=settings.metrics_max_stream_series)
     engine = Engine(resolve_device(settings.device))
     catalog = Catalog()
-    labels = PendingLabels(settings.pending_label_ttl_seconds, settings.max_pending_labels)
+    labels = PendingLabels(
+        settings.pending_label_ttl_seconds, settings.max_pending_labels, settings.max_pending_label_bytes
+    )
     max_batch, log_mode = settings.max_batch_observations, settings.durability == "log"
     store = configured_store(settings)
     durability: Durability | None = None

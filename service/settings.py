@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     max_ws_in_flight: int = Field(default=8, ge=1)
     pending_label_ttl_seconds: float = Field(default=300.0, gt=0)
     max_pending_labels: int = Field(default=100_000, ge=1)
+    max_pending_label_bytes: int = Field(default=64 * 2**20, ge=1)
     template_sweep_seconds: float = Field(default=1.0, gt=0)
     shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
 

@@ -353,6 +353,24 @@ CASES = [
         "$LIN",
     ),
     Case(
+        "predict-request-id-too-long",  # kept with the inputs until the label comes: bounded
+        "/v1/streams/$LIN/predict",
+        {"x": [1, 2, 3], "request_id": "r" * 257},
+        422,
+        "invalid_input",
+        "request_id",
+        "$LIN",
+    ),
+    Case(
+        "label-request-id-empty",
+        "/v1/streams/$LIN/labels",
+        {"request_id": "", "y": 1.0},
+        422,
+        "invalid_input",
+        "request_id",
+        "$LIN",
+    ),
+    Case(
         "label-missing-y", "/v1/streams/$LIN/labels", {"request_id": "r"}, 422, "invalid_input", "y", "$LIN"
     ),
     Case(
