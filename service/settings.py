@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ByteSize, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     max_pending_labels: int = Field(default=100_000, ge=1)
     max_pending_label_bytes: int = Field(default=64 * 2**20, ge=1)
     template_sweep_seconds: float = Field(default=1.0, gt=0)
+
+    # Memory (docs/architecture.md, "Memory"): what a spec holds is computed before anything is allocated.
+    max_stream_bytes: ByteSize = Field(default=ByteSize(256 * 2**20), ge=1)
+    """Largest state one stream may hold (parameters, optimizer state, figures); bigger specs get a 422."""
+    memory_budget: ByteSize | Literal["auto", "off"] = "auto"
+    """Bytes all streams' state may take (e.g. ``1.5GiB``); ``auto``: half of the memory this process may
+    use (its cgroup's limit, else the machine's). A stream over it gets a 507."""
     shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
 
     # Metrics.
