@@ -53,5 +53,13 @@ class Settings(BaseSettings):
     use (its cgroup's limit, else the machine's). A stream over it gets a 507."""
     shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
 
+    # Connections (service/connections.py).
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    """A connection that has not completed a request's headers this long after it began is closed."""
+    keep_alive_seconds: int = Field(default=5, ge=1)
+    """An idle keep-alive connection is closed after this long."""
+    max_connections: int = Field(default=4096, ge=1)
+    """Connections and requests in flight; beyond it new requests get a 503 (uvicorn's limit_concurrency)."""
+
     # Metrics.
     metrics_max_stream_series: int = Field(default=100, ge=0)
