@@ -292,7 +292,8 @@ class Registry:
         """The model's output without learning, with the spec it ran with (``request_id``: keep the inputs
         for a later label)."""
         async with self._persistence.hold([stream_id]):
-            spec = (await self.require(stream_id)).spec
+            # A read: it never creates a stream from a template (only observations do, with ingest rights).
+            spec = (await self.require(stream_id, create=False)).spec
             model = spec.model
             if isinstance(model, ARModel | TrackModel):
                 if x is not None:

@@ -76,10 +76,12 @@ def test_observation_for_unknown_matching_id_creates_the_stream(http: httpx.Clie
     )
     assert many.status_code == 200, many.text
     assert [r["step"] for r in many.json()["results"]] == [2, 1]
-    # Predictions also create it.
-    assert http.post(f"/v1/streams/{prefix}19/predict", json={"x": [1, 2, 3]}).status_code == 200
+    # Predictions are reads: they create nothing.
+    unborn = f"{prefix}19"
+    predicted = http.post(f"/v1/streams/{unborn}/predict", json={"x": [1, 2, 3]})
+    assert_error(predicted, 404, "unknown_stream", stream=unborn)
     listed = http.get("/v1/streams", params={"prefix": prefix}).json()["streams"]
-    assert listed == [sid, other, f"{prefix}19"]
+    assert listed == [sid, other]
 
 
 def test_unknown_and_unmatched_is_404(http: httpx.Client) -> None:
