@@ -40,6 +40,11 @@ __all__ = [
     "MODEL_LOSS",
     "NAIVE_LOSS",
     "NONFINITE",
+    "NORM_N",
+    "NORM_X_MEAN",
+    "NORM_X_VAR",
+    "NORM_Y_MEAN",
+    "NORM_Y_VAR",
     "SERIES_LAST",
     "SERIES_RATE",
     "SERIES_RATES",
@@ -63,7 +68,7 @@ __all__ = [
     "param",
 ]
 
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
 """Version of the checkpoint layout (these keys, their dtypes and shapes); see ``service.store.codec``."""
 
 
@@ -112,6 +117,13 @@ DRIFT_THRESHOLD: Final = "drift/threshold"
 DRIFT_WARMUP: Final = "drift/warmup"
 DRIFT_ENABLED: Final = "drift/enabled"
 DRIFT_RESET: Final = "drift/reset"
+
+# The first-order path's running statistics (models/standardize.py), when the spec standardises.
+NORM_X_MEAN: Final = "norm/x_mean"
+NORM_X_VAR: Final = "norm/x_var"
+NORM_Y_MEAN: Final = "norm/y_mean"
+NORM_Y_VAR: Final = "norm/y_var"
+NORM_N: Final = "norm/n"
 
 # The scale-free, preconditioned path (models/tracking.py): the weights are the parameter ``weight``.
 TRACK_WEIGHT: Final = param("weight")

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trackin.models import keys, losses
+from trackin.models import losses, standardize
 from trackin.models.families import FlatModel
 from trackin.models.figures import figure_rows, fleet_rows
 from trackin.models.hyper import OPTIMIZERS
-from trackin.models.layout import FLOAT, INT, Entries, PackedState, row_nbytes
+from trackin.models.layout import Entries, PackedState, row_nbytes
 from trackin.models.round import Round
 from trackin.models.rows import Settings, Templates, state_entries
 from trackin.models.specs import ARModel, StreamSpec, TrackModel
@@ -45,7 +45,8 @@ def _layout(template: StreamSpec) -> tuple[FlatModel | TrackingNet, Entries]:
         extra = tracking.layout.entries()
         return tracking, state_entries(template.model, hyper, buffers, shapes=tracking.shapes, extra=extra)
     assert not isinstance(template.model, TrackModel)
-    return FlatModel(template.model), state_entries(template.model, hyper, buffers)
+    norm = standardize.entries(template)
+    return FlatModel(template.model), state_entries(template.model, hyper, buffers, norm=norm)
 
 
 def slot_bytes(spec: StreamSpec) -> int:
@@ -228,26 +229,9 @@ class StreamPool:
     def predict(self, slots: np.ndarray, inputs: Tensor | None = None) -> Tensor:
         """Predictions without learning: ``[n, out]`` on the host. For ``ar`` pools, the current forecast."""
         s = torch.as_tensor(np.asarray(slots), dtype=torch.int64).to(self.device)
-        if isinstance(self._round, TrackingRound):
-            x = None if inputs is None else inputs.to(device=self.device, dtype=self.dtype)
-            with torch.inference_mode():
-                return _plain(self._round.predict(s, x).cpu())
-        assert isinstance(self._net, FlatModel)
-        f = self._packed.gather(s, FLOAT)
-        theta = f[:, : self._net.n_params]
-        columns = self._packed.columns
+        x = None if inputs is None else inputs.to(device=self.device, dtype=self.dtype)
         with torch.inference_mode():
-            if isinstance(self.model, ARModel):
-                c = columns[keys.AR_WINDOW]
-                window = f[:, c.start : c.stop].view(f.shape[0], self.model.window, self.model.dim)
-                filled = self._packed.gather(s, INT)[:, columns[keys.AR_FILLED].start]
-                out = self._net.ar_level(theta, window).where(
-                    (filled >= self.model.window).unsqueeze(-1), torch.nan
-                )
-            else:
-                assert inputs is not None
-                x = inputs.to(device=self.device, dtype=self.dtype)
-                out = self._loss.prediction(self._net(theta, x))
+            out = self._round.predict(s, x)
         return _plain(out.cpu())
 
     def observe(

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from trackin.models import functional as F
-from trackin.models import keys
+from trackin.models import keys, standardize
 from trackin.models.drift import page_hinkley
 from trackin.models.families import FlatModel, ar_features
 from trackin.models.figures import LOSS_EWMA_ALPHA
@@ -49,6 +49,64 @@ class Round:
         # a drift with reset_momentum clears the momentum: the optimizer's first declared buffer, if kept
         self._momentum = self._buffers.get(hyper.buffers[0][0]) if hyper.buffers else None
         self._ones: dict[int, Tensor] = {}
+        # standardisation (models/standardize.py): the inputs' statistics (ar: the series'), and the
+        # targets' unless the loss is bce (ar: the series' statistics serve the target too)
+        self._norm = keys.NORM_N in packed.columns
+        self._norm_target = self._norm and standardize.standardizes_target(loss.name)
+        self._norm_y = keys.NORM_Y_MEAN in packed.columns
+
+    def _stats(self, f: Tensor, mean: str, var: str) -> standardize.Stats:
+        """The running statistics kept under ``mean`` and ``var`` in a gathered float block (views)."""
+        (a, z), (c, d) = self._col[mean], self._col[var]
+        return standardize.Stats(f[:, a:z], f[:, c:d], f[:, self._col[keys.NORM_N][0]])
+
+    def _store(self, f: Tensor, mean: str, var: str, stats: standardize.Stats, rows: Tensor) -> None:
+        """Write ``stats`` (and the count) into rows ``rows`` of a gathered float block (the others keep
+        theirs)."""
+        new = stats.where(rows, self._stats(f, mean, var))
+        (a, z), (c, d) = self._col[mean], self._col[var]
+        f[:, a:z], f[:, c:d], f[:, self._col[keys.NORM_N][0]] = new.mean, new.var, new.n
+
+    def _ar_inputs(self, window: Tensor, stats: standardize.Stats | None) -> Tensor:
+        """An ``ar`` model's inputs from its window, standardised by the series' statistics if kept."""
+        model = self._net.model
+        assert isinstance(model, ARModel)
+        feats = ar_features(model, window)
+        if stats is None:
+            return feats
+        return stats.z(feats.view(feats.shape[0], model.lags, model.dim), standardize.FEATURE_CLIP).flatten(1)
+
+    def _served(self, output: Tensor, stats: standardize.Stats | None) -> Tensor:
+        """A model's output in the target's units (bounded about the target's mean when standardised)."""
+        return stats.served(output) if stats is not None and self._norm_target else output
+
+    def ar_level(self, theta: Tensor, window: Tensor, stats: standardize.Stats | None) -> Tensor:
+        """An ``ar`` model's forecast of the next level from a full window ``[rows, window, dim]``."""
+        model = self._net.model
+        assert isinstance(model, ARModel)
+        out = self._served(self._net(theta, self._ar_inputs(window, stats)), stats)
+        return out + window[:, -1] if model.target == "delta" else out
+
+    def predict(self, s: Tensor, x: Tensor | None) -> Tensor:
+        """Predictions without learning (``ar``: the current forecast, NaN while warming), as ``__call__``
+        makes them."""
+        packed, col, model = self._packed, self._col, self._net.model
+        f = packed.gather(s, FLOAT)
+        theta = f[:, : self._net.n_params]
+        if isinstance(model, ARModel):
+            a, z = col[keys.AR_WINDOW]
+            window = f[:, a:z].view(f.shape[0], model.window, model.dim)
+            filled = packed.gather(s, INT)[:, col[keys.AR_FILLED][0]]
+            stats = self._stats(f, keys.NORM_X_MEAN, keys.NORM_X_VAR) if self._norm else None
+            level = self.ar_level(theta, window, stats)
+            return level.where((filled >= model.window).unsqueeze(-1), torch.nan)
+        assert x is not None
+        if not self._norm:
+            return self._loss.prediction(self._net(theta, x))
+        xs = self._stats(f, keys.NORM_X_MEAN, keys.NORM_X_VAR).updated(x)
+        output = self._net(theta, xs.z(x, standardize.FEATURE_CLIP))
+        ys = self._stats(f, keys.NORM_Y_MEAN, keys.NORM_Y_VAR) if self._norm_y else None
+        return self._loss.prediction(self._served(output, ys))
 
     def __call__(self, s: Tensor, x: Tensor, y: Tensor | None, *, sync_free: bool) -> dict[str, Tensor]:
         """Per-row outcomes of one step for distinct slots ``s``; ``x``: ``[rows, in]`` inputs (``ar``: the
@@ -59,7 +117,7 @@ class Round:
         would mean a host sync) each buffer is gathered twice instead and every row taken from the stepped
         copy or the untouched one.
         """
-        model, net, col, P = self._net.model, self._net, self._col, self._net.n_params
+        model, col, P = self._net.model, self._col, self._net.n_params
         packed = self._packed
         n = s.shape[0]
         if sync_free:
@@ -75,21 +133,46 @@ class Round:
         assert not isinstance(hd, bool | int)
         result: dict[str, Tensor] = {}
         ready: Tensor | None
+        # statistics before this observation (they serve the prediction) and including it (they standardise
+        # what the step learns from); None when the pool does not standardise
+        old_x: standardize.Stats | None = None
+        new_x: standardize.Stats | None = None
+        old_y: standardize.Stats | None = None
+        new_y: standardize.Stats | None = None
         if isinstance(model, ARModel):
             a, z = col[keys.AR_WINDOW]
             window = f[:, a:z].view(f.shape[0], model.window, model.dim).clone()
-            ready = i[:, col[keys.AR_FILLED][0]] >= model.window
-            feats = ar_features(model, window)
+            filled_before = i[:, col[keys.AR_FILLED][0]]
+            ready = filled_before >= model.window
             last = window[:, -1]
             target = x - last if model.target == "delta" else x
+            if self._norm:
+                old_x = self._stats(f, keys.NORM_X_MEAN, keys.NORM_X_VAR)
+                new_x = old_x.updated(target)
+                if self._norm_target:
+                    old_y, new_y = old_x, new_x
+            feats = self._ar_inputs(window, old_x)
         else:
             ready = None
-            feats = x
             assert y is not None
             target = y
+            feats = x
+            if self._norm:
+                new_x = self._stats(f, keys.NORM_X_MEAN, keys.NORM_X_VAR).updated(x)
+                feats = new_x.z(x, standardize.FEATURE_CLIP)  # x is known when predicting
+            if self._norm_y:
+                old_y = self._stats(f, keys.NORM_Y_MEAN, keys.NORM_Y_VAR)
+                new_y = old_y.updated(y)
 
-        output, loss, grad = self._loss_and_grad(theta, feats, target, hd)
-        finite = self._finite(loss, grad)
+        learn_target = target if new_y is None else new_y.z(target)
+        output, grad = self._loss_and_grad(theta, feats, learn_target, hd, clip=new_y is not None)
+        served = self._served(output, old_y)
+        loss = self._loss(served, target, hd)  # in the user's units
+        guard = loss
+        for stats in (new_x, new_y):
+            if stats is not None:  # statistics that overflowed are not kept: x * 0 is NaN for inf
+                guard = guard + stats.var.sum(1) * 0
+        finite = self._finite(guard, grad)
         ok = finite if ready is None else finite & ready
 
         stats = self._optimizer_step(blocks, grad)
@@ -117,20 +200,30 @@ class Round:
             value_finite = torch.isfinite(x).all(1)
             pushed = (~ready & value_finite) | ok
             nonfinite = nonfinite | (~ready & ~value_finite)
+            kept: standardize.Stats | None = None
+            if new_x is not None:  # warming values count too, once they make a change (target delta)
+                has_target = filled_before >= 1 if model.target == "delta" else torch.ones_like(ready)
+                warm = ~ready & value_finite & has_target & torch.isfinite(new_x.var.sum(1))
+                self._store(f, keys.NORM_X_MEAN, keys.NORM_X_VAR, new_x, ok | warm)
+                kept = self._stats(f, keys.NORM_X_MEAN, keys.NORM_X_VAR)
             new_window = torch.cat([window[:, 1:], x.unsqueeze(1)], dim=1)
             a, z = col[keys.AR_WINDOW]
             f[:, a:z] = torch.where(pushed.unsqueeze(1), new_window.flatten(1), f[:, a:z])
             c = col[keys.AR_FILLED][0]
             filled = (i[:, c] + pushed).clamp(max=model.window)
             i[:, c] = filled
-            level = net.ar_level(theta, f[:, a:z].view(f.shape[0], model.window, model.dim))
+            level = self.ar_level(theta, f[:, a:z].view(f.shape[0], model.window, model.dim), kept)
             result["forecast"] = level.where((filled >= model.window).unsqueeze(-1), torch.nan)
-            pred = output + last if model.target == "delta" else output
+            pred = served + last if model.target == "delta" else served
             result["pred"] = pred.where(ready.unsqueeze(-1), torch.nan)
             result["loss"] = loss.where(ready, torch.nan)
             result["warming"] = ~ready
         else:
-            result["pred"] = self._loss.prediction(output)
+            if new_x is not None:
+                self._store(f, keys.NORM_X_MEAN, keys.NORM_X_VAR, new_x, ok)
+                if new_y is not None:
+                    self._store(f, keys.NORM_Y_MEAN, keys.NORM_Y_VAR, new_y, ok)
+            result["pred"] = self._loss.prediction(served)
             result["loss"] = loss
             result["warming"] = torch.zeros_like(ok)
         i[:, col[keys.NONFINITE][0]] += nonfinite
@@ -143,27 +236,29 @@ class Round:
         return result
 
     def _loss_and_grad(
-        self, theta: Tensor, feats: Tensor, target: Tensor, hd: float | Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Output ``[rows, out]``, loss ``[rows]`` and the gradient ``[rows, n_params]`` with respect to
-        ``theta``: in closed form for single-layer models, by autograd otherwise."""
+        self, theta: Tensor, feats: Tensor, target: Tensor, hd: float | Tensor, *, clip: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Output ``[rows, out]`` and the loss's gradient ``[rows, n_params]`` with respect to ``theta``: in
+        closed form for single-layer models, by autograd otherwise. ``clip``: the target is standardised,
+        and a step learns from it at most ``standardize.CLIP`` away from the output."""
         net, loss_fn = self._net, self._loss
         if net.closed_form and net.out_dim == 1:
             # one output: theta = [w, b] and the gradient is dL/dout * [x, 1]
             ext = torch.cat([feats, feats.new_ones(feats.shape[0], 1)], 1)
             output = (theta * ext).sum(1, keepdim=True)
-            return output, loss_fn(output, target, hd), loss_fn.gradient(output, target, hd) * ext
+            learn = standardize.learning_target(output, target) if clip else target
+            return output, loss_fn.gradient(output, learn, hd) * ext
         if net.closed_form:
             output = net.affine(theta, feats)
-            g = loss_fn.gradient(output, target, hd)
-            grad = torch.cat([(g.unsqueeze(2) * feats.unsqueeze(1)).flatten(1), g], 1)
-            return output, loss_fn(output, target, hd), grad
+            learn = standardize.learning_target(output, target) if clip else target
+            g = loss_fn.gradient(output, learn, hd)
+            return output, torch.cat([(g.unsqueeze(2) * feats.unsqueeze(1)).flatten(1), g], 1)
         leaf = theta.detach().requires_grad_(True)
         with torch.enable_grad():
             output = net(leaf, feats)
-            loss = loss_fn(output, target, hd)
-            (grad,) = torch.autograd.grad(loss.sum(), leaf)
-        return output.detach(), loss.detach(), grad
+            learn = standardize.learning_target(output, target) if clip else target
+            (grad,) = torch.autograd.grad(loss_fn(output, learn, hd).sum(), leaf)
+        return output.detach(), grad
 
     def _finite(self, loss: Tensor, grad: Tensor) -> Tensor:
         """``[rows]`` bool: the loss and every gradient entry are finite.

@@ -23,6 +23,7 @@ from trackin.models.families import init_params, param_shapes
 from trackin.models.hyper import Hyperparameters
 from trackin.models.layout import BOOL, FLOAT, INT, PackedState
 from trackin.models.specs import ARModel, ModelSpec, StreamSpec, TrackModel
+from trackin.models.standardize import INITIAL as NORM_INITIAL
 from trackin.models.tracking import PRIOR as TRACKING_PRIOR
 
 __all__ = ["Blocks", "Settings", "Template", "Templates", "state_entries"]
@@ -49,10 +50,12 @@ def state_entries(
     *,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     extra: Sequence[tuple[str, tuple[int, ...]]] = (),
+    norm: Sequence[tuple[str, tuple[int, ...]]] = (),
 ) -> list[tuple[str, tuple[int, ...], int]]:
     """Every key's per-stream shape and buffer, in layout order (see :mod:`models.layout`): the parameters,
     then each optimizer buffer over all parameters, form flat slices of the float buffer. ``shapes``
-    overrides the family's parameters and ``extra`` adds float state (the tracking path's)."""
+    overrides the family's parameters, ``extra`` adds float state (the tracking path's) and ``norm`` the
+    first-order path's running statistics (:func:`models.standardize.entries`)."""
     if shapes is None:
         assert not isinstance(model, TrackModel), "a track model's weights are the tracking path's"
         shapes = param_shapes(model)
@@ -68,6 +71,7 @@ def state_entries(
     if isinstance(model, ARModel) and not extra:
         entries.append((keys.AR_WINDOW, (model.window, model.dim), FLOAT))
         entries.append((keys.AR_FILLED, (), INT))
+    entries += [(key, shape, FLOAT) for key, shape in norm]
     entries.append((keys.NONFINITE, (), INT))
     entries += [(key, (), FLOAT) for key in _DRIFT_FLOATS]
     entries += [(key, (), INT) for key in _DRIFT_INTS]
@@ -178,6 +182,9 @@ class Templates:
             assert not isinstance(spec.model, TrackModel)
             for name, value in init_params(spec.model, packed.dtypes[FLOAT], packed.device).items():
                 views[keys.param(name)][0].copy_(value)
+            for key, value in NORM_INITIAL.items():
+                if key in views:
+                    views[key].fill_(value)
         values = spec.optimizer.model_dump()
         for h in self._hyper:
             views[keys.hyper(h.name)].fill_(h.to_column(values[h.name]))

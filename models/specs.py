@@ -259,7 +259,8 @@ class StreamSpec(_Spec):
         return self.optimizer.name == "trackin" and self.optimizer.precondition == "rls"  # type: ignore[attr-defined]
 
     def pool_key(self) -> tuple[object, ...]:
-        """Streams with equal keys share stacked tensors: same shapes, loss, optimizer kind and dtype."""
+        """Streams with equal keys share stacked tensors: same shapes, loss, optimizer kind and dtype, and
+        the same choices of ``standardize`` and ``mix_naive`` (they decide the state a row holds)."""
         structure = self.model.model_dump(exclude={"init", "seed"})
         opt = self.optimizer
         return (
@@ -269,4 +270,6 @@ class StreamSpec(_Spec):
             OPTIMIZERS[opt.name].state_buffers(opt.model_dump()),  # eta > 0: TrackIn keeps eps, ...
             self.dtype,
             self.tracking,
+            self.standardize,
+            self.mix_naive,
         )

@@ -43,6 +43,7 @@ from trackin.models.specs import (
 # deltas and parameter terms below 8 (see _data).
 SCALE = 8.0
 SQUARED = ("opt/sq_avg", "opt/exp_avg_sq")  # averages of squared gradients: scale**2
+NORM_OPS = 12  # rounded operations of the running statistics and the standardisation, per observation
 SETTINGS = settings(
     max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -58,6 +59,8 @@ class Case:
     optimizer: str = "trackin"
     options: dict[str, Any] | None = None  # fixed optimizer options (pool-defining ones, like eta > 0)
     dtype: str = "float64"
+    standardize: bool = True  # False: the first-order path in raw units
+    units: tuple[float, float] = (1.0, 0.0)  # the data's scale and offset (standardisation must undo them)
 
 
 LIN = LinearModel(in_dim=3, init="random", seed=1)
@@ -93,6 +96,26 @@ CASES = [
     Case("linear-bce-adam-f32", LIN, "bce", "adam", dtype="float32"),
     Case("mlp-huber-adam", MLP_RELU, "huber", "adam"),
     Case("ar-level-mse-adam", ARModel(lags=3, target="level", hidden=(3,), init="random"), optimizer="adam"),
+    Case("mlp-mse-trackin-raw", MLP_TANH, standardize=False),
+    Case(
+        "ar-level-hidden-huber-sgd-raw",
+        ARModel(lags=2, target="level", hidden=(3,)),
+        "huber",
+        "sgd",
+        standardize=False,
+    ),
+    Case("linear-bce-sgd-raw-f32", LIN, "bce", "sgd", dtype="float32", standardize=False),
+    Case("mlp-huber-trackin-levels", MLP_TANH, "huber", units=(100.0, 1e4)),
+    Case("mlp-mse-adam-levels-f32", MLP_RELU, optimizer="adam", dtype="float32", units=(10.0, 1e3)),
+    Case("ar-delta-hidden-mse-trackin-levels", ARModel(lags=3, hidden=(4,)), units=(1e3, 1e6)),
+    Case(
+        "ar-level-hidden-mse-sgd-levels-f32",
+        ARModel(lags=2, target="level", hidden=(3,)),
+        optimizer="sgd",
+        dtype="float32",
+        units=(10.0, 1e3),
+    ),
+    Case("linear-bce-trackin-levels", LIN, "bce", units=(1e3, 1e5)),
 ]
 
 # Per-stream choices: each stream draws one value per hyperparameter (or all streams share one draw).
@@ -156,6 +179,7 @@ def scenarios(draw: st.DrawFn, case: Case) -> tuple[list[StreamSpec], list[list[
             huber_delta=draw(st.sampled_from([0.5, 1.0])) if shared is None else 1.0,
             optimizer=_optimizer(case, draw, shared),
             dtype=case.dtype,  # type: ignore[arg-type]
+            standardize=case.standardize,
         )
         for _ in range(n_streams)
     ]
@@ -164,24 +188,42 @@ def scenarios(draw: st.DrawFn, case: Case) -> tuple[list[StreamSpec], list[list[
     return specs, batches, draw(st.integers(0, 2**16))
 
 
-def _data(spec: StreamSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+Units = tuple[float, float]
+"""The data's scale and offset: values are ``scale * v + offset`` for unit-sized ``v`` (labels excepted)."""
+UNIT: Units = (1.0, 0.0)
+
+
+def _data(
+    spec: StreamSpec, rng: np.random.Generator, units: Units = UNIT
+) -> tuple[np.ndarray, np.ndarray | None]:
     model = spec.model
+    u, o = units
     if isinstance(model, ARModel):
-        value = rng.normal(size=model.dim)
+        value = rng.normal(size=model.dim) * u + o
         return (rng.integers(0, 2, size=model.dim).astype(float) if spec.loss == "bce" else value), None
     x = rng.normal(size=model.in_dim)
     y = np.full(model.out_dim, x.sum() * 0.7 + 0.3) + 0.1 * rng.normal(size=model.out_dim)
     if spec.loss == "bce":
-        y = (y > 0).astype(float)
-    return x, y
+        return x * u + o, (y > 0).astype(float)
+    return x * u + o, y * u + o
 
 
-def _tolerance(spec: StreamSpec, steps: int, horizon: int | None, squared: bool = False) -> Tolerance:
+def _tolerance(
+    spec: StreamSpec, steps: int, horizon: int | None, squared: bool = False, scale: float = SCALE
+) -> Tolerance:
     """The comparison's tolerance after ``steps`` steps of the stream; a long run passes the stream's memory
-    as ``horizon``, past which differences no longer accumulate."""
+    as ``horizon``, past which differences no longer accumulate. ``scale``: the magnitude of the values the
+    compared quantity is computed from (the data's, for what is in the user's units)."""
     steps = steps if horizon is None else min(steps, horizon)
-    scale = SCALE**2 if squared else SCALE
-    return tolerance(spec.dtype, ops=step_ops(spec.model), steps=steps + 1, scale=scale)
+    scale = scale**2 if squared else scale
+    return tolerance(spec.dtype, ops=step_ops(spec.model) + NORM_OPS, steps=steps + 1, scale=scale)
+
+
+def _magnitudes(units: Units) -> tuple[float, float]:
+    """Magnitudes of the values in the user's units, and of the standardised ones' rounding (a z-score of
+    values at an offset carries the offset's rounding, relative to the scale)."""
+    u, o = units
+    return SCALE * u + o, SCALE * (1 + o / u)
 
 
 def _close(actual: list[float] | None, expected: list[float] | None, tol: Tolerance, what: str) -> None:
@@ -196,7 +238,7 @@ def _close(actual: list[float] | None, expected: list[float] | None, tol: Tolera
 
 
 def assert_same_outcome(
-    item: ItemResult, ref: Outcome, spec: StreamSpec, where: str, horizon: int | None
+    item: ItemResult, ref: Outcome, spec: StreamSpec, where: str, horizon: int | None, units: Units = UNIT
 ) -> None:
     assert (item.step, item.applied, item.warming, item.nonfinite) == (
         ref.step,
@@ -204,30 +246,36 @@ def assert_same_outcome(
         ref.warming,
         ref.nonfinite,
     ), where
-    tol = _tolerance(spec, ref.step, horizon)
+    user, _ = _magnitudes(units)
+    tol = _tolerance(spec, ref.step, horizon, scale=user)
     _close(item.prediction, ref.prediction, tol, f"{where} prediction")
     _close(
         [item.loss] if item.loss is not None else None,
         [ref.loss] if ref.loss is not None else None,
-        _tolerance(spec, ref.step, horizon, squared=spec.loss != "bce"),
+        _tolerance(spec, ref.step, horizon, squared=spec.loss != "bce", scale=user),
         f"{where} loss",
     )
     _close(item.forecast, ref.forecast, tol, f"{where} forecast")
 
 
 def assert_same_state(
-    engine: Engine, stream_id: str, ref: ReferenceStream, horizon: int | None = None
+    engine: Engine, stream_id: str, ref: ReferenceStream, horizon: int | None = None, units: Units = UNIT
 ) -> None:
     exported = engine.export(stream_id)
     expected = ref.state()
+    user, standardised = _magnitudes(units)
+    if not ref.spec.standardize:
+        standardised = user
     for key, value in exported.items():
-        if not key.startswith(("param/", "opt/")):
+        if not key.startswith(("param/", "opt/", "norm/")):
             continue
         want = expected.get(key, torch.zeros_like(value))  # optimizer state is created lazily by the class
         if key == "opt/step":
             assert int(value) == int(want), f"{stream_id} {key}"
         else:
-            tol = _tolerance(ref.spec, ref.steps, horizon, squared=key in SQUARED)
+            scale = user if key.startswith("norm/") else standardised
+            squared = key in SQUARED or key.endswith("_var")
+            tol = _tolerance(ref.spec, ref.steps, horizon, squared=squared, scale=scale)
             torch.testing.assert_close(value, want.to(value.dtype), **tol, msg=f"{stream_id} {key}")
 
 
@@ -238,6 +286,7 @@ def run_both(
     *,
     horizon: int | None = None,
     rounding: OtherRounding | None = None,
+    units: Units = UNIT,
 ) -> tuple[Engine, list[ReferenceStream]]:
     """Feed the same observations to an engine and to the references (rounding as another CPU would, with
     ``rounding``), checking every answer."""
@@ -247,13 +296,14 @@ def run_both(
         engine.add(f"s{k}", spec)
     rng = np.random.default_rng(seed)
     for b, batch in enumerate(batches):
-        data = [_data(specs[k], rng) for k in batch]
+        data = [_data(specs[k], rng, units) for k in batch]
         results = engine.observe([f"s{k}" for k in batch], [d[0] for d in data], [d[1] for d in data])
         for j, (k, (x, y), item) in enumerate(zip(batch, data, results, strict=True)):
             target = torch.from_numpy(y) if y is not None else None
             with rounding if rounding is not None else contextlib.nullcontext():
                 expected = refs[k].observe(torch.from_numpy(x), target)
-            assert_same_outcome(item, expected, specs[k], f"batch {b} item {j} stream {k}", horizon)
+            where = f"batch {b} item {j} stream {k}"
+            assert_same_outcome(item, expected, specs[k], where, horizon, units)
     return engine, refs
 
 
@@ -268,9 +318,9 @@ def test_engine_equals_reference(case: Case, ulps: int | None, data: st.DataObje
     """``-other-cpu``: the reference rounds every float op differently, as another CPU's kernels may."""
     specs, batches, seed = data.draw(scenarios(case))
     rounding = OtherRounding(seed, ulps) if ulps is not None else None
-    engine, refs = run_both(specs, batches, seed, rounding=rounding)
+    engine, refs = run_both(specs, batches, seed, rounding=rounding, units=case.units)
     for k, ref in enumerate(refs):
-        assert_same_state(engine, f"s{k}", ref)
+        assert_same_state(engine, f"s{k}", ref, units=case.units)
 
 
 LONG_RUN = [
