@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trackin.models import losses, standardize
+from trackin.models import losses, naive_mix, standardize
 from trackin.models.families import FlatModel
 from trackin.models.figures import figure_rows, fleet_rows
 from trackin.models.hyper import OPTIMIZERS
@@ -45,7 +45,7 @@ def _layout(template: StreamSpec) -> tuple[FlatModel | TrackingNet, Entries]:
         extra = tracking.layout.entries()
         return tracking, state_entries(template.model, hyper, buffers, shapes=tracking.shapes, extra=extra)
     assert not isinstance(template.model, TrackModel)
-    norm = standardize.entries(template)
+    norm = standardize.entries(template) + naive_mix.entries(template)
     return FlatModel(template.model), state_entries(template.model, hyper, buffers, norm=norm)
 
 

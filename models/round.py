@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from trackin.models import functional as F
-from trackin.models import keys, standardize
+from trackin.models import keys, naive_mix, standardize
 from trackin.models.drift import page_hinkley
 from trackin.models.families import FlatModel, ar_features
 from trackin.models.figures import LOSS_EWMA_ALPHA
@@ -54,6 +54,7 @@ class Round:
         self._norm = keys.NORM_N in packed.columns
         self._norm_target = self._norm and standardize.standardizes_target(loss.name)
         self._norm_y = keys.NORM_Y_MEAN in packed.columns
+        self._mix = keys.MIX_MODEL in packed.columns  # a first-order series' naive mix (models/naive_mix.py)
 
     def _stats(self, f: Tensor, mean: str, var: str) -> standardize.Stats:
         """The running statistics kept under ``mean`` and ``var`` in a gathered float block (views)."""
@@ -80,12 +81,26 @@ class Round:
         """A model's output in the target's units (bounded about the target's mean when standardised)."""
         return stats.served(output) if stats is not None and self._norm_target else output
 
-    def ar_level(self, theta: Tensor, window: Tensor, stats: standardize.Stats | None) -> Tensor:
-        """An ``ar`` model's forecast of the next level from a full window ``[rows, window, dim]``."""
+    def ar_level(
+        self, theta: Tensor, window: Tensor, stats: standardize.Stats | None, f: Tensor, steps: Tensor
+    ) -> Tensor:
+        """An ``ar`` stream's served forecast of the next level from a full window ``[rows, window, dim]``
+        (mixed with the naive one, no change, when the pool keeps the mix in ``f``; ``steps``: the steps
+        taken)."""
         model = self._net.model
         assert isinstance(model, ARModel)
         out = self._served(self._net(theta, self._ar_inputs(window, stats)), stats)
-        return out + window[:, -1] if model.target == "delta" else out
+        last = window[:, -1]
+        level = out + last if model.target == "delta" else out
+        if not self._mix:
+            return level
+        return last + self._share(f, steps) * (level - last)
+
+    def _share(self, f: Tensor, steps: Tensor) -> Tensor:
+        """``[rows, dim]``: the model's share of a first-order series' served forecast."""
+        col = self._col
+        (a, z), (c, d) = col[keys.MIX_MODEL], col[keys.MIX_NAIVE]
+        return naive_mix.weight(f[:, a:z], f[:, c:d], f[:, col[keys.MIX_N][0]], steps)
 
     def predict(self, s: Tensor, x: Tensor | None) -> Tensor:
         """Predictions without learning (``ar``: the current forecast, NaN while warming), as ``__call__``
@@ -96,9 +111,10 @@ class Round:
         if isinstance(model, ARModel):
             a, z = col[keys.AR_WINDOW]
             window = f[:, a:z].view(f.shape[0], model.window, model.dim)
-            filled = packed.gather(s, INT)[:, col[keys.AR_FILLED][0]]
+            i = packed.gather(s, INT)
+            filled = i[:, col[keys.AR_FILLED][0]]
             stats = self._stats(f, keys.NORM_X_MEAN, keys.NORM_X_VAR) if self._norm else None
-            level = self.ar_level(theta, window, stats)
+            level = self.ar_level(theta, window, stats, f, i[:, col[keys.STEP][0]])
             return level.where((filled >= model.window).unsqueeze(-1), torch.nan)
         assert x is not None
         if not self._norm:
@@ -167,6 +183,10 @@ class Round:
         learn_target = target if new_y is None else new_y.z(target)
         output, grad = self._loss_and_grad(theta, feats, learn_target, hd, clip=new_y is not None)
         served = self._served(output, old_y)
+        if self._mix and isinstance(model, ARModel):  # a series: the naive forecast is no change
+            naive = torch.zeros_like(target) if model.target == "delta" else last
+            share = self._share(f, i[:, col[keys.STEP][0]])
+            model_served, served = served, naive + share * (served - naive)
         loss = self._loss(served, target, hd)  # in the user's units
         guard = loss
         for stats in (new_x, new_y):
@@ -206,13 +226,16 @@ class Round:
                 warm = ~ready & value_finite & has_target & torch.isfinite(new_x.var.sum(1))
                 self._store(f, keys.NORM_X_MEAN, keys.NORM_X_VAR, new_x, ok | warm)
                 kept = self._stats(f, keys.NORM_X_MEAN, keys.NORM_X_VAR)
+            if self._mix:
+                self._learn_mix(f, ok, target, model_served, naive, share, hd)
             new_window = torch.cat([window[:, 1:], x.unsqueeze(1)], dim=1)
             a, z = col[keys.AR_WINDOW]
             f[:, a:z] = torch.where(pushed.unsqueeze(1), new_window.flatten(1), f[:, a:z])
             c = col[keys.AR_FILLED][0]
             filled = (i[:, c] + pushed).clamp(max=model.window)
             i[:, c] = filled
-            level = self.ar_level(theta, f[:, a:z].view(f.shape[0], model.window, model.dim), kept)
+            view = f[:, a:z].view(f.shape[0], model.window, model.dim)
+            level = self.ar_level(theta, view, kept, f, step)
             result["forecast"] = level.where((filled >= model.window).unsqueeze(-1), torch.nan)
             pred = served + last if model.target == "delta" else served
             result["pred"] = pred.where(ready.unsqueeze(-1), torch.nan)
@@ -234,6 +257,32 @@ class Round:
         result["applied"] = ok
         result["nonfinite"] = nonfinite
         return result
+
+    def _learn_mix(
+        self,
+        f: Tensor,
+        ok: Tensor,
+        target: Tensor,
+        model: Tensor,
+        naive: Tensor,
+        share: Tensor,
+        hd: float | Tensor,
+    ) -> None:
+        """The mix's discounted errors and the skill figures, for rows ``ok`` of a gathered float block."""
+        col, okc = self._col, ok.unsqueeze(1)
+        (a, z), (c, d), n = col[keys.MIX_MODEL], col[keys.MIX_NAIVE], col[keys.MIX_N][0]
+        mm, mn, count = naive_mix.update(f[:, a:z], f[:, c:d], f[:, n], target - model, target - naive)
+        f[:, a:z] = torch.where(okc, mm, f[:, a:z])
+        f[:, c:d] = torch.where(okc, mn, f[:, c:d])
+        f[:, n] = torch.where(ok, count, f[:, n])
+        figures = (
+            (keys.MODEL_LOSS, _ewma(f[:, col[keys.MODEL_LOSS][0]], self._loss(model, target, hd))),
+            (keys.NAIVE_LOSS, _ewma(f[:, col[keys.NAIVE_LOSS][0]], self._loss(naive, target, hd))),
+            (keys.MIX_WEIGHT, share.mean(1)),
+        )
+        for key, value in figures:
+            c = col[key][0]
+            f[:, c] = torch.where(ok, value, f[:, c])
 
     def _loss_and_grad(
         self, theta: Tensor, feats: Tensor, target: Tensor, hd: float | Tensor, *, clip: bool
@@ -316,3 +365,8 @@ class Round:
             mask = alarm if reset is True else alarm & reset  # type: ignore[operator]
             f[:, momentum : momentum + self._net.n_params].masked_fill_(mask.unsqueeze(1), 0)
         return alarm
+
+
+def _ewma(previous: Tensor, value: Tensor) -> Tensor:
+    """A loss EWMA's next value (the first loss when there was none)."""
+    return torch.where(previous.isnan(), value, previous.lerp(value, LOSS_EWMA_ALPHA))

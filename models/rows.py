@@ -55,7 +55,7 @@ def state_entries(
     """Every key's per-stream shape and buffer, in layout order (see :mod:`models.layout`): the parameters,
     then each optimizer buffer over all parameters, form flat slices of the float buffer. ``shapes``
     overrides the family's parameters, ``extra`` adds float state (the tracking path's) and ``norm`` the
-    first-order path's running statistics (:func:`models.standardize.entries`)."""
+    first-order path's (:func:`models.standardize.entries`, :func:`models.naive_mix.entries`)."""
     if shapes is None:
         assert not isinstance(model, TrackModel), "a track model's weights are the tracking path's"
         shapes = param_shapes(model)
@@ -185,6 +185,9 @@ class Templates:
             for key, value in NORM_INITIAL.items():
                 if key in views:
                     views[key].fill_(value)
+            for key in keys.SKILL_FIGURES:  # a first-order series' naive mix (models/naive_mix.py)
+                if key in views:
+                    views[key].fill_(torch.nan)
         values = spec.optimizer.model_dump()
         for h in self._hyper:
             views[keys.hyper(h.name)].fill_(h.to_column(values[h.name]))

@@ -22,6 +22,7 @@ import safetensors.torch
 import torch
 
 from trackin.models.keys import FORMAT_VERSION
+from trackin.models.specs import StreamSpec
 from trackin.service.store.errors import CorruptCheckpoint
 
 __all__ = ["FORMAT_KEY", "FORMAT_VERSION", "decode_state", "encode_state", "upgrade_spec"]
@@ -41,12 +42,15 @@ def _same_tensors(tensors: dict[str, torch.Tensor], meta: Mapping[str, Any]) -> 
 _UPGRADES: dict[int, Upgrade] = {
     1: _same_tensors,  # format 2 added the scale-free path; a format-1 stream keeps its state (and its spec
     # is pinned to the first-order path it was written by: ``upgrade_spec``)
+    2: _same_tensors,  # format 3 standardises the first-order path (``norm/*``); a format-2 first-order
+    # stream keeps its state and learns in raw units as before (``upgrade_spec`` pins ``standardize``)
 }
 
 
 def upgrade_spec(spec: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
     """A stored spec as this version reads it. Format 1 predates the scale-free path and its defaults: its
-    streams keep learning the way they did (first order, in raw units, no naive mix)."""
+    streams keep learning the way they did (first order, in raw units, no naive mix). Formats 1 and 2
+    predate the first-order path's standardisation: their first-order streams keep raw units."""
     out = dict(spec)
     if meta.get(FORMAT_KEY) == 1:
         optimizer = dict(out.get("optimizer") or {})
@@ -55,6 +59,9 @@ def upgrade_spec(spec: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, 
             out["optimizer"] = optimizer
         out.setdefault("standardize", False)
         out.setdefault("mix_naive", False)
+    version = meta.get(FORMAT_KEY)
+    if isinstance(version, int) and version <= 2 and not StreamSpec.model_validate(out).tracking:
+        out["standardize"] = False  # before format 3, standardize applied to the scale-free path only
     return out
 
 

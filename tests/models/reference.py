@@ -17,8 +17,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from tests.models.reference_tracking import TrackingReference
-from trackin.models.baselines import AdamBaseline, DebiasedSGD
 from trackin.models import standardize as S
+from trackin.models import tracking as M
+from trackin.models.baselines import AdamBaseline, DebiasedSGD
 from trackin.models.families import FamilyModule, ar_features
 from trackin.models.losses import loss_per_row, prediction
 from trackin.models.specs import (
@@ -111,6 +112,12 @@ class ReferenceStream:
         n_in = model.dim if ar else layer_sizes(model)[0]
         self.x_stats = RunningStats(n_in, self.dtype)  # ar: the series' (values or changes)
         self.y_stats = self.x_stats if ar else RunningStats(layer_sizes(model)[-1], self.dtype)
+        # a first-order series' naive mix: discounted absolute errors of the model and of no change
+        self.mix = ar and spec.mix_naive and spec.loss != "bce"
+        k = model.dim if ar else 0
+        self.mix_model, self.mix_naive = torch.zeros(k, dtype=self.dtype), torch.zeros(k, dtype=self.dtype)
+        self.mix_n = 0.0
+        self.model_served = torch.zeros(k, dtype=self.dtype)
 
     def _scored(
         self,
@@ -119,10 +126,13 @@ class ReferenceStream:
         learn_target: Tensor,
         y_before: RunningStats | None,
         stats_finite: bool = True,
+        naive: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, bool]:
         """Served output and loss (the user's units) for one row; one step on ``learn_target`` when finite
         (and the statistics including this observation are). ``y_before``: the target's statistics before
-        this observation (standardised targets), else None. Returns (served output, loss, applied)."""
+        this observation (standardised targets), else None. ``naive``: the naive forecast the model's is
+        mixed with (a first-order series; the model's own is kept in ``model_served``). Returns (served
+        output, loss, applied)."""
         self.opt.zero_grad(set_to_none=True)
         output = self.module(features.unsqueeze(0))
         if y_before is not None:  # the step learns at most CLIP standard deviations from the output
@@ -130,6 +140,9 @@ class ReferenceStream:
             served = y_before.mean + y_before.std() * output.detach()[0].clamp(-S.BOUND, S.BOUND)
         else:
             served = output.detach()[0]
+        self.model_served = served  # the model's own forecast, before the mix
+        if naive is not None:
+            served = naive + self._share() * (served - naive)
         learning = loss_per_row(self.spec.loss, output, learn_target.unsqueeze(0), self.spec.huber_delta)
         learning.sum().backward()
         loss = loss_per_row(self.spec.loss, served.unsqueeze(0), target.unsqueeze(0), self.spec.huber_delta)
@@ -191,13 +204,28 @@ class ReferenceStream:
         learn_target, y_before = (after.z(target), self.x_stats) if self.norm_target else (target, None)
         features = self._inputs(window)
         kept = not self.norm or after.finite()
-        served, loss, applied = self._scored(features, target, learn_target, y_before, kept)
+        naive = (torch.zeros_like(target) if model.target == "delta" else last) if self.mix else None
+        served, loss, applied = self._scored(features, target, learn_target, y_before, kept, naive)
         pred = served + last if model.target == "delta" else served
         if applied:
             self.window = [*self.window[1:], x.clone()]
             if self.norm:
                 self.x_stats = after
+            if naive is not None:
+                self.mix_model = (
+                    M.MIX_RHO * self.mix_model + (target - self.model_served).abs() ** M.MIX_POWER
+                )
+                self.mix_naive = M.MIX_RHO * self.mix_naive + (target - naive).abs() ** M.MIX_POWER
+                self.mix_n = M.MIX_RHO * self.mix_n + 1
         return Outcome(pred.tolist(), float(loss), self.steps, applied, False, not applied, self._forecast())
+
+    def _share(self) -> Tensor:
+        """The model's share of a first-order series' served forecast (per dim)."""
+        if self.steps < M.MIX_WARMUP:
+            return torch.zeros_like(self.mix_model)
+        total = (self.mix_model + self.mix_naive).clamp_min(torch.finfo(self.dtype).tiny)
+        advantage = 2 * self.mix_n * (self.mix_naive - self.mix_model) / total
+        return torch.sigmoid(M.MIX_ETA * advantage - M.MIX_BIAS)
 
     def _inputs(self, window: Tensor) -> Tensor:
         """An ``ar`` model's inputs: the window's features, standardised by the series' statistics."""
@@ -219,7 +247,10 @@ class ReferenceStream:
             out = self.module(self._inputs(window).unsqueeze(0))[0]
         if self.norm_target:
             out = self.x_stats.mean + self.x_stats.std() * out.clamp(-S.BOUND, S.BOUND)
-        return (out + window[-1] if model.target == "delta" else out).tolist()
+        level = out + window[-1] if model.target == "delta" else out
+        if self.mix:
+            level = window[-1] + self._share() * (level - window[-1])
+        return level.tolist()
 
     def state(self) -> dict[str, Tensor]:
         """Parameters and optimizer state under the engine's export keys."""
@@ -254,4 +285,7 @@ class ReferenceStream:
                 if name == "x" or self.norm_target:
                     out[f"norm/{name}_mean"], out[f"norm/{name}_var"] = kept.mean, kept.var
             out["norm/n"] = torch.tensor(float(self.x_stats.n), dtype=self.dtype)
+        if self.tracking is None and self.mix:
+            out["mix/model"], out["mix/naive"] = self.mix_model, self.mix_naive
+            out["mix/n"] = torch.tensor(self.mix_n, dtype=self.dtype)
         return out

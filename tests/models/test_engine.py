@@ -267,13 +267,15 @@ def assert_same_state(
     if not ref.spec.standardize:
         standardised = user
     for key, value in exported.items():
-        if not key.startswith(("param/", "opt/", "norm/")):
+        if not key.startswith(("param/", "opt/", "norm/", "mix/")) or (
+            ref.spec.tracking and key[:4] == "mix/"
+        ):
             continue
         want = expected.get(key, torch.zeros_like(value))  # optimizer state is created lazily by the class
         if key == "opt/step":
             assert int(value) == int(want), f"{stream_id} {key}"
         else:
-            scale = user if key.startswith("norm/") else standardised
+            scale = user if key.startswith(("norm/", "mix/")) else standardised
             squared = key in SQUARED or key.endswith("_var")
             tol = _tolerance(ref.spec, ref.steps, horizon, squared=squared, scale=scale)
             torch.testing.assert_close(value, want.to(value.dtype), **tol, msg=f"{stream_id} {key}")

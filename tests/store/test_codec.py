@@ -141,3 +141,41 @@ def test_a_format_1_stream_keeps_learning_the_first_order_way() -> None:
     restored = Engine()
     restored.add("s", spec)
     restored.load("s", decode_state("s", blob, meta))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"model": {"family": "mlp", "in_dim": 2}},
+        {"model": {"family": "ar", "hidden": [3]}, "loss": "huber"},
+        {"model": {"family": "linear", "in_dim": 2}, "optimizer": {"precondition": "none"}},
+    ],
+)
+def test_a_format_2_first_order_stream_keeps_raw_units(spec: dict[str, object]) -> None:
+    """Format 3 standardises the first-order path (its pools hold ``norm/*``); a format-2 first-order stream
+    (whose stored spec says ``standardize: true``, which format 2 ignored there) is read in raw units and
+    its tensors load into that pool unchanged, while a format-2 scale-free stream keeps its spec."""
+    import numpy as np
+
+    from trackin.models.engine import Engine
+    from trackin.models.specs import StreamSpec
+
+    raw = StreamSpec.model_validate({**spec, "standardize": False})
+    engine = Engine()
+    engine.add("s", raw)
+    tensors = engine.export("s")
+    assert not any(key.startswith("norm/") for key in tensors), "format 2 held no statistics"
+    v2_spec = StreamSpec.model_validate(spec).model_dump(mode="json")
+    assert v2_spec["standardize"] is True
+    blob, _ = encode_state(tensors, {})
+    meta = {"format": 2, "spec": v2_spec}
+    upgraded = StreamSpec.model_validate(codec.upgrade_spec(v2_spec, meta))
+    assert upgraded == raw
+    restored = Engine()
+    restored.add("s", upgraded)
+    restored.load("s", decode_state("s", blob, meta))
+    x = np.ones(raw.model.in_dim) if raw.model.family != "ar" else np.ones(1)
+    assert restored.predict(["s"], [x]) == engine.predict(["s"], [x])
+    tracking = StreamSpec.model_validate({"model": {"family": "ar"}}).model_dump(mode="json")
+    assert codec.upgrade_spec(tracking, meta) == tracking
+    assert FORMAT_VERSION == 3
