@@ -189,9 +189,9 @@ class Round:
             model_served, served = served, naive + share * (served - naive)
         loss = self._loss(served, target, hd)  # in the user's units
         guard = loss
-        for stats in (new_x, new_y):
-            if stats is not None:  # statistics that overflowed are not kept: x * 0 is NaN for inf
-                guard = guard + stats.var.sum(1) * 0
+        for running in (new_x, new_y):
+            if running is not None:  # statistics that overflowed are not kept: x * 0 is NaN for inf
+                guard = guard + running.var.sum(1) * 0
         finite = self._finite(guard, grad)
         ok = finite if ready is None else finite & ready
 

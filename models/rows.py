@@ -182,9 +182,9 @@ class Templates:
             assert not isinstance(spec.model, TrackModel)
             for name, value in init_params(spec.model, packed.dtypes[FLOAT], packed.device).items():
                 views[keys.param(name)][0].copy_(value)
-            for key, value in NORM_INITIAL.items():
+            for key, initial in NORM_INITIAL.items():
                 if key in views:
-                    views[key].fill_(value)
+                    views[key].fill_(initial)
             for key in keys.SKILL_FIGURES:  # a first-order series' naive mix (models/naive_mix.py)
                 if key in views:
                     views[key].fill_(torch.nan)
