@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from trackin.models.engine import Engine, ItemResult, MemoryBudgetError
+from trackin.models.engine import Engine, ItemResult, MemoryBudgetError, UnknownStreamError
 from trackin.models.specs import ARModel, StreamSpec, TrackModel
 from trackin.service.domain.budget import check_stream_bytes, over_budget
 from trackin.service.domain.catalog import Catalog, StreamRecord, Template
@@ -30,6 +30,8 @@ from trackin.service.transport.wire import ObservationIn
 __all__ = ["Registry"]
 
 Outcome = Literal["created", "unchanged", "replaced"]
+
+T = TypeVar("T")
 
 
 class Registry:
@@ -124,6 +126,14 @@ class Registry:
         self._labels.drop_stream(stream_id)
         await self._persistence.forget(stream_id)
 
+    async def _read(self, stream_id: str, fn: Callable[[Engine], T]) -> T:
+        """A read on the engine thread. A removal queued before it (a DELETE that had not finished when the
+        read found the stream) leaves it an unknown stream: 404, as if the read had come after."""
+        try:
+            return await self._scheduler.call(fn)
+        except UnknownStreamError:
+            raise UnknownStream(f"unknown stream {stream_id!r}", stream=stream_id) from None
+
     async def _stored(self, stream_id: str) -> bool:
         """Restored from the store, or stored but unreadable (so a corrupt stream can still be deleted)."""
         try:
@@ -135,7 +145,7 @@ class Registry:
         """Spec and figures of one stream."""
         async with self._persistence.hold([stream_id]):
             record = await self.require(stream_id, create=False)
-            f = await self._scheduler.call(lambda engine: engine.figures(stream_id))
+            f = await self._read(stream_id, lambda engine: engine.figures(stream_id))
 
         def num(value: float) -> float | None:
             return None if value != value else value
@@ -314,7 +324,7 @@ class Registry:
             def run(engine: Engine) -> list[list[float] | None]:
                 return engine.predict([stream_id], inputs)
 
-            prediction = (await self._scheduler.call(run))[0]
+            prediction = (await self._read(stream_id, run))[0]
         if request_id is not None and inputs[0] is not None:
             self._labels.put(stream_id, request_id, inputs[0])
         return spec, prediction

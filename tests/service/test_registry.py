@@ -240,3 +240,22 @@ async def test_stored_streams_are_listed_described_and_deleted_when_not_resident
         await state.scheduler.drain()
         await state.durability.stop()
         await state.scheduler.stop()
+
+
+async def test_a_read_queued_behind_the_removal_answers_unknown_stream(registry: Registry) -> None:
+    """A describe or predict that found the stream, but whose engine call runs after its removal (queued
+    behind it), is told the stream is unknown (404), not an engine error (500)."""
+    await registry.put_stream("s", LINEAR)
+    await registry.put_stream("r", AR)
+    deleting = asyncio.create_task(registry.delete_stream("s"))
+    reads = [
+        asyncio.create_task(registry.describe("s")),
+        asyncio.create_task(registry.predict("s", [1.0, 2.0], None)),
+    ]
+    deleting_r = asyncio.create_task(registry.delete_stream("r"))
+    reads.append(asyncio.create_task(registry.predict("r", None, None)))
+    await asyncio.gather(deleting, deleting_r)
+    for read in reads:
+        with pytest.raises(UnknownStream) as unknown:
+            await read
+        assert unknown.value.stream in ("s", "r")
