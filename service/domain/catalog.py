@@ -23,6 +23,9 @@ class StreamRecord:
     template: str | None = None
     last_drift_at: float | None = None
     drifts: int = 0
+    series_time: tuple[bool, float] | None = None
+    """A timed series' last time as its queued requests leave it (service/domain/series_times.py); None:
+    not timed, or not known yet (a restored stream)."""
 
 
 @dataclass(frozen=True, slots=True)

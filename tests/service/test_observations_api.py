@@ -272,7 +272,7 @@ def test_metrics_count_observations_and_requests(http: httpx.Client) -> None:
     assert after[ok_route] - before.get(ok_route, 0) == 1
 
 
-def test_series_times_must_increase_within_a_request(http: httpx.Client) -> None:
+def test_series_times_must_increase_within_a_request_and_after_the_last(http: httpx.Client) -> None:
     sid = unique("track")
     create(http, sid, {"model": {"family": "track", "dim": 1}})
     body = [{"value": [1.0], "ts": 5}, {"value": [2.0], "ts": 5}]
@@ -281,7 +281,9 @@ def test_series_times_must_increase_within_a_request(http: httpx.Client) -> None
     assert http.get(f"/v1/streams/{sid}").json()["figures"]["steps"] == 0, "nothing applied"
     ok = post(http, f"/v1/streams/{sid}/observations", [{"value": [1.0], "ts": 5}, {"value": [3.0], "ts": 7}])
     assert ok[1]["prediction"] == 1.0  # no velocity yet: the last value
-    (late,) = post(http, f"/v1/streams/{sid}/observations", {"value": [4.0], "ts": 6})
-    assert not late["applied"], "a time before the stream's last one is refused without a step"
+    late = http.post(f"/v1/streams/{sid}/observations", json={"value": [4.0], "ts": 6})
+    assert_error(late, 422, "invalid_input", field="observations[0].ts", stream=sid)
+    assert "after the stream's last time 7.0" in late.json()["error"]["message"]
+    assert http.get(f"/v1/streams/{sid}").json()["figures"]["steps"] == 1, "nothing applied"
     (next_,) = post(http, f"/v1/streams/{sid}/observations", {"value": [9.0], "ts": 9})
     assert next_["prediction"] == 5.0, "constant velocity over the frame gap: 3 + 1 * (9 - 7)"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from trackin.models.engine import Engine, ItemResult
 from trackin.models.specs import StreamSpec
@@ -259,3 +260,53 @@ async def test_a_read_queued_behind_the_removal_answers_unknown_stream(registry:
         with pytest.raises(UnknownStream) as unknown:
             await read
         assert unknown.value.stream in ("s", "r")
+
+
+TRACK = StreamSpec.model_validate({"model": {"family": "track", "dim": 1}})
+
+
+async def _values(
+    registry: Registry, stream_id: str, values: Sequence[tuple[float, float | None]]
+) -> list[ItemResult]:
+    items = [ObservationIn(value=[v], ts=ts) for v, ts in values]
+    _, applied = await registry.enqueue(items, default_stream=stream_id, prefix="observations")
+    return await applied
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["created", "restored"])
+async def test_a_series_time_not_after_the_last_is_refused_before_anything_applies(
+    registry: Registry, state: AppState, known: bool
+) -> None:
+    """A timed series (track, ar on the scale-free path) refuses a ``ts`` that is not after the last one its
+    earlier requests left: 422 naming ``observations[i].ts`` and the rule, nothing applied (before, the
+    engine answered ``applied: false``). Also for a stream whose time is read from the engine (restored)."""
+    await registry.put_stream("t", TRACK)
+    await _values(registry, "t", [(1.0, 1.0), (2.0, 2.0), (3.0, None)])  # no ts: one after the last (3)
+    if not known:
+        record = registry._catalog.record("t")
+        assert record is not None
+        record.series_time = None  # as a stream restored from the store starts
+    before = await state.scheduler.call(lambda engine: engine.export("t"))
+    for values, where in (([(9.0, 3.0)], 0), ([(4.0, 4.0), (5.0, 3.5)], 1), ([(4.0, 4.0), (5.0, 2.0)], 1)):
+        with pytest.raises(InvalidInput, match="ts must") as refused:
+            await _values(registry, "t", values)
+        assert refused.value.field == f"observations[{where}].ts"
+        assert refused.value.status == 422
+    after = await state.scheduler.call(lambda engine: engine.export("t"))
+    for key, value in before.items():
+        assert torch.equal(value.nan_to_num(), after[key].nan_to_num()), key
+    (result,) = await _values(registry, "t", [(4.0, 4.0)])
+    assert result.applied
+    assert result.prediction == pytest.approx([4.0])  # constant velocity across the refused requests
+
+
+async def test_untimed_series_keep_no_time(registry: Registry, state: AppState) -> None:
+    """First-order series ignore ``ts`` (beyond increasing within a request): nothing to refuse."""
+    await registry.put_stream(
+        "a", AR.model_copy(update={"optimizer": AR.optimizer.model_copy(update={"precondition": "none"})})
+    )
+    record = registry._catalog.record("a")
+    assert record is not None
+    assert record.series_time is None
+    await _values(registry, "a", [(1.0, 5.0)])
+    await _values(registry, "a", [(1.0, 1.0)])
