@@ -183,3 +183,21 @@ def test_standardize_false_learns_in_raw_units() -> None:
     assert np.abs(default[0, 4:] - values[0, 3:-1]).max() < 10
     engine, _ = _engine({**level, "standardize": False, "mix_naive": False}, 1, "float32")
     assert not any(k.startswith(("norm/", "mix/")) for k in engine.export("s0"))
+
+
+def test_standardize_and_mix_choices_get_their_own_pools() -> None:
+    """A pool's rows hold the statistics and the mix or not, and its round reads the choice once: streams
+    that differ in ``standardize`` or ``mix_naive`` never share a pool (before, a scale-free stream created
+    second took the first one's choices)."""
+    engine = Engine()
+    variants = [{}, {"standardize": False}, {"mix_naive": False}]
+    for family in ({"family": "ar", "dim": 1}, {"family": "ar", "dim": 1, "hidden": [4]}):
+        for k, variant in enumerate(variants):
+            engine.add(f"{family.get('hidden')}{k}", StreamSpec.model_validate({"model": family, **variant}))
+    assert len(engine.pools) == 6
+    values = 100 + np.cumsum(np.random.default_rng(3).normal(size=40))
+    for v in values:
+        engine.observe(list(engine), [np.array([v])] * len(engine), [None] * len(engine))
+    tracking_raw = engine.export("None1")
+    assert bool((tracking_raw["track/scale_m2"] == 0).all()), "no scales measured: raw units"
+    assert float(engine.export("None0")["track/scale_m2"][0]) > 0
