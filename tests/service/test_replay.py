@@ -253,7 +253,10 @@ def test_input_errors_exit_2_with_a_message(
 
 def test_a_diverged_run_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_ticks(tmp_path / "es.csv.gz", 200)
-    first_order = '{"model": {"family": "ar", "dim": 1}, "optimizer": {"precondition": "none", "lr": 100}}'
+    first_order = (
+        '{"model": {"family": "ar", "dim": 1}, "optimizer": {"precondition": "none", "lr": 100},'
+        ' "standardize": false, "mix_naive": false}'
+    )  # raw units: standardised (the default), the same learning rate stays bounded (below)
     status, out, err = run([str(tmp_path / "es.csv.gz"), "--spec", first_order], capsys)
     assert status == 1
     assert "ratio" in out  # the summary first
@@ -262,6 +265,10 @@ def test_a_diverged_run_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixtur
     summary = replay(ReplayOptions(tmp_path / "es.csv.gz", url=None, progress=False, spec=spec))
     assert summary.nonfinite > 0
     assert summary.failure() is not None
+    del spec["standardize"], spec["mix_naive"]
+    bounded = replay(ReplayOptions(tmp_path / "es.csv.gz", url=None, progress=False, spec=spec))
+    assert bounded.nonfinite == 0
+    assert bounded.failure() is None
 
 
 def _same_figures(a: Summary, b: Summary) -> None:
