@@ -209,7 +209,7 @@ class StreamPool:
 
     @property
     def packed(self) -> PackedState:
-        """The stacked buffers and their layout: a checkpoint of many streams is their rows (read-only use)."""
+        """The stacked buffers and their layout: a checkpoint of many streams is their rows (read only)."""
         return self._packed
 
     def export_rows(self, slots: np.ndarray) -> list[Tensor]:

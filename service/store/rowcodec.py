@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -25,7 +26,7 @@ from trackin.models.layout import KINDS, PackedState
 
 __all__ = ["RowCodec", "rows_from_tensors"]
 
-_DTYPES = {
+_DTYPES: dict[torch.dtype, tuple[str, np.dtype[Any]]] = {
     torch.float32: ("F32", np.dtype("<f4")),
     torch.float64: ("F64", np.dtype("<f8")),
     torch.int64: ("I64", np.dtype("<i8")),
@@ -60,7 +61,7 @@ class RowCodec:
 
     @staticmethod
     def supports(packed: PackedState) -> bool:
-        """Whether the layout's dtypes have a numpy form (bfloat16 has none: such pools take the generic path)."""
+        """Whether numpy has the layout's dtypes (not bfloat16: such pools take the generic path)."""
         return all(dtype in _DTYPES for dtype in packed.dtypes)
 
     def encode(self, rows: Sequence[Tensor]) -> list[bytes]:
