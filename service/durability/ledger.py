@@ -116,6 +116,9 @@ class Ledger:
 
     async def wait(self, timeout: float) -> None:
         """Until the next nudge or ``timeout`` seconds, whichever comes first."""
+        # asyncio.timeout, not wait_for: on 3.11 a wait_for whose event is set just as the task is cancelled
+        # returns and drops the cancellation, and the checkpoint loop then never stops.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
         self._wake.clear()
