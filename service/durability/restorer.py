@@ -9,6 +9,7 @@ fit its spec, is reported for its stream (`StreamCorrupt`, 500), never replaced 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -146,48 +147,85 @@ class Restorer:
     async def restore_all(self) -> None:
         """Eager restore: every stored stream, a page at a time, up to the residency limit if any.
 
-        Streams a request is restoring meanwhile are left to it; corrupt ones are logged.
+        Without a limit, the next page is read from the store while the current one is installed, so the
+        store's work overlaps decoding and the engine. Streams a request is restoring meanwhile are left
+        to it; corrupt ones are logged.
         """
         limit, cursor = self._limit, None
         with self._health.store_errors("store unavailable, cannot restore streams"):
+            if limit is not None:
+                while True:
+                    ids, cursor = await self._store.list_streams("", PAGE, cursor)
+                    await self._restore_page(ids[: max(0, limit - len(self._engine))], report=True)
+                    if cursor is None or len(self._engine) >= limit:
+                        return
+            ids, cursor = await self._store.list_streams("", PAGE, None)
+            page = await self._read_page(ids)
             while True:
-                ids, cursor = await self._store.list_streams("", PAGE, cursor)
-                if limit is not None:
-                    ids = ids[: max(0, limit - len(self._engine))]
-                await self._restore_page(ids, report=True)
-                if cursor is None or (limit is not None and len(self._engine) >= limit):
+                following: asyncio.Task[_Page] | None = None
+                if cursor is not None:
+                    ids, cursor = await self._store.list_streams("", PAGE, cursor)
+                    following = asyncio.create_task(self._read_page(ids))
+                try:
+                    await self._install_page(page, report=True)
+                except BaseException:
+                    if following is not None:
+                        following.cancel()
+                        with contextlib.suppress(BaseException):
+                            self._release((await following).locks)
+                    raise
+                if following is None:
                     return
+                page = await following
 
     async def _restore_page(self, ids: Sequence[str], *, report: bool) -> None:
         """Restore the stored ones of ``ids`` that nobody else is restoring; ``report``: log corrupt ones."""
+        await self._install_page(await self._read_page(ids), report=report)
+
+    async def _read_page(self, ids: Sequence[str]) -> _Page:
+        """Lock the streams of ``ids`` nobody else is restoring, and read their checkpoints and log tails
+        (the locks are released by `_install_page`, or here if the read fails)."""
         locks: list[tuple[str, asyncio.Lock]] = []
         for stream_id in ids:
             lock = self._restoring.setdefault(stream_id, asyncio.Lock())
             if not lock.locked() and stream_id not in self._records:
                 await lock.acquire()  # free: returns at once
                 locks.append((stream_id, lock))
+        started = time.perf_counter()
         try:
             if not locks:
-                return
-            started = time.perf_counter()
+                return _Page(locks, started, {}, {})
             checkpoints = await self._store.read_checkpoints([s for s, _ in locks])
             tails = (
                 await self._store.read_logs({s: c.log_position for s, c in checkpoints.items()})
                 if self._replay_log
                 else {}
             )
-            loaded = await self._install([(c, tails.get(s, [])) for s, c in checkpoints.items()])
+        except BaseException:
+            self._release(locks)
+            raise
+        return _Page(locks, started, checkpoints, tails)
+
+    async def _install_page(self, page: _Page, *, report: bool) -> None:
+        try:
+            if not page.checkpoints:
+                return
+            stored = [(c, page.tails.get(s, [])) for s, c in page.checkpoints.items()]
+            loaded = await self._install(stored)
             if loaded:
-                each = (time.perf_counter() - started) / len(loaded)
+                each = (time.perf_counter() - page.started) / len(loaded)
                 for outcome in loaded.values():
                     if not isinstance(outcome, StreamCorrupt):
                         self._metrics.restored(each)
                     elif report:
                         log.error("%s", outcome.message)
         finally:
-            for stream_id, lock in locks:
-                lock.release()
-                self._restoring.pop(stream_id, None)
+            self._release(page.locks)
+
+    def _release(self, locks: list[tuple[str, asyncio.Lock]]) -> None:
+        for stream_id, lock in locks:
+            lock.release()
+            self._restoring.pop(stream_id, None)
 
     async def _install(
         self, stored: list[tuple[Checkpoint, _Tail]]
@@ -261,6 +299,16 @@ class Restorer:
                 self._specs.clear()
             self._specs[key] = spec
         return spec
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """Streams locked for a restore, and what the store holds for them."""
+
+    locks: list[tuple[str, asyncio.Lock]]
+    started: float
+    checkpoints: dict[str, Checkpoint]
+    tails: dict[str, _Tail]
 
 
 @dataclass(frozen=True, slots=True)
