@@ -5,6 +5,7 @@ format), so a checkpoint pass or a restore of thousands of streams costs a few m
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,14 +24,13 @@ class RowBlobs:
     """Encodes and decodes the rows of pools' streams; one `RowCodec` per pool layout, made on first use."""
 
     def __init__(self) -> None:
-        self._codecs: dict[int, tuple[PackedState, RowCodec | None]] = {}
+        # weak keys: a pool the engine drops takes its codec with it (the codec holds no buffers)
+        self._codecs: weakref.WeakKeyDictionary[PackedState, RowCodec | None] = weakref.WeakKeyDictionary()
 
     def codec(self, packed: PackedState) -> RowCodec | None:
-        found = self._codecs.get(id(packed))
-        if found is None or found[0] is not packed:
-            codec = RowCodec(packed) if RowCodec.supports(packed) else None
-            found = self._codecs[id(packed)] = (packed, codec)
-        return found[1]
+        if packed not in self._codecs:
+            self._codecs[packed] = RowCodec(packed) if RowCodec.supports(packed) else None
+        return self._codecs[packed]
 
     def encode(self, packed: PackedState, rows: Sequence[Tensor]) -> list[bytes]:
         """One checkpoint blob per row of ``rows`` (a pool's ``[float, int, bool]`` blocks on the CPU)."""

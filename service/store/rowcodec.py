@@ -39,7 +39,6 @@ class RowCodec:
 
     def __init__(self, packed: PackedState) -> None:
         self.widths = packed.widths
-        self._torch = packed.dtypes
         self._numpy = [_DTYPES[dtype][1] for dtype in packed.dtypes]
         # used columns of each buffer (the rest is alignment padding), and where each buffer's data starts
         self._used = [max((c.stop for c in packed.columns.values() if c.kind == k), default=0) for k in KINDS]
