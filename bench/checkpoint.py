@@ -13,8 +13,11 @@ Side by side in one run, each on a real ``trackin serve`` subprocess over loopba
   ``checkpoint`` and ``log`` durability, with the default checkpoint settings (every 1,000 steps or 5 s).
   Redis is a local ``redis-server`` with AOF and ``appendfsync always`` (an acknowledged log append
   survives a Redis crash too); SQLite is WAL with ``synchronous=NORMAL`` (survives a trackin crash).
-  Ratios are to no store. Target: ``log`` on Redis >= 0.7x. The configurations run in ``--repeat``
-  rounds and each keeps its best run, so a slow moment of a shared machine does not decide a ratio.
+  Ratios are to no store. Target: ``log`` on SQLite and on Redis >= 0.8x. The configurations run in
+  ``--repeat`` rounds and each keeps its best run, so a slow moment of a shared machine does not decide a
+  ratio. Beside the throughput, the server-side CPU per observation (the trackin process and its
+  redis-server, from /proc over the measured window) and its ratio (no store's CPU / this one's): on a
+  machine other work shares, the CPU an observation costs moves far less than the wall-clock rate.
 - Restore of ``--restore-streams`` stored streams (``log`` durability, clean shutdown: empty log tails):
   eagerly at startup (``TRACKIN_RESTORE_EAGERLY=true``; time to ``/readyz`` minus a lazy server's start),
   and lazily on first use (requests of 1,000 distinct streams until all were touched, minus the same pass
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -61,11 +65,27 @@ class ThroughputRow:
     observations: int
     seconds: float
     checkpoints: int
+    cpu_seconds: float = float("nan")
+    """CPU time of the server process and of its redis-server over the measured window."""
     ratio: float = float("nan")
+    cpu_ratio: float = float("nan")
 
     @property
     def rate(self) -> float:
         return self.observations / self.seconds
+
+    @property
+    def cpu_us(self) -> float:
+        """Server-side CPU per observation (trackin + Redis), in microseconds."""
+        return self.cpu_seconds / self.observations * 1e6
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process (all its threads) so far; 0 without one."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -180,9 +200,15 @@ def _bodies(streams: int, batch: int, seed: int = 0) -> list[bytes]:
 
 
 async def _drive(
-    url: str, bodies: list[bytes], clients: int, seconds: float, per_body: int
-) -> tuple[int, float]:
-    """Post from ``clients`` concurrent clients for ``seconds``: observations answered, seconds taken."""
+    url: str,
+    bodies: list[bytes],
+    clients: int,
+    seconds: float,
+    per_body: int,
+    pids: tuple[int | None, ...] = (),
+) -> tuple[int, float, float]:
+    """Post from ``clients`` concurrent clients for ``seconds``: observations answered, seconds taken, and
+    the CPU seconds ``pids`` spent meanwhile."""
     done = 0
     stop_at = 0.0
 
@@ -205,10 +231,12 @@ async def _drive(
         stop_at = time.perf_counter() + min(1.0, seconds / 4)  # warm-up (pools grown, kernels compiled)
         await asyncio.gather(*(client(i, http) for i in range(clients)))
         done = 0
+        cpu = sum(cpu_seconds(pid) for pid in pids)
         started = time.perf_counter()
         stop_at = started + seconds
         await asyncio.gather(*(client(i, http) for i in range(clients)))
-        return done, time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        return done, elapsed, sum(cpu_seconds(pid) for pid in pids) - cpu
 
 
 def throughput(base: Path, backend: str, durability: str, args: argparse.Namespace) -> ThroughputRow:
@@ -218,11 +246,12 @@ def throughput(base: Path, backend: str, durability: str, args: argparse.Namespa
         asyncio.run(_create(server.url, [f"s{i:05d}" for i in range(args.streams)]))
         bodies = _bodies(args.streams, args.batch)
         before = scrape(server.url).get("trackin_checkpoint_writes_total:accepted", 0.0)
-        observations, seconds = asyncio.run(
-            _drive(server.url, bodies, args.clients, args.seconds, args.batch)
+        pids = (server.pid, d.redis.pid if d.redis is not None else None)
+        observations, seconds, cpu = asyncio.run(
+            _drive(server.url, bodies, args.clients, args.seconds, args.batch, pids)
         )
         after = scrape(server.url).get("trackin_checkpoint_writes_total:accepted", 0.0)
-    return ThroughputRow(name, observations, seconds, int(after - before))
+    return ThroughputRow(name, observations, seconds, int(after - before), cpu)
 
 
 # ----- restore ----------------------------------------------------------------------------------------------
@@ -314,10 +343,18 @@ def _report(
         title=f"Batched REST ingestion: {args.streams:,} linear streams, {args.clients} clients x "
         f"{args.batch:,} observations per request, {args.seconds:g} s each"
     )
-    for column in ("configuration", "observations/s", "vs no store", "checkpoints written"):
+    columns = ("configuration", "observations/s", "vs no store", "server CPU/obs", "vs no store (CPU)")
+    for column in (*columns, "checkpoints written"):
         table.add_column(column, justify="left" if column == "configuration" else "right")
     for row in rates:
-        table.add_row(row.name, f"{row.rate:,.0f}", f"{row.ratio:.2f}x", f"{row.checkpoints:,}")
+        table.add_row(
+            row.name,
+            f"{row.rate:,.0f}",
+            f"{row.ratio:.2f}x",
+            f"{row.cpu_us:.1f} us",
+            f"{row.cpu_ratio:.2f}x",
+            f"{row.checkpoints:,}",
+        )
     console.print(table)
     if restores:
         table = Table(title=f"Restore of {args.restore_streams:,} stored streams (log durability)")
@@ -355,14 +392,18 @@ def main(argv: list[str] | None = None) -> int:
             configs += [("redis", "checkpoint"), ("redis", "log")]
             best: dict[str, ThroughputRow] = {}
             for r in range(args.repeat):  # rounds over all configurations: slow phases of a shared
-                for i, (backend, durability) in enumerate(configs):  # machine hit every one alike
+                # machine hit every one alike; each round starts one configuration later, so no
+                # configuration always runs first (after the previous round's teardown)
+                shift = r % len(configs)
+                for i, (backend, durability) in enumerate(configs[shift:] + configs[:shift]):
                     row = throughput(base / f"t{r}-{i}", backend, durability, args)
-                    console.log(f"{row.name}: {row.rate:,.0f} observations/s")
+                    console.log(f"{row.name}: {row.rate:,.0f} observations/s, {row.cpu_us:.1f} us CPU each")
                     if row.name not in best or row.rate > best[row.name].rate:
                         best[row.name] = row
-            rates = list(best.values())
+            rates = [best[n] for n in ("no store", *(f"{b}, {d}" for b, d in configs[1:]))]
             for row in rates:
                 row.ratio = row.rate / rates[0].rate
+                row.cpu_ratio = rates[0].cpu_us / row.cpu_us
         if args.only in (None, "restore"):
             for backend in ("sqlite", "redis"):
                 restores += restore(base / f"r-{backend}", backend, args, console)

@@ -140,6 +140,16 @@ class Engine:
         if stream_id in self._streams:
             raise ValueError(f"stream {stream_id!r} already exists")
         self.check_budget(spec)
+        index = self._entry_index(spec)
+        entry = self._entries[index]
+        assert entry is not None
+        slot = entry.pool.add(entry.spec)
+        entry.streams += 1
+        self._streams[stream_id] = index << _SLOT_BITS | slot
+        return StreamLocation(entry.pool, slot, entry.spec)
+
+    def _entry_index(self, spec: StreamSpec) -> int:
+        """The entry of ``spec`` (made, with its pool, on first use)."""
         index = self._entry_of.get(spec)
         if index is None:
             key = spec.pool_key()
@@ -151,12 +161,7 @@ class Engine:
                 self._entries.append(None)
             self._entries[index] = _Entry(spec, pool)
             self._entry_of[spec] = index
-        entry = self._entries[index]
-        assert entry is not None
-        slot = entry.pool.add(entry.spec)
-        entry.streams += 1
-        self._streams[stream_id] = index << _SLOT_BITS | slot
-        return StreamLocation(entry.pool, slot, entry.spec)
+        return index
 
     def remove(self, stream_id: str) -> None:
         code = self._code(stream_id)
@@ -197,6 +202,58 @@ class Engine:
     def load(self, stream_id: str, state: Mapping[str, Tensor]) -> None:
         location = self.locate(stream_id)
         location.pool.load(location.slot, state)
+
+    # ----- many streams at once (batched checkpoints and restores) ----------------------------------------
+
+    def pool_of(self, spec: StreamSpec) -> StreamPool:
+        """The pool streams of ``spec`` live in (made if there is none yet): its `StreamPool.packed` is the
+        layout `export_rows` gives and `load_many` takes."""
+        pool = self._pools.get(spec.pool_key())
+        if pool is None:
+            self.check_budget(spec)
+            pool = self._pools[spec.pool_key()] = StreamPool(spec, self.device)
+        return pool
+
+    def export_rows(self, stream_ids: Sequence[str]) -> list[tuple[StreamPool, list[str], list[Tensor]]]:
+        """Many streams' state as their pools' rows, grouped by pool: ``(pool, ids, [float, int, bool]
+        rows [n, width])`` on the CPU; one gather per pool and buffer (a checkpoint pass)."""
+        groups: dict[int, tuple[StreamPool, list[str], list[int]]] = {}
+        for stream_id in stream_ids:
+            code = self._code(stream_id)
+            pool = self._entry(code).pool
+            group = groups.setdefault(id(pool), (pool, [], []))
+            group[1].append(stream_id)
+            group[2].append(code & _SLOT_MASK)
+        return [(pool, ids, pool.export_rows(np.asarray(slots))) for pool, ids, slots in groups.values()]
+
+    def load_many(self, stream_ids: Sequence[str], spec: StreamSpec, rows: Sequence[Tensor]) -> None:
+        """Add new streams of one spec with their state given as rows laid out like their pool's buffers
+        (`pool_of`): a restore of many streams in one copy per buffer."""
+        if len(set(stream_ids)) != len(stream_ids) or any(s in self._streams for s in stream_ids):
+            raise ValueError("load_many takes distinct streams that do not exist yet")
+        if len(stream_ids) != int(rows[0].shape[0]):
+            raise ValueError(f"{len(stream_ids)} streams, {int(rows[0].shape[0])} rows")
+        self._check_budget_many(spec, len(stream_ids))
+        index = self._entry_index(spec)
+        entry = self._entries[index]
+        assert entry is not None
+        slots = entry.pool.add_rows(entry.spec, rows)
+        entry.streams += len(stream_ids)
+        base = index << _SLOT_BITS
+        self._streams.update(zip(stream_ids, (base | slot for slot in slots.tolist()), strict=True))
+
+    def _check_budget_many(self, spec: StreamSpec, n: int) -> None:
+        """`check_budget` for ``n`` new streams of ``spec`` at once (their pool grows by doubling)."""
+        pool = self._pools.get(spec.pool_key())
+        if self.memory_budget is None or n == 0 or pool is None:
+            self.check_budget(spec)
+            return
+        capacity = pool.capacity
+        while capacity - pool.size < n:
+            capacity *= 2
+        needed, used = (capacity - pool.capacity) * slot_bytes(spec), self.state_bytes()
+        if needed and used + needed > self.memory_budget:
+            raise MemoryBudgetError(needed, used, self.memory_budget)
 
     def state_bytes(self) -> int:
         return sum(pool.state_bytes() for pool in self._pools.values())

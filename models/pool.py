@@ -12,7 +12,7 @@ one stream's state, and splitting a batch into rounds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +23,7 @@ from trackin.models import losses, naive_mix, standardize
 from trackin.models.families import FlatModel
 from trackin.models.figures import figure_rows, fleet_rows
 from trackin.models.hyper import OPTIMIZERS
-from trackin.models.layout import Entries, PackedState, row_nbytes
+from trackin.models.layout import FLOAT, INT, KINDS, Entries, PackedState, row_nbytes
 from trackin.models.round import Round
 from trackin.models.rows import Settings, Templates, state_entries
 from trackin.models.specs import ARModel, StreamSpec, TrackModel
@@ -205,6 +205,41 @@ class StreamPool:
         self._packed.write_row(slot, rows)
         if resident:
             self._settings.count(self._settings.read(views), +1)
+
+    # ----- many streams at once (batched checkpoints and restores) ----------------------------------------
+
+    @property
+    def packed(self) -> PackedState:
+        """The stacked buffers and their layout: a checkpoint of many streams is their rows (read only)."""
+        return self._packed
+
+    def export_rows(self, slots: np.ndarray) -> list[Tensor]:
+        """Streams ``slots``' rows of each buffer, ``[n, width]`` copies on the CPU: one gather per buffer."""
+        s = torch.as_tensor(np.asarray(slots), dtype=torch.int64).to(self.device)
+        return [self._packed.gather(s, kind).cpu() for kind in KINDS]
+
+    def add_rows(self, spec: StreamSpec, rows: Sequence[Tensor]) -> np.ndarray:
+        """Place many new streams of ``spec`` whose state is given as rows laid out like `packed` (a batched
+        restore: one copy per buffer instead of one per stream and key); their slots."""
+        self._templates(spec)  # the spec belongs to this pool
+        n = int(rows[0].shape[0])
+        for kind, block in zip(KINDS, rows, strict=True):
+            if tuple(block.shape) != (n, self._packed.widths[kind]):
+                raise ValueError(f"rows of buffer {kind}: shape {tuple(block.shape)}")
+        while len(self._free) < n:
+            old = self.capacity
+            self._packed.grow(old * 2)
+            self._free.extend(range(self.capacity - 1, old - 1, -1))
+        slots = np.array([self._free.pop() for _ in range(n)], dtype=np.int64)
+        s = torch.from_numpy(slots).to(self.device)
+        placed = [
+            block.to(device=self.device, dtype=self._packed.dtypes[kind])
+            for kind, block in zip(KINDS, rows, strict=True)
+        ]
+        for kind, block in zip(KINDS, placed, strict=True):
+            self._packed.buffers[kind].index_copy_(0, s, block)
+        self._settings.count_rows(placed)
+        return slots
 
     # ----- figures ----------------------------------------------------------------------------------------
 

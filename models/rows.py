@@ -106,6 +106,17 @@ class Settings:
             if counter[value] <= 0:
                 del counter[value]
             self._shared[key] = next(iter(counter)) if len(counter) == 1 else None
+        self._refresh()
+
+    def count_rows(self, blocks: Sequence[Tensor]) -> None:
+        """`count` (+1) for every row of ``blocks`` at once: one host copy per setting, not per stream."""
+        for key, counter in self._counts.items():
+            c = self._columns[key]
+            counter.update(blocks[c.kind][:, c.start].tolist())
+            self._shared[key] = next(iter(counter)) if len(counter) == 1 else None
+        self._refresh()
+
+    def _refresh(self) -> None:
         self._core = None
         if all(self._shared[key] is not None for _, key in self._hyper_keys):
             self._core = {h.name: h.to_core(self._shared[key]) for h, key in self._hyper_keys}

@@ -6,26 +6,31 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
-import torch
+from torch import Tensor
 
 from trackin.models.engine import Engine
+from trackin.models.layout import PackedState
+from trackin.models.specs import StreamSpec
 from trackin.service.domain.catalog import StreamRecord
 from trackin.service.domain.scheduler import Scheduler
 from trackin.service.durability.connection import Connection
 from trackin.service.durability.health import StoreHealth
 from trackin.service.durability.ledger import Ledger
 from trackin.service.durability.records import Records, record_meta
+from trackin.service.durability.rowstate import RowBlobs
 from trackin.service.errors import Unavailable
 from trackin.service.metrics import Metrics
-from trackin.service.store import Checkpoint, Store, encode_state
+from trackin.service.store import FORMAT_VERSION, Checkpoint, Store
+from trackin.service.store.codec import FORMAT_KEY
 
 __all__ = ["Checkpointer"]
 
 log = logging.getLogger("trackin.durability")
 
-_Export = tuple[str, dict[str, torch.Tensor], int, str, StreamRecord]
-"""A stream's exported state: id, tensors, observations applied, log position, record."""
+_Group = tuple[PackedState, list[str], list[Tensor]]
+"""One pool's share of a pass: its layout, the streams, their rows of each buffer."""
 
 
 class Checkpointer:
@@ -57,6 +62,8 @@ class Checkpointer:
         # One write at a time: two overlapping writes of one stream at one count would make the store
         # refuse the second as stale (a false rejected_stale count, which pages someone).
         self._lock = asyncio.Lock()
+        self._blobs = RowBlobs()
+        self._specs: dict[StreamSpec, dict[str, Any]] = {}  # each spec dumped once
 
     async def checkpoint(self, stream_ids: Sequence[str]) -> list[str]:
         """Write those of the streams that changed since their last checkpoint; the ids the store
@@ -71,16 +78,16 @@ class Checkpointer:
             return []
         epoch = await self._connection.require()
 
-        def export(engine: Engine) -> list[tuple[str, dict[str, torch.Tensor], int, str]]:
-            return [(s, engine.export(s), ledger.count(s), ledger.position(s)) for s in wanted if s in engine]
+        def export(engine: Engine) -> tuple[list[_Group], dict[str, int], dict[str, str]]:
+            # On the engine thread, in queue order: the rows and the counts and positions belong together.
+            present = [s for s in wanted if s in engine]
+            groups = [(pool.packed, ids, rows) for pool, ids, rows in engine.export_rows(present)]
+            return groups, {s: ledger.count(s) for s in present}, {s: ledger.position(s) for s in present}
 
-        exported = [
-            (*row, record)
-            for row in await self._scheduler.call(export)
-            if (record := self._records.record(row[0])) is not None
-        ]
+        groups, counts, positions = await self._scheduler.call(export)
+        records = {s: r for s in counts if (r := self._records.record(s)) is not None}
         started = time.perf_counter()
-        checkpoints = await asyncio.to_thread(_encode, epoch, exported)
+        checkpoints = await asyncio.to_thread(self._encode, epoch, groups, records, counts, positions)
         try:
             with self._health.store_errors():
                 outcome = await self._store.write_checkpoints(checkpoints)
@@ -112,11 +119,27 @@ class Checkpointer:
                 await self._store.trim_logs(trims)
         return outcome.accepted
 
-
-def _encode(epoch: int, exported: list[_Export]) -> list[Checkpoint]:
-    """Checkpoints of the exported streams (on a worker thread: safetensors bytes of every stream)."""
-    out = []
-    for stream_id, tensors, count, position, record in exported:
-        blob, meta = encode_state(tensors, record_meta(record, count))
-        out.append(Checkpoint(stream_id, epoch, count, position, meta, blob))
-    return out
+    def _encode(
+        self,
+        epoch: int,
+        groups: list[_Group],
+        records: dict[str, StreamRecord],
+        counts: dict[str, int],
+        positions: dict[str, str],
+    ) -> list[Checkpoint]:
+        """Checkpoints of the exported streams that still have a record (on a worker thread: the blobs)."""
+        if len(self._specs) > 256:
+            self._specs.clear()
+        out = []
+        for packed, ids, rows in groups:
+            for stream_id, blob in zip(ids, self._blobs.encode(packed, rows), strict=True):
+                record = records.get(stream_id)
+                if record is None:
+                    continue  # removed meanwhile
+                spec = self._specs.get(record.spec)
+                if spec is None:
+                    spec = self._specs[record.spec] = record.spec.model_dump(mode="json")
+                meta = record_meta(record, counts[stream_id], spec)
+                meta[FORMAT_KEY] = FORMAT_VERSION
+                out.append(Checkpoint(stream_id, epoch, counts[stream_id], positions[stream_id], meta, blob))
+        return out

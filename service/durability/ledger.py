@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import OrderedDict
+import itertools
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 
 from trackin.models.engine import ItemResult
@@ -40,11 +41,11 @@ class Ledger:
         """Count each applied observation and refresh recency (the scheduler's ``after_apply`` hook)."""
         del results, seconds
         counts, recent = self._counts, self._recent
-        for batch in batches:
-            for stream_id in batch.stream_ids:
-                counts[stream_id] = counts.get(stream_id, 0) + 1
-                recent[stream_id] = None
-                recent.move_to_end(stream_id)
+        # once per stream, not per observation (a Counter counts in C); recency in order of first arrival
+        for stream_id, n in Counter(itertools.chain.from_iterable(b.stream_ids for b in batches)).items():
+            counts[stream_id] = counts.get(stream_id, 0) + n
+            recent[stream_id] = None
+            recent.move_to_end(stream_id)
         self._wake.set()
 
     def started(self, stream_id: str) -> None:
@@ -116,6 +117,9 @@ class Ledger:
 
     async def wait(self, timeout: float) -> None:
         """Until the next nudge or ``timeout`` seconds, whichever comes first."""
+        # asyncio.timeout, not wait_for: on 3.11 a wait_for whose event is set just as the task is cancelled
+        # returns and drops the cancellation, and the checkpoint loop then never stops.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
         self._wake.clear()

@@ -1,11 +1,16 @@
 """The durability log's payloads: a batch's observations of one stream, replayable after a crash.
 
-Payloads are MessagePack of ``{"e": epoch, "b": base, "x": X, "y": Y}``: ``X`` and ``Y`` are the
-stream's rows of inputs and targets in apply order as little-endian float64 bytes, C order, ``[n, width]``
-with ``n = len(X) // (8 * width)`` and the widths in ``"w"`` and ``"t"`` (``y`` absent for ``ar`` streams,
-whose rows are the arriving values). Raw bytes keep every value exact and cost one copy per stream
-instead of a float object per value. Replay applies them through the same engine call as live traffic, so
-a restored stream ends in exactly the state an uninterrupted run would have.
+A payload is a fixed little-endian header, ``0xC1`` (a byte MessagePack never starts with, which tells
+this format from the earlier MessagePack ones), the format number 2, the owner epoch (i64), the number
+of observations ``n`` (u32), the input width ``w``, the target width ``t`` (0 for ``ar``/``track``
+streams, whose rows are the arriving values), a flags byte (1: a times column), the length of the base
+position (u16) and the base itself; then one float64 matrix ``[n, w + t (+ 1)]`` in apply order: inputs,
+targets and, if flagged, the series' times (NaN for none). Raw bytes keep every value exact, and with
+every stream's rows one slice of a matrix sorted once per batch, a payload costs one header and one copy:
+about a microsecond per stream, which an append of a thousand streams' observations pays a thousand
+times. Replay applies them through the same engine call as live traffic, so a restored stream ends in
+exactly the state an uninterrupted run would have. Payloads of the first formats (MessagePack maps)
+still decode.
 
 Appends are not fenced by the store, so a stream's log can hold entries that no owner ever applied: those
 of a stale process (one a newer process took the stream over from) and those of an append that failed
@@ -19,6 +24,7 @@ applied those). Positions are only compared for equality, as the store contract 
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -45,6 +51,12 @@ class LoggedBatch:
     """A series' times (``ts``), when the observations carried any."""
 
 
+_MAGIC = b"\xc1"
+_FORMAT = 2
+_HEAD = struct.Struct("<cBqIHHBH")
+_TIMES = 1
+
+
 def encode_batches(batches: Sequence[IngestBatch], epoch: int, bases: Mapping[str, str]) -> dict[str, bytes]:
     """One payload per stream for the merged batches, observations in apply order.
 
@@ -62,53 +74,81 @@ def encode_batches(batches: Sequence[IngestBatch], epoch: int, bases: Mapping[st
     code = np.fromiter((codes.setdefault(s, len(codes)) for s in ids), dtype=np.int64, count=len(ids))
     order = np.argsort(code, kind="stable")  # each stream's items together, in apply order
     ends = np.cumsum(np.bincount(code, minlength=len(codes))).tolist()
-    # The usual batch has one width per side: sort the stacked rows by stream once, then every stream's
-    # rows are one contiguous slice, and its bytes one copy.
-    xs = _sorted_rows(inputs, order)
-    ys = _sorted_rows(targets, order) if all(y is not None for y in targets) else None
-    rows_of = order.tolist()
+    flags = _TIMES if times is not None else 0
+    table = _table(inputs, targets, times, order)
     out: dict[str, bytes] = {}
     start = 0
+    if table is not None:  # the usual batch: one width per side, every stream's rows one slice
+        matrix, wx, wy = table
+        raw, size = matrix.tobytes(), matrix.shape[1] * 8
+        head = _HEAD.pack
+        for stream, end in zip(codes, ends, strict=True):
+            base = bases.get(stream, "").encode()
+            out[stream] = (
+                head(_MAGIC, _FORMAT, epoch, end - start, wx, wy, flags, len(base))
+                + base
+                + raw[start * size : end * size]
+            )
+            start = end
+        return out
+    rows_of = order.tolist()
     for stream, end in zip(codes, ends, strict=True):
         rows = rows_of[start:end]
-        x = xs[start:end] if xs is not None else _raw(np.stack([inputs[i] for i in rows]))
-        payload: dict[str, object] = {
-            "e": epoch,
-            "b": bases.get(stream, ""),
-            "w": x.shape[1],
-            "x": x.tobytes(),
-        }
+        one = _table([inputs[i] for i in rows], [targets[i] for i in rows], None, np.arange(len(rows)))
+        assert one is not None, "a stream's observations share their widths"
+        matrix, wx, wy = one
         if times is not None:
-            payload["s"] = np.ascontiguousarray(times[rows]).tobytes()
-        if targets[rows[0]] is not None:
-            y = ys[start:end] if ys is not None else _raw(np.stack([targets[i] for i in rows]))  # type: ignore[misc]
-            payload["t"] = y.shape[1]
-            payload["y"] = y.tobytes()
-        out[stream] = msgpack.packb(payload)
+            matrix = np.concatenate([matrix, times[rows][:, None]], axis=1)
+        base = bases.get(stream, "").encode()
+        out[stream] = _HEAD.pack(_MAGIC, _FORMAT, epoch, len(rows), wx, wy, flags, len(base)) + base
+        out[stream] += matrix.tobytes()
         start = end
     return out
 
 
-def _sorted_rows(rows: Sequence[np.ndarray | None], order: np.ndarray) -> np.ndarray | None:
-    """All rows as one little-endian float64 matrix in ``order``, when they share a width, else None."""
-    stacked = _stacked(rows)
-    return None if stacked is None else _raw(stacked[order])
+def _table(
+    inputs: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray | None],
+    times: np.ndarray | None,
+    order: np.ndarray,
+) -> tuple[np.ndarray, int, int] | None:
+    """Inputs, targets (if any) and times (if given) side by side as one little-endian float64 matrix in
+    ``order``, and the two widths; None when the rows do not share their widths (mixed stream kinds)."""
+    xs = _stacked(inputs)
+    if xs is None:
+        return None
+    series = targets[0] is None if targets else True
+    columns = [xs]
+    if not series:
+        ys = _stacked(targets)
+        if ys is None:
+            return None
+        columns.append(ys)
+    elif any(y is not None for y in targets):
+        return None
+    if times is not None:
+        columns.append(times[:, None])
+    matrix = np.concatenate(columns, axis=1) if len(columns) > 1 else xs
+    return np.ascontiguousarray(matrix[order], dtype="<f8"), xs.shape[1], 0 if series else columns[1].shape[1]
 
 
 def _stacked(rows: Sequence[np.ndarray | None]) -> np.ndarray | None:
-    """All rows as one matrix when they share a width (the usual batch), else None."""
-    try:
-        return np.stack(rows)  # type: ignore[arg-type]
-    except (ValueError, TypeError):
+    """All rows as one matrix when they are vectors of one width (the usual batch), else None.
+
+    One concatenation (about 4x cheaper than ``np.stack`` over thousands of small rows) after a check of
+    the widths."""
+    if not rows or any(r is None for r in rows):
         return None
-
-
-def _raw(rows: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(rows, dtype="<f8")
+    sizes = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))  # type: ignore[arg-type]
+    if (sizes != sizes[0]).any() or any(r.ndim != 1 for r in rows[:1]):  # type: ignore[union-attr]
+        return None
+    return np.concatenate(rows).reshape(len(rows), int(sizes[0]))  # type: ignore[arg-type]
 
 
 def decode_payload(position: str, payload: bytes) -> LoggedBatch:
     """One log entry, with inputs and targets as the engine takes them."""
+    if payload[:1] == _MAGIC:
+        return _decode_binary(position, payload)
     data = msgpack.unpackb(payload)
     inputs = _rows(data["x"], data.get("w"))
     if "y" in data:
@@ -128,6 +168,22 @@ def decode_payload(position: str, payload: bytes) -> LoggedBatch:
         targets,
         times,
     )
+
+
+def _decode_binary(position: str, payload: bytes) -> LoggedBatch:
+    _, version, epoch, n, wx, wy, flags, size = _HEAD.unpack_from(payload)
+    if version != _FORMAT:
+        raise ValueError(f"log payload format {version} is not known")
+    at = _HEAD.size + size
+    base = payload[_HEAD.size : at].decode()
+    width = wx + wy + (1 if flags & _TIMES else 0)
+    matrix = np.frombuffer(payload, dtype="<f8", offset=at).reshape(n, width).astype(np.float64)
+    inputs = list(matrix[:, :wx])
+    targets: list[np.ndarray | None] = list(matrix[:, wx : wx + wy]) if wy else [None] * n
+    times: list[float | None] | None = None
+    if flags & _TIMES:
+        times = [None if t != t else float(t) for t in matrix[:, -1].tolist()]
+    return LoggedBatch(position, epoch, base, inputs, targets, times)
 
 
 def _rows(raw: bytes | list[list[float]], width: int | None) -> list[np.ndarray]:

@@ -37,10 +37,11 @@ class Records(Protocol):
     def load_templates(self, templates: Iterable[Template]) -> None: ...
 
 
-def record_meta(record: StreamRecord, count: int) -> dict[str, Any]:
-    """A checkpoint's meta for a stream with ``count`` observations applied (JSON-able)."""
+def record_meta(record: StreamRecord, count: int, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A checkpoint's meta for a stream with ``count`` observations applied (JSON-able); ``spec``: the
+    record's spec dumped already (streams share specs, so a pass dumps each once)."""
     return {
-        "spec": record.spec.model_dump(mode="json"),
+        "spec": record.spec.model_dump(mode="json") if spec is None else spec,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
         "template": record.template,

@@ -9,12 +9,15 @@ fit its spec, is reported for its stream (`StreamCorrupt`, 500), never replaced 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import torch
+import numpy as np
+import orjson
 
 from trackin.models.engine import Engine
 from trackin.models.specs import StreamSpec
@@ -26,10 +29,11 @@ from trackin.service.durability.ledger import Ledger
 from trackin.service.durability.payloads import ReplayPlan, decode_payload, plan_replay
 from trackin.service.durability.records import COUNT_KEY, Records, record_from_meta
 from trackin.service.durability.residency import Residency
+from trackin.service.durability.rowstate import RowBlobs
 from trackin.service.errors import StreamCorrupt
 from trackin.service.metrics import Metrics
-from trackin.service.store import STREAM_ID_PATTERN, Checkpoint, CorruptCheckpoint, Store, decode_state
-from trackin.service.store.codec import upgrade_spec
+from trackin.service.store import STREAM_ID_PATTERN, Checkpoint, CorruptCheckpoint, Store
+from trackin.service.store.codec import FORMAT_KEY, upgrade_spec
 
 __all__ = ["Restorer"]
 
@@ -76,6 +80,8 @@ class Restorer:
         self._replay_log = replay_log
         self._limit = limit
         self._restoring: dict[str, asyncio.Lock] = {}
+        self._blobs = RowBlobs()
+        self._specs: dict[tuple[object, bytes], StreamSpec] = {}
 
     async def restore(self, stream_id: str) -> StreamRecord | None:
         """Load a stream that is not resident; its record, or None if it was never stored.
@@ -141,60 +147,101 @@ class Restorer:
     async def restore_all(self) -> None:
         """Eager restore: every stored stream, a page at a time, up to the residency limit if any.
 
-        Streams a request is restoring meanwhile are left to it; corrupt ones are logged.
+        Without a limit, the next page is read from the store while the current one is installed, so the
+        store's work overlaps decoding and the engine. Streams a request is restoring meanwhile are left
+        to it; corrupt ones are logged.
         """
         limit, cursor = self._limit, None
         with self._health.store_errors("store unavailable, cannot restore streams"):
+            if limit is not None:
+                while True:
+                    ids, cursor = await self._store.list_streams("", PAGE, cursor)
+                    await self._restore_page(ids[: max(0, limit - len(self._engine))], report=True)
+                    if cursor is None or len(self._engine) >= limit:
+                        return
+            ids, cursor = await self._store.list_streams("", PAGE, None)
+            page = await self._read_page(ids)
             while True:
-                ids, cursor = await self._store.list_streams("", PAGE, cursor)
-                if limit is not None:
-                    ids = ids[: max(0, limit - len(self._engine))]
-                await self._restore_page(ids, report=True)
-                if cursor is None or (limit is not None and len(self._engine) >= limit):
+                following: asyncio.Task[_Page] | None = None
+                if cursor is not None:
+                    ids, cursor = await self._store.list_streams("", PAGE, cursor)
+                    following = asyncio.create_task(self._read_page(ids))
+                try:
+                    await self._install_page(page, report=True)
+                except BaseException:
+                    if following is not None:
+                        following.cancel()
+                        with contextlib.suppress(BaseException):
+                            self._release((await following).locks)
+                    raise
+                if following is None:
                     return
+                page = await following
 
     async def _restore_page(self, ids: Sequence[str], *, report: bool) -> None:
         """Restore the stored ones of ``ids`` that nobody else is restoring; ``report``: log corrupt ones."""
+        await self._install_page(await self._read_page(ids), report=report)
+
+    async def _read_page(self, ids: Sequence[str]) -> _Page:
+        """Lock the streams of ``ids`` nobody else is restoring, and read their checkpoints and log tails
+        (the locks are released by `_install_page`, or here if the read fails)."""
         locks: list[tuple[str, asyncio.Lock]] = []
         for stream_id in ids:
             lock = self._restoring.setdefault(stream_id, asyncio.Lock())
             if not lock.locked() and stream_id not in self._records:
                 await lock.acquire()  # free: returns at once
                 locks.append((stream_id, lock))
+        started = time.perf_counter()
         try:
             if not locks:
-                return
-            started = time.perf_counter()
+                return _Page(locks, started, {}, {})
             checkpoints = await self._store.read_checkpoints([s for s, _ in locks])
             tails = (
                 await self._store.read_logs({s: c.log_position for s, c in checkpoints.items()})
                 if self._replay_log
                 else {}
             )
-            loaded = await self._install([(c, tails.get(s, [])) for s, c in checkpoints.items()])
+        except BaseException:
+            self._release(locks)
+            raise
+        return _Page(locks, started, checkpoints, tails)
+
+    async def _install_page(self, page: _Page, *, report: bool) -> None:
+        try:
+            if not page.checkpoints:
+                return
+            stored = [(c, page.tails.get(s, [])) for s, c in page.checkpoints.items()]
+            loaded = await self._install(stored)
             if loaded:
-                each = (time.perf_counter() - started) / len(loaded)
+                each = (time.perf_counter() - page.started) / len(loaded)
                 for outcome in loaded.values():
                     if not isinstance(outcome, StreamCorrupt):
                         self._metrics.restored(each)
                     elif report:
                         log.error("%s", outcome.message)
         finally:
-            for stream_id, lock in locks:
-                lock.release()
-                self._restoring.pop(stream_id, None)
+            self._release(page.locks)
+
+    def _release(self, locks: list[tuple[str, asyncio.Lock]]) -> None:
+        for stream_id, lock in locks:
+            lock.release()
+            self._restoring.pop(stream_id, None)
 
     async def _install(
         self, stored: list[tuple[Checkpoint, _Tail]]
     ) -> dict[str, StreamRecord | StreamCorrupt]:
         """Install stored streams (checkpoint, then the chain of their log tails) in one engine call.
 
-        Decoding runs on a worker thread, so a large batch (eager restore) never stalls the event loop.
-        A stream that cannot be decoded or does not fit its spec is reported, not installed.
+        Specs and log tails are decoded on a worker thread, so a large batch (eager restore) never stalls
+        the event loop; the states are decoded in batch on the engine thread (`RowBlobs`: a few
+        microseconds per stream). A stream that cannot be decoded or does not fit its spec is reported,
+        not installed.
         """
-        decoded = await asyncio.to_thread(lambda: [_decode(c, tail) for c, tail in stored])
+        decoded = await asyncio.to_thread(lambda: [self._decode(c, tail) for c, tail in stored])
         ready = [d for d in decoded if not isinstance(d, StreamCorrupt)]
-        installed = await self._scheduler.call(lambda engine: _install_all(engine, ready)) if ready else {}
+        blobs, installed = self._blobs, {}
+        if ready:
+            installed = await self._scheduler.call(lambda engine: _install_all(engine, blobs, ready))
         results: dict[str, StreamRecord | StreamCorrupt] = {}
         replayed_total = 0
         for d in decoded:
@@ -228,53 +275,92 @@ class Restorer:
             self._metrics.observed("applied", "log", replayed_total)
         return results
 
+    def _decode(self, checkpoint: Checkpoint, tail: _Tail) -> _Decoded | StreamCorrupt:
+        """A stored stream's spec and log chain, or the error naming it (never a fresh model instead)."""
+        stream_id = checkpoint.stream_id
+        try:
+            spec = self._spec(checkpoint.meta)
+            plan = plan_replay(
+                checkpoint.epoch,
+                checkpoint.log_position,
+                [decode_payload(position, payload) for position, payload in tail],
+            )
+        except Exception as exc:
+            return StreamCorrupt(f"checkpoint of {stream_id!r} is unreadable: {exc}", stream=stream_id)
+        return _Decoded(checkpoint, spec, plan)
+
+    def _spec(self, meta: dict[str, Any]) -> StreamSpec:
+        """The spec a checkpoint's meta holds, validated once per distinct spec (streams share a few)."""
+        key = (meta.get(FORMAT_KEY), orjson.dumps(meta["spec"], option=orjson.OPT_SORT_KEYS))
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = StreamSpec.model_validate(upgrade_spec(meta["spec"], meta))
+            if len(self._specs) >= 1024:
+                self._specs.clear()
+            self._specs[key] = spec
+        return spec
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """Streams locked for a restore, and what the store holds for them."""
+
+    locks: list[tuple[str, asyncio.Lock]]
+    started: float
+    checkpoints: dict[str, Checkpoint]
+    tails: dict[str, _Tail]
+
 
 @dataclass(frozen=True, slots=True)
 class _Decoded:
     checkpoint: Checkpoint
     spec: StreamSpec
-    tensors: dict[str, torch.Tensor]
     plan: ReplayPlan
 
 
-def _decode(checkpoint: Checkpoint, tail: _Tail) -> _Decoded | StreamCorrupt:
-    """A stored stream made ready to install, or the error naming it (never a fresh model instead)."""
-    stream_id = checkpoint.stream_id
-    try:
-        spec = StreamSpec.model_validate(upgrade_spec(checkpoint.meta["spec"], checkpoint.meta))
-        tensors = decode_state(stream_id, checkpoint.tensors, checkpoint.meta)
-        plan = plan_replay(
-            checkpoint.epoch,
-            checkpoint.log_position,
-            [decode_payload(position, payload) for position, payload in tail],
-        )
-    except CorruptCheckpoint as exc:
-        return StreamCorrupt(str(exc), stream=stream_id)
-    except Exception as exc:
-        return StreamCorrupt(f"checkpoint of {stream_id!r} is unreadable: {exc}", stream=stream_id)
-    return _Decoded(checkpoint, spec, tensors, plan)
-
-
-def _install_all(engine: Engine, ready: list[_Decoded]) -> dict[str, int | StreamCorrupt]:
-    """On the engine thread: each stream's checkpoint, then its log entries through the live engine call;
-    the observations replayed per stream installed (streams resident already are left as they are)."""
+def _install_all(engine: Engine, blobs: RowBlobs, ready: list[_Decoded]) -> dict[str, int | StreamCorrupt]:
+    """On the engine thread: the checkpoints of each spec's streams in one load, then every stream's log
+    chain through one live engine call (which applies each stream's observations in order); the
+    observations replayed per stream installed (streams resident already are left as they are)."""
     out: dict[str, int | StreamCorrupt] = {}
+    by_spec: dict[StreamSpec, list[_Decoded]] = {}
     for d in ready:
-        stream_id = d.checkpoint.stream_id
-        if stream_id in engine:
-            continue  # installed meanwhile (e.g. created again): leave it as it is
-        engine.add(stream_id, d.spec)
-        try:
-            engine.load(stream_id, d.tensors)
-        except (KeyError, ValueError) as exc:
-            engine.remove(stream_id)
-            out[stream_id] = StreamCorrupt(
-                f"checkpoint of {stream_id!r} does not fit its spec: {exc}", stream=stream_id
+        if d.checkpoint.stream_id not in engine:  # else installed meanwhile: leave it as it is
+            by_spec.setdefault(d.spec, []).append(d)
+    loaded: list[_Decoded] = []
+    for spec, group in by_spec.items():
+        ids, rows, errors = blobs.decode(
+            engine.pool_of(spec).packed,
+            [d.checkpoint.stream_id for d in group],
+            [d.checkpoint.tensors for d in group],
+            [d.checkpoint.meta for d in group],
+        )
+        for stream_id, exc in errors.items():
+            message = (
+                str(exc)
+                if isinstance(exc, CorruptCheckpoint)
+                else f"checkpoint of {stream_id!r} does not fit its spec: {exc}"
             )
-            continue
+            out[stream_id] = StreamCorrupt(message, stream=stream_id)
+        if ids:
+            engine.load_many(ids, spec, rows)
+            fine = set(ids)
+            loaded.extend(d for d in group if d.checkpoint.stream_id in fine)
+    stream_ids: list[str] = []
+    inputs: list[np.ndarray] = []
+    targets: list[np.ndarray | None] = []
+    times: list[float | None] = []
+    for d in loaded:
         applied = 0
         for entry in d.plan.apply:
-            engine.observe([stream_id] * len(entry.inputs), entry.inputs, entry.targets, entry.times)
-            applied += len(entry.inputs)
-        out[stream_id] = applied
+            n = len(entry.inputs)
+            stream_ids.extend([d.checkpoint.stream_id] * n)
+            inputs.extend(entry.inputs)
+            targets.extend(entry.targets)
+            times.extend(entry.times if entry.times is not None else [None] * n)
+            applied += n
+        out[d.checkpoint.stream_id] = applied
+    if stream_ids:
+        timed = any(t is not None for t in times)
+        engine.observe(stream_ids, inputs, targets, times if timed else None)
     return out

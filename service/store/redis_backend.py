@@ -40,7 +40,6 @@ from trackin.service.store.base import (
 from trackin.service.store.errors import StoreError, StoreUnavailable
 from trackin.service.store.keys import DEFAULT_PREFIX, RedisKeys
 from trackin.service.store.redis_replies import (
-    CHECKPOINT_FIELDS,
     checkpoint_from_fields,
     log_entries,
     reply_text,
@@ -161,11 +160,10 @@ class RedisStore(Store):
         ids = list(dict.fromkeys(check_stream_id(s) for s in stream_ids))
         if not ids:
             return {}
+        replies: list[list[bytes | None]] = []
         with self._errors():
-            pipe = self._redis.pipeline(transaction=False)
-            for stream_id in ids:
-                pipe.hmget(self.keys.checkpoint(stream_id), CHECKPOINT_FIELDS)
-            replies = await pipe.execute()
+            for start in range(0, len(ids), _PAGE):  # one script call per page: one reply to parse
+                replies += await self._lua.read_checkpoints(ids[start : start + _PAGE])
         found: dict[str, Checkpoint] = {}
         for stream_id, fields in zip(ids, replies, strict=True):
             checkpoint = checkpoint_from_fields(stream_id, fields)
@@ -231,16 +229,15 @@ class RedisStore(Store):
         out: dict[str, list[tuple[str, bytes]]] = {s: [] for s in after}
         with self._errors():
             while lows:
-                pipe = self._redis.pipeline(transaction=False)
-                for stream_id, low in lows.items():
-                    pipe.xrange(self.keys.log(stream_id), min=low, max="+", count=_PAGE)
-                pages = await pipe.execute()
+                wanted = list(lows.items())
                 more: dict[str, str] = {}
-                for (stream_id, _), page in zip(lows.items(), pages, strict=True):
-                    entries = log_entries(page)
-                    out[stream_id].extend(entries)
-                    if len(entries) == _PAGE:
-                        more[stream_id] = "(" + entries[-1][0]
+                for start in range(0, len(wanted), _PAGE):  # one script call per page of streams
+                    chunk = wanted[start : start + _PAGE]
+                    pages = await self._lua.read_logs(chunk, _PAGE)
+                    for (stream_id, _), entries in zip(chunk, pages, strict=True):
+                        out[stream_id].extend(entries)
+                        if len(entries) == _PAGE:
+                            more[stream_id] = "(" + entries[-1][0]
                 lows = more
         return out
 

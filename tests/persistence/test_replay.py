@@ -97,3 +97,34 @@ def test_first_format_payloads_still_replay() -> None:
     assert (entry.epoch, entry.base) == (None, None)
     assert [a.tolist() for a in entry.inputs] == [[1.0, 2.0]]
     assert [a.tolist() for a in entry.targets if a is not None] == [[0.5]]
+
+
+def test_payloads_carry_series_times_and_mixed_kinds() -> None:
+    value = np.array([1.5, -2.0])
+    x, y = np.array([0.25, 0.5]), np.array([1.0])
+    batch = IngestBatch(
+        stream_ids=["ar", "lin", "ar"],
+        inputs=[value, x, value * 2],
+        targets=[None, y, None],
+        times=[3.0, None, None],
+    )
+    payloads = encode_batches([batch], 4, {"ar": "9"})
+    ar = decode_payload("10", payloads["ar"])
+    assert (ar.epoch, ar.base, ar.times) == (4, "9", [3.0, None])
+    assert [a.tolist() for a in ar.inputs] == [value.tolist(), (value * 2).tolist()]
+    assert ar.targets == [None, None]
+    lin = decode_payload("11", payloads["lin"])
+    assert lin.times == [None]
+    assert [a.tolist() for a in lin.targets if a is not None] == [y.tolist()]
+    assert payloads["lin"][:1] == b"\xc1", "the binary format, not MessagePack"
+
+
+def test_uniform_series_batch_with_times() -> None:
+    values = [np.array([float(i)]) for i in range(4)]
+    batch = IngestBatch(
+        stream_ids=["a", "b", "a", "b"], inputs=values, targets=[None] * 4, times=[1.0, None, 2.5, 7.0]
+    )
+    payloads = encode_batches([batch], 2, {})
+    a, b = decode_payload("1", payloads["a"]), decode_payload("2", payloads["b"])
+    assert (a.times, b.times) == ([1.0, 2.5], [None, 7.0])
+    assert [v.tolist() for v in b.inputs] == [[1.0], [3.0]]
