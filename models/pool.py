@@ -23,7 +23,7 @@ from trackin.models import losses, naive_mix, standardize
 from trackin.models.families import FlatModel
 from trackin.models.figures import figure_rows, fleet_rows
 from trackin.models.hyper import OPTIMIZERS
-from trackin.models.layout import FLOAT, INT, KINDS, Entries, PackedState, row_nbytes
+from trackin.models.layout import KINDS, Entries, PackedState, row_nbytes
 from trackin.models.round import Round
 from trackin.models.rows import Settings, Templates, state_entries
 from trackin.models.specs import ARModel, StreamSpec, TrackModel
