@@ -23,6 +23,7 @@ from trackin.models import keys, losses
 from trackin.models.families import FlatModel
 from trackin.models.figures import figure_rows, fleet_rows
 from trackin.models.hyper import OPTIMIZERS
+from trackin.models.kernels import Kernels, fused_applies
 from trackin.models.layout import FLOAT, INT, PackedState
 from trackin.models.round import Round
 from trackin.models.rows import Settings, Templates, state_entries
@@ -74,7 +75,13 @@ class StreamPool:
     they are replaced when the pool grows).
     """
 
-    def __init__(self, template: StreamSpec, device: torch.device | str = "cpu", capacity: int = 16) -> None:
+    def __init__(
+        self,
+        template: StreamSpec,
+        device: torch.device | str = "cpu",
+        capacity: int = 16,
+        kernels: Kernels = "auto",
+    ) -> None:
         self.template = template
         self.model = template.model
         self.device = torch.device(device)
@@ -101,11 +108,16 @@ class StreamPool:
         self._templates = Templates(template.pool_key(), hyper, self._packed, self._settings)
         self._round: Round
         if isinstance(net, TrackingNet):
-            self._round = TrackingRound(
-                self._packed, net, self._loss, hyper, buffers, self._settings, template
-            )
+            round_class: type[TrackingRound] = TrackingRound
+            if kernels == "auto" and fused_applies(self.device, self.dtype):
+                from trackin.models.fused_tracking import FusedTrackingRound  # numba: imported when used
+
+                round_class = FusedTrackingRound
+            self._round = round_class(self._packed, net, self._loss, hyper, buffers, self._settings, template)
         else:
             self._round = Round(self._packed, net, self._loss, hyper, buffers, self._settings)
+        self.fused: bool = getattr(self._round, "sequential", False)
+        """The round is a fused CPU kernel (models/kernels.py): it takes a whole batch, repeats too."""
         self._sync_free = self.device.type != "cpu"  # see Round.__call__
 
     @property
@@ -242,7 +254,8 @@ class StreamPool:
         inputs = inputs.to(device=dev, dtype=dt)
         targets = targets.to(device=dev, dtype=dt) if targets is not None else None
         times = times.to(device=dev, dtype=dt) if times is not None and self.tracking else None
-        rounds = _occurrence_rounds(slots)
+        # a sequential round steps a batch's rows in arrival order, repeats too: one call for the batch
+        rounds = [np.arange(slots.size)] if self.fused else _occurrence_rounds(slots)
         parts: list[dict[str, Tensor]] = []
         step, sync_free = self._round, self._sync_free
 

@@ -1,0 +1,212 @@
+"""The fused tracking round: :class:`TrackingRound`'s math in one compiled call per batch on the CPU.
+
+:class:`FusedTrackingRound` hands the pool's packed buffers (as NumPy views: no copy), the batch and the
+column offsets to :func:`models.fused_tracking_kernel.tracking_round`, which steps the rows in place in
+arrival order, so the pool passes a whole batch at once (``sequential``), repeats included. Prediction
+without learning stays the torch round's. :func:`warm_up` compiles the kernel for float32 and float64 (or
+loads it from numba's on-disk cache) on a throwaway pool, so the first observation does not pay for it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from trackin.models import fused_tracking_kernel as K
+from trackin.models import keys, tracking
+from trackin.models.drift import MEAN_WINDOW
+from trackin.models.figures import LOSS_EWMA_ALPHA
+from trackin.models.hyper import Hyperparameters
+from trackin.models.layout import PackedState
+from trackin.models.losses import Loss
+from trackin.models.rows import Settings
+from trackin.models.specs import StreamSpec
+from trackin.models.tracking_round import TrackingNet, TrackingRound
+
+__all__ = ["FusedTrackingRound", "warm_up"]
+
+_KINDS = {"linear": 0, "delta": 1, "level": 2, "track": 3}
+_COLUMNS = {
+    K.O_W: keys.TRACK_WEIGHT,
+    K.O_MOM: keys.buffer("momentum", "weight"),
+    K.O_EPS: keys.buffer("eps", "weight"),
+    K.O_SQ: keys.opt("sq_avg"),
+    K.O_FIG: keys.FIGURES[0],
+    K.O_LR: keys.hyper("lr"),
+    K.O_GAMMA: keys.hyper("gamma"),
+    K.O_BETA: keys.hyper("beta"),
+    K.O_ETA: keys.hyper("eta"),
+    K.O_EPS_DECAY: keys.hyper("eps_decay"),
+    K.O_WD: keys.hyper("weight_decay"),
+    K.O_MGN: keys.hyper("max_grad_norm"),
+    K.O_RULE: keys.hyper("beta_rule"),
+    K.O_DEBIAS: keys.hyper("debias"),
+    K.O_HD: keys.HUBER_DELTA,
+    K.O_COV: keys.TRACK_COV,
+    K.O_SM2: keys.TRACK_SCALE_M2,
+    K.O_SN: keys.TRACK_SCALE_N,
+    K.O_RESID2: keys.TRACK_RESID2,
+    K.O_NAIVE2: keys.TRACK_NAIVE2,
+    K.O_STATW: keys.TRACK_STAT_W,
+    K.O_MIXM: keys.MIX_MODEL,
+    K.O_MIXN: keys.MIX_NAIVE,
+    K.O_MIXCOUNT: keys.MIX_N,
+    K.O_LEARNED: keys.TRACK_LEARNED,
+    K.O_SKILL: keys.SKILL_FIGURES[0],
+    K.O_MEAN: keys.TRACK_MEAN,
+    K.O_MEANW: keys.TRACK_MEAN_W,
+    K.O_LAST: keys.SERIES_LAST,
+    K.O_TS: keys.SERIES_TS,
+    K.O_SEEN: keys.SERIES_SEEN,
+    K.O_RATE: keys.SERIES_RATE,
+    K.O_RATES: keys.SERIES_RATES,
+    K.O_NONFIN: keys.NONFINITE,
+    K.O_DMEAN: keys.DRIFT_MEAN,
+    K.O_DTOT: keys.DRIFT_TOTAL,
+    K.O_DMIN: keys.DRIFT_MIN,
+    K.O_DDELTA: keys.DRIFT_DELTA,
+    K.O_DTHR: keys.DRIFT_THRESHOLD,
+    K.O_DN: keys.DRIFT_N,
+    K.O_DCOUNT: keys.DRIFT_COUNT,
+    K.O_DLAST: keys.DRIFT_LAST_STEP,
+    K.O_DWARM: keys.DRIFT_WARMUP,
+    K.O_DEN: keys.DRIFT_ENABLED,
+    K.O_DRESET: keys.DRIFT_RESET,
+    K.O_STEP: keys.STEP,
+}
+assert sorted(_COLUMNS) == list(range(K.N_COL))
+
+
+def _columns(packed: PackedState) -> np.ndarray:
+    """Each offset the kernel reads, from the pool's layout (-1: the pool has no such key)."""
+    col = np.full(K.N_COL, -1, dtype=np.int64)
+    for index, key in _COLUMNS.items():
+        column = packed.columns.get(key)
+        if column is not None:
+            col[index] = column.start
+    return col
+
+
+class FusedTrackingRound(TrackingRound):
+    """A tracking pool's round as one numba call; ``__call__`` takes a whole batch (repeats too)."""
+
+    sequential = True
+    """Rows are stepped in arrival order: the pool need not split a batch into rounds."""
+
+    def __init__(
+        self,
+        packed: PackedState,
+        net: TrackingNet,
+        loss: Loss,
+        hyper: Hyperparameters,
+        buffers: Sequence[str],
+        settings: Settings,
+        spec: StreamSpec,
+    ) -> None:
+        super().__init__(packed, net, loss, hyper, buffers, settings, spec)
+        assert hyper.name == "trackin", "the tracking path steps with TrackIn"
+        lay = self.layout
+        self._np_dtype = np.dtype(str(packed.dtypes[0]).removeprefix("torch."))
+        finfo = torch.finfo(packed.dtypes[0])
+        cfg = np.zeros(K.N_CFG, dtype=np.int64)
+        cfg[K.K_KIND] = _KINDS[lay.kind]
+        cfg[K.K_IN] = lay.features - 1 if lay.kind == "linear" else 0
+        cfg[K.K_OUT], cfg[K.K_P], cfg[K.K_LAGS], cfg[K.K_DIM] = lay.outputs, lay.features, lay.lags, lay.dim
+        cfg[K.K_NSCALE] = lay.scales
+        cfg[K.K_STANDARDIZE], cfg[K.K_MIX] = spec.standardize, spec.mix_naive
+        cfg[K.K_HUBER] = spec.loss == "huber"
+        self._cfg = cfg
+        fc = np.zeros(K.N_FC, dtype=np.float64)
+        fc[K.C_FORGET], fc[K.C_TINY], fc[K.C_FMAX] = self._forget, finfo.tiny, finfo.max
+        fc[K.C_CLIP], fc[K.C_FEATURE_CLIP], fc[K.C_BOUND] = (
+            tracking.CLIP,
+            tracking.FEATURE_CLIP,
+            tracking.BOUND,
+        )
+        fc[K.C_COV_CAP], fc[K.C_STAT_ALPHA] = tracking.COV_CAP, tracking.STAT_ALPHA
+        fc[K.C_SCALE_WARMUP], fc[K.C_MIX_RHO] = tracking.SCALE_WARMUP, tracking.MIX_RHO
+        fc[K.C_MIX_ETA], fc[K.C_MIX_BIAS] = tracking.MIX_ETA, tracking.MIX_BIAS
+        fc[K.C_MIX_POWER], fc[K.C_MIX_WARMUP] = tracking.MIX_POWER, tracking.MIX_WARMUP
+        fc[K.C_EWMA], fc[K.C_PH_WINDOW] = LOSS_EWMA_ALPHA, MEAN_WINDOW
+        self._fc = fc
+        self._kcol = _columns(packed)
+        self._arrays: tuple[Tensor, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._no_ts = np.empty(0, dtype=self._np_dtype)
+
+    def _numpy_buffers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The packed buffers as NumPy views (rebuilt when the pool has grown)."""
+        bufs = self._packed.buffers
+        cached = self._arrays
+        if cached is None or cached[0] is not bufs[0]:
+            cached = self._arrays = (bufs[0], bufs[0].numpy(), bufs[1].numpy(), bufs[2].numpy())
+        return cached[1], cached[2], cached[3]
+
+    def __call__(
+        self, s: Tensor, x: Tensor, y: Tensor | None, *, sync_free: bool, ts: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        fbuf, ibuf, bbuf = self._numpy_buffers()
+        dt, lay = self._np_dtype, self.layout
+        n = s.shape[0]
+        xs = np.ascontiguousarray(x.numpy(), dtype=dt)
+        ys = np.ascontiguousarray(y.numpy(), dtype=dt) if y is not None else np.empty((n, 0), dtype=dt)
+        if lay.kind == "linear":
+            times = self._no_ts
+        elif ts is None:
+            times = np.full(n, math.nan, dtype=dt)
+        else:
+            times = np.ascontiguousarray(ts.numpy(), dtype=dt)
+        k = lay.outputs
+        pred, loss = np.empty((n, k), dtype=dt), np.empty(n, dtype=dt)
+        forecast = np.empty((n, lay.dim), dtype=dt)
+        step = np.empty(n, dtype=np.int64)
+        flags = np.empty((K.N_FLAGS, n), dtype=np.bool_)
+        K.tracking_round(
+            fbuf,
+            ibuf,
+            bbuf,
+            s.numpy(),
+            xs,
+            ys,
+            times,
+            self._cfg,
+            self._fc,
+            self._kcol,
+            pred,
+            loss,
+            forecast,
+            step,
+            flags,
+        )
+        t = torch.from_numpy(flags)
+        result = {
+            "pred": torch.from_numpy(pred),
+            "loss": torch.from_numpy(loss),
+            "warming": t[K.FL_WARMING],
+            "drift": t[K.FL_DRIFT],
+            "step": torch.from_numpy(step),
+            "applied": t[K.FL_APPLIED],
+            "nonfinite": t[K.FL_NONFINITE],
+        }
+        if lay.kind != "linear":
+            result["forecast"] = torch.from_numpy(forecast)
+        return result
+
+
+def warm_up() -> float:
+    """Compile the kernel for float32 and float64 pools (or load it from numba's on-disk cache) on a
+    throwaway pool; returns the seconds it took. Call it at start-up, before the first observation."""
+    from trackin.models.pool import StreamPool
+
+    start = time.perf_counter()
+    for dtype in ("float32", "float64"):
+        spec = StreamSpec.model_validate({"model": {"family": "linear", "in_dim": 1}, "dtype": dtype})
+        pool = StreamPool(spec)
+        slot = pool.add(spec)
+        dt = getattr(torch, dtype)
+        pool.observe(np.array([slot]), torch.ones(1, 1, dtype=dt), torch.ones(1, 1, dtype=dt))
+    return time.perf_counter() - start
