@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import numba
 import numpy as np
 import torch
 from torch import Tensor
@@ -24,6 +26,7 @@ from trackin.models.figures import LOSS_EWMA_ALPHA
 from trackin.models.hyper import Hyperparameters
 from trackin.models.layout import PackedState
 from trackin.models.losses import Loss
+from trackin.models.pool import ObserveResult
 from trackin.models.rows import Settings
 from trackin.models.specs import StreamSpec
 from trackin.models.tracking_round import TrackingNet, TrackingRound
@@ -82,6 +85,10 @@ _COLUMNS = {
 assert sorted(_COLUMNS) == list(range(K.N_COL))
 
 
+_KERNEL: Any = K.tracking_round  # numba's Dispatcher (typed loosely: its stubs know no entry points)
+_TYPEOF: Any = numba.typeof
+
+
 def _columns(packed: PackedState) -> np.ndarray:
     """Each offset the kernel reads, from the pool's layout (-1: the pool has no such key)."""
     col = np.full(K.N_COL, -1, dtype=np.int64)
@@ -96,7 +103,7 @@ class FusedTrackingRound(TrackingRound):
     """A tracking pool's round as one numba call; ``__call__`` takes a whole batch (repeats too)."""
 
     sequential = True
-    """Rows are stepped in arrival order: the pool need not split a batch into rounds."""
+    """Rows are stepped in arrival order: the pool hands over a whole batch (:meth:`observe`)."""
 
     def __init__(
         self,
@@ -137,6 +144,7 @@ class FusedTrackingRound(TrackingRound):
         self._kcol = _columns(packed)
         self._arrays: tuple[Tensor, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._no_ts = np.empty(0, dtype=self._np_dtype)
+        self._entry: Callable[..., None] | None = None  # the compiled overload for this pool's types
 
     def _numpy_buffers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The packed buffers as NumPy views (rebuilt when the pool has grown)."""
@@ -146,42 +154,64 @@ class FusedTrackingRound(TrackingRound):
             cached = self._arrays = (bufs[0], bufs[0].numpy(), bufs[1].numpy(), bufs[2].numpy())
         return cached[1], cached[2], cached[3]
 
-    def __call__(
-        self, s: Tensor, x: Tensor, y: Tensor | None, *, sync_free: bool, ts: Tensor | None = None
-    ) -> dict[str, Tensor]:
-        fbuf, ibuf, bbuf = self._numpy_buffers()
+    def _arrays_in(
+        self, n: int, x: Tensor, y: Tensor | None, ts: Tensor | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Inputs, targets (series: ``[n, 0]``) and times (NaN: one unit on) as writable C arrays of the
+        pool's dtype (the kernel's types)."""
+        dt = self._np_dtype
+        xs = _writable(np.ascontiguousarray(x.numpy(), dtype=dt))
+        ys = _writable(np.ascontiguousarray(y.numpy(), dtype=dt)) if y is not None else np.empty((n, 0), dt)
+        if self.layout.kind == "linear":
+            return xs, ys, self._no_ts
+        if ts is None:
+            return xs, ys, np.full(n, math.nan, dtype=dt)
+        return xs, ys, _writable(np.ascontiguousarray(ts.numpy(), dtype=dt))
+
+    def run(
+        self, slots: np.ndarray, x: Tensor, y: Tensor | None, ts: Tensor | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+        """Step rows ``slots`` in order (repeats too); returns served predictions, losses, forecasts (series),
+        steps and the flags ``[N_FLAGS, n]``."""
         dt, lay = self._np_dtype, self.layout
-        n = s.shape[0]
-        xs = np.ascontiguousarray(x.numpy(), dtype=dt)
-        ys = np.ascontiguousarray(y.numpy(), dtype=dt) if y is not None else np.empty((n, 0), dtype=dt)
-        if lay.kind == "linear":
-            times = self._no_ts
-        elif ts is None:
-            times = np.full(n, math.nan, dtype=dt)
-        else:
-            times = np.ascontiguousarray(ts.numpy(), dtype=dt)
-        k = lay.outputs
-        pred, loss = np.empty((n, k), dtype=dt), np.empty(n, dtype=dt)
+        n = slots.shape[0]
+        s = _writable(np.ascontiguousarray(slots, dtype=np.int64))
+        xs, ys, times = self._arrays_in(n, x, y, ts)
+        pred, loss = np.empty((n, lay.outputs), dtype=dt), np.empty(n, dtype=dt)
         forecast = np.empty((n, lay.dim), dtype=dt)
         step = np.empty(n, dtype=np.int64)
         flags = np.empty((K.N_FLAGS, n), dtype=np.bool_)
-        K.tracking_round(
-            fbuf,
-            ibuf,
-            bbuf,
-            s.numpy(),
-            xs,
-            ys,
-            times,
-            self._cfg,
-            self._fc,
-            self._kcol,
-            pred,
-            loss,
-            forecast,
-            step,
-            flags,
+        fbuf, ibuf, bbuf = self._numpy_buffers()
+        args: tuple[np.ndarray, ...] = (fbuf, ibuf, bbuf, s, xs, ys, times, self._cfg, self._fc, self._kcol)
+        args += (pred, loss, forecast, step, flags)
+        entry = self._entry
+        if entry is None:  # the dispatcher picks (compiles or loads) the overload for these types, once
+            _KERNEL(*args)
+            self._entry = _KERNEL.overloads[tuple(_TYPEOF(a) for a in args)].entry_point
+        else:  # the same types every call: skip the dispatcher's type resolution (about 4 us)
+            entry(*args)
+        return pred, loss, forecast if lay.kind != "linear" else None, step, flags
+
+    def observe(self, slots: np.ndarray, x: Tensor, y: Tensor | None, ts: Tensor | None) -> ObserveResult:
+        """:meth:`StreamPool.observe` for this pool: the whole batch in one kernel call."""
+        pred, loss, forecast, step, flags = self.run(slots, x, y, ts)
+        tensor = torch.from_numpy  # each flag: a NumPy row view wrapped (cheaper than a torch select)
+        return ObserveResult(
+            predictions=tensor(pred),
+            losses=tensor(loss),
+            steps=tensor(step),
+            applied=tensor(flags[K.FL_APPLIED]),
+            warming=tensor(flags[K.FL_WARMING]),
+            nonfinite=tensor(flags[K.FL_NONFINITE]),
+            drift=tensor(flags[K.FL_DRIFT]),
+            forecasts=None if forecast is None else tensor(forecast),
         )
+
+    def __call__(
+        self, s: Tensor, x: Tensor, y: Tensor | None, *, sync_free: bool, ts: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """The round protocol of :class:`Round` (distinct slots ``s``), on the kernel."""
+        pred, loss, forecast, step, flags = self.run(s.numpy(), x, y, ts)
         t = torch.from_numpy(flags)
         result = {
             "pred": torch.from_numpy(pred),
@@ -192,9 +222,14 @@ class FusedTrackingRound(TrackingRound):
             "applied": t[K.FL_APPLIED],
             "nonfinite": t[K.FL_NONFINITE],
         }
-        if lay.kind != "linear":
+        if forecast is not None:
             result["forecast"] = torch.from_numpy(forecast)
         return result
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    """``a``, or a copy where it is read-only (a read-only array is another numba type)."""
+    return a if a.flags.writeable else a.copy()
 
 
 def warm_up() -> float:

@@ -23,7 +23,7 @@ from trackin.models import keys, losses
 from trackin.models.families import FlatModel
 from trackin.models.figures import figure_rows, fleet_rows
 from trackin.models.hyper import OPTIMIZERS
-from trackin.models.kernels import Kernels, fused_applies
+from trackin.models.kernels import FusedRound, Kernels, fused_applies
 from trackin.models.layout import FLOAT, INT, PackedState
 from trackin.models.round import Round
 from trackin.models.rows import Settings, Templates, state_entries
@@ -116,7 +116,8 @@ class StreamPool:
             self._round = round_class(self._packed, net, self._loss, hyper, buffers, self._settings, template)
         else:
             self._round = Round(self._packed, net, self._loss, hyper, buffers, self._settings)
-        self.fused: bool = getattr(self._round, "sequential", False)
+        self._fused = self._round if isinstance(self._round, FusedRound) else None
+        self.fused = self._fused is not None
         """The round is a fused CPU kernel (models/kernels.py): it takes a whole batch, repeats too."""
         self._sync_free = self.device.type != "cpu"  # see Round.__call__
 
@@ -250,12 +251,13 @@ class StreamPool:
         the series' times (tracking path only; NaN or None: one time unit after the previous value).
         """
         slots = np.asarray(slots, dtype=np.int64)
+        if self._fused is not None:  # one kernel call for the whole batch, in arrival order
+            return self._fused.observe(slots, inputs, targets, times if self.tracking else None)
         dev, dt = self.device, self.dtype
         inputs = inputs.to(device=dev, dtype=dt)
         targets = targets.to(device=dev, dtype=dt) if targets is not None else None
         times = times.to(device=dev, dtype=dt) if times is not None and self.tracking else None
-        # a sequential round steps a batch's rows in arrival order, repeats too: one call for the batch
-        rounds = [np.arange(slots.size)] if self.fused else _occurrence_rounds(slots)
+        rounds = _occurrence_rounds(slots)
         parts: list[dict[str, Tensor]] = []
         step, sync_free = self._round, self._sync_free
 
