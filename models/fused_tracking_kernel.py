@@ -294,7 +294,6 @@ def _learn(
     model: np.ndarray,
     naive: np.ndarray,
     work: np.ndarray,
-    cov_new: np.ndarray,
 ) -> tuple[float, float, float]:
     """The preconditioned step (tracking.learn) and the running statistics of one row that learns."""
     k, p, tiny, lam = cfg[K_OUT], cfg[K_P], fc[C_TINY], fc[C_FORGET]
@@ -309,13 +308,17 @@ def _learn(
         if clip_on:
             r = _clamp(r, fc[C_CLIP] * math.sqrt(f[col[O_RESID2] + o] / max(stat_w, tiny)))
         residual[o] = r
+    # P phi, P symmetric: row c of P scaled by phi_c, accumulated over c (the sums in the order of a row's
+    # dot product, each independent of the others: vectorised without reordering any sum)
+    for a in range(p):
+        p_phi[a] = 0.0
+    for c in range(p):
+        pc = phi[c]
+        for a in range(p):
+            p_phi[a] += f[C + c * p + a] * pc
     quad = 0.0
     for a in range(p):
-        v = 0.0
-        for c in range(p):
-            v += f[C + a * p + c] * phi[c]
-        p_phi[a] = v
-        quad += phi[a] * v
+        quad += phi[a] * p_phi[a]
     denom = lam + quad
     for a in range(p):
         gain[a] = p_phi[a] / denom
@@ -323,19 +326,18 @@ def _learn(
         for j in range(p):
             g[o * p + j] = -(residual[o] * gain[j])
     stats = _trackin(f, i, b, col, cfg, g, k * p)
+    # (P - P phi phi^T P / denom) / lam, its largest diagonal entry capped. (p_phi_a p_phi_c) / denom is
+    # symmetric to the bit, so a symmetric P stays symmetric (the torch round symmetrises explicitly: the
+    # same values up to rounding). The diagonal first, then one contiguous pass.
+    inv_lam, inv_denom = 1.0 / lam, 1.0 / denom
     peak = -math.inf
     for a in range(p):
-        for c in range(a, p):
-            v = 0.5 * (
-                (f[C + a * p + c] - gain[a] * p_phi[c]) / lam + (f[C + c * p + a] - gain[c] * p_phi[a]) / lam
-            )
-            cov_new[a, c] = v
-            cov_new[c, a] = v
-        peak = max(peak, cov_new[a, a])
-    scale = fc[C_COV_CAP] / max(peak, fc[C_COV_CAP])
+        peak = max(peak, (f[C + a * p + a] - p_phi[a] * p_phi[a] * inv_denom) * inv_lam)
+    factor = inv_lam * (fc[C_COV_CAP] / max(peak, fc[C_COV_CAP]))
     for a in range(p):
+        pa = p_phi[a]
         for c in range(p):
-            f[C + a * p + c] = cov_new[a, c] * scale
+            f[C + a * p + c] = (f[C + a * p + c] - pa * p_phi[c] * inv_denom) * factor
     keep, rho, power = 1 - fc[C_STAT_ALPHA], fc[C_MIX_RHO], fc[C_MIX_POWER]
     for o in range(k):
         f[col[O_RESID2] + o] = f[col[O_RESID2] + o] * keep + residual[o] * residual[o]
@@ -350,11 +352,12 @@ def _learn(
 
 
 @njit(cache=True)
-def _update_scales(f: np.ndarray, fc: np.ndarray, col: np.ndarray, values: np.ndarray, n: int) -> None:
-    """Mean squares over the first SCALE_WARMUP observations (a square past the dtype's range counts 0)."""
+def _update_scales(f: np.ndarray, fc: np.ndarray, col: np.ndarray, values: np.ndarray, n: int) -> bool:
+    """Mean squares over the first SCALE_WARMUP observations (a square past the dtype's range counts 0);
+    returns whether they moved."""
     count = f[col[O_SN]]
     if count >= fc[C_SCALE_WARMUP]:
-        return
+        return False
     count += 1
     for j in range(n):
         sq = values[j] * values[j]
@@ -363,6 +366,7 @@ def _update_scales(f: np.ndarray, fc: np.ndarray, col: np.ndarray, values: np.nd
         m2 = f[col[O_SM2] + j]
         f[col[O_SM2] + j] = m2 + (sq - m2) / count
     f[col[O_SN]] = count
+    return True
 
 
 @njit(cache=True)
@@ -441,7 +445,6 @@ def tracking_round(
     scaled, target, values = np.empty(k), np.empty(k), np.empty(nscale)
     lv_s, lv_m, lv_n = np.empty(k), np.empty(k), np.empty(k)
     work = np.empty(2 * p + k + k * p)
-    cov_new = np.empty((p, p))
     nan = math.nan
     for r in range(slots.shape[0]):
         row = slots[r]
@@ -496,10 +499,9 @@ def tracking_round(
                 if kind == _LEVEL:
                     for d in range(dim):
                         values[dim + d] = xr[d]
-            if cfg[K_STANDARDIZE]:
-                _update_scales(f, fc, col, values, nscale)
-            _scales(f, col, nscale, s)
-            _features(f, xr, cfg, fc, col, s, phi)
+            if cfg[K_STANDARDIZE] and _update_scales(f, fc, col, values, nscale):
+                _scales(f, col, nscale, s)  # the step learns in the scales that include this observation
+                _features(f, xr, cfg, fc, col, s, phi)
             for o in range(k):
                 if kind == _LINEAR:
                     scaled[o] = target[o] / s[cfg[K_IN] + o]
@@ -513,7 +515,7 @@ def tracking_round(
                         last + gap * naive[o],
                     )
             grad_norm, beta_t, eps_norm = _learn(
-                f, i, b, cfg, fc, col, phi, scaled, target, model, naive, work, cov_new
+                f, i, b, cfg, fc, col, phi, scaled, target, model, naive, work
             )
             if kind == _LINEAR:
                 keep = 1 - fc[C_STAT_ALPHA]
