@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trackin.models import fused_tracking_kernel as K
+from trackin.models import fused_tracking_layout as K
 from trackin.models import keys, tracking
 from trackin.models.drift import MEAN_WINDOW
 from trackin.models.figures import LOSS_EWMA_ALPHA
+from trackin.models.fused_tracking_kernel import tracking_round
 from trackin.models.hyper import Hyperparameters
 from trackin.models.layout import PackedState
 from trackin.models.losses import Loss
-from trackin.models.pool import ObserveResult
 from trackin.models.rows import Settings
 from trackin.models.specs import StreamSpec
 from trackin.models.tracking_round import TrackingNet, TrackingRound
@@ -85,7 +85,9 @@ _COLUMNS = {
 assert sorted(_COLUMNS) == list(range(K.N_COL))
 
 
-_KERNEL: Any = K.tracking_round  # numba's Dispatcher (typed loosely: its stubs know no entry points)
+Outcomes = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]
+"""predictions, losses, steps, applied, warming, nonfinite, drift, forecasts (``ObserveResult``'s order)."""
+_KERNEL: Any = tracking_round  # numba's Dispatcher (typed loosely: its stubs know no entry points)
 _TYPEOF: Any = numba.typeof
 
 
@@ -192,19 +194,20 @@ class FusedTrackingRound(TrackingRound):
             entry(*args)
         return pred, loss, forecast if lay.kind != "linear" else None, step, flags
 
-    def observe(self, slots: np.ndarray, x: Tensor, y: Tensor | None, ts: Tensor | None) -> ObserveResult:
-        """:meth:`StreamPool.observe` for this pool: the whole batch in one kernel call."""
+    def observe(self, slots: np.ndarray, x: Tensor, y: Tensor | None, ts: Tensor | None) -> Outcomes:
+        """:meth:`StreamPool.observe` for the whole batch (one kernel call): the fields of
+        :class:`models.pool.ObserveResult`, in order."""
         pred, loss, forecast, step, flags = self.run(slots, x, y, ts)
         tensor = torch.from_numpy  # each flag: a NumPy row view wrapped (cheaper than a torch select)
-        return ObserveResult(
-            predictions=tensor(pred),
-            losses=tensor(loss),
-            steps=tensor(step),
-            applied=tensor(flags[K.FL_APPLIED]),
-            warming=tensor(flags[K.FL_WARMING]),
-            nonfinite=tensor(flags[K.FL_NONFINITE]),
-            drift=tensor(flags[K.FL_DRIFT]),
-            forecasts=None if forecast is None else tensor(forecast),
+        return (
+            tensor(pred),
+            tensor(loss),
+            tensor(step),
+            tensor(flags[K.FL_APPLIED]),
+            tensor(flags[K.FL_WARMING]),
+            tensor(flags[K.FL_NONFINITE]),
+            tensor(flags[K.FL_DRIFT]),
+            None if forecast is None else tensor(forecast),
         )
 
     def __call__(
@@ -233,15 +236,17 @@ def _writable(a: np.ndarray) -> np.ndarray:
 
 
 def warm_up() -> float:
-    """Compile the kernel for float32 and float64 pools (or load it from numba's on-disk cache) on a
-    throwaway pool; returns the seconds it took. Call it at start-up, before the first observation."""
-    from trackin.models.pool import StreamPool
-
+    """Compile the kernel for float32 and float64 pools (or load it from numba's on-disk cache); returns the
+    seconds it took. A call on zero rows: the argument types of a pool's calls, no state touched. Call it at
+    start-up, before the first observation."""
     start = time.perf_counter()
-    for dtype in ("float32", "float64"):
-        spec = StreamSpec.model_validate({"model": {"family": "linear", "in_dim": 1}, "dtype": dtype})
-        pool = StreamPool(spec)
-        slot = pool.add(spec)
-        dt = getattr(torch, dtype)
-        pool.observe(np.array([slot]), torch.ones(1, 1, dtype=dt), torch.ones(1, 1, dtype=dt))
+    for name in ("float32", "float64"):
+        dt = np.dtype(name)
+        cfg = np.zeros(K.N_CFG, dtype=np.int64)
+        cfg[K.K_OUT] = cfg[K.K_P] = cfg[K.K_NSCALE] = 1
+        bufs = (np.zeros((1, 2), dt), np.zeros((1, 2), np.int64), np.zeros((1, 2), np.bool_))
+        rows = (np.empty(0, np.int64), np.empty((0, 1), dt), np.empty((0, 1), dt), np.empty(0, dt))
+        settings = (cfg, np.zeros(K.N_FC), np.full(K.N_COL, -1, dtype=np.int64))
+        out = (np.empty((0, 1), dt), np.empty(0, dt), np.empty((0, 1), dt), np.empty(0, np.int64))
+        _KERNEL(*bufs, *rows, *settings, *out, np.empty((K.N_FLAGS, 0), np.bool_))
     return time.perf_counter() - start

@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import Literal
 
-import numpy as np
 import torch
-from torch import Tensor
 
-if TYPE_CHECKING:
-    from trackin.models.pool import ObserveResult
-
-__all__ = ["FusedRound", "Kernels", "fused_applies"]
+__all__ = ["Kernels", "fused_applies"]
 
 Kernels = Literal["auto", "torch"]
 
@@ -30,12 +25,3 @@ def _numba_importable() -> bool:
 def fused_applies(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether a fused CPU kernel can run a pool on ``device`` in ``dtype``."""
     return device.type == "cpu" and dtype in (torch.float32, torch.float64) and _numba_importable()
-
-
-@runtime_checkable
-class FusedRound(Protocol):
-    """A fused round takes a pool's whole batch in one call, in arrival order (repeats too)."""
-
-    sequential: bool
-
-    def observe(self, slots: np.ndarray, x: Tensor, y: Tensor | None, ts: Tensor | None) -> ObserveResult: ...

@@ -127,6 +127,8 @@ def test_fused_equals_torch_round(name: str, dtype: str) -> None:
                 continue
             _assert_same(got, want, dict(tol), f"step {t}: {field}")
         drifts += int(out["torch"].drift.sum())
+        if t % 8 and t != 119:
+            continue  # every state key every 8 batches: a difference in the state shows in the outcomes too
         fused_state, torch_state = pools["auto"].state, pools["torch"].state
         for key, want in torch_state.items():
             got = fused_state[key]
