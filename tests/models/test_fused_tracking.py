@@ -13,6 +13,7 @@ import torch
 
 from tests.support.tolerances import memory, tolerance
 from trackin.models.fused_tracking import FusedTrackingRound, warm_up
+from trackin.models.fused_tracking_kernel import tracking_round
 from trackin.models.kernels import fused_applies
 from trackin.models.pool import ObserveResult, StreamPool
 from trackin.models.specs import StreamSpec
@@ -149,3 +150,13 @@ def test_kernels_setting_and_warm_up() -> None:
     )
     assert not StreamPool(first_order).fused, "the first-order round is not this kernel's"
     assert warm_up() >= 0
+    compiled = len(tracking_round.overloads)
+    for dtype in ("float32", "float64"):  # warm-up compiled exactly the types a pool's calls have
+        for model in ({"family": "linear", "in_dim": 3}, {"family": "track", "dim": 2}):
+            spec = StreamSpec.model_validate({"model": model, "dtype": dtype})
+            pool = StreamPool(spec)
+            slot = pool.add(spec)
+            x = torch.ones(1, 3 if model["family"] == "linear" else 2, dtype=getattr(torch, dtype))
+            y = torch.ones(1, 1, dtype=x.dtype) if model["family"] == "linear" else None
+            assert pool.observe(np.array([slot]), x, y).nonfinite.tolist() == [False]
+    assert len(tracking_round.overloads) == compiled == 2
