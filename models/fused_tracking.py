@@ -19,11 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trackin.models import fused_tracking_layout as K
+from trackin.models import fused_tracking_kernel as K
 from trackin.models import keys, tracking
 from trackin.models.drift import MEAN_WINDOW
 from trackin.models.figures import LOSS_EWMA_ALPHA
-from trackin.models.fused_tracking_kernel import tracking_round
 from trackin.models.hyper import Hyperparameters
 from trackin.models.layout import PackedState
 from trackin.models.losses import Loss
@@ -87,7 +86,7 @@ assert sorted(_COLUMNS) == list(range(K.N_COL))
 
 Outcomes = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]
 """predictions, losses, steps, applied, warming, nonfinite, drift, forecasts (``ObserveResult``'s order)."""
-_KERNEL: Any = tracking_round  # numba's Dispatcher (typed loosely: its stubs know no entry points)
+_KERNEL: Any = K.tracking_round  # numba's Dispatcher (typed loosely: its stubs know no entry points)
 _TYPEOF: Any = numba.typeof
 
 
