@@ -2,9 +2,10 @@
 
 :class:`FusedTrackingRound` hands the pool's packed buffers (as NumPy views: no copy), the batch and the
 column offsets to :func:`models.fused_tracking_kernel.tracking_round`, which steps the rows in place in
-arrival order, so the pool passes a whole batch at once (``sequential``), repeats included. Prediction
-without learning stays the torch round's. :func:`warm_up` compiles the kernel for float32 and float64 (or
-loads it from numba's on-disk cache) on a throwaway pool, so the first observation does not pay for it.
+arrival order, so the pool passes a whole batch at once (:meth:`FusedTrackingRound.observe`), repeats
+included. Prediction without learning stays the torch round's. :func:`warm_up` compiles the kernel for
+float32 and float64 (or loads it from numba's on-disk cache) on zero rows, so the first observation does
+not pay for it.
 """
 
 from __future__ import annotations
@@ -102,9 +103,6 @@ def _columns(packed: PackedState) -> np.ndarray:
 
 class FusedTrackingRound(TrackingRound):
     """A tracking pool's round as one numba call; ``__call__`` takes a whole batch (repeats too)."""
-
-    sequential = True
-    """Rows are stepped in arrival order: the pool hands over a whole batch (:meth:`observe`)."""
 
     def __init__(
         self,
