@@ -11,6 +11,10 @@ smoke run). Side by side in one run:
     through the tensor API (``StreamPool.observe``: slots and stacked inputs), and through the id API
     (``Engine.observe``: stream ids, one array per item, one ``ItemResult`` per item).
 
+The default ``linear 16`` runs the fused CPU kernel (:mod:`models.fused_tracking`); a last section
+(:mod:`bench.engine_fused`; ``--fused`` runs it alone) puts it beside the torch round of the same path, at
+batch 1 (microseconds per round) and 1,024 (against River), and measures what compiling the kernel costs.
+
 Streams arrive at equal rates in shuffled order (concatenated random permutations of all streams), so a
 batch holds a stream more than once only when the batch is larger than the stream count (1,024 of 1,000
 streams: two rounds). Every cell runs for a fixed time budget, not a fixed count. The per-stream baselines
@@ -35,14 +39,16 @@ import torch
 
 from trackin.models.engine import Engine
 from trackin.models.families import FamilyModule
+from trackin.models.kernels import Kernels
 from trackin.models.losses import loss_per_row
 from trackin.models.pool import StreamPool
 from trackin.models.specs import LinearModel, MLPModel, StreamSpec, TrackModel
 from trackin.models.trackin import TrackIn
 
 IN_DIM = 16
+DEFAULT = StreamSpec(model=LinearModel(in_dim=IN_DIM))  # the default: scale-free, RLS-preconditioned
 FAMILIES: dict[str, StreamSpec] = {
-    "linear 16": StreamSpec(model=LinearModel(in_dim=IN_DIM)),  # the default: scale-free, RLS-preconditioned
+    "linear 16": DEFAULT,  # the fused CPU kernel (models/fused_tracking.py)
     "linear 16, first order": StreamSpec.model_validate(
         {"model": {"family": "linear", "in_dim": IN_DIM}, "optimizer": {"precondition": "none"}}
     ),
@@ -151,8 +157,8 @@ def bench_river(work: Workload, budget: float, streams: int) -> Rate | None:
     return timed(step, budget)
 
 
-def build_engine(spec: StreamSpec, streams: int) -> tuple[Engine, list[str]]:
-    engine = Engine()
+def build_engine(spec: StreamSpec, streams: int, kernels: Kernels = "auto") -> tuple[Engine, list[str]]:
+    engine = Engine(kernels=kernels)
     ids = [f"stream-{i}" for i in range(streams)]
     for stream_id in ids:
         engine.add(stream_id, spec)
@@ -240,12 +246,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: small budgets, 1,000 streams")
     parser.add_argument("--memory-child", choices=["pool", "engine"], help=argparse.SUPPRESS)
     parser.add_argument("--streams", type=int, default=MEMORY_STREAMS, help="streams for the memory figure")
+    parser.add_argument("--fused", action="store_true", help="only the fused kernel vs the torch round")
     args = parser.parse_args()
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child, args.streams)))
         return
     budget = 0.2 if args.quick else args.budget
     stream_counts = (1_000,) if args.quick else STREAMS
+    from bench import engine_fused  # it imports this module: here, not at the top
+
+    if args.fused:
+        engine_fused.run(budget, stream_counts)
+        return
     all_threads = os.cpu_count() or 1
     thread_settings = sorted({1, all_threads})
     print(
@@ -288,6 +300,7 @@ def main() -> None:
                         flush=True,
                     )
             del engine_ids
+    engine_fused.run(budget, stream_counts)
     torch.set_num_threads(all_threads)
     memory_streams = 10_000 if args.quick else args.streams
     print(f"\nresident memory at {memory_streams:,} linear streams (TrackIn, float32), fresh processes:")

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from trackin.models.figures import FleetFigures, StreamFigures
+from trackin.models.kernels import Kernels
 from trackin.models.memory import release_memory
 from trackin.models.pool import ObserveResult, StreamPool, initial_capacity, slot_bytes
 from trackin.models.specs import ARModel, StreamSpec, TrackModel
@@ -96,8 +97,15 @@ class _Entry:
 class Engine:
     """All resident streams on one device."""
 
-    def __init__(self, device: torch.device | str = "cpu", *, memory_budget: int | None = None) -> None:
+    def __init__(
+        self,
+        device: torch.device | str = "cpu",
+        kernels: Kernels = "auto",
+        *,
+        memory_budget: int | None = None,
+    ) -> None:
         self.device = torch.device(device)
+        self.kernels: Kernels = kernels  # "torch": no fused kernels (models/kernels.py)
         self.memory_budget = memory_budget
         """Bytes the pools' state may take in all (None: no limit); :meth:`add` refuses what goes over."""
         self._pools: dict[tuple[object, ...], StreamPool] = {}
@@ -155,7 +163,7 @@ class Engine:
             key = spec.pool_key()
             pool = self._pools.get(key)
             if pool is None:
-                pool = self._pools[key] = StreamPool(spec, self.device)
+                pool = self._pools[key] = StreamPool(spec, self.device, kernels=self.kernels)
             index = self._free_entries.pop() if self._free_entries else len(self._entries)
             if index == len(self._entries):
                 self._entries.append(None)
@@ -211,7 +219,7 @@ class Engine:
         pool = self._pools.get(spec.pool_key())
         if pool is None:
             self.check_budget(spec)
-            pool = self._pools[spec.pool_key()] = StreamPool(spec, self.device)
+            pool = self._pools[spec.pool_key()] = StreamPool(spec, self.device, kernels=self.kernels)
         return pool
 
     def export_rows(self, stream_ids: Sequence[str]) -> list[tuple[StreamPool, list[str], list[Tensor]]]:

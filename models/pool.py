@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,11 +24,15 @@ from trackin.models import losses, naive_mix, standardize
 from trackin.models.families import FlatModel
 from trackin.models.figures import figure_rows, fleet_rows
 from trackin.models.hyper import OPTIMIZERS
+from trackin.models.kernels import Kernels, fused_applies
 from trackin.models.layout import KINDS, Entries, PackedState, row_nbytes
 from trackin.models.round import Round
 from trackin.models.rows import Settings, Templates, state_entries
 from trackin.models.specs import ARModel, StreamSpec, TrackModel
 from trackin.models.tracking_round import TrackingNet, TrackingRound
+
+if TYPE_CHECKING:
+    from trackin.models.fused_tracking import FusedTrackingRound
 
 __all__ = ["INITIAL_POOL_BYTES", "ObserveResult", "StreamPool", "initial_capacity", "slot_bytes"]
 
@@ -101,7 +106,11 @@ class StreamPool:
     """
 
     def __init__(
-        self, template: StreamSpec, device: torch.device | str = "cpu", capacity: int | None = None
+        self,
+        template: StreamSpec,
+        device: torch.device | str = "cpu",
+        capacity: int | None = None,
+        kernels: Kernels = "auto",
     ) -> None:
         self.template = template
         self.model = template.model
@@ -123,12 +132,20 @@ class StreamPool:
         self._settings = Settings(hyper, self._packed)
         self._templates = Templates(template.pool_key(), hyper, self._packed, self._settings)
         self._round: Round
-        if isinstance(net, TrackingNet):
+        self._fused: FusedTrackingRound | None = None
+        if isinstance(net, TrackingNet) and kernels == "auto" and fused_applies(self.device, self.dtype):
+            from trackin.models.fused_tracking import FusedTrackingRound  # numba: imported when used
+
+            args = (self._packed, net, self._loss, hyper, buffers, self._settings, template)
+            self._round = self._fused = FusedTrackingRound(*args)
+        elif isinstance(net, TrackingNet):
             self._round = TrackingRound(
                 self._packed, net, self._loss, hyper, buffers, self._settings, template
             )
         else:
             self._round = Round(self._packed, net, self._loss, hyper, buffers, self._settings)
+        self.fused = self._fused is not None
+        """The round is a fused CPU kernel (models/kernels.py): it takes a whole batch, repeats too."""
         self._sync_free = self.device.type != "cpu"  # see Round.__call__
 
     @property
@@ -279,6 +296,8 @@ class StreamPool:
         the series' times (tracking path only; NaN or None: one time unit after the previous value).
         """
         slots = np.asarray(slots, dtype=np.int64)
+        if self._fused is not None:  # one kernel call for the whole batch, in arrival order
+            return ObserveResult(*self._fused.observe(slots, inputs, targets, times))
         dev, dt = self.device, self.dtype
         inputs = inputs.to(device=dev, dtype=dt)
         targets = targets.to(device=dev, dtype=dt) if targets is not None else None

@@ -12,6 +12,7 @@ import torch
 
 from tests.models.reference_tracking import TrackingReference
 from trackin.models.engine import Engine
+from trackin.models.kernels import Kernels
 from trackin.models.specs import StreamSpec
 
 SPECS: dict[str, dict[str, Any]] = {
@@ -43,15 +44,19 @@ def _data(spec: StreamSpec, rng: np.random.Generator, t: int) -> tuple[np.ndarra
     return value, None
 
 
+@pytest.mark.parametrize("kernels", ["auto", "torch"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name", list(SPECS))
-def test_engine_equals_reference(name: str, dtype: str) -> None:
-    """Several streams of one spec, batches with repeats, times with gaps: every answer as the reference."""
+def test_engine_equals_reference(name: str, dtype: str, kernels: Kernels) -> None:
+    """Several streams of one spec, batches with repeats, times with gaps: every answer as the reference,
+    from the fused kernel (``auto`` on the CPU) and from the torch round."""
     spec = StreamSpec.model_validate({**SPECS[name], "dtype": dtype})
     assert spec.tracking
-    engine, refs = Engine(), [TrackingReference(spec) for _ in range(3)]
+    engine, refs = Engine(kernels=kernels), [TrackingReference(spec) for _ in range(3)]
     for k in range(3):
         engine.add(f"s{k}", spec)
+    (pool,) = engine.pools
+    assert pool.fused == (kernels == "auto"), "auto runs the fused kernel on the CPU"
     rng = np.random.default_rng(len(name))
     clocks = [0.0, 0.0, 0.0]
     steps = 120

@@ -1,0 +1,83 @@
+"""The fused tracking kernel against the torch round on the default path (linear 16, scale-free and
+RLS-preconditioned), side by side in one run with River, and what compiling the kernel costs.
+
+Run: ``.venv/bin/python -m bench.engine --fused`` (this section only; ``--quick`` for 1,000 streams and short
+cells). One thread. ``us/round`` is the wall time of one ``StreamPool.observe`` call at batch 1 (``cpu``:
+process CPU time, less sensitive to other load); at batch 1,024 the rates are observations per second and
+their ratio to River (one ``LinearRegression`` per stream, ``predict_one`` then ``learn_one``). The compile
+cost is measured in fresh processes: cold (an empty numba cache directory) and from numba's on-disk cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+from bench.engine import DEFAULT, Workload, bench_engine, bench_river, build_engine, fmt
+from trackin.models.kernels import Kernels
+
+KERNELS: dict[str, Kernels] = {"fused": "auto", "torch": "torch"}
+_CHILD = """
+import json, time
+start = time.perf_counter()
+from trackin.models.fused_tracking import warm_up
+imported = time.perf_counter() - start
+print(json.dumps({"import": imported, "warm_up": warm_up()}))
+"""
+
+
+def compile_cost() -> dict[str, dict[str, float]]:
+    """Seconds to import the kernel's module and to run :func:`warm_up` (both dtypes) in a fresh process:
+    with an empty numba cache, then with the cache that run wrote."""
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        for label in ("cold", "cached"):
+            proc = subprocess.run(
+                [sys.executable, "-c", _CHILD], capture_output=True, text=True, check=True, env=env
+            )
+            out[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def run(budget: float, stream_counts: tuple[int, ...]) -> None:
+    torch.set_num_threads(1)
+    print("\nfused tracking kernel vs torch round: linear 16, the default path (scale-free, RLS)")
+    print(f"1 thread, {budget:g} s per cell, load average {os.getloadavg()[0]:.2f}")
+    header = (
+        f"{'kernels':<7} {'streams':>8} {'us/round':>9} {'cpu us':>7} {'obs/s b1':>9} {'obs/s 1024':>10} "
+        f"{'ids 1024':>9} {'river':>7} {'x river':>8} {'cpu x river':>11} {'ids x river':>11}"
+    )
+    print(header)
+    print("-" * len(header))
+    for streams in stream_counts:
+        work = Workload(streams)
+        river = bench_river(work, budget, streams)
+        for label, kernels in KERNELS.items():
+            engine_ids = build_engine(DEFAULT, streams, kernels)
+            one, _ = bench_engine(*engine_ids, work, 1, budget)
+            big, big_ids = bench_engine(*engine_ids, work, 1_024, budget)
+            ratios = ["-", "-", "-"]
+            if river is not None:
+                ratios = [
+                    f"{big.per_second / river.per_second:.1f}",
+                    f"{big.per_cpu_second / river.per_cpu_second:.1f}",
+                    f"{big_ids.per_second / river.per_second:.1f}",
+                ]
+            print(
+                f"{label:<7} {streams:>8,} {1e6 / one.per_second:>9.1f} {1e6 / one.per_cpu_second:>7.1f} "
+                f"{fmt(one.per_second):>9} {fmt(big.per_second):>10} {fmt(big_ids.per_second):>9} "
+                f"{fmt(river.per_second if river else None):>7} {ratios[0]:>8} {ratios[1]:>11} "
+                f"{ratios[2]:>11}",
+                flush=True,
+            )
+            del engine_ids
+    cost = compile_cost()
+    print("\ncompiling the kernel (float32 and float64), fresh processes:")
+    for label, c in cost.items():
+        print(f"  {label:<6}: import {c['import']:.2f} s, warm_up {c['warm_up']:.2f} s")

@@ -1,0 +1,566 @@
+"""The fused CPU kernel of a tracking round: :func:`models.tracking.step` and :class:`TrackingRound`'s frame
+(the TrackIn step on the preconditioned gradient, figures, Page-Hinkley) for each row of a round, in one
+compiled loop, in place on the pool's packed buffers (docs/engine.md, "Fused tracking kernel").
+
+It is one more implementation of the same math, not a new definition: every constant arrives in ``fc``
+from :mod:`models.tracking` and friends, every column offset in ``col`` from the pool's layout, and each
+row's hyperparameters are read from its own columns (so any mix of beta rules, debias, weight decay and
+clipping within a pool runs here). Arithmetic is float64 whatever the buffer's dtype; results are stored in
+the buffer's dtype. Rows are taken in order, each reading the state its predecessors left, so a batch that
+holds a stream twice is one call (the same as one round per occurrence). Only NumPy arrays and numbers go
+in: :mod:`models.fused_tracking` builds them.
+
+One module on purpose: numba's on-disk cache of a function is keyed on its own source file only, so a kernel
+compiled with functions of another module would keep their old code from the cache after they change.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+# cfg: int settings of the pool
+(
+    K_KIND,  # 0 linear, 1 delta, 2 level, 3 track
+    K_IN,  # linear: inputs
+    K_OUT,  # outputs (series: dim)
+    K_P,  # features and the constant 1
+    K_LAGS,
+    K_DIM,
+    K_NSCALE,
+    K_STANDARDIZE,
+    K_MIX,
+    K_HUBER,
+    K_EPS,  # the pool keeps TrackIn's eps buffer
+    N_CFG,
+) = range(12)
+# fc: float settings and constants
+(
+    C_FORGET,
+    C_TINY,  # the buffer dtype's smallest normal
+    C_FMAX,  # the buffer dtype's largest finite value
+    C_CLIP,
+    C_FEATURE_CLIP,
+    C_BOUND,
+    C_COV_CAP,
+    C_STAT_ALPHA,
+    C_SCALE_WARMUP,
+    C_MIX_RHO,
+    C_MIX_ETA,
+    C_MIX_BIAS,
+    C_MIX_POWER,
+    C_MIX_WARMUP,
+    C_EWMA,
+    C_PH_WINDOW,
+    N_FC,
+) = range(17)
+# col: column offsets (float buffer unless noted; -1 where the pool has none)
+(
+    O_W,
+    O_MOM,
+    O_EPS,
+    O_SQ,
+    O_FIG,  # last loss, loss EWMA, grad norm, beta_t, ||eps||
+    O_LR,
+    O_GAMMA,
+    O_BETA,
+    O_ETA,
+    O_EPS_DECAY,
+    O_WD,
+    O_MGN,
+    O_RULE,  # int
+    O_DEBIAS,  # bool
+    O_HD,
+    O_COV,
+    O_SM2,
+    O_SN,
+    O_RESID2,
+    O_NAIVE2,
+    O_STATW,
+    O_MIXM,
+    O_MIXN,
+    O_MIXCOUNT,
+    O_LEARNED,
+    O_SKILL,  # model loss EWMA, naive loss EWMA, mix weight
+    O_MEAN,
+    O_MEANW,
+    O_LAST,
+    O_TS,
+    O_SEEN,
+    O_RATE,
+    O_RATES,
+    O_NONFIN,  # int
+    O_DMEAN,
+    O_DTOT,
+    O_DMIN,
+    O_DDELTA,
+    O_DTHR,
+    O_DN,  # int
+    O_DCOUNT,  # int
+    O_DLAST,  # int
+    O_DWARM,  # int
+    O_DEN,  # bool
+    O_DRESET,  # bool
+    O_STEP,  # int
+    N_COL,
+) = range(47)
+# flags: per-row outcomes, one row of ``flags [N_FLAGS, n]`` each
+FL_WARMING, FL_DRIFT, FL_APPLIED, FL_NONFINITE, N_FLAGS = range(5)
+
+_TINY = 1e-30  # models.functional's guard against 0 / 0
+_LINEAR, _DELTA, _LEVEL, _TRACK = range(4)
+
+
+@njit(cache=True, inline="always")
+def _clamp(v: float, c: float) -> float:
+    """``clamp(v, -c, c)``, NaN kept (as torch.clamp)."""
+    if v > c:
+        return c
+    if v < -c:
+        return -c
+    return v
+
+
+@njit(cache=True, inline="always")
+def _ewma(prev: float, value: float, alpha: float) -> float:
+    return value if math.isnan(prev) else prev + alpha * (value - prev)
+
+
+@njit(cache=True)
+def _scales(f: np.ndarray, col: np.ndarray, n: int, s: np.ndarray) -> None:
+    for j in range(n):
+        v = math.sqrt(f[col[O_SM2] + j])
+        s[j] = v if v > 0 else 1.0
+
+
+@njit(cache=True)
+def _features(
+    f: np.ndarray,
+    xr: np.ndarray,
+    cfg: np.ndarray,
+    fc: np.ndarray,
+    col: np.ndarray,
+    s: np.ndarray,
+    phi: np.ndarray,
+) -> None:
+    """Scaled features and the constant 1 (linear: of the inputs, NaN and inf as 0; series: of the rates
+    kept, and the last level for ``level``)."""
+    clip, kind = fc[C_FEATURE_CLIP], cfg[K_KIND]
+    if kind == _LINEAR:
+        for j in range(cfg[K_IN]):
+            v = xr[j]
+            phi[j] = _clamp((v if math.isfinite(v) else 0.0) / s[j], clip)
+    else:
+        dim, lags = cfg[K_DIM], cfg[K_LAGS]
+        for lag in range(lags):
+            for d in range(dim):
+                phi[lag * dim + d] = _clamp(f[col[O_RATES] + lag * dim + d] / s[d], clip)
+        if kind == _LEVEL:
+            for d in range(dim):
+                phi[lags * dim + d] = _clamp(f[col[O_LAST] + d] / s[dim + d], clip)
+    phi[cfg[K_P] - 1] = 1.0
+
+
+@njit(cache=True)
+def _predict(
+    f: np.ndarray,
+    cfg: np.ndarray,
+    fc: np.ndarray,
+    col: np.ndarray,
+    s: np.ndarray,
+    phi: np.ndarray,
+    naive: np.ndarray,
+    model: np.ndarray,
+    served: np.ndarray,
+    share: np.ndarray,
+) -> None:
+    """Naive, model and served predictions (series: rates) from the features, and the model's share."""
+    k, p, kind, tiny = cfg[K_OUT], cfg[K_P], cfg[K_KIND], fc[C_TINY]
+    w = f[col[O_STATW]]
+    learned = f[col[O_LEARNED]] >= fc[C_MIX_WARMUP]
+    n = f[col[O_MIXCOUNT]]
+    for o in range(k):
+        raw = 0.0
+        for j in range(p):
+            raw += f[col[O_W] + o * p + j] * phi[j]
+        if kind == _LINEAR:
+            mw = f[col[O_MEANW]]
+            nv = f[col[O_MEAN] + o] / max(mw, tiny) if mw > 0 else 0.0
+            dep = s[cfg[K_IN] + o] * raw - nv
+        else:
+            nv = f[col[O_RATE] + o] if kind == _TRACK else 0.0
+            dep = s[o] * raw
+        if w > 0:
+            dep = _clamp(dep, fc[C_BOUND] * math.sqrt(f[col[O_NAIVE2] + o] / max(w, tiny)))
+        mv = nv + dep
+        if cfg[K_MIX]:
+            mm, mn = f[col[O_MIXM] + o], f[col[O_MIXN] + o]
+            z = fc[C_MIX_ETA] * 2 * n * (mn - mm) / max(mm + mn, tiny) - fc[C_MIX_BIAS]
+            sh = 1.0 / (1.0 + math.exp(-z)) if learned else 0.0
+        else:
+            sh = 1.0
+        naive[o], model[o], share[o] = nv, mv, sh
+        served[o] = nv + sh * (mv - nv)
+
+
+@njit(cache=True)
+def _loss(a: np.ndarray, b: np.ndarray, k: int, huber: int, delta: float) -> float:
+    total = 0.0
+    for o in range(k):
+        r = a[o] - b[o]
+        if huber:
+            r = abs(r)
+            total += 0.5 * r * r if r <= delta else delta * (r - 0.5 * delta)
+        else:
+            total += r * r
+    return total / k
+
+
+@njit(cache=True)
+def _trackin(
+    f: np.ndarray, i: np.ndarray, b: np.ndarray, col: np.ndarray, cfg: np.ndarray, g: np.ndarray, n: int
+) -> tuple[float, float, float]:
+    """TrackIn (models.functional.trackin) on one row's weights, in place; returns the figures
+    ``(grad_norm, beta_t, eps_norm)``."""
+    W, M = col[O_W], col[O_MOM]
+    wd = f[col[O_WD]]
+    if wd != 0:
+        for j in range(n):
+            g[j] += wd * f[W + j]
+    sq = 0.0
+    for j in range(n):
+        sq += g[j] * g[j]
+    norm = math.sqrt(sq)
+    mgn = f[col[O_MGN]]
+    if mgn != math.inf:
+        scale = min(mgn / norm, 1.0)
+        for j in range(n):
+            g[j] *= scale
+        sq *= scale * scale
+    t = i[col[O_STEP]] + 1
+    i[col[O_STEP]] = t
+    gamma, rule = f[col[O_GAMMA]], i[col[O_RULE]]
+    s_cos = 0.0
+    if rule == 1:
+        msq, dot = 0.0, 0.0
+        for j in range(n):
+            msq += f[M + j] * f[M + j]
+            dot += g[j] * f[M + j]
+        s_cos = max(dot / max(math.sqrt(sq * msq), _TINY), 0.0)
+    msq = 0.0
+    for j in range(n):
+        m = f[M + j] * gamma + g[j] * (1 - gamma)
+        f[M + j] = m
+        msq += m * m
+    sq_avg = f[col[O_SQ]] * gamma + (1 - gamma) * sq
+    f[col[O_SQ]] = sq_avg
+    bias = 1 - gamma**t if b[col[O_DEBIAS]] else 1.0
+    if rule == 0:
+        s = 1.0
+    elif rule == 1:
+        s = s_cos
+    else:
+        rho = (msq / (bias * bias)) / max(sq_avg / bias, _TINY)
+        kappa = (1 - gamma) / (1 + gamma)
+        s = min(max((rho - kappa) / max(1 - kappa, _TINY), 0.0), 1.0) if kappa < 1 else 0.0
+    beta_t = f[col[O_BETA]] * s
+    coef, lr = beta_t / bias, f[col[O_LR]]
+    for j in range(n):
+        f[W + j] -= lr * (g[j] + coef * f[M + j])
+    eps_norm = 0.0
+    E = col[O_EPS]
+    if E >= 0:
+        decay, eta = f[col[O_EPS_DECAY]], f[col[O_ETA]]
+        esq = 0.0
+        for j in range(n):
+            e = f[E + j] * decay - eta * g[j]
+            f[E + j] = e
+            f[W + j] += f[E + j]
+            esq += f[E + j] * f[E + j]
+        eps_norm = math.sqrt(esq)
+    return norm, beta_t, eps_norm
+
+
+@njit(cache=True)
+def _learn(
+    f: np.ndarray,
+    i: np.ndarray,
+    b: np.ndarray,
+    cfg: np.ndarray,
+    fc: np.ndarray,
+    col: np.ndarray,
+    phi: np.ndarray,
+    scaled: np.ndarray,
+    target: np.ndarray,
+    model: np.ndarray,
+    naive: np.ndarray,
+    work: np.ndarray,
+) -> tuple[float, float, float]:
+    """The preconditioned step (tracking.learn) and the running statistics of one row that learns."""
+    k, p, tiny, lam = cfg[K_OUT], cfg[K_P], fc[C_TINY], fc[C_FORGET]
+    C, W = col[O_COV], col[O_W]
+    stat_w = f[col[O_STATW]]
+    clip_on = f[col[O_LEARNED]] >= 2 and stat_w > 0
+    p_phi, gain, residual, g = work[:p], work[p : 2 * p], work[2 * p : 2 * p + k], work[2 * p + k :]
+    for o in range(k):
+        r = scaled[o]
+        for j in range(p):
+            r -= f[W + o * p + j] * phi[j]
+        if clip_on:
+            r = _clamp(r, fc[C_CLIP] * math.sqrt(f[col[O_RESID2] + o] / max(stat_w, tiny)))
+        residual[o] = r
+    # P phi, P symmetric: row c of P scaled by phi_c, accumulated over c (the sums in the order of a row's
+    # dot product, each independent of the others: vectorised without reordering any sum)
+    for a in range(p):
+        p_phi[a] = 0.0
+    for c in range(p):
+        pc = phi[c]
+        for a in range(p):
+            p_phi[a] += f[C + c * p + a] * pc
+    quad = 0.0
+    for a in range(p):
+        quad += phi[a] * p_phi[a]
+    denom = lam + quad
+    for a in range(p):
+        gain[a] = p_phi[a] / denom
+    for o in range(k):
+        for j in range(p):
+            g[o * p + j] = -(residual[o] * gain[j])
+    stats = _trackin(f, i, b, col, cfg, g, k * p)
+    # (P - P phi phi^T P / denom) / lam, its largest diagonal entry capped. (p_phi_a p_phi_c) / denom is
+    # symmetric to the bit, so a symmetric P stays symmetric (the torch round symmetrises explicitly: the
+    # same values up to rounding). The diagonal first, then one contiguous pass.
+    inv_lam, inv_denom = 1.0 / lam, 1.0 / denom
+    peak = -math.inf
+    for a in range(p):
+        peak = max(peak, (f[C + a * p + a] - p_phi[a] * p_phi[a] * inv_denom) * inv_lam)
+    factor = inv_lam * (fc[C_COV_CAP] / max(peak, fc[C_COV_CAP]))
+    for a in range(p):
+        pa = p_phi[a]
+        for c in range(p):
+            f[C + a * p + c] = (f[C + a * p + c] - pa * p_phi[c] * inv_denom) * factor
+    keep, rho, power = 1 - fc[C_STAT_ALPHA], fc[C_MIX_RHO], fc[C_MIX_POWER]
+    for o in range(k):
+        f[col[O_RESID2] + o] = f[col[O_RESID2] + o] * keep + residual[o] * residual[o]
+        dn, dm = target[o] - naive[o], target[o] - model[o]
+        f[col[O_NAIVE2] + o] = f[col[O_NAIVE2] + o] * keep + dn * dn
+        f[col[O_MIXM] + o] = rho * f[col[O_MIXM] + o] + abs(dm) ** power
+        f[col[O_MIXN] + o] = rho * f[col[O_MIXN] + o] + abs(dn) ** power
+    f[col[O_STATW]] = f[col[O_STATW]] * keep + 1
+    f[col[O_MIXCOUNT]] = rho * f[col[O_MIXCOUNT]] + 1
+    f[col[O_LEARNED]] = f[col[O_LEARNED]] + 1
+    return stats
+
+
+@njit(cache=True)
+def _update_scales(f: np.ndarray, fc: np.ndarray, col: np.ndarray, values: np.ndarray, n: int) -> bool:
+    """Mean squares over the first SCALE_WARMUP observations (a square past the dtype's range counts 0);
+    returns whether they moved."""
+    count = f[col[O_SN]]
+    if count >= fc[C_SCALE_WARMUP]:
+        return False
+    count += 1
+    for j in range(n):
+        sq = values[j] * values[j]
+        if not sq <= fc[C_FMAX]:
+            sq = 0.0
+        m2 = f[col[O_SM2] + j]
+        f[col[O_SM2] + j] = m2 + (sq - m2) / count
+    f[col[O_SN]] = count
+    return True
+
+
+@njit(cache=True)
+def _drift(
+    f: np.ndarray,
+    i: np.ndarray,
+    b: np.ndarray,
+    col: np.ndarray,
+    k: int,
+    p: int,
+    active: bool,
+    loss: float,
+    window: float,
+) -> bool:
+    """Page-Hinkley (models.drift.page_hinkley) on one row; clears the momentum on an alarm if asked."""
+    total, minimum = f[col[O_DTOT]], f[col[O_DMIN]]
+    if not b[col[O_DEN]]:
+        return False
+    n = i[col[O_DN]]
+    armed = active and n >= i[col[O_DWARM]]
+    if armed:
+        mean = f[col[O_DMEAN]]
+        total = total + (loss / max(mean, _TINY) - (1 + f[col[O_DDELTA]]))
+        f[col[O_DTOT]] = total
+    if not minimum <= total:  # torch.minimum: NaN wins
+        f[col[O_DMIN]] = total
+    minimum = f[col[O_DMIN]]
+    if active:
+        n += 1
+        i[col[O_DN]] = n
+        mean = f[col[O_DMEAN]]
+        f[col[O_DMEAN]] = mean + (loss - mean) / min(max(n, 1), window)
+    alarm = armed and f[col[O_DTOT]] - minimum > f[col[O_DTHR]]
+    if alarm:
+        i[col[O_DN]] = 0
+        f[col[O_DMEAN]] = 0.0
+        f[col[O_DTOT]] = 0.0
+        f[col[O_DMIN]] = 0.0
+        i[col[O_DCOUNT]] += 1
+        i[col[O_DLAST]] = i[col[O_STEP]]
+        if b[col[O_DRESET]]:
+            for j in range(k * p):
+                f[col[O_MOM] + j] = 0.0
+    return alarm
+
+
+@njit(cache=True, nogil=True)
+def tracking_round(
+    fbuf: np.ndarray,
+    ibuf: np.ndarray,
+    bbuf: np.ndarray,
+    slots: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    ts: np.ndarray,
+    cfg: np.ndarray,
+    fc: np.ndarray,
+    col: np.ndarray,
+    pred: np.ndarray,
+    loss: np.ndarray,
+    forecast: np.ndarray,
+    step: np.ndarray,
+    flags: np.ndarray,
+) -> None:
+    """One observation per row, rows in order, in place on the buffers ``fbuf``, ``ibuf``, ``bbuf``.
+
+    ``x``: inputs (series: the arriving values), ``y``: targets (linear; series ``[n, 0]``), ``ts``: the
+    series' times (NaN: one unit after the previous value). Outcomes: ``pred`` (served, NaN where no step),
+    ``loss``, ``forecast`` (series: the next value, NaN before the first), ``step`` and ``flags``.
+    """
+    k, p, kind, nscale = cfg[K_OUT], cfg[K_P], cfg[K_KIND], cfg[K_NSCALE]
+    dim = cfg[K_DIM]
+    s = np.empty(nscale)
+    phi = np.empty(p)
+    naive, model, served, share = np.empty(k), np.empty(k), np.empty(k), np.empty(k)
+    scaled, target, values = np.empty(k), np.empty(k), np.empty(nscale)
+    lv_s, lv_m, lv_n = np.empty(k), np.empty(k), np.empty(k)
+    work = np.empty(2 * p + k + k * p)
+    nan = math.nan
+    for r in range(slots.shape[0]):
+        row = slots[r]
+        f, i, b = fbuf[row], ibuf[row], bbuf[row]
+        xr = x[r]
+        finite = True
+        for j in range(xr.shape[0]):
+            finite = finite and math.isfinite(xr[j])
+        first = False
+        now, last_ts, gap = 0.0, 0.0, 1.0
+        if kind == _LINEAR:
+            for o in range(k):
+                finite = finite and math.isfinite(y[r, o])
+            ok = finite
+        else:
+            seen = f[col[O_SEEN]] > 0
+            last_ts = f[col[O_TS]]
+            now = last_ts + 1 if math.isnan(ts[r]) else ts[r]
+            finite = finite and math.isfinite(now) and (not seen or now > last_ts)
+            first = finite and not seen
+            ok = finite and seen
+        flags[FL_WARMING, r], flags[FL_APPLIED, r], flags[FL_NONFINITE, r] = first, ok, not finite
+        flags[FL_DRIFT, r] = False
+        if not ok:
+            if not finite:
+                i[col[O_NONFIN]] += 1
+            if first:
+                for d in range(dim):
+                    f[col[O_LAST] + d] = xr[d]
+                f[col[O_TS]] = now
+                f[col[O_SEEN]] = 1.0
+            if b[col[O_DEN]] and not f[col[O_DMIN]] <= f[col[O_DTOT]]:  # torch.minimum: NaN wins
+                f[col[O_DMIN]] = f[col[O_DTOT]]
+            pred[r, :] = nan
+            loss[r] = nan
+        else:
+            _scales(f, col, nscale, s)
+            _features(f, xr, cfg, fc, col, s, phi)
+            _predict(f, cfg, fc, col, s, phi, naive, model, served, share)
+            if kind == _LINEAR:
+                for o in range(k):
+                    target[o] = y[r, o]
+                for j in range(cfg[K_IN]):
+                    values[j] = xr[j]
+                for o in range(k):
+                    values[cfg[K_IN] + o] = y[r, o]
+            else:
+                gap = now - last_ts
+                for d in range(dim):
+                    target[d] = (xr[d] - f[col[O_LAST] + d]) / gap
+                    values[d] = target[d]
+                if kind == _LEVEL:
+                    for d in range(dim):
+                        values[dim + d] = xr[d]
+            if cfg[K_STANDARDIZE] and _update_scales(f, fc, col, values, nscale):
+                _scales(f, col, nscale, s)  # the step learns in the scales that include this observation
+                _features(f, xr, cfg, fc, col, s, phi)
+            for o in range(k):
+                if kind == _LINEAR:
+                    scaled[o] = target[o] / s[cfg[K_IN] + o]
+                    lv_s[o], lv_m[o], lv_n[o] = served[o], model[o], naive[o]
+                else:
+                    scaled[o] = (target[o] - naive[o]) / s[o]
+                    last = f[col[O_LAST] + o]
+                    lv_s[o], lv_m[o], lv_n[o] = (
+                        last + gap * served[o],
+                        last + gap * model[o],
+                        last + gap * naive[o],
+                    )
+            grad_norm, beta_t, eps_norm = _learn(
+                f, i, b, cfg, fc, col, phi, scaled, target, model, naive, work
+            )
+            if kind == _LINEAR:
+                keep = 1 - fc[C_STAT_ALPHA]
+                for o in range(k):
+                    f[col[O_MEAN] + o] = f[col[O_MEAN] + o] * keep + target[o]
+                f[col[O_MEANW]] = f[col[O_MEANW]] * keep + 1
+                levels = y[r]
+            else:
+                R = col[O_RATES]
+                for j in range(cfg[K_LAGS] * dim - 1, dim - 1, -1):
+                    f[R + j] = f[R + j - dim]
+                for d in range(dim):
+                    f[R + d] = target[d]
+                    f[col[O_RATE] + d] = target[d]
+                    f[col[O_LAST] + d] = xr[d]
+                f[col[O_TS]] = now
+                f[col[O_SEEN]] = 1.0
+                levels = xr
+            huber, delta = cfg[K_HUBER], f[col[O_HD]]
+            lo = _loss(lv_s, levels, k, huber, delta)
+            F0 = col[O_FIG]
+            f[F0] = lo
+            f[F0 + 1] = _ewma(f[F0 + 1], lo, fc[C_EWMA])
+            f[F0 + 2], f[F0 + 3], f[F0 + 4] = grad_norm, beta_t, eps_norm
+            S = col[O_SKILL]
+            f[S] = _ewma(f[S], _loss(lv_m, levels, k, huber, delta), fc[C_EWMA])
+            f[S + 1] = _ewma(f[S + 1], _loss(lv_n, levels, k, huber, delta), fc[C_EWMA])
+            mean_share = 0.0
+            for o in range(k):
+                mean_share += share[o]
+            f[S + 2] = mean_share / k
+            flags[FL_DRIFT, r] = _drift(f, i, b, col, k, p, True, lo, fc[C_PH_WINDOW])
+            for o in range(k):
+                pred[r, o] = lv_s[o]
+            loss[r] = lo
+        step[r] = i[col[O_STEP]]
+        if kind != _LINEAR:
+            if f[col[O_SEEN]] > 0:
+                _scales(f, col, nscale, s)
+                _features(f, xr, cfg, fc, col, s, phi)
+                _predict(f, cfg, fc, col, s, phi, naive, model, served, share)
+                for d in range(dim):
+                    forecast[r, d] = f[col[O_LAST] + d] + served[d]
+            else:
+                forecast[r, :] = nan

@@ -1,0 +1,162 @@
+"""The fused tracking kernel (models/fused_tracking*.py) against the torch TrackingRound: every outcome and
+every state key, with the hyperparameters differing per stream within one pool (each beta rule, debias,
+weight decay, clipping, eps, Huber's delta, drift settings with alarms and momentum resets), batches with
+repeats, non-finite values, time gaps and times that go back, and a pool that grows mid-run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.support.tolerances import memory, tolerance
+from trackin.models.fused_tracking import FusedTrackingRound, warm_up
+from trackin.models.fused_tracking_kernel import tracking_round
+from trackin.models.kernels import fused_applies
+from trackin.models.pool import ObserveResult, StreamPool
+from trackin.models.specs import StreamSpec
+from trackin.models.tracking_round import TrackingRound
+
+CASES: dict[str, dict[str, Any]] = {
+    "linear": {"model": {"family": "linear", "in_dim": 3, "out_dim": 2}},
+    "linear-huber-eps": {
+        "model": {"family": "linear", "in_dim": 2},
+        "loss": "huber",
+        "optimizer": {"eta": 0.01, "eps_decay": 0.8},
+    },
+    "ar-delta-raw-nomix": {
+        "model": {"family": "ar", "dim": 1, "lags": 3},
+        "standardize": False,
+        "mix_naive": False,
+        "optimizer": {"forget": 0.99},
+    },
+    "ar-level": {"model": {"family": "ar", "dim": 2, "lags": 2, "target": "level"}},
+    "track": {"model": {"family": "track", "dim": 4, "lags": 2}},
+}
+OPTIMIZERS: list[dict[str, Any]] = [
+    {},
+    {"beta_rule": "constant", "lr": 0.5},
+    {"beta_rule": "norm", "debias": False},
+    {"weight_decay": 0.01, "gamma": 0.9},
+    {"max_grad_norm": 0.05},
+    {"beta_rule": "norm", "max_grad_norm": 0.5, "weight_decay": 0.001, "beta": 2.0},
+]
+DRIFTS: list[dict[str, Any]] = [
+    {"warmup": 3, "threshold": 0.5, "delta": 0.0, "reset_momentum": True},
+    {"enabled": False},
+    {},
+    {"warmup": 5, "threshold": 2.0, "delta": 0.5},
+]
+STREAMS = len(OPTIMIZERS)
+
+
+def _specs(name: str, dtype: str) -> list[StreamSpec]:
+    base = CASES[name]
+    specs = []
+    for k, opt in enumerate(OPTIMIZERS):
+        body = {
+            **base,
+            "dtype": dtype,
+            "optimizer": {**base.get("optimizer", {}), **opt},
+            "drift": DRIFTS[k % len(DRIFTS)],
+            "huber_delta": 0.5 + k,
+        }
+        specs.append(StreamSpec.model_validate(body))
+    return specs
+
+
+def _batch(
+    spec: StreamSpec, rng: np.random.Generator, t: int, clocks: np.ndarray
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Slots (repeats likely), inputs, targets (linear) and times (series) of one batch."""
+    who = rng.integers(0, STREAMS, size=int(rng.integers(1, 9)))
+    model = spec.model
+    regime = 1.0 if t < 60 else -3.0  # a jump halfway: the drift detectors fire
+    if model.family == "linear":
+        x = rng.normal(size=(who.size, model.in_dim)) * 20
+        y = regime * x[:, : model.out_dim] * 0.3 + rng.normal(size=(who.size, model.out_dim))
+        x[rng.random(who.size) < 0.05, 0] = np.nan
+        y[rng.random(who.size) < 0.03, 0] = np.inf
+        return who, torch.from_numpy(x), torch.from_numpy(y), None
+    clocks[who] += rng.choice([1.0, 1.0, 2.0, 5.0], size=who.size)
+    times = clocks[who].copy()
+    times[rng.random(who.size) < 0.05] = np.nan  # one unit after the previous value
+    times[rng.random(who.size) < 0.03] = 0.0  # not after the previous value: refused
+    values = 500 + regime * 3.0 * times[:, None] + rng.normal(size=(who.size, model.dim)).cumsum(1)
+    values[rng.random(who.size) < 0.05, 0] = np.inf
+    return who, torch.from_numpy(values), None, torch.from_numpy(times)
+
+
+def _assert_same(got: Any, want: Any, tol: dict[str, float], msg: str) -> None:
+    if got.dtype in (torch.bool, torch.int64):
+        assert torch.equal(got, want), msg
+    else:
+        torch.testing.assert_close(got, want, **tol, equal_nan=True, msg=lambda m: f"{msg}: {m}")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_fused_equals_torch_round(name: str, dtype: str) -> None:
+    specs = _specs(name, dtype)
+    pools = {k: StreamPool(specs[0], capacity=2, kernels=k) for k in ("auto", "torch")}  # type: ignore[arg-type]
+    assert isinstance(pools["auto"]._round, FusedTrackingRound)
+    assert type(pools["torch"]._round) is TrackingRound
+    slots = {k: [p.add(s) for s in specs[:3]] for k, p in pools.items()}  # the rest arrive mid-run
+    rng = np.random.default_rng(len(name) + len(dtype))
+    clocks = np.zeros(STREAMS)
+    # float32: the torch round rounds every op to float32, the kernel computes in float64; a difference
+    # made at one step is forgotten over the slowest average's memory (momentum gamma 0.98, mix rho 0.99)
+    tol = tolerance(dtype, ops=100, steps=memory(decays=(0.99,)), scale=10.0)
+    drifts = 0
+    for t in range(120):
+        if t == 20:
+            for k, p in pools.items():
+                slots[k] += [p.add(s) for s in specs[3:]]  # the pool grows: the kernel sees the new buffers
+        who, x, y, ts = _batch(specs[0], rng, t, clocks)
+        out: dict[str, ObserveResult] = {}
+        for k, p in pools.items():
+            s = np.array(slots[k])[who % len(slots[k])]  # before the growth: the first three
+            out[k] = p.observe(
+                s, x.clone(), None if y is None else y.clone(), None if ts is None else ts.clone()
+            )
+        for field in ObserveResult.__slots__:
+            got, want = getattr(out["auto"], field), getattr(out["torch"], field)
+            if want is None:
+                assert got is None, field
+                continue
+            _assert_same(got, want, dict(tol), f"step {t}: {field}")
+        drifts += int(out["torch"].drift.sum())
+        if t % 8 and t != 119:
+            continue  # every state key every 8 batches: a difference in the state shows in the outcomes too
+        fused_state, torch_state = pools["auto"].state, pools["torch"].state
+        for key, want in torch_state.items():
+            got = fused_state[key]
+            _assert_same(got[slots["auto"]], want[slots["torch"]], dict(tol), f"step {t}: {key}")
+    assert drifts > 0, "the drift detectors fired (and reset momenta)"
+
+
+def test_kernels_setting_and_warm_up() -> None:
+    """``auto`` picks the fused kernel on the CPU, ``torch`` forces the torch round; warm-up compiles both
+    dtypes (from numba's cache here: the tests above compiled them)."""
+    assert fused_applies(torch.device("cpu"), torch.float32)
+    assert not fused_applies(torch.device("meta"), torch.float32)
+    spec = StreamSpec.model_validate({"model": {"family": "linear", "in_dim": 2}})
+    assert StreamPool(spec).fused
+    assert not StreamPool(spec, kernels="torch").fused
+    first_order = StreamSpec.model_validate(
+        {"model": {"family": "linear", "in_dim": 2}, "optimizer": {"precondition": "none"}}
+    )
+    assert not StreamPool(first_order).fused, "the first-order round is not this kernel's"
+    assert warm_up() >= 0
+    compiled = len(tracking_round.overloads)
+    for dtype in ("float32", "float64"):  # warm-up compiled exactly the types a pool's calls have
+        for model in ({"family": "linear", "in_dim": 3}, {"family": "track", "dim": 2}):
+            spec = StreamSpec.model_validate({"model": model, "dtype": dtype})
+            pool = StreamPool(spec)
+            slot = pool.add(spec)
+            x = torch.ones(1, 3 if model["family"] == "linear" else 2, dtype=getattr(torch, dtype))
+            y = torch.ones(1, 1, dtype=x.dtype) if model["family"] == "linear" else None
+            assert pool.observe(np.array([slot]), x, y).nonfinite.tolist() == [False]
+    assert len(tracking_round.overloads) == compiled == 2
