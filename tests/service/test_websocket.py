@@ -266,6 +266,7 @@ async def test_backpressure_stops_reading_and_loses_nothing(limits_server: Track
     spec = {
         "model": {"family": "linear", "in_dim": 1, "out_dim": out_dim, "init": "random"},
         "optimizer": {"name": "sgd", "lr": 1e-3},
+        "standardize": False,  # raw units: standardised, a constant target is predicted as "1.0", short
     }
     await create(limits_server.url, {sid: spec})
     message = {"observations": [{"stream": sid, "x": [1.0], "y": [1] * out_dim}]}
