@@ -45,6 +45,7 @@ from trackin.service.settings import Settings
 from trackin.service.snapshot import fleet_snapshot
 from trackin.service.state import AppState
 from trackin.service.transport.body import BodyLimit
+from trackin.service.transport.fastpath import FastObservations
 from trackin.service.transport.routes import health, observations, streams
 from trackin.service.transport.ws import router as ws_router
 
@@ -205,6 +206,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(streams.router)
     app.include_router(observations.router)
     app.include_router(ws_router)
+    # Pure ASGI middleware only (no BaseHTTPMiddleware: it costs a task and a stream per request).
+    # Innermost first: the observation fast path, then the body limit, then the request metrics outermost.
+    app.add_middleware(FastObservations, get_state=lambda: getattr(app.state, "trackin", None))
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(
         _HttpMetrics, get_metrics=lambda: getattr(getattr(app.state, "trackin", None), "metrics", None)

@@ -135,7 +135,7 @@ class Registry:
         """Spec and figures of one stream."""
         async with self._persistence.hold([stream_id]):
             record = await self.require(stream_id, create=False)
-            f = await self._scheduler.call(lambda engine: engine.figures(stream_id))
+            f = await self._scheduler.read(lambda engine: engine.figures(stream_id))
 
         def num(value: float) -> float | None:
             return None if value != value else value
@@ -314,7 +314,7 @@ class Registry:
             def run(engine: Engine) -> list[list[float] | None]:
                 return engine.predict([stream_id], inputs)
 
-            prediction = (await self._scheduler.call(run))[0]
+            prediction = (await self._scheduler.read(run))[0]
         if request_id is not None and inputs[0] is not None:
             self._labels.put(stream_id, request_id, inputs[0])
         return spec, prediction

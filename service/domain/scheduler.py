@@ -4,7 +4,16 @@ Natural batching: whatever queued up while the previous batch ran becomes the ne
 a lone observation waits for nobody and a busy server takes big batches. The queue is FIFO, so per stream the
 steps happen in the order requests arrived, whichever REST request or WebSocket connection they came from.
 Control-plane calls (create, delete, restore, export) go through the same queue, ordered with observations.
-Engine work runs on one dedicated thread so the event loop keeps parsing requests meanwhile.
+
+Where engine work runs: a batch of up to ``inline_limit`` observations runs on the event loop itself. Its
+engine call costs about as much as the thread hand-off it would need (submit, wake the thread, chain the
+future back: tens of microseconds and two context switches), and the loop parses the next requests while
+the previous answers are written anyway. Bigger batches and control-plane calls (exports, restores: possibly
+long) run on one dedicated thread, so the loop keeps parsing requests meanwhile. Either way engine work
+stays strictly in queue order.
+
+Reads (`read`: figures, predictions) do not queue: they see every step acknowledged before them (an
+acknowledged step has been applied), and only wait for engine work running on the thread right now.
 """
 
 from __future__ import annotations
@@ -52,11 +61,13 @@ class Scheduler:
         engine: Engine,
         *,
         max_batch: int,
+        inline_limit: int = 64,
         before_apply: BatchHook | None = None,
         after_apply: Sequence[AfterApply] = (),
     ) -> None:
         self.engine = engine
         self.max_batch = max_batch
+        self.inline_limit = inline_limit
         self.before_apply = before_apply
         self.after_apply = list(after_apply)
         self._queue: collections.deque[_Observe | _Call] = collections.deque()
@@ -66,6 +77,7 @@ class Scheduler:
         self._closing = False
         self.last_batch_size = 0
         self._pending_observations = 0
+        self._threaded: asyncio.Future[Any] | None = None  # engine work on the thread right now
 
     @property
     def pending(self) -> int:
@@ -111,6 +123,24 @@ class Scheduler:
         self._submit(_Call(fn, future))
         return await future
 
+    async def read(self, fn: Callable[[Engine], T]) -> T:
+        """Run a read-only ``fn(engine)`` on the event loop now, without queueing behind observations:
+        it sees every batch applied so far (so every step acknowledged before it). Waits only while
+        engine work runs on the thread, which may be mutating the state ``fn`` reads."""
+        while self._threaded is not None:
+            await asyncio.shield(self._threaded)
+        return fn(self.engine)
+
+    async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the engine thread; reads wait for it (``read``)."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, fn, *args)
+        self._threaded = future
+        try:
+            return await future
+        finally:
+            self._threaded = None
+
     def _submit(self, job: _Observe | _Call) -> None:
         if self._closing:
             raise Unavailable("the server is shutting down", retry_after=5)
@@ -123,7 +153,6 @@ class Scheduler:
         self._pending_observations -= sum(len(j.batch) for j in jobs)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         # The engine stage of the previous observation batch, still running: the next batch's
         # ``before_apply`` (a durability-log append: a store round trip) overlaps it instead of leaving
         # the engine idle. Engine work itself stays strictly in queue order, and a control-plane call
@@ -147,7 +176,7 @@ class Scheduler:
                         await applying
                         applying = None
                     try:
-                        job.future.set_result(await loop.run_in_executor(self._executor, job.fn, self.engine))
+                        job.future.set_result(await self._on_thread(job.fn, self.engine))
                     except BaseException as exc:
                         if not job.future.done():
                             job.future.set_exception(exc)
@@ -168,8 +197,10 @@ class Scheduler:
                 if applying is not None:
                     await applying
                     applying = None
-                if live:
-                    applying = asyncio.create_task(self._apply(live, loop), name="trackin-apply")
+                if live and sum(len(j.batch) for j in live) <= self.inline_limit:
+                    self._apply_inline(live)
+                elif live:
+                    applying = asyncio.create_task(self._apply(live), name="trackin-apply")
         finally:
             if applying is not None and not applying.done():
                 applying.cancel()
@@ -191,15 +222,36 @@ class Scheduler:
             return []
         return live
 
-    async def _apply(self, live: list[_Observe], loop: asyncio.AbstractEventLoop) -> None:
+    def _apply_inline(self, live: list[_Observe]) -> None:
+        """A small batch, applied on the event loop (no await: nothing runs in between)."""
         batches = [j.batch for j in live]
         started = time.perf_counter()
         try:
-            results = await loop.run_in_executor(self._executor, _observe_all, self.engine, batches)
+            results = _observe_all(self.engine, batches)
+        except Exception as exc:
+            self._settled(live)
+            _fail(live, exc)
+            return
+        self._done(live, batches, results, started)
+
+    async def _apply(self, live: list[_Observe]) -> None:
+        batches = [j.batch for j in live]
+        started = time.perf_counter()
+        try:
+            results = await self._on_thread(_observe_all, self.engine, batches)
         except BaseException as exc:
             self._settled(live)
             _fail(live, exc)
             return
+        self._done(live, batches, results, started)
+
+    def _done(
+        self,
+        live: list[_Observe],
+        batches: list[IngestBatch],
+        results: list[list[ItemResult]],
+        started: float,
+    ) -> None:
         self.last_batch_size = sum(len(b) for b in batches)
         seconds = time.perf_counter() - started
         self._settled(live)  # no await until the hooks have counted them

@@ -80,7 +80,7 @@ def _is_list(raw: bytes) -> bool:
 
 async def _ingest(
     state: AppState, items: list[ObservationIn], default_stream: str | None, started: float
-) -> Response:
+) -> bytes:
     limit = state.settings.max_request_observations
     try:
         if len(items) > limit:
@@ -107,19 +107,13 @@ async def _ingest(
         ]
     }
     state.metrics.ingested("rest", time.perf_counter() - started)
-    return Response(encode_json(body), media_type="application/json")
+    return encode_json(body)
 
 
-@router.post(
-    "/streams/{stream_id}/observations",
-    summary="Observe one stream: predict, score, then learn (one step per observation)",
-    openapi_extra=_ONE_STREAM_DOC,
-)
-async def observe_stream(stream_id: str, request: Request, state: State) -> Response:
-    started = time.perf_counter()
+async def observe_one(state: AppState, stream_id: str, raw: bytes, started: float) -> bytes:
+    """``POST /v1/streams/{stream_id}/observations``: the answer's body, or a ``ServiceError``."""
     check_stream_id(stream_id)
     try:
-        raw = await read_body(request, state.settings.max_body_bytes)
         # Decode as what the body starts with, so error paths read as build_batch's (observations[0].x).
         payload: ObservationIn | list[ObservationIn] = (
             decode_json(raw, list[ObservationIn], prefix="observations")
@@ -134,14 +128,8 @@ async def observe_stream(stream_id: str, request: Request, state: State) -> Resp
     return await _ingest(state, items, stream_id, started)
 
 
-@router.post(
-    "/observations",
-    summary="Observe many streams at once; validated as a whole before applying",
-    openapi_extra=_MANY_STREAMS_DOC,
-)
-async def observe_many(request: Request, state: State) -> Response:
-    started = time.perf_counter()
-    raw = await read_body(request, state.settings.max_body_bytes)
+async def observe_many_streams(state: AppState, raw: bytes, started: float) -> bytes:
+    """``POST /v1/observations``: the answer's body, or a ``ServiceError``."""
     try:
         payload: ObservationsBody | list[ObservationIn] = (
             decode_json(raw, list[ObservationIn], prefix="observations")
@@ -153,3 +141,35 @@ async def observe_many(request: Request, state: State) -> Response:
         raise
     items = payload.observations if isinstance(payload, ObservationsBody) else payload
     return await _ingest(state, items, None, started)
+
+
+# The routes below document the endpoints in OpenAPI and serve them when the app runs without the fast path
+# (service/transport/fastpath.py answers them first in the served app, skipping routing and dependencies).
+
+
+@router.post(
+    "/streams/{stream_id}/observations",
+    summary="Observe one stream: predict, score, then learn (one step per observation)",
+    openapi_extra=_ONE_STREAM_DOC,
+)
+async def observe_stream(stream_id: str, request: Request, state: State) -> Response:
+    started = time.perf_counter()
+    check_stream_id(stream_id)
+    try:
+        raw = await read_body(request, state.settings.max_body_bytes)
+    except ServiceError as exc:
+        exc.stream = exc.stream or stream_id
+        state.metrics.observed("rejected", "rest")
+        raise
+    return Response(await observe_one(state, stream_id, raw, started), media_type="application/json")
+
+
+@router.post(
+    "/observations",
+    summary="Observe many streams at once; validated as a whole before applying",
+    openapi_extra=_MANY_STREAMS_DOC,
+)
+async def observe_many(request: Request, state: State) -> Response:
+    started = time.perf_counter()
+    raw = await read_body(request, state.settings.max_body_bytes)
+    return Response(await observe_many_streams(state, raw, started), media_type="application/json")
