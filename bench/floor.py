@@ -1,4 +1,4 @@
-"""The floor for single-observation REST: a bare FastAPI endpoint on the same uvicorn settings as ``trackin serve``.
+"""The floor for single-observation REST: a bare FastAPI endpoint, uvicorn set up as ``trackin serve``.
 
 It does what any JSON endpoint must (route, read the body, parse it with orjson, answer a result of the same
 shape as trackin's) and nothing else, so ``trackin / floor`` in ``python -m bench.http`` is the share of the

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from trackin.models.engine import Engine, ItemResult, resolve_device
+from trackin.models.engine import Engine, Outcomes, resolve_device
 from trackin.service.domain.budget import resolve_budget
 from trackin.service.domain.catalog import Catalog
 from trackin.service.domain.ingest import IngestBatch
@@ -55,16 +55,16 @@ log = logging.getLogger("trackin")
 
 
 def _record_batch(metrics: Metrics):  # type: ignore[no-untyped-def]
-    def after_apply(batches: list[IngestBatch], results: list[list[ItemResult]], seconds: float) -> None:
+    def after_apply(batches: list[IngestBatch], results: list[Outcomes], seconds: float) -> None:
         size = sum(len(b) for b in batches)
         metrics.engine_step(size, seconds)
-        losses: list[float] = []
-        for batch, items in zip(batches, results, strict=True):
+        losses: list[np.ndarray] = []
+        for batch, outcome in zip(batches, results, strict=True):
             transport: Any = batch.transport
-            applied = sum(r.applied for r in items)
-            warming = sum(r.warming for r in items)
-            nonfinite = sum(r.nonfinite for r in items)
-            drifts = sum(r.drift for r in items)
+            applied = int(outcome.applied.sum())
+            warming = int(outcome.warming.sum())
+            nonfinite = int(outcome.nonfinite.sum())
+            drifts = int(outcome.drift.sum())
             if applied:
                 metrics.observed("applied", transport, applied)
             if warming:
@@ -73,9 +73,11 @@ def _record_batch(metrics: Metrics):  # type: ignore[no-untyped-def]
                 metrics.observed("nonfinite", transport, nonfinite)
             if drifts:
                 metrics.drifted(drifts)
-            losses.extend(r.loss for r in items if r.loss is not None)
+            scored = outcome.losses[~np.isnan(outcome.losses)]
+            if scored.size:
+                losses.append(scored)
         if losses:
-            metrics.observe_losses(np.asarray(losses))
+            metrics.observe_losses(np.concatenate(losses) if len(losses) > 1 else losses[0])
 
     return after_apply
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from trackin.models.engine import Engine, ItemResult, MemoryBudgetError
+from trackin.models.engine import Engine, ItemResult, MemoryBudgetError, Outcomes
 from trackin.models.specs import ARModel, StreamSpec, TrackModel
 from trackin.service.domain.budget import check_stream_bytes, over_budget
 from trackin.service.domain.catalog import Catalog, StreamRecord, Template
@@ -239,7 +239,7 @@ class Registry:
         default_stream: str | None,
         prefix: str,
         transport: str = "rest",
-    ) -> tuple[IngestBatch, asyncio.Future[list[ItemResult]]]:
+    ) -> tuple[IngestBatch, asyncio.Future[Outcomes]]:
         """Resolve the streams (templates, restores), check every item against its spec, and queue the
         batch: its order among all requests is fixed here. The future gets the per-item results once the
         batch is applied; its streams stay resident until then."""
@@ -265,12 +265,12 @@ class Registry:
                 specs[stream] = (await self.require(stream)).spec
         return build_batch(items, specs, default_stream=default_stream, prefix=prefix)
 
-    def _submit(self, batch: IngestBatch) -> asyncio.Future[list[ItemResult]]:
+    def _submit(self, batch: IngestBatch) -> asyncio.Future[Outcomes]:
         future = self._scheduler.submit(batch)
         future.add_done_callback(lambda done: self._note(batch.stream_ids, done))
         return future
 
-    def _note(self, stream_ids: Sequence[str], done: asyncio.Future[list[ItemResult]]) -> None:
+    def _note(self, stream_ids: Sequence[str], done: asyncio.Future[Outcomes]) -> None:
         """An applied batch: its streams' update times, and the drifts it detected."""
         if done.cancelled() or done.exception() is not None:
             return
@@ -279,12 +279,11 @@ class Registry:
             record = self._catalog.record(stream_id)
             if record is not None:
                 record.updated_at = now
-        for stream_id, result in zip(stream_ids, done.result(), strict=True):
-            if result.drift:
-                record = self._catalog.record(stream_id)
-                if record is not None:
-                    record.last_drift_at = now
-                    record.drifts += 1
+        for i in np.flatnonzero(done.result().drift).tolist():
+            record = self._catalog.record(stream_ids[i])
+            if record is not None:
+                record.last_drift_at = now
+                record.drifts += 1
 
     async def predict(
         self, stream_id: str, x: list[float] | None, request_id: str | None
@@ -338,7 +337,7 @@ class Registry:
                 default_stream=stream_id,
                 prefix="label",
             )
-            result = (await self._submit(batch))[0]
+            result = (await self._submit(batch)).items()[0]
         self._labels.discard(stream_id, request_id)
         return record.spec, result
 

@@ -26,7 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from trackin.models.engine import Engine, ItemResult
+import numpy as np
+
+from trackin.models.engine import Engine, ItemResult, Outcomes
 from trackin.service.domain.ingest import IngestBatch
 from trackin.service.errors import Unavailable, UnknownStream
 
@@ -34,8 +36,9 @@ __all__ = ["AfterApply", "BatchHook", "Scheduler"]
 
 T = TypeVar("T")
 
-AfterApply = Callable[[list[IngestBatch], list[list[ItemResult]], float], None]
-"""Called in the worker right after each engine call, before any later job runs (counting, metrics)."""
+AfterApply = Callable[[list[IngestBatch], Any, float], None]
+"""Called in the worker right after each engine call, before any later job runs (counting, metrics); the
+second argument is the list of each batch's `Outcomes`."""
 
 BatchHook = Callable[[list[IngestBatch]], Awaitable[None]]
 """Awaited before a batch is applied (e.g. the durability log); raising fails the batch, applying nothing."""
@@ -44,7 +47,7 @@ BatchHook = Callable[[list[IngestBatch]], Awaitable[None]]
 @dataclass(slots=True)
 class _Observe:
     batch: IngestBatch
-    future: asyncio.Future[list[ItemResult]]
+    future: asyncio.Future[Outcomes]
 
 
 @dataclass(slots=True)
@@ -107,14 +110,14 @@ class Scheduler:
             await self._task
         self._executor.shutdown(wait=True)
 
-    def submit(self, batch: IngestBatch) -> asyncio.Future[list[ItemResult]]:
+    def submit(self, batch: IngestBatch) -> asyncio.Future[Outcomes]:
         """Queue a validated batch now (its place in the order is fixed here); the future gets its results."""
-        future: asyncio.Future[list[ItemResult]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Outcomes] = asyncio.get_running_loop().create_future()
         self._submit(_Observe(batch, future))
         return future
 
-    async def observe(self, batch: IngestBatch) -> list[ItemResult]:
-        """Apply a validated batch (one step per observation) and return per-item results in order."""
+    async def observe(self, batch: IngestBatch) -> Outcomes:
+        """Apply a validated batch (one step per observation) and return its outcomes in order."""
         return await self.submit(batch)
 
     async def call(self, fn: Callable[[Engine], T]) -> T:
@@ -127,8 +130,8 @@ class Scheduler:
         """Run a read-only ``fn(engine)`` on the event loop now, without queueing behind observations:
         it sees every batch applied so far (so every step acknowledged before it). Waits only while
         engine work runs on the thread, which may be mutating the state ``fn`` reads."""
-        while self._threaded is not None:
-            await asyncio.shield(self._threaded)
+        while (busy := self._threaded) is not None and not busy.done():
+            await asyncio.wait([busy])  # never raises; the thread's own caller sees its error
         return fn(self.engine)
 
     async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
@@ -249,7 +252,7 @@ class Scheduler:
         self,
         live: list[_Observe],
         batches: list[IngestBatch],
-        results: list[list[ItemResult]],
+        results: list[Outcomes],
         started: float,
     ) -> None:
         self.last_batch_size = sum(len(b) for b in batches)
@@ -273,24 +276,68 @@ class Scheduler:
         return True
 
 
-def _observe_all(engine: Engine, batches: list[IngestBatch]) -> list[list[ItemResult]]:
-    """One engine call for the merged batches; results split back per request."""
-    ids: list[str] = []
-    inputs: list[Any] = []
-    targets: list[Any] = []
-    timed = any(b.times is not None for b in batches)
-    times: list[float | None] = []
-    for b in batches:
-        ids.extend(b.stream_ids)
-        inputs.extend(b.inputs)
-        targets.extend(b.targets)
-        if timed:
-            times.extend(b.times if b.times is not None else [None] * len(b))
-    merged = engine.observe(ids, inputs, targets, times if timed else None)
+def _observe_all(engine: Engine, batches: list[IngestBatch]) -> list[Outcomes]:
+    """One engine call for the merged batches; outcomes split back per request.
+
+    Columnar batches of one shape (the common case) are concatenated and go through
+    ``Engine.observe_arrays``; anything else through the per-item ``Engine.observe``."""
+    first = batches[0]
+    if first.x is not None and all(_same_shape(first, b) for b in batches):
+        x = first.x if len(batches) == 1 else np.concatenate([b.x for b in batches])  # type: ignore[misc]
+        y = None
+        if first.y is not None:
+            y = first.y if len(batches) == 1 else np.concatenate([b.y for b in batches])  # type: ignore[misc]
+        t = None
+        if any(b.t is not None for b in batches):
+            t = np.concatenate([b.t if b.t is not None else np.full(len(b), np.nan) for b in batches])
+        ids = first.stream_ids if len(batches) == 1 else [s for b in batches for s in b.stream_ids]
+        merged = engine.observe_arrays(ids, x, y, t)
+    else:
+        ids = []
+        inputs: list[np.ndarray] = []
+        targets: list[np.ndarray | None] = []
+        timed = any(b.times is not None for b in batches)
+        times: list[float | None] = []
+        for b in batches:
+            ids.extend(b.stream_ids)
+            inputs.extend(b.inputs)
+            targets.extend(b.targets)
+            if timed:
+                times.extend(b.times if b.times is not None else [None] * len(b))
+        merged = _from_items(engine.observe(ids, inputs, targets, times if timed else None))
     out, start = [], 0
     for b in batches:
-        out.append(merged[start : start + len(b)])
+        out.append(merged.take(start, start + len(b)))
         start += len(b)
+    return out
+
+
+def _same_shape(a: IngestBatch, b: IngestBatch) -> bool:
+    if b.x is None or a.x is None or b.x.shape[1] != a.x.shape[1]:
+        return False
+    if a.y is None or b.y is None:
+        return a.y is None and b.y is None
+    return bool(a.y.shape[1] == b.y.shape[1])
+
+
+def _from_items(items: list[ItemResult]) -> Outcomes:
+    """Per-item results as columns; predictions and forecasts padded with NaN to the widest item."""
+    n = len(items)
+    rows = [r.prediction for r in items if r.prediction is not None]
+    rows += [r.forecast for r in items if r.forecast is not None]
+    width = max((len(row) for row in rows), default=1)
+    series = any(r.forecast is not None or r.warming for r in items)
+    out = Outcomes.empty(n, width, np.dtype(np.float64), series)
+    for i, r in enumerate(items):
+        out.steps[i] = r.step
+        if r.prediction is not None:
+            out.predictions[i, : len(r.prediction)] = r.prediction
+        if r.forecast is not None and out.forecasts is not None:
+            out.forecasts[i, : len(r.forecast)] = r.forecast
+        out.losses[i] = np.nan if r.loss is None else r.loss
+        out.applied[i], out.warming[i], out.nonfinite[i], out.drift[i] = (
+            r.applied, r.warming, r.nonfinite, r.drift
+        )  # fmt: skip
     return out
 
 

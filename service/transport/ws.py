@@ -21,7 +21,7 @@ from starlette.websockets import WebSocketDisconnect
 from trackin.service.domain.ingest import IngestBatch
 from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError
 from trackin.service.state import AppState, WsState
-from trackin.service.transport.results import result_json
+from trackin.service.transport.results import results_json
 from trackin.service.transport.wire import WsMessage, decode_json, decode_msgpack
 
 router = APIRouter()
@@ -165,14 +165,11 @@ async def _write(websocket: WebSocket, state: AppState, pending: asyncio.Queue[P
             state.metrics.websocket_message(ok=False)
         else:
             try:
-                results = await outcome
+                outcomes = await outcome
                 assert batch is not None
                 body = {
                     "seq": seq,
-                    "results": [
-                        result_json(batch.specs[s], r, s)
-                        for s, r in zip(batch.stream_ids, results, strict=True)
-                    ],
+                    "results": results_json(batch.stream_ids, batch.specs, outcomes, many=True),
                 }
                 state.metrics.websocket_message(ok=True)
                 state.metrics.ingested("ws", time.perf_counter() - started)

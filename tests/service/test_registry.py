@@ -60,7 +60,7 @@ async def _observe(
     registry: Registry, stream_id: str, rows: Sequence[tuple[list[float], float]]
 ) -> list[ItemResult]:
     _, applied = await registry.enqueue(_items(rows), default_stream=stream_id, prefix="observations")
-    return await applied
+    return (await applied).items()
 
 
 def _reference(rows: Sequence[tuple[list[float], float]], spec: StreamSpec = LINEAR) -> Engine:

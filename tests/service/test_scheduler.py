@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from trackin.models.engine import Engine, ItemResult
+from trackin.models.engine import Engine, Outcomes
 from trackin.models.specs import StreamSpec
 from trackin.service.domain.ingest import IngestBatch, build_batch
 from trackin.service.domain.scheduler import Scheduler
@@ -31,7 +31,7 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[list[int]] = []
 
-    def __call__(self, batches: list[IngestBatch], results: list[list[ItemResult]], seconds: float) -> None:
+    def __call__(self, batches: list[IngestBatch], results: list[Outcomes], seconds: float) -> None:
         self.calls.append([len(b) for b in batches])
 
 
@@ -62,7 +62,7 @@ async def hold_engine(scheduler: Scheduler) -> tuple[threading.Event, asyncio.Fu
 async def test_a_lone_observation_waits_for_nobody() -> None:
     scheduler, _, recorder = await started()
     results = await asyncio.wait_for(scheduler.observe(batch("a", 1)), timeout=5)
-    assert [r.step for r in results] == [1]
+    assert results.steps.tolist() == [1]
     assert recorder.calls == [[1]]
     await scheduler.stop()
 
@@ -77,10 +77,10 @@ async def test_what_queues_while_busy_becomes_one_batch_in_arrival_order() -> No
     await blocked
     results = [await f for f in futures]
     assert recorder.calls == [[2, 3, 1, 4]]  # one engine call for all four requests
-    assert [r.step for r in results[0]] == [1, 2]
-    assert [r.step for r in results[1]] == [1, 2, 3]
-    assert [r.step for r in results[2]] == [3]  # after the first request's two, in arrival order
-    assert [r.step for r in results[3]] == [4, 5, 6, 7]
+    assert results[0].steps.tolist() == [1, 2]
+    assert results[1].steps.tolist() == [1, 2, 3]
+    assert results[2].steps.tolist() == [3]  # after the first request's two, in arrival order
+    assert results[3].steps.tolist() == [4, 5, 6, 7]
     await scheduler.stop()
 
 
@@ -134,7 +134,7 @@ async def test_a_stream_removed_or_replaced_meanwhile_fails_only_its_request() -
         with pytest.raises(UnknownStream) as error:
             await future
         assert error.value.stream == stream
-    assert [r.step for r in await kept] == [1, 2]
+    assert (await kept).steps.tolist() == [1, 2]
     assert recorder.calls == [[2]]
     assert engine.locate("c").pool.state["opt/step"][engine.locate("c").slot].item() == 0
     await scheduler.stop()

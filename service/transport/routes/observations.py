@@ -13,7 +13,7 @@ from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError
 from trackin.service.ids import check_stream_id
 from trackin.service.state import AppState, State
 from trackin.service.transport.body import read_body
-from trackin.service.transport.results import result_json
+from trackin.service.transport.results import results_json
 from trackin.service.transport.wire import ObservationIn, ObservationsBody, decode_json, encode_json
 
 router = APIRouter(prefix="/v1", tags=["observations"])
@@ -97,15 +97,8 @@ async def _ingest(
     except ServiceError:
         state.metrics.observed("rejected", "rest", max(1, len(items)))
         raise
-    results = await applied
-    specs = batch.specs
-    many = default_stream is None
-    body = {
-        "results": [
-            result_json(specs[sid], r, sid if many else None)
-            for sid, r in zip(batch.stream_ids, results, strict=True)
-        ]
-    }
+    outcomes = await applied
+    body = {"results": results_json(batch.stream_ids, batch.specs, outcomes, many=default_stream is None)}
     state.metrics.ingested("rest", time.perf_counter() - started)
     return encode_json(body)
 
