@@ -44,7 +44,7 @@ def _costs(names: list[str], observations: list[Any], inputs: int, repeats: int)
     separate = {n: StreamSpec.model_validate(spec) for n in names}
     body = msgspec.json.encode({"observations": observations})
     decoded: ObservationsBody = decode_json(body, ObservationsBody)
-    items = decoded.observations
+    items = decoded.observations or []
     batch = build_batch(items, shared)
     results = engine.observe(batch.stream_ids, batch.inputs, batch.targets)
 

@@ -19,6 +19,7 @@ from trackin.models.engine import Engine, ItemResult, MemoryBudgetError, Outcome
 from trackin.models.specs import ARModel, StreamSpec, TrackModel
 from trackin.service.domain.budget import check_stream_bytes, over_budget
 from trackin.service.domain.catalog import Catalog, StreamRecord, Template
+from trackin.service.domain.columns import Columns, build_columns
 from trackin.service.domain.ingest import IngestBatch, build_batch, check_vector
 from trackin.service.domain.labels import PendingLabels
 from trackin.service.domain.persistence import Persistence
@@ -247,6 +248,24 @@ class Registry:
         await self._persistence.prefetch(s for s in _named(items) if s not in self._catalog)
         async with self._persistence.hold(_named(items, default_stream)) as held:
             batch = await self._validate(items, default_stream=default_stream, prefix=prefix)
+            batch.transport = transport
+            applied = self._submit(batch)
+            held.until(applied)
+        return batch, applied
+
+    async def enqueue_columns(
+        self, columns: Columns, *, transport: str = "rest"
+    ) -> tuple[IngestBatch, asyncio.Future[Outcomes]]:
+        """`enqueue` for a columnar body (every stream of one shape): checked as arrays, queued whole."""
+        named = dict.fromkeys(columns.streams)
+        await self._persistence.prefetch(s for s in named if s not in self._catalog)
+        async with self._persistence.hold(named) as held:
+            specs: dict[str, StreamSpec] = {}
+            for i, stream in enumerate(columns.streams):
+                if stream not in specs:
+                    check_stream_id(stream, field=f"streams[{i}]")
+                    specs[stream] = (await self.require(stream)).spec
+            batch = build_columns(columns, specs)
             batch.transport = transport
             applied = self._submit(batch)
             held.until(applied)

@@ -9,21 +9,31 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 
 from trackin.models.engine import ItemResult, Outcomes
 from trackin.models.specs import ARModel, StreamSpec, TrackModel
 
-__all__ = ["columns_json", "result_json", "results_json", "shape_prediction"]
+__all__ = [
+    "columns_json",
+    "columns_msgpack",
+    "is_series",
+    "result_json",
+    "results_json",
+    "shape_prediction",
+    "shape_width",
+]
 
 
-def _width(spec: StreamSpec) -> int:
+def shape_width(spec: StreamSpec) -> int:
+    """Values per prediction: a series' dimension, a model's outputs."""
     model = spec.model
     return model.dim if isinstance(model, ARModel | TrackModel) else model.out_dim
 
 
-def _series(spec: StreamSpec) -> bool:
+def is_series(spec: StreamSpec) -> bool:
     return isinstance(spec.model, ARModel | TrackModel)
 
 
@@ -31,7 +41,7 @@ def shape_prediction(spec: StreamSpec, values: list[float] | None) -> float | li
     """A scalar for single-output models, a list otherwise (as clients send ``y``)."""
     if values is None:
         return None
-    return values[0] if _width(spec) == 1 else values
+    return values[0] if shape_width(spec) == 1 else values
 
 
 def result_json(spec: StreamSpec, result: ItemResult, stream: str | None = None) -> dict[str, Any]:
@@ -74,10 +84,10 @@ def results_json(
     if not stream_ids:
         return []
     first = specs[stream_ids[0]]
-    uniform = len(specs) == 1 or len({(_series(s), _width(s)) for s in specs.values()}) == 1
+    uniform = len(specs) == 1 or len({(is_series(s), shape_width(s)) for s in specs.values()}) == 1
     if not uniform:
         return _mixed_json(stream_ids, specs, outcomes, many=many)
-    width, series = _width(first), _series(first)
+    width, series = shape_width(first), is_series(first)
     steps = outcomes.steps.tolist()
     predictions = _shaped(outcomes.predictions, width)
     losses = [None if v != v else v for v in outcomes.losses.tolist()]
@@ -113,7 +123,7 @@ def _mixed_json(
     out = []
     for i, item in enumerate(outcomes.items()):
         spec = specs[stream_ids[i]]
-        width = _width(spec)
+        width = shape_width(spec)
         prediction = outcomes.predictions[i, :width]
         forecast = None if outcomes.forecasts is None else outcomes.forecasts[i, :width]
         fixed = ItemResult(
@@ -130,21 +140,43 @@ def _mixed_json(
     return out
 
 
-def columns_json(outcomes: Outcomes, width: int, series: bool) -> bytes:
-    """The columnar answer ``{"step": [...], "prediction": [...], "loss": [...], "applied": [...], ...}``,
-    serialised straight from the arrays (NaN: null). Predictions are a flat list for single-output streams,
-    rows otherwise; ``skipped`` and ``drift`` list the positions they concern."""
-    prediction = outcomes.predictions[:, 0] if width == 1 else outcomes.predictions[:, :width]
-    body: dict[str, Any] = {
+def _columns(outcomes: Outcomes, width: int, series: bool) -> dict[str, np.ndarray]:
+    """The answer's columns: predictions flat for single-output streams, rows otherwise; ``skipped`` and
+    ``drift`` list the positions they concern."""
+
+    def shaped(values: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(values[:, 0] if width == 1 else values[:, :width])
+
+    body = {
         "step": outcomes.steps,
-        "prediction": np.ascontiguousarray(prediction),
+        "prediction": shaped(outcomes.predictions),
         "loss": outcomes.losses,
         "applied": outcomes.applied,
         "skipped": np.flatnonzero(outcomes.nonfinite),
         "drift": np.flatnonzero(outcomes.drift),
     }
     if series and outcomes.forecasts is not None:
-        f = outcomes.forecasts
-        body["forecast"] = np.ascontiguousarray(f[:, 0] if width == 1 else f[:, :width])
+        body["forecast"] = shaped(outcomes.forecasts)
         body["warming"] = outcomes.warming
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return body
+
+
+def columns_json(outcomes: Outcomes, width: int, series: bool, *, seq: Any = None) -> bytes:
+    """The columnar answer ``{"step": [...], "prediction": [...], "loss": [...], "applied": [...], ...}``
+    (``seq`` first on the WebSocket), serialised by orjson straight from the arrays (NaN: null)."""
+    head = {} if seq is None else {"seq": seq}
+    return orjson.dumps(head | _columns(outcomes, width, series), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def columns_msgpack(outcomes: Outcomes, width: int, series: bool, seq: Any) -> bytes:
+    """The columnar answer as MessagePack: each column a raw little-endian buffer (``bin``): ``step``
+    int64, ``prediction``/``loss``/``forecast`` float32 or float64 as ``dtype`` says, ``applied`` and
+    ``warming`` one byte per item; ``skipped`` and ``drift`` lists of positions."""
+    columns = _columns(outcomes, width, series)
+    body: dict[str, Any] = {"seq": seq, "dtype": "f4" if outcomes.predictions.dtype == np.float32 else "f8"}
+    for name, values in columns.items():
+        if name in ("skipped", "drift"):
+            body[name] = values.tolist()
+        else:
+            body[name] = values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes()
+    return msgspec.msgpack.encode(body)

@@ -9,11 +9,13 @@ import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from trackin.service.domain.columns import Columns
 from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError
 from trackin.service.ids import check_stream_id
 from trackin.service.state import AppState, State
 from trackin.service.transport.body import read_body
-from trackin.service.transport.results import results_json
+from trackin.service.transport.columnar import columns_of
+from trackin.service.transport.results import columns_json, is_series, results_json, shape_width
 from trackin.service.transport.wire import ObservationIn, ObservationsBody, decode_json, encode_json
 
 router = APIRouter(prefix="/v1", tags=["observations"])
@@ -129,11 +131,33 @@ async def observe_many_streams(state: AppState, raw: bytes, started: float) -> b
             if _is_list(raw)
             else decode_json(raw, ObservationsBody)
         )
+        columns = columns_of(payload) if isinstance(payload, ObservationsBody) else None
     except ServiceError:
         state.metrics.observed("rejected", "rest")
         raise
+    if columns is not None:
+        return await _ingest_columns(state, columns, started)
     items = payload.observations if isinstance(payload, ObservationsBody) else payload
+    assert items is not None
     return await _ingest(state, items, None, started)
+
+
+async def _ingest_columns(state: AppState, columns: Columns, started: float) -> bytes:
+    n, limit = len(columns.streams), state.settings.max_request_observations
+    try:
+        if n > limit:
+            raise PayloadTooLarge(
+                f"{n} observations exceed the limit of {limit} per request", field="streams"
+            )
+        batch, applied = await state.registry.enqueue_columns(columns)
+    except ServiceError:
+        state.metrics.observed("rejected", "rest", n)
+        raise
+    outcomes = await applied
+    spec = batch.specs[columns.streams[0]]
+    body = columns_json(outcomes, shape_width(spec), is_series(spec))
+    state.metrics.ingested("rest", time.perf_counter() - started)
+    return body
 
 
 # The routes below document the endpoints in OpenAPI and serve them when the app runs without the fast path
