@@ -26,7 +26,7 @@ from trackin.service.domain.ingest import IngestBatch
 from trackin.service.domain.labels import PendingLabels
 from trackin.service.domain.persistence import InMemory, Persistence
 from trackin.service.domain.registry import Registry
-from trackin.service.domain.scheduler import Scheduler
+from trackin.service.domain.scheduler import Parts, Scheduler
 from trackin.service.durability import (
     Checkpointer,
     CheckpointLoop,
@@ -55,31 +55,37 @@ log = logging.getLogger("trackin")
 
 
 def _record_batch(metrics: Metrics):  # type: ignore[no-untyped-def]
-    def after_apply(batches: list[IngestBatch], results: list[Outcomes], seconds: float) -> None:
-        size = sum(len(b) for b in batches)
-        metrics.engine_step(size, seconds)
-        losses: list[np.ndarray] = []
-        for batch, outcome in zip(batches, results, strict=True):
-            transport: Any = batch.transport
-            applied = int(outcome.applied.sum())
-            warming = int(outcome.warming.sum())
-            nonfinite = int(outcome.nonfinite.sum())
-            drifts = int(outcome.drift.sum())
-            if applied:
-                metrics.observed("applied", transport, applied)
-            if warming:
-                metrics.observed("warming", transport, warming)
-            if nonfinite:
-                metrics.observed("nonfinite", transport, nonfinite)
-            if drifts:
-                metrics.drifted(drifts)
-            scored = outcome.losses[~np.isnan(outcome.losses)]
-            if scored.size:
-                losses.append(scored)
-        if losses:
-            metrics.observe_losses(np.concatenate(losses) if len(losses) > 1 else losses[0])
+    def after_apply(batches: list[IngestBatch], results: Parts, seconds: float) -> None:
+        """Counts per transport, summed over the whole engine call (one numpy pass, not one per request)."""
+        metrics.engine_step(len(results.merged), seconds)
+        transports = {b.transport for b in batches}
+        if len(transports) == 1:
+            _count(metrics, batches[0].transport, results.merged)
+        else:
+            for batch, outcome in zip(batches, results, strict=True):
+                _count(metrics, batch.transport, outcome, losses=False)
+            _count(metrics, None, results.merged)
 
     return after_apply
+
+
+_OUTCOMES: tuple[Any, ...] = ("applied", "warming", "nonfinite")
+
+
+def _count(metrics: Metrics, transport: Any, outcome: Outcomes, *, losses: bool = True) -> None:
+    """Outcome counters for ``transport`` (None: none) and, with ``losses``, the loss histogram."""
+    if transport is not None:
+        flags = np.stack([outcome.applied, outcome.warming, outcome.nonfinite]).sum(axis=1).tolist()
+        for name, count in zip(_OUTCOMES, flags, strict=True):
+            if count:
+                metrics.observed(name, transport, count)
+    if losses:
+        drifts = int(np.count_nonzero(outcome.drift))
+        if drifts:
+            metrics.drifted(drifts)
+        scored = outcome.losses[~np.isnan(outcome.losses)]
+        if scored.size:
+            metrics.observe_losses(scored)
 
 
 class _HttpMetrics:

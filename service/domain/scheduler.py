@@ -32,13 +32,13 @@ from trackin.models.engine import Engine, ItemResult, Outcomes
 from trackin.service.domain.ingest import IngestBatch
 from trackin.service.errors import Unavailable, UnknownStream
 
-__all__ = ["AfterApply", "BatchHook", "Scheduler"]
+__all__ = ["AfterApply", "BatchHook", "Parts", "Scheduler"]
 
 T = TypeVar("T")
 
 AfterApply = Callable[[list[IngestBatch], Any, float], None]
 """Called in the worker right after each engine call, before any later job runs (counting, metrics); the
-second argument is the list of each batch's `Outcomes`."""
+second argument is the list of each batch's `Outcomes` (a `Parts`, with all of them ``merged``)."""
 
 BatchHook = Callable[[list[IngestBatch]], Awaitable[None]]
 """Awaited before a batch is applied (e.g. the durability log); raising fails the batch, applying nothing."""
@@ -172,6 +172,7 @@ class Scheduler:
                         return
                     self._wake.clear()
                     await self._wake.wait()
+                    await self._linger()
                     continue
                 job = self._queue.popleft()
                 if isinstance(job, _Call):
@@ -207,6 +208,18 @@ class Scheduler:
         finally:
             if applying is not None and not applying.done():
                 applying.cancel()
+
+    async def _linger(self) -> None:
+        """Woken by new work: first let work already on its way join the batch. Ready tasks (a WebSocket
+        reader with more frames buffered, handlers of requests parsed in the same read) queue theirs within
+        a few loop iterations each. Stop after four iterations that added nothing, or once a batch worth a
+        thread is queued: a lone request waits four idle iterations (microseconds), and a pipelining client
+        gets batches instead of one engine round per message."""
+        quiet = 0
+        while quiet < 4 and self._pending_observations < self.inline_limit:
+            before = self._pending_observations
+            await asyncio.sleep(0)
+            quiet = quiet + 1 if self._pending_observations == before else 0
 
     async def _prepare(self, jobs: list[_Observe]) -> list[_Observe]:
         """The jobs still valid whose ``before_apply`` succeeded; the others' futures get the error."""
@@ -276,7 +289,7 @@ class Scheduler:
         return True
 
 
-def _observe_all(engine: Engine, batches: list[IngestBatch]) -> list[Outcomes]:
+def _observe_all(engine: Engine, batches: list[IngestBatch]) -> Parts:
     """One engine call for the merged batches; outcomes split back per request.
 
     Columnar batches of one shape (the common case) are concatenated and go through
@@ -305,11 +318,19 @@ def _observe_all(engine: Engine, batches: list[IngestBatch]) -> list[Outcomes]:
             if timed:
                 times.extend(b.times if b.times is not None else [None] * len(b))
         merged = _from_items(engine.observe(ids, inputs, targets, times if timed else None))
-    out, start = [], 0
+    out, start = Parts(merged), 0
     for b in batches:
         out.append(merged.take(start, start + len(b)))
         start += len(b)
     return out
+
+
+class Parts(list[Outcomes]):
+    """Each batch's outcomes (views), and ``merged``: all of them, for hooks that sum over the call."""
+
+    def __init__(self, merged: Outcomes) -> None:
+        super().__init__()
+        self.merged = merged
 
 
 def _same_shape(a: IngestBatch, b: IngestBatch) -> bool:
