@@ -175,3 +175,30 @@ async def test_pending_observations_are_the_backlog() -> None:
     assert seen == [2, 0]
     assert scheduler.pending_observations == 0
     await scheduler.stop()
+
+
+async def test_reads_do_not_queue_and_see_every_acknowledged_step() -> None:
+    scheduler, _, _ = await started()
+    await scheduler.observe(batch("a", 2))  # acknowledged: a read after it sees both steps
+
+    def steps(e: Engine) -> int:
+        return e.figures("a").steps
+
+    assert await scheduler.read(steps) == 2
+    queued = scheduler.submit(batch("a", 3))  # queued, not applied: a read does not wait for it
+    assert await asyncio.wait_for(scheduler.read(steps), timeout=5) == 2
+    assert (await queued).steps.tolist() == [3, 4, 5]
+    assert await scheduler.read(steps) == 5
+    await scheduler.stop()
+
+
+async def test_reads_wait_for_engine_work_on_the_thread() -> None:
+    scheduler, _, _ = await started()
+    release, blocked = await hold_engine(scheduler)
+    read = asyncio.ensure_future(scheduler.read(lambda e: "read"))
+    await asyncio.sleep(0.05)
+    assert not read.done()  # the thread may be changing what it reads
+    release.set()
+    assert await asyncio.wait_for(read, timeout=5) == "read"
+    await blocked
+    await scheduler.stop()
