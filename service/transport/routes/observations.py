@@ -71,7 +71,15 @@ _MANY_STREAMS_DOC = _documented_body(
                     {"stream": "sensor-7", "x": [0.1, 0.2], "y": 0.3},
                 ]
             },
-        }
+        },
+        "columns": {
+            "summary": "Columnar: streams of one shape, one row each (answered as columns)",
+            "value": {
+                "streams": ["s1", "s2", "s1"],
+                "x": [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]],
+                "y": [1, 2, 3],
+            },
+        },
     },
 )
 
