@@ -1,4 +1,6 @@
-"""WebSocket ingestion: ``{"seq", "observations"}`` in, ``{"seq", "results"}`` out, in order, per message.
+"""WebSocket ingestion: ``{"seq", "observations"}`` in, ``{"seq", "results"}`` out, in order, per message;
+or the columnar form ``{"seq", "streams", "x", "y"}`` (MessagePack columns may be raw little-endian float
+buffers), answered with columns (raw buffers in MessagePack).
 
 A reader validates and queues each message's observations with the scheduler at once (fixing their order),
 then hands the pending answer to a writer through a bounded queue: with ``max_ws_in_flight`` answers
