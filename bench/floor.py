@@ -43,9 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    # The settings trackin's cli passes (service/cli.py), minus what only matters to WebSockets and shutdown.
+    # The settings trackin's cli passes (service/cli.py) with trackin's defaults: the same HTTP protocol (with
+    # its header deadline), keep-alive and connection limit; WebSocket and shutdown settings do not matter.
+    from trackin.service.connections import protocol_with_timeout
+    from trackin.service.settings import Settings
+
+    settings = Settings()
     config = uvicorn.Config(
-        create_floor(), host=args.host, port=args.port, log_level="warning", access_log=False
+        create_floor(),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        http=protocol_with_timeout(settings.header_timeout_seconds),
+        timeout_keep_alive=int(settings.keep_alive_seconds),
+        limit_concurrency=settings.max_connections,
     )
     uvicorn.Server(config).run()
     return 0
