@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from trackin.models.engine import Engine, ItemResult, MemoryBudgetError, Outcomes
+from trackin.models.engine import Engine, ItemResult, MemoryBudgetError, Outcomes, UnknownStreamError
 from trackin.models.specs import ARModel, StreamSpec, TrackModel
 from trackin.service.domain.budget import check_stream_bytes, over_budget
 from trackin.service.domain.catalog import Catalog, StreamRecord, Template
@@ -31,6 +31,7 @@ from trackin.service.transport.wire import ObservationIn
 __all__ = ["Registry"]
 
 Outcome = Literal["created", "unchanged", "replaced"]
+T = TypeVar("T")
 
 
 class Registry:
@@ -136,7 +137,7 @@ class Registry:
         """Spec and figures of one stream."""
         async with self._persistence.hold([stream_id]):
             record = await self.require(stream_id, create=False)
-            f = await self._scheduler.read(lambda engine: engine.figures(stream_id))
+            f = await self._read(stream_id, lambda engine: engine.figures(stream_id))
 
         def num(value: float) -> float | None:
             return None if value != value else value
@@ -165,6 +166,14 @@ class Registry:
             "created_at": record.created_at,
             "updated_at": record.updated_at,
         }
+
+    async def _read(self, stream_id: str, fn: Callable[[Engine], T]) -> T:
+        """A read of the engine (not queued behind observations); a stream whose removal (a delete, a
+        template sweep, an eviction) finished after its record was looked up is unknown (404), not a 500."""
+        try:
+            return await self._scheduler.read(fn)
+        except UnknownStreamError:
+            raise UnknownStream(f"unknown stream {stream_id!r}", stream=stream_id) from None
 
     async def list_streams(self, prefix: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
         """Stream ids in order, resident or stored; ``cursor`` is the last id of the previous page."""
@@ -332,7 +341,7 @@ class Registry:
             def run(engine: Engine) -> list[list[float] | None]:
                 return engine.predict([stream_id], inputs)
 
-            prediction = (await self._scheduler.read(run))[0]
+            prediction = (await self._read(stream_id, run))[0]
         if request_id is not None and inputs[0] is not None:
             self._labels.put(stream_id, request_id, inputs[0])
         return spec, prediction

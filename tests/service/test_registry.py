@@ -9,6 +9,7 @@ same observations.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -240,3 +241,24 @@ async def test_stored_streams_are_listed_described_and_deleted_when_not_resident
         await state.scheduler.drain()
         await state.durability.stop()
         await state.scheduler.stop()
+
+
+async def test_a_read_racing_a_removal_is_an_unknown_stream(registry: Registry, state: AppState) -> None:
+    """describe skips the queue but waits for engine work on the thread; if that work removed the stream
+    after describe found its record, the answer is 404 (unknown), not a 500."""
+    await registry.put_stream("r", LINEAR)
+    gate, entered = threading.Event(), threading.Event()
+
+    def remove_slowly(engine: Engine) -> None:
+        entered.set()
+        gate.wait(10)
+        engine.remove("r")
+
+    removing = asyncio.ensure_future(state.scheduler.call(remove_slowly))
+    await asyncio.to_thread(entered.wait, 10)
+    describing = asyncio.ensure_future(registry.describe("r"))  # its record is still in the catalog
+    await asyncio.sleep(0.05)
+    gate.set()
+    with pytest.raises(UnknownStream):
+        await describing
+    await removing
