@@ -44,7 +44,7 @@ def _costs(names: list[str], observations: list[Any], inputs: int, repeats: int)
     separate = {n: StreamSpec.model_validate(spec) for n in names}
     body = msgspec.json.encode({"observations": observations})
     decoded: ObservationsBody = decode_json(body, ObservationsBody)
-    items = decoded.observations
+    items = decoded.observations or []
     batch = build_batch(items, shared)
     results = engine.observe(batch.stream_ids, batch.inputs, batch.targets)
 
@@ -74,3 +74,52 @@ def _costs(names: list[str], observations: list[Any], inputs: int, repeats: int)
             run()
             best[name] = min(best[name], time.perf_counter() - started)
     return [(name, seconds / len(observations) * 1e6) for name, seconds in best.items()]
+
+
+def single_costs(inputs: int = 16, streams: int = 1000, repeats: int = 2000) -> list[tuple[str, float]]:
+    """``(stage, microseconds)`` for one single-observation request (``POST /v1/streams/{id}/observations``
+    with one 16-float observation), each stage the service runs timed alone in this process (median of
+    ``repeats``). HTTP parsing, routing and the socket write are not here: see docs/engine.md for the
+    profile of the served request."""
+    import statistics
+
+    import numpy as np
+
+    from trackin.service.domain.scheduler import _observe_all
+    from trackin.service.transport.results import results_json
+    from trackin.service.transport.wire import ObservationIn
+
+    torch.set_num_threads(1)
+    engine = Engine("cpu")
+    spec = StreamSpec.model_validate({"model": {"family": "linear", "in_dim": inputs}})
+    names = [f"s{i}" for i in range(streams)]
+    shared = {n: engine.add(n, spec).spec for n in names}
+    rng = np.random.default_rng(0)
+    body = msgspec.json.encode({"x": rng.normal(size=inputs).tolist(), "y": 0.5})
+    item: ObservationIn = decode_json(body, ObservationIn, prefix="observations[0]")
+    batch = build_batch([item], {"s1": shared["s1"]}, default_stream="s1")
+    outcomes = _observe_all(engine, [batch])[0]
+    answer = {"results": results_json(batch.stream_ids, batch.specs, outcomes, many=False)}
+    stages: dict[str, Callable[[], object]] = {
+        "decode the body (msgspec, ObservationIn)": lambda: decode_json(body, ObservationIn, prefix="o"),
+        "build_batch (check, one float64 row)": lambda: build_batch(
+            [item], {"s1": shared["s1"]}, default_stream="s1"
+        ),
+        "engine: observe_arrays, batch of 1": lambda: _observe_all(engine, [batch]),
+        "answer rows from the outcome columns": lambda: results_json(
+            batch.stream_ids, batch.specs, outcomes, many=False
+        ),
+        "encode the answer (JSON)": lambda: encode_json(answer),
+    }
+    times: dict[str, list[float]] = {name: [] for name in stages}
+    for _ in range(repeats):
+        for name, run in stages.items():
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+    return [(name, statistics.median(values) * 1e6) for name, values in times.items()]
+
+
+if __name__ == "__main__":
+    for stage, micros in single_costs():
+        print(f"  {stage:46s} {micros:8.1f} us")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ __all__ = [
     "FleetFigures",
     "ItemResult",
     "MemoryBudgetError",
+    "Outcomes",
     "StreamFigures",
     "StreamLocation",
     "UnknownStreamError",
@@ -79,6 +81,96 @@ class ItemResult:
     nonfinite: bool
     drift: bool
     forecast: list[float] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcomes:
+    """Per-observation outcomes as host arrays, in input order: what `Engine.observe_arrays` returns, with
+    no object per item (the service serialises these columns directly)."""
+
+    steps: np.ndarray  # int64 [n]: the stream's step count after this observation
+    predictions: np.ndarray  # float [n, out], made before learning; NaN rows: none (warming ar streams)
+    losses: np.ndarray  # float [n]; NaN where nothing was scored
+    applied: np.ndarray  # bool [n]: one optimizer step was taken
+    warming: np.ndarray  # bool [n]
+    nonfinite: np.ndarray  # bool [n]
+    drift: np.ndarray  # bool [n]
+    forecasts: np.ndarray | None  # float [n, dim]: next forecast of series streams (NaN rows: none)
+
+    def __len__(self) -> int:
+        return int(self.steps.shape[0])
+
+    def __iter__(self) -> Iterator[ItemResult]:
+        """Item by item, as ``ItemResult``s (for callers that walk items; builds objects)."""
+        return iter(self.items())
+
+    def __getitem__(self, index: int) -> ItemResult:
+        return self.take(index, index + 1 if index != -1 else None).items()[0]
+
+    @classmethod
+    def of(cls, outcome: ObserveResult) -> Outcomes:
+        """A pool's result as numpy (views of its host tensors: no copy)."""
+        f = outcome.forecasts
+        return cls(
+            outcome.steps.numpy(),
+            outcome.predictions.numpy(),
+            outcome.losses.numpy(),
+            outcome.applied.numpy(),
+            outcome.warming.numpy(),
+            outcome.nonfinite.numpy(),
+            outcome.drift.numpy(),
+            None if f is None else f.numpy(),
+        )
+
+    @classmethod
+    def empty(cls, n: int, width: int, dtype: np.dtype[Any], series: bool) -> Outcomes:
+        nan = np.full((n, width), np.nan, dtype)
+        false = np.zeros(n, bool)
+        forecasts = nan.copy() if series else None
+        return cls(np.zeros(n, np.int64), nan, np.full(n, np.nan, dtype), false, false.copy(), false.copy(),
+                   false.copy(), forecasts)  # fmt: skip
+
+    def put(self, members: np.ndarray, part: Outcomes) -> None:
+        """Write ``part``'s rows at positions ``members``."""
+        self.steps[members] = part.steps
+        self.predictions[members] = part.predictions
+        self.losses[members] = part.losses
+        self.applied[members] = part.applied
+        self.warming[members] = part.warming
+        self.nonfinite[members] = part.nonfinite
+        self.drift[members] = part.drift
+        if self.forecasts is not None and part.forecasts is not None:
+            self.forecasts[members] = part.forecasts
+
+    def take(self, start: int, stop: int | None) -> Outcomes:
+        """Rows ``start:stop`` (views)."""
+        f = self.forecasts
+        return Outcomes(
+            self.steps[start:stop],
+            self.predictions[start:stop],
+            self.losses[start:stop],
+            self.applied[start:stop],
+            self.warming[start:stop],
+            self.nonfinite[start:stop],
+            self.drift[start:stop],
+            None if f is None else f[start:stop],
+        )
+
+    def items(self) -> list[ItemResult]:
+        """One ``ItemResult`` per observation (for the few callers that want objects)."""
+        n = len(self)
+        forecasts = _rows(torch.from_numpy(self.forecasts)) if self.forecasts is not None else [None] * n
+        columns = (
+            self.steps.tolist(),
+            _rows(torch.from_numpy(self.predictions)),
+            [None if v != v else v for v in self.losses.tolist()],
+            self.applied.tolist(),
+            self.warming.tolist(),
+            self.nonfinite.tolist(),
+            self.drift.tolist(),
+            forecasts,
+        )
+        return list(itertools.starmap(ItemResult, zip(*columns, strict=True)))
 
 
 _SLOT_BITS = 32
@@ -346,6 +438,43 @@ class Engine:
             for i, item in zip(members, _items(outcome), strict=True):
                 results[i] = item
         return results  # type: ignore[return-value]
+
+    def observe_arrays(
+        self,
+        stream_ids: Sequence[str],
+        x: np.ndarray,
+        y: np.ndarray | None = None,
+        times: np.ndarray | None = None,
+    ) -> Outcomes:
+        """`observe` on arrays: ``x [n, d]`` features (series: the new values), ``y [n, k]`` targets (None
+        for series streams, whose target is the arriving value), ``times [n]`` (NaN: one unit after the
+        last). Every item's stream takes these widths (streams of several pools may mix). Arrays in, arrays
+        out: no object per item beyond the id lookup."""
+        slots, groups = self._group(stream_ids)
+        if not groups:
+            return Outcomes.empty(0, 0, np.dtype(np.float32), y is None)
+        tx = torch.from_numpy(np.ascontiguousarray(x))
+        ty = None if y is None else torch.from_numpy(np.ascontiguousarray(y))
+        tt = None if times is None else torch.from_numpy(np.ascontiguousarray(times, dtype=np.float64))
+        for pool, _ in groups:
+            if _is_series(pool) != (y is None):
+                raise ValueError("series streams take no targets and the others need them: do not mix them")
+        if len(groups) == 1 and groups[0][1] is None:
+            return Outcomes.of(groups[0][0].observe(slots, tx, ty, tt))
+        parts = []
+        for pool, members in groups:
+            assert members is not None
+            m = torch.as_tensor(members)
+            part = pool.observe(
+                slots[members], tx[m], None if ty is None else ty[m], None if tt is None else tt[m]
+            )
+            parts.append((np.asarray(members), Outcomes.of(part)))
+        first = parts[0][1]
+        dtype = np.result_type(*(p.predictions.dtype for _, p in parts))
+        out = Outcomes.empty(len(stream_ids), first.predictions.shape[1], dtype, first.forecasts is not None)
+        for members_array, done in parts:
+            out.put(members_array, done)
+        return out
 
     def predict(
         self, stream_ids: Sequence[str], inputs: Sequence[np.ndarray | None]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,20 +20,63 @@ from trackin.service.transport.wire import ObservationIn
 __all__ = ["IngestBatch", "build_batch", "check_vector"]
 
 
-@dataclass(slots=True)
 class IngestBatch:
-    """Validated observations, in request order, ready for ``Engine.observe``."""
+    """Validated observations, in request order, ready for the engine.
 
-    stream_ids: list[str] = field(default_factory=list)
-    inputs: list[np.ndarray] = field(default_factory=list)
-    targets: list[np.ndarray | None] = field(default_factory=list)
-    times: list[float | None] | None = None
-    """Series' times (``ts``) per item, None for none; None when no item carries one."""
-    specs: dict[str, StreamSpec] = field(default_factory=dict)
-    transport: str = "rest"
+    Columnar when every item's stream takes the same widths (the common case): ``x [n, d]``, ``y [n, k]``
+    (None for series streams), ``t [n]`` (NaN: no time given), with no object per item. Otherwise (a
+    request mixing widths, or series and supervised streams) per-item ``inputs`` and ``targets``; those are
+    also derived from the columns on demand, for consumers that walk items (the durability log).
+    """
+
+    __slots__ = ("_inputs", "_targets", "_times", "specs", "stream_ids", "t", "transport", "x", "y")
+
+    def __init__(
+        self,
+        stream_ids: list[str] | None = None,
+        inputs: Sequence[np.ndarray] | None = None,
+        targets: Sequence[np.ndarray | None] | None = None,
+        times: list[float | None] | None = None,
+        specs: dict[str, StreamSpec] | None = None,
+        transport: str = "rest",
+        *,
+        x: np.ndarray | None = None,
+        y: np.ndarray | None = None,
+        t: np.ndarray | None = None,
+    ) -> None:
+        self.stream_ids: list[str] = stream_ids if stream_ids is not None else []
+        self._inputs = inputs
+        self._targets = targets
+        self._times = times
+        self.specs: dict[str, StreamSpec] = specs if specs is not None else {}
+        self.transport = transport
+        self.x = x
+        self.y = y
+        self.t = t
 
     def __len__(self) -> int:
         return len(self.stream_ids)
+
+    @property
+    def inputs(self) -> Sequence[np.ndarray]:
+        """Per item: features, or a series' new values (rows of ``x`` when columnar)."""
+        if self._inputs is None:
+            self._inputs = list(self.x) if self.x is not None else []
+        return self._inputs
+
+    @property
+    def targets(self) -> Sequence[np.ndarray | None]:
+        """Per item: the target, None for series items."""
+        if self._targets is None:
+            self._targets = list(self.y) if self.y is not None else [None] * len(self)
+        return self._targets
+
+    @property
+    def times(self) -> list[float | None] | None:
+        """Series' times (``ts``) per item, None for none; None when no item carries one."""
+        if self._times is None and self.t is not None:
+            self._times = [None if v != v else v for v in self.t.tolist()]
+        return self._times
 
 
 def _as_list(value: float | list[float]) -> list[float]:
@@ -65,6 +107,7 @@ def build_batch(
 ) -> IngestBatch:
     """Validate every item; raise ``InvalidInput`` naming the first bad field (``observations[i].x``)."""
     batch = IngestBatch()
+    times: list[float | None] | None = None
     # rows waiting for one numpy conversion per width: (position, field suffix, values); the field's full
     # name (observations[3].x) is only spelt out for an error
     pending: dict[int, list[tuple[int, str, list[float]]]] = {}
@@ -100,13 +143,13 @@ def build_batch(
             if item.ts is not None:
                 _check_time(item.ts, last_ts, stream, f"{prefix}[{i}].ts")
                 last_ts[stream] = item.ts
-                if batch.times is None:
-                    batch.times = [None] * i
-            if batch.times is not None:
-                batch.times.append(item.ts)
+                if times is None:
+                    times = [None] * i
+            if times is not None:
+                times.append(item.ts)
         else:
-            if batch.times is not None:
-                batch.times.append(None)
+            if times is not None:
+                times.append(None)
             if item.value is not None:
                 raise _fail("this stream takes 'x' and 'y', not 'value'", f"{prefix}[{i}].value", stream)
             if item.x is None:
@@ -125,8 +168,7 @@ def build_batch(
             pending.setdefault(-out_dim, []).append((i, "y", y))
         ids.append(stream)
     n = len(ids)
-    batch.inputs = [_EMPTY] * n
-    batch.targets = [None] * n
+    checked: dict[int, np.ndarray] = {}
     for width, rows in pending.items():
         array = np.array([values for _, _, values in rows], dtype=np.float64)
         finite = np.isfinite(array).all(axis=1)
@@ -143,13 +185,33 @@ def build_batch(
                     raise _fail(
                         "bce targets must lie in [0, 1]", f"{prefix}[{position}].{name}", ids[position]
                     )
-        column: list[Any] = batch.targets if width < 0 else batch.inputs
-        if len(rows) == n:
-            column[:] = array
-        else:
-            for (position, _, _), row in zip(rows, array, strict=True):
-                column[position] = row
-    return batch
+        checked[width] = array
+    columns = {w: a for w, a in checked.items() if a.shape[0] == n}
+    if len(columns) == len(checked) and _columnar(batch, columns, n, times):
+        return batch
+    inputs: list[np.ndarray] = [_EMPTY] * n
+    targets: list[np.ndarray | None] = [None] * n
+    for width, array in checked.items():
+        column: list[Any] = targets if width < 0 else inputs
+        for (position, _, _), row in zip(pending[width], array, strict=True):
+            column[position] = row
+    return IngestBatch(batch.stream_ids, inputs, targets, times, batch.specs, batch.transport)
+
+
+def _columnar(
+    batch: IngestBatch, columns: dict[int, np.ndarray], n: int, times: list[float | None] | None
+) -> bool:
+    """Fill the batch's columns when one input width and at most one target width cover every item."""
+    x = [a for w, a in columns.items() if w > 0]
+    y = [a for w, a in columns.items() if w < 0]
+    kinds = len(columns)
+    if len(x) != 1 or kinds > 2 or (kinds == 2 and len(y) != 1) or n == 0:
+        return False
+    batch.x = x[0]
+    batch.y = y[0] if y else None
+    if times is not None:
+        batch.t = np.array([np.nan if v is None else v for v in times], dtype=np.float64)
+    return True
 
 
 _EMPTY = np.empty(0)

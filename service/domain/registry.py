@@ -15,11 +15,12 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from trackin.models.engine import Engine, ItemResult, MemoryBudgetError, UnknownStreamError
+from trackin.models.engine import Engine, ItemResult, MemoryBudgetError, Outcomes, UnknownStreamError
 from trackin.models.specs import ARModel, StreamSpec, TrackModel
 from trackin.service.domain import series_times
 from trackin.service.domain.budget import check_stream_bytes, over_budget
 from trackin.service.domain.catalog import Catalog, StreamRecord, Template
+from trackin.service.domain.columns import Columns, build_columns
 from trackin.service.domain.ingest import IngestBatch, build_batch, check_vector
 from trackin.service.domain.labels import PendingLabels
 from trackin.service.domain.persistence import Persistence
@@ -31,7 +32,6 @@ from trackin.service.transport.wire import ObservationIn
 __all__ = ["Registry"]
 
 Outcome = Literal["created", "unchanged", "replaced"]
-
 T = TypeVar("T")
 
 
@@ -127,14 +127,6 @@ class Registry:
         self._labels.drop_stream(stream_id)
         await self._persistence.forget(stream_id)
 
-    async def _read(self, stream_id: str, fn: Callable[[Engine], T]) -> T:
-        """A read on the engine thread. A removal queued before it (a DELETE that had not finished when the
-        read found the stream) leaves it an unknown stream: 404, as if the read had come after."""
-        try:
-            return await self._scheduler.call(fn)
-        except UnknownStreamError:
-            raise UnknownStream(f"unknown stream {stream_id!r}", stream=stream_id) from None
-
     async def _stored(self, stream_id: str) -> bool:
         """Restored from the store, or stored but unreadable (so a corrupt stream can still be deleted)."""
         try:
@@ -175,6 +167,14 @@ class Registry:
             "created_at": record.created_at,
             "updated_at": record.updated_at,
         }
+
+    async def _read(self, stream_id: str, fn: Callable[[Engine], T]) -> T:
+        """A read of the engine (not queued behind observations); a stream whose removal (a delete, a
+        template sweep, an eviction) finished after its record was looked up is unknown (404), not a 500."""
+        try:
+            return await self._scheduler.read(fn)
+        except UnknownStreamError:
+            raise UnknownStream(f"unknown stream {stream_id!r}", stream=stream_id) from None
 
     async def list_streams(self, prefix: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
         """Stream ids in order, resident or stored; ``cursor`` is the last id of the previous page."""
@@ -250,7 +250,7 @@ class Registry:
         default_stream: str | None,
         prefix: str,
         transport: str = "rest",
-    ) -> tuple[IngestBatch, asyncio.Future[list[ItemResult]]]:
+    ) -> tuple[IngestBatch, asyncio.Future[Outcomes]]:
         """Resolve the streams (templates, restores), check every item against its spec, and queue the
         batch: its order among all requests is fixed here. The future gets the per-item results once the
         batch is applied; its streams stay resident until then."""
@@ -258,6 +258,24 @@ class Registry:
         await self._persistence.prefetch(s for s in _named(items) if s not in self._catalog)
         async with self._persistence.hold(_named(items, default_stream)) as held:
             batch = await self._validate(items, default_stream=default_stream, prefix=prefix)
+            batch.transport = transport
+            applied = self._submit(batch)
+            held.until(applied)
+        return batch, applied
+
+    async def enqueue_columns(
+        self, columns: Columns, *, transport: str = "rest"
+    ) -> tuple[IngestBatch, asyncio.Future[Outcomes]]:
+        """`enqueue` for a columnar body (every stream of one shape): checked as arrays, queued whole."""
+        named = dict.fromkeys(columns.streams)
+        await self._persistence.prefetch(s for s in named if s not in self._catalog)
+        async with self._persistence.hold(named) as held:
+            specs: dict[str, StreamSpec] = {}
+            for i, stream in enumerate(columns.streams):
+                if stream not in specs:
+                    check_stream_id(stream, field=f"streams[{i}]")
+                    specs[stream] = (await self.require(stream)).spec
+            batch = build_columns(columns, specs)
             batch.transport = transport
             applied = self._submit(batch)
             held.until(applied)
@@ -298,12 +316,12 @@ class Registry:
         for s, moved in series_times.advance(batch, current, prefix).items():
             records[s].series_time = moved
 
-    def _submit(self, batch: IngestBatch) -> asyncio.Future[list[ItemResult]]:
+    def _submit(self, batch: IngestBatch) -> asyncio.Future[Outcomes]:
         future = self._scheduler.submit(batch)
         future.add_done_callback(lambda done: self._note(batch.stream_ids, done))
         return future
 
-    def _note(self, stream_ids: Sequence[str], done: asyncio.Future[list[ItemResult]]) -> None:
+    def _note(self, stream_ids: Sequence[str], done: asyncio.Future[Outcomes]) -> None:
         """An applied batch: its streams' update times, and the drifts it detected."""
         if done.cancelled() or done.exception() is not None:
             for stream_id in set(stream_ids):  # the queued times did not apply: read them again
@@ -316,12 +334,11 @@ class Registry:
             record = self._catalog.record(stream_id)
             if record is not None:
                 record.updated_at = now
-        for stream_id, result in zip(stream_ids, done.result(), strict=True):
-            if result.drift:
-                record = self._catalog.record(stream_id)
-                if record is not None:
-                    record.last_drift_at = now
-                    record.drifts += 1
+        for i in np.flatnonzero(done.result().drift).tolist():
+            record = self._catalog.record(stream_ids[i])
+            if record is not None:
+                record.last_drift_at = now
+                record.drifts += 1
 
     async def predict(
         self, stream_id: str, x: list[float] | None, request_id: str | None
@@ -375,7 +392,7 @@ class Registry:
                 default_stream=stream_id,
                 prefix="label",
             )
-            result = (await self._submit(batch))[0]
+            result = (await self._submit(batch)).items()[0]
         self._labels.discard(stream_id, request_id)
         return record.spec, result
 

@@ -4,7 +4,16 @@ Natural batching: whatever queued up while the previous batch ran becomes the ne
 a lone observation waits for nobody and a busy server takes big batches. The queue is FIFO, so per stream the
 steps happen in the order requests arrived, whichever REST request or WebSocket connection they came from.
 Control-plane calls (create, delete, restore, export) go through the same queue, ordered with observations.
-Engine work runs on one dedicated thread so the event loop keeps parsing requests meanwhile.
+
+Where engine work runs: a batch of up to ``inline_limit`` observations runs on the event loop itself. Its
+engine call costs about as much as the thread hand-off it would need (submit, wake the thread, chain the
+future back: tens of microseconds and two context switches), and the loop parses the next requests while
+the previous answers are written anyway. Bigger batches and control-plane calls (exports, restores: possibly
+long) run on one dedicated thread, so the loop keeps parsing requests meanwhile. Either way engine work
+stays strictly in queue order.
+
+Reads (`read`: figures, predictions) do not queue: they see every step acknowledged before them (an
+acknowledged step has been applied), and only wait for engine work running on the thread right now.
 """
 
 from __future__ import annotations
@@ -17,16 +26,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from trackin.models.engine import Engine, ItemResult
+import numpy as np
+
+from trackin.models.engine import Engine, ItemResult, Outcomes
 from trackin.service.domain.ingest import IngestBatch
 from trackin.service.errors import Unavailable, UnknownStream
 
-__all__ = ["AfterApply", "BatchHook", "Scheduler"]
+__all__ = ["AfterApply", "BatchHook", "Parts", "Scheduler"]
 
 T = TypeVar("T")
 
-AfterApply = Callable[[list[IngestBatch], list[list[ItemResult]], float], None]
-"""Called in the worker right after each engine call, before any later job runs (counting, metrics)."""
+AfterApply = Callable[[list[IngestBatch], Any, float], None]
+"""Called in the worker right after each engine call, before any later job runs (counting, metrics); the
+second argument is the list of each batch's `Outcomes` (a `Parts`, with all of them ``merged``)."""
 
 BatchHook = Callable[[list[IngestBatch]], Awaitable[None]]
 """Awaited before a batch is applied (e.g. the durability log); raising fails the batch, applying nothing."""
@@ -35,7 +47,7 @@ BatchHook = Callable[[list[IngestBatch]], Awaitable[None]]
 @dataclass(slots=True)
 class _Observe:
     batch: IngestBatch
-    future: asyncio.Future[list[ItemResult]]
+    future: asyncio.Future[Outcomes]
 
 
 @dataclass(slots=True)
@@ -52,11 +64,13 @@ class Scheduler:
         engine: Engine,
         *,
         max_batch: int,
+        inline_limit: int = 64,
         before_apply: BatchHook | None = None,
         after_apply: Sequence[AfterApply] = (),
     ) -> None:
         self.engine = engine
         self.max_batch = max_batch
+        self.inline_limit = inline_limit
         self.before_apply = before_apply
         self.after_apply = list(after_apply)
         self._queue: collections.deque[_Observe | _Call] = collections.deque()
@@ -66,6 +80,7 @@ class Scheduler:
         self._closing = False
         self.last_batch_size = 0
         self._pending_observations = 0
+        self._threaded: asyncio.Future[Any] | None = None  # engine work on the thread right now
 
     @property
     def pending(self) -> int:
@@ -95,14 +110,14 @@ class Scheduler:
             await self._task
         self._executor.shutdown(wait=True)
 
-    def submit(self, batch: IngestBatch) -> asyncio.Future[list[ItemResult]]:
+    def submit(self, batch: IngestBatch) -> asyncio.Future[Outcomes]:
         """Queue a validated batch now (its place in the order is fixed here); the future gets its results."""
-        future: asyncio.Future[list[ItemResult]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Outcomes] = asyncio.get_running_loop().create_future()
         self._submit(_Observe(batch, future))
         return future
 
-    async def observe(self, batch: IngestBatch) -> list[ItemResult]:
-        """Apply a validated batch (one step per observation) and return per-item results in order."""
+    async def observe(self, batch: IngestBatch) -> Outcomes:
+        """Apply a validated batch (one step per observation) and return its outcomes in order."""
         return await self.submit(batch)
 
     async def call(self, fn: Callable[[Engine], T]) -> T:
@@ -110,6 +125,24 @@ class Scheduler:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._submit(_Call(fn, future))
         return await future
+
+    async def read(self, fn: Callable[[Engine], T]) -> T:
+        """Run a read-only ``fn(engine)`` on the event loop now, without queueing behind observations:
+        it sees every batch applied so far (so every step acknowledged before it). Waits only while
+        engine work runs on the thread, which may be mutating the state ``fn`` reads."""
+        while (busy := self._threaded) is not None and not busy.done():
+            await asyncio.wait([busy])  # never raises; the thread's own caller sees its error
+        return fn(self.engine)
+
+    async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the engine thread; reads wait for it (``read``)."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, fn, *args)
+        self._threaded = future
+        try:
+            return await future
+        finally:
+            self._threaded = None
 
     def _submit(self, job: _Observe | _Call) -> None:
         if self._closing:
@@ -123,7 +156,6 @@ class Scheduler:
         self._pending_observations -= sum(len(j.batch) for j in jobs)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         # The engine stage of the previous observation batch, still running: the next batch's
         # ``before_apply`` (a durability-log append: a store round trip) overlaps it instead of leaving
         # the engine idle. Engine work itself stays strictly in queue order, and a control-plane call
@@ -140,6 +172,7 @@ class Scheduler:
                         return
                     self._wake.clear()
                     await self._wake.wait()
+                    await self._linger()
                     continue
                 job = self._queue.popleft()
                 if isinstance(job, _Call):
@@ -147,7 +180,7 @@ class Scheduler:
                         await applying
                         applying = None
                     try:
-                        job.future.set_result(await loop.run_in_executor(self._executor, job.fn, self.engine))
+                        job.future.set_result(await self._on_thread(job.fn, self.engine))
                     except BaseException as exc:
                         if not job.future.done():
                             job.future.set_exception(exc)
@@ -168,11 +201,25 @@ class Scheduler:
                 if applying is not None:
                     await applying
                     applying = None
-                if live:
-                    applying = asyncio.create_task(self._apply(live, loop), name="trackin-apply")
+                if live and sum(len(j.batch) for j in live) <= self.inline_limit:
+                    self._apply_inline(live)
+                elif live:
+                    applying = asyncio.create_task(self._apply(live), name="trackin-apply")
         finally:
             if applying is not None and not applying.done():
                 applying.cancel()
+
+    async def _linger(self) -> None:
+        """Woken by new work: first let work already on its way join the batch. Ready tasks (a WebSocket
+        reader with more frames buffered, handlers of requests parsed in the same read) queue theirs within
+        a few loop iterations each. Stop after four iterations that added nothing, or once a batch worth a
+        thread is queued: a lone request waits four idle iterations (microseconds), and a pipelining client
+        gets batches instead of one engine round per message."""
+        quiet = 0
+        while quiet < 4 and self._pending_observations < self.inline_limit:
+            before = self._pending_observations
+            await asyncio.sleep(0)
+            quiet = quiet + 1 if self._pending_observations == before else 0
 
     async def _prepare(self, jobs: list[_Observe]) -> list[_Observe]:
         """The jobs still valid whose ``before_apply`` succeeded; the others' futures get the error."""
@@ -191,15 +238,36 @@ class Scheduler:
             return []
         return live
 
-    async def _apply(self, live: list[_Observe], loop: asyncio.AbstractEventLoop) -> None:
+    def _apply_inline(self, live: list[_Observe]) -> None:
+        """A small batch, applied on the event loop (no await: nothing runs in between)."""
         batches = [j.batch for j in live]
         started = time.perf_counter()
         try:
-            results = await loop.run_in_executor(self._executor, _observe_all, self.engine, batches)
+            results = _observe_all(self.engine, batches)
+        except Exception as exc:
+            self._settled(live)
+            _fail(live, exc)
+            return
+        self._done(live, batches, results, started)
+
+    async def _apply(self, live: list[_Observe]) -> None:
+        batches = [j.batch for j in live]
+        started = time.perf_counter()
+        try:
+            results = await self._on_thread(_observe_all, self.engine, batches)
         except BaseException as exc:
             self._settled(live)
             _fail(live, exc)
             return
+        self._done(live, batches, results, started)
+
+    def _done(
+        self,
+        live: list[_Observe],
+        batches: list[IngestBatch],
+        results: list[Outcomes],
+        started: float,
+    ) -> None:
         self.last_batch_size = sum(len(b) for b in batches)
         seconds = time.perf_counter() - started
         self._settled(live)  # no await until the hooks have counted them
@@ -221,24 +289,76 @@ class Scheduler:
         return True
 
 
-def _observe_all(engine: Engine, batches: list[IngestBatch]) -> list[list[ItemResult]]:
-    """One engine call for the merged batches; results split back per request."""
-    ids: list[str] = []
-    inputs: list[Any] = []
-    targets: list[Any] = []
-    timed = any(b.times is not None for b in batches)
-    times: list[float | None] = []
+def _observe_all(engine: Engine, batches: list[IngestBatch]) -> Parts:
+    """One engine call for the merged batches; outcomes split back per request.
+
+    Columnar batches of one shape (the common case) are concatenated and go through
+    ``Engine.observe_arrays``; anything else through the per-item ``Engine.observe``."""
+    first = batches[0]
+    if first.x is not None and all(_same_shape(first, b) for b in batches):
+        x = first.x if len(batches) == 1 else np.concatenate([b.x for b in batches])  # type: ignore[misc]
+        y = None
+        if first.y is not None:
+            y = first.y if len(batches) == 1 else np.concatenate([b.y for b in batches])  # type: ignore[misc]
+        t = None
+        if any(b.t is not None for b in batches):
+            t = np.concatenate([b.t if b.t is not None else np.full(len(b), np.nan) for b in batches])
+        ids = first.stream_ids if len(batches) == 1 else [s for b in batches for s in b.stream_ids]
+        merged = engine.observe_arrays(ids, x, y, t)
+    else:
+        ids = []
+        inputs: list[np.ndarray] = []
+        targets: list[np.ndarray | None] = []
+        timed = any(b.times is not None for b in batches)
+        times: list[float | None] = []
+        for b in batches:
+            ids.extend(b.stream_ids)
+            inputs.extend(b.inputs)
+            targets.extend(b.targets)
+            if timed:
+                times.extend(b.times if b.times is not None else [None] * len(b))
+        merged = _from_items(engine.observe(ids, inputs, targets, times if timed else None))
+    out, start = Parts(merged), 0
     for b in batches:
-        ids.extend(b.stream_ids)
-        inputs.extend(b.inputs)
-        targets.extend(b.targets)
-        if timed:
-            times.extend(b.times if b.times is not None else [None] * len(b))
-    merged = engine.observe(ids, inputs, targets, times if timed else None)
-    out, start = [], 0
-    for b in batches:
-        out.append(merged[start : start + len(b)])
+        out.append(merged.take(start, start + len(b)))
         start += len(b)
+    return out
+
+
+class Parts(list[Outcomes]):
+    """Each batch's outcomes (views), and ``merged``: all of them, for hooks that sum over the call."""
+
+    def __init__(self, merged: Outcomes) -> None:
+        super().__init__()
+        self.merged = merged
+
+
+def _same_shape(a: IngestBatch, b: IngestBatch) -> bool:
+    if b.x is None or a.x is None or b.x.shape[1] != a.x.shape[1]:
+        return False
+    if a.y is None or b.y is None:
+        return a.y is None and b.y is None
+    return bool(a.y.shape[1] == b.y.shape[1])
+
+
+def _from_items(items: list[ItemResult]) -> Outcomes:
+    """Per-item results as columns; predictions and forecasts padded with NaN to the widest item."""
+    n = len(items)
+    rows = [r.prediction for r in items if r.prediction is not None]
+    rows += [r.forecast for r in items if r.forecast is not None]
+    width = max((len(row) for row in rows), default=1)
+    series = any(r.forecast is not None or r.warming for r in items)
+    out = Outcomes.empty(n, width, np.dtype(np.float64), series)
+    for i, r in enumerate(items):
+        out.steps[i] = r.step
+        if r.prediction is not None:
+            out.predictions[i, : len(r.prediction)] = r.prediction
+        if r.forecast is not None and out.forecasts is not None:
+            out.forecasts[i, : len(r.forecast)] = r.forecast
+        out.losses[i] = np.nan if r.loss is None else r.loss
+        out.applied[i], out.warming[i], out.nonfinite[i], out.drift[i] = (
+            r.applied, r.warming, r.nonfinite, r.drift
+        )  # fmt: skip
     return out
 
 

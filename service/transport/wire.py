@@ -40,13 +40,26 @@ class ObservationIn(msgspec.Struct, forbid_unknown_fields=True, gc=False, omit_d
     ts: float | None = None
 
 
+Column = list[float | list[float]] | bytes | None
+"""A column: one number or one row of numbers per stream (JSON), or a raw little-endian float buffer of
+``rows * width`` values (MessagePack ``bin``, float64 unless ``dtype`` says ``f4``)."""
+
+
 class ObservationsBody(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    observations: list[ObservationIn]
+    """Either ``observations`` (one object per item) or the columnar form: ``streams`` and one row per
+    stream in ``x`` and ``y`` (or ``value`` and ``ts`` for series streams), all of one shape."""
+
+    observations: list[ObservationIn] | None = None
+    streams: list[str] | None = None
+    x: Column = None
+    y: Column = None
+    value: Column = None
+    ts: Column = None
+    dtype: str = "f8"
 
 
-class WsMessage(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+class WsMessage(ObservationsBody, forbid_unknown_fields=True, gc=False, kw_only=True):
     seq: int
-    observations: list[ObservationIn]
 
 
 MAX_REQUEST_ID = 256

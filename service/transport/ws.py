@@ -1,4 +1,6 @@
-"""WebSocket ingestion: ``{"seq", "observations"}`` in, ``{"seq", "results"}`` out, in order, per message.
+"""WebSocket ingestion: ``{"seq", "observations"}`` in, ``{"seq", "results"}`` out, in order, per message;
+or the columnar form ``{"seq", "streams", "x", "y"}`` (MessagePack columns may be raw little-endian float
+buffers), answered with columns (raw buffers in MessagePack).
 
 A reader validates and queues each message's observations with the scheduler at once (fixing their order),
 then hands the pending answer to a writer through a bounded queue: with ``max_ws_in_flight`` answers
@@ -21,7 +23,14 @@ from starlette.websockets import WebSocketDisconnect
 from trackin.service.domain.ingest import IngestBatch
 from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError
 from trackin.service.state import AppState, WsState
-from trackin.service.transport.results import result_json
+from trackin.service.transport.columnar import columns_of
+from trackin.service.transport.results import (
+    columns_json,
+    columns_msgpack,
+    is_series,
+    results_json,
+    shape_width,
+)
 from trackin.service.transport.wire import WsMessage, decode_json, decode_msgpack
 
 router = APIRouter()
@@ -30,7 +39,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_TOO_BIG = 1009
 
-Pending = tuple[Any, bool, "asyncio.Future[Any] | dict[str, Any]", "IngestBatch | None", float]
+Pending = tuple[Any, bool, "asyncio.Future[Any] | dict[str, Any]", "IngestBatch | None", float, bool]
 
 
 class _SeqOnly(msgspec.Struct):
@@ -114,20 +123,28 @@ async def _read_messages(
             await _close_after_answers(websocket, pending, writer, CLOSE_TOO_BIG, reason)
         seq = None
         batch: IngestBatch | None = None
+        columnar = False
         try:
             decoded: WsMessage = (
                 decode_msgpack(data, WsMessage) if isinstance(data, bytes) else decode_json(data, WsMessage)
             )
             seq = decoded.seq
-            items = decoded.observations
-            if len(items) > state.settings.max_request_observations:
-                raise PayloadTooLarge("too many observations in one message", field="observations")
-            if not items:
-                raise InvalidInput("no observations", field="observations")
-            batch, applied = await state.registry.enqueue(
-                items, default_stream=None, prefix="observations", transport="ws"
-            )
-            outcome: asyncio.Future[Any] | dict[str, Any] = applied
+            columns = columns_of(decoded)
+            outcome: asyncio.Future[Any] | dict[str, Any]
+            if columns is not None:
+                if len(columns.streams) > state.settings.max_request_observations:
+                    raise PayloadTooLarge("too many observations in one message", field="streams")
+                batch, outcome = await state.registry.enqueue_columns(columns, transport="ws")
+                columnar = True
+            else:
+                items = decoded.observations or []
+                if len(items) > state.settings.max_request_observations:
+                    raise PayloadTooLarge("too many observations in one message", field="observations")
+                if not items:
+                    raise InvalidInput("no observations", field="observations")
+                batch, outcome = await state.registry.enqueue(
+                    items, default_stream=None, prefix="observations", transport="ws"
+                )
         except ServiceError as exc:
             if isinstance(exc, InvalidInput) and exc.message.startswith("malformed"):
                 reason = "unparsable frame"
@@ -136,7 +153,7 @@ async def _read_messages(
                 seq = _seq_of(data, binary)
             state.metrics.observed("rejected", "ws")
             outcome = exc.body()
-        await pending.put((seq, binary, outcome, batch, started))
+        await pending.put((seq, binary, outcome, batch, started, columnar))
 
 
 async def _close_after_answers(
@@ -159,33 +176,40 @@ async def _write(websocket: WebSocket, state: AppState, pending: asyncio.Queue[P
         entry = await pending.get()
         if entry is None:
             return
-        seq, binary, outcome, batch, started = entry
+        seq, binary, outcome, batch, started, columnar = entry
+        frame: bytes | None = None
         if isinstance(outcome, dict):
             body: dict[str, Any] = {"seq": seq, **outcome}
             state.metrics.websocket_message(ok=False)
         else:
             try:
-                results = await outcome
+                outcomes = await outcome
                 assert batch is not None
-                body = {
-                    "seq": seq,
-                    "results": [
-                        result_json(batch.specs[s], r, s)
-                        for s, r in zip(batch.stream_ids, results, strict=True)
-                    ],
-                }
+                if columnar:
+                    spec = batch.specs[batch.stream_ids[0]]
+                    width, series = shape_width(spec), is_series(spec)
+                    frame = (
+                        columns_msgpack(outcomes, width, series, seq)
+                        if binary
+                        else columns_json(outcomes, width, series, seq=seq)
+                    )
+                else:
+                    results = results_json(batch.stream_ids, batch.specs, outcomes, many=True)
+                    body = {"seq": seq, "results": results}
                 state.metrics.websocket_message(ok=True)
                 state.metrics.ingested("ws", time.perf_counter() - started)
             except ServiceError as exc:
                 body = {"seq": seq, **exc.body()}
                 state.metrics.websocket_message(ok=False)
+        if frame is None:
+            frame = msgspec.msgpack.encode(body) if binary else msgspec.json.encode(body)
         if gone:
             continue
         try:
             if binary:
-                await websocket.send_bytes(msgspec.msgpack.encode(body))
+                await websocket.send_bytes(frame)
             else:
-                await websocket.send_text(msgspec.json.encode(body).decode())
+                await websocket.send_text(frame.decode())
         except (WebSocketDisconnect, RuntimeError):
             gone = True
 

@@ -11,6 +11,7 @@ import pytest
 from trackin.models.specs import StreamSpec
 from trackin.service.domain.ingest import build_batch, check_vector
 from trackin.service.errors import InvalidInput
+from trackin.service.transport.columnar import columns_of
 from trackin.service.transport.wire import (
     ObservationIn,
     ObservationsBody,
@@ -107,12 +108,18 @@ DECODE_CASES = [
 ]  # fmt: skip
 
 
+def _decode_checked(raw: bytes, kind: Any, prefix: str) -> None:
+    decoded = decode_json(raw, kind, prefix=prefix)
+    if isinstance(decoded, ObservationsBody):
+        columns_of(decoded)  # a body with neither form is refused here
+
+
 @pytest.mark.parametrize(("raw", "kind", "prefix", "field", "stream"), DECODE_CASES)
 def test_decode_errors_name_the_field(
     raw: bytes, kind: Any, prefix: str, field: str, stream: str | None
 ) -> None:
     with pytest.raises(InvalidInput) as error:
-        decode_json(raw, kind, prefix=prefix)
+        _decode_checked(raw, kind, prefix)
     assert (error.value.field, error.value.stream) == (field, stream)
 
 

@@ -9,6 +9,7 @@ same observations.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -61,7 +62,7 @@ async def _observe(
     registry: Registry, stream_id: str, rows: Sequence[tuple[list[float], float]]
 ) -> list[ItemResult]:
     _, applied = await registry.enqueue(_items(rows), default_stream=stream_id, prefix="observations")
-    return await applied
+    return (await applied).items()
 
 
 def _reference(rows: Sequence[tuple[list[float], float]], spec: StreamSpec = LINEAR) -> Engine:
@@ -244,8 +245,8 @@ async def test_stored_streams_are_listed_described_and_deleted_when_not_resident
 
 
 async def test_a_read_queued_behind_the_removal_answers_unknown_stream(registry: Registry) -> None:
-    """A describe or predict that found the stream, but whose engine call runs after its removal (queued
-    behind it), is told the stream is unknown (404), not an engine error (500)."""
+    """A describe or predict that found the stream, but whose engine call may run after its removal, is
+    told the stream is unknown (404), not an engine error (500)."""
     await registry.put_stream("s", LINEAR)
     await registry.put_stream("r", AR)
     deleting = asyncio.create_task(registry.delete_stream("s"))
@@ -256,10 +257,13 @@ async def test_a_read_queued_behind_the_removal_answers_unknown_stream(registry:
     deleting_r = asyncio.create_task(registry.delete_stream("r"))
     reads.append(asyncio.create_task(registry.predict("r", None, None)))
     await asyncio.gather(deleting, deleting_r)
+    # Reads do not queue behind control calls: each ran before the removal (an answer) or after it (404),
+    # never into an engine error (a 500).
     for read in reads:
-        with pytest.raises(UnknownStream) as unknown:
+        try:
             await read
-        assert unknown.value.stream in ("s", "r")
+        except UnknownStream as unknown:
+            assert unknown.stream in ("s", "r")
 
 
 TRACK = StreamSpec.model_validate({"model": {"family": "track", "dim": 1}})
@@ -310,3 +314,24 @@ async def test_untimed_series_keep_no_time(registry: Registry, state: AppState) 
     assert record.series_time is None
     await _values(registry, "a", [(1.0, 5.0)])
     await _values(registry, "a", [(1.0, 1.0)])
+
+
+async def test_a_read_racing_a_removal_is_an_unknown_stream(registry: Registry, state: AppState) -> None:
+    """describe skips the queue but waits for engine work on the thread; if that work removed the stream
+    after describe found its record, the answer is 404 (unknown), not a 500."""
+    await registry.put_stream("r", LINEAR)
+    gate, entered = threading.Event(), threading.Event()
+
+    def remove_slowly(engine: Engine) -> None:
+        entered.set()
+        gate.wait(10)
+        engine.remove("r")
+
+    removing = asyncio.ensure_future(state.scheduler.call(remove_slowly))
+    await asyncio.to_thread(entered.wait, 10)
+    describing = asyncio.ensure_future(registry.describe("r"))  # its record is still in the catalog
+    await asyncio.sleep(0.05)
+    gate.set()
+    with pytest.raises(UnknownStream):
+        await describing
+    await removing

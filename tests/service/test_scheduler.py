@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from trackin.models.engine import Engine, ItemResult
+from trackin.models.engine import Engine, Outcomes
 from trackin.models.specs import StreamSpec
 from trackin.service.domain.ingest import IngestBatch, build_batch
 from trackin.service.domain.scheduler import Scheduler
@@ -31,7 +31,7 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[list[int]] = []
 
-    def __call__(self, batches: list[IngestBatch], results: list[list[ItemResult]], seconds: float) -> None:
+    def __call__(self, batches: list[IngestBatch], results: list[Outcomes], seconds: float) -> None:
         self.calls.append([len(b) for b in batches])
 
 
@@ -62,7 +62,7 @@ async def hold_engine(scheduler: Scheduler) -> tuple[threading.Event, asyncio.Fu
 async def test_a_lone_observation_waits_for_nobody() -> None:
     scheduler, _, recorder = await started()
     results = await asyncio.wait_for(scheduler.observe(batch("a", 1)), timeout=5)
-    assert [r.step for r in results] == [1]
+    assert results.steps.tolist() == [1]
     assert recorder.calls == [[1]]
     await scheduler.stop()
 
@@ -77,10 +77,10 @@ async def test_what_queues_while_busy_becomes_one_batch_in_arrival_order() -> No
     await blocked
     results = [await f for f in futures]
     assert recorder.calls == [[2, 3, 1, 4]]  # one engine call for all four requests
-    assert [r.step for r in results[0]] == [1, 2]
-    assert [r.step for r in results[1]] == [1, 2, 3]
-    assert [r.step for r in results[2]] == [3]  # after the first request's two, in arrival order
-    assert [r.step for r in results[3]] == [4, 5, 6, 7]
+    assert results[0].steps.tolist() == [1, 2]
+    assert results[1].steps.tolist() == [1, 2, 3]
+    assert results[2].steps.tolist() == [3]  # after the first request's two, in arrival order
+    assert results[3].steps.tolist() == [4, 5, 6, 7]
     await scheduler.stop()
 
 
@@ -134,7 +134,7 @@ async def test_a_stream_removed_or_replaced_meanwhile_fails_only_its_request() -
         with pytest.raises(UnknownStream) as error:
             await future
         assert error.value.stream == stream
-    assert [r.step for r in await kept] == [1, 2]
+    assert (await kept).steps.tolist() == [1, 2]
     assert recorder.calls == [[2]]
     assert engine.locate("c").pool.state["opt/step"][engine.locate("c").slot].item() == 0
     await scheduler.stop()
@@ -174,4 +174,31 @@ async def test_pending_observations_are_the_backlog() -> None:
     assert recorder.calls == [[3], [2]]  # 2 + 3 > 4: two engine calls
     assert seen == [2, 0]
     assert scheduler.pending_observations == 0
+    await scheduler.stop()
+
+
+async def test_reads_do_not_queue_and_see_every_acknowledged_step() -> None:
+    scheduler, _, _ = await started()
+    await scheduler.observe(batch("a", 2))  # acknowledged: a read after it sees both steps
+
+    def steps(e: Engine) -> int:
+        return e.figures("a").steps
+
+    assert await scheduler.read(steps) == 2
+    queued = scheduler.submit(batch("a", 3))  # queued, not applied: a read does not wait for it
+    assert await asyncio.wait_for(scheduler.read(steps), timeout=5) == 2
+    assert (await queued).steps.tolist() == [3, 4, 5]
+    assert await scheduler.read(steps) == 5
+    await scheduler.stop()
+
+
+async def test_reads_wait_for_engine_work_on_the_thread() -> None:
+    scheduler, _, _ = await started()
+    release, blocked = await hold_engine(scheduler)
+    read = asyncio.ensure_future(scheduler.read(lambda e: "read"))
+    await asyncio.sleep(0.05)
+    assert not read.done()  # the thread may be changing what it reads
+    release.set()
+    assert await asyncio.wait_for(read, timeout=5) == "read"
+    await blocked
     await scheduler.stop()

@@ -9,11 +9,13 @@ import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from trackin.service.domain.columns import Columns
 from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError
 from trackin.service.ids import check_stream_id
 from trackin.service.state import AppState, State
 from trackin.service.transport.body import read_body
-from trackin.service.transport.results import result_json
+from trackin.service.transport.columnar import columns_of
+from trackin.service.transport.results import columns_json, is_series, results_json, shape_width
 from trackin.service.transport.wire import ObservationIn, ObservationsBody, decode_json, encode_json
 
 router = APIRouter(prefix="/v1", tags=["observations"])
@@ -69,7 +71,15 @@ _MANY_STREAMS_DOC = _documented_body(
                     {"stream": "sensor-7", "x": [0.1, 0.2], "y": 0.3},
                 ]
             },
-        }
+        },
+        "columns": {
+            "summary": "Columnar: streams of one shape, one row each (answered as columns)",
+            "value": {
+                "streams": ["s1", "s2", "s1"],
+                "x": [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]],
+                "y": [1, 2, 3],
+            },
+        },
     },
 )
 
@@ -80,7 +90,7 @@ def _is_list(raw: bytes) -> bool:
 
 async def _ingest(
     state: AppState, items: list[ObservationIn], default_stream: str | None, started: float
-) -> Response:
+) -> bytes:
     limit = state.settings.max_request_observations
     try:
         if len(items) > limit:
@@ -97,29 +107,16 @@ async def _ingest(
     except ServiceError:
         state.metrics.observed("rejected", "rest", max(1, len(items)))
         raise
-    results = await applied
-    specs = batch.specs
-    many = default_stream is None
-    body = {
-        "results": [
-            result_json(specs[sid], r, sid if many else None)
-            for sid, r in zip(batch.stream_ids, results, strict=True)
-        ]
-    }
+    outcomes = await applied
+    body = {"results": results_json(batch.stream_ids, batch.specs, outcomes, many=default_stream is None)}
     state.metrics.ingested("rest", time.perf_counter() - started)
-    return Response(encode_json(body), media_type="application/json")
+    return encode_json(body)
 
 
-@router.post(
-    "/streams/{stream_id}/observations",
-    summary="Observe one stream: predict, score, then learn (one step per observation)",
-    openapi_extra=_ONE_STREAM_DOC,
-)
-async def observe_stream(stream_id: str, request: Request, state: State) -> Response:
-    started = time.perf_counter()
+async def observe_one(state: AppState, stream_id: str, raw: bytes, started: float) -> bytes:
+    """``POST /v1/streams/{stream_id}/observations``: the answer's body, or a ``ServiceError``."""
     check_stream_id(stream_id)
     try:
-        raw = await read_body(request, state.settings.max_body_bytes)
         # Decode as what the body starts with, so error paths read as build_batch's (observations[0].x).
         payload: ObservationIn | list[ObservationIn] = (
             decode_json(raw, list[ObservationIn], prefix="observations")
@@ -134,6 +131,64 @@ async def observe_stream(stream_id: str, request: Request, state: State) -> Resp
     return await _ingest(state, items, stream_id, started)
 
 
+async def observe_many_streams(state: AppState, raw: bytes, started: float) -> bytes:
+    """``POST /v1/observations``: the answer's body, or a ``ServiceError``."""
+    try:
+        payload: ObservationsBody | list[ObservationIn] = (
+            decode_json(raw, list[ObservationIn], prefix="observations")
+            if _is_list(raw)
+            else decode_json(raw, ObservationsBody)
+        )
+        columns = columns_of(payload) if isinstance(payload, ObservationsBody) else None
+    except ServiceError:
+        state.metrics.observed("rejected", "rest")
+        raise
+    if columns is not None:
+        return await _ingest_columns(state, columns, started)
+    items = payload.observations if isinstance(payload, ObservationsBody) else payload
+    assert items is not None
+    return await _ingest(state, items, None, started)
+
+
+async def _ingest_columns(state: AppState, columns: Columns, started: float) -> bytes:
+    n, limit = len(columns.streams), state.settings.max_request_observations
+    try:
+        if n > limit:
+            raise PayloadTooLarge(
+                f"{n} observations exceed the limit of {limit} per request", field="streams"
+            )
+        batch, applied = await state.registry.enqueue_columns(columns)
+    except ServiceError:
+        state.metrics.observed("rejected", "rest", n)
+        raise
+    outcomes = await applied
+    spec = batch.specs[columns.streams[0]]
+    body = columns_json(outcomes, shape_width(spec), is_series(spec))
+    state.metrics.ingested("rest", time.perf_counter() - started)
+    return body
+
+
+# The routes below document the endpoints in OpenAPI and serve them when the app runs without the fast path
+# (service/transport/fastpath.py answers them first in the served app, skipping routing and dependencies).
+
+
+@router.post(
+    "/streams/{stream_id}/observations",
+    summary="Observe one stream: predict, score, then learn (one step per observation)",
+    openapi_extra=_ONE_STREAM_DOC,
+)
+async def observe_stream(stream_id: str, request: Request, state: State) -> Response:
+    started = time.perf_counter()
+    check_stream_id(stream_id)
+    try:
+        raw = await read_body(request, state.settings.max_body_bytes)
+    except ServiceError as exc:
+        exc.stream = exc.stream or stream_id
+        state.metrics.observed("rejected", "rest")
+        raise
+    return Response(await observe_one(state, stream_id, raw, started), media_type="application/json")
+
+
 @router.post(
     "/observations",
     summary="Observe many streams at once; validated as a whole before applying",
@@ -142,14 +197,4 @@ async def observe_stream(stream_id: str, request: Request, state: State) -> Resp
 async def observe_many(request: Request, state: State) -> Response:
     started = time.perf_counter()
     raw = await read_body(request, state.settings.max_body_bytes)
-    try:
-        payload: ObservationsBody | list[ObservationIn] = (
-            decode_json(raw, list[ObservationIn], prefix="observations")
-            if _is_list(raw)
-            else decode_json(raw, ObservationsBody)
-        )
-    except ServiceError:
-        state.metrics.observed("rejected", "rest")
-        raise
-    items = payload.observations if isinstance(payload, ObservationsBody) else payload
-    return await _ingest(state, items, None, started)
+    return Response(await observe_many_streams(state, raw, started), media_type="application/json")
