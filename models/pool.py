@@ -22,7 +22,9 @@ from torch import Tensor
 from trackin.models import keys, losses
 from trackin.models.families import FlatModel
 from trackin.models.figures import figure_rows, fleet_rows
+from trackin.models.fused_round import FusedRound
 from trackin.models.hyper import OPTIMIZERS
+from trackin.models.kernels import Kernels, fused_applies
 from trackin.models.layout import FLOAT, INT, PackedState
 from trackin.models.round import Round
 from trackin.models.rows import Settings, Templates, state_entries
@@ -71,10 +73,17 @@ class StreamPool:
     """Streams of one pool key (see :meth:`StreamSpec.pool_key`), stacked along dimension 0 (the slot).
 
     ``state``: every per-stream tensor by name, each ``[capacity, *shape]`` (views of the packed buffers;
-    they are replaced when the pool grows).
+    they are replaced when the pool grows). ``kernels``: ``auto`` steps with a fused CPU kernel where one
+    applies (:mod:`models.kernels`), ``torch`` always with the torch rounds.
     """
 
-    def __init__(self, template: StreamSpec, device: torch.device | str = "cpu", capacity: int = 16) -> None:
+    def __init__(
+        self,
+        template: StreamSpec,
+        device: torch.device | str = "cpu",
+        capacity: int = 16,
+        kernels: Kernels = "auto",
+    ) -> None:
         self.template = template
         self.model = template.model
         self.device = torch.device(device)
@@ -99,13 +108,19 @@ class StreamPool:
         self._free: list[int] = list(range(self._packed.capacity - 1, -1, -1))
         self._settings = Settings(hyper, self._packed)
         self._templates = Templates(template.pool_key(), hyper, self._packed, self._settings)
-        self._round: Round
+        self._round: Round | FusedRound
+        fused = kernels == "auto" and fused_applies(self.device, self.dtype)
         if isinstance(net, TrackingNet):
+            # KERNEL SWITCH (tracking path): a FusedTrackingRound plugs in here when ``fused``.
             self._round = TrackingRound(
                 self._packed, net, self._loss, hyper, buffers, self._settings, template
             )
+        elif fused and net.closed_form:
+            self._round = FusedRound(self._packed, net, template.loss, hyper, buffers)
         else:
             self._round = Round(self._packed, net, self._loss, hyper, buffers, self._settings)
+        self.fused = isinstance(self._round, FusedRound)
+        """Steps run in a fused CPU kernel (:mod:`models.fused_round`)."""
         self._sync_free = self.device.type != "cpu"  # see Round.__call__
 
     @property
@@ -238,6 +253,8 @@ class StreamPool:
         the series' times (tracking path only; NaN or None: one time unit after the previous value).
         """
         slots = np.asarray(slots, dtype=np.int64)
+        if isinstance(self._round, FusedRound):  # one kernel call, rows in arrival order: no rounds
+            return _result(self._round.observe(slots, inputs, targets))
         dev, dt = self.device, self.dtype
         inputs = inputs.to(device=dev, dtype=dt)
         targets = targets.to(device=dev, dtype=dt) if targets is not None else None
@@ -245,6 +262,7 @@ class StreamPool:
         rounds = _occurrence_rounds(slots)
         parts: list[dict[str, Tensor]] = []
         step, sync_free = self._round, self._sync_free
+        assert isinstance(step, Round)
 
         def run(s: np.ndarray, x: Tensor, y: Tensor | None, ts: Tensor | None) -> dict[str, Tensor]:
             s_dev = torch.from_numpy(s).to(dev)
@@ -266,14 +284,18 @@ class StreamPool:
         else:
             inverse = torch.from_numpy(np.argsort(np.concatenate(rounds))).to(dev)
             out = {k: torch.cat([p[k] for p in parts]).index_select(0, inverse) for k in parts[0]}
-        host = {k: _plain(v.cpu()) for k, v in out.items()}
-        return ObserveResult(
-            predictions=host["pred"],
-            losses=host["loss"],
-            steps=host["step"],
-            applied=host["applied"],
-            warming=host["warming"],
-            nonfinite=host["nonfinite"],
-            drift=host["drift"],
-            forecasts=host.get("forecast"),
-        )
+        return _result({k: _plain(v.cpu()) for k, v in out.items()})
+
+
+def _result(host: dict[str, Tensor]) -> ObserveResult:
+    """Outcomes by name (host tensors) as an ``ObserveResult``."""
+    return ObserveResult(
+        predictions=host["pred"],
+        losses=host["loss"],
+        steps=host["step"],
+        applied=host["applied"],
+        warming=host["warming"],
+        nonfinite=host["nonfinite"],
+        drift=host["drift"],
+        forecasts=host.get("forecast"),
+    )

@@ -1,0 +1,162 @@
+"""The fused round of a first-order closed-form pool: one compiled kernel call per batch, on the CPU.
+
+:class:`FusedRound` stands where :class:`models.round.Round` stands for ``linear`` and ``ar`` (without
+hidden layers) pools off the tracking path, and computes the same math (:mod:`models.fused_kernel`, in
+place on the pool's packed buffers). It tells the kernel where each column lives once, at construction
+(``cfg``), and per call hands it numpy views of the buffers and of the batch, and preallocated outputs.
+The rows are stepped in arrival order, so a stream seen twice in a batch needs no split into rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from trackin.models import fused_kernel as K
+from trackin.models import keys
+from trackin.models.families import FlatModel
+from trackin.models.hyper import Hyperparameters
+from trackin.models.layout import BOOL, FLOAT, INT, PackedState
+from trackin.models.specs import ARModel
+
+__all__ = ["FLOAT_HYPERS", "FusedResult", "FusedRound"]
+
+FLOAT_HYPERS: dict[str, tuple[str | None, ...]] = {
+    "trackin": ("lr", "gamma", "beta", "eta", "eps_decay", "weight_decay", "max_grad_norm"),
+    "sgd": ("lr", "momentum", "dampening", None, None, "weight_decay", "max_grad_norm"),
+    "adam": ("lr", "beta1", "beta2", "eps", None, "weight_decay", "max_grad_norm"),
+}
+"""Each optimizer's float hyperparameters in the kernel's order (weight decay and clipping last)."""
+
+_OPTIMIZERS = {"trackin": K.TRACKIN, "sgd": K.SGD, "adam": K.ADAM}
+_LOSSES = {"mse": K.MSE, "huber": K.HUBER_LOSS, "bce": K.BCE}
+
+
+class FusedResult(NamedTuple):
+    """Per-row outcomes of one call, numpy arrays on the host (see ``ObserveResult``)."""
+
+    pred: np.ndarray  # [n, out]
+    loss: np.ndarray  # [n]
+    forecast: np.ndarray | None  # [n, dim] (ar), else None
+    step: np.ndarray  # [n] int64
+    flags: np.ndarray  # [4, n] bool: applied, warming, nonfinite, drift
+
+
+def _config(
+    packed: PackedState, net: FlatModel, loss: str, hyper: Hyperparameters, buffers: Sequence[str]
+) -> np.ndarray:
+    """Where the kernel finds each column of the pool's rows, and the pool's structure (``K.CFG_SIZE``)."""
+    cfg = np.full(K.CFG_SIZE, -1, dtype=np.int64)
+    col = {key: c.start for key, c in packed.columns.items()}
+    model, first = net.model, next(iter(net.shapes))
+    assert col[keys.param(first)] == 0, "the kernel expects the parameters first"
+    n_out = net.out_dim
+    cfg[K.N_OUT], cfg[K.N_PARAMS] = n_out, net.n_params
+    cfg[K.N_IN] = (net.n_params - n_out) // n_out
+    if isinstance(model, ARModel):
+        cfg[K.FAMILY] = K.AR_DELTA if model.target == "delta" else K.AR_LEVEL
+        cfg[K.WINDOW], cfg[K.DIM] = model.window, model.dim
+        cfg[K.AR_WINDOW], cfg[K.AR_FILLED] = col[keys.AR_WINDOW], col[keys.AR_FILLED]
+    else:
+        cfg[K.FAMILY] = K.LINEAR
+    cfg[K.LOSS], cfg[K.OPT] = _LOSSES[loss], _OPTIMIZERS[hyper.name]
+    for index, (kind, _) in zip((K.BUF0, K.BUF1), hyper.buffers, strict=False):
+        if kind in buffers:
+            cfg[index] = col[keys.buffer(kind, first)]
+    if hyper.buffers and hyper.buffers[0][0] in buffers:
+        cfg[K.RESET_BUF] = cfg[K.BUF0]  # a drift with reset_momentum clears the first declared buffer
+    for k, name in enumerate(FLOAT_HYPERS[hyper.name]):
+        if name is not None:
+            cfg[K.HYPER + k] = col[keys.hyper(name)]
+    named = {
+        K.SQ_AVG: keys.opt("sq_avg"),
+        K.FIG: keys.FIGURES[0],
+        K.HUBER: keys.HUBER_DELTA,
+        K.DRIFT_MEAN: keys.DRIFT_MEAN,
+        K.DRIFT_TOTAL: keys.DRIFT_TOTAL,
+        K.DRIFT_MIN: keys.DRIFT_MIN,
+        K.DRIFT_DELTA: keys.DRIFT_DELTA,
+        K.DRIFT_THRESHOLD: keys.DRIFT_THRESHOLD,
+        K.STEP: keys.STEP,
+        K.BETA_RULE: keys.hyper("beta_rule"),
+        K.NONFINITE: keys.NONFINITE,
+        K.DRIFT_N: keys.DRIFT_N,
+        K.DRIFT_COUNT: keys.DRIFT_COUNT,
+        K.DRIFT_LAST: keys.DRIFT_LAST_STEP,
+        K.DRIFT_WARMUP: keys.DRIFT_WARMUP,
+        K.DEBIAS: keys.hyper("debias"),
+        K.DRIFT_ENABLED: keys.DRIFT_ENABLED,
+        K.DRIFT_RESET: keys.DRIFT_RESET,
+    }
+    for index, key in named.items():
+        if key in col:
+            cfg[index] = col[key]
+    starts = [col[k] for k in keys.FIGURES]
+    assert starts == list(range(starts[0], starts[0] + len(starts))), "figures are one slice"
+    return cfg
+
+
+class FusedRound:
+    """The fused step of one first-order closed-form pool on the CPU (float32 or float64)."""
+
+    def __init__(
+        self, packed: PackedState, net: FlatModel, loss: str, hyper: Hyperparameters, buffers: Sequence[str]
+    ) -> None:
+        assert net.closed_form and packed.device.type == "cpu"
+        self._packed = packed
+        self._cfg = _config(packed, net, loss, hyper, buffers)
+        self._np_dtype = torch.empty(0, dtype=packed.dtypes[FLOAT]).numpy().dtype
+        self._out = net.out_dim
+        self._ar = isinstance(net.model, ARModel)
+        self._no_target = np.empty((0, 0), dtype=self._np_dtype)
+        self._arrays: tuple[list[Tensor], tuple[np.ndarray, ...]] | None = None
+
+    def _buffers(self) -> tuple[np.ndarray, ...]:
+        """Numpy views of the packed buffers (new ones after the pool grows)."""
+        buffers = self._packed.buffers
+        cached = self._arrays
+        if cached is None or any(a is not b for a, b in zip(cached[0], buffers, strict=True)):
+            cached = self._arrays = (list(buffers), tuple(b.numpy() for b in buffers))
+        return cached[1]
+
+    def rows(self, x: np.ndarray | Tensor) -> np.ndarray:
+        """A batch as the kernel takes it: a C-contiguous ``[n, width]`` array of the pool's dtype."""
+        if isinstance(x, Tensor):
+            x = x.detach().cpu().numpy()
+        return np.ascontiguousarray(x, dtype=self._np_dtype)
+
+    def run(self, slots: np.ndarray, x: np.ndarray | Tensor, y: np.ndarray | Tensor | None) -> FusedResult:
+        """Predict, score and step once per row, in order; ``slots`` must be resident (not checked here)."""
+        n = slots.shape[0]
+        xs = self.rows(x)
+        ys = self.rows(y) if y is not None and not self._ar else self._no_target
+        pred = np.empty((n, self._out), self._np_dtype)
+        loss = np.empty(n, self._np_dtype)
+        forecast = np.empty((n, self._out) if self._ar else (0, 0), self._np_dtype)
+        step = np.empty(n, np.int64)
+        flags = np.empty((4, n), np.bool_)
+        f, i, b = self._buffers()
+        s = np.ascontiguousarray(slots, dtype=np.int64)
+        K.observe_rows(f, i, b, self._cfg, s, xs, ys, pred, loss, forecast, step, flags)
+        return FusedResult(pred, loss, forecast if self._ar else None, step, flags)
+
+    def observe(self, slots: np.ndarray, x: Tensor, y: Tensor | None) -> dict[str, Tensor]:
+        """:meth:`run` as the pool reports it: tensors by outcome name (``Round``'s keys)."""
+        r = self.run(slots, x, y)
+        t = torch.from_numpy
+        out = {
+            "pred": t(r.pred),
+            "loss": t(r.loss),
+            "step": t(r.step),
+            "applied": t(r.flags[0]),
+            "warming": t(r.flags[1]),
+            "nonfinite": t(r.flags[2]),
+            "drift": t(r.flags[3]),
+        }
+        if r.forecast is not None:
+            out["forecast"] = t(r.forecast)
+        return out
