@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from trackin.models.figures import FleetFigures, StreamFigures
+from trackin.models.kernels import Kernels
 from trackin.models.pool import ObserveResult, StreamPool
 from trackin.models.specs import ARModel, StreamSpec, TrackModel
 
@@ -83,8 +84,11 @@ class _Entry:
 class Engine:
     """All resident streams on one device."""
 
-    def __init__(self, device: torch.device | str = "cpu") -> None:
+    def __init__(self, device: torch.device | str = "cpu", kernels: Kernels = "auto") -> None:
+        """``kernels``: ``auto`` steps with fused CPU kernels where they apply, ``torch`` never
+        (:mod:`models.kernels`)."""
         self.device = torch.device(device)
+        self.kernels: Kernels = kernels
         self._pools: dict[tuple[object, ...], StreamPool] = {}
         self._streams: dict[str, int] = {}  # id -> entry << 32 | slot
         self._entries: list[_Entry | None] = []
@@ -129,7 +133,7 @@ class Engine:
             key = spec.pool_key()
             pool = self._pools.get(key)
             if pool is None:
-                pool = self._pools[key] = StreamPool(spec, self.device)
+                pool = self._pools[key] = StreamPool(spec, self.device, kernels=self.kernels)
             index = self._free_entries.pop() if self._free_entries else len(self._entries)
             if index == len(self._entries):
                 self._entries.append(None)

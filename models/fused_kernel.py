@@ -47,13 +47,13 @@ _EWMA = 0.05  # models.figures.LOSS_EWMA_ALPHA
 _MEAN_WINDOW = 500  # models.drift.MEAN_WINDOW
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _hyper(frow: np.ndarray, cfg: np.ndarray, k: int) -> float:
     """The row's ``k``-th float hyperparameter (the optimizer's order; see models.fused_round)."""
     return float(frow[cfg[HYPER + k]])
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _affine(theta: np.ndarray, feats: np.ndarray, out: np.ndarray, n_in: int, n_out: int) -> None:
     """``out = W feats + b`` with ``theta = [W (row-major [out, in]), b]``, accumulated in float64."""
     for o in range(n_out):
@@ -64,7 +64,7 @@ def _affine(theta: np.ndarray, feats: np.ndarray, out: np.ndarray, n_in: int, n_
         out[o] = acc + float(theta[n_out * n_in + o])
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _ar_features(frow: np.ndarray, cfg: np.ndarray, feats: np.ndarray) -> None:
     """An ``ar`` model's inputs from the window in ``frow`` (levels, or the successive changes)."""
     a, w, d = cfg[AR_WINDOW], cfg[WINDOW], cfg[DIM]
@@ -76,7 +76,7 @@ def _ar_features(frow: np.ndarray, cfg: np.ndarray, feats: np.ndarray) -> None:
             feats[k] = frow[a + d + k] - frow[a + k]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _loss_and_dout(
     kind: int, out: np.ndarray, target: np.ndarray, delta: float, dout: np.ndarray, n_out: int
 ) -> float:
@@ -99,7 +99,7 @@ def _loss_and_dout(
     return total / n_out
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _prepared(
     frow: np.ndarray, grad: np.ndarray, g: np.ndarray, n_params: int, wd: float, max_norm: float
 ) -> tuple[float, float]:
@@ -121,7 +121,7 @@ def _prepared(
     return sq, norm
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _trackin(
     frow: np.ndarray, irow: np.ndarray, brow: np.ndarray, cfg: np.ndarray, g: np.ndarray, g_sq: float
 ) -> tuple[float, float]:
@@ -171,7 +171,7 @@ def _trackin(
     return beta_t, math.sqrt(e_sq)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _sgd(frow: np.ndarray, irow: np.ndarray, brow: np.ndarray, cfg: np.ndarray, g: np.ndarray) -> float:
     """One SGD step in place on a row (models.functional.sgd); returns the momentum factor (the figure)."""
     n, m0 = cfg[N_PARAMS], cfg[BUF0]
@@ -189,7 +189,7 @@ def _sgd(frow: np.ndarray, irow: np.ndarray, brow: np.ndarray, cfg: np.ndarray, 
     return mu
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _adam(frow: np.ndarray, irow: np.ndarray, cfg: np.ndarray, g: np.ndarray) -> float:
     """One Adam step in place on a row (models.functional.adam); returns beta1 (the figure)."""
     n, m0, v0 = cfg[N_PARAMS], cfg[BUF0], cfg[BUF1]
@@ -205,7 +205,7 @@ def _adam(frow: np.ndarray, irow: np.ndarray, cfg: np.ndarray, g: np.ndarray) ->
     return b1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _page_hinkley(
     frow: np.ndarray, irow: np.ndarray, brow: np.ndarray, cfg: np.ndarray, loss: float, ok: bool
 ) -> bool:

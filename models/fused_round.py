@@ -20,7 +20,7 @@ from trackin.models import fused_kernel as K
 from trackin.models import keys
 from trackin.models.families import FlatModel
 from trackin.models.hyper import Hyperparameters
-from trackin.models.layout import BOOL, FLOAT, INT, PackedState
+from trackin.models.layout import FLOAT, PackedState
 from trackin.models.specs import ARModel
 
 __all__ = ["FLOAT_HYPERS", "FusedResult", "FusedRound"]
@@ -100,16 +100,22 @@ def _config(
     return cfg
 
 
+def _writable(a: np.ndarray) -> np.ndarray:
+    return a if a.flags.writeable else a.copy()
+
+
 class FusedRound:
     """The fused step of one first-order closed-form pool on the CPU (float32 or float64)."""
 
     def __init__(
         self, packed: PackedState, net: FlatModel, loss: str, hyper: Hyperparameters, buffers: Sequence[str]
     ) -> None:
-        assert net.closed_form and packed.device.type == "cpu"
+        assert net.closed_form
+        assert packed.device.type == "cpu"
         self._packed = packed
         self._cfg = _config(packed, net, loss, hyper, buffers)
-        self._np_dtype = torch.empty(0, dtype=packed.dtypes[FLOAT]).numpy().dtype
+        self._dtype = packed.dtypes[FLOAT]
+        self._np_dtype = torch.empty(0, dtype=self._dtype).numpy().dtype
         self._out = net.out_dim
         self._ar = isinstance(net.model, ARModel)
         self._no_target = np.empty((0, 0), dtype=self._np_dtype)
@@ -124,10 +130,14 @@ class FusedRound:
         return cached[1]
 
     def rows(self, x: np.ndarray | Tensor) -> np.ndarray:
-        """A batch as the kernel takes it: a C-contiguous ``[n, width]`` array of the pool's dtype."""
-        if isinstance(x, Tensor):
-            x = x.detach().cpu().numpy()
-        return np.ascontiguousarray(x, dtype=self._np_dtype)
+        """A batch as the kernel takes it: a writable C-contiguous ``[n, width]`` array of the pool's dtype
+        (a read-only array would be another signature for numba to compile)."""
+        if isinstance(x, Tensor):  # torch casts without numpy's overflow warning (1e300 -> inf, refused)
+            return _writable(x.detach().to("cpu", self._dtype).contiguous().numpy())
+        if x.dtype != self._np_dtype:
+            with np.errstate(over="ignore"):
+                x = x.astype(self._np_dtype)
+        return _writable(np.ascontiguousarray(x))
 
     def run(self, slots: np.ndarray, x: np.ndarray | Tensor, y: np.ndarray | Tensor | None) -> FusedResult:
         """Predict, score and step once per row, in order; ``slots`` must be resident (not checked here)."""
@@ -140,7 +150,7 @@ class FusedRound:
         step = np.empty(n, np.int64)
         flags = np.empty((4, n), np.bool_)
         f, i, b = self._buffers()
-        s = np.ascontiguousarray(slots, dtype=np.int64)
+        s = _writable(np.ascontiguousarray(slots, dtype=np.int64))
         K.observe_rows(f, i, b, self._cfg, s, xs, ys, pred, loss, forecast, step, flags)
         return FusedResult(pred, loss, forecast if self._ar else None, step, flags)
 

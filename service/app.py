@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trackin.models.engine import Engine, ItemResult, resolve_device
+from trackin.models.fused_warmup import warm_up
 from trackin.service.domain.catalog import Catalog
 from trackin.service.domain.ingest import IngestBatch
 from trackin.service.domain.labels import PendingLabels
@@ -108,6 +109,13 @@ class _HttpMetrics:
                 metrics.http_request(path, scope["method"], status, time.perf_counter() - started)
 
 
+def _warm_up(engine: Engine) -> None:
+    """Compile the fused kernels now, not on the first request (seconds without numba's cache)."""
+    spent = warm_up(engine.device, engine.kernels)
+    if spent:
+        log.info("fused kernels ready in %.2f s (%s)", sum(spent.values()), ", ".join(spent))
+
+
 def build(settings: Settings) -> AppState:
     """Every long-lived object, each made with its collaborators (none assigned afterwards).
 
@@ -115,7 +123,8 @@ def build(settings: Settings) -> AppState:
     calls them around each batch; then what needs the scheduler (checkpoints, residency, restores).
     """
     metrics = Metrics(CollectorRegistry(), max_stream_series=settings.metrics_max_stream_series)
-    engine = Engine(resolve_device(settings.device))
+    engine = Engine(resolve_device(settings.device), kernels=settings.kernels)
+    _warm_up(engine)
     catalog = Catalog()
     labels = PendingLabels(settings.pending_label_ttl_seconds, settings.max_pending_labels)
     max_batch, log_mode = settings.max_batch_observations, settings.durability == "log"
