@@ -9,7 +9,11 @@ smoke run). Side by side in one run:
     (linear only; River has no counterpart of the MLP);
 (c) ``engine``: all streams in one :class:`models.pool.StreamPool` with the full TrackIn update, batches
     through the tensor API (``StreamPool.observe``: slots and stacked inputs), and through the id API
-    (``Engine.observe``: stream ids, one array per item, one ``ItemResult`` per item).
+    (``Engine.observe``: stream ids, one array per item, one ``ItemResult`` per item), with the default
+    kernels (``auto``: the fused CPU kernel where one applies, docs/engine.md "Fused kernels");
+(d) ``torch``: the same tensor API with ``kernels="torch"`` (the device-agnostic torch rounds), so each
+    row shows the fused kernel and the torch path side by side (``x torch``), and ``us/call``: the time of
+    one ``observe`` call (at batch 1: one round of one stream) for both.
 
 Streams arrive at equal rates in shuffled order (concatenated random permutations of all streams), so a
 batch holds a stream more than once only when the batch is larger than the stream count (1,024 of 1,000
@@ -35,6 +39,7 @@ import torch
 
 from trackin.models.engine import Engine
 from trackin.models.families import FamilyModule
+from trackin.models.kernels import Kernels
 from trackin.models.losses import loss_per_row
 from trackin.models.pool import StreamPool
 from trackin.models.specs import LinearModel, MLPModel, StreamSpec, TrackModel
@@ -151,12 +156,26 @@ def bench_river(work: Workload, budget: float, streams: int) -> Rate | None:
     return timed(step, budget)
 
 
-def build_engine(spec: StreamSpec, streams: int) -> tuple[Engine, list[str]]:
-    engine = Engine()
+def build_engine(spec: StreamSpec, streams: int, kernels: Kernels = "auto") -> tuple[Engine, list[str]]:
+    engine = Engine(kernels=kernels)
     ids = [f"stream-{i}" for i in range(streams)]
     for stream_id in ids:
         engine.add(stream_id, spec)
     return engine, ids
+
+
+def bench_tensor(engine: Engine, ids: list[str], work: Workload, batch: int, budget: float) -> Rate:
+    """(c, d) The tensor API alone (slots, stacked inputs)."""
+    (pool,) = engine.pools
+    slots = np.array([engine.locate(i).slot for i in ids], dtype=np.int64)
+
+    def tensor_step(k: int) -> int:
+        who, rows = work.window(k, batch)
+        index = torch.from_numpy(rows)
+        pool.observe(slots[who], work.x32.index_select(0, index), work.y32.index_select(0, index))
+        return batch
+
+    return timed(tensor_step, budget)
 
 
 def bench_engine(
@@ -240,6 +259,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: small budgets, 1,000 streams")
     parser.add_argument("--memory-child", choices=["pool", "engine"], help=argparse.SUPPRESS)
     parser.add_argument("--streams", type=int, default=MEMORY_STREAMS, help="streams for the memory figure")
+    parser.add_argument(
+        "--family", action="append", help="only families whose name contains this (repeatable)"
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the resident-memory figures")
     args = parser.parse_args()
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child, args.streams)))
@@ -256,23 +279,34 @@ def main() -> None:
     )
     print("  one-thread cells only: less sensitive to other load on the machine)")
     print("  module/river are per-observation loops, measured once per family x streams x threads")
-    print("  engine = StreamPool.observe (tensor API); engine-ids = Engine.observe (ids, per-item results)")
+    print(
+        "  engine = StreamPool.observe (tensor API), default kernels (fused where one applies); torch = the"
+    )
+    print(
+        "  same with kernels='torch'; engine-ids = Engine.observe (ids, per-item results), default kernels;"
+    )
+    print("  us/call = microseconds of wall clock per observe call (batch 1: one round), engine / torch")
     header = (
-        f"{'family':<12} {'streams':>8} {'batch':>6} {'thr':>3} {'module':>8} {'river':>8} {'engine':>8} "
-        f"{'eng-ids':>8} {'x module':>9} {'x river':>8} {'cpu x river':>11} {'ids x river':>11}"
+        f"{'family':<22} {'streams':>8} {'batch':>5} {'thr':>3} {'module':>7} {'river':>7} {'engine':>7} "
+        f"{'torch':>7} {'eng-ids':>7} {'us/call':>15} {'x torch':>7} {'x module':>8} {'x river':>7} "
+        f"{'cpu x river':>11} {'ids x river':>11}"
     )
     print(header)
     print("-" * len(header))
     for family, spec in FAMILIES.items():
+        if args.family and not any(f in family for f in args.family):
+            continue
         for streams in stream_counts:
             work = Workload(streams)
             engine_ids = build_engine(spec, streams)
+            torch_ids = build_engine(spec, streams, kernels="torch")
             river = bench_river(work, budget, streams) if family.startswith("linear") else None
             for threads in thread_settings:
                 torch.set_num_threads(threads)
                 module = bench_module(spec, work, budget)
                 for batch in BATCHES:
                     engine, by_id = bench_engine(*engine_ids, work, batch, budget)
+                    plain = bench_tensor(*torch_ids, work, batch, budget)
                     ratios = ["-", "-", "-"]
                     if river is not None:
                         ratios = [
@@ -280,15 +314,20 @@ def main() -> None:
                             f"{engine.per_cpu_second / river.per_cpu_second:.1f}" if threads == 1 else "",
                             f"{by_id.per_second / river.per_second:.1f}",
                         ]
+                    calls = f"{1e6 * batch / engine.per_second:.1f} / {1e6 * batch / plain.per_second:.0f}"
                     print(
-                        f"{family:<12} {streams:>8,} {batch:>6} {threads:>3} {fmt(module.per_second):>8} "
-                        f"{fmt(river.per_second if river else None):>8} {fmt(engine.per_second):>8} "
-                        f"{fmt(by_id.per_second):>8} {engine.per_second / module.per_second:>9.0f} "
-                        f"{ratios[0]:>8} {ratios[1]:>11} {ratios[2]:>11}",
+                        f"{family:<22} {streams:>8,} {batch:>5} {threads:>3} {fmt(module.per_second):>7} "
+                        f"{fmt(river.per_second if river else None):>7} {fmt(engine.per_second):>7} "
+                        f"{fmt(plain.per_second):>7} {fmt(by_id.per_second):>7} {calls:>15} "
+                        f"{engine.per_second / plain.per_second:>7.1f} "
+                        f"{engine.per_second / module.per_second:>8.0f} "
+                        f"{ratios[0]:>7} {ratios[1]:>11} {ratios[2]:>11}",
                         flush=True,
                     )
-            del engine_ids
+            del engine_ids, torch_ids
     torch.set_num_threads(all_threads)
+    if args.no_memory:
+        return
     memory_streams = 10_000 if args.quick else args.streams
     print(f"\nresident memory at {memory_streams:,} linear streams (TrackIn, float32), fresh processes:")
     for mode, m in run_memory(memory_streams).items():

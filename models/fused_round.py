@@ -100,10 +100,6 @@ def _config(
     return cfg
 
 
-def _writable(a: np.ndarray) -> np.ndarray:
-    return a if a.flags.writeable else a.copy()
-
-
 class FusedRound:
     """The fused step of one first-order closed-form pool on the CPU (float32 or float64)."""
 
@@ -119,54 +115,42 @@ class FusedRound:
         self._out = net.out_dim
         self._ar = isinstance(net.model, ARModel)
         self._no_target = np.empty((0, 0), dtype=self._np_dtype)
-        self._arrays: tuple[list[Tensor], tuple[np.ndarray, ...]] | None = None
+        self._arrays: tuple[list[Tensor], tuple[np.ndarray, ...]] | None = None  # the buffers, their views
 
     def _buffers(self) -> tuple[np.ndarray, ...]:
-        """Numpy views of the packed buffers (new ones after the pool grows)."""
+        """Numpy views of the packed buffers (new ones after the pool grows: ``grow`` replaces the list)."""
         buffers = self._packed.buffers
-        cached = self._arrays
-        if cached is None or any(a is not b for a, b in zip(cached[0], buffers, strict=True)):
-            cached = self._arrays = (list(buffers), tuple(b.numpy() for b in buffers))
-        return cached[1]
+        if self._arrays is None or self._arrays[0] is not buffers:
+            self._arrays = (buffers, tuple(b.numpy() for b in buffers))
+        return self._arrays[1]
 
     def rows(self, x: np.ndarray | Tensor) -> np.ndarray:
         """A batch as the kernel takes it: a writable C-contiguous ``[n, width]`` array of the pool's dtype
         (a read-only array would be another signature for numba to compile)."""
         if isinstance(x, Tensor):  # torch casts without numpy's overflow warning (1e300 -> inf, refused)
-            return _writable(x.detach().to("cpu", self._dtype).contiguous().numpy())
-        if x.dtype != self._np_dtype:
+            if x.dtype is not self._dtype or x.requires_grad or x.device.type != "cpu":
+                x = x.detach().to("cpu", self._dtype)
+            x = x.numpy()
+        elif x.dtype != self._np_dtype:
             with np.errstate(over="ignore"):
                 x = x.astype(self._np_dtype)
-        return _writable(np.ascontiguousarray(x))
+        if not x.flags.c_contiguous or not x.flags.writeable:
+            x = np.array(x, order="C")
+        return x
 
     def run(self, slots: np.ndarray, x: np.ndarray | Tensor, y: np.ndarray | Tensor | None) -> FusedResult:
         """Predict, score and step once per row, in order; ``slots`` must be resident (not checked here)."""
         n = slots.shape[0]
         xs = self.rows(x)
         ys = self.rows(y) if y is not None and not self._ar else self._no_target
-        pred = np.empty((n, self._out), self._np_dtype)
-        loss = np.empty(n, self._np_dtype)
-        forecast = np.empty((n, self._out) if self._ar else (0, 0), self._np_dtype)
+        dtype = self._np_dtype
+        pred = np.empty((n, self._out), dtype)
+        loss = np.empty(n, dtype)
+        forecast = np.empty((n, self._out), dtype) if self._ar else self._no_target
         step = np.empty(n, np.int64)
         flags = np.empty((4, n), np.bool_)
         f, i, b = self._buffers()
-        s = _writable(np.ascontiguousarray(slots, dtype=np.int64))
-        K.observe_rows(f, i, b, self._cfg, s, xs, ys, pred, loss, forecast, step, flags)
+        if slots.dtype != np.int64 or not slots.flags.c_contiguous or not slots.flags.writeable:
+            slots = np.array(slots, dtype=np.int64, order="C")
+        K.observe_rows(f, i, b, self._cfg, slots, xs, ys, pred, loss, forecast, step, flags)
         return FusedResult(pred, loss, forecast if self._ar else None, step, flags)
-
-    def observe(self, slots: np.ndarray, x: Tensor, y: Tensor | None) -> dict[str, Tensor]:
-        """:meth:`run` as the pool reports it: tensors by outcome name (``Round``'s keys)."""
-        r = self.run(slots, x, y)
-        t = torch.from_numpy
-        out = {
-            "pred": t(r.pred),
-            "loss": t(r.loss),
-            "step": t(r.step),
-            "applied": t(r.flags[0]),
-            "warming": t(r.flags[1]),
-            "nonfinite": t(r.flags[2]),
-            "drift": t(r.flags[3]),
-        }
-        if r.forecast is not None:
-            out["forecast"] = t(r.forecast)
-        return out

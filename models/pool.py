@@ -254,7 +254,11 @@ class StreamPool:
         """
         slots = np.asarray(slots, dtype=np.int64)
         if isinstance(self._round, FusedRound):  # one kernel call, rows in arrival order: no rounds
-            return _result(self._round.observe(slots, inputs, targets))
+            r = self._round.run(slots, inputs, targets)
+            t = torch.from_numpy
+            applied, warming, nonfinite, drift = t(r.flags).unbind(0)
+            ar = None if r.forecast is None else t(r.forecast)
+            return ObserveResult(t(r.pred), t(r.loss), t(r.step), applied, warming, nonfinite, drift, ar)
         dev, dt = self.device, self.dtype
         inputs = inputs.to(device=dev, dtype=dt)
         targets = targets.to(device=dev, dtype=dt) if targets is not None else None
