@@ -12,8 +12,8 @@ smoke run). Side by side in one run:
     (``Engine.observe``: stream ids, one array per item, one ``ItemResult`` per item), with the default
     kernels (``auto``: the fused CPU kernel where one applies, docs/engine.md "Fused kernels");
 (d) ``torch``: the same tensor API with ``kernels="torch"`` (the device-agnostic torch rounds), so each
-    row shows the fused kernel and the torch path side by side (``x torch``), and ``us/call``: the time of
-    one ``observe`` call (at batch 1: one round of one stream) for both.
+    row shows the fused kernel and the torch path side by side (``x torch``), and ``us/call``: the process
+    CPU time of one ``observe`` call (at batch 1: one round of one stream) for both.
 
 Streams arrive at equal rates in shuffled order (concatenated random permutations of all streams), so a
 batch holds a stream more than once only when the batch is larger than the stream count (1,024 of 1,000
@@ -247,6 +247,36 @@ def run_memory(streams: int) -> dict[str, dict[str, float]]:
     return out
 
 
+_WARM_CHILD = """
+import json, time
+wall, cpu = time.perf_counter(), time.process_time()
+from trackin.models.fused_warmup import warm_up
+imported = time.perf_counter() - wall
+spent = warm_up()
+print(json.dumps({"import_s": imported, "warm_up_s": sum(spent.values()), "by_dtype": spent,
+                  "cpu_s": time.process_time() - cpu}))
+"""
+
+
+def run_warm_up() -> None:
+    """The start-up cost of the fused kernels: a fresh process with an empty numba cache (compiling both
+    signatures), then another one that finds them in the cache (a temporary ``NUMBA_CACHE_DIR``)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        for label in ("no cache (compiles)", "numba's on-disk cache"):
+            proc = subprocess.run(
+                [sys.executable, "-c", _WARM_CHILD], capture_output=True, text=True, check=True, env=env
+            )
+            m = json.loads(proc.stdout.strip().splitlines()[-1])
+            per = ", ".join(f"{k} {v:.2f} s" for k, v in m["by_dtype"].items())
+            print(
+                f"  warm-up, {label}: {m['warm_up_s']:.2f} s wall ({per}); process CPU {m['cpu_s']:.2f} s "
+                f"including imports ({m['import_s']:.2f} s wall)"
+            )
+
+
 def fmt(rate: float | None) -> str:
     if rate is None:
         return "-"
@@ -263,9 +293,16 @@ def main() -> None:
         "--family", action="append", help="only families whose name contains this (repeatable)"
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the resident-memory figures")
+    parser.add_argument(
+        "--warm-up", action="store_true", help="only the fused kernels' start-up cost (fresh processes)"
+    )
     args = parser.parse_args()
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child, args.streams)))
+        return
+    if args.warm_up:
+        print(f"bench.engine --warm-up: load average {os.getloadavg()[0]:.2f}")
+        run_warm_up()
         return
     budget = 0.2 if args.quick else args.budget
     stream_counts = (1_000,) if args.quick else STREAMS
@@ -285,7 +322,8 @@ def main() -> None:
     print(
         "  same with kernels='torch'; engine-ids = Engine.observe (ids, per-item results), default kernels;"
     )
-    print("  us/call = microseconds of wall clock per observe call (batch 1: one round), engine / torch")
+    print("  us/call = microseconds of process CPU time per observe call (batch 1: one round), engine / torch")
+    print("  (with 2 threads the CPU time of both; compare the one-thread rows)")
     header = (
         f"{'family':<22} {'streams':>8} {'batch':>5} {'thr':>3} {'module':>7} {'river':>7} {'engine':>7} "
         f"{'torch':>7} {'eng-ids':>7} {'us/call':>15} {'x torch':>7} {'x module':>8} {'x river':>7} "
@@ -314,7 +352,9 @@ def main() -> None:
                             f"{engine.per_cpu_second / river.per_cpu_second:.1f}" if threads == 1 else "",
                             f"{by_id.per_second / river.per_second:.1f}",
                         ]
-                    calls = f"{1e6 * batch / engine.per_second:.1f} / {1e6 * batch / plain.per_second:.0f}"
+                    calls = (
+                        f"{1e6 * batch / engine.per_cpu_second:.1f} / {1e6 * batch / plain.per_cpu_second:.0f}"
+                    )
                     print(
                         f"{family:<22} {streams:>8,} {batch:>5} {threads:>3} {fmt(module.per_second):>7} "
                         f"{fmt(river.per_second if river else None):>7} {fmt(engine.per_second):>7} "
