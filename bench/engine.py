@@ -322,8 +322,8 @@ def main() -> None:
     print(
         "  same with kernels='torch'; engine-ids = Engine.observe (ids, per-item results), default kernels;"
     )
-    print("  us/call = microseconds of process CPU time per observe call (batch 1: one round), engine / torch")
-    print("  (with 2 threads the CPU time of both; compare the one-thread rows)")
+    print("  us/call = microseconds of process CPU time per observe call (batch 1: one round),")
+    print("  engine / torch (with 2 threads the CPU time of both; compare the one-thread rows)")
     header = (
         f"{'family':<22} {'streams':>8} {'batch':>5} {'thr':>3} {'module':>7} {'river':>7} {'engine':>7} "
         f"{'torch':>7} {'eng-ids':>7} {'us/call':>15} {'x torch':>7} {'x module':>8} {'x river':>7} "
@@ -352,9 +352,8 @@ def main() -> None:
                             f"{engine.per_cpu_second / river.per_cpu_second:.1f}" if threads == 1 else "",
                             f"{by_id.per_second / river.per_second:.1f}",
                         ]
-                    calls = (
-                        f"{1e6 * batch / engine.per_cpu_second:.1f} / {1e6 * batch / plain.per_cpu_second:.0f}"
-                    )
+                    fused_us, torch_us = (1e6 * batch / r.per_cpu_second for r in (engine, plain))
+                    calls = f"{fused_us:.1f} / {torch_us:.0f}"
                     print(
                         f"{family:<22} {streams:>8,} {batch:>5} {threads:>3} {fmt(module.per_second):>7} "
                         f"{fmt(river.per_second if river else None):>7} {fmt(engine.per_second):>7} "
