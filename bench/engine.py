@@ -178,6 +178,28 @@ def bench_tensor(engine: Engine, ids: list[str], work: Workload, batch: int, bud
     return timed(tensor_step, budget)
 
 
+def round_us(engine: Engine, ids: list[str], work: Workload, calls: int = 3_000) -> tuple[float, float]:
+    """Microseconds of one ``StreamPool.observe`` of one observation (one round of one stream), inputs
+    prepared beforehand: the minimum (the cost itself, what load on the machine cannot shrink) and the
+    median over ``calls`` calls."""
+    (pool,) = engine.pools
+    slots = np.array([engine.locate(i).slot for i in ids], dtype=np.int64)
+    inputs = [
+        (slots[work.order[k : k + 1]], work.x32[k : k + 1].clone(), work.y32[k : k + 1].clone())
+        for k in range(64)
+    ]
+    for s, x, y in inputs:
+        pool.observe(s, x, y)
+    spent = np.empty(calls)
+    clock = time.perf_counter
+    for k in range(calls):
+        s, x, y = inputs[k % 64]
+        started = clock()
+        pool.observe(s, x, y)
+        spent[k] = clock() - started
+    return float(spent.min() * 1e6), float(np.median(spent) * 1e6)
+
+
 def bench_engine(
     engine: Engine, ids: list[str], work: Workload, batch: int, budget: float
 ) -> tuple[Rate, Rate]:
@@ -364,6 +386,23 @@ def main() -> None:
                         flush=True,
                     )
             del engine_ids, torch_ids
+    torch.set_num_threads(1)
+    print(
+        "\nbatch-1 round: one StreamPool.observe of one observation, us (min / median of 3,000 calls, "
+        "1 thread)"
+    )
+    print(f"{'family':<22} {'streams':>8} {'engine':>15} {'torch':>15} {'x torch (min)':>13}")
+    for family, spec in FAMILIES.items():
+        if args.family and not any(f in family for f in args.family):
+            continue
+        work = Workload(1_000)
+        best, median = round_us(*build_engine(spec, 1_000), work)
+        torch_best, torch_median = round_us(*build_engine(spec, 1_000, kernels="torch"), work)
+        print(
+            f"{family:<22} {1_000:>8,} {best:>7.1f} / {median:<5.1f} "
+            f"{torch_best:>7.1f} / {torch_median:<5.1f} {torch_best / best:>13.1f}",
+            flush=True,
+        )
     torch.set_num_threads(all_threads)
     if args.no_memory:
         return

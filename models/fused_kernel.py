@@ -245,17 +245,16 @@ def observe_rows(
     slots: np.ndarray,
     x: np.ndarray,
     y: np.ndarray,
-    pred: np.ndarray,
-    loss_out: np.ndarray,
-    forecast: np.ndarray,
+    results: np.ndarray,
     steps: np.ndarray,
     flags: np.ndarray,
 ) -> None:
     """Step the streams ``slots`` (rows of the packed buffers) once per row, in order, in place.
 
     ``x``: ``[n, in]`` inputs (``ar``: ``[n, dim]`` arriving values); ``y``: ``[n, out]`` targets (``ar``:
-    unused). Outputs, preallocated: ``pred`` and ``forecast`` ``[n, out]``, ``loss_out`` ``[n]`` (pool
-    dtype), ``steps`` ``[n]`` int64, ``flags`` ``[4, n]`` bool (applied, warming, nonfinite, drift).
+    unused). Outputs, preallocated: ``results`` ``[n, 2 out + 1]`` (pool dtype: the prediction, the loss,
+    the ``ar`` forecast; ``[n, out + 1]`` for ``linear``), ``steps`` ``[n]`` int64, ``flags`` ``[4, n]`` bool
+    (applied, warming, nonfinite, drift).
     """
     family, loss_kind, opt = cfg[FAMILY], cfg[LOSS], cfg[OPT]
     n_in, n_out, n_params = cfg[N_IN], cfg[N_OUT], cfg[N_PARAMS]
@@ -302,12 +301,12 @@ def observe_rows(
         for o in range(n_out):
             if is_ar:
                 v = out[o] + float(frow[aw + (window - 1) * dim + o]) if family == AR_DELTA else out[o]
-                pred[r, o] = v if ready else math.nan
+                results[r, o] = v if ready else math.nan
             elif loss_kind == BCE:
-                pred[r, o] = 1.0 / (1.0 + math.exp(-out[o]))
+                results[r, o] = 1.0 / (1.0 + math.exp(-out[o]))
             else:
-                pred[r, o] = out[o]
-        loss_out[r] = loss if ready else math.nan
+                results[r, o] = out[o]
+        results[r, n_out] = loss if ready else math.nan
         # ----- the optimizer step and the figures (rows whose step is not taken stay as they were) -----
         if ok:
             wd, max_norm = _hyper(frow, cfg, WEIGHT_DECAY), _hyper(frow, cfg, MAX_GRAD_NORM)
@@ -345,10 +344,10 @@ def observe_rows(
                 _affine(frow, feats, out, n_in, n_out)
                 for d in range(dim):
                     level = float(frow[aw + (window - 1) * dim + d]) if family == AR_DELTA else 0.0
-                    forecast[r, d] = out[d] + level
+                    results[r, n_out + 1 + d] = out[d] + level
             else:
                 for d in range(dim):
-                    forecast[r, d] = math.nan
+                    results[r, n_out + 1 + d] = math.nan
         if nonfinite:
             irow[cfg[NONFINITE]] += 1
         flags[3, r] = _page_hinkley(frow, irow, brow, cfg, loss, ok)

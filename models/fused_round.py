@@ -39,7 +39,7 @@ _LOSSES = {"mse": K.MSE, "huber": K.HUBER_LOSS, "bce": K.BCE}
 class FusedResult(NamedTuple):
     """Per-row outcomes of one call, numpy arrays on the host (see ``ObserveResult``)."""
 
-    pred: np.ndarray  # [n, out]
+    pred: np.ndarray  # [n, out] (views of one block of results)
     loss: np.ndarray  # [n]
     forecast: np.ndarray | None  # [n, dim] (ar), else None
     step: np.ndarray  # [n] int64
@@ -143,14 +143,13 @@ class FusedRound:
         n = slots.shape[0]
         xs = self.rows(x)
         ys = self.rows(y) if y is not None and not self._ar else self._no_target
-        dtype = self._np_dtype
-        pred = np.empty((n, self._out), dtype)
-        loss = np.empty(n, dtype)
-        forecast = np.empty((n, self._out), dtype) if self._ar else self._no_target
+        out = self._out
+        results = np.empty((n, 2 * out + 1 if self._ar else out + 1), self._np_dtype)
         step = np.empty(n, np.int64)
         flags = np.empty((4, n), np.bool_)
         f, i, b = self._buffers()
         if slots.dtype != np.int64 or not slots.flags.c_contiguous or not slots.flags.writeable:
             slots = np.array(slots, dtype=np.int64, order="C")
-        K.observe_rows(f, i, b, self._cfg, slots, xs, ys, pred, loss, forecast, step, flags)
-        return FusedResult(pred, loss, forecast if self._ar else None, step, flags)
+        K.observe_rows(f, i, b, self._cfg, slots, xs, ys, results, step, flags)
+        forecast = results[:, out + 1 :] if self._ar else None
+        return FusedResult(results[:, :out], results[:, out], forecast, step, flags)

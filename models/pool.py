@@ -13,7 +13,7 @@ one stream's state, and splitting a batch into rounds.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,9 +34,9 @@ from trackin.models.tracking_round import TrackingNet, TrackingRound
 __all__ = ["ObserveResult", "StreamPool"]
 
 
-@dataclass(frozen=True, slots=True)
-class ObserveResult:
-    """Per-observation outcomes, in input order, on the host (one copy per batch)."""
+class ObserveResult(NamedTuple):
+    """Per-observation outcomes, in input order, on the host (one copy per batch). A named tuple: built
+    once per ``observe`` call, where a frozen dataclass's construction alone costs microseconds."""
 
     predictions: Tensor  # [n, out] made before learning; NaN for warming ar streams
     losses: Tensor  # [n]; NaN where nothing was scored
@@ -256,7 +256,8 @@ class StreamPool:
         if isinstance(self._round, FusedRound):  # one kernel call, rows in arrival order: no rounds
             r = self._round.run(slots, inputs, targets)
             t = torch.from_numpy
-            applied, warming, nonfinite, drift = t(r.flags).unbind(0)
+            f = r.flags
+            applied, warming, nonfinite, drift = t(f[0]), t(f[1]), t(f[2]), t(f[3])
             ar = None if r.forecast is None else t(r.forecast)
             return ObserveResult(t(r.pred), t(r.loss), t(r.step), applied, warming, nonfinite, drift, ar)
         dev, dt = self.device, self.dtype
