@@ -110,10 +110,23 @@ class _HttpMetrics:
 
 
 def _warm_up(engine: Engine) -> None:
-    """Compile the fused kernels now, not on the first request (seconds without numba's cache)."""
+    """Compile the fused kernels at start-up, not on the first request: about 1 s with numba's cache,
+    seconds of CPU without it (the first start after an install; docs/engine.md, "Fused kernels")."""
+    started = time.perf_counter()
     spent = warm_up(engine.device, engine.kernels)
     if spent:
-        log.info("fused kernels ready in %.2f s (%s)", sum(spent.values()), ", ".join(spent))
+        log.info("fused kernels ready in %.2f s (%s)", time.perf_counter() - started, ", ".join(spent))
+
+
+def _ready_after(warming: asyncio.Future[None], state: AppState) -> None:
+    """Readiness waits for the kernels (a request that comes earlier waits for the compilation instead)."""
+
+    def done(future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            log.error("fused kernels failed to compile", exc_info=future.exception())
+        state.ready = True
+
+    warming.add_done_callback(done)
 
 
 def build(settings: Settings) -> AppState:
@@ -124,7 +137,6 @@ def build(settings: Settings) -> AppState:
     """
     metrics = Metrics(CollectorRegistry(), max_stream_series=settings.metrics_max_stream_series)
     engine = Engine(resolve_device(settings.device), kernels=settings.kernels)
-    _warm_up(engine)
     catalog = Catalog()
     labels = PendingLabels(settings.pending_label_ttl_seconds, settings.max_pending_labels)
     max_batch, log_mode = settings.max_batch_observations, settings.durability == "log"
@@ -177,6 +189,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
         state = build(settings)
+        # Compiled in a thread while the rest starts: /healthz answers at once, /readyz once compiled.
+        warming = asyncio.ensure_future(asyncio.to_thread(_warm_up, state.engine))
         state.metrics.set_pending_source(lambda: state.scheduler.pending_observations)
         app.state.trackin = state
         registry, scheduler, durability = state.registry, state.scheduler, state.durability
@@ -186,11 +200,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sweeper = asyncio.create_task(_sweep_templates(registry, settings.template_sweep_seconds))
         # Long-lived objects made at start-up (engine, modules) need no cycle scans: keeps GC pauses short.
         gc.freeze()
-        state.ready = True
-        log.info("trackin ready on %s (device %s)", f"{settings.host}:{settings.port}", state.engine.device)
+        _ready_after(warming, state)
+        log.info("trackin started on %s (device %s)", f"{settings.host}:{settings.port}", state.engine.device)
         try:
             yield
         finally:
+            with contextlib.suppress(Exception):  # a failure is logged by _ready_after's callback
+                await warming  # the compiling thread cannot be interrupted: let it finish first
             state.ready = False
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
