@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -109,24 +110,34 @@ class _HttpMetrics:
                 metrics.http_request(path, scope["method"], status, time.perf_counter() - started)
 
 
-def _warm_up(engine: Engine) -> None:
+def _warm_up(engine: Engine, loop: asyncio.AbstractEventLoop, done: asyncio.Event) -> None:
     """Compile the fused kernels at start-up, not on the first request: about 1 s with numba's cache,
     seconds of CPU without it (the first start after an install; docs/engine.md, "Fused kernels")."""
     started = time.perf_counter()
-    spent = warm_up(engine.device, engine.kernels)
-    if spent:
-        log.info("fused kernels ready in %.2f s (%s)", time.perf_counter() - started, ", ".join(spent))
+    try:
+        spent = warm_up(engine.device, engine.kernels)
+        if spent:
+            log.info("fused kernels ready in %.2f s (%s)", time.perf_counter() - started, ", ".join(spent))
+    except Exception:
+        log.exception("fused kernels failed to compile")
+    finally:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the service stopped meanwhile
+            loop.call_soon_threadsafe(done.set)
 
 
-def _ready_after(warming: asyncio.Future[None], state: AppState) -> None:
+def _start_warm_up(engine: Engine) -> asyncio.Event:
+    """Compile in a daemon thread (a stop during a long first compile need not wait for it); the event is
+    set when done."""
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    threading.Thread(target=_warm_up, args=(engine, loop, done), name="trackin-warm-up", daemon=True).start()
+    return done
+
+
+async def _ready_when(warmed: asyncio.Event, state: AppState) -> None:
     """Readiness waits for the kernels (a request that comes earlier waits for the compilation instead)."""
-
-    def done(future: asyncio.Future[None]) -> None:
-        if not future.cancelled() and future.exception() is not None:
-            log.error("fused kernels failed to compile", exc_info=future.exception())
-        state.ready = True
-
-    warming.add_done_callback(done)
+    await warmed.wait()
+    state.ready = True
 
 
 def build(settings: Settings) -> AppState:
@@ -190,7 +201,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         torch.set_num_threads(settings.torch_threads)
         state = build(settings)
         # Compiled in a thread while the rest starts: /healthz answers at once, /readyz once compiled.
-        warming = asyncio.ensure_future(asyncio.to_thread(_warm_up, state.engine))
+        warmed = _start_warm_up(state.engine)
         state.metrics.set_pending_source(lambda: state.scheduler.pending_observations)
         app.state.trackin = state
         registry, scheduler, durability = state.registry, state.scheduler, state.durability
@@ -200,13 +211,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sweeper = asyncio.create_task(_sweep_templates(registry, settings.template_sweep_seconds))
         # Long-lived objects made at start-up (engine, modules) need no cycle scans: keeps GC pauses short.
         gc.freeze()
-        _ready_after(warming, state)
+        readiness = asyncio.create_task(_ready_when(warmed, state))
         log.info("trackin started on %s (device %s)", f"{settings.host}:{settings.port}", state.engine.device)
         try:
             yield
         finally:
-            with contextlib.suppress(Exception):  # a failure is logged by _ready_after's callback
-                await warming  # the compiling thread cannot be interrupted: let it finish first
+            readiness.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await readiness
             state.ready = False
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
