@@ -19,13 +19,15 @@ from torch import Tensor
 
 from trackin.models.figures import FleetFigures, StreamFigures
 from trackin.models.kernels import Kernels
-from trackin.models.pool import ObserveResult, StreamPool
+from trackin.models.memory import release_memory
+from trackin.models.pool import ObserveResult, StreamPool, initial_capacity, slot_bytes
 from trackin.models.specs import ARModel, StreamSpec, TrackModel
 
 __all__ = [
     "Engine",
     "FleetFigures",
     "ItemResult",
+    "MemoryBudgetError",
     "StreamFigures",
     "StreamLocation",
     "UnknownStreamError",
@@ -35,6 +37,17 @@ __all__ = [
 
 class UnknownStreamError(KeyError):
     """No resident stream has this id."""
+
+
+class MemoryBudgetError(MemoryError):
+    """Adding a stream would take the engine's state over its memory budget (nothing was allocated)."""
+
+    def __init__(self, needed: int, used: int, budget: int) -> None:
+        super().__init__(
+            f"a new stream of this spec needs {needed:,} more bytes; {used:,} of the budget of {budget:,} "
+            "bytes are in use"
+        )
+        self.needed, self.used, self.budget = needed, used, budget
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,11 +97,19 @@ class _Entry:
 class Engine:
     """All resident streams on one device."""
 
-    def __init__(self, device: torch.device | str = "cpu", kernels: Kernels = "auto") -> None:
+    def __init__(
+        self,
+        device: torch.device | str = "cpu",
+        kernels: Kernels = "auto",
+        *,
+        memory_budget: int | None = None,
+    ) -> None:
         """``kernels``: ``auto`` steps with fused CPU kernels where they apply, ``torch`` never
         (:mod:`models.kernels`)."""
         self.device = torch.device(device)
         self.kernels: Kernels = kernels
+        self.memory_budget = memory_budget
+        """Bytes the pools' state may take in all (None: no limit); :meth:`add` refuses what goes over."""
         self._pools: dict[tuple[object, ...], StreamPool] = {}
         self._streams: dict[str, int] = {}  # id -> entry << 32 | slot
         self._entries: list[_Entry | None] = []
@@ -128,6 +149,7 @@ class Engine:
         """Create a stream in its pool (replacing nothing: remove first to replace)."""
         if stream_id in self._streams:
             raise ValueError(f"stream {stream_id!r} already exists")
+        self.check_budget(spec)
         index = self._entry_of.get(spec)
         if index is None:
             key = spec.pool_key()
@@ -156,6 +178,27 @@ class Engine:
             index = self._entry_of.pop(entry.spec)
             self._entries[index] = None
             self._free_entries.append(index)
+        if entry.pool.size == 0:
+            # An empty pool is dropped, so deleting streams gives their memory back.
+            del self._pools[entry.spec.pool_key()]
+            release_memory()
+
+    def growth_bytes(self, spec: StreamSpec) -> int:
+        """Bytes that adding one stream of ``spec`` would allocate now (0 when its pool has a free slot)."""
+        index = self._entry_of.get(spec)
+        entry = self._entries[index] if index is not None else None
+        pool = entry.pool if entry is not None else self._pools.get(spec.pool_key())
+        if pool is None:
+            return initial_capacity(spec) * slot_bytes(spec)
+        return 0 if pool.size < pool.capacity else pool.state_bytes()
+
+    def check_budget(self, spec: StreamSpec) -> None:
+        """Raise :class:`MemoryBudgetError` if adding a stream of ``spec`` now would go over the budget."""
+        if self.memory_budget is None:
+            return
+        needed, used = self.growth_bytes(spec), self.state_bytes()
+        if needed and used + needed > self.memory_budget:
+            raise MemoryBudgetError(needed, used, self.memory_budget)
 
     def export(self, stream_id: str) -> dict[str, Tensor]:
         location = self.locate(stream_id)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["FLOAT", "INT", "KINDS", "Column", "PackedState"]
+__all__ = ["FLOAT", "INT", "KINDS", "Column", "Entries", "PackedState", "row_nbytes"]
 
 FLOAT, INT, BOOL = 0, 1, 2
 KINDS = (FLOAT, INT, BOOL)
@@ -39,6 +39,30 @@ class Column:
     shape: tuple[int, ...]
 
 
+Entries = Sequence[tuple[str, tuple[int, ...], int]]
+
+
+def _columns(entries: Entries, dtypes: Sequence[torch.dtype]) -> tuple[dict[str, Column], tuple[int, ...]]:
+    """Each key's columns, and each buffer's padded row width."""
+    widths = [0, 0, 0]
+    columns: dict[str, Column] = {}
+    for key, shape, kind in entries:
+        size = math.prod(shape)
+        columns[key] = Column(kind, widths[kind], widths[kind] + size, shape)
+        widths[kind] += size
+    for kind in (FLOAT, INT):
+        per = max(1, _ALIGN_BYTES // dtypes[kind].itemsize)
+        widths[kind] = -(-max(widths[kind], 1) // per) * per
+    return columns, tuple(widths)
+
+
+def row_nbytes(entries: Entries, dtype: torch.dtype) -> int:
+    """Bytes of one slot (one row of each buffer) of a state laid out from ``entries``, allocating nothing."""
+    dtypes = (dtype, torch.int64, torch.bool)
+    _, widths = _columns(entries, dtypes)
+    return sum(w * d.itemsize for w, d in zip(widths, dtypes, strict=True))
+
+
 class PackedState:
     """Stacked per-stream buffers and the named views into them.
 
@@ -51,23 +75,14 @@ class PackedState:
 
     def __init__(
         self,
-        entries: Sequence[tuple[str, tuple[int, ...], int]],
+        entries: Entries,
         dtype: torch.dtype,
         device: torch.device,
         capacity: int,
     ) -> None:
         self.dtypes = (dtype, torch.int64, torch.bool)
         self.device = device
-        widths = [0, 0, 0]
-        self.columns: dict[str, Column] = {}
-        for key, shape, kind in entries:
-            size = math.prod(shape)
-            self.columns[key] = Column(kind, widths[kind], widths[kind] + size, shape)
-            widths[kind] += size
-        for kind in (FLOAT, INT):
-            per = max(1, _ALIGN_BYTES // self.dtypes[kind].itemsize)
-            widths[kind] = -(-max(widths[kind], 1) // per) * per
-        self.widths = tuple(widths)
+        self.columns, self.widths = _columns(entries, self.dtypes)
         self._fast_scatter = device.type in ("cpu", "cuda")
         self.capacity = 0
         self.buffers: list[Tensor] = [self._empty(0, kind) for kind in KINDS]

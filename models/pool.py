@@ -25,13 +25,38 @@ from trackin.models.figures import figure_rows, fleet_rows
 from trackin.models.fused_round import FusedRound
 from trackin.models.hyper import OPTIMIZERS
 from trackin.models.kernels import Kernels, fused_applies
-from trackin.models.layout import FLOAT, INT, PackedState
+from trackin.models.layout import FLOAT, INT, Entries, PackedState, row_nbytes
 from trackin.models.round import Round
 from trackin.models.rows import Settings, Templates, state_entries
 from trackin.models.specs import ARModel, StreamSpec, TrackModel
 from trackin.models.tracking_round import TrackingNet, TrackingRound
 
-__all__ = ["ObserveResult", "StreamPool"]
+__all__ = ["INITIAL_POOL_BYTES", "ObserveResult", "StreamPool", "initial_capacity", "slot_bytes"]
+
+INITIAL_POOL_BYTES = 1 << 20
+"""A new pool starts with up to 16 slots, but no more than fit in this: a pool of wide models starts with
+one slot and doubles as streams arrive, instead of reserving 16 streams' worth of memory for the first."""
+
+
+def _layout(template: StreamSpec) -> tuple[FlatModel | TrackingNet, Entries]:
+    """The model of a pool of ``template`` and its state entries."""
+    hyper = OPTIMIZERS[template.optimizer.name]
+    buffers = hyper.state_buffers(template.optimizer.model_dump())
+    if template.tracking:
+        tracking = TrackingNet(template.model)
+        extra = tracking.layout.entries()
+        return tracking, state_entries(template.model, hyper, buffers, shapes=tracking.shapes, extra=extra)
+    assert not isinstance(template.model, TrackModel)
+    return FlatModel(template.model), state_entries(template.model, hyper, buffers)
+
+
+def slot_bytes(spec: StreamSpec) -> int:
+    """Bytes one stream of ``spec`` holds in its pool (parameters, optimizer state, figures...)."""
+    return row_nbytes(_layout(spec)[1], getattr(torch, spec.dtype))
+
+
+def initial_capacity(spec: StreamSpec) -> int:
+    return max(1, min(16, INITIAL_POOL_BYTES // slot_bytes(spec)))
 
 
 class ObserveResult(NamedTuple):
@@ -81,7 +106,7 @@ class StreamPool:
         self,
         template: StreamSpec,
         device: torch.device | str = "cpu",
-        capacity: int = 16,
+        capacity: int | None = None,
         kernels: Kernels = "auto",
     ) -> None:
         self.template = template
@@ -93,17 +118,12 @@ class StreamPool:
         buffers = hyper.state_buffers(template.optimizer.model_dump())
         self.tracking = template.tracking
         self._loss = losses.get(template.loss)
-        net: FlatModel | TrackingNet
-        if self.tracking:
-            net = TrackingNet(self.model)
-            entries = state_entries(self.model, hyper, buffers, shapes=net.shapes, extra=net.layout.entries())
-        else:
-            assert not isinstance(self.model, TrackModel)
-            net = FlatModel(self.model)
-            entries = state_entries(self.model, hyper, buffers)
+        net, entries = _layout(template)
         self._net = net
         self.param_names = list(net.shapes)
         self.out_dim = net.out_dim
+        if capacity is None:
+            capacity = initial_capacity(template)
         self._packed = PackedState(entries, self.dtype, self.device, max(1, capacity))
         self._free: list[int] = list(range(self._packed.capacity - 1, -1, -1))
         self._settings = Settings(hyper, self._packed)

@@ -36,6 +36,14 @@ MAX_WIDTH = 4096
 Init = Literal["zeros", "random"]
 Activation = Literal["relu", "tanh", "gelu", "sigmoid"]
 Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+FLOAT_LIMIT = 1e30
+"""Upper bound of every unbounded float setting: it must stay finite in a float32 pool column (3.4e38), with
+room for the arithmetic done on it."""
+MAX_SEED = 2**63 - 1
+"""Seeds are int64 (torch's generator refuses 2**64)."""
+MAX_COUNT = 10**9
+"""Upper bound of counts kept in int64 columns, so arithmetic on them cannot overflow."""
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class _Spec(BaseModel):
@@ -50,7 +58,7 @@ class LinearModel(_Spec):
     in_dim: Width
     out_dim: Width = 1
     init: Init = "zeros"
-    seed: int = Field(default=0, ge=0)
+    seed: Seed = 0
 
 
 class MLPModel(_Spec):
@@ -62,7 +70,7 @@ class MLPModel(_Spec):
     activation: Activation = "tanh"
     out_dim: Width = 1
     init: Init = "random"
-    seed: int = Field(default=0, ge=0)
+    seed: Seed = 0
 
 
 class ARModel(_Spec):
@@ -76,7 +84,7 @@ class ARModel(_Spec):
     hidden: tuple[Width, ...] = Field(default=(), max_length=8)
     activation: Activation = "tanh"
     init: Init = "zeros"
-    seed: int = Field(default=0, ge=0)
+    seed: Seed = 0
 
     @property
     def window(self) -> int:
@@ -92,7 +100,7 @@ class TrackModel(_Spec):
     family: Literal["track"] = "track"
     dim: Width = 4
     lags: Annotated[int, Field(ge=1, le=256)] = 4
-    seed: int = Field(default=0, ge=0)
+    seed: Seed = 0
 
 
 ModelSpec = Annotated[LinearModel | MLPModel | ARModel | TrackModel, Field(discriminator="family")]
@@ -127,7 +135,10 @@ def _field(h: Hyper) -> tuple[Any, Any]:
         kind = Literal[h.choices]
     elif h.kind == BOOL:
         kind = bool
-    return kind, Field(h.default, gt=h.gt, ge=h.ge, lt=h.lt, le=h.le)
+    le = h.le
+    if kind in (float, float | None) and h.le is None and h.lt is None:
+        le = FLOAT_LIMIT
+    return kind, Field(h.default, gt=h.gt, ge=h.ge, lt=h.lt, le=le)
 
 
 def _optimizer_spec(
@@ -189,9 +200,9 @@ class DriftSpec(_Spec):
     """
 
     enabled: bool = True
-    delta: float = Field(default=2.0, ge=0)
-    threshold: float = Field(default=50.0, gt=0)
-    warmup: int = Field(default=50, ge=1)
+    delta: float = Field(default=2.0, ge=0, le=FLOAT_LIMIT)
+    threshold: float = Field(default=50.0, gt=0, le=FLOAT_LIMIT)
+    warmup: int = Field(default=50, ge=1, le=MAX_COUNT)
     reset_momentum: bool = False
 
 
@@ -204,7 +215,7 @@ class StreamSpec(_Spec):
 
     model: ModelSpec
     loss: Literal["mse", "huber", "bce"] = "mse"
-    huber_delta: float = Field(default=1.0, gt=0)
+    huber_delta: float = Field(default=1.0, gt=0, le=FLOAT_LIMIT)
     optimizer: OptimizerSpec = Field(default_factory=TrackInSpec)
     dtype: Literal["float32", "float64"] = "float32"
     standardize: bool = True

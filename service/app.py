@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trackin.models.engine import Engine, ItemResult, resolve_device
 from trackin.models.fused_warmup import warm_up
+from trackin.service.domain.budget import resolve_budget
 from trackin.service.domain.catalog import Catalog
 from trackin.service.domain.ingest import IngestBatch
 from trackin.service.domain.labels import PendingLabels
@@ -147,9 +148,15 @@ def build(settings: Settings) -> AppState:
     calls them around each batch; then what needs the scheduler (checkpoints, residency, restores).
     """
     metrics = Metrics(CollectorRegistry(), max_stream_series=settings.metrics_max_stream_series)
-    engine = Engine(resolve_device(settings.device), kernels=settings.kernels)
+    engine = Engine(
+        resolve_device(settings.device),
+        kernels=settings.kernels,
+        memory_budget=resolve_budget(settings.memory_budget),
+    )
     catalog = Catalog()
-    labels = PendingLabels(settings.pending_label_ttl_seconds, settings.max_pending_labels)
+    labels = PendingLabels(
+        settings.pending_label_ttl_seconds, settings.max_pending_labels, settings.max_pending_label_bytes
+    )
     max_batch, log_mode = settings.max_batch_observations, settings.durability == "log"
     store = configured_store(settings)
     durability: Durability | None = None
@@ -181,7 +188,7 @@ def build(settings: Settings) -> AppState:
             store, engine, connection, health, ledger, checkpointer, residency, restorer, loop
         )
         persistence = durability
-    registry = Registry(scheduler, labels, catalog, persistence)
+    registry = Registry(scheduler, labels, catalog, persistence, max_stream_bytes=settings.max_stream_bytes)
     metrics.set_snapshot_source(
         lambda: fleet_snapshot(
             engine,

@@ -20,6 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from trackin.service.app import create_app
+    from trackin.service.connections import protocol_with_timeout, raise_open_files_limit
     from trackin.service.settings import Settings
 
     overrides = {
@@ -50,7 +51,11 @@ def _serve(args: argparse.Namespace) -> int:
         ws_max_size=settings.max_ws_message_bytes + 1024,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
         access_log=False,
+        http=protocol_with_timeout(settings.header_timeout_seconds),
+        timeout_keep_alive=int(settings.keep_alive_seconds),
+        limit_concurrency=settings.max_connections,
     )
+    raise_open_files_limit()
     server = _graceful_server(app, settings.shutdown_timeout_seconds)(config)
     server.run()
     return 0 if server.started else 3  # as uvicorn.run: 3 when startup failed (e.g. port taken)

@@ -4,11 +4,13 @@
 
     ServiceError                    code                 status
     ├── InvalidInput                invalid_input        422
-    │   └── InvalidStreamId         invalid_stream_id    422
+    │   ├── InvalidStreamId         invalid_stream_id    422
+    │   └── StreamTooLarge          stream_too_large     422
     ├── UnknownStream               unknown_stream       404
     ├── UnknownRequest              unknown_request      404
     ├── SpecConflict                spec_conflict        409
     ├── PayloadTooLarge             payload_too_large    413
+    ├── OverBudget                  memory_budget        507
     ├── Unavailable                 unavailable          503 (with Retry-After)
     └── StreamCorrupt               corrupt_checkpoint   500
 
@@ -23,10 +25,12 @@ from typing import Any
 __all__ = [
     "InvalidInput",
     "InvalidStreamId",
+    "OverBudget",
     "PayloadTooLarge",
     "ServiceError",
     "SpecConflict",
     "StreamCorrupt",
+    "StreamTooLarge",
     "Unavailable",
     "UnknownRequest",
     "UnknownStream",
@@ -57,6 +61,17 @@ class InvalidInput(ServiceError):
 
 class InvalidStreamId(InvalidInput):
     code = "invalid_stream_id"
+
+
+class StreamTooLarge(InvalidInput):
+    code = "stream_too_large"
+
+
+class OverBudget(ServiceError):
+    """The memory budget has no room for another stream of this spec: delete streams or raise the budget."""
+
+    code = "memory_budget"
+    status = 507
 
 
 class UnknownStream(ServiceError):

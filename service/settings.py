@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ByteSize, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -45,8 +45,24 @@ class Settings(BaseSettings):
     max_ws_in_flight: int = Field(default=8, ge=1)
     pending_label_ttl_seconds: float = Field(default=300.0, gt=0)
     max_pending_labels: int = Field(default=100_000, ge=1)
+    max_pending_label_bytes: int = Field(default=64 * 2**20, ge=1)
     template_sweep_seconds: float = Field(default=1.0, gt=0)
+
+    # Memory (docs/architecture.md, "Memory"): what a spec holds is computed before anything is allocated.
+    max_stream_bytes: ByteSize = Field(default=ByteSize(256 * 2**20), ge=1)
+    """Largest state one stream may hold (parameters, optimizer state, figures); bigger specs get a 422."""
+    memory_budget: ByteSize | Literal["auto", "off"] = "auto"
+    """Bytes all streams' state may take (e.g. ``1.5GiB``); ``auto``: half of the memory this process may
+    use (its cgroup's limit, else the machine's). A stream over it gets a 507."""
     shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    # Connections (service/connections.py).
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    """A connection that has not completed a request's headers this long after it began is closed."""
+    keep_alive_seconds: int = Field(default=5, ge=1)
+    """An idle keep-alive connection is closed after this long."""
+    max_connections: int = Field(default=4096, ge=1)
+    """Connections and requests in flight; beyond it new requests get a 503 (uvicorn's limit_concurrency)."""
 
     # Metrics.
     metrics_max_stream_series: int = Field(default=100, ge=0)

@@ -15,8 +15,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from trackin.models.engine import Engine, ItemResult
+from trackin.models.engine import Engine, ItemResult, MemoryBudgetError
 from trackin.models.specs import ARModel, StreamSpec, TrackModel
+from trackin.service.domain.budget import check_stream_bytes, over_budget
 from trackin.service.domain.catalog import Catalog, StreamRecord, Template
 from trackin.service.domain.ingest import IngestBatch, build_batch, check_vector
 from trackin.service.domain.labels import PendingLabels
@@ -39,9 +40,16 @@ class Registry:
     """
 
     def __init__(
-        self, scheduler: Scheduler, labels: PendingLabels, catalog: Catalog, persistence: Persistence
+        self,
+        scheduler: Scheduler,
+        labels: PendingLabels,
+        catalog: Catalog,
+        persistence: Persistence,
+        *,
+        max_stream_bytes: int | None = None,
     ) -> None:
         self._scheduler = scheduler
+        self._max_stream_bytes = max_stream_bytes
         self._labels = labels
         self._catalog = catalog
         self._persistence = persistence
@@ -53,6 +61,8 @@ class Registry:
         self, stream_id: str, spec: StreamSpec, *, replace: bool = False, template: str | None = None
     ) -> Outcome:
         check_stream_id(stream_id)
+        if self._max_stream_bytes is not None:
+            check_stream_bytes(spec, self._max_stream_bytes, stream=stream_id)
         damaged = False
         try:
             existing = self._catalog.record(stream_id) or await self._persistence.restore(stream_id)
@@ -70,10 +80,12 @@ class Registry:
                     field="spec",
                     stream=stream_id,
                 )
-            await self.delete_stream(stream_id)
+            await self._scheduler.call(lambda engine: self._check_budget(engine, spec, stream_id))
+            await self.delete_stream(stream_id)  # only once the new spec is known to fit
         now = time.time()
 
         def create(engine: Engine) -> StreamSpec:
+            self._check_budget(engine, spec, stream_id)
             return engine.add(stream_id, spec).spec
 
         # The engine keeps one object per distinct spec. Recording that one lets the scheduler's check that a
@@ -90,6 +102,13 @@ class Registry:
             await self._scheduler.call(lambda engine: engine.remove(stream_id))
             raise
         return "created" if existing is None and not damaged else "replaced"
+
+    @staticmethod
+    def _check_budget(engine: Engine, spec: StreamSpec, stream_id: str) -> None:
+        try:
+            engine.check_budget(spec)
+        except MemoryBudgetError as error:
+            raise over_budget(error, stream_id) from None
 
     async def delete_stream(self, stream_id: str) -> None:
         check_stream_id(stream_id)
@@ -180,6 +199,8 @@ class Registry:
     # ----- templates --------------------------------------------------------------------------------------
 
     async def put_template(self, template: Template) -> Outcome:
+        if self._max_stream_bytes is not None:
+            check_stream_bytes(template.spec, self._max_stream_bytes, field="spec.model")
         old = self._catalog.template(template.name)
         if old == template:
             return "unchanged"
@@ -271,7 +292,8 @@ class Registry:
         """The model's output without learning, with the spec it ran with (``request_id``: keep the inputs
         for a later label)."""
         async with self._persistence.hold([stream_id]):
-            spec = (await self.require(stream_id)).spec
+            # A read: it never creates a stream from a template (only observations do, with ingest rights).
+            spec = (await self.require(stream_id, create=False)).spec
             model = spec.model
             if isinstance(model, ARModel | TrackModel):
                 if x is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -49,13 +49,18 @@ class WsMessage(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     observations: list[ObservationIn]
 
 
+MAX_REQUEST_ID = 256
+RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REQUEST_ID)]
+"""Kept with the inputs until the label comes: bounded, like stream ids."""
+
+
 class PredictIn(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     x: list[float] | None = None
-    request_id: str | None = None
+    request_id: RequestId | None = None
 
 
 class LabelIn(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    request_id: str
+    request_id: RequestId
     y: float | list[float]
 
 

@@ -49,6 +49,15 @@ INVALID: list[tuple[type[BaseModel], dict[str, Any], str]] = [
     (ARModel, {"target": "ratio"}, "target"),
     (DriftSpec, {"threshold": 0.0}, "threshold"),
     (DriftSpec, {"warmup": 0}, "warmup"),
+    # each of these passed validation and then failed with a 500 (a float32 column holding inf, an int64
+    # overflow, a seed torch refuses)
+    (DriftSpec, {"warmup": 2**63}, "warmup"),
+    (DriftSpec, {"threshold": 1e300}, "threshold"),
+    (StreamSpec, {"model": {"family": "linear", "in_dim": 2}, "huber_delta": 1e300}, "huber_delta"),
+    (LinearModel, {"in_dim": 2, "seed": 2**64}, "seed"),
+    (TrackInSpec, {"weight_decay": 1e300}, "weight_decay"),
+    (TrackInSpec, {"max_grad_norm": 1e300}, "max_grad_norm"),
+    (AdamSpec, {"eps": 1e300}, "eps"),
 ]
 
 

@@ -97,7 +97,9 @@ class Parts:
         durability = Durability(
             store, engine, connection, health, ledger, checkpointer, residency, restorer, loop
         )
-        labels = PendingLabels(config.pending_label_ttl_seconds, config.max_pending_labels)
+        labels = PendingLabels(
+            config.pending_label_ttl_seconds, config.max_pending_labels, config.max_pending_label_bytes
+        )
         registry = Registry(scheduler, labels, catalog, durability)
         return cls(
             config, store, metrics, engine, catalog, health, connection, ledger, log, scheduler,

@@ -248,6 +248,14 @@ CASES = [
         code="unknown_stream",
     ),
     _obs(
+        "many-dot-segment-id",  # "." and ".." are URL dot-segments, never stream ids
+        [{**GOOD, "stream": "$LIN"}, {**GOOD, "stream": ".."}],
+        "observations[1].stream",
+        None,
+        path="/v1/observations",
+        code="invalid_stream_id",
+    ),
+    _obs(
         "many-one-bool",
         {"observations": [{**GOOD, "stream": "$LIN"}, {"stream": "$BCE", "x": [1, False, 3], "y": 1}]},
         "observations[1].x[1]",
@@ -341,6 +349,24 @@ CASES = [
         {"request_id": "never", "y": 1.0},
         404,
         "unknown_request",
+        "request_id",
+        "$LIN",
+    ),
+    Case(
+        "predict-request-id-too-long",  # kept with the inputs until the label comes: bounded
+        "/v1/streams/$LIN/predict",
+        {"x": [1, 2, 3], "request_id": "r" * 257},
+        422,
+        "invalid_input",
+        "request_id",
+        "$LIN",
+    ),
+    Case(
+        "label-request-id-empty",
+        "/v1/streams/$LIN/labels",
+        {"request_id": "", "y": 1.0},
+        422,
+        "invalid_input",
         "request_id",
         "$LIN",
     ),

@@ -76,10 +76,12 @@ def test_observation_for_unknown_matching_id_creates_the_stream(http: httpx.Clie
     )
     assert many.status_code == 200, many.text
     assert [r["step"] for r in many.json()["results"]] == [2, 1]
-    # Predictions also create it.
-    assert http.post(f"/v1/streams/{prefix}19/predict", json={"x": [1, 2, 3]}).status_code == 200
+    # Predictions are reads: they create nothing.
+    unborn = f"{prefix}19"
+    predicted = http.post(f"/v1/streams/{unborn}/predict", json={"x": [1, 2, 3]})
+    assert_error(predicted, 404, "unknown_stream", stream=unborn)
     listed = http.get("/v1/streams", params={"prefix": prefix}).json()["streams"]
-    assert listed == [sid, other, f"{prefix}19"]
+    assert listed == [sid, other]
 
 
 def test_unknown_and_unmatched_is_404(http: httpx.Client) -> None:
@@ -269,3 +271,23 @@ def test_ar_streams_take_no_request_id(http: httpx.Client) -> None:
     create(http, sid, AR)
     refused = http.post(f"/v1/streams/{sid}/predict", json={"request_id": "r"})
     assert_error(refused, 422, "invalid_input", field="request_id", stream=sid)
+
+
+@pytest.mark.parametrize(
+    ("field", "spec"),
+    [
+        ("spec.model.linear.seed", {**LINEAR, "model": {**LINEAR["model"], "seed": 2**64}}),
+        ("spec.huber_delta", {**LINEAR, "huber_delta": 1e300}),
+        ("spec.drift.warmup", {**LINEAR, "drift": {"warmup": 2**63}}),
+    ],
+)
+def test_a_spec_the_engine_cannot_hold_is_refused_and_leaves_no_template(
+    http: httpx.Client, field: str, spec: dict[str, Any]
+) -> None:
+    """Each of these once answered 500 and stayed registered, failing every matching stream's first step."""
+    name, prefix = unique("tpl"), unique("cam") + ":"
+    refused = put_template(http, name, prefix, spec, 60)
+    assert_error(refused, 422, "invalid_input", field=field)
+    assert name not in [t["name"] for t in http.get("/v1/templates").json()["templates"]]
+    sid = prefix + "1"
+    assert_error(observe(http, sid, {"x": [1, 2, 3], "y": 1.0}), 404, "unknown_stream", stream=sid)
