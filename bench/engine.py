@@ -9,7 +9,11 @@ smoke run). Side by side in one run:
     (linear only; River has no counterpart of the MLP);
 (c) ``engine``: all streams in one :class:`models.pool.StreamPool` with the full TrackIn update, batches
     through the tensor API (``StreamPool.observe``: slots and stacked inputs), and through the id API
-    (``Engine.observe``: stream ids, one array per item, one ``ItemResult`` per item).
+    (``Engine.observe``: stream ids, one array per item, one ``ItemResult`` per item), with the default
+    kernels (``auto``: the fused CPU kernel where one applies, docs/engine.md "Fused kernels");
+(d) ``torch``: the same tensor API with ``kernels="torch"`` (the device-agnostic torch rounds), so each
+    row shows the fused kernel and the torch path side by side (``x torch``), and ``us/call``: the process
+    CPU time of one ``observe`` call (at batch 1: one round of one stream) for both.
 
 The default ``linear 16`` runs the fused CPU kernel (:mod:`models.fused_tracking`); a last section
 (:mod:`bench.engine_fused`; ``--fused`` runs it alone) puts it beside the torch round of the same path, at
@@ -165,6 +169,42 @@ def build_engine(spec: StreamSpec, streams: int, kernels: Kernels = "auto") -> t
     return engine, ids
 
 
+def bench_tensor(engine: Engine, ids: list[str], work: Workload, batch: int, budget: float) -> Rate:
+    """(c, d) The tensor API alone (slots, stacked inputs)."""
+    (pool,) = engine.pools
+    slots = np.array([engine.locate(i).slot for i in ids], dtype=np.int64)
+
+    def tensor_step(k: int) -> int:
+        who, rows = work.window(k, batch)
+        index = torch.from_numpy(rows)
+        pool.observe(slots[who], work.x32.index_select(0, index), work.y32.index_select(0, index))
+        return batch
+
+    return timed(tensor_step, budget)
+
+
+def round_us(engine: Engine, ids: list[str], work: Workload, calls: int = 3_000) -> tuple[float, float]:
+    """Microseconds of one ``StreamPool.observe`` of one observation (one round of one stream), inputs
+    prepared beforehand: the minimum (the cost itself, what load on the machine cannot shrink) and the
+    median over ``calls`` calls."""
+    (pool,) = engine.pools
+    slots = np.array([engine.locate(i).slot for i in ids], dtype=np.int64)
+    inputs = [
+        (slots[work.order[k : k + 1]], work.x32[k : k + 1].clone(), work.y32[k : k + 1].clone())
+        for k in range(64)
+    ]
+    for s, x, y in inputs:
+        pool.observe(s, x, y)
+    spent = np.empty(calls)
+    clock = time.perf_counter
+    for k in range(calls):
+        s, x, y = inputs[k % 64]
+        started = clock()
+        pool.observe(s, x, y)
+        spent[k] = clock() - started
+    return float(spent.min() * 1e6), float(np.median(spent) * 1e6)
+
+
 def bench_engine(
     engine: Engine, ids: list[str], work: Workload, batch: int, budget: float
 ) -> tuple[Rate, Rate]:
@@ -234,6 +274,36 @@ def run_memory(streams: int) -> dict[str, dict[str, float]]:
     return out
 
 
+_WARM_CHILD = """
+import json, time
+wall, cpu = time.perf_counter(), time.process_time()
+from trackin.models.fused_warmup import warm_up
+imported = time.perf_counter() - wall
+spent = warm_up()
+print(json.dumps({"import_s": imported, "warm_up_s": sum(spent.values()), "by_dtype": spent,
+                  "cpu_s": time.process_time() - cpu}))
+"""
+
+
+def run_warm_up() -> None:
+    """The start-up cost of the fused kernels: a fresh process with an empty numba cache (compiling both
+    signatures), then another one that finds them in the cache (a temporary ``NUMBA_CACHE_DIR``)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        for label in ("no cache (compiles)", "numba's on-disk cache"):
+            proc = subprocess.run(
+                [sys.executable, "-c", _WARM_CHILD], capture_output=True, text=True, check=True, env=env
+            )
+            m = json.loads(proc.stdout.strip().splitlines()[-1])
+            per = ", ".join(f"{k} {v:.2f} s" for k, v in m["by_dtype"].items())
+            print(
+                f"  warm-up, {label}: {m['warm_up_s']:.2f} s wall ({per}); process CPU {m['cpu_s']:.2f} s "
+                f"including imports ({m['import_s']:.2f} s wall)"
+            )
+
+
 def fmt(rate: float | None) -> str:
     if rate is None:
         return "-"
@@ -246,10 +316,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: small budgets, 1,000 streams")
     parser.add_argument("--memory-child", choices=["pool", "engine"], help=argparse.SUPPRESS)
     parser.add_argument("--streams", type=int, default=MEMORY_STREAMS, help="streams for the memory figure")
-    parser.add_argument("--fused", action="store_true", help="only the fused kernel vs the torch round")
+    parser.add_argument("--fused", action="store_true", help="only the tracking kernel vs the torch round")
+    parser.add_argument(
+        "--family", action="append", help="only families whose name contains this (repeatable)"
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the resident-memory figures")
+    parser.add_argument(
+        "--warm-up", action="store_true", help="only the fused kernels' start-up cost (fresh processes)"
+    )
     args = parser.parse_args()
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child, args.streams)))
+        return
+    if args.warm_up:
+        print(f"bench.engine --warm-up: load average {os.getloadavg()[0]:.2f}")
+        run_warm_up()
         return
     budget = 0.2 if args.quick else args.budget
     stream_counts = (1_000,) if args.quick else STREAMS
@@ -268,23 +349,35 @@ def main() -> None:
     )
     print("  one-thread cells only: less sensitive to other load on the machine)")
     print("  module/river are per-observation loops, measured once per family x streams x threads")
-    print("  engine = StreamPool.observe (tensor API); engine-ids = Engine.observe (ids, per-item results)")
+    print(
+        "  engine = StreamPool.observe (tensor API), default kernels (fused where one applies); torch = the"
+    )
+    print(
+        "  same with kernels='torch'; engine-ids = Engine.observe (ids, per-item results), default kernels;"
+    )
+    print("  us/call = microseconds of process CPU time per observe call (batch 1: one round),")
+    print("  engine / torch (with 2 threads the CPU time of both; compare the one-thread rows)")
     header = (
-        f"{'family':<12} {'streams':>8} {'batch':>6} {'thr':>3} {'module':>8} {'river':>8} {'engine':>8} "
-        f"{'eng-ids':>8} {'x module':>9} {'x river':>8} {'cpu x river':>11} {'ids x river':>11}"
+        f"{'family':<22} {'streams':>8} {'batch':>5} {'thr':>3} {'module':>7} {'river':>7} {'engine':>7} "
+        f"{'torch':>7} {'eng-ids':>7} {'us/call':>15} {'x torch':>7} {'x module':>8} {'x river':>7} "
+        f"{'cpu x river':>11} {'ids x river':>11}"
     )
     print(header)
     print("-" * len(header))
     for family, spec in FAMILIES.items():
+        if args.family and not any(f in family for f in args.family):
+            continue
         for streams in stream_counts:
             work = Workload(streams)
             engine_ids = build_engine(spec, streams)
+            torch_ids = build_engine(spec, streams, kernels="torch")
             river = bench_river(work, budget, streams) if family.startswith("linear") else None
             for threads in thread_settings:
                 torch.set_num_threads(threads)
                 module = bench_module(spec, work, budget)
                 for batch in BATCHES:
                     engine, by_id = bench_engine(*engine_ids, work, batch, budget)
+                    plain = bench_tensor(*torch_ids, work, batch, budget)
                     ratios = ["-", "-", "-"]
                     if river is not None:
                         ratios = [
@@ -292,16 +385,39 @@ def main() -> None:
                             f"{engine.per_cpu_second / river.per_cpu_second:.1f}" if threads == 1 else "",
                             f"{by_id.per_second / river.per_second:.1f}",
                         ]
+                    fused_us, torch_us = (1e6 * batch / r.per_cpu_second for r in (engine, plain))
+                    calls = f"{fused_us:.1f} / {torch_us:.0f}"
                     print(
-                        f"{family:<12} {streams:>8,} {batch:>6} {threads:>3} {fmt(module.per_second):>8} "
-                        f"{fmt(river.per_second if river else None):>8} {fmt(engine.per_second):>8} "
-                        f"{fmt(by_id.per_second):>8} {engine.per_second / module.per_second:>9.0f} "
-                        f"{ratios[0]:>8} {ratios[1]:>11} {ratios[2]:>11}",
+                        f"{family:<22} {streams:>8,} {batch:>5} {threads:>3} {fmt(module.per_second):>7} "
+                        f"{fmt(river.per_second if river else None):>7} {fmt(engine.per_second):>7} "
+                        f"{fmt(plain.per_second):>7} {fmt(by_id.per_second):>7} {calls:>15} "
+                        f"{engine.per_second / plain.per_second:>7.1f} "
+                        f"{engine.per_second / module.per_second:>8.0f} "
+                        f"{ratios[0]:>7} {ratios[1]:>11} {ratios[2]:>11}",
                         flush=True,
                     )
-            del engine_ids
+            del engine_ids, torch_ids
+    torch.set_num_threads(1)
+    print(
+        "\nbatch-1 round: one StreamPool.observe of one observation, us (min / median of 3,000 calls, "
+        "1 thread)"
+    )
+    print(f"{'family':<22} {'streams':>8} {'engine':>15} {'torch':>15} {'x torch (min)':>13}")
+    for family, spec in FAMILIES.items():
+        if args.family and not any(f in family for f in args.family):
+            continue
+        work = Workload(1_000)
+        best, median = round_us(*build_engine(spec, 1_000), work)
+        torch_best, torch_median = round_us(*build_engine(spec, 1_000, kernels="torch"), work)
+        print(
+            f"{family:<22} {1_000:>8,} {best:>7.1f} / {median:<5.1f} "
+            f"{torch_best:>7.1f} / {torch_median:<5.1f} {torch_best / best:>13.1f}",
+            flush=True,
+        )
     engine_fused.run(budget, stream_counts)
     torch.set_num_threads(all_threads)
+    if args.no_memory:
+        return
     memory_streams = 10_000 if args.quick else args.streams
     print(f"\nresident memory at {memory_streams:,} linear streams (TrackIn, float32), fresh processes:")
     for mode, m in run_memory(memory_streams).items():

@@ -196,8 +196,10 @@ class Engine:
         *,
         memory_budget: int | None = None,
     ) -> None:
+        """``kernels``: ``auto`` steps with fused CPU kernels where they apply, ``torch`` never
+        (:mod:`models.kernels`)."""
         self.device = torch.device(device)
-        self.kernels: Kernels = kernels  # "torch": no fused kernels (models/kernels.py)
+        self.kernels: Kernels = kernels
         self.memory_budget = memory_budget
         """Bytes the pools' state may take in all (None: no limit); :meth:`add` refuses what goes over."""
         self._pools: dict[tuple[object, ...], StreamPool] = {}

@@ -13,8 +13,7 @@ one stream's state, and splitting a batch into rounds.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ from torch import Tensor
 from trackin.models import losses, naive_mix, standardize
 from trackin.models.families import FlatModel
 from trackin.models.figures import figure_rows, fleet_rows
+from trackin.models.fused_round import FusedRound
 from trackin.models.hyper import OPTIMIZERS
 from trackin.models.kernels import Kernels, fused_applies
 from trackin.models.layout import KINDS, Entries, PackedState, row_nbytes
@@ -63,9 +63,9 @@ def initial_capacity(spec: StreamSpec) -> int:
     return max(1, min(16, INITIAL_POOL_BYTES // slot_bytes(spec)))
 
 
-@dataclass(frozen=True, slots=True)
-class ObserveResult:
-    """Per-observation outcomes, in input order, on the host (one copy per batch)."""
+class ObserveResult(NamedTuple):
+    """Per-observation outcomes, in input order, on the host (one copy per batch). A named tuple: built
+    once per ``observe`` call, where a frozen dataclass's construction alone costs microseconds."""
 
     predictions: Tensor  # [n, out] made before learning; NaN for warming ar streams
     losses: Tensor  # [n]; NaN where nothing was scored
@@ -102,7 +102,8 @@ class StreamPool:
     """Streams of one pool key (see :meth:`StreamSpec.pool_key`), stacked along dimension 0 (the slot).
 
     ``state``: every per-stream tensor by name, each ``[capacity, *shape]`` (views of the packed buffers;
-    they are replaced when the pool grows).
+    they are replaced when the pool grows). ``kernels``: ``auto`` steps with a fused CPU kernel where one
+    applies (:mod:`models.kernels`), ``torch`` always with the torch rounds.
     """
 
     def __init__(
@@ -131,9 +132,11 @@ class StreamPool:
         self._free: list[int] = list(range(self._packed.capacity - 1, -1, -1))
         self._settings = Settings(hyper, self._packed)
         self._templates = Templates(template.pool_key(), hyper, self._packed, self._settings)
-        self._round: Round
+        self._round: Round | FusedRound
+        self._predictor: Round
         self._fused: FusedTrackingRound | None = None
-        if isinstance(net, TrackingNet) and kernels == "auto" and fused_applies(self.device, self.dtype):
+        fused = kernels == "auto" and fused_applies(self.device, self.dtype)
+        if isinstance(net, TrackingNet) and fused:
             from trackin.models.fused_tracking import FusedTrackingRound  # numba: imported when used
 
             args = (self._packed, net, self._loss, hyper, buffers, self._settings, template)
@@ -142,10 +145,16 @@ class StreamPool:
             self._round = TrackingRound(
                 self._packed, net, self._loss, hyper, buffers, self._settings, template
             )
+        elif fused and net.closed_form and not (standardize.entries(template) or naive_mix.entries(template)):
+            # The first-order kernel has no standardisation or naive mix yet: such pools keep the torch round.
+            self._round = FusedRound(self._packed, net, template.loss, hyper, buffers)
+            self._predictor = Round(self._packed, net, self._loss, hyper, buffers, self._settings)
         else:
             self._round = Round(self._packed, net, self._loss, hyper, buffers, self._settings)
-        self.fused = self._fused is not None
-        """The round is a fused CPU kernel (models/kernels.py): it takes a whole batch, repeats too."""
+        if not isinstance(self._round, FusedRound):
+            self._predictor = self._round  # predictions without learning: the torch round's
+        self.fused = self._fused is not None or isinstance(self._round, FusedRound)
+        """Steps run in a fused CPU kernel (models/kernels.py): it takes a whole batch, repeats too."""
         self._sync_free = self.device.type != "cpu"  # see Round.__call__
 
     @property
@@ -283,7 +292,7 @@ class StreamPool:
         s = torch.as_tensor(np.asarray(slots), dtype=torch.int64).to(self.device)
         x = None if inputs is None else inputs.to(device=self.device, dtype=self.dtype)
         with torch.inference_mode():
-            out = self._round.predict(s, x)
+            out = self._predictor.predict(s, x)
         return _plain(out.cpu())
 
     def observe(
@@ -298,6 +307,13 @@ class StreamPool:
         slots = np.asarray(slots, dtype=np.int64)
         if self._fused is not None:  # one kernel call for the whole batch, in arrival order
             return ObserveResult(*self._fused.observe(slots, inputs, targets, times))
+        if isinstance(self._round, FusedRound):  # one kernel call, rows in arrival order: no rounds
+            r = self._round.run(slots, inputs, targets)
+            t = torch.from_numpy
+            f = r.flags
+            applied, warming, nonfinite, drift = t(f[0]), t(f[1]), t(f[2]), t(f[3])
+            ar = None if r.forecast is None else t(r.forecast)
+            return ObserveResult(t(r.pred), t(r.loss), t(r.step), applied, warming, nonfinite, drift, ar)
         dev, dt = self.device, self.dtype
         inputs = inputs.to(device=dev, dtype=dt)
         targets = targets.to(device=dev, dtype=dt) if targets is not None else None
@@ -305,6 +321,7 @@ class StreamPool:
         rounds = _occurrence_rounds(slots)
         parts: list[dict[str, Tensor]] = []
         step, sync_free = self._round, self._sync_free
+        assert isinstance(step, Round)
 
         def run(s: np.ndarray, x: Tensor, y: Tensor | None, ts: Tensor | None) -> dict[str, Tensor]:
             s_dev = torch.from_numpy(s).to(dev)
@@ -326,14 +343,18 @@ class StreamPool:
         else:
             inverse = torch.from_numpy(np.argsort(np.concatenate(rounds))).to(dev)
             out = {k: torch.cat([p[k] for p in parts]).index_select(0, inverse) for k in parts[0]}
-        host = {k: _plain(v.cpu()) for k, v in out.items()}
-        return ObserveResult(
-            predictions=host["pred"],
-            losses=host["loss"],
-            steps=host["step"],
-            applied=host["applied"],
-            warming=host["warming"],
-            nonfinite=host["nonfinite"],
-            drift=host["drift"],
-            forecasts=host.get("forecast"),
-        )
+        return _result({k: _plain(v.cpu()) for k, v in out.items()})
+
+
+def _result(host: dict[str, Tensor]) -> ObserveResult:
+    """Outcomes by name (host tensors) as an ``ObserveResult``."""
+    return ObserveResult(
+        predictions=host["pred"],
+        losses=host["loss"],
+        steps=host["step"],
+        applied=host["applied"],
+        warming=host["warming"],
+        nonfinite=host["nonfinite"],
+        drift=host["drift"],
+        forecasts=host.get("forecast"),
+    )

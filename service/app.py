@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trackin.models.engine import Engine, Outcomes, resolve_device
+from trackin.models.fused_warmup import warm_up
 from trackin.service.domain.budget import resolve_budget
 from trackin.service.domain.catalog import Catalog
 from trackin.service.domain.ingest import IngestBatch
@@ -118,6 +120,36 @@ class _HttpMetrics:
                 metrics.http_request(path, scope["method"], status, time.perf_counter() - started)
 
 
+def _warm_up(engine: Engine, loop: asyncio.AbstractEventLoop, done: asyncio.Event) -> None:
+    """Compile the fused kernels at start-up, not on the first request: about 1 s with numba's cache,
+    seconds of CPU without it (the first start after an install; docs/engine.md, "Fused kernels")."""
+    started = time.perf_counter()
+    try:
+        spent = warm_up(engine.device, engine.kernels)
+        if spent:
+            log.info("fused kernels ready in %.2f s (%s)", time.perf_counter() - started, ", ".join(spent))
+    except Exception:
+        log.exception("fused kernels failed to compile")
+    finally:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the service stopped meanwhile
+            loop.call_soon_threadsafe(done.set)
+
+
+def _start_warm_up(engine: Engine) -> asyncio.Event:
+    """Compile in a daemon thread (a stop during a long first compile need not wait for it); the event is
+    set when done."""
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    threading.Thread(target=_warm_up, args=(engine, loop, done), name="trackin-warm-up", daemon=True).start()
+    return done
+
+
+async def _ready_when(warmed: asyncio.Event, state: AppState) -> None:
+    """Readiness waits for the kernels (a request that comes earlier waits for the compilation instead)."""
+    await warmed.wait()
+    state.ready = True
+
+
 def build(settings: Settings) -> AppState:
     """Every long-lived object, each made with its collaborators (none assigned afterwards).
 
@@ -125,7 +157,11 @@ def build(settings: Settings) -> AppState:
     calls them around each batch; then what needs the scheduler (checkpoints, residency, restores).
     """
     metrics = Metrics(CollectorRegistry(), max_stream_series=settings.metrics_max_stream_series)
-    engine = Engine(resolve_device(settings.device), memory_budget=resolve_budget(settings.memory_budget))
+    engine = Engine(
+        resolve_device(settings.device),
+        kernels=settings.kernels,
+        memory_budget=resolve_budget(settings.memory_budget),
+    )
     catalog = Catalog()
     labels = PendingLabels(
         settings.pending_label_ttl_seconds, settings.max_pending_labels, settings.max_pending_label_bytes
@@ -180,6 +216,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
         state = build(settings)
+        # Compiled in a thread while the rest starts: /healthz answers at once, /readyz once compiled.
+        warmed = _start_warm_up(state.engine)
         state.metrics.set_pending_source(lambda: state.scheduler.pending_observations)
         app.state.trackin = state
         registry, scheduler, durability = state.registry, state.scheduler, state.durability
@@ -189,11 +227,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sweeper = asyncio.create_task(_sweep_templates(registry, settings.template_sweep_seconds))
         # Long-lived objects made at start-up (engine, modules) need no cycle scans: keeps GC pauses short.
         gc.freeze()
-        state.ready = True
-        log.info("trackin ready on %s (device %s)", f"{settings.host}:{settings.port}", state.engine.device)
+        readiness = asyncio.create_task(_ready_when(warmed, state))
+        log.info("trackin started on %s (device %s)", f"{settings.host}:{settings.port}", state.engine.device)
         try:
             yield
         finally:
+            readiness.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await readiness
             state.ready = False
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     torch_threads: int = Field(default=1, ge=1, le=256)
     """Intra-op threads for the engine; one is fastest for the small per-round ops (docs/engine.md)."""
+    kernels: Literal["auto", "torch"] = "auto"
+    """``auto``: fused CPU kernels (numba) where they apply, compiled at start-up; ``torch``: the torch
+    rounds everywhere (docs/engine.md, "Fused kernels")."""
 
     # Stores (the checkpoint issue): Redis when a URL is given, else SQLite in data_dir; "memory" keeps none.
     redis_url: str | None = None

@@ -28,6 +28,7 @@ from tests.models.reference import Outcome, ReferenceStream
 from tests.support.rounding import OtherRounding
 from tests.support.tolerances import Tolerance, memory, step_ops, tolerance
 from trackin.models.engine import Engine, ItemResult, UnknownStreamError
+from trackin.models.kernels import Kernels
 from trackin.models.specs import (
     AdamSpec,
     ARModel,
@@ -66,6 +67,8 @@ class Case:
 LIN = LinearModel(in_dim=3, init="random", seed=1)
 MLP_TANH = MLPModel(in_dim=3, hidden=(5,), activation="tanh", seed=2)
 MLP_RELU = MLPModel(in_dim=3, hidden=(4, 3), activation="relu", seed=3)
+
+FIRST = {"precondition": "none"}
 
 CASES = [
     Case("linear-mse-trackin", LIN),
@@ -116,6 +119,40 @@ CASES = [
         units=(10.0, 1e3),
     ),
     Case("linear-bce-trackin-levels", LIN, "bce", units=(1e3, 1e5)),
+    # TrackIn off the tracking path (precondition none) on closed-form families, in raw units: the fused
+    # kernel's cases (it has no standardisation yet)
+    Case("linear-mse-trackin-first", LIN, options={"precondition": "none"}, standardize=False),
+    Case(
+        "linear-mse-trackin-first-eta-f32",
+        LIN,
+        options={**FIRST, "eta": 0.05},
+        dtype="float32",
+        standardize=False,
+    ),
+    Case(
+        "linear2-huber-trackin-first-eta",
+        LinearModel(in_dim=4, out_dim=2),
+        "huber",
+        options={**FIRST, "eta": 0.1},
+        standardize=False,
+    ),
+    Case("ar-level-mse-trackin-first", ARModel(lags=3, target="level"), options=FIRST, standardize=False),
+    Case(
+        "ar2-delta-huber-trackin-first-eta-f32",
+        ARModel(dim=2, lags=2),
+        "huber",
+        options={**FIRST, "eta": 0.1},
+        dtype="float32",
+        standardize=False,
+    ),
+    Case(
+        "ar-level-bce-adam-f32",
+        ARModel(lags=2, target="level", init="random"),
+        "bce",
+        "adam",
+        dtype="float32",
+        standardize=False,
+    ),
 ]
 
 # Per-stream choices: each stream draws one value per hyperparameter (or all streams share one draw).
@@ -289,10 +326,11 @@ def run_both(
     horizon: int | None = None,
     rounding: OtherRounding | None = None,
     units: Units = UNIT,
+    kernels: Kernels = "auto",
 ) -> tuple[Engine, list[ReferenceStream]]:
-    """Feed the same observations to an engine and to the references (rounding as another CPU would, with
-    ``rounding``), checking every answer."""
-    engine = Engine()
+    """Feed the same observations to an engine (with ``kernels``) and to the references (rounding as another
+    CPU would, with ``rounding``), checking every answer."""
+    engine = Engine(kernels=kernels)
     refs = [ReferenceStream(spec) for spec in specs]
     for k, spec in enumerate(specs):
         engine.add(f"s{k}", spec)
@@ -309,18 +347,39 @@ def run_both(
     return engine, refs
 
 
-@pytest.mark.parametrize(
-    ("case", "ulps"),
-    [(c, None) for c in CASES] + [(c, 1) for c in CASES if c.dtype == "float32"],
-    ids=[c.name for c in CASES] + [f"{c.name}-other-cpu" for c in CASES if c.dtype == "float32"],
+def _fused(case: Case) -> bool:
+    """The case's pool runs the fused CPU kernel by default (a first-order closed-form pool)."""
+    cls = {"trackin": TrackInSpec, "sgd": SGDSpec, "adam": AdamSpec}[case.optimizer]
+    spec = StreamSpec(
+        model=case.model,
+        loss=case.loss,  # type: ignore[arg-type]
+        optimizer=cls(**(case.options or {})),
+        dtype=case.dtype,  # type: ignore[arg-type]
+        standardize=case.standardize,
+    )
+    engine = Engine()
+    engine.add("probe", spec)
+    return engine.locate("probe").pool.fused
+
+
+# Every case with the default kernels (fused where they apply); the fused cases also with the torch rounds;
+# float32 cases also against a reference that rounds as another CPU would.
+TABLE = (
+    [pytest.param(c, None, "auto", id=c.name) for c in CASES]
+    + [pytest.param(c, None, "torch", id=f"{c.name}-torch") for c in CASES if _fused(c)]
+    + [pytest.param(c, 1, "auto", id=f"{c.name}-other-cpu") for c in CASES if c.dtype == "float32"]
 )
+
+
+@pytest.mark.parametrize(("case", "ulps", "kernels"), TABLE)
 @SETTINGS
 @given(data=st.data())
-def test_engine_equals_reference(case: Case, ulps: int | None, data: st.DataObject) -> None:
-    """``-other-cpu``: the reference rounds every float op differently, as another CPU's kernels may."""
+def test_engine_equals_reference(case: Case, ulps: int | None, kernels: Kernels, data: st.DataObject) -> None:
+    """``-other-cpu``: the reference rounds every float op differently, as another CPU's kernels may;
+    ``-torch``: the engine steps with the torch rounds instead of the fused kernel."""
     specs, batches, seed = data.draw(scenarios(case))
     rounding = OtherRounding(seed, ulps) if ulps is not None else None
-    engine, refs = run_both(specs, batches, seed, rounding=rounding, units=case.units)
+    engine, refs = run_both(specs, batches, seed, rounding=rounding, units=case.units, kernels=kernels)
     for k, ref in enumerate(refs):
         assert_same_state(engine, f"s{k}", ref, units=case.units)
 
@@ -340,21 +399,24 @@ LONG_RUN_MEMORY = memory(
 )
 
 
-def _long_run(rounding: OtherRounding | None) -> None:
+def _long_run(rounding: OtherRounding | None, kernels: Kernels = "auto") -> None:
     rng = np.random.default_rng(7)
     batches = [list(rng.integers(0, 3, size=40)) for _ in range(15)]  # about 200 steps per stream
-    engine, refs = run_both(LONG_RUN, batches, 3, horizon=LONG_RUN_MEMORY, rounding=rounding)
+    engine, refs = run_both(LONG_RUN, batches, 3, horizon=LONG_RUN_MEMORY, rounding=rounding, kernels=kernels)
     assert rounding is None or rounding.moved > 10 * len(batches)
     for k, ref in enumerate(refs):
         assert ref.steps > 3 * LONG_RUN_MEMORY
         assert_same_state(engine, f"s{k}", ref, horizon=LONG_RUN_MEMORY)
 
 
-@pytest.mark.parametrize("ulps", [None, 1], ids=["native", "other-cpu"])
-def test_long_run_stays_equal(ulps: int | None) -> None:
+@pytest.mark.parametrize(
+    ("ulps", "kernels"), [(None, "auto"), (None, "torch"), (1, "auto")], ids=["native", "torch", "other-cpu"]
+)
+def test_long_run_stays_equal(ulps: int | None, kernels: Kernels) -> None:
     """Many float32 steps of mixed streams, well past their memory: differences do not grow past the tolerance
-    of the memory's steps, also when the reference rounds every op differently (another CPU)."""
-    _long_run(OtherRounding(0, ulps) if ulps is not None else None)
+    of the memory's steps, also when the reference rounds every op differently (another CPU), with the fused
+    kernel (the default) and with the torch rounds."""
+    _long_run(OtherRounding(0, ulps) if ulps is not None else None, kernels)
 
 
 def test_long_run_tolerance_notices_lower_precision() -> None:

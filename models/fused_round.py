@@ -1,0 +1,155 @@
+"""The fused round of a first-order closed-form pool: one compiled kernel call per batch, on the CPU.
+
+:class:`FusedRound` stands where :class:`models.round.Round` stands for ``linear`` and ``ar`` (without
+hidden layers) pools off the tracking path, and computes the same math (:mod:`models.fused_kernel`, in
+place on the pool's packed buffers). It tells the kernel where each column lives once, at construction
+(``cfg``), and per call hands it numpy views of the buffers and of the batch, and preallocated outputs.
+The rows are stepped in arrival order, so a stream seen twice in a batch needs no split into rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from trackin.models import fused_kernel as K
+from trackin.models import keys
+from trackin.models.families import FlatModel
+from trackin.models.hyper import Hyperparameters
+from trackin.models.layout import FLOAT, PackedState
+from trackin.models.specs import ARModel
+
+__all__ = ["FLOAT_HYPERS", "FusedResult", "FusedRound"]
+
+FLOAT_HYPERS: dict[str, tuple[str | None, ...]] = {
+    "trackin": ("lr", "gamma", "beta", "eta", "eps_decay", "weight_decay", "max_grad_norm"),
+    "sgd": ("lr", "momentum", "dampening", None, None, "weight_decay", "max_grad_norm"),
+    "adam": ("lr", "beta1", "beta2", "eps", None, "weight_decay", "max_grad_norm"),
+}
+"""Each optimizer's float hyperparameters in the kernel's order (weight decay and clipping last)."""
+
+_OPTIMIZERS = {"trackin": K.TRACKIN, "sgd": K.SGD, "adam": K.ADAM}
+_LOSSES = {"mse": K.MSE, "huber": K.HUBER_LOSS, "bce": K.BCE}
+
+
+class FusedResult(NamedTuple):
+    """Per-row outcomes of one call, numpy arrays on the host (see ``ObserveResult``)."""
+
+    pred: np.ndarray  # [n, out] (views of one block of results)
+    loss: np.ndarray  # [n]
+    forecast: np.ndarray | None  # [n, dim] (ar), else None
+    step: np.ndarray  # [n] int64
+    flags: np.ndarray  # [4, n] bool: applied, warming, nonfinite, drift
+
+
+def _config(
+    packed: PackedState, net: FlatModel, loss: str, hyper: Hyperparameters, buffers: Sequence[str]
+) -> np.ndarray:
+    """Where the kernel finds each column of the pool's rows, and the pool's structure (``K.CFG_SIZE``)."""
+    cfg = np.full(K.CFG_SIZE, -1, dtype=np.int64)
+    col = {key: c.start for key, c in packed.columns.items()}
+    model, first = net.model, next(iter(net.shapes))
+    assert col[keys.param(first)] == 0, "the kernel expects the parameters first"
+    n_out = net.out_dim
+    cfg[K.N_OUT], cfg[K.N_PARAMS] = n_out, net.n_params
+    cfg[K.N_IN] = (net.n_params - n_out) // n_out
+    if isinstance(model, ARModel):
+        cfg[K.FAMILY] = K.AR_DELTA if model.target == "delta" else K.AR_LEVEL
+        cfg[K.WINDOW], cfg[K.DIM] = model.window, model.dim
+        cfg[K.AR_WINDOW], cfg[K.AR_FILLED] = col[keys.AR_WINDOW], col[keys.AR_FILLED]
+    else:
+        cfg[K.FAMILY] = K.LINEAR
+    cfg[K.LOSS], cfg[K.OPT] = _LOSSES[loss], _OPTIMIZERS[hyper.name]
+    for index, (kind, _) in zip((K.BUF0, K.BUF1), hyper.buffers, strict=False):
+        if kind in buffers:
+            cfg[index] = col[keys.buffer(kind, first)]
+    if hyper.buffers and hyper.buffers[0][0] in buffers:
+        cfg[K.RESET_BUF] = cfg[K.BUF0]  # a drift with reset_momentum clears the first declared buffer
+    for k, name in enumerate(FLOAT_HYPERS[hyper.name]):
+        if name is not None:
+            cfg[K.HYPER + k] = col[keys.hyper(name)]
+    named = {
+        K.SQ_AVG: keys.opt("sq_avg"),
+        K.FIG: keys.FIGURES[0],
+        K.HUBER: keys.HUBER_DELTA,
+        K.DRIFT_MEAN: keys.DRIFT_MEAN,
+        K.DRIFT_TOTAL: keys.DRIFT_TOTAL,
+        K.DRIFT_MIN: keys.DRIFT_MIN,
+        K.DRIFT_DELTA: keys.DRIFT_DELTA,
+        K.DRIFT_THRESHOLD: keys.DRIFT_THRESHOLD,
+        K.STEP: keys.STEP,
+        K.BETA_RULE: keys.hyper("beta_rule"),
+        K.NONFINITE: keys.NONFINITE,
+        K.DRIFT_N: keys.DRIFT_N,
+        K.DRIFT_COUNT: keys.DRIFT_COUNT,
+        K.DRIFT_LAST: keys.DRIFT_LAST_STEP,
+        K.DRIFT_WARMUP: keys.DRIFT_WARMUP,
+        K.DEBIAS: keys.hyper("debias"),
+        K.DRIFT_ENABLED: keys.DRIFT_ENABLED,
+        K.DRIFT_RESET: keys.DRIFT_RESET,
+    }
+    for index, key in named.items():
+        if key in col:
+            cfg[index] = col[key]
+    starts = [col[k] for k in keys.FIGURES]
+    assert starts == list(range(starts[0], starts[0] + len(starts))), "figures are one slice"
+    return cfg
+
+
+class FusedRound:
+    """The fused step of one first-order closed-form pool on the CPU (float32 or float64)."""
+
+    def __init__(
+        self, packed: PackedState, net: FlatModel, loss: str, hyper: Hyperparameters, buffers: Sequence[str]
+    ) -> None:
+        assert net.closed_form
+        assert packed.device.type == "cpu"
+        self._packed = packed
+        self._cfg = _config(packed, net, loss, hyper, buffers)
+        self._dtype = packed.dtypes[FLOAT]
+        self._np_dtype = torch.empty(0, dtype=self._dtype).numpy().dtype
+        self._out = net.out_dim
+        self._ar = isinstance(net.model, ARModel)
+        self._no_target = np.empty((0, 0), dtype=self._np_dtype)
+        self._arrays: tuple[list[Tensor], tuple[np.ndarray, ...]] | None = None  # the buffers, their views
+
+    def _buffers(self) -> tuple[np.ndarray, ...]:
+        """Numpy views of the packed buffers (new ones after the pool grows: ``grow`` replaces the list)."""
+        buffers = self._packed.buffers
+        if self._arrays is None or self._arrays[0] is not buffers:
+            self._arrays = (buffers, tuple(b.numpy() for b in buffers))
+        return self._arrays[1]
+
+    def rows(self, x: np.ndarray | Tensor) -> np.ndarray:
+        """A batch as the kernel takes it: a writable C-contiguous ``[n, width]`` array of the pool's dtype
+        (a read-only array would be another signature for numba to compile)."""
+        if isinstance(x, Tensor):  # torch casts without numpy's overflow warning (1e300 -> inf, refused)
+            if x.dtype is not self._dtype or x.requires_grad or x.device.type != "cpu":
+                x = x.detach().to("cpu", self._dtype)
+            x = x.numpy()
+        elif x.dtype != self._np_dtype:
+            with np.errstate(over="ignore"):
+                x = x.astype(self._np_dtype)
+        if not x.flags.c_contiguous or not x.flags.writeable:
+            x = np.array(x, order="C")
+        return x
+
+    def run(self, slots: np.ndarray, x: np.ndarray | Tensor, y: np.ndarray | Tensor | None) -> FusedResult:
+        """Predict, score and step once per row, in order; ``slots`` must be resident (not checked here)."""
+        n = slots.shape[0]
+        xs = self.rows(x)
+        ys = self.rows(y) if y is not None and not self._ar else self._no_target
+        out = self._out
+        results = np.empty((n, 2 * out + 1 if self._ar else out + 1), self._np_dtype)
+        step = np.empty(n, np.int64)
+        flags = np.empty((4, n), np.bool_)
+        f, i, b = self._buffers()
+        if slots.dtype != np.int64 or not slots.flags.c_contiguous or not slots.flags.writeable:
+            slots = np.array(slots, dtype=np.int64, order="C")
+        K.observe_rows(f, i, b, self._cfg, slots, xs, ys, results, step, flags)
+        forecast = results[:, out + 1 :] if self._ar else None
+        return FusedResult(results[:, :out], results[:, out], forecast, step, flags)

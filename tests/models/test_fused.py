@@ -1,0 +1,203 @@
+"""The fused CPU kernel equals the torch round it stands in for, in every outcome and every byte of state
+that matters: each optimizer and option, each loss, each closed-form family, drift alarms and resets,
+non-finite rows and repeats within a batch. float64 is held to float64 tolerances (the math itself),
+float32 to float32 ones (tests/support/tolerances.py). The engine-equals-reference table runs over both
+kernels too (tests/models/test_engine.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.support.tolerances import step_ops, tolerance
+from trackin.models.engine import Engine
+from trackin.models.fused_round import FusedRound
+from trackin.models.fused_warmup import warm_up
+from trackin.models.kernels import fused_applies
+from trackin.models.pool import ObserveResult, StreamPool
+from trackin.models.specs import (
+    AdamSpec,
+    ARModel,
+    DriftSpec,
+    LinearModel,
+    MLPModel,
+    SGDSpec,
+    StreamSpec,
+    TrackInSpec,
+)
+
+FIRST = {"precondition": "none"}
+# Per-stream variations inside one pool (every setting is a per-row column for the kernel).
+VARIANTS: dict[str, list[dict[str, Any]]] = {
+    "trackin": [
+        {**FIRST, "beta_rule": "cos", "debias": True},
+        {**FIRST, "beta_rule": "norm", "debias": False, "weight_decay": 0.01, "lr": 0.02},
+        {**FIRST, "beta_rule": "constant", "max_grad_norm": 0.3, "gamma": 0.5},
+        {**FIRST, "beta_rule": "norm", "gamma": 0.0, "beta": 0.5, "max_grad_norm": 2.0},
+    ],
+    "trackin-eta": [
+        {**FIRST, "eta": 0.05, "beta_rule": "cos", "eps_decay": 0.5},
+        {**FIRST, "eta": 0.1, "beta_rule": "norm", "debias": False, "max_grad_norm": 0.5},
+        {**FIRST, "eta": 0.02, "beta_rule": "constant", "weight_decay": 0.05, "eps_decay": 1.0},
+    ],
+    "sgd": [{}, {"weight_decay": 0.01, "lr": 0.02}, {"max_grad_norm": 0.4}],
+    "sgd-momentum": [
+        {"momentum": 0.9},
+        {"momentum": 0.5, "dampening": 0.5, "debias": True},
+        {"momentum": 0.8, "debias": True, "max_grad_norm": 0.5, "weight_decay": 0.01},
+    ],
+    "adam": [{}, {"beta1": 0.0, "eps": 1e-3, "lr": 0.05}, {"weight_decay": 0.01, "max_grad_norm": 0.5}],
+}
+SPEC_CLASS = {"trackin": TrackInSpec, "trackin-eta": TrackInSpec, "sgd": SGDSpec, "sgd-momentum": SGDSpec}
+MODELS: dict[str, Any] = {
+    "linear": LinearModel(in_dim=3, init="random", seed=4),
+    "linear2": LinearModel(in_dim=2, out_dim=2, init="random"),
+    "ar-level": ARModel(lags=2, target="level", init="random"),
+    "ar2-delta": ARModel(dim=2, lags=2, target="delta"),
+}
+DRIFTS = [DriftSpec(warmup=3, threshold=2.0, delta=0.5, reset_momentum=True), DriftSpec(enabled=False)]
+
+
+def specs_for(model: str, loss: str, optimizer: str, dtype: str) -> list[StreamSpec]:
+    cls = SPEC_CLASS.get(optimizer, AdamSpec)
+    return [
+        StreamSpec(
+            model=MODELS[model],
+            loss=loss,  # type: ignore[arg-type]
+            huber_delta=(0.5, 1.0)[k % 2],
+            optimizer=cls(**options),
+            dtype=dtype,  # type: ignore[arg-type]
+            drift=DRIFTS[k % 3 == 2],
+            standardize=False,  # the kernel's scope: raw units, no naive mix (the torch round has both)
+            mix_naive=False,
+        )
+        for k, options in enumerate(VARIANTS[optimizer])
+    ]
+
+
+def batches(spec: StreamSpec, streams: int, seed: int) -> list[tuple[np.ndarray, torch.Tensor, Any]]:
+    """Batches with repeated streams, a jump halfway (drift alarms) and a few non-finite values."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    ar = isinstance(spec.model, ARModel)
+    width = spec.model.dim if ar else spec.model.in_dim  # type: ignore[union-attr]
+    for b in range(12):
+        slots = torch.randint(0, streams, (9,), generator=g).numpy()
+        x = torch.randn(9, width, generator=g, dtype=torch.float64)
+        y = None if ar else (x.sum(1, keepdim=True) * 0.7 + 0.2).expand(9, spec.model.out_dim).clone()  # type: ignore[union-attr]
+        jump = 6.0 if b >= 6 else 0.0
+        if ar:
+            x = x + jump
+            if spec.loss == "bce":
+                x = (x > jump).double()
+        else:
+            assert y is not None
+            y = y + jump
+            if spec.loss == "bce":
+                y = (y > jump).double()
+        if b in (3, 8):
+            (x if b == 3 else (x if y is None else y))[b % 9, 0] = torch.nan if b == 3 else torch.inf
+        out.append((slots, x, y))
+    return out
+
+
+def assert_same(a: ObserveResult, b: ObserveResult, tol: dict[str, float]) -> None:
+    for name in ("steps", "applied", "warming", "nonfinite", "drift"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    for name in ("predictions", "losses", "forecasts"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None), name
+        if x is not None:
+            assert x.dtype == y.dtype, name
+            torch.testing.assert_close(x, y, equal_nan=True, **tol, msg=name)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("optimizer", list(VARIANTS))
+@pytest.mark.parametrize(
+    ("model", "loss"),
+    [
+        ("linear", "mse"),
+        ("linear2", "huber"),
+        ("ar-level", "bce"),
+        ("ar2-delta", "mse"),
+        ("linear", "bce"),
+        ("ar-level", "huber"),
+    ],
+)
+def test_fused_kernel_equals_the_torch_round(model: str, loss: str, optimizer: str, dtype: str) -> None:
+    specs = specs_for(model, loss, optimizer, dtype)
+    pools = [StreamPool(specs[0], kernels="auto"), StreamPool(specs[0], kernels="torch")]
+    assert pools[0].fused
+    assert not pools[1].fused
+    for pool in pools:
+        for spec in specs:
+            pool.add(spec)
+    steps = 0
+    for slots, x, y in batches(specs[0], len(specs), seed=len(model) + len(loss) + len(optimizer)):
+        steps += 2
+        tol = tolerance(dtype, ops=step_ops(specs[0].model), steps=steps, scale=8.0**2)
+        a, b = (pool.observe(slots, x, y) for pool in pools)
+        assert_same(a, b, dict(tol))
+    assert bool(a.applied.any())
+    tol = tolerance(dtype, ops=step_ops(specs[0].model), steps=steps, scale=8.0**2)
+    for slot in range(len(specs)):
+        fused, torch_ = pools[0].export(slot), pools[1].export(slot)
+        for key, value in fused.items():
+            if value.dtype.is_floating_point:
+                torch.testing.assert_close(value, torch_[key], equal_nan=True, **tol, msg=key)
+            else:
+                assert torch.equal(value, torch_[key]), key
+
+
+def test_which_pools_are_fused() -> None:
+    assert fused_applies(torch.device("cpu"), torch.float32)
+    assert fused_applies(torch.device("cpu"), torch.float64)
+    assert not fused_applies(torch.device("cpu"), torch.float16)
+    assert not fused_applies(torch.device("meta"), torch.float32)
+    first_order = StreamSpec(
+        model=LinearModel(in_dim=2), optimizer=TrackInSpec(**FIRST), standardize=False, mix_naive=False
+    )
+    assert StreamPool(first_order).fused
+    assert not StreamPool(first_order, kernels="torch").fused
+    standardized = first_order.model_copy(update={"standardize": True})
+    assert not StreamPool(standardized).fused  # the first-order kernel has no standardisation (yet)
+    assert not StreamPool(StreamSpec(model=MLPModel(in_dim=2), optimizer=SGDSpec())).fused
+    assert not StreamPool(StreamSpec(model=ARModel(hidden=(3,)), optimizer=SGDSpec())).fused
+    assert StreamPool(StreamSpec(model=LinearModel(in_dim=2))).fused  # the tracking path: its own kernel
+    for kernels, fused in (("auto", True), ("torch", False)):
+        engine = Engine(kernels=kernels)  # type: ignore[arg-type]
+        engine.add("a", first_order)
+        assert engine.locate("a").pool.fused is fused
+
+
+def test_warm_up_compiles_both_dtypes() -> None:
+    assert set(warm_up()) == {"float32", "float64", "tracking"}
+    assert warm_up(kernels="torch") == {}
+
+
+def test_grown_pool_and_readonly_inputs() -> None:
+    """The kernel follows the buffers when the pool grows, and takes read-only numpy batches."""
+    spec = StreamSpec(
+        model=LinearModel(in_dim=2), optimizer=SGDSpec(), dtype="float64", standardize=False, mix_naive=False
+    )
+    fused, torch_ = StreamPool(spec, capacity=1), StreamPool(spec, capacity=1, kernels="torch")
+    kernel = fused._round
+    assert isinstance(kernel, FusedRound)
+    for k in range(5):
+        x = np.frombuffer(np.arange(2.0 * (k + 1)).tobytes()).reshape(k + 1, 2)
+        assert not x.flags.writeable
+        for pool in (fused, torch_):
+            pool.add(spec)
+        result = kernel.run(np.arange(k + 1), x, np.ones((k + 1, 1)))
+        expected = torch_.observe(np.arange(k + 1), torch.from_numpy(x.copy()), torch.ones(k + 1, 1))
+        assert result.step.tolist() == expected.steps.tolist()
+        np.testing.assert_allclose(result.pred, expected.predictions.numpy(), rtol=1e-12, atol=1e-12)
+    assert fused.capacity == 8
+    for slot in range(5):
+        np.testing.assert_allclose(
+            fused.export(slot)["param/weight0"], torch_.export(slot)["param/weight0"], rtol=1e-12, atol=1e-12
+        )
