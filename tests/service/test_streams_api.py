@@ -190,3 +190,19 @@ def test_listing_pages_cover_every_id_exactly_once(http: httpx.Client) -> None:
 )
 def test_listing_rejects_bad_limits(http: httpx.Client, params: dict[str, Any], field: str) -> None:
     assert_error(http.get("/v1/streams", params=params), 422, "invalid_input", field=field)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PATCH", "/v1/streams/s", {"GET", "PUT", "DELETE"}),
+        ("DELETE", "/v1/observations", {"POST"}),
+        ("PUT", "/healthz", {"GET"}),
+    ],
+)
+def test_a_wrong_method_is_405_naming_the_allowed_ones(
+    http: httpx.Client, method: str, path: str, allowed: set[str]
+) -> None:
+    reply = http.request(method, path)
+    assert_error(reply, 405, "method_not_allowed")
+    assert allowed <= {m.strip() for m in reply.headers["allow"].split(",")}, reply.headers
