@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import threading
 import time
@@ -28,6 +29,7 @@ from trackin.service.domain.catalog import Catalog
 from trackin.service.domain.ingest import IngestBatch
 from trackin.service.domain.labels import PendingLabels
 from trackin.service.domain.persistence import InMemory, Persistence
+from trackin.service.domain.quotas import TenantQuotas
 from trackin.service.domain.registry import Registry
 from trackin.service.domain.scheduler import Parts, Scheduler
 from trackin.service.durability import (
@@ -42,8 +44,12 @@ from trackin.service.durability import (
     StoreHealth,
     configured_store,
 )
-from trackin.service.errors import ServiceError, Unavailable, error_body
+from trackin.service.errors import ServiceError, error_body, error_headers
 from trackin.service.metrics import Metrics
+from trackin.service.security.guard import Guard
+from trackin.service.security.keyring import Keyring
+from trackin.service.security.limiter import Limiter
+from trackin.service.security.namespace import PRINCIPAL
 from trackin.service.settings import Settings
 from trackin.service.snapshot import fleet_snapshot
 from trackin.service.state import AppState
@@ -198,7 +204,12 @@ def build(settings: Settings) -> AppState:
             store, engine, connection, health, ledger, checkpointer, residency, restorer, loop
         )
         persistence = durability
-    registry = Registry(scheduler, labels, catalog, persistence, max_stream_bytes=settings.max_stream_bytes)
+    quotas = None
+    if settings.tenant_max_streams is not None or settings.tenant_max_bytes is not None:
+        quotas = TenantQuotas(catalog, persistence, settings.tenant_max_streams, settings.tenant_max_bytes)
+    registry = Registry(
+        scheduler, labels, catalog, persistence, max_stream_bytes=settings.max_stream_bytes, quotas=quotas
+    )
     metrics.set_snapshot_source(
         lambda: fleet_snapshot(
             engine,
@@ -207,7 +218,28 @@ def build(settings: Settings) -> AppState:
             settings.metrics_max_stream_series,
         )
     )
-    return AppState(settings, engine, scheduler, registry, metrics, durability)
+    keyring = Keyring(configured_store(settings), settings.key_refresh_seconds, settings.bootstrap_key())
+    limiter = None
+    if settings.rate_limit_per_key or settings.tenant_observations_rate:
+        redis_url = settings.redis_url if settings.store in ("auto", "redis") else None
+        limiter = Limiter(settings.rate_limit_per_key, settings.tenant_observations_rate, redis_url)
+    return AppState(settings, engine, scheduler, registry, metrics, durability, keyring, limiter)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _refuse_open(settings: Settings, keyring: Keyring) -> None:
+    """Serving with no keys is for one machine only: another address needs keys or ``--insecure``."""
+    if keyring.loaded and not keyring.enforcing and not _loopback(settings.host) and not settings.insecure:
+        raise RuntimeError(
+            f"refusing to serve {settings.host} without API keys: create one (trackin keys create), set"
+            " TRACKIN_BOOTSTRAP_ADMIN_KEY, bind 127.0.0.1, or pass --insecure (TRACKIN_INSECURE=1)"
+        )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -217,6 +249,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
         state = build(settings)
+        keyring = state.keyring
+        assert keyring is not None
+        await keyring.start()
+        try:
+            _refuse_open(settings, keyring)
+        except RuntimeError:
+            await keyring.stop()
+            raise
         # Compiled in a thread while the rest starts: /healthz answers at once, /readyz once compiled.
         warmed = _start_warm_up(state.engine)
         state.metrics.set_pending_source(lambda: state.scheduler.pending_observations)
@@ -244,6 +284,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if durability is not None:
                 await durability.stop()
             await scheduler.stop()
+            await keyring.stop()
             log.info("trackin stopped")
 
     app = FastAPI(
@@ -257,17 +298,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(observations.router)
     app.include_router(ws_router)
     # Pure ASGI middleware only (no BaseHTTPMiddleware: it costs a task and a stream per request).
-    # Innermost first: the observation fast path, then the body limit, then the request metrics outermost.
+    # Innermost first: the observation fast path, the body limit, authentication (before any body is read),
+    # then the request metrics outermost (refusals are counted too).
     app.add_middleware(FastObservations, get_state=lambda: getattr(app.state, "trackin", None))
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(
+        Guard,
+        get_keyring=lambda: getattr(getattr(app.state, "trackin", None), "keyring", None),
+        get_limiter=lambda: getattr(getattr(app.state, "trackin", None), "limiter", None),
+        allowed_origins=settings.allowed_origins,
+    )
     app.add_middleware(
         _HttpMetrics, get_metrics=lambda: getattr(getattr(app.state, "trackin", None), "metrics", None)
     )
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        caller = request.scope.get(PRINCIPAL)
+        if caller is not None:
+            caller.namespace.public_error(exc)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=error_headers(exc))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

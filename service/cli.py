@@ -32,6 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
             "data_dir": args.data_dir,
             "redis_url": args.redis_url,
             "store": args.store,
+            "insecure": True if args.insecure else None,
         }.items()
         if v is not None
     }
@@ -96,6 +97,11 @@ def add_parser(commands: Any) -> None:
     serve.add_argument("--data-dir", type=Path)
     serve.add_argument("--redis-url")
     serve.add_argument("--store", choices=["auto", "sqlite", "redis", "memory"])
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve without API keys on an address other than 127.0.0.1 (refused otherwise)",
+    )
     serve.set_defaults(run=_serve)
 
 

@@ -6,11 +6,15 @@
     ├── InvalidInput                invalid_input        422
     │   ├── InvalidStreamId         invalid_stream_id    422
     │   └── StreamTooLarge          stream_too_large     422
+    ├── Unauthorized                unauthorized         401 (with WWW-Authenticate: Bearer)
+    ├── Forbidden                   forbidden            403
     ├── UnknownStream               unknown_stream       404
     ├── UnknownRequest              unknown_request      404
     ├── SpecConflict                spec_conflict        409
     ├── PayloadTooLarge             payload_too_large    413
+    ├── RateLimited                 rate_limited         429 (with Retry-After)
     ├── OverBudget                  memory_budget        507
+    │   └── OverQuota               tenant_quota         507
     ├── Unavailable                 unavailable          503 (with Retry-After)
     └── StreamCorrupt               corrupt_checkpoint   500
 
@@ -23,18 +27,23 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "Forbidden",
     "InvalidInput",
     "InvalidStreamId",
     "OverBudget",
+    "OverQuota",
     "PayloadTooLarge",
+    "RateLimited",
     "ServiceError",
     "SpecConflict",
     "StreamCorrupt",
     "StreamTooLarge",
+    "Unauthorized",
     "Unavailable",
     "UnknownRequest",
     "UnknownStream",
     "error_body",
+    "error_headers",
 ]
 
 
@@ -72,6 +81,37 @@ class OverBudget(ServiceError):
 
     code = "memory_budget"
     status = 507
+
+
+class OverQuota(OverBudget):
+    """The tenant's quota (streams or bytes) has no room: delete some of its streams or raise the quota."""
+
+    code = "tenant_quota"
+
+
+class Unauthorized(ServiceError):
+    """No API key, or one that is unknown or revoked."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(ServiceError):
+    """A valid key without the scope the operation needs (or an Origin not allowed)."""
+
+    code = "forbidden"
+    status = 403
+
+
+class RateLimited(ServiceError):
+    """The key's or the tenant's rate is used up: retry after ``retry_after`` seconds."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int = 1, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
 
 
 class UnknownStream(ServiceError):
@@ -114,3 +154,12 @@ def error_body(
     code: str, message: str, field: str | None = None, stream: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "field": field, "stream": stream}}
+
+
+def error_headers(exc: ServiceError) -> dict[str, str]:
+    """The headers an error's answer carries: when to retry (503, 429), how to authenticate (401)."""
+    if isinstance(exc, Unavailable | RateLimited):
+        return {"Retry-After": str(exc.retry_after)}
+    if isinstance(exc, Unauthorized):
+        return {"WWW-Authenticate": 'Bearer realm="trackin"'}
+    return {}

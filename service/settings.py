@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ByteSize, Field
+from pydantic import ByteSize, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -66,3 +66,32 @@ class Settings(BaseSettings):
 
     # Metrics.
     metrics_max_stream_series: int = Field(default=100, ge=0)
+
+    # Security (README, "Security model"; service/security/).
+    insecure: bool = False
+    """Serve without API keys on an address other than loopback (otherwise the service refuses to start)."""
+    bootstrap_admin_key: SecretStr | None = None
+    """An admin key of the ``default`` tenant (32+ characters), stored hashed at start if absent: how compose
+    and k8s provision the first key from a secret."""
+    bootstrap_admin_key_file: Path | None = None
+    """A file holding ``bootstrap_admin_key`` (a mounted secret); the key wins if both are set."""
+    key_refresh_seconds: float = Field(default=1.0, gt=0, le=60)
+    """How often the keys are re-read from the store: a revoked key stops working within this long."""
+    allowed_origins: list[str] = []
+    """Browser origins (``https://app.example``) allowed to open the WebSocket; requests without an Origin
+    header (non-browser clients) are always allowed."""
+    rate_limit_per_key: str | None = Field(default=None, pattern=r"^\d+\s*(/|per)\s*\d*\s*[a-z]+$")
+    """Requests per API key, in ``limits`` notation (``200/second``); None: unlimited."""
+    tenant_observations_rate: str | None = Field(default=None, pattern=r"^\d+\s*(/|per)\s*\d*\s*[a-z]+$")
+    """Observations per tenant (``10000/second``); None: unlimited."""
+    tenant_max_streams: int | None = Field(default=None, ge=1)
+    """Streams one tenant other than ``default`` may hold; None: unlimited."""
+    tenant_max_bytes: ByteSize | None = Field(default=None, ge=1)
+    """State bytes (as the memory budget counts them) one tenant other than ``default`` may hold."""
+
+    def bootstrap_key(self) -> str | None:
+        if self.bootstrap_admin_key is not None:
+            return self.bootstrap_admin_key.get_secret_value().strip()
+        if self.bootstrap_admin_key_file is not None:
+            return self.bootstrap_admin_key_file.read_text().strip()
+        return None

@@ -13,9 +13,12 @@ from trackin.service.domain.registry import Registry
 from trackin.service.domain.scheduler import Scheduler
 from trackin.service.durability import Durability
 from trackin.service.metrics import Metrics
+from trackin.service.security.keyring import Keyring
+from trackin.service.security.limiter import Limiter
+from trackin.service.security.namespace import Principal, principal_of
 from trackin.service.settings import Settings
 
-__all__ = ["AppState", "State", "WsState"]
+__all__ = ["AppState", "Caller", "State", "WsState"]
 
 
 @dataclass
@@ -27,6 +30,9 @@ class AppState:
     metrics: Metrics
     durability: Durability | None
     """None when state is kept in memory only (``store = "memory"``)."""
+    keyring: Keyring | None = None
+    limiter: Limiter | None = None
+    """None when no rate is limited."""
     ready: bool = False
     # Open WebSocket handlers, and the signal that makes them answer what they accepted and close (1001).
     websockets: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -43,5 +49,11 @@ async def _ws_state(websocket: WebSocket) -> AppState:
     return state
 
 
+async def _caller(request: Request) -> Principal:
+    return principal_of(request.scope)
+
+
 State = Annotated[AppState, Depends(_state)]
+Caller = Annotated[Principal, Depends(_caller)]
+"""Who the request acts for (service/security/guard.py): its tenant's namespace and scopes."""
 WsState = Annotated[AppState, Depends(_ws_state)]

@@ -1,4 +1,5 @@
-"""The ``trackin`` command: ``serve`` runs the service, ``replay`` streams a file through it.
+"""The ``trackin`` command: ``serve`` runs the service, ``replay`` streams a file through it, ``keys``
+manages API keys.
 
 It lives at the import root because it joins two packages that stay independent of each other.
 """
@@ -10,6 +11,7 @@ import sys
 
 from trackin.replay.cli import add_parser as add_replay
 from trackin.service.cli import add_parser as add_serve
+from trackin.service.security.cli import add_parser as add_keys
 
 __all__ = ["main"]
 
@@ -19,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     add_serve(commands)
     add_replay(commands)
+    add_keys(commands)
     args = parser.parse_args(argv)
     result: int = args.run(args)
     return result

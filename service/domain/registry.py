@@ -24,9 +24,10 @@ from trackin.service.domain.columns import Columns, build_columns
 from trackin.service.domain.ingest import IngestBatch, build_batch, check_vector
 from trackin.service.domain.labels import PendingLabels
 from trackin.service.domain.persistence import Persistence
+from trackin.service.domain.quotas import TenantQuotas
 from trackin.service.domain.scheduler import Scheduler
 from trackin.service.errors import InvalidInput, SpecConflict, StreamCorrupt, UnknownRequest, UnknownStream
-from trackin.service.ids import check_stream_id
+from trackin.service.ids import check_internal_id
 from trackin.service.transport.wire import ObservationIn
 
 __all__ = ["Registry"]
@@ -50,6 +51,7 @@ class Registry:
         persistence: Persistence,
         *,
         max_stream_bytes: int | None = None,
+        quotas: TenantQuotas | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._max_stream_bytes = max_stream_bytes
@@ -57,13 +59,14 @@ class Registry:
         self._catalog = catalog
         self._persistence = persistence
         self._creating: dict[str, asyncio.Lock] = {}
+        self._quotas = quotas
 
     # ----- streams ----------------------------------------------------------------------------------------
 
     async def put_stream(
         self, stream_id: str, spec: StreamSpec, *, replace: bool = False, template: str | None = None
     ) -> Outcome:
-        check_stream_id(stream_id)
+        check_internal_id(stream_id)
         if self._max_stream_bytes is not None:
             check_stream_bytes(spec, self._max_stream_bytes, stream=stream_id)
         damaged = False
@@ -74,15 +77,17 @@ class Registry:
                 raise  # never silently replaced by a fresh model: replacing is the caller's decision
             await self.delete_stream(stream_id)
             existing, damaged = None, True
+        if existing is not None and existing.spec == spec:
+            return "unchanged"
+        if existing is not None and not replace:
+            raise SpecConflict(
+                f"stream {stream_id!r} exists with a different spec; use ?replace=true to replace it",
+                field="spec",
+                stream=stream_id,
+            )
+        if self._quotas is not None:
+            await self._quotas.check(stream_id, spec, existing.spec if existing is not None else None)
         if existing is not None:
-            if existing.spec == spec:
-                return "unchanged"
-            if not replace:
-                raise SpecConflict(
-                    f"stream {stream_id!r} exists with a different spec; use ?replace=true to replace it",
-                    field="spec",
-                    stream=stream_id,
-                )
             await self._scheduler.call(lambda engine: self._check_budget(engine, spec, stream_id))
             await self.delete_stream(stream_id)  # only once the new spec is known to fit
         now = time.time()
@@ -114,7 +119,7 @@ class Registry:
             raise over_budget(error, stream_id) from None
 
     async def delete_stream(self, stream_id: str) -> None:
-        check_stream_id(stream_id)
+        check_internal_id(stream_id)
         if stream_id not in self._catalog and not await self._stored(stream_id):
             raise UnknownStream(f"unknown stream {stream_id!r}", stream=stream_id)
 
@@ -191,7 +196,7 @@ class Registry:
         record = self._catalog.record(stream_id)
         if record is not None:
             return record
-        check_stream_id(stream_id)
+        check_internal_id(stream_id)
         record = await self._persistence.restore(stream_id)
         if record is not None:
             return record
@@ -273,7 +278,7 @@ class Registry:
             specs: dict[str, StreamSpec] = {}
             for i, stream in enumerate(columns.streams):
                 if stream not in specs:
-                    check_stream_id(stream, field=f"streams[{i}]")
+                    check_internal_id(stream, field=f"streams[{i}]")
                     specs[stream] = (await self.require(stream)).spec
             batch = build_columns(columns, specs)
             batch.transport = transport
@@ -290,7 +295,7 @@ class Registry:
         for i, item in enumerate(items):
             stream = item.stream
             if stream is not None and stream not in specs:
-                check_stream_id(stream, field=f"{prefix}[{i}].stream")
+                check_internal_id(stream, field=f"{prefix}[{i}].stream")
                 specs[stream] = (await self.require(stream)).spec
         batch = build_batch(items, specs, default_stream=default_stream, prefix=prefix)
         await self._check_times(batch, prefix)

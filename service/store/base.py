@@ -38,8 +38,10 @@ __all__ = [
     "prefix_upper_bound",
 ]
 
-STREAM_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-"""The service's stream id alphabet; the store enforces it too, so ids are safe inside key names."""
+STREAM_ID_PATTERN = re.compile(r"(?:~[a-z0-9][a-z0-9_-]{0,31}/)?[A-Za-z0-9._:-]{1,128}")
+"""The service's stream id alphabet, optionally under a tenant's namespace (``~tenant/id``; the default
+tenant's ids have none, so stores written before tenants existed load unchanged); the store enforces it
+too, so ids are safe inside key names (neither ``~`` nor ``/`` ends or splits a Redis key)."""
 
 RECORD_KIND_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 """Record kinds name a key (Redis) or a column value; a fixed alphabet keeps both unambiguous."""

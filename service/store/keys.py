@@ -2,7 +2,8 @@
 
 Keeping names here means a prefix change, a migration or a ``redis-cli --scan`` by an operator needs
 one file, and no module can invent a key that collides with another's. Stream ids are used verbatim:
-the store only accepts ``[A-Za-z0-9._:-]{1,128}`` (`service.store.base.check_stream_id`), so an id can
+the store only accepts ``[A-Za-z0-9._:-]{1,128}``, optionally after ``~tenant/``
+(`service.store.base.check_stream_id`), so an id can
 never end a key early or forge another key's name.
 
 Layout under prefix ``P`` (default ``trackin``)::

@@ -18,8 +18,9 @@ from typing import Any
 import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from trackin.service.errors import InvalidStreamId, PayloadTooLarge, ServiceError, Unavailable
+from trackin.service.errors import InvalidStreamId, PayloadTooLarge, ServiceError, error_headers
 from trackin.service.ids import check_stream_id
+from trackin.service.security.namespace import principal_of
 from trackin.service.state import AppState
 from trackin.service.transport.routes.observations import observe_many_streams, observe_one
 
@@ -78,10 +79,11 @@ class FastObservations:
                 raise
             if raw is None:
                 return  # the client left
+            caller = principal_of(scope)
             if stream is None:
-                body = await observe_many_streams(state, raw, started)
+                body = await observe_many_streams(state, caller, raw, started)
             else:
-                body = await observe_one(state, stream, raw, started)
+                body = await observe_one(state, caller, stream, raw, started)
         except ServiceError as exc:
             await _answer(send, exc.status, msgspec.json.encode(exc.body()), _retry(exc))
             return
@@ -89,7 +91,7 @@ class FastObservations:
 
 
 def _retry(exc: ServiceError) -> list[tuple[bytes, bytes]]:
-    return [(b"retry-after", str(exc.retry_after).encode())] if isinstance(exc, Unavailable) else []
+    return [(k.lower().encode(), v.encode()) for k, v in error_headers(exc).items()]
 
 
 async def _body(receive: Receive, limit: int) -> bytes | None:

@@ -22,6 +22,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from trackin.service.domain.ingest import IngestBatch
 from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError
+from trackin.service.security.namespace import principal_of
 from trackin.service.state import AppState, WsState
 from trackin.service.transport.columnar import columns_of
 from trackin.service.transport.results import (
@@ -60,7 +61,8 @@ def _seq_of(data: bytes | str, binary: bool) -> Any:
 
 @router.websocket("/v1/ws")
 async def ingest(websocket: WebSocket, state: WsState) -> None:
-    await websocket.accept()
+    # A key offered as the subprotocol trackin.bearer.<key> (service/security/guard.py) is echoed back.
+    await websocket.accept(subprotocol=websocket.scope.get("trackin.subprotocol"))
     state.metrics.websocket_opened()
     handler = asyncio.current_task()
     if handler is not None:
@@ -106,6 +108,8 @@ async def _read_messages(
     closing: asyncio.Future[Any],
     limit: int,
 ) -> None:
+    caller = principal_of(websocket.scope)
+    namespace = caller.namespace
     while True:
         receiving = asyncio.ensure_future(websocket.receive())
         await asyncio.wait((receiving, closing), return_when=asyncio.FIRST_COMPLETED)
@@ -134,6 +138,9 @@ async def _read_messages(
             if columns is not None:
                 if len(columns.streams) > state.settings.max_request_observations:
                     raise PayloadTooLarge("too many observations in one message", field="streams")
+                columns.streams = namespace.streams(columns.streams, "streams") or []
+                if state.limiter is not None:
+                    await state.limiter.admit_observations(caller.tenant, len(columns.streams))
                 batch, outcome = await state.registry.enqueue_columns(columns, transport="ws")
                 columnar = True
             else:
@@ -142,6 +149,9 @@ async def _read_messages(
                     raise PayloadTooLarge("too many observations in one message", field="observations")
                 if not items:
                     raise InvalidInput("no observations", field="observations")
+                namespace.items(items, "observations")
+                if state.limiter is not None:
+                    await state.limiter.admit_observations(caller.tenant, len(items))
                 batch, outcome = await state.registry.enqueue(
                     items, default_stream=None, prefix="observations", transport="ws"
                 )
@@ -152,7 +162,7 @@ async def _read_messages(
             if seq is None:
                 seq = _seq_of(data, binary)
             state.metrics.observed("rejected", "ws")
-            outcome = exc.body()
+            outcome = namespace.public_error(exc).body()
         await pending.put((seq, binary, outcome, batch, started, columnar))
 
 
@@ -195,11 +205,12 @@ async def _write(websocket: WebSocket, state: AppState, pending: asyncio.Queue[P
                     )
                 else:
                     results = results_json(batch.stream_ids, batch.specs, outcomes, many=True)
-                    body = {"seq": seq, "results": results}
+                    namespace = principal_of(websocket.scope).namespace
+                    body = {"seq": seq, "results": namespace.public_results(results)}
                 state.metrics.websocket_message(ok=True)
                 state.metrics.ingested("ws", time.perf_counter() - started)
             except ServiceError as exc:
-                body = {"seq": seq, **exc.body()}
+                body = {"seq": seq, **principal_of(websocket.scope).namespace.public_error(exc).body()}
                 state.metrics.websocket_message(ok=False)
         if frame is None:
             frame = msgspec.msgpack.encode(body) if binary else msgspec.json.encode(body)

@@ -12,7 +12,8 @@ from fastapi.responses import Response
 from trackin.service.domain.columns import Columns
 from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError
 from trackin.service.ids import check_stream_id
-from trackin.service.state import AppState, State
+from trackin.service.security.namespace import Principal
+from trackin.service.state import AppState, Caller, State
 from trackin.service.transport.body import read_body
 from trackin.service.transport.columnar import columns_of
 from trackin.service.transport.results import columns_json, is_series, results_json, shape_width
@@ -89,9 +90,15 @@ def _is_list(raw: bytes) -> bool:
 
 
 async def _ingest(
-    state: AppState, items: list[ObservationIn], default_stream: str | None, started: float
+    state: AppState,
+    caller: Principal,
+    items: list[ObservationIn],
+    default_stream: str | None,
+    started: float,
 ) -> bytes:
+    """``default_stream``: the internal id of the URL's stream (None: each item names its own)."""
     limit = state.settings.max_request_observations
+    namespace = caller.namespace
     try:
         if len(items) > limit:
             raise PayloadTooLarge(
@@ -101,21 +108,28 @@ async def _ingest(
             )
         if not items:
             raise InvalidInput("no observations", field="observations", stream=default_stream)
+        namespace.items(items, "observations")
+        if state.limiter is not None:
+            await state.limiter.admit_observations(caller.tenant, len(items))
         batch, applied = await state.registry.enqueue(
             items, default_stream=default_stream, prefix="observations"
         )
-    except ServiceError:
+    except ServiceError as exc:
         state.metrics.observed("rejected", "rest", max(1, len(items)))
-        raise
+        raise namespace.public_error(exc) from None
     outcomes = await applied
-    body = {"results": results_json(batch.stream_ids, batch.specs, outcomes, many=default_stream is None)}
+    many = default_stream is None
+    results = results_json(batch.stream_ids, batch.specs, outcomes, many=many)
+    body = {"results": namespace.public_results(results) if many else results}
     state.metrics.ingested("rest", time.perf_counter() - started)
     return encode_json(body)
 
 
-async def observe_one(state: AppState, stream_id: str, raw: bytes, started: float) -> bytes:
+async def observe_one(
+    state: AppState, caller: Principal, stream_id: str, raw: bytes, started: float
+) -> bytes:
     """``POST /v1/streams/{stream_id}/observations``: the answer's body, or a ``ServiceError``."""
-    check_stream_id(stream_id)
+    internal = caller.namespace.inside(stream_id)
     try:
         # Decode as what the body starts with, so error paths read as build_batch's (observations[0].x).
         payload: ObservationIn | list[ObservationIn] = (
@@ -128,10 +142,10 @@ async def observe_one(state: AppState, stream_id: str, raw: bytes, started: floa
         state.metrics.observed("rejected", "rest")
         raise
     items = payload if isinstance(payload, list) else [payload]
-    return await _ingest(state, items, stream_id, started)
+    return await _ingest(state, caller, items, internal, started)
 
 
-async def observe_many_streams(state: AppState, raw: bytes, started: float) -> bytes:
+async def observe_many_streams(state: AppState, caller: Principal, raw: bytes, started: float) -> bytes:
     """``POST /v1/observations``: the answer's body, or a ``ServiceError``."""
     try:
         payload: ObservationsBody | list[ObservationIn] = (
@@ -144,23 +158,26 @@ async def observe_many_streams(state: AppState, raw: bytes, started: float) -> b
         state.metrics.observed("rejected", "rest")
         raise
     if columns is not None:
-        return await _ingest_columns(state, columns, started)
+        return await _ingest_columns(state, caller, columns, started)
     items = payload.observations if isinstance(payload, ObservationsBody) else payload
     assert items is not None
-    return await _ingest(state, items, None, started)
+    return await _ingest(state, caller, items, None, started)
 
 
-async def _ingest_columns(state: AppState, columns: Columns, started: float) -> bytes:
+async def _ingest_columns(state: AppState, caller: Principal, columns: Columns, started: float) -> bytes:
     n, limit = len(columns.streams), state.settings.max_request_observations
     try:
         if n > limit:
             raise PayloadTooLarge(
                 f"{n} observations exceed the limit of {limit} per request", field="streams"
             )
+        columns.streams = caller.namespace.streams(columns.streams, "streams") or []
+        if state.limiter is not None:
+            await state.limiter.admit_observations(caller.tenant, n)
         batch, applied = await state.registry.enqueue_columns(columns)
-    except ServiceError:
+    except ServiceError as exc:
         state.metrics.observed("rejected", "rest", n)
-        raise
+        raise caller.namespace.public_error(exc) from None
     outcomes = await applied
     spec = batch.specs[columns.streams[0]]
     body = columns_json(outcomes, shape_width(spec), is_series(spec))
@@ -177,7 +194,7 @@ async def _ingest_columns(state: AppState, columns: Columns, started: float) -> 
     summary="Observe one stream: predict, score, then learn (one step per observation)",
     openapi_extra=_ONE_STREAM_DOC,
 )
-async def observe_stream(stream_id: str, request: Request, state: State) -> Response:
+async def observe_stream(stream_id: str, request: Request, state: State, caller: Caller) -> Response:
     started = time.perf_counter()
     check_stream_id(stream_id)
     try:
@@ -186,7 +203,8 @@ async def observe_stream(stream_id: str, request: Request, state: State) -> Resp
         exc.stream = exc.stream or stream_id
         state.metrics.observed("rejected", "rest")
         raise
-    return Response(await observe_one(state, stream_id, raw, started), media_type="application/json")
+    body = await observe_one(state, caller, stream_id, raw, started)
+    return Response(body, media_type="application/json")
 
 
 @router.post(
@@ -194,7 +212,8 @@ async def observe_stream(stream_id: str, request: Request, state: State) -> Resp
     summary="Observe many streams at once; validated as a whole before applying",
     openapi_extra=_MANY_STREAMS_DOC,
 )
-async def observe_many(request: Request, state: State) -> Response:
+async def observe_many(request: Request, state: State, caller: Caller) -> Response:
     started = time.perf_counter()
     raw = await read_body(request, state.settings.max_body_bytes)
-    return Response(await observe_many_streams(state, raw, started), media_type="application/json")
+    body = await observe_many_streams(state, caller, raw, started)
+    return Response(body, media_type="application/json")

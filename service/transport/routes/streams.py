@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -11,9 +12,10 @@ from fastapi.responses import JSONResponse
 
 from trackin.models.specs import StreamSpec
 from trackin.service.domain.catalog import Template
-from trackin.service.errors import ServiceError
-from trackin.service.ids import MAX_ID_LENGTH, check_stream_id
-from trackin.service.state import State
+from trackin.service.errors import InvalidInput, ServiceError
+from trackin.service.ids import MAX_ID_LENGTH
+from trackin.service.security.namespace import Namespace
+from trackin.service.state import Caller, State
 from trackin.service.transport.body import read_body
 from trackin.service.transport.results import result_json, shape_prediction
 from trackin.service.transport.schemas import STREAM_EXAMPLES, TemplateIn
@@ -32,48 +34,76 @@ def _naming(stream_id: str) -> Iterator[None]:
         raise
 
 
+def _described(body: dict[str, Any], namespace: Namespace) -> dict[str, Any]:
+    """A stream's description with the client's ids (its own and its template's)."""
+    body["stream"] = namespace.outside(body["stream"])
+    if body.get("template"):
+        body["template"] = namespace.outside(body["template"])
+    return body
+
+
+def _page_ids(value: str, field: str) -> str:
+    """A listing's prefix or cursor: client ids only (never another namespace's ``~``)."""
+    if value and not _ID_CHARS.fullmatch(value):
+        raise InvalidInput(f"{field}: only the characters of stream ids (A-Z a-z 0-9 . _ : -)", field=field)
+    return value
+
+
+_ID_CHARS = re.compile(r"[A-Za-z0-9._:-]*")
+
+
 @router.put("/streams/{stream_id}", summary="Create (or replace) a stream from a spec")
 async def put_stream(
     stream_id: str,
     spec: Annotated[StreamSpec, Body(openapi_examples=STREAM_EXAMPLES)],
     state: State,
+    caller: Caller,
     replace: bool = False,
 ) -> JSONResponse:
-    outcome = await state.registry.put_stream(stream_id, spec, replace=replace)
-    body = await state.registry.describe(stream_id)
+    internal = caller.namespace.inside(stream_id)
+    outcome = await state.registry.put_stream(internal, spec, replace=replace)
+    body = _described(await state.registry.describe(internal), caller.namespace)
     return JSONResponse({"outcome": outcome, **body}, status_code=201 if outcome == "created" else 200)
 
 
 @router.get("/streams/{stream_id}", summary="A stream's spec and figures")
-async def get_stream(stream_id: str, state: State) -> dict[str, Any]:
-    check_stream_id(stream_id)
-    return await state.registry.describe(stream_id)
+async def get_stream(stream_id: str, state: State, caller: Caller) -> dict[str, Any]:
+    internal = caller.namespace.inside(stream_id)
+    return _described(await state.registry.describe(internal), caller.namespace)
 
 
 @router.delete("/streams/{stream_id}", status_code=204, summary="Remove a stream and its stored state")
-async def delete_stream(stream_id: str, state: State) -> Response:
-    await state.registry.delete_stream(stream_id)
+async def delete_stream(stream_id: str, state: State, caller: Caller) -> Response:
+    await state.registry.delete_stream(caller.namespace.inside(stream_id))
     return Response(status_code=204)
 
 
 @router.get("/streams", summary="List stream ids by prefix, paginated")
 async def list_streams(
     state: State,
+    caller: Caller,
     prefix: Annotated[str, Query(max_length=MAX_ID_LENGTH)] = "",
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     cursor: Annotated[str | None, Query(max_length=MAX_ID_LENGTH)] = None,
 ) -> dict[str, Any]:
-    ids, next_cursor = await state.registry.list_streams(prefix, limit, cursor)
-    return {"streams": ids, "next_cursor": next_cursor}
+    namespace = caller.namespace
+    start = namespace.prefix + _page_ids(cursor, "cursor") if cursor else None
+    ids, next_cursor = await state.registry.list_streams(
+        namespace.prefix + _page_ids(prefix, "prefix"), limit, start
+    )
+    # The default namespace's ids sort before every other ("~"): a page reaching them is its last.
+    own = [namespace.outside(s) for s in ids if namespace.owns(s)]
+    more = next_cursor is not None and len(own) == len(ids)
+    return {"streams": own, "next_cursor": own[-1] if more and own else None}
 
 
 @router.post("/streams/{stream_id}/predict", summary="Predict without learning")
-async def predict(stream_id: str, request: Request, state: State) -> dict[str, Any]:
-    check_stream_id(stream_id)
+async def predict(stream_id: str, request: Request, state: State, caller: Caller) -> dict[str, Any]:
+    internal = caller.namespace.inside(stream_id)
     with _naming(stream_id):
         raw = await read_body(request, state.settings.max_body_bytes)
         body: PredictIn = decode_json(raw or b"{}", PredictIn)
-        spec, values = await state.registry.predict(stream_id, body.x, body.request_id)
+        spec, values = await state.registry.predict(internal, body.x, body.request_id)
     out: dict[str, Any] = {"stream": stream_id, "prediction": shape_prediction(spec, values)}
     if body.request_id is not None:
         out["request_id"] = body.request_id
@@ -81,13 +111,13 @@ async def predict(stream_id: str, request: Request, state: State) -> dict[str, A
 
 
 @router.post("/streams/{stream_id}/labels", summary="Apply the step for an earlier prediction's inputs")
-async def label(stream_id: str, request: Request, state: State) -> dict[str, Any]:
-    check_stream_id(stream_id)
+async def label(stream_id: str, request: Request, state: State, caller: Caller) -> dict[str, Any]:
+    internal = caller.namespace.inside(stream_id)
     with _naming(stream_id):
         raw = await read_body(request, state.settings.max_body_bytes)
         body: LabelIn = decode_json(raw, LabelIn)
         try:
-            spec, result = await state.registry.label(stream_id, body.request_id, body.y)
+            spec, result = await state.registry.label(internal, body.request_id, body.y)
         except ServiceError as exc:
             # The label is checked as an observation (label[0].y); name the field as the client sent it.
             exc.field = exc.field.removeprefix("label[0].") if exc.field else exc.field
@@ -96,10 +126,15 @@ async def label(stream_id: str, request: Request, state: State) -> dict[str, Any
 
 
 @router.put("/templates/{name}", summary="Create or replace a template for streams created on the fly")
-async def put_template(name: str, template: TemplateIn, state: State) -> JSONResponse:
-    check_stream_id(name, field="name")
+async def put_template(name: str, template: TemplateIn, state: State, caller: Caller) -> JSONResponse:
+    namespace = caller.namespace
     outcome = await state.registry.put_template(
-        Template(name=name, prefix=template.prefix, spec=template.spec, idle_seconds=template.idle_seconds)
+        Template(
+            name=namespace.inside(name, field="name"),
+            prefix=namespace.prefix + template.prefix,
+            spec=template.spec,
+            idle_seconds=template.idle_seconds,
+        )
     )
     return JSONResponse(
         {"outcome": outcome, "name": name, **template.model_dump(mode="json")},
@@ -108,21 +143,23 @@ async def put_template(name: str, template: TemplateIn, state: State) -> JSONRes
 
 
 @router.get("/templates", summary="All templates")
-async def list_templates(state: State) -> dict[str, Any]:
+async def list_templates(state: State, caller: Caller) -> dict[str, Any]:
+    namespace = caller.namespace
     return {
         "templates": [
             {
-                "name": t.name,
-                "prefix": t.prefix,
+                "name": namespace.outside(t.name),
+                "prefix": namespace.outside(t.prefix),
                 "idle_seconds": t.idle_seconds,
                 "spec": t.spec.model_dump(mode="json"),
             }
             for t in state.registry.templates()
+            if namespace.owns(t.name)
         ]
     }
 
 
 @router.delete("/templates/{name}", status_code=204, summary="Remove a template (its streams stay)")
-async def delete_template(name: str, state: State) -> Response:
-    await state.registry.delete_template(name)
+async def delete_template(name: str, state: State, caller: Caller) -> Response:
+    await state.registry.delete_template(caller.namespace.inside(name, field="name"))
     return Response(status_code=204)

@@ -1,0 +1,56 @@
+"""Rates, with the ``limits`` library: requests per API key, observations per tenant.
+
+Counters live in Redis when the service has one (``redis_url``), so every replica draws on the same
+budget; in the process otherwise. A sliding-window counter approximates a token bucket in O(1) per hit
+(one Redis round trip): a client may burst up to the rate, then gets 429 with ``Retry-After`` until the
+window has room. Both limits are off unless configured, and cost nothing then.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+from trackin.service.errors import RateLimited
+
+__all__ = ["Limiter"]
+
+
+class Limiter:
+    def __init__(self, per_key: str | None, per_tenant: str | None, redis_url: str | None = None) -> None:
+        """``per_key``: requests of one key (``limits`` notation, e.g. ``"200/second"``); ``per_tenant``:
+        observations of one tenant (e.g. ``"10000/second"``); None: no limit."""
+        storage: Storage = (
+            RedisStorage(f"async+{redis_url}", implementation="redispy", key_prefix="trackin:limits")
+            if redis_url
+            else MemoryStorage()
+        )
+        self._limiter = SlidingWindowCounterRateLimiter(storage)
+        self._per_key: RateLimitItem | None = parse(per_key) if per_key else None
+        self._per_tenant: RateLimitItem | None = parse(per_tenant) if per_tenant else None
+
+    @property
+    def active(self) -> bool:
+        return self._per_key is not None or self._per_tenant is not None
+
+    async def admit_key(self, key_id: str) -> None:
+        """One request of ``key_id``; `RateLimited` if its rate is used up."""
+        if self._per_key is not None:
+            await self._hit(self._per_key, f"key:{key_id}", 1, "this API key's request rate")
+
+    async def admit_observations(self, tenant: str, count: int) -> None:
+        """``count`` observations of ``tenant``; `RateLimited` (nothing applied) if they do not fit."""
+        if self._per_tenant is not None and count:
+            what = f"tenant {tenant!r}'s observation rate"
+            await self._hit(self._per_tenant, f"tenant:{tenant}", count, what)
+
+    async def _hit(self, item: RateLimitItem, who: str, cost: int, what: str) -> None:
+        if await self._limiter.hit(item, who, cost=cost):
+            return
+        stats = await self._limiter.get_window_stats(item, who)
+        wait = max(1, math.ceil(stats.reset_time - time.time()))
+        raise RateLimited(f"{what} ({item}) is used up; retry in {wait} s", retry_after=wait)
