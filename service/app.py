@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import ipaddress
 import logging
@@ -17,7 +18,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -55,6 +56,7 @@ from trackin.service.snapshot import fleet_snapshot
 from trackin.service.state import AppState
 from trackin.service.transport.body import BodyLimit
 from trackin.service.transport.fastpath import FastObservations
+from trackin.service.transport.metrics_port import serve_metrics
 from trackin.service.transport.routes import health, observations, streams
 from trackin.service.transport.ws import router as ws_router
 
@@ -266,6 +268,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if durability is not None:
             await durability.start()
         sweeper = asyncio.create_task(_sweep_templates(registry, settings.template_sweep_seconds))
+        scrape = None
+        if settings.metrics_port is not None:
+            render = functools.partial(generate_latest, state.metrics.registry)
+            scrape = await serve_metrics(settings.host, settings.metrics_port, render, CONTENT_TYPE_LATEST)
         # Long-lived objects made at start-up (engine, modules) need no cycle scans: keeps GC pauses short.
         gc.freeze()
         readiness = asyncio.create_task(_ready_when(warmed, state))
@@ -280,6 +286,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            if scrape is not None:
+                scrape.close()
             await scheduler.drain()
             if durability is not None:
                 await durability.stop()

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
 
     # Metrics.
     metrics_max_stream_series: int = Field(default=100, ge=0)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """Also serve ``/metrics`` on this port, without API keys, for scrapers that cannot send one (keep the
+    port private: service/transport/metrics_port.py). The main port's ``/metrics`` needs an admin key."""
 
     # Security (README, "Security model"; service/security/).
     insecure: bool = False

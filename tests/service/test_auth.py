@@ -22,6 +22,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.service import LINEAR, check_error_body
 from tests.service.conftest import SHARED_ENV
+from tests.support.ports import free_port
 from tests.support.server import TrackinServer
 from trackin.cli import main
 
@@ -53,6 +54,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TrackinS
         "TRACKIN_BOOTSTRAP_ADMIN_KEY": ADMIN,
         "TRACKIN_KEY_REFRESH_SECONDS": "0.2",
         "TRACKIN_ALLOWED_ORIGINS": f'["{ORIGIN}"]',
+        "TRACKIN_METRICS_PORT": str(free_port()),
     }
     with TrackinServer(data_dir, env=env, store="sqlite") as server:
         yield server, made
@@ -250,3 +252,16 @@ async def test_websocket_messages_stay_in_the_namespace(secured: tuple[TrackinSe
             assert answer["error"]["code"] == code, answer
     with client(server, made.beta) as beta:
         assert beta.get("/v1/streams/b-ws").json()["figures"]["steps"] == steps
+
+
+def test_metrics_need_the_operators_admin_key_or_the_private_port(
+    secured: tuple[TrackinServer, Keys],
+) -> None:
+    server, _ = secured
+    with httpx.Client(timeout=30) as http:
+        assert http.get(f"{server.url}/metrics").status_code == 401
+        private = f"http://127.0.0.1:{server.env['TRACKIN_METRICS_PORT']}"
+        scraped = http.get(f"{private}/metrics")
+        assert scraped.status_code == 200
+        assert "trackin_http_requests_total" in scraped.text
+        assert http.get(f"{private}/v1/streams").status_code == 404
