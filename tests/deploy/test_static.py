@@ -198,7 +198,9 @@ def test_prometheus_scrapes_trackin_as_compose_names_it() -> None:
     config = load_yaml("deploy/prometheus/prometheus.yml")
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     targets = [t for sc in jobs["trackin"]["static_configs"] for t in sc["targets"]]
-    assert targets == ["trackin:8000"]
+    assert targets == ["trackin:9100"]  # the private metrics port: /metrics on 8000 needs an API key
+    environment = load_yaml("docker-compose.yml")["services"]["trackin"]["environment"]
+    assert environment["TRACKIN_METRICS_PORT"] == "9100"
     assert config["rule_files"] == ["alerts.yml"]
     ports = load_yaml("docker-compose.yml")["services"]["trackin"]["ports"]
     assert any(str(p).endswith(":8000") for p in ports)
@@ -262,4 +264,20 @@ def test_kubernetes_objects_fit_together() -> None:
     assert container["envFrom"][0]["configMapRef"]["name"] == config["metadata"]["name"]
     assert "TRACKIN_REDIS_URL" in config["data"]
     assert template["spec"]["securityContext"]["runAsNonRoot"] is True
-    assert template["metadata"]["annotations"]["prometheus.io/port"] == str(ports["http"])
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == str(ports["metrics"])
+    assert config["data"]["TRACKIN_METRICS_PORT"] == str(ports["metrics"])
+    assert all(p["targetPort"] != "metrics" for p in service["spec"]["ports"]), "metrics stay private"
+    # The bootstrap admin key is read from the mounted Secret.
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+    key_file = config["data"]["TRACKIN_BOOTSTRAP_ADMIN_KEY_FILE"]
+    (secret_volume,) = [n for n, v in volumes.items() if "secret" in v]
+    assert key_file.startswith(mounts[secret_volume] + "/")
+
+
+def test_compose_bootstraps_an_admin_key_from_a_secret() -> None:
+    compose = load_yaml("docker-compose.yml")
+    trackin = compose["services"]["trackin"]
+    (secret,) = trackin["secrets"]
+    assert secret in compose["secrets"]
+    assert trackin["environment"]["TRACKIN_BOOTSTRAP_ADMIN_KEY_FILE"] == f"/run/secrets/{secret}"
