@@ -53,11 +53,14 @@ def write_requests(requests: list[tuple[str, str, bytes]]) -> Path:
     return folder
 
 
-def run_wrk(url: str, folder: Path, count: int, *, connections: int, seconds: float) -> WrkResult:
-    """``wrk -t1 -c<connections>`` for ``seconds`` over the requests in ``folder``."""
+def run_wrk(
+    url: str, folder: Path, count: int, *, connections: int, seconds: float, key: str | None = None
+) -> WrkResult:
+    """``wrk -t1 -c<connections>`` for ``seconds`` over the requests in ``folder`` (``key``: sent as
+    ``Authorization: Bearer``)."""
     command = [
         ensure_wrk(), "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-        "-s", str(SCRIPT), url, "--", str(folder), str(count),
+        "-s", str(SCRIPT), url, "--", str(folder), str(count), *([key] if key else []),
     ]  # fmt: skip
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     line = next((x for x in out.splitlines() if x.startswith("WRK_RESULT")), None)

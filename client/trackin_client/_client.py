@@ -119,6 +119,10 @@ def _list_page(prefix: str, limit: int, cursor: str | None) -> _Call:
     return _Call("GET", "/v1/streams", params=params)
 
 
+def _bearer(api_key: str | None) -> dict[str, str] | None:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else None
+
+
 def _ws_url(base_url: httpx.URL) -> str:
     scheme = "wss" if base_url.scheme == "https" else "ws"
     return str(base_url.copy_with(scheme=scheme, path=base_url.path.rstrip("/") + "/v1/ws"))
@@ -134,10 +138,17 @@ class TrackinClient:
     """
 
     def __init__(
-        self, url: str = DEFAULT_URL, *, timeout: float = 30.0, http: httpx.Client | None = None
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        timeout: float = 30.0,
+        http: httpx.Client | None = None,
+        api_key: str | None = None,
     ) -> None:
-        self.http = http or httpx.Client(base_url=url, timeout=timeout)
+        """``api_key``: sent as ``Authorization: Bearer`` on every request and WebSocket handshake."""
+        self.http = http or httpx.Client(base_url=url, timeout=timeout, headers=_bearer(api_key))
         self._owns_http = http is None
+        self._api_key = api_key
 
     def _send(self, call: _Call) -> Any:
         response = self.http.request(
@@ -209,7 +220,8 @@ class TrackinClient:
         """A WebSocket session (connects on ``with``): pipelined messages, answers in order."""
         from trackin_client._ws import WsSession
 
-        return WsSession(_ws_url(self.http.base_url), max_in_flight=max_in_flight, binary=binary)
+        url = _ws_url(self.http.base_url)
+        return WsSession(url, max_in_flight=max_in_flight, binary=binary, api_key=self._api_key)
 
     def close(self) -> None:
         if self._owns_http:
@@ -226,10 +238,16 @@ class AsyncTrackinClient:
     """:class:`TrackinClient` for asyncio, over one ``httpx.AsyncClient``; every method is awaited."""
 
     def __init__(
-        self, url: str = DEFAULT_URL, *, timeout: float = 30.0, http: httpx.AsyncClient | None = None
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        timeout: float = 30.0,
+        http: httpx.AsyncClient | None = None,
+        api_key: str | None = None,
     ) -> None:
-        self.http = http or httpx.AsyncClient(base_url=url, timeout=timeout)
+        self.http = http or httpx.AsyncClient(base_url=url, timeout=timeout, headers=_bearer(api_key))
         self._owns_http = http is None
+        self._api_key = api_key
 
     async def _send(self, call: _Call) -> Any:
         response = await self.http.request(
@@ -295,7 +313,8 @@ class AsyncTrackinClient:
     def ws(self, *, max_in_flight: int = 8, binary: bool = True) -> AsyncWsSession:
         from trackin_client._ws import AsyncWsSession
 
-        return AsyncWsSession(_ws_url(self.http.base_url), max_in_flight=max_in_flight, binary=binary)
+        url = _ws_url(self.http.base_url)
+        return AsyncWsSession(url, max_in_flight=max_in_flight, binary=binary, api_key=self._api_key)
 
     async def aclose(self) -> None:
         if self._owns_http:

@@ -66,9 +66,12 @@ def _check_bound(max_in_flight: int) -> None:
 class WsSession:
     """Blocking session: :meth:`stream` sends ahead up to ``max_in_flight`` messages, yields in order."""
 
-    def __init__(self, url: str, *, max_in_flight: int = 8, binary: bool = True) -> None:
+    def __init__(
+        self, url: str, *, max_in_flight: int = 8, binary: bool = True, api_key: str | None = None
+    ) -> None:
         _check_bound(max_in_flight)
         self.url = url
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         self.max_in_flight = max_in_flight
         self.binary = binary
         self._seq = itertools.count()
@@ -76,7 +79,9 @@ class WsSession:
         self._exit = contextlib.ExitStack()
 
     def __enter__(self) -> Self:
-        connection = sync_connect(self.url, compression=None, max_size=MAX_MESSAGE_BYTES)
+        connection = sync_connect(
+            self.url, compression=None, max_size=MAX_MESSAGE_BYTES, additional_headers=self._headers
+        )
         self._ws = self._exit.enter_context(connection)
         return self
 
@@ -117,9 +122,12 @@ class WsSession:
 class AsyncWsSession:
     """Asyncio session: concurrent :meth:`send` calls and :meth:`stream` share one pipelined connection."""
 
-    def __init__(self, url: str, *, max_in_flight: int = 8, binary: bool = True) -> None:
+    def __init__(
+        self, url: str, *, max_in_flight: int = 8, binary: bool = True, api_key: str | None = None
+    ) -> None:
         _check_bound(max_in_flight)
         self.url = url
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         self.max_in_flight = max_in_flight
         self.binary = binary
         self._seq = itertools.count()
@@ -130,7 +138,9 @@ class AsyncWsSession:
         self._failure: TrackinError | None = None
 
     async def __aenter__(self) -> Self:
-        self._ws = await async_connect(self.url, compression=None, max_size=MAX_MESSAGE_BYTES)
+        self._ws = await async_connect(
+            self.url, compression=None, max_size=MAX_MESSAGE_BYTES, additional_headers=self._headers
+        )
         self._reader = asyncio.create_task(self._read(self._ws))
         return self
 

@@ -25,6 +25,7 @@ from tests.service.conftest import SHARED_ENV
 from tests.support.ports import free_port
 from tests.support.server import TrackinServer
 from trackin.cli import main
+from trackin_client import TrackinClient, TrackinError
 
 ADMIN = "admin-secret-" + "0" * 32
 ORIGIN = "https://ok.example"
@@ -265,3 +266,18 @@ def test_metrics_need_the_operators_admin_key_or_the_private_port(
         assert scraped.status_code == 200
         assert "trackin_http_requests_total" in scraped.text
         assert http.get(f"{private}/v1/streams").status_code == 404
+
+
+def test_the_client_sends_its_api_key(secured: tuple[TrackinServer, Keys]) -> None:
+    server, made = secured
+    with TrackinClient(server.url, api_key=made.alpha) as tenant:
+        tenant.create_stream("via-client", LINEAR)
+        assert tenant.observe("via-client", {"x": [0.1, 0.2, 0.3], "y": 1.0})[0]["step"] == 1
+        assert "via-client" in list(tenant.list_streams())
+        with tenant.ws() as ws:
+            (result,) = ws.send([{"stream": "via-client", "x": [0.1, 0.2, 0.3], "y": 1.0}])
+            assert result["step"] == 2
+        tenant.delete_stream("via-client")
+    with TrackinClient(server.url) as anonymous, pytest.raises(TrackinError) as refused:
+        anonymous.get_stream("via-client")
+    assert refused.value.status == 401
