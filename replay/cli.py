@@ -239,7 +239,11 @@ def add_parser(commands: Any) -> None:
     )
     p.add_argument("file", type=Path)
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--url", default=os.environ.get("TRACKIN_URL", DEFAULT_URL), help="running service")
+    where.add_argument(
+        "--url",
+        default=os.environ.get("TRACKIN_URL", DEFAULT_URL),
+        help="running service (its API key from TRACKIN_API_KEY)",
+    )
     where.add_argument("--in-process", action="store_true", help="step an engine here, no server")
     p.add_argument("--format", choices=["auto", *FORMATS], default="auto")
     p.add_argument("--limit", type=int, help="at most N observations (whole frames for mot)")

@@ -1,11 +1,14 @@
 """``trackin replay --url``: a running service over REST or WebSocket, through trackin-client.
 
-The client is the ``replay`` extra's dependency, so this module is imported only when a URL is given.
+The client is the ``replay`` extra's dependency, so this module is imported only when a URL is given. A
+service with API keys takes the key from ``TRACKIN_API_KEY`` (scopes ``admin``, ``ingest`` and ``read``:
+the replay creates, feeds and lists its streams).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Iterator
 
 from trackin.replay.sinks import StreamPlan
@@ -20,7 +23,7 @@ class RestSink:
     label = "rest"
 
     def __init__(self, url: str) -> None:
-        self.client = TrackinClient(url, timeout=300.0)
+        self.client = TrackinClient(url, timeout=300.0, api_key=os.environ.get("TRACKIN_API_KEY") or None)
 
     def prepare(self, plan: StreamPlan) -> None:
         """Fresh state: the streams (or those under the template's prefix) are deleted, then created."""

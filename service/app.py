@@ -220,7 +220,12 @@ def build(settings: Settings) -> AppState:
             settings.metrics_max_stream_series,
         )
     )
-    keyring = Keyring(configured_store(settings), settings.key_refresh_seconds, settings.bootstrap_key())
+    keyring = Keyring(
+        configured_store(settings),
+        settings.key_refresh_seconds,
+        settings.bootstrap_key(),
+        required=not (_loopback(settings.host) or settings.insecure),
+    )
     limiter = None
     if settings.rate_limit_per_key or settings.tenant_observations_rate:
         redis_url = settings.redis_url if settings.store in ("auto", "redis") else None
@@ -237,7 +242,7 @@ def _loopback(host: str) -> bool:
 
 def _refuse_open(settings: Settings, keyring: Keyring) -> None:
     """Serving with no keys is for one machine only: another address needs keys or ``--insecure``."""
-    if keyring.loaded and not keyring.enforcing and not _loopback(settings.host) and not settings.insecure:
+    if keyring.empty and not _loopback(settings.host) and not settings.insecure:
         raise RuntimeError(
             f"refusing to serve {settings.host} without API keys: create one (trackin keys create), set"
             " TRACKIN_BOOTSTRAP_ADMIN_KEY, bind 127.0.0.1, or pass --insecure (TRACKIN_INSECURE=1)"

@@ -5,8 +5,9 @@ tokens are cached until the next refresh. A refresh replaces the table and empti
 revoked in the store (``trackin keys revoke``, by any process) stops working on every replica within one
 refresh interval (1 s by default), and a key created elsewhere starts working within one as well.
 
-Whether keys are enforced: when any key is known, or while the store has not been read yet (a store
-that is down at start must not open the service); never for a store-less service without a bootstrap key.
+Whether keys are enforced: when any key is known, while the store has not been read yet (a store that is
+down at start must not open the service), and always when ``required`` (a service on an address other
+than loopback: revoking its last key must lock it, not open it).
 """
 
 from __future__ import annotations
@@ -26,8 +27,16 @@ _MAX_CACHED = 10_000
 
 
 class Keyring:
-    def __init__(self, store: Store | None, refresh_seconds: float, bootstrap: str | None = None) -> None:
+    def __init__(
+        self,
+        store: Store | None,
+        refresh_seconds: float,
+        bootstrap: str | None = None,
+        *,
+        required: bool = False,
+    ) -> None:
         self._store = store
+        self._required = required
         self._every = refresh_seconds
         self._bootstrap = bootstrap_key(bootstrap) if bootstrap else None
         self._keys: dict[str, ApiKey] = {}
@@ -40,7 +49,12 @@ class Keyring:
 
     @property
     def enforcing(self) -> bool:
-        return bool(self._keys) or not self._loaded
+        return bool(self._keys) or not self._loaded or self._required
+
+    @property
+    def empty(self) -> bool:
+        """Read, and no key in it."""
+        return self._loaded and not self._keys
 
     @property
     def loaded(self) -> bool:

@@ -149,3 +149,7 @@ async def test_keyring_verifies_caches_and_forgets_revoked_keys(tmp_path: Path) 
 async def test_a_store_less_keyring_is_open_without_a_bootstrap_key() -> None:
     assert not Keyring(None, 1.0).enforcing
     assert Keyring(None, 1.0, bootstrap="c" * 32).enforcing
+    # Off loopback, keys are required: no key (the last one revoked) locks the service, never opens it.
+    required = Keyring(None, 1.0, required=True)
+    assert required.enforcing
+    assert required.lookup("anything") is None
