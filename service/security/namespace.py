@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trackin.service.errors import InvalidStreamId, ServiceError
+from trackin.service.errors import ServiceError
 from trackin.service.ids import check_stream_id
+from trackin.service.transport.wire import ObservationIn
 
 __all__ = ["ALL_SCOPES", "OPEN", "PRINCIPAL", "Namespace", "Principal", "principal_of"]
 
@@ -38,28 +39,27 @@ class Namespace:
     def owns(self, internal_id: str) -> bool:
         return internal_id.startswith(self.prefix) if self.prefix else internal_id[:1] != "~"
 
-    def streams(self, ids: list[str] | None, field: str) -> list[str] | None:
-        """A body's stream ids qualified; ``~`` is refused for every tenant, the default one included (it
-        would name another namespace). One pass over the ids, as the registry's own checks make."""
-        if ids is None:
-            return None
+    def streams(self, ids: list[str], field: str) -> list[str]:
+        """A columnar body's stream ids, qualified. ``~`` is refused for every tenant, the default one
+        included (it would name another namespace): one pass over the ids, beside the registry's checks."""
         if not self.prefix:
             for i, s in enumerate(ids):
-                if isinstance(s, str) and s[:1] == "~":
-                    check_stream_id(s, f"{field}[{i}]")
+                if s[:1] == "~":
+                    check_stream_id(s, f"{field}[{i}]")  # raises
             return ids
         return [self.prefix + check_stream_id(s, f"{field}[{i}]") for i, s in enumerate(ids)]
 
-    def items(self, items: Sequence[object], field: str) -> None:
+    def items(self, items: Sequence[ObservationIn], field: str) -> None:
         """Qualify the ``stream`` of each observation in place (``field``: ``observations``)."""
+        prefix = self.prefix
         for i, item in enumerate(items):
-            stream = getattr(item, "stream", None)
+            stream = item.stream
             if stream is None:
                 continue
-            if self.prefix:
-                item.stream = self.prefix + check_stream_id(stream, f"{field}[{i}].stream")  # type: ignore[attr-defined]
+            if prefix:
+                item.stream = prefix + check_stream_id(stream, f"{field}[{i}].stream")
             elif stream[:1] == "~":
-                raise InvalidStreamId(f"invalid stream id {stream[:40]!r}", field=f"{field}[{i}].stream")
+                check_stream_id(stream, f"{field}[{i}].stream")  # raises
 
     def public_results(self, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Row-form answers naming their streams (``{"stream": ...}``) as the client named them."""

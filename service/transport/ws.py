@@ -138,7 +138,7 @@ async def _read_messages(
             if columns is not None:
                 if len(columns.streams) > state.settings.max_request_observations:
                     raise PayloadTooLarge("too many observations in one message", field="streams")
-                columns.streams = namespace.streams(columns.streams, "streams") or []
+                columns.streams = namespace.streams(columns.streams, "streams")
                 if state.limiter is not None:
                     await state.limiter.admit_observations(caller.tenant, len(columns.streams))
                 batch, outcome = await state.registry.enqueue_columns(columns, transport="ws")

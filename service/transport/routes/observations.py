@@ -171,7 +171,7 @@ async def _ingest_columns(state: AppState, caller: Principal, columns: Columns, 
             raise PayloadTooLarge(
                 f"{n} observations exceed the limit of {limit} per request", field="streams"
             )
-        columns.streams = caller.namespace.streams(columns.streams, "streams") or []
+        columns.streams = caller.namespace.streams(columns.streams, "streams")
         if state.limiter is not None:
             await state.limiter.admit_observations(caller.tenant, n)
         batch, applied = await state.registry.enqueue_columns(columns)
