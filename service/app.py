@@ -229,7 +229,12 @@ def build(settings: Settings) -> AppState:
     limiter = None
     if settings.rate_limit_per_key or settings.tenant_observations_rate:
         redis_url = settings.redis_url if settings.store in ("auto", "redis") else None
-        limiter = Limiter(settings.rate_limit_per_key, settings.tenant_observations_rate, redis_url)
+        limiter = Limiter(
+            settings.rate_limit_per_key,
+            settings.tenant_observations_rate,
+            redis_url,
+            timeout=settings.store_timeout_seconds,
+        )
     return AppState(settings, engine, scheduler, registry, metrics, durability, keyring, limiter)
 
 

@@ -3,32 +3,48 @@
 Counters live in Redis when the service has one (``redis_url``), so every replica draws on the same
 budget; in the process otherwise. A sliding-window counter approximates a token bucket in O(1) per hit
 (one Redis round trip): a client may burst up to the rate, then gets 429 with ``Retry-After`` until the
-window has room. Both limits are off unless configured, and cost nothing then.
+window has room. Both limits are off unless configured, and cost nothing then. When Redis cannot be
+reached, requests are admitted (and a warning logged): a rate limit must not take the service down with it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.errors import StorageError
 
 from trackin.service.errors import RateLimited
 
 __all__ = ["Limiter"]
 
+log = logging.getLogger("trackin.limits")
+_WARN_EVERY = 10.0
+
 
 class Limiter:
-    def __init__(self, per_key: str | None, per_tenant: str | None, redis_url: str | None = None) -> None:
+    def __init__(
+        self,
+        per_key: str | None,
+        per_tenant: str | None,
+        redis_url: str | None = None,
+        timeout: float = 2.0,
+    ) -> None:
         """``per_key``: requests of one key (``limits`` notation, e.g. ``"200/second"``); ``per_tenant``:
-        observations of one tenant (e.g. ``"10000/second"``); None: no limit."""
-        storage: Storage = (
-            RedisStorage(f"async+{redis_url}", implementation="redispy", key_prefix="trackin:limits")
-            if redis_url
-            else MemoryStorage()
-        )
+        observations of one tenant (e.g. ``"10000/second"``); None: no limit. ``timeout``: of Redis calls."""
+        storage: Storage = MemoryStorage()
+        if redis_url:
+            unix = redis_url.startswith("unix://")
+            url = "async+redis+" + redis_url if unix else "async+" + redis_url
+            storage = RedisStorage(
+                url, implementation="redispy", key_prefix="trackin:limits", wrap_exceptions=True,
+                socket_timeout=timeout, socket_connect_timeout=timeout,
+            )  # fmt: skip
+        self._warned = 0.0
         self._limiter = SlidingWindowCounterRateLimiter(storage)
         self._per_key: RateLimitItem | None = parse(per_key) if per_key else None
         self._per_tenant: RateLimitItem | None = parse(per_tenant) if per_tenant else None
@@ -49,8 +65,15 @@ class Limiter:
             await self._hit(self._per_tenant, f"tenant:{tenant}", count, what)
 
     async def _hit(self, item: RateLimitItem, who: str, cost: int, what: str) -> None:
-        if await self._limiter.hit(item, who, cost=cost):
+        try:
+            if await self._limiter.hit(item, who, cost=cost):
+                return
+            stats = await self._limiter.get_window_stats(item, who)
+        except StorageError as exc:
+            now = time.monotonic()
+            if now - self._warned > _WARN_EVERY:
+                self._warned = now
+                log.warning("rate limits not applied, their store is unavailable: %s", exc)
             return
-        stats = await self._limiter.get_window_stats(item, who)
         wait = max(1, math.ceil(stats.reset_time - time.time()))
         raise RateLimited(f"{what} ({item}) is used up; retry in {wait} s", retry_after=wait)

@@ -15,11 +15,14 @@ import redis
 
 from tests.service import LINEAR, check_error_body
 from tests.service.conftest import SHARED_ENV
+from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer, redis_server_binary
 from tests.support.server import ServerError, TrackinServer
 from trackin.cli import main
 from trackin.models.pool import slot_bytes
 from trackin.models.specs import StreamSpec
+from trackin.service.errors import RateLimited
+from trackin.service.security.limiter import Limiter
 
 MLP = {"model": {"family": "mlp", "in_dim": 4, "hidden": [64]}}
 PER_KEY = 6
@@ -123,3 +126,15 @@ def test_a_non_loopback_address_needs_keys_or_insecure(tmp_path: Path) -> None:
         assert httpx.get(f"{server.url}/v1/streams").status_code == 401
         headers = {"Authorization": f"Bearer {admin}"}
         assert httpx.get(f"{server.url}/v1/streams", headers=headers).status_code == 200
+
+
+async def test_rates_are_not_enforced_while_their_redis_is_down(caplog: pytest.LogCaptureFixture) -> None:
+    limiter = Limiter("1/minute", "1/minute", f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+    for _ in range(3):  # nothing listens: admitted (a warning), not a 500
+        await limiter.admit_key("k")
+        await limiter.admit_observations("t", 5)
+    assert "rate limits not applied" in caplog.text
+    local = Limiter("1/minute", None)
+    await local.admit_key("k")
+    with pytest.raises(RateLimited):
+        await local.admit_key("k")
