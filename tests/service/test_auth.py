@@ -145,7 +145,7 @@ async def test_websocket_authenticates_at_the_handshake(secured: tuple[TrackinSe
         await ws.send(message)
         assert '"stream":"ws-s"' in str(await asyncio.wait_for(ws.recv(), 10))
     offered = f"trackin.bearer.{made.alpha}"
-    async with connect(server.ws_url, subprotocols=[offered], origin=ORIGIN, open_timeout=10) as ws:  # type: ignore[list-item,arg-type]
+    async with connect(server.ws_url, subprotocols=[offered], origin=ORIGIN, open_timeout=10) as ws:
         assert ws.subprotocol == offered
         await ws.send(message)
         assert '"results"' in str(await asyncio.wait_for(ws.recv(), 10))
@@ -281,3 +281,14 @@ def test_the_client_sends_its_api_key(secured: tuple[TrackinServer, Keys]) -> No
     with TrackinClient(server.url) as anonymous, pytest.raises(TrackinError) as refused:
         anonymous.get_stream("via-client")
     assert refused.value.status == 401
+
+
+async def test_an_open_server_still_refuses_foreign_origins(server: TrackinServer) -> None:
+    """No keys (127.0.0.1, zero setup): any web page could otherwise write to it from a browser."""
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(server.ws_url, origin="https://evil.example", open_timeout=10):
+            pass
+    assert refused.value.response.status_code == 403
+    async with connect(server.ws_url, open_timeout=10) as ws:  # no Origin: not a browser
+        await ws.send('{"seq": 1, "observations": []}')
+        assert "no observations" in str(await asyncio.wait_for(ws.recv(), 10))
