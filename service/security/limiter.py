@@ -1,10 +1,12 @@
 """Rates, with the ``limits`` library: requests per API key, observations per tenant.
 
 Counters live in Redis when the service has one (``redis_url``), so every replica draws on the same
-budget; in the process otherwise. A sliding-window counter approximates a token bucket in O(1) per hit
-(one Redis round trip): a client may burst up to the rate, then gets 429 with ``Retry-After`` until the
-window has room. Both limits are off unless configured, and cost nothing then. When Redis cannot be
-reached, requests are admitted (and a warning logged): a rate limit must not take the service down with it.
+budget; in the process otherwise (``limits``' synchronous memory storage, which skips the asyncio locks of
+its async one: about 20 us a hit on a loaded machine, against 30). A sliding-window counter approximates a
+token bucket in O(1) per hit (one Redis round trip): a client may burst up to the rate, then gets 429 with
+``Retry-After`` until the window has room. Both limits are off unless configured, and cost nothing then.
+When Redis cannot be reached, requests are admitted (and a warning logged): a rate limit must not take the
+service down with it.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import math
 import time
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter as SharedWindows
 from limits.errors import StorageError
+from limits.storage import MemoryStorage
+from limits.strategies import SlidingWindowCounterRateLimiter as LocalWindows
 
 from trackin.service.errors import RateLimited
 
@@ -36,7 +40,8 @@ class Limiter:
     ) -> None:
         """``per_key``: requests of one key (``limits`` notation, e.g. ``"200/second"``); ``per_tenant``:
         observations of one tenant (e.g. ``"10000/second"``); None: no limit. ``timeout``: of Redis calls."""
-        storage: Storage = MemoryStorage()
+        self._local: LocalWindows | None = None
+        self._shared: SharedWindows | None = None
         if redis_url:
             unix = redis_url.startswith("unix://")
             url = "async+redis+" + redis_url if unix else "async+" + redis_url
@@ -44,8 +49,10 @@ class Limiter:
                 url, implementation="redispy", key_prefix="trackin:limits", wrap_exceptions=True,
                 socket_timeout=timeout, socket_connect_timeout=timeout,
             )  # fmt: skip
+            self._shared = SharedWindows(storage)
+        else:
+            self._local = LocalWindows(MemoryStorage())
         self._warned = 0.0
-        self._limiter = SlidingWindowCounterRateLimiter(storage)
         self._per_key: RateLimitItem | None = parse(per_key) if per_key else None
         self._per_tenant: RateLimitItem | None = parse(per_tenant) if per_tenant else None
 
@@ -66,9 +73,15 @@ class Limiter:
 
     async def _hit(self, item: RateLimitItem, who: str, cost: int, what: str) -> None:
         try:
-            if await self._limiter.hit(item, who, cost=cost):
-                return
-            stats = await self._limiter.get_window_stats(item, who)
+            if self._local is not None:
+                if self._local.hit(item, who, cost=cost):
+                    return
+                stats = self._local.get_window_stats(item, who)
+            else:
+                assert self._shared is not None
+                if await self._shared.hit(item, who, cost=cost):
+                    return
+                stats = await self._shared.get_window_stats(item, who)
         except StorageError as exc:
             now = time.monotonic()
             if now - self._warned > _WARN_EVERY:
