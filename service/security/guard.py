@@ -73,6 +73,7 @@ class Guard:
         try:
             if kind == "websocket":
                 self._check_origin(scope)
+                _note_subprotocol(scope)
             principal = await self._authenticate(scope, keyring)
         except ServiceError as exc:
             await _refuse(scope, send, exc)
@@ -118,12 +119,17 @@ def _token(scope: Scope) -> str | None:
         if name == _AUTHORIZATION:
             scheme, _, token = value.decode("latin-1").partition(" ")
             return token.strip() or None if scheme.lower() == "bearer" else None
-    if scope["type"] == "websocket":
-        for offered in scope.get("subprotocols", ()):
-            if offered.startswith(SUBPROTOCOL):
-                scope["trackin.subprotocol"] = offered
-                return offered.removeprefix(SUBPROTOCOL) or None
-    return None
+    offered = scope.get("trackin.subprotocol")
+    return offered.removeprefix(SUBPROTOCOL) or None if offered else None
+
+
+def _note_subprotocol(scope: Scope) -> None:
+    """A key offered as a subprotocol is echoed on accept (a browser drops a connection that does not
+    echo what it offered), keys enforced or not."""
+    for offered in scope.get("subprotocols", ()):
+        if offered.startswith(SUBPROTOCOL):
+            scope["trackin.subprotocol"] = offered
+            return
 
 
 async def _refuse(scope: Scope, send: Send, exc: ServiceError) -> None:

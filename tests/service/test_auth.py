@@ -292,3 +292,7 @@ async def test_an_open_server_still_refuses_foreign_origins(server: TrackinServe
     async with connect(server.ws_url, open_timeout=10) as ws:  # no Origin: not a browser
         await ws.send('{"seq": 1, "observations": []}')
         assert "no observations" in str(await asyncio.wait_for(ws.recv(), 10))
+    # A browser page that always offers its key still gets it echoed (else the browser drops the socket).
+    offered = "trackin.bearer.some-key"
+    async with connect(server.ws_url, subprotocols=[offered], open_timeout=10) as ws:
+        assert ws.subprotocol == offered
