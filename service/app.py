@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import gc
-import ipaddress
 import logging
 import threading
 import time
@@ -48,9 +47,8 @@ from trackin.service.durability import (
 from trackin.service.errors import ServiceError, error_body, error_headers
 from trackin.service.metrics import Metrics
 from trackin.service.security.guard import Guard
-from trackin.service.security.keyring import Keyring
-from trackin.service.security.limiter import Limiter
 from trackin.service.security.namespace import PRINCIPAL
+from trackin.service.security.setup import make_keyring, make_limiter, refuse_open
 from trackin.service.settings import Settings
 from trackin.service.snapshot import fleet_snapshot
 from trackin.service.state import AppState
@@ -220,38 +218,8 @@ def build(settings: Settings) -> AppState:
             settings.metrics_max_stream_series,
         )
     )
-    keyring = Keyring(
-        configured_store(settings),
-        settings.key_refresh_seconds,
-        settings.bootstrap_key(),
-        required=not (_loopback(settings.host) or settings.insecure),
-    )
-    limiter = None
-    if settings.rate_limit_per_key or settings.tenant_observations_rate:
-        redis_url = settings.redis_url if settings.store in ("auto", "redis") else None
-        limiter = Limiter(
-            settings.rate_limit_per_key,
-            settings.tenant_observations_rate,
-            redis_url,
-            timeout=settings.store_timeout_seconds,
-        )
+    keyring, limiter = make_keyring(settings), make_limiter(settings)
     return AppState(settings, engine, scheduler, registry, metrics, durability, keyring, limiter)
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _refuse_open(settings: Settings, keyring: Keyring) -> None:
-    """Serving with no keys is for one machine only: another address needs keys or ``--insecure``."""
-    if keyring.empty and not _loopback(settings.host) and not settings.insecure:
-        raise RuntimeError(
-            f"refusing to serve {settings.host} without API keys: create one (trackin keys create), set"
-            " TRACKIN_BOOTSTRAP_ADMIN_KEY, bind 127.0.0.1, or pass --insecure (TRACKIN_INSECURE=1)"
-        )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -265,7 +233,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         assert keyring is not None
         await keyring.start()
         try:
-            _refuse_open(settings, keyring)
+            refuse_open(settings, keyring)
         except RuntimeError:
             await keyring.stop()
             raise
