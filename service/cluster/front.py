@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 
 import orjson
@@ -19,7 +20,7 @@ from nats.aio.subscription import Subscription
 
 from trackin.service.cluster.jetstream import NATS_ERRORS, Link
 from trackin.service.cluster.leases import PartitionMap
-from trackin.service.cluster.messages import MSG_ID, OP, ORIGIN, REPLACE, STREAM, Answer, Replies
+from trackin.service.cluster.messages import EXPIRES, MSG_ID, OP, ORIGIN, REPLACE, STREAM, Answer, Replies
 from trackin.service.cluster.partitions import Names, partition_of
 from trackin.service.errors import Unavailable
 from trackin.service.ids import check_stream_id
@@ -27,6 +28,11 @@ from trackin.service.ids import check_stream_id
 __all__ = ["Front"]
 
 _READ_TIMEOUT = 2.0
+PUBLISH_SECONDS = 2.0
+"""A write stored later than this after the front sent it is not applied (`EXPIRES`)."""
+_CLOCK_MARGIN = 0.5
+"""An acknowledgement this long before the expiry proves the write was stored in time, whatever the
+clock skew between this host and NATS's (bounded by this margin); a later one is checked exactly."""
 
 
 class Front:
@@ -81,20 +87,57 @@ class Front:
         headers = {OP: op, STREAM: stream_id, ORIGIN: self._replica, MSG_ID: msg_id}
         if replace:
             headers[REPLACE] = "1"
+        if not self._link.nc.is_connected:  # fail fast, nothing sent
+            raise Unavailable("log unavailable (NATS disconnected), nothing applied", stream=stream_id)
+        expires = time.time() + PUBLISH_SECONDS
+        headers[EXPIRES] = f"{expires:.3f}"
         answer = self._replies.expect(msg_id)
         try:
-            ack = await self._link.js.publish(self._names.log_subject(partition), body, headers=headers)
-        except NATS_ERRORS as exc:
+            seq = await self._log(partition, body, headers, expires)
+        except BaseException:
             self._replies.forget(msg_id)
-            raise Unavailable(
-                f"log unavailable ({type(exc).__name__}), nothing applied", stream=stream_id
-            ) from None
+            raise
+        if seq is None:
+            self._replies.forget(msg_id)
+            raise Unavailable("log unavailable, nothing applied", stream=stream_id)
         try:
             return await asyncio.wait_for(asyncio.shield(answer), self._timeout)
         except TimeoutError:
             self._replies.forget(msg_id)
-            logged = {"status": "logged", "partition": partition, "seq": ack.seq, "stream": stream_id}
+            logged = {"status": "logged", "partition": partition, "seq": seq, "stream": stream_id}
             return Answer(202, orjson.dumps(logged))
+
+    async def _log(self, partition: int, body: bytes, headers: dict[str, str], expires: float) -> int | None:
+        """Publish until acknowledged; the log sequence if the owner will apply the write, None if not.
+
+        A publish whose acknowledgement does not come may still have been stored, so it is sent again
+        with the same message id (JetStream answers a duplicate with the original's sequence) until the
+        log answers or the forward timeout passes. The owner applies the write only if JetStream stored
+        it by ``expires``: an acknowledgement received well before that says so; a later one is checked
+        against the stored message's time, the same time the owner compares.
+        """
+        js, subject = self._link.js, self._names.log_subject(partition)
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                ack = await js.publish(subject, body, headers=headers, timeout=PUBLISH_SECONDS)
+                break
+            except NATS_ERRORS:
+                if time.monotonic() > deadline:
+                    # Not known whether the first attempt was stored before NATS went away: the one
+                    # case where a 503 may still be applied (docs/scale-out.md, failure cases).
+                    return None
+            while not self._link.nc.is_connected and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        if time.time() < expires - _CLOCK_MARGIN:
+            return ack.seq
+        try:
+            stored = await js.get_msg(self._names.log_stream, seq=ack.seq)
+        except NATS_ERRORS:
+            return None
+        if stored.time is None or stored.time.timestamp() > expires:
+            return None
+        return ack.seq
 
     async def read(self, op: str, stream_id: str, body: bytes = b"") -> Answer:
         """Ask the owner (``describe``, ``predict``); 503 while the partition moves."""

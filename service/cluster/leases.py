@@ -38,6 +38,10 @@ class Owners(Protocol):
         """Stop applying and answering; unless ``lapsed``, checkpoint first (the lease is still valid)."""
         ...
 
+    def failed(self) -> list[int]:
+        """Partitions whose worker stopped on an error: released without a checkpoint."""
+        ...
+
 
 class PartitionMap:
     """The cluster as the last tick saw it: owner of each partition, replicas and their URLs."""
@@ -117,12 +121,14 @@ class Leases:
         for partition in self._book.lapsed():
             log.warning("partition %d: lease lapsed (not renewed in time); stopped serving it", partition)
             await self._lose(partition)
+        for partition in self._owners.failed():
+            await self._release(partition, checkpoint=False)
+        await self._renew()
         try:
             await self._link.replicas.put(self.replica, orjson.dumps({"url": self._url}))
         except NATS_ERRORS as exc:
             log.warning("NATS unavailable (%s): leases lapse unless renewed in time", exc)
             return
-        await self._renew()
         try:
             await self._read_map()
         except NATS_ERRORS as exc:
@@ -132,21 +138,21 @@ class Leases:
         self.ticked = True
 
     async def _renew(self) -> None:
-        leases, me = self._link.leases, self.replica.encode()
-        for partition in self._book.held():
-            held = self._book.get(partition)
-            if held is None:
-                continue
-            sent = time.monotonic()
-            try:
-                revision = await leases.update(Names.lease_key(partition), me, last=held.revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
+        """Renew every held lease at once (one round trip of time, not one per partition)."""
+        held = [(p, h) for p in self._book.held() if (h := self._book.get(p)) is not None]
+        sent = time.monotonic()
+        me, leases = self.replica.encode(), self._link.leases
+        outcomes = await asyncio.gather(
+            *(leases.update(Names.lease_key(p), me, last=h.revision) for p, h in held), return_exceptions=True
+        )
+        for (partition, _), outcome in zip(held, outcomes, strict=True):
+            if isinstance(outcome, nats.js.errors.KeyWrongLastSequenceError):
                 log.warning("partition %d: lease taken by another replica; stopped serving it", partition)
                 await self._lose(partition)
-                continue
-            except NATS_ERRORS:
-                continue  # NATS slow or down: the lease lapses on its own if this goes on
-            self._book.renewed(partition, revision, sent)
+            elif isinstance(outcome, int):
+                self._book.renewed(partition, outcome, sent)
+            elif not isinstance(outcome, NATS_ERRORS):  # NATS slow or down: it lapses if this goes on
+                log.error("partition %d: renewal failed: %r", partition, outcome)
 
     async def _read_map(self) -> None:
         js, bucket = self._link.js, self._names.replica_bucket
@@ -202,10 +208,11 @@ class Leases:
         self.changes += 1
         await self._owners.drop(partition, lapsed=True)
 
-    async def _release(self, partition: int) -> None:
+    async def _release(self, partition: int, *, checkpoint: bool = True) -> None:
         """Hand a partition over: stop and checkpoint it while the lease is valid, then delete the lease."""
         held = self._book.get(partition)
-        await self._owners.drop(partition, lapsed=held is None or not self._book.valid(partition))
+        fine = checkpoint and held is not None and self._book.valid(partition)
+        await self._owners.drop(partition, lapsed=not fine)
         self._book.gave_up(partition)
         self.changes += 1
         if held is not None:

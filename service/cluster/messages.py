@@ -11,7 +11,19 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
-__all__ = ["MSG_ID", "OP", "ORIGIN", "REPLACE", "STATUS", "STREAM", "Answer", "Replies"]
+__all__ = [
+    "EXPIRES",
+    "MSG_ID",
+    "OP",
+    "ORIGIN",
+    "OWNER",
+    "REPLACE",
+    "STATUS",
+    "STREAM",
+    "TOKEN",
+    "Answer",
+    "Replies",
+]
 
 OP = "Trackin-Op"
 """``observe``, ``put``, ``delete`` (writes, logged); ``describe``, ``predict`` (reads)."""
@@ -20,7 +32,14 @@ REPLACE = "Trackin-Replace"
 ORIGIN = "Trackin-Origin"
 """The replica that logged the write and waits for its answer."""
 MSG_ID = "Nats-Msg-Id"
+EXPIRES = "Trackin-Expires"
+"""Unix time after which the write must not be applied: a publish whose acknowledgement the front gave up
+on (503) may still reach the log later (the client library resends what it buffered while reconnecting);
+the owner compares this with the time JetStream stored the message, the same for every replay."""
 STATUS = "Trackin-Status"
+OWNER = "Trackin-Owner"
+"""On answers: the replica that applied the write, and its fencing token for the partition (``TOKEN``)."""
+TOKEN = "Trackin-Token"
 RETRY_AFTER = "Retry-After"
 
 

@@ -31,7 +31,18 @@ from trackin.models.engine import Engine, Outcomes
 from trackin.models.specs import StreamSpec
 from trackin.service.cluster.book import LeaseBook
 from trackin.service.cluster.jetstream import NATS_ERRORS, Link
-from trackin.service.cluster.messages import MSG_ID, OP, ORIGIN, REPLACE, STREAM, Answer, Replies
+from trackin.service.cluster.messages import (
+    EXPIRES,
+    MSG_ID,
+    OP,
+    ORIGIN,
+    OWNER,
+    REPLACE,
+    STREAM,
+    TOKEN,
+    Answer,
+    Replies,
+)
 from trackin.service.cluster.partitions import Names, partition_of
 from trackin.service.cluster.persistence import Applying
 from trackin.service.domain.catalog import Catalog
@@ -48,6 +59,7 @@ __all__ = ["Owner", "OwnerParts", "PartitionWorker"]
 log = logging.getLogger("trackin.cluster")
 
 _PAGE = 1000
+_STOP_SECONDS = 1.0
 _RETRIED: tuple[type[BaseException], ...] = (Unavailable, *NATS_ERRORS)
 
 
@@ -96,21 +108,25 @@ class PartitionWorker:
         self._answering: set[asyncio.Task[None]] = set()
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
+        self._stopping = False
+        self.failed = False
+        """The worker stopped on an unexpected error: the lease is given up so the partition is restored."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"trackin-partition-{self.partition}")
 
     async def stop(self) -> None:
-        """Stop applying and answering (the answers of observations already queued still go out)."""
+        """Stop applying and answering after the message being applied (its answer still goes out, as do
+        those of observations already queued); cancelled if that takes longer than a second."""
         self.live = False
+        self._stopping = True
         if self._reads is not None:
             with contextlib.suppress(*NATS_ERRORS):
                 await self._reads.unsubscribe()
             self._reads = None
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._task, _STOP_SECONDS)
 
     def streams(self) -> list[str]:
         """The partition's resident streams."""
@@ -145,13 +161,14 @@ class PartitionWorker:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("partition %d: worker failed", p)
+            log.exception("partition %d: worker failed; giving the partition up", p)
+            self.failed = True
 
     async def _until_valid(self, step: Callable[[], Awaitable[Any]]) -> Any:
         """Retry a step that needs NATS or Redis while the lease holds (backoff 0.2 s doubling to 2 s)."""
         backoff = 0.2
         while True:
-            if not self._parts.book.valid(self.partition):
+            if self._stopping or not self._parts.book.valid(self.partition):
                 raise _Lapsed
             try:
                 return await step()
@@ -205,7 +222,7 @@ class PartitionWorker:
 
     async def _consume(self, sub: Subscription) -> None:
         parts, p = self._parts, self.partition
-        while True:
+        while not self._stopping:
             try:
                 msg = await sub.next_msg(timeout=0.25)
             except nats.errors.TimeoutError:
@@ -237,7 +254,12 @@ class PartitionWorker:
         op, stream = headers.get(OP, ""), headers.get(STREAM, "")
         if stream in parts.catalog and seq <= int(parts.ledger.position(stream) or 0):
             return  # in the stream's checkpoint already
-        reply = _Reply(parts, headers.get(ORIGIN, ""), headers.get(MSG_ID, ""))
+        reply = _Reply(parts, self.token, stream, headers.get(ORIGIN, ""), headers.get(MSG_ID, ""))
+        expires = headers.get(EXPIRES)
+        if expires is not None and msg.metadata.timestamp.timestamp() > float(expires):
+            # Stored after its front gave up on it and answered 503: never applied, by anyone.
+            await reply.send(_error(Unavailable("log unavailable, nothing applied", stream=stream)))
+            return
         if op == "observe":
             await self._observe(stream, msg.data, seq, reply)
         elif op in ("put", "delete"):
@@ -344,8 +366,10 @@ class PartitionWorker:
 class _Reply:
     """Where the answer to one logged write goes: the waiting front here, or another replica."""
 
-    def __init__(self, parts: OwnerParts, origin: str, msg_id: str) -> None:
+    def __init__(self, parts: OwnerParts, token: int, stream: str, origin: str, msg_id: str) -> None:
         self._parts = parts
+        self._token = token
+        self._stream = stream
         self._origin = origin
         self._msg_id = msg_id
 
@@ -357,8 +381,10 @@ class _Reply:
             parts.replies.deliver(self._msg_id, answer)
             return
         subject = parts.names.reply_subject(self._origin)
+        headers = {**answer.nats_headers(self._msg_id), OWNER: parts.replica, TOKEN: str(self._token)}
+        headers[STREAM] = self._stream
         with contextlib.suppress(*NATS_ERRORS):
-            await parts.link.nc.publish(subject, answer.body, headers=answer.nats_headers(self._msg_id))
+            await parts.link.nc.publish(subject, answer.body, headers=headers)
 
 
 def _error(exc: ServiceError) -> Answer:
@@ -403,6 +429,9 @@ class Owner:
                     engine.remove(stream_id)
 
         await parts.scheduler.call(remove)
+
+    def failed(self) -> list[int]:
+        return sorted(p for p, w in self.workers.items() if w.failed)
 
     def replay_lag(self) -> int:
         """Messages the partitions still replaying are behind the log as it was when taken."""

@@ -9,6 +9,7 @@ import time
 
 import httpx
 import pytest
+from nats.aio.msg import Msg
 
 from tests.cluster import PARTITIONS, TTL, Cluster, Load, check_against_reference, create_streams, partition
 
@@ -29,3 +30,153 @@ async def test_traffic_through_any_replica_matches_a_single_node(cluster: Cluste
     owner = mapped["owners"][partition(streams[0])]
     direct = httpx.get(f"{mapped['replicas'][owner]}/v1/streams/{streams[0]}")
     assert direct.json()["figures"]["steps"] == 6
+
+
+async def _watch_owners(
+    via: str, gone: str, since: float, out: dict[str, float], stop: asyncio.Event | None = None
+) -> None:
+    """Record when no partition is mapped to ``gone`` any more and every partition is owned; then set
+    ``stop`` a second later (the load goes on past the move)."""
+    async with httpx.AsyncClient(timeout=2) as http:
+        while "moved" not in out:
+            try:
+                owners = (await http.get(f"{via}/v1/cluster/partitions")).json()["owners"]
+            except httpx.TransportError:
+                owners = [gone]
+            if gone not in owners and None not in owners:
+                out["moved"] = time.monotonic() - since
+            await asyncio.sleep(0.05)
+    if stop is not None:
+        await asyncio.sleep(1.0)
+        stop.set()
+
+
+async def test_sigkill_under_load_loses_nothing_and_refuses_only_moving_partitions(cluster: Cluster) -> None:
+    streams = create_streams(cluster, "kill", 120)
+    victim = cluster.live()[-1]
+    name = cluster.name(victim)
+    lost = cluster.owned_by(victim)
+    assert lost
+    survivors = [r.url for r in cluster.live() if r is not victim]
+    load, stop = Load(streams, seed=2), asyncio.Event()
+    figures: dict[str, float] = {}
+
+    async def kill_soon() -> None:
+        await asyncio.sleep(1.0)
+        killed = time.monotonic()
+        victim.kill()
+        await _watch_owners(survivors[0], name, killed, figures, stop)
+
+    await asyncio.gather(load.run(lambda: survivors, stop=stop, pause=0.2), kill_soon())
+    print(f"\nSIGKILL: partitions moved {figures['moved']:.2f} s after the kill (lease TTL {TTL} s)")
+    print(f"statuses: {load.statuses}")
+    refused = load.refused_streams()
+    assert {partition(s) for s in refused} <= lost, "503 only for the killed replica's partitions"
+    cluster.wait_ready()
+    check_against_reference(cluster, load)
+    victim.start()
+    cluster.wait_ready(condition=lambda: bool(cluster.owned_by(victim)))
+
+
+async def test_replica_paused_past_its_lease_applies_and_answers_nothing_it_lost(cluster: Cluster) -> None:
+    import nats
+
+    streams = create_streams(cluster, "pause", 90)
+    victim = cluster.live()[0]
+    name = cluster.name(victim)
+    before = cluster.owned_by(victim)
+    assert before
+    others = [r.url for r in cluster.live() if r is not victim]
+    nc = await nats.connect(cluster.nats.url)
+    newest: dict[int, int] = {}  # partition -> newest fencing token seen answering
+    stale: list[str] = []
+
+    async def watch(msg: Msg) -> None:
+        """The fencing invariant, seen from outside: once an owner with a newer token answered for a
+        partition, no owner with an older one may answer for it again (the old owner's answers before it
+        lost the lease, and the new owner's answers to what it replays, may both arrive: not a split)."""
+        headers = msg.headers or {}
+        p, token = partition(headers["Trackin-Stream"]), int(headers["Trackin-Token"])
+        if token < newest.get(p, 0):
+            stale.append(f"{headers['Trackin-Owner']} answered for partition {p} with token {token}")
+        newest[p] = max(newest.get(p, 0), token)
+
+    sub = await nc.subscribe("trackin.reply.*", cb=watch)
+    load = Load(streams, seed=3)
+    try:
+        # Traffic for its partitions is in flight when it stops: its consumers hold messages not to apply.
+        stop = asyncio.Event()
+        running = asyncio.create_task(load.run(lambda: others, stop=stop, pause=0.2))
+        await asyncio.sleep(0.5)
+        victim.send_signal(signal.SIGSTOP)
+        try:
+            figures: dict[str, float] = {}
+            await _watch_owners(others[0], name, time.monotonic(), figures, stop)
+            await running
+            print(f"\nSIGSTOP: partitions moved {figures['moved']:.2f} s after the pause (lease TTL {TTL} s)")
+        finally:
+            victim.send_signal(signal.SIGCONT)
+        # Awake: it serves as a front at once, and takes partitions again.
+        await load.run(lambda: [r.url for r in cluster.live()], per_stream=3)
+        cluster.wait_ready(condition=lambda: bool(cluster.owned_by(victim)))
+    finally:
+        await sub.unsubscribe()
+        await nc.close()
+    assert not stale, f"split brain: {stale}"
+    assert newest
+    assert "lease lapsed" in victim.logs()
+    # 503 only for partitions in flight: the ones it lost, and the ones it took back when it rejoined
+    assert {partition(s) for s in load.refused_streams()} <= before | cluster.owned_by(victim)
+    check_against_reference(cluster, load)
+
+
+async def test_a_fourth_replica_takes_its_share_under_load(cluster: Cluster) -> None:
+    streams = create_streams(cluster, "grow", 90)
+    before = cluster.map()["owners"]
+    urls = [r.url for r in cluster.live()]
+    load, stop = Load(streams, seed=4), asyncio.Event()
+
+    async def grow() -> None:
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(cluster.add)
+        await asyncio.sleep(2 * TTL)  # the newcomer's heartbeat is seen, the others release, it takes
+        stop.set()
+
+    await asyncio.gather(load.run(lambda: urls, stop=stop, pause=0.2), grow())
+    newcomer = cluster.live()[-1]
+    share = -(-PARTITIONS // len(cluster.live()))
+    cluster.wait_ready(
+        condition=lambda: (
+            bool(cluster.owned_by(newcomer))
+            and all(len(cluster.owned_by(r)) <= share for r in cluster.live())
+        )
+    )
+    after = cluster.map()["owners"]
+    moved = {p for p in range(PARTITIONS) if before[p] != after[p]}
+    print(f"\nfourth replica: {len(moved)} partitions moved; statuses {load.statuses}")
+    assert len(moved) <= share + 1, f"only the newcomer's share moves: {before} -> {after}"
+    assert {partition(s) for s in load.refused_streams()} <= moved
+    check_against_reference(cluster, load)
+    assert newcomer.stop() == 0  # SIGTERM: its partitions are checkpointed and released
+    cluster.wait_ready()
+
+
+async def test_nats_restart_mid_traffic_refuses_then_recovers_by_itself(cluster: Cluster) -> None:
+    streams = create_streams(cluster, "nats", 60)
+    urls = [r.url for r in cluster.live()]
+    load, stop = Load(streams, seed=5), asyncio.Event()
+
+    async def restart() -> None:
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(cluster.nats.stop)
+        await asyncio.sleep(4.0)  # longer than a front waits for a publish acknowledgement
+        await asyncio.to_thread(cluster.nats.start)
+        await asyncio.sleep(1.0)
+        stop.set()
+
+    await asyncio.gather(load.run(lambda: urls, stop=stop, pause=0.2), restart())
+    print(f"\nNATS restart: statuses {load.statuses}")
+    assert load.statuses.get(503), "requests while NATS is down get 503"
+    recovered = cluster.wait_ready(timeout=40)
+    print(f"ready again {recovered:.2f} s after the load ended")
+    check_against_reference(cluster, load)
