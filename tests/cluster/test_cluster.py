@@ -17,10 +17,10 @@ pytestmark = pytest.mark.slow
 
 
 async def test_traffic_through_any_replica_matches_a_single_node(cluster: Cluster) -> None:
-    streams = create_streams(cluster, "traffic", 300)
+    streams = create_streams(cluster, "traffic", 200)
     load = Load(streams, seed=1)
     urls = [r.url for r in cluster.live()]
-    await load.run(lambda: urls, per_stream=6)
+    await load.run(lambda: urls, per_stream=5)
     assert set(load.statuses) == {200}, load.statuses
     check_against_reference(cluster, load)
     # The map is what an owner-aware client needs: every partition owned by a live replica, the same hash.
@@ -29,7 +29,7 @@ async def test_traffic_through_any_replica_matches_a_single_node(cluster: Cluste
     assert set(mapped["owners"]) <= set(mapped["replicas"])
     owner = mapped["owners"][partition(streams[0])]
     direct = httpx.get(f"{mapped['replicas'][owner]}/v1/streams/{streams[0]}")
-    assert direct.json()["figures"]["steps"] == 6
+    assert direct.json()["figures"]["steps"] == 5
 
 
 async def _watch_owners(
@@ -52,7 +52,7 @@ async def _watch_owners(
 
 
 async def test_sigkill_under_load_loses_nothing_and_refuses_only_moving_partitions(cluster: Cluster) -> None:
-    streams = create_streams(cluster, "kill", 120)
+    streams = create_streams(cluster, "kill", 80)
     victim = cluster.live()[-1]
     name = cluster.name(victim)
     lost = cluster.owned_by(victim)
@@ -81,7 +81,7 @@ async def test_sigkill_under_load_loses_nothing_and_refuses_only_moving_partitio
 async def test_replica_paused_past_its_lease_applies_and_answers_nothing_it_lost(cluster: Cluster) -> None:
     import nats
 
-    streams = create_streams(cluster, "pause", 90)
+    streams = create_streams(cluster, "pause", 60)
     victim = cluster.live()[0]
     name = cluster.name(victim)
     before = cluster.owned_by(victim)
@@ -131,7 +131,7 @@ async def test_replica_paused_past_its_lease_applies_and_answers_nothing_it_lost
 
 
 async def test_a_fourth_replica_takes_its_share_under_load(cluster: Cluster) -> None:
-    streams = create_streams(cluster, "grow", 90)
+    streams = create_streams(cluster, "grow", 60)
     before = cluster.map()["owners"]
     urls = [r.url for r in cluster.live()]
     load, stop = Load(streams, seed=4), asyncio.Event()
@@ -162,7 +162,7 @@ async def test_a_fourth_replica_takes_its_share_under_load(cluster: Cluster) -> 
 
 
 async def test_nats_restart_mid_traffic_refuses_then_recovers_by_itself(cluster: Cluster) -> None:
-    streams = create_streams(cluster, "nats", 60)
+    streams = create_streams(cluster, "nats", 40)
     urls = [r.url for r in cluster.live()]
     load, stop = Load(streams, seed=5), asyncio.Event()
 
