@@ -109,8 +109,7 @@ def _cluster(
     with NatsServer(base / "nats") as nats, RedisServer(base / "redis") as redis:
         cluster = Cluster(base, nats, redis)
         try:
-            for _ in range(replicas):
-                cluster.add()
+            cluster.add(replicas)
             cluster.wait_ready(timeout=60)
             streams = create_streams(cluster, "b", args.streams)
             urls = [r.url for r in cluster.live()]

@@ -69,9 +69,17 @@ class Front:
         headers = msg.headers or {}
         self._replies.deliver(headers.get(MSG_ID, ""), Answer.from_nats(headers, msg.data))
 
-    def _partition(self, stream_id: str) -> int:
+    async def _partition(self, stream_id: str) -> int:
+        """The stream's partition; 503 if it has no owner (the map is a tick old, so an empty slot is
+        looked up before refusing)."""
         check_stream_id(stream_id)
         partition = partition_of(stream_id, self._partitions)
+        if self._map.owners[partition] is None:
+            try:
+                entry = await self._link.leases.get(Names.lease_key(partition))
+                self._map.owners[partition] = (entry.value or b"").decode() or None
+            except NATS_ERRORS:  # not found (no lease), or NATS unreachable
+                pass
         if self._map.owners[partition] is None:
             raise Unavailable(
                 f"partition {partition} of stream {stream_id!r} has no owner right now, nothing applied",
@@ -82,7 +90,7 @@ class Front:
 
     async def write(self, op: str, stream_id: str, body: bytes, *, replace: bool = False) -> Answer:
         """Log a write (``observe``, ``put``, ``delete``) and return the owner's answer."""
-        partition = self._partition(stream_id)
+        partition = await self._partition(stream_id)
         msg_id = uuid.uuid4().hex
         headers = {OP: op, STREAM: stream_id, ORIGIN: self._replica, MSG_ID: msg_id}
         if replace:
@@ -141,7 +149,7 @@ class Front:
 
     async def read(self, op: str, stream_id: str, body: bytes = b"") -> Answer:
         """Ask the owner (``describe``, ``predict``); 503 while the partition moves."""
-        partition = self._partition(stream_id)
+        partition = await self._partition(stream_id)
         try:
             msg = await self._link.nc.request(
                 self._names.read_subject(partition),

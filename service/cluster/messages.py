@@ -40,6 +40,8 @@ STATUS = "Trackin-Status"
 OWNER = "Trackin-Owner"
 """On answers: the replica that applied the write, and its fencing token for the partition (``TOKEN``)."""
 TOKEN = "Trackin-Token"
+SEQ = "Trackin-Seq"
+"""On answers: the log sequence of the write answered."""
 RETRY_AFTER = "Retry-After"
 
 

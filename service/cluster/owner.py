@@ -38,6 +38,7 @@ from trackin.service.cluster.messages import (
     ORIGIN,
     OWNER,
     REPLACE,
+    SEQ,
     STREAM,
     TOKEN,
     Answer,
@@ -254,7 +255,7 @@ class PartitionWorker:
         op, stream = headers.get(OP, ""), headers.get(STREAM, "")
         if stream in parts.catalog and seq <= int(parts.ledger.position(stream) or 0):
             return  # in the stream's checkpoint already
-        reply = _Reply(parts, self.token, stream, headers.get(ORIGIN, ""), headers.get(MSG_ID, ""))
+        reply = _Reply(parts, self.token, seq, stream, headers.get(ORIGIN, ""), headers.get(MSG_ID, ""))
         expires = headers.get(EXPIRES)
         if expires is not None and msg.metadata.timestamp.timestamp() > float(expires):
             # Stored after its front gave up on it and answered 503: never applied, by anyone.
@@ -366,9 +367,12 @@ class PartitionWorker:
 class _Reply:
     """Where the answer to one logged write goes: the waiting front here, or another replica."""
 
-    def __init__(self, parts: OwnerParts, token: int, stream: str, origin: str, msg_id: str) -> None:
+    def __init__(
+        self, parts: OwnerParts, token: int, seq: int, stream: str, origin: str, msg_id: str
+    ) -> None:
         self._parts = parts
         self._token = token
+        self._seq = seq
         self._stream = stream
         self._origin = origin
         self._msg_id = msg_id
@@ -383,6 +387,7 @@ class _Reply:
         subject = parts.names.reply_subject(self._origin)
         headers = {**answer.nats_headers(self._msg_id), OWNER: parts.replica, TOKEN: str(self._token)}
         headers[STREAM] = self._stream
+        headers[SEQ] = str(self._seq)
         with contextlib.suppress(*NATS_ERRORS):
             await parts.link.nc.publish(subject, answer.body, headers=headers)
 

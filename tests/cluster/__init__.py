@@ -13,6 +13,7 @@ import random
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,11 +61,16 @@ class Cluster:
             "TRACKIN_CHECKPOINT_EVERY_STEPS": "100",
         }
 
-    def add(self) -> TrackinServer:
-        name = f"r{len(self.replicas) + 1}"
-        server = TrackinServer(self.base / name, env=self.env(name), store=None)
-        self.replicas.append(server)
-        return server.start()
+    def add(self, count: int = 1) -> TrackinServer:
+        """Start ``count`` more replicas at once (their start-ups overlap); the last one."""
+        servers = []
+        for _ in range(count):
+            name = f"r{len(self.replicas) + 1}"
+            servers.append(TrackinServer(self.base / name, env=self.env(name), store=None))
+            self.replicas.append(servers[-1])
+        with ThreadPoolExecutor(count) as pool:
+            list(pool.map(lambda s: s.start(), servers))
+        return servers[-1]
 
     def live(self) -> list[TrackinServer]:
         return [r for r in self.replicas if r.running]
@@ -138,11 +144,10 @@ class Load:
         concurrency: int = 48,
     ) -> None:
         """Post until each stream sent ``per_stream`` observations, or until ``stop`` is set."""
-        # Idle connections are dropped well before the server's keep-alive timeout (5 s), so no request is
-        # sent on a connection the server is closing (an ambiguous ReadError: was it logged?).
-        limits = httpx.Limits(
-            max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=1.0
-        )
+        # No keep-alive: a request sent on a connection the server is just closing as idle fails with a
+        # ReadError whose observation may or may not have been logged, and this client's event loop, busy
+        # with hundreds of streams on a loaded machine, can fall behind the server's keep-alive timer.
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
         gate = asyncio.Semaphore(concurrency)
         async with httpx.AsyncClient(timeout=30, limits=limits) as http:
 

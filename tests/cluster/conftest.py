@@ -27,8 +27,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         made = Cluster(base, nats, redis)
         _CLUSTERS.append(made)
         try:
-            for _ in range(3):
-                made.add()
+            made.add(3)
             made.wait_ready()
             yield made
         finally:
