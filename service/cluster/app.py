@@ -171,6 +171,7 @@ def create_cluster_app(settings: Settings) -> FastAPI:
             await state.front.stop()
             await state.link.close()
             await scheduler.stop()
+            await state.owner.close()
             log.info("trackin replica stopped")
 
     app = FastAPI(title="trackin (cluster replica)", version="0.1.0", lifespan=lifespan)

@@ -438,6 +438,10 @@ class Owner:
     def failed(self) -> list[int]:
         return sorted(p for p, w in self.workers.items() if w.failed)
 
+    async def close(self) -> None:
+        """Release the store's connections (after every partition was dropped)."""
+        await self._parts.store.shutdown()
+
     def replay_lag(self) -> int:
         """Messages the partitions still replaying are behind the log as it was when taken."""
         return sum(max(0, w.last_seq - w.applied_seq) for w in self.workers.values() if not w.live)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 async def test_traffic_through_any_replica_matches_a_single_node(cluster: Cluster) -> None:
-    streams = create_streams(cluster, "traffic", 200)
+    streams = create_streams(cluster, "traffic", 120)
     load = Load(streams, seed=1)
     urls = [r.url for r in cluster.live()]
     await load.run(lambda: urls, per_stream=5)
@@ -74,8 +74,7 @@ async def test_sigkill_under_load_loses_nothing_and_refuses_only_moving_partitio
     assert {partition(s) for s in refused} <= lost, "503 only for the killed replica's partitions"
     cluster.wait_ready()
     check_against_reference(cluster, load)
-    victim.start()
-    cluster.wait_ready(condition=lambda: bool(cluster.owned_by(victim)))
+    # Not restarted: the next tests run on the survivors, and the fourth replica joins them.
 
 
 async def test_replica_paused_past_its_lease_applies_and_answers_nothing_it_lost(cluster: Cluster) -> None:
@@ -127,7 +126,7 @@ async def test_replica_paused_past_its_lease_applies_and_answers_nothing_it_lost
     finally:
         await sub.unsubscribe()
         await nc.close()
-    assert not split, f"split brain: answered after losing the lease: {split}"
+    assert not split, f"split brain: {len(split)} answers after losing the lease, e.g. {split[:3]}"
     assert newest
     assert "lease lapsed" in victim.logs()
     # 503 only for partitions in flight: the ones it lost, and the ones it took back when it rejoined
@@ -136,7 +135,7 @@ async def test_replica_paused_past_its_lease_applies_and_answers_nothing_it_lost
 
 
 async def test_a_fourth_replica_takes_its_share_under_load(cluster: Cluster) -> None:
-    streams = create_streams(cluster, "grow", 60)
+    streams = create_streams(cluster, "grow", 40)
     before = cluster.map()["owners"]
     urls = [r.url for r in cluster.live()]
     load, stop = Load(streams, seed=4), asyncio.Event()
@@ -167,7 +166,7 @@ async def test_a_fourth_replica_takes_its_share_under_load(cluster: Cluster) -> 
 
 
 async def test_nats_restart_mid_traffic_refuses_then_recovers_by_itself(cluster: Cluster) -> None:
-    streams = create_streams(cluster, "nats", 40)
+    streams = create_streams(cluster, "nats", 30)
     urls = [r.url for r in cluster.live()]
     load, stop = Load(streams, seed=5), asyncio.Event()
 
