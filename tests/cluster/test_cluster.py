@@ -12,6 +12,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from tests.cluster import PARTITIONS, TTL, Cluster, Load, check_against_reference, create_streams, partition
+from trackin_client import PartitionMap, TrackinClient
 
 pytestmark = pytest.mark.slow
 
@@ -27,9 +28,12 @@ async def test_traffic_through_any_replica_matches_a_single_node(cluster: Cluste
     mapped = cluster.map()
     assert mapped["partitions"] == PARTITIONS
     assert set(mapped["owners"]) <= set(mapped["replicas"])
-    owner = mapped["owners"][partition(streams[0])]
-    direct = httpx.get(f"{mapped['replicas'][owner]}/v1/streams/{streams[0]}")
-    assert direct.json()["figures"]["steps"] == 5
+    routes = PartitionMap.fetch(urls[0])
+    for stream in streams[:10]:
+        owner = mapped["owners"][partition(stream)]
+        assert routes.owner_url(stream) == mapped["replicas"][owner]
+        with TrackinClient(routes.owner_url(stream) or urls[0]) as client:
+            assert client.get_stream(stream)["figures"]["steps"] == 5
 
 
 async def _watch_owners(

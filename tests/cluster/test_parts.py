@@ -25,6 +25,27 @@ def test_partition_is_crc32_mod_p_and_spreads_ids() -> None:
     assert preference("r1", 3) != preference("r2", 3)
 
 
+def test_the_client_routes_by_the_servers_hash() -> None:
+    from trackin_client import PartitionMap
+
+    routes = PartitionMap.from_json(
+        {
+            "partitions": 7,
+            "hash": "crc32-mod",
+            "owners": ["a", None] * 3 + ["b"],
+            "replicas": {"a": "http://a"},
+        }
+    )
+    assert all(routes.partition(f"id-{i}") == partition_of(f"id-{i}", 7) for i in range(500))
+    assert (
+        routes.owner_url(next(s for s in (f"x{i}" for i in range(99)) if partition_of(s, 7) == 0))
+        == "http://a"
+    )
+    assert routes.owner_url(next(s for s in (f"x{i}" for i in range(99)) if partition_of(s, 7) == 1)) is None
+    with pytest.raises(ValueError, match="hash"):
+        PartitionMap.from_json({"partitions": 7, "hash": "md5", "owners": [], "replicas": {}})
+
+
 def test_names_keep_two_clusters_apart() -> None:
     a, b = Names("a"), Names("b")
     assert {a.log_stream, a.lease_bucket, a.log_subject(1)}.isdisjoint(
