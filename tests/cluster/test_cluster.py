@@ -4,6 +4,7 @@ NATS restarted. Each test checks the invariants of `tests.cluster` on its own st
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 
@@ -64,15 +65,25 @@ async def test_sigkill_under_load_loses_nothing_and_refuses_only_moving_partitio
     survivors = [r.url for r in cluster.live() if r is not victim]
     load, stop = Load(streams, seed=2), asyncio.Event()
     figures: dict[str, float] = {}
+    marks: dict[int, int] = {}  # log length per replica at the kill
 
     async def kill_soon() -> None:
         await asyncio.sleep(1.0)
+        marks.update({r.port: len(r.logs()) for r in cluster.live()})
         killed = time.monotonic()
         victim.kill()
         await _watch_owners(survivors[0], name, killed, figures, stop)
 
     await asyncio.gather(load.run(lambda: survivors, stop=stop, pause=0.2), kill_soon())
-    print(f"\nSIGKILL: partitions moved {figures['moved']:.2f} s after the kill (lease TTL {TTL} s)")
+    restores = [  # the survivors' restores of the partitions they took after the kill, from their logs
+        float(m.group(1))
+        for r in cluster.live()
+        for m in re.finditer(r"restored in ([0-9.]+) s", r.logs()[marks[r.port] :])
+    ]
+    print(
+        f"\nSIGKILL: partitions moved {figures['moved']:.2f} s after the kill (lease TTL {TTL} s); "
+        f"restores after it took {max(restores, default=float('nan')):.3f} s at most"
+    )
     print(f"statuses: {load.statuses}")
     refused = load.refused_streams()
     assert {partition(s) for s in refused} <= lost, "503 only for the killed replica's partitions"
