@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trackin.models.engine import Engine, Outcomes, resolve_device
 from trackin.models.fused_warmup import warm_up
+from trackin.service.cluster import create_cluster_app
 from trackin.service.domain.budget import resolve_budget
 from trackin.service.domain.catalog import Catalog
 from trackin.service.domain.ingest import IngestBatch
@@ -224,6 +225,8 @@ def build(settings: Settings) -> AppState:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    if settings.cluster_nats_url:  # opt-in scale-out (docs/scale-out.md)
+        return create_cluster_app(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -98,3 +98,17 @@ class Settings(BaseSettings):
         if self.bootstrap_admin_key_file is not None:
             return self.bootstrap_admin_key_file.read_text().strip()
         return None
+
+    # Cluster mode (docs/scale-out.md): opt-in; replicas share the streams through NATS JetStream and Redis.
+    cluster_nats_url: str | None = None
+    """Set to run as one replica of a cluster (needs ``redis_url`` for the checkpoints)."""
+    cluster_partitions: int = Field(default=32, ge=1, le=4096)
+    """Streams are spread over this many partitions; fixed for the life of a cluster."""
+    cluster_lease_ttl_seconds: float = Field(default=6.0, ge=0.5, le=300)
+    """A dead replica's partitions move after at most this long; renewed every quarter of it."""
+    cluster_replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    """This replica's name in the cluster (default: host name and process id)."""
+    cluster_advertise_url: str | None = None
+    """The URL other replicas and owner-aware clients reach this one at (default: from host and port)."""
+    cluster_forward_timeout_seconds: float = Field(default=10.0, gt=0)
+    """How long a replica waits for the owner's answer to a logged write before answering 202."""

@@ -13,6 +13,7 @@ Example::
 
 from trackin_client._batch import AsyncBatcher, Batcher
 from trackin_client._client import AsyncTrackinClient, TrackinClient
+from trackin_client._cluster import PartitionMap
 from trackin_client._models import DEFAULT_URL, Observation, Result, TrackinError
 from trackin_client._ws import AsyncWsSession, WsSession
 
@@ -23,6 +24,7 @@ __all__ = [
     "AsyncWsSession",
     "Batcher",
     "Observation",
+    "PartitionMap",
     "Result",
     "TrackinClient",
     "TrackinError",

@@ -1,0 +1,191 @@
+"""``create_cluster_app(settings)``: one replica of a cluster, built in the lifespan like the single node.
+
+The engine, scheduler and registry are the single-node service's; what differs is around them: writes go
+through the JetStream log (`Front`), partitions are leased (`Leases`) and applied by their owner
+(`Owner`), checkpoints are fenced by the lease (`LeaseFencedStore`, Redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import AsyncIterator
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException
+
+from trackin.models.engine import Engine, resolve_device
+from trackin.models.fused_warmup import warm_up
+from trackin.service.cluster.book import LeaseBook
+from trackin.service.cluster.front import Front
+from trackin.service.cluster.jetstream import NATS_ERRORS, Link, connect
+from trackin.service.cluster.leases import Leases
+from trackin.service.cluster.messages import Replies
+from trackin.service.cluster.metrics import ClusterCollector, ClusterFigures
+from trackin.service.cluster.owner import Owner, OwnerParts
+from trackin.service.cluster.partitions import Names
+from trackin.service.cluster.persistence import Applying, ClusterPersistence
+from trackin.service.cluster.routes import router
+from trackin.service.cluster.state import ClusterState
+from trackin.service.cluster.store import LeaseFencedStore
+from trackin.service.domain.budget import resolve_budget
+from trackin.service.domain.catalog import Catalog
+from trackin.service.domain.labels import PendingLabels
+from trackin.service.domain.registry import Registry
+from trackin.service.domain.scheduler import Scheduler
+from trackin.service.durability import (
+    Checkpointer,
+    Connection,
+    DurabilityLog,
+    Ledger,
+    Residency,
+    Restorer,
+    StoreHealth,
+    configured_store,
+)
+from trackin.service.errors import ServiceError, Unavailable, error_body
+from trackin.service.metrics import Metrics
+from trackin.service.settings import Settings
+
+__all__ = ["build_cluster", "create_cluster_app"]
+
+log = logging.getLogger("trackin.cluster")
+
+
+def replica_id(settings: Settings) -> str:
+    """The configured id, else host name and process id (subject-safe)."""
+    if settings.cluster_replica_id:
+        return settings.cluster_replica_id
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:40]
+    return f"{host}-{os.getpid()}"
+
+
+async def _connect(settings: Settings, names: Names) -> Link:
+    """Connect to NATS, waiting for it at start (the replica is not ready meanwhile)."""
+    assert settings.cluster_nats_url is not None
+    while True:
+        try:
+            return await connect(
+                settings.cluster_nats_url,
+                names,
+                ttl=settings.cluster_lease_ttl_seconds,
+                partitions=settings.cluster_partitions,
+            )
+        except NATS_ERRORS as exc:
+            log.warning("NATS unavailable at start (%s); retrying", exc)
+            await asyncio.sleep(1.0)
+
+
+async def build_cluster(settings: Settings) -> tuple[ClusterState, Scheduler]:
+    """Every long-lived object of a replica, each made with its collaborators, in dependency order."""
+    if not settings.redis_url:
+        raise ValueError("cluster mode needs TRACKIN_REDIS_URL (checkpoints are shared through Redis)")
+    names = Names()
+    replica = replica_id(settings)
+    partitions = settings.cluster_partitions
+    metrics = Metrics(CollectorRegistry(), max_stream_series=settings.metrics_max_stream_series)
+    engine = Engine(
+        resolve_device(settings.device),
+        kernels=settings.kernels,
+        memory_budget=resolve_budget(settings.memory_budget),
+    )
+    catalog = Catalog()
+    labels = PendingLabels(
+        settings.pending_label_ttl_seconds, settings.max_pending_labels, settings.max_pending_label_bytes
+    )
+    book = LeaseBook(settings.cluster_lease_ttl_seconds)
+    inner = configured_store(settings.model_copy(update={"store": "redis"}))
+    assert inner is not None
+    store = LeaseFencedStore(inner, book, partitions)
+    health = StoreHealth(metrics)
+    connection = Connection(store, health, catalog)
+    ledger = Ledger()
+    scheduler = Scheduler(engine, max_batch=settings.max_batch_observations, after_apply=[ledger.applied])
+    checkpointer = Checkpointer(store, connection, ledger, scheduler, catalog, health, metrics)
+    journal = DurabilityLog(store, connection, ledger, health)  # unused (no store log); residency wants it
+    residency = Residency(None, engine, scheduler, catalog, ledger, journal, checkpointer, metrics)
+    restorer = Restorer(
+        store, connection, ledger, engine, scheduler, catalog, residency, health, metrics,
+        replay_log=False, limit=None,
+    )  # fmt: skip
+    applying = Applying()
+    persistence = ClusterPersistence(store, connection, ledger, checkpointer, health, applying)
+    registry = Registry(scheduler, labels, catalog, persistence, max_stream_bytes=settings.max_stream_bytes)
+    link = await _connect(settings, names)
+    replies = Replies()
+    parts = OwnerParts(
+        link, names, book, replica, partitions, replies, applying, registry, scheduler, catalog, ledger,
+        checkpointer, restorer, store, health, settings.max_request_observations,
+        settings.checkpoint_every_steps, settings.checkpoint_interval_seconds,
+    )  # fmt: skip
+    owner = Owner(parts)
+    url = settings.cluster_advertise_url or f"http://{settings.host}:{settings.port}"
+    leases = Leases(link, book, owner, names, replica, url, partitions)
+    front = Front(
+        link, names, replica, partitions, leases.map, replies, settings.cluster_forward_timeout_seconds
+    )
+    figures = ClusterFigures(
+        owned=lambda: len(book.held()),
+        live=lambda: sum(w.live for w in owner.workers.values()),
+        without_owner=lambda: sum(o is None for o in leases.map.owners),
+        lease_changes=lambda: leases.changes,
+        replay_lag=owner.replay_lag,
+    )
+    metrics.registry.register(ClusterCollector(figures))
+    return ClusterState(settings, metrics, link, leases, owner, front), scheduler
+
+
+def _warm_up(engine: Engine, state: ClusterState) -> None:
+    try:
+        warm_up(engine.device, engine.kernels)
+    except Exception:
+        log.exception("fused kernels failed to compile")
+    state.warmed = True
+
+
+def create_cluster_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        torch.set_num_threads(settings.torch_threads)
+        state, scheduler = await build_cluster(settings)
+        app.state.cluster = state
+        threading.Thread(
+            target=_warm_up, args=(scheduler.engine, state), name="trackin-warm-up", daemon=True
+        ).start()
+        scheduler.start()
+        await state.front.start()
+        state.leases.start()
+        log.info("trackin replica %s started on %s:%s", state.leases.replica, settings.host, settings.port)
+        try:
+            yield
+        finally:
+            await state.leases.stop()
+            await scheduler.drain()
+            await state.front.stop()
+            await state.link.close()
+            await scheduler.stop()
+            await state.owner.close()
+            log.info("trackin replica stopped")
+
+    app = FastAPI(title="trackin (cluster replica)", version="0.1.0", lifespan=lifespan)
+    app.include_router(router)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        body = error_body(code, str(exc.detail))
+        return JSONResponse(body, status_code=exc.status_code, headers=dict(exc.headers or {}))
+
+    return app

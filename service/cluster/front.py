@@ -1,0 +1,166 @@
+"""Any replica accepts any request: writes are logged for the owner, reads are asked of it.
+
+A write is published to its partition's subject; JetStream's acknowledgement is the durability point.
+The front then waits for the owner's answer (the same status and body as single-node), up to
+``cluster_forward_timeout_seconds``; past that it answers 202 with the log sequence: the write is durable
+and will be applied exactly once, only its answer is not known here. A partition without an owner gets a
+503 with Retry-After before anything is logged, so the client may safely resend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+
+import orjson
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from trackin.service.cluster.jetstream import NATS_ERRORS, Link
+from trackin.service.cluster.leases import PartitionMap
+from trackin.service.cluster.messages import EXPIRES, MSG_ID, OP, ORIGIN, REPLACE, STREAM, Answer, Replies
+from trackin.service.cluster.partitions import Names, partition_of
+from trackin.service.errors import Unavailable
+from trackin.service.ids import check_stream_id
+
+__all__ = ["Front"]
+
+_READ_TIMEOUT = 2.0
+PUBLISH_SECONDS = 2.0
+"""A write stored later than this after the front sent it is not applied (`EXPIRES`)."""
+_CLOCK_MARGIN = 0.5
+"""An acknowledgement this long before the expiry proves the write was stored in time, whatever the
+clock skew between this host and NATS's (bounded by this margin); a later one is checked exactly."""
+
+
+class Front:
+    """Forwards requests for any stream to its partition's owner, through NATS."""
+
+    def __init__(
+        self,
+        link: Link,
+        names: Names,
+        replica: str,
+        partitions: int,
+        partition_map: PartitionMap,
+        replies: Replies,
+        forward_timeout: float,
+    ) -> None:
+        self._link = link
+        self._names = names
+        self._replica = replica
+        self._partitions = partitions
+        self._map = partition_map
+        self._replies = replies
+        self._timeout = forward_timeout
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self._link.nc.subscribe(self._names.reply_subject(self._replica), cb=self._on_reply)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(*NATS_ERRORS):
+                await self._sub.unsubscribe()
+
+    async def _on_reply(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        self._replies.deliver(headers.get(MSG_ID, ""), Answer.from_nats(headers, msg.data))
+
+    async def _partition(self, stream_id: str) -> int:
+        """The stream's partition; 503 if it has no owner (the map is a tick old, so an empty slot is
+        looked up before refusing)."""
+        check_stream_id(stream_id)
+        partition = partition_of(stream_id, self._partitions)
+        if self._map.owners[partition] is None:
+            try:
+                entry = await self._link.leases.get(Names.lease_key(partition))
+                self._map.owners[partition] = (entry.value or b"").decode() or None
+            except NATS_ERRORS:  # not found (no lease), or NATS unreachable
+                pass
+        if self._map.owners[partition] is None:
+            raise Unavailable(
+                f"partition {partition} of stream {stream_id!r} has no owner right now, nothing applied",
+                retry_after=1,
+                stream=stream_id,
+            )
+        return partition
+
+    async def write(self, op: str, stream_id: str, body: bytes, *, replace: bool = False) -> Answer:
+        """Log a write (``observe``, ``put``, ``delete``) and return the owner's answer."""
+        partition = await self._partition(stream_id)
+        msg_id = uuid.uuid4().hex
+        headers = {OP: op, STREAM: stream_id, ORIGIN: self._replica, MSG_ID: msg_id}
+        if replace:
+            headers[REPLACE] = "1"
+        if not self._link.nc.is_connected:  # fail fast, nothing sent
+            raise Unavailable("log unavailable (NATS disconnected), nothing applied", stream=stream_id)
+        expires = time.time() + PUBLISH_SECONDS
+        headers[EXPIRES] = f"{expires:.3f}"
+        answer = self._replies.expect(msg_id)
+        try:
+            seq = await self._log(partition, body, headers, expires)
+        except BaseException:
+            self._replies.forget(msg_id)
+            raise
+        if seq is None:
+            self._replies.forget(msg_id)
+            raise Unavailable("log unavailable, nothing applied", stream=stream_id)
+        try:
+            return await asyncio.wait_for(asyncio.shield(answer), self._timeout)
+        except TimeoutError:
+            self._replies.forget(msg_id)
+            logged = {"status": "logged", "partition": partition, "seq": seq, "stream": stream_id}
+            return Answer(202, orjson.dumps(logged))
+
+    async def _log(self, partition: int, body: bytes, headers: dict[str, str], expires: float) -> int | None:
+        """Publish until acknowledged; the log sequence if the owner will apply the write, None if not.
+
+        A publish whose acknowledgement does not come may still have been stored, so it is sent again
+        with the same message id (JetStream answers a duplicate with the original's sequence) until the
+        log answers or the forward timeout passes. The owner applies the write only if JetStream stored
+        it by ``expires``: an acknowledgement received well before that says so; a later one is checked
+        against the stored message's time, the same time the owner compares.
+        """
+        js, subject = self._link.js, self._names.log_subject(partition)
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                ack = await js.publish(subject, body, headers=headers, timeout=PUBLISH_SECONDS)
+                break
+            except NATS_ERRORS:
+                if time.monotonic() > deadline:
+                    # Not known whether the first attempt was stored before NATS went away: the one
+                    # case where a 503 may still be applied (docs/scale-out.md, failure cases).
+                    return None
+            while not self._link.nc.is_connected and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        if time.time() < expires - _CLOCK_MARGIN:
+            return ack.seq
+        try:
+            stored = await js.get_msg(self._names.log_stream, seq=ack.seq)
+        except NATS_ERRORS:
+            return None
+        if stored.time is None or stored.time.timestamp() > expires:
+            return None
+        return ack.seq
+
+    async def read(self, op: str, stream_id: str, body: bytes = b"") -> Answer:
+        """Ask the owner (``describe``, ``predict``); 503 while the partition moves."""
+        partition = await self._partition(stream_id)
+        try:
+            msg = await self._link.nc.request(
+                self._names.read_subject(partition),
+                body,
+                timeout=_READ_TIMEOUT,
+                headers={OP: op, STREAM: stream_id},
+            )
+        except NATS_ERRORS:  # no responders (nobody owns it right now), timeout, NATS down
+            raise Unavailable(
+                f"partition {partition} of stream {stream_id!r} is moving to another replica",
+                retry_after=1,
+                stream=stream_id,
+            ) from None
+        return Answer.from_nats(msg.headers, msg.data)

@@ -1,0 +1,60 @@
+"""The cluster's Prometheus figures, read at scrape time from the lease loop and the owner."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["ClusterCollector", "ClusterFigures"]
+
+
+class ClusterFigures:
+    """What the collector reads; callables so that nothing is copied between scrapes."""
+
+    def __init__(
+        self,
+        owned: Callable[[], int],
+        live: Callable[[], int],
+        without_owner: Callable[[], int],
+        lease_changes: Callable[[], int],
+        replay_lag: Callable[[], int],
+    ) -> None:
+        self.owned = owned
+        self.live = live
+        self.without_owner = without_owner
+        self.lease_changes = lease_changes
+        self.replay_lag = replay_lag
+
+
+class ClusterCollector(Collector):
+    """``trackin_cluster_*``: partitions owned and serving, partitions without owner (as this replica
+    sees the map), lease changes, replay lag (messages behind while restoring)."""
+
+    def __init__(self, figures: ClusterFigures) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterable[Metric]:
+        f = self._figures
+        yield GaugeMetricFamily(
+            "trackin_cluster_partitions_owned", "Partitions whose lease this replica holds", value=f.owned()
+        )
+        yield GaugeMetricFamily(
+            "trackin_cluster_partitions_live", "Owned partitions restored and caught up", value=f.live()
+        )
+        yield GaugeMetricFamily(
+            "trackin_cluster_partitions_without_owner",
+            "Partitions without a lease in the last map this replica read",
+            value=f.without_owner(),
+        )
+        yield CounterMetricFamily(
+            "trackin_cluster_lease_changes",
+            "Leases taken, lost or released by this replica",
+            value=f.lease_changes(),
+        )
+        yield GaugeMetricFamily(
+            "trackin_cluster_replay_lag_messages",
+            "Log messages the partitions being restored are still behind",
+            value=f.replay_lag(),
+        )

@@ -1,0 +1,447 @@
+"""The partitions this replica owns: each restored from its checkpoints, replayed, then applied live.
+
+One `PartitionWorker` per owned partition reads the partition's subject of the log with an ordered
+JetStream consumer and applies every message in sequence order through the registry, as the single-node
+service applies requests. Observations are queued without waiting for the previous message's result, so
+the scheduler batches them; creations and deletions wait for the store. Before each message the worker
+checks its lease (`LeaseBook.valid`): a replica that was paused past its lease applies nothing more.
+Each stream's ledger position is the sequence of the last message applied to it, and the checkpoint of a
+stream records it, so a restore skips exactly what the checkpoint covers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import orjson
+import pydantic
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from trackin.models.engine import Engine, Outcomes
+from trackin.models.specs import StreamSpec
+from trackin.service.cluster.book import LeaseBook
+from trackin.service.cluster.jetstream import NATS_ERRORS, Link
+from trackin.service.cluster.messages import (
+    EXPIRES,
+    MSG_ID,
+    OP,
+    ORIGIN,
+    OWNER,
+    REPLACE,
+    SEQ,
+    STREAM,
+    TOKEN,
+    Answer,
+    Replies,
+)
+from trackin.service.cluster.partitions import Names, partition_of
+from trackin.service.cluster.persistence import Applying
+from trackin.service.domain.catalog import Catalog
+from trackin.service.domain.registry import Registry
+from trackin.service.domain.scheduler import Scheduler
+from trackin.service.durability import Checkpointer, Ledger, Restorer, StoreHealth
+from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError, Unavailable, error_body
+from trackin.service.store import Store
+from trackin.service.transport.results import results_json, shape_prediction
+from trackin.service.transport.wire import ObservationIn, PredictIn, decode_json
+
+__all__ = ["Owner", "OwnerParts", "PartitionWorker"]
+
+log = logging.getLogger("trackin.cluster")
+
+_PAGE = 1000
+_STOP_SECONDS = 1.0
+_RETRIED: tuple[type[BaseException], ...] = (Unavailable, *NATS_ERRORS)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerParts:
+    """What an owner applies messages with: the single-node service's parts, and the cluster's."""
+
+    link: Link
+    names: Names
+    book: LeaseBook
+    replica: str
+    partitions: int
+    replies: Replies
+    applying: Applying
+    registry: Registry
+    scheduler: Scheduler
+    catalog: Catalog
+    ledger: Ledger
+    checkpointer: Checkpointer
+    restorer: Restorer
+    store: Store
+    health: StoreHealth
+    max_request_observations: int
+    checkpoint_every_steps: int
+    checkpoint_interval_seconds: float
+
+
+class _Lapsed(Exception):
+    """The lease lapsed while applying: stop at once."""
+
+
+class PartitionWorker:
+    """Restore, replay and serve one partition while the lease is valid."""
+
+    def __init__(self, partition: int, token: int, parts: OwnerParts) -> None:
+        self.partition = partition
+        self.token = token
+        self._parts = parts
+        self.live = False
+        """Caught up with the log as it was when the lease was taken: reads are answered."""
+        self.applied_seq = 0
+        self.last_seq = 0
+        self.restore_seconds: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._reads: Subscription | None = None
+        self._answering: set[asyncio.Task[None]] = set()
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self._stopping = False
+        self.failed = False
+        """The worker stopped on an unexpected error: the lease is given up so the partition is restored."""
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"trackin-partition-{self.partition}")
+
+    async def stop(self) -> None:
+        """Stop applying and answering after the message being applied (its answer still goes out, as do
+        those of observations already queued); cancelled if that takes longer than a second."""
+        self.live = False
+        self._stopping = True
+        if self._reads is not None:
+            with contextlib.suppress(*NATS_ERRORS):
+                await self._reads.unsubscribe()
+            self._reads = None
+        if self._task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._task, _STOP_SECONDS)
+
+    def streams(self) -> list[str]:
+        """The partition's resident streams."""
+        p, n = self.partition, self._parts.partitions
+        return [s for s, _ in self._parts.catalog.items() if partition_of(s, n) == p]
+
+    async def checkpoint(self) -> None:
+        """Write the partition's changed streams (fenced); called between two messages, or after stopping."""
+        ledger = self._parts.ledger
+        due = [s for s in self.streams() if ledger.changed(s)]
+        if due:
+            await self._parts.checkpointer.checkpoint(due)
+        self._since_checkpoint, self._last_checkpoint = 0, time.monotonic()
+
+    # ----- the loop ---------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        p = self.partition
+        try:
+            start = await self._until_valid(self._restore)
+            self.last_seq = await self._until_valid(self._last_seq)
+            sub = await self._until_valid(lambda: self._subscribe(start))
+            if self.last_seq < start:
+                await self._go_live()
+            try:
+                await self._consume(sub)
+            finally:
+                with contextlib.suppress(*NATS_ERRORS):
+                    await sub.unsubscribe()
+        except _Lapsed:
+            log.warning("partition %d: lease lapsed while applying; stopped", p)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("partition %d: worker failed; giving the partition up", p)
+            self.failed = True
+
+    async def _until_valid(self, step: Callable[[], Awaitable[Any]]) -> Any:
+        """Retry a step that needs NATS or Redis while the lease holds (backoff 0.2 s doubling to 2 s)."""
+        backoff = 0.2
+        while True:
+            if self._stopping or not self._parts.book.valid(self.partition):
+                raise _Lapsed
+            try:
+                return await step()
+            except _RETRIED as exc:
+                log.warning("partition %d: %s; retrying", self.partition, exc)
+            await asyncio.sleep(backoff)
+            backoff = min(2 * backoff, 2.0)
+
+    async def _restore(self) -> int:
+        """Install the partition's checkpoints; the sequence to replay from."""
+        started = time.perf_counter()
+        parts, p = self._parts, self.partition
+        ids: list[str] = []
+        cursor: str | None = None
+        with parts.health.store_errors("store unavailable, cannot restore"):
+            await parts.store.startup()  # idempotent: connects on the first call that finds Redis up
+            while True:
+                page, cursor = await parts.store.list_streams("", _PAGE, cursor)
+                ids += [s for s in page if partition_of(s, parts.partitions) == p]
+                if cursor is None:
+                    break
+        if len(ids) == 1:
+            await parts.restorer.restore(ids[0])
+        elif ids:
+            await parts.restorer.prefetch(ids)
+        positions = [int(parts.ledger.position(s) or 0) for s in ids if s in parts.catalog]
+        self.restore_seconds = time.perf_counter() - started
+        log.info("partition %d: %d streams restored in %.3f s", p, len(positions), self.restore_seconds)
+        return min(positions) + 1 if positions else 1
+
+    async def _last_seq(self) -> int:
+        try:
+            last = await self._parts.link.js.get_last_msg(
+                self._parts.names.log_stream, self._parts.names.log_subject(self.partition)
+            )
+        except nats.js.errors.NotFoundError:
+            return 0
+        return int(last.seq or 0)
+
+    async def _subscribe(self, start: int) -> Subscription:
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+        return await self._parts.link.js.subscribe(
+            self._parts.names.log_subject(self.partition), ordered_consumer=True, config=config
+        )
+
+    async def _go_live(self) -> None:
+        self.live = True
+        nc = self._parts.link.nc
+        self._reads = await nc.subscribe(self._parts.names.read_subject(self.partition), cb=self._on_read)
+        log.info("partition %d: live (token %d, log at %d)", self.partition, self.token, self.last_seq)
+
+    async def _consume(self, sub: Subscription) -> None:
+        parts, p = self._parts, self.partition
+        while not self._stopping:
+            try:
+                msg = await sub.next_msg(timeout=0.25)
+            except nats.errors.TimeoutError:
+                msg = None
+            if not parts.book.valid(p):
+                raise _Lapsed
+            if msg is not None:
+                seq = msg.metadata.sequence.stream
+                if seq > self.applied_seq:  # an ordered consumer may deliver again after a reset
+                    await self._apply(msg, seq)
+                    self.applied_seq = seq
+                if not self.live and seq >= self.last_seq:
+                    await self._go_live()
+            due = self._since_checkpoint >= parts.checkpoint_every_steps or (
+                time.monotonic() - self._last_checkpoint >= parts.checkpoint_interval_seconds
+            )
+            if due:
+                try:
+                    await self.checkpoint()
+                except Unavailable as exc:
+                    log.warning("partition %d: checkpoint failed (%s); retrying later", p, exc)
+                    self._last_checkpoint = time.monotonic()
+
+    # ----- applying one message ---------------------------------------------------------------------------
+
+    async def _apply(self, msg: Msg, seq: int) -> None:
+        parts = self._parts
+        headers = msg.headers or {}
+        op, stream = headers.get(OP, ""), headers.get(STREAM, "")
+        if stream in parts.catalog and seq <= int(parts.ledger.position(stream) or 0):
+            return  # in the stream's checkpoint already
+        reply = _Reply(parts, self.token, seq, stream, headers.get(ORIGIN, ""), headers.get(MSG_ID, ""))
+        expires = headers.get(EXPIRES)
+        if expires is not None and msg.metadata.timestamp.timestamp() > float(expires):
+            # Stored after its front gave up on it and answered 503: never applied, by anyone.
+            await reply.send(_error(Unavailable("log unavailable, nothing applied", stream=stream)))
+            return
+        if op == "observe":
+            await self._observe(stream, msg.data, seq, reply)
+        elif op in ("put", "delete"):
+            parts.applying.seq[stream] = seq
+            try:
+                answer = await self._until_valid(lambda: self._control(op, stream, msg.data, headers))
+            finally:
+                parts.applying.seq.pop(stream, None)
+            if stream in parts.catalog:
+                parts.ledger.logged(stream, str(seq))
+            await reply.send(answer)
+        else:
+            await reply.send(_error(InvalidInput(f"unknown operation {op!r}", field="op")))
+
+    async def _observe(self, stream: str, raw: bytes, seq: int, reply: _Reply) -> None:
+        parts = self._parts
+        if stream in parts.catalog:
+            parts.ledger.logged(stream, str(seq))
+        try:
+            if raw.lstrip()[:1] == b"[":
+                items: list[ObservationIn] = decode_json(raw, list[ObservationIn], prefix="observations")
+            else:
+                items = [decode_json(raw, ObservationIn, prefix="observations[0]")]
+            limit = parts.max_request_observations
+            if len(items) > limit:
+                raise PayloadTooLarge(
+                    f"{len(items)} observations exceed the limit of {limit} per request", field="observations"
+                )
+            if not items:
+                raise InvalidInput("no observations", field="observations")
+            batch, applied = await parts.registry.enqueue(items, default_stream=stream, prefix="observations")
+        except ServiceError as exc:
+            exc.stream = exc.stream or stream
+            await reply.send(_error(exc))
+            return
+        self._since_checkpoint += len(items)
+
+        async def answer() -> None:
+            try:
+                outcomes: Outcomes = await applied
+                body = {"results": results_json(batch.stream_ids, batch.specs, outcomes, many=False)}
+                await reply.send(Answer(200, orjson.dumps(body)))
+            except ServiceError as exc:
+                await reply.send(_error(exc))
+            except Exception:
+                log.exception("partition %d: applying %r failed", self.partition, stream)
+                await reply.send(Answer(500, orjson.dumps(error_body("internal", "internal error"))))
+
+        task = asyncio.create_task(answer())
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _control(self, op: str, stream: str, raw: bytes, headers: dict[str, str]) -> Answer:
+        """A creation or deletion; ``Unavailable`` (the store is down) is retried by the caller, so the
+        log's order is kept: nothing after it in the partition is applied before it."""
+        registry = self._parts.registry
+        try:
+            if op == "delete":
+                await registry.delete_stream(stream)
+                return Answer(204, b"")
+            try:
+                spec = StreamSpec.model_validate_json(raw)
+            except pydantic.ValidationError as exc:
+                first = exc.errors()[0]
+                field = ".".join(str(p) for p in first.get("loc", ())) or "body"
+                raise InvalidInput(f"{field}: {first.get('msg')}", field=field, stream=stream) from None
+            outcome = await registry.put_stream(stream, spec, replace=headers.get(REPLACE) == "1")
+            body = await registry.describe(stream)
+            status = 201 if outcome == "created" else 200
+            return Answer(status, orjson.dumps({"outcome": outcome, **body}))
+        except Unavailable:
+            raise
+        except ServiceError as exc:
+            exc.stream = exc.stream or stream
+            return _error(exc)
+
+    # ----- reads ------------------------------------------------------------------------------------------
+
+    async def _on_read(self, msg: Msg) -> None:
+        if not self.live or not self._parts.book.valid(self.partition) or not msg.reply:
+            return  # not ours (any more): stay silent, the owner answers
+        headers = msg.headers or {}
+        op, stream = headers.get(OP, ""), headers.get(STREAM, "")
+        registry = self._parts.registry
+        try:
+            if op == "describe":
+                answer = Answer(200, orjson.dumps(await registry.describe(stream)))
+            elif op == "predict":
+                body: PredictIn = decode_json(msg.data or b"{}", PredictIn)
+                spec, values = await registry.predict(stream, body.x, body.request_id)
+                out: dict[str, Any] = {"stream": stream, "prediction": shape_prediction(spec, values)}
+                answer = Answer(200, orjson.dumps(out))
+            else:
+                answer = _error(InvalidInput(f"unknown operation {op!r}", field="op"))
+        except ServiceError as exc:
+            exc.stream = exc.stream or stream
+            answer = _error(exc)
+        if not self._parts.book.valid(self.partition):
+            return
+        with contextlib.suppress(*NATS_ERRORS):
+            await self._parts.link.nc.publish(msg.reply, answer.body, headers=answer.nats_headers(""))
+
+
+class _Reply:
+    """Where the answer to one logged write goes: the waiting front here, or another replica."""
+
+    def __init__(
+        self, parts: OwnerParts, token: int, seq: int, stream: str, origin: str, msg_id: str
+    ) -> None:
+        self._parts = parts
+        self._token = token
+        self._seq = seq
+        self._stream = stream
+        self._origin = origin
+        self._msg_id = msg_id
+
+    async def send(self, answer: Answer) -> None:
+        parts = self._parts
+        if not self._msg_id or not self._origin:
+            return
+        if self._origin == parts.replica:
+            parts.replies.deliver(self._msg_id, answer)
+            return
+        subject = parts.names.reply_subject(self._origin)
+        headers = {**answer.nats_headers(self._msg_id), OWNER: parts.replica, TOKEN: str(self._token)}
+        headers[STREAM] = self._stream
+        headers[SEQ] = str(self._seq)
+        with contextlib.suppress(*NATS_ERRORS):
+            await parts.link.nc.publish(subject, answer.body, headers=headers)
+
+
+def _error(exc: ServiceError) -> Answer:
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else {}
+    return Answer(exc.status, orjson.dumps(exc.body()), headers)
+
+
+class Owner:
+    """The `trackin.service.cluster.leases.Owners` of this replica: a worker per owned partition."""
+
+    def __init__(self, parts: OwnerParts) -> None:
+        self._parts = parts
+        self.workers: dict[int, PartitionWorker] = {}
+
+    async def take(self, partition: int, token: int) -> None:
+        worker = PartitionWorker(partition, token, self._parts)
+        self.workers[partition] = worker
+        worker.start()
+
+    async def drop(self, partition: int, *, lapsed: bool) -> None:
+        worker = self.workers.pop(partition, None)
+        if worker is None:
+            return
+        await worker.stop()
+        if not lapsed:
+            try:
+                await worker.checkpoint()
+            except Unavailable as exc:
+                log.warning("partition %d: checkpoint at release failed (%s)", partition, exc)
+        await self._unload(worker.streams())
+
+    async def _unload(self, stream_ids: list[str]) -> None:
+        """Drop streams from memory (not from the store): their partition is someone else's now."""
+        parts = self._parts
+        for stream_id in stream_ids:
+            parts.catalog.remove(stream_id)
+            parts.ledger.forget(stream_id)
+
+        def remove(engine: Engine) -> None:
+            for stream_id in stream_ids:
+                if stream_id in engine:
+                    engine.remove(stream_id)
+
+        await parts.scheduler.call(remove)
+
+    def failed(self) -> list[int]:
+        return sorted(p for p, w in self.workers.items() if w.failed)
+
+    async def close(self) -> None:
+        """Release the store's connections (after every partition was dropped)."""
+        await self._parts.store.shutdown()
+
+    def replay_lag(self) -> int:
+        """Messages the partitions still replaying are behind the log as it was when taken."""
+        return sum(max(0, w.last_seq - w.applied_seq) for w in self.workers.values() if not w.live)

@@ -1,0 +1,118 @@
+"""The cluster's pure parts: the partition hash, the lease book's deadlines, the lease-fenced store."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+from tests.support.redis_server import RedisServer
+from trackin.service.cluster.book import VALID_FRACTION, LeaseBook
+from trackin.service.cluster.partitions import Names, partition_of, preference
+from trackin.service.cluster.store import LeaseFencedStore
+from trackin.service.store import Checkpoint, StoreUnavailable
+from trackin.service.store.redis_backend import RedisStore
+
+
+def test_partition_is_crc32_mod_p_and_spreads_ids() -> None:
+    assert partition_of("sensor-7", 32) == zlib.crc32(b"sensor-7") % 32
+    counts = [0] * 16
+    for i in range(1600):
+        counts[partition_of(f"s-{i}", 16)] += 1
+    assert min(counts) > 60, counts  # about 100 each
+    assert preference("r1", 3) != preference("r2", 3)
+
+
+def test_the_client_routes_by_the_servers_hash() -> None:
+    from trackin_client import PartitionMap
+
+    routes = PartitionMap.from_json(
+        {
+            "partitions": 7,
+            "hash": "crc32-mod",
+            "owners": ["a", None] * 3 + ["b"],
+            "replicas": {"a": "http://a"},
+        }
+    )
+    assert all(routes.partition(f"id-{i}") == partition_of(f"id-{i}", 7) for i in range(500))
+    assert (
+        routes.owner_url(next(s for s in (f"x{i}" for i in range(99)) if partition_of(s, 7) == 0))
+        == "http://a"
+    )
+    assert routes.owner_url(next(s for s in (f"x{i}" for i in range(99)) if partition_of(s, 7) == 1)) is None
+    with pytest.raises(ValueError, match="hash"):
+        PartitionMap.from_json({"partitions": 7, "hash": "md5", "owners": [], "replicas": {}})
+
+
+def test_names_keep_two_clusters_apart() -> None:
+    a, b = Names("a"), Names("b")
+    assert {a.log_stream, a.lease_bucket, a.log_subject(1)}.isdisjoint(
+        {b.log_stream, b.lease_bucket, b.log_subject(1)}
+    )
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    now = [100.0]
+    monkeypatch.setattr("trackin.service.cluster.book.time.monotonic", lambda: now[0])
+    return now
+
+
+def test_a_lease_stops_counting_before_its_ttl_would_let_anyone_else_take_it(clock: list[float]) -> None:
+    book = LeaseBook(ttl=10.0)
+    book.took(3, revision=41, sent=clock[0])
+    assert book.valid(3)
+    assert book.token(3) == 41
+    clock[0] += VALID_FRACTION * 10.0 - 0.01
+    assert book.valid(3)
+    clock[0] += 0.02  # still well inside the server's TTL, counted from when it stored the lease
+    assert not book.valid(3)
+    assert book.token(3) is None
+    assert book.lapsed() == [3]
+    book.renewed(3, revision=57, sent=clock[0])
+    assert book.valid(3)
+    assert book.token(3) == 41
+    assert book.get(3) is not None
+    assert book.get(3).revision == 57
+    book.gave_up(3)
+    assert not book.valid(3)
+    assert book.held() == []
+
+
+def _checkpoint(stream_id: str, step: int) -> Checkpoint:
+    return Checkpoint(stream_id, 0, step, str(step), {}, b"state")
+
+
+async def test_fenced_store_writes_with_the_partition_token_and_refuses_without_a_lease(
+    tmp_path: Path,
+) -> None:
+    with RedisServer(tmp_path) as redis:
+        book = LeaseBook(ttl=60.0)
+        inner = RedisStore(redis.url)
+        store = LeaseFencedStore(inner, book, partitions=4)
+        await store.startup()
+        try:
+            stream = "s-1"
+            p = partition_of(stream, 4)
+            outcome = await store.write_checkpoints([_checkpoint(stream, 1)])
+            assert outcome.rejected == [stream]  # no lease: nothing written
+            assert await inner.read_checkpoint(stream) is None
+            with pytest.raises(StoreUnavailable):
+                await store.delete_stream(stream, 0)
+            book.took(p, revision=20, sent=time.monotonic())
+            assert (await store.write_checkpoints([_checkpoint(stream, 1)])).accepted == [stream]
+            stored = await inner.read_checkpoint(stream)
+            assert stored is not None
+            assert stored.epoch == 20
+            # A newer owner (a later revision) wins; the old one's later write is refused by the store.
+            book.took(p, revision=35, sent=time.monotonic())
+            assert (await store.write_checkpoints([_checkpoint(stream, 2)])).accepted == [stream]
+            book.took(p, revision=20, sent=time.monotonic())
+            assert (await store.write_checkpoints([_checkpoint(stream, 9)])).rejected == [stream]
+            stored = await inner.read_checkpoint(stream)
+            assert stored is not None
+            assert (stored.epoch, stored.step) == (35, 2)
+        finally:
+            await store.shutdown()
