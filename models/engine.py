@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -69,9 +69,12 @@ class StreamLocation:
     spec: StreamSpec
 
 
-@dataclass(frozen=True, slots=True)
-class ItemResult:
-    """One observation's outcome, as plain Python values for the wire."""
+class ItemResult(NamedTuple):
+    """One observation's outcome, as plain Python values for the wire.
+
+    A named tuple, not a frozen dataclass: the ids API builds one per observation, and a frozen
+    dataclass's ``__init__`` (one ``object.__setattr__`` per field) costs about 1 us of the 2.5 us an
+    observation costs there at batch 1,024; a tuple's costs a fifth of that."""
 
     step: int
     prediction: list[float] | None
