@@ -19,7 +19,9 @@ Side by side in one run, each on a real ``trackin serve`` subprocess over loopba
   redis-server, from /proc over the measured window) and its ratio (no store's CPU / this one's): on a
   machine other work shares, the CPU an observation costs moves far less than the wall-clock rate.
 - Restore of ``--restore-streams`` stored streams (``log`` durability, clean shutdown: empty log tails):
-  eagerly at startup (``TRACKIN_RESTORE_EAGERLY=true``; time to ``/readyz`` minus a lazy server's start),
+  eagerly at startup (``TRACKIN_RESTORE_EAGERLY=true``; time to ``/readyz`` minus a lazy server's start,
+  and the same difference in the server's CPU time, with its redis-server's CPU meanwhile: the steady
+  figures on a shared machine),
   and lazily on first use (requests of 1,000 distinct streams until all were touched, minus the same pass
   again with every stream resident).
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import tempfile
 import time
@@ -95,6 +98,10 @@ class RestoreRow:
     streams: int
     seconds: float
     mean_restore_ms: float
+    cpu_seconds: float = float("nan")
+    """Eager only: the server's CPU time at ``/readyz`` minus a lazy server's (the restore's own CPU, the
+    steady figure on a shared machine), and its redis-server's CPU meanwhile."""
+    store_cpu_seconds: float = float("nan")
 
     @property
     def rate(self) -> float:
@@ -313,6 +320,7 @@ def restore(base: Path, backend: str, args: argparse.Namespace, console: Console
 
         lazy = d.make()
         baseline = _ready_seconds(lazy)
+        baseline_cpu = cpu_seconds(lazy.pid)
         if not args.skip_lazy:
             first = asyncio.run(_touch_all(lazy.url, n))
             metrics = scrape(lazy.url)
@@ -324,12 +332,16 @@ def restore(base: Path, backend: str, args: argparse.Namespace, console: Console
         lazy.kill()
 
         eager = d.make({"TRACKIN_RESTORE_EAGERLY": "true"})
+        redis_pid = d.redis.pid if d.redis is not None else None
+        store_cpu = cpu_seconds(redis_pid)
         ready = _ready_seconds(eager)
+        cpu = cpu_seconds(eager.pid) - baseline_cpu
+        store_cpu = cpu_seconds(redis_pid) - store_cpu
         metrics = scrape(eager.url)
         count = metrics.get("trackin_stream_restore_duration_seconds_count", 0.0)
         assert count >= n, f"only {count:.0f} of {n} streams restored at start"
         mean = metrics["trackin_stream_restore_duration_seconds_sum"] / count * 1e3
-        rows.append(RestoreRow(backend, "eager (at start)", n, ready - baseline, mean))
+        rows.append(RestoreRow(backend, "eager (at start)", n, ready - baseline, mean, cpu, store_cpu))
     return rows
 
 
@@ -358,11 +370,29 @@ def _report(
     console.print(table)
     if restores:
         table = Table(title=f"Restore of {args.restore_streams:,} stored streams (log durability)")
-        for column in ("backend", "when", "seconds", "streams/s", "mean per stream"):
+        restore_columns = (
+            "backend",
+            "when",
+            "seconds",
+            "streams/s",
+            "mean per stream",
+            "server CPU",
+            "redis CPU",
+        )
+        for column in restore_columns:
             table.add_column(column, justify="left" if column in ("backend", "when") else "right")
         for r in restores:
+            cpu = "" if math.isnan(r.cpu_seconds) else f"{r.cpu_seconds:.1f} s"
+            measured = r.backend == "redis" and not math.isnan(r.store_cpu_seconds)
+            store = f"{r.store_cpu_seconds:.1f} s" if measured else ""
             table.add_row(
-                r.backend, r.mode, f"{r.seconds:.1f}", f"{r.rate:,.0f}", f"{r.mean_restore_ms:.3f} ms"
+                r.backend,
+                r.mode,
+                f"{r.seconds:.1f}",
+                f"{r.rate:,.0f}",
+                f"{r.mean_restore_ms:.3f} ms",
+                cpu,
+                store,
             )
         console.print(table)
 

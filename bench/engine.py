@@ -205,6 +205,26 @@ def round_us(engine: Engine, ids: list[str], work: Workload, calls: int = 3_000)
     return float(spent.min() * 1e6), float(np.median(spent) * 1e6)
 
 
+def arrays_round_us(
+    engine: Engine, ids: list[str], work: Workload, calls: int = 3_000
+) -> tuple[float, float]:
+    """`round_us` through ``Engine.observe_arrays`` (the service's call: one stream id, ``x [1, d]`` and
+    ``y [1, 1]`` float64 arrays in, arrays out), inputs prepared beforehand: min and median, microseconds."""
+    inputs = [
+        ([ids[work.order[k]]], work.x[k : k + 1].copy(), work.y[k : k + 1, None].copy()) for k in range(64)
+    ]
+    for one, x, y in inputs:
+        engine.observe_arrays(one, x, y)
+    spent = np.empty(calls)
+    clock = time.perf_counter
+    for k in range(calls):
+        one, x, y = inputs[k % 64]
+        started = clock()
+        engine.observe_arrays(one, x, y)
+        spent[k] = clock() - started
+    return float(spent.min() * 1e6), float(np.median(spent) * 1e6)
+
+
 def bench_engine(
     engine: Engine, ids: list[str], work: Workload, batch: int, budget: float
 ) -> tuple[Rate, Rate]:
@@ -400,18 +420,21 @@ def main() -> None:
     torch.set_num_threads(1)
     print(
         "\nbatch-1 round: one StreamPool.observe of one observation, us (min / median of 3,000 calls, "
-        "1 thread)"
+        "1 thread); arrays: the same through Engine.observe_arrays (ids and float64 arrays in and out)"
     )
-    print(f"{'family':<22} {'streams':>8} {'engine':>15} {'torch':>15} {'x torch (min)':>13}")
+    print(f"{'family':<22} {'streams':>8} {'engine':>15} {'torch':>15} {'x torch (min)':>13} {'arrays':>15}")
     for family, spec in FAMILIES.items():
         if args.family and not any(f in family for f in args.family):
             continue
         work = Workload(1_000)
-        best, median = round_us(*build_engine(spec, 1_000), work)
+        engine_ids = build_engine(spec, 1_000)
+        best, median = round_us(*engine_ids, work)
         torch_best, torch_median = round_us(*build_engine(spec, 1_000, kernels="torch"), work)
+        arrays_best, arrays_median = arrays_round_us(*engine_ids, work)
         print(
             f"{family:<22} {1_000:>8,} {best:>7.1f} / {median:<5.1f} "
-            f"{torch_best:>7.1f} / {torch_median:<5.1f} {torch_best / best:>13.1f}",
+            f"{torch_best:>7.1f} / {torch_median:<5.1f} {torch_best / best:>13.1f} "
+            f"{arrays_best:>7.1f} / {arrays_median:<5.1f}",
             flush=True,
         )
     engine_fused.run(budget, stream_counts)

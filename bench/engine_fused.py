@@ -2,10 +2,14 @@
 RLS-preconditioned), side by side in one run with River, and what compiling the kernel costs.
 
 Run: ``.venv/bin/python -m bench.engine --fused`` (this section only; ``--quick`` for 1,000 streams and short
-cells). One thread. ``us/round`` is the wall time of one ``StreamPool.observe`` call at batch 1 (``cpu``:
-process CPU time, less sensitive to other load); at batch 1,024 the rates are observations per second and
-their ratio to River (one ``LinearRegression`` per stream, ``predict_one`` then ``learn_one``). The compile
-cost is measured in fresh processes: cold (an empty numba cache directory) and from numba's on-disk cache.
+cells). One thread. ``us/round`` is the wall time of one step of the batch-1 loop (``cpu``: process CPU
+time, less sensitive to other load), which also gathers that step's inputs with two torch ``index_select``s;
+``call`` is one ``StreamPool.observe`` call alone and ``arrays`` one ``Engine.observe_arrays`` call (the
+service's: an id and float64 arrays in, arrays out), inputs prepared beforehand (microseconds, the minimum
+over 3,000 calls: the cost itself, which load on the machine cannot shrink); at batch 1,024 the rates are
+observations per second and their ratio to River (one ``LinearRegression`` per stream, ``predict_one`` then
+``learn_one``). The compile cost is measured in fresh processes: cold (an empty numba cache directory) and
+from numba's on-disk cache.
 """
 
 from __future__ import annotations
@@ -18,7 +22,16 @@ import tempfile
 
 import torch
 
-from bench.engine import DEFAULT, Workload, bench_engine, bench_river, build_engine, fmt
+from bench.engine import (
+    DEFAULT,
+    Workload,
+    arrays_round_us,
+    bench_engine,
+    bench_river,
+    build_engine,
+    fmt,
+    round_us,
+)
 from trackin.models.kernels import Kernels
 
 KERNELS: dict[str, Kernels] = {"fused": "auto", "torch": "torch"}
@@ -50,7 +63,8 @@ def run(budget: float, stream_counts: tuple[int, ...]) -> None:
     print("\nfused tracking kernel vs torch round: linear 16, the default path (scale-free, RLS)")
     print(f"1 thread, {budget:g} s per cell, load average {os.getloadavg()[0]:.2f}")
     header = (
-        f"{'kernels':<7} {'streams':>8} {'us/round':>9} {'cpu us':>7} {'obs/s b1':>9} {'obs/s 1024':>10} "
+        f"{'kernels':<7} {'streams':>8} {'us/round':>9} {'cpu us':>7} {'call':>5} {'arrays':>6} "
+        f"{'obs/s b1':>9} {'obs/s 1024':>10} "
         f"{'ids 1024':>9} {'river':>7} {'x river':>8} {'cpu x river':>11} {'ids x river':>11}"
     )
     print(header)
@@ -61,6 +75,8 @@ def run(budget: float, stream_counts: tuple[int, ...]) -> None:
         for label, kernels in KERNELS.items():
             engine_ids = build_engine(DEFAULT, streams, kernels)
             one, _ = bench_engine(*engine_ids, work, 1, budget)
+            call, _ = round_us(*engine_ids, work)
+            arrays, _ = arrays_round_us(*engine_ids, work)
             big, big_ids = bench_engine(*engine_ids, work, 1_024, budget)
             ratios = ["-", "-", "-"]
             if river is not None:
@@ -71,6 +87,7 @@ def run(budget: float, stream_counts: tuple[int, ...]) -> None:
                 ]
             print(
                 f"{label:<7} {streams:>8,} {1e6 / one.per_second:>9.1f} {1e6 / one.per_cpu_second:>7.1f} "
+                f"{call:>5.1f} {arrays:>6.1f} "
                 f"{fmt(one.per_second):>9} {fmt(big.per_second):>10} {fmt(big_ids.per_second):>9} "
                 f"{fmt(river.per_second if river else None):>7} {ratios[0]:>8} {ratios[1]:>11} "
                 f"{ratios[2]:>11}",

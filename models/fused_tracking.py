@@ -87,6 +87,8 @@ assert sorted(_COLUMNS) == list(range(K.N_COL))
 
 Outcomes = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]
 """predictions, losses, steps, applied, warming, nonfinite, drift, forecasts (``ObserveResult``'s order)."""
+Host = Tensor | np.ndarray
+"""Rows as a host tensor or a NumPy array (`StreamPool.observe_host` passes arrays: no torch wrapping)."""
 _KERNEL: Any = K.tracking_round  # numba's Dispatcher (typed loosely: its stubs know no entry points)
 _TYPEOF: Any = numba.typeof
 
@@ -154,21 +156,21 @@ class FusedTrackingRound(TrackingRound):
         return cached[1], cached[2], cached[3]
 
     def _arrays_in(
-        self, n: int, x: Tensor, y: Tensor | None, ts: Tensor | None
+        self, n: int, x: Host, y: Host | None, ts: Host | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Inputs, targets (series: ``[n, 0]``) and times (NaN: one unit on) as writable C arrays of the
         pool's dtype (the kernel's types)."""
         dt = self._np_dtype
-        xs = _writable(np.ascontiguousarray(x.numpy(), dtype=dt))
-        ys = _writable(np.ascontiguousarray(y.numpy(), dtype=dt)) if y is not None else np.empty((n, 0), dt)
+        xs = _writable(np.ascontiguousarray(_host(x), dtype=dt))
+        ys = _writable(np.ascontiguousarray(_host(y), dtype=dt)) if y is not None else np.empty((n, 0), dt)
         if self.layout.kind == "linear":
             return xs, ys, self._no_ts
         if ts is None:
             return xs, ys, np.full(n, math.nan, dtype=dt)
-        return xs, ys, _writable(np.ascontiguousarray(ts.numpy(), dtype=dt))
+        return xs, ys, _writable(np.ascontiguousarray(_host(ts), dtype=dt))
 
     def run(
-        self, slots: np.ndarray, x: Tensor, y: Tensor | None, ts: Tensor | None
+        self, slots: np.ndarray, x: Host, y: Host | None, ts: Host | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
         """Step rows ``slots`` in order (repeats too); returns served predictions, losses, forecasts (series),
         steps and the flags ``[N_FLAGS, n]``."""
@@ -207,6 +209,16 @@ class FusedTrackingRound(TrackingRound):
             None if forecast is None else tensor(forecast),
         )
 
+    def host(
+        self, slots: np.ndarray, x: Host, y: Host | None, ts: Host | None
+    ) -> tuple[
+        np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None
+    ]:
+        """:meth:`observe`'s fields as the kernel's NumPy outputs, without wrapping each in a tensor."""
+        pred, loss, forecast, step, flags = self.run(slots, x, y, ts)
+        applied, warming = flags[K.FL_APPLIED], flags[K.FL_WARMING]
+        return pred, loss, step, applied, warming, flags[K.FL_NONFINITE], flags[K.FL_DRIFT], forecast
+
     def __call__(
         self, s: Tensor, x: Tensor, y: Tensor | None, *, sync_free: bool, ts: Tensor | None = None
     ) -> dict[str, Tensor]:
@@ -225,6 +237,11 @@ class FusedTrackingRound(TrackingRound):
         if forecast is not None:
             result["forecast"] = torch.from_numpy(forecast)
         return result
+
+
+def _host(a: Host) -> np.ndarray:
+    """A host tensor's NumPy view (no copy), or the array itself."""
+    return a.numpy() if isinstance(a, Tensor) else a
 
 
 def _writable(a: np.ndarray) -> np.ndarray:

@@ -34,7 +34,14 @@ from trackin.models.tracking_round import TrackingNet, TrackingRound
 if TYPE_CHECKING:
     from trackin.models.fused_tracking import FusedTrackingRound
 
-__all__ = ["INITIAL_POOL_BYTES", "ObserveResult", "StreamPool", "initial_capacity", "slot_bytes"]
+__all__ = [
+    "INITIAL_POOL_BYTES",
+    "HostResult",
+    "ObserveResult",
+    "StreamPool",
+    "initial_capacity",
+    "slot_bytes",
+]
 
 INITIAL_POOL_BYTES = 1 << 20
 """A new pool starts with up to 16 slots, but no more than fit in this: a pool of wide models starts with
@@ -75,6 +82,19 @@ class ObserveResult(NamedTuple):
     nonfinite: Tensor  # [n] bool: loss, gradient (or arriving ar value) not finite, state left as it was
     drift: Tensor  # [n] bool: the drift detector fired on this observation
     forecasts: Tensor | None  # [n, dim] next forecast of ar streams (NaN until the window is full)
+
+
+class HostResult(NamedTuple):
+    """`ObserveResult`'s fields as NumPy arrays (`StreamPool.observe_host`)."""
+
+    predictions: np.ndarray
+    losses: np.ndarray
+    steps: np.ndarray
+    applied: np.ndarray
+    warming: np.ndarray
+    nonfinite: np.ndarray
+    drift: np.ndarray
+    forecasts: np.ndarray | None
 
 
 def _occurrence_rounds(slots: np.ndarray) -> list[np.ndarray]:
@@ -344,6 +364,28 @@ class StreamPool:
             inverse = torch.from_numpy(np.argsort(np.concatenate(rounds))).to(dev)
             out = {k: torch.cat([p[k] for p in parts]).index_select(0, inverse) for k in parts[0]}
         return _result({k: _plain(v.cpu()) for k, v in out.items()})
+
+    def observe_host(
+        self,
+        slots: np.ndarray,
+        inputs: np.ndarray,
+        targets: np.ndarray | None = None,
+        times: np.ndarray | None = None,
+    ) -> HostResult:
+        """:meth:`observe` on NumPy arrays, outcomes as NumPy arrays. A fused pool hands the arrays to its
+        kernel and returns the kernel's outputs as they are: at batch 1 the tensor wrapping around the call
+        (``from_numpy`` in, ``.numpy()`` out, one per field) costs more than the kernel's round itself."""
+        if self._fused is not None:
+            return HostResult(*self._fused.host(slots, inputs, targets, times))
+        if isinstance(self._round, FusedRound):
+            r = self._round.run(np.asarray(slots, dtype=np.int64), inputs, targets)
+            f = r.flags
+            return HostResult(r.pred, r.loss, r.step, f[0], f[1], f[2], f[3], r.forecast)
+        t = torch.from_numpy
+        out = self.observe(
+            slots, t(inputs), None if targets is None else t(targets), None if times is None else t(times)
+        )
+        return HostResult(*(None if v is None else v.numpy() for v in out))  # type: ignore[arg-type]
 
 
 def _result(host: dict[str, Tensor]) -> ObserveResult:

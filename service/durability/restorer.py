@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,7 +153,7 @@ class Restorer:
         to it; corrupt ones are logged.
         """
         limit, cursor = self._limit, None
-        with self._health.store_errors("store unavailable, cannot restore streams"):
+        with _collector_paused(), self._health.store_errors("store unavailable, cannot restore streams"):
             if limit is not None:
                 while True:
                     ids, cursor = await self._store.list_streams("", PAGE, cursor)
@@ -299,6 +300,23 @@ class Restorer:
                 self._specs.clear()
             self._specs[key] = spec
         return spec
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block (and back on after, if it was on).
+
+    An eager restore creates a few long-lived objects per stream (its checkpoint's meta, record, ledger
+    rows): every full collection meanwhile walks all of those made so far again, a third of the CPU of
+    a restore of 100,000 streams. They hold no reference cycles, so reference counting frees whatever
+    of them dies meanwhile; nothing waits for the collector."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass(frozen=True, slots=True)

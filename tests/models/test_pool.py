@@ -12,6 +12,7 @@ from torch import Tensor
 
 from tests.models.reference import ReferenceStream
 from tests.support.tolerances import step_ops, tolerance
+from trackin.models.kernels import Kernels
 from trackin.models.pool import StreamPool, _occurrence_rounds
 from trackin.models.specs import ARModel, DriftSpec, LinearModel, MLPModel, SGDSpec, StreamSpec, TrackInSpec
 
@@ -339,3 +340,49 @@ def test_sync_free_restore_equals_the_cpu_restore(spec: StreamSpec) -> None:
         assert torch.equal(bits(results[0].losses), bits(results[1].losses))
     for slot in range(4):
         same_bits(pools[0].export(slot), pools[1].export(slot))
+
+
+RAW_FIRST_ORDER = StreamSpec.model_validate(
+    {
+        "model": {"family": "linear", "in_dim": 3, "init": "random"},
+        "optimizer": {"precondition": "none"},
+        "standardize": False,
+        "mix_naive": False,
+    }
+)
+DEFAULT_TRACKING = StreamSpec(model=LinearModel(in_dim=3))
+
+
+@pytest.mark.parametrize(
+    ("spec", "kernels", "fused"),
+    [
+        (DEFAULT_TRACKING, "auto", True),
+        (RAW_FIRST_ORDER, "auto", True),
+        (LIN, "torch", False),
+        (AR, "auto", False),
+    ],
+    ids=["tracking-kernel", "first-order-kernel", "torch-round", "ar-torch-round"],
+)
+def test_observe_host_equals_observe(spec: StreamSpec, kernels: Kernels, fused: bool) -> None:
+    """The NumPy entry point is the tensor API without the tensors: same outcomes, same state, bit for bit
+    (repeats of a stream in one batch included)."""
+    tensors, arrays = StreamPool(spec, kernels=kernels), StreamPool(spec, kernels=kernels)
+    assert tensors.fused is fused
+    slots = [tensors.add(spec) for _ in range(4)]
+    assert [arrays.add(spec) for _ in range(4)] == slots
+    rng = np.random.default_rng(3)
+    series = spec is AR
+    for _ in range(5):
+        who = np.array(rng.choice(slots, size=6))
+        x = rng.normal(size=(6, 1 if series else 3))
+        y = None if series else x.sum(1, keepdims=True) + 0.1 * rng.normal(size=(6, 1))
+        want = tensors.observe(who, torch.from_numpy(x), None if y is None else torch.from_numpy(y))
+        got = arrays.observe_host(who, x, y)
+        for name, value in want._asdict().items():
+            other = getattr(got, name)
+            assert (value is None) == (other is None), name
+            if value is not None:
+                assert isinstance(other, np.ndarray), name
+                np.testing.assert_array_equal(other, value.numpy(), err_msg=name)
+    for s in slots:
+        same_bits(tensors.export(s), arrays.export(s))

@@ -10,6 +10,8 @@ shape (a vector body or a scalar tail), so the states compare within float toler
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -87,8 +89,10 @@ async def test_an_eager_restore_brings_every_stream_back_exactly(backend: Backen
     expected = await _crashed_with_tails(backend)
     async with backend.open() as store:
         stored = await store.read_checkpoints(list(expected))
+    assert gc.isenabled()
     async with Parts.on(backend.open(), restore_eagerly=True) as second:
         await second.loop.start()
+        assert gc.isenabled(), "the eager restore pauses the cyclic collector, and must turn it back on"
         assert sorted(second.engine) == sorted(expected)
         for stream_id, (state, count) in expected.items():
             _assert_close_state(stream_id, await second.state(stream_id), state)
