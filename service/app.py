@@ -49,6 +49,7 @@ from trackin.service.snapshot import fleet_snapshot
 from trackin.service.state import AppState
 from trackin.service.transport.body import BodyLimit
 from trackin.service.transport.fastpath import FastObservations
+from trackin.service.transport.requestid import RequestIds, request_id
 from trackin.service.transport.routes import health, observations, streams
 from trackin.service.transport.ws import router as ws_router
 
@@ -257,17 +258,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(observations.router)
     app.include_router(ws_router)
     # Pure ASGI middleware only (no BaseHTTPMiddleware: it costs a task and a stream per request).
-    # Innermost first: the observation fast path, then the body limit, then the request metrics outermost.
+    # Innermost first: the observation fast path, the body limit, the request metrics, then request ids.
     app.add_middleware(FastObservations, get_state=lambda: getattr(app.state, "trackin", None))
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(
         _HttpMetrics, get_metrics=lambda: getattr(getattr(app.state, "trackin", None), "metrics", None)
     )
+    app.add_middleware(RequestIds)  # outermost: every answer names its request id, any exception a 500
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        body = exc.body()
+        if exc.status >= 500:
+            body["error"]["request_id"] = request_id(request.scope)
+        return JSONResponse(body, status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

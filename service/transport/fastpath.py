@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from trackin.service.errors import InvalidStreamId, PayloadTooLarge, ServiceError, Unavailable
 from trackin.service.ids import check_stream_id
 from trackin.service.state import AppState
+from trackin.service.transport.media import body_format
 from trackin.service.transport.routes.observations import observe_many_streams, observe_one
 
 __all__ = ["FastObservations"]
@@ -69,6 +70,7 @@ class FastObservations:
         started = time.perf_counter()
         try:
             try:
+                fmt = body_format(_header(scope, b"content-type"))
                 raw = await _body(receive, state.settings.max_body_bytes)
             except ServiceError as exc:
                 state.metrics.observed("rejected", "rest")
@@ -79,13 +81,20 @@ class FastObservations:
             if raw is None:
                 return  # the client left
             if stream is None:
-                body = await observe_many_streams(state, raw, started)
+                body = await observe_many_streams(state, raw, fmt, started)
             else:
-                body = await observe_one(state, stream, raw, started)
+                body = await observe_one(state, stream, raw, fmt, started)
         except ServiceError as exc:
             await _answer(send, exc.status, msgspec.json.encode(exc.body()), _retry(exc))
             return
         await _answer(send, 200, body)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return bytes(value)
+    return None
 
 
 def _retry(exc: ServiceError) -> list[tuple[bytes, bytes]]:

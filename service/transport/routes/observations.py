@@ -15,8 +15,9 @@ from trackin.service.ids import check_stream_id
 from trackin.service.state import AppState, State
 from trackin.service.transport.body import read_body
 from trackin.service.transport.columnar import columns_of
+from trackin.service.transport.media import BodyFormat, body_format, decode_body
 from trackin.service.transport.results import columns_json, is_series, results_json, shape_width
-from trackin.service.transport.wire import ObservationIn, ObservationsBody, decode_json, encode_json
+from trackin.service.transport.wire import ObservationIn, ObservationsBody, encode_json
 
 router = APIRouter(prefix="/v1", tags=["observations"])
 
@@ -84,7 +85,9 @@ _MANY_STREAMS_DOC = _documented_body(
 )
 
 
-def _is_list(raw: bytes) -> bool:
+def _is_list(raw: bytes, fmt: BodyFormat) -> bool:
+    if fmt == "msgpack":  # fixarray, array 16, array 32
+        return bool(raw) and (0x90 <= raw[0] <= 0x9F or raw[0] in (0xDC, 0xDD))
     return raw.lstrip()[:1] == b"["
 
 
@@ -113,15 +116,15 @@ async def _ingest(
     return encode_json(body)
 
 
-async def observe_one(state: AppState, stream_id: str, raw: bytes, started: float) -> bytes:
+async def observe_one(state: AppState, stream_id: str, raw: bytes, fmt: BodyFormat, started: float) -> bytes:
     """``POST /v1/streams/{stream_id}/observations``: the answer's body, or a ``ServiceError``."""
     check_stream_id(stream_id)
     try:
         # Decode as what the body starts with, so error paths read as build_batch's (observations[0].x).
         payload: ObservationIn | list[ObservationIn] = (
-            decode_json(raw, list[ObservationIn], prefix="observations")
-            if _is_list(raw)
-            else decode_json(raw, ObservationIn, prefix="observations[0]")
+            decode_body(raw, fmt, list[ObservationIn], prefix="observations")
+            if _is_list(raw, fmt)
+            else decode_body(raw, fmt, ObservationIn, prefix="observations[0]")
         )
     except ServiceError as exc:
         exc.stream = exc.stream or stream_id
@@ -131,13 +134,13 @@ async def observe_one(state: AppState, stream_id: str, raw: bytes, started: floa
     return await _ingest(state, items, stream_id, started)
 
 
-async def observe_many_streams(state: AppState, raw: bytes, started: float) -> bytes:
+async def observe_many_streams(state: AppState, raw: bytes, fmt: BodyFormat, started: float) -> bytes:
     """``POST /v1/observations``: the answer's body, or a ``ServiceError``."""
     try:
         payload: ObservationsBody | list[ObservationIn] = (
-            decode_json(raw, list[ObservationIn], prefix="observations")
-            if _is_list(raw)
-            else decode_json(raw, ObservationsBody)
+            decode_body(raw, fmt, list[ObservationIn], prefix="observations")
+            if _is_list(raw, fmt)
+            else decode_body(raw, fmt, ObservationsBody)
         )
         columns = columns_of(payload) if isinstance(payload, ObservationsBody) else None
     except ServiceError:
@@ -181,12 +184,13 @@ async def observe_stream(stream_id: str, request: Request, state: State) -> Resp
     started = time.perf_counter()
     check_stream_id(stream_id)
     try:
+        fmt = body_format(request.headers.get("content-type"), stream=stream_id)
         raw = await read_body(request, state.settings.max_body_bytes)
     except ServiceError as exc:
         exc.stream = exc.stream or stream_id
         state.metrics.observed("rejected", "rest")
         raise
-    return Response(await observe_one(state, stream_id, raw, started), media_type="application/json")
+    return Response(await observe_one(state, stream_id, raw, fmt, started), media_type="application/json")
 
 
 @router.post(
@@ -196,5 +200,10 @@ async def observe_stream(stream_id: str, request: Request, state: State) -> Resp
 )
 async def observe_many(request: Request, state: State) -> Response:
     started = time.perf_counter()
+    try:
+        fmt = body_format(request.headers.get("content-type"))
+    except ServiceError:
+        state.metrics.observed("rejected", "rest")
+        raise
     raw = await read_body(request, state.settings.max_body_bytes)
-    return Response(await observe_many_streams(state, raw, started), media_type="application/json")
+    return Response(await observe_many_streams(state, raw, fmt, started), media_type="application/json")

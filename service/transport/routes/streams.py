@@ -15,9 +15,10 @@ from trackin.service.errors import ServiceError
 from trackin.service.ids import MAX_ID_LENGTH, check_stream_id
 from trackin.service.state import State
 from trackin.service.transport.body import read_body
+from trackin.service.transport.media import body_format, decode_body
 from trackin.service.transport.results import result_json, shape_prediction
 from trackin.service.transport.schemas import STREAM_EXAMPLES, TemplateIn
-from trackin.service.transport.wire import LabelIn, PredictIn, decode_json
+from trackin.service.transport.wire import LabelIn, PredictIn
 
 router = APIRouter(prefix="/v1", tags=["streams"])
 
@@ -71,8 +72,10 @@ async def list_streams(
 async def predict(stream_id: str, request: Request, state: State) -> dict[str, Any]:
     check_stream_id(stream_id)
     with _naming(stream_id):
+        # An empty body (a series stream predicts from its own history) needs no content type.
         raw = await read_body(request, state.settings.max_body_bytes)
-        body: PredictIn = decode_json(raw or b"{}", PredictIn)
+        fmt = body_format(request.headers.get("content-type")) if raw else "json"
+        body: PredictIn = decode_body(raw or b"{}", fmt, PredictIn)
         spec, values = await state.registry.predict(stream_id, body.x, body.request_id)
     out: dict[str, Any] = {"stream": stream_id, "prediction": shape_prediction(spec, values)}
     if body.request_id is not None:
@@ -84,8 +87,9 @@ async def predict(stream_id: str, request: Request, state: State) -> dict[str, A
 async def label(stream_id: str, request: Request, state: State) -> dict[str, Any]:
     check_stream_id(stream_id)
     with _naming(stream_id):
+        fmt = body_format(request.headers.get("content-type"))
         raw = await read_body(request, state.settings.max_body_bytes)
-        body: LabelIn = decode_json(raw, LabelIn)
+        body: LabelIn = decode_body(raw, fmt, LabelIn)
         try:
             spec, result = await state.registry.label(stream_id, body.request_id, body.y)
         except ServiceError as exc:
