@@ -16,6 +16,19 @@ from trackin.service.ids import MAX_ID_LENGTH, check_stream_id
 from trackin.service.state import State
 from trackin.service.transport.body import read_body
 from trackin.service.transport.media import body_format, decode_body
+from trackin.service.transport.openapi import (
+    LabelOut,
+    PredictionOut,
+    StreamListOut,
+    StreamOut,
+    StreamPutOut,
+    TemplateListOut,
+    TemplatePutOut,
+    answers,
+    documented_body,
+    errors,
+    inline_schema,
+)
 from trackin.service.transport.results import result_json, shape_prediction
 from trackin.service.transport.schemas import STREAM_EXAMPLES, TemplateIn
 from trackin.service.transport.wire import LabelIn, PredictIn
@@ -33,7 +46,12 @@ def _naming(stream_id: str) -> Iterator[None]:
         raise
 
 
-@router.put("/streams/{stream_id}", summary="Create (or replace) a stream from a spec")
+@router.put(
+    "/streams/{stream_id}",
+    summary="Create (or replace) a stream from a spec",
+    response_model=None,
+    responses=answers(StreamPutOut, 409, 413, 422, 503, 507, created=True),
+)
 async def put_stream(
     stream_id: str,
     spec: Annotated[StreamSpec, Body(openapi_examples=STREAM_EXAMPLES)],
@@ -45,19 +63,34 @@ async def put_stream(
     return JSONResponse({"outcome": outcome, **body}, status_code=201 if outcome == "created" else 200)
 
 
-@router.get("/streams/{stream_id}", summary="A stream's spec and figures")
+@router.get(
+    "/streams/{stream_id}",
+    summary="A stream's spec and figures",
+    response_model=None,
+    responses=answers(StreamOut, 404, 422, 503),
+)
 async def get_stream(stream_id: str, state: State) -> dict[str, Any]:
     check_stream_id(stream_id)
     return await state.registry.describe(stream_id)
 
 
-@router.delete("/streams/{stream_id}", status_code=204, summary="Remove a stream and its stored state")
+@router.delete(
+    "/streams/{stream_id}",
+    status_code=204,
+    summary="Remove a stream and its stored state",
+    responses=errors(404, 422, 503),
+)
 async def delete_stream(stream_id: str, state: State) -> Response:
     await state.registry.delete_stream(stream_id)
     return Response(status_code=204)
 
 
-@router.get("/streams", summary="List stream ids by prefix, paginated")
+@router.get(
+    "/streams",
+    summary="List stream ids by prefix, paginated",
+    response_model=None,
+    responses=answers(StreamListOut, 422, 503),
+)
 async def list_streams(
     state: State,
     prefix: Annotated[str, Query(max_length=MAX_ID_LENGTH)] = "",
@@ -68,7 +101,20 @@ async def list_streams(
     return {"streams": ids, "next_cursor": next_cursor}
 
 
-@router.post("/streams/{stream_id}/predict", summary="Predict without learning")
+@router.post(
+    "/streams/{stream_id}/predict",
+    summary="Predict without learning",
+    openapi_extra=documented_body(
+        inline_schema(PredictIn),
+        {
+            "x": {"summary": "A model stream's inputs", "value": {"x": [0.1, 0.2, 0.3], "request_id": "r-1"}},
+            "series": {"summary": "A series stream predicts from its own history", "value": {}},
+        },
+        required=False,
+    ),
+    response_model=None,
+    responses=answers(PredictionOut, 404, 413, 415, 422, 503, 507),
+)
 async def predict(stream_id: str, request: Request, state: State) -> dict[str, Any]:
     check_stream_id(stream_id)
     with _naming(stream_id):
@@ -83,7 +129,16 @@ async def predict(stream_id: str, request: Request, state: State) -> dict[str, A
     return out
 
 
-@router.post("/streams/{stream_id}/labels", summary="Apply the step for an earlier prediction's inputs")
+@router.post(
+    "/streams/{stream_id}/labels",
+    summary="Apply the step for an earlier prediction's inputs",
+    openapi_extra=documented_body(
+        inline_schema(LabelIn),
+        {"label": {"summary": "The target of prediction r-1", "value": {"request_id": "r-1", "y": 1.5}}},
+    ),
+    response_model=None,
+    responses=answers(LabelOut, 404, 413, 415, 422, 503),
+)
 async def label(stream_id: str, request: Request, state: State) -> dict[str, Any]:
     check_stream_id(stream_id)
     with _naming(stream_id):
@@ -99,7 +154,12 @@ async def label(stream_id: str, request: Request, state: State) -> dict[str, Any
     return {"request_id": body.request_id, **result_json(spec, result)}
 
 
-@router.put("/templates/{name}", summary="Create or replace a template for streams created on the fly")
+@router.put(
+    "/templates/{name}",
+    summary="Create or replace a template for streams created on the fly",
+    response_model=None,
+    responses=answers(TemplatePutOut, 413, 422, 503, created=True),
+)
 async def put_template(name: str, template: TemplateIn, state: State) -> JSONResponse:
     check_stream_id(name, field="name")
     outcome = await state.registry.put_template(
@@ -111,7 +171,7 @@ async def put_template(name: str, template: TemplateIn, state: State) -> JSONRes
     )
 
 
-@router.get("/templates", summary="All templates")
+@router.get("/templates", summary="All templates", response_model=None, responses=answers(TemplateListOut))
 async def list_templates(state: State) -> dict[str, Any]:
     return {
         "templates": [
@@ -126,7 +186,12 @@ async def list_templates(state: State) -> dict[str, Any]:
     }
 
 
-@router.delete("/templates/{name}", status_code=204, summary="Remove a template (its streams stay)")
+@router.delete(
+    "/templates/{name}",
+    status_code=204,
+    summary="Remove a template (its streams stay)",
+    responses=errors(404, 422, 503),
+)
 async def delete_template(name: str, state: State) -> Response:
     await state.registry.delete_template(name)
     return Response(status_code=204)
