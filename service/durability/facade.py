@@ -81,6 +81,11 @@ class Durability:
         return True
 
     @property
+    def settling(self) -> bool:
+        """Streams refused after a store failure wait for their log to be settled (503 until then)."""
+        return self._loop.settling
+
+    @property
     def restored(self) -> bool:
         """The eager restore (``restore_eagerly``) is done, or was not asked for."""
         return self._loop.restored

@@ -31,6 +31,8 @@ async def readyz(state: State) -> JSONResponse:
     checks: dict[str, str] = {"engine": "up" if state.ready else "starting"}
     if state.durability is not None:
         checks["store"] = "up" if await state.durability.is_up() else "down"
+        if state.durability.settling:  # streams refused during a store outage still take no batch
+            checks["log"] = "settling"
         if not state.durability.restored:  # restore_eagerly, not finished yet (the store was down at start)
             checks["restore"] = "running"
     ok = all(v == "up" for v in checks.values())
