@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from trackin.models.engine import Engine
 from trackin.service.domain.catalog import StreamRecord, Template
@@ -19,6 +19,9 @@ from trackin.service.settings import Settings
 from trackin.service.store import Store, open_store
 
 __all__ = ["Durability", "configured_store"]
+
+_PAGE = 1000
+"""Ids per existence read of a bulk creation."""
 
 
 def configured_store(settings: Settings) -> Store | None:
@@ -114,6 +117,26 @@ class Durability:
             self._ledger.forget(stream_id)  # the registry undoes the creation
             raise
         self._connection.counted(+1)
+
+    async def created_many(self, stream_ids: Sequence[str]) -> None:
+        """Many new streams checkpointed in one store write (one transaction or pipeline per page)."""
+        for stream_id in stream_ids:
+            self._ledger.started(stream_id)
+        try:
+            await self._checkpointer.checkpoint(stream_ids)
+        except BaseException:
+            for stream_id in stream_ids:
+                self._ledger.forget(stream_id)
+            raise
+        self._connection.counted(+len(stream_ids))
+
+    async def stored_among(self, stream_ids: Sequence[str]) -> set[str]:
+        await self._connection.require()
+        found: set[str] = set()
+        with self._health.store_errors():
+            for start in range(0, len(stream_ids), _PAGE):
+                found.update(await self._store.read_checkpoints(stream_ids[start : start + _PAGE]))
+        return found
 
     async def forget(self, stream_id: str) -> None:
         """Delete a stream's checkpoint and log (fenced: a newer owner's stream is left alone)."""

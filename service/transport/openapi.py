@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ID_SCHEMA",
+    "BulkOut",
     "ColumnsOut",
     "ErrorOut",
     "HealthOut",
@@ -119,6 +120,13 @@ class StreamOut(_Open):
 
 class StreamPutOut(StreamOut):
     outcome: Literal["created", "replaced", "unchanged"]
+
+
+class BulkOut(_Open):
+    """How many of the streams were created, and how many existed with the same spec already."""
+
+    created: int
+    unchanged: int
 
 
 class StreamListOut(_Open):

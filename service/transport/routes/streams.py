@@ -17,6 +17,7 @@ from trackin.service.state import State
 from trackin.service.transport.body import read_body
 from trackin.service.transport.media import body_format, decode_body
 from trackin.service.transport.openapi import (
+    BulkOut,
     LabelOut,
     PredictionOut,
     StreamListOut,
@@ -30,7 +31,7 @@ from trackin.service.transport.openapi import (
     inline_schema,
 )
 from trackin.service.transport.results import result_json, shape_prediction
-from trackin.service.transport.schemas import STREAM_EXAMPLES, TemplateIn
+from trackin.service.transport.schemas import STREAM_EXAMPLES, BulkStreamsIn, TemplateIn
 from trackin.service.transport.wire import LabelIn, PredictIn
 
 router = APIRouter(prefix="/v1", tags=["streams"])
@@ -61,6 +62,19 @@ async def put_stream(
     outcome = await state.registry.put_stream(stream_id, spec, replace=replace)
     body = await state.registry.describe(stream_id)
     return JSONResponse({"outcome": outcome, **body}, status_code=201 if outcome == "created" else 200)
+
+
+@router.put(
+    "/streams",
+    summary="Create many streams at once, all or nothing (never replaces: 409 if an id has another spec)",
+    response_model=None,
+    responses=answers(BulkOut, 409, 413, 422, 503, 507, created=True),
+)
+async def put_streams(body: BulkStreamsIn, state: State) -> JSONResponse:
+    outcomes = await state.registry.put_streams([(item.id, item.spec) for item in body.streams])
+    created = sum(1 for outcome in outcomes.values() if outcome == "created")
+    answer = {"created": created, "unchanged": len(outcomes) - created}
+    return JSONResponse(answer, status_code=201 if created else 200)
 
 
 @router.get(
