@@ -317,7 +317,7 @@ class Registry:
         """Remove template-created streams idle for longer than their template allows."""
         now = time.time()
         idle = []
-        for stream_id, record in list(self._catalog.items()):
+        for stream_id, record in self._catalog.templated():
             template = self._catalog.template(record.template) if record.template else None
             if template is not None and now - record.updated_at > template.idle_seconds:
                 idle.append(stream_id)
