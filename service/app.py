@@ -276,7 +276,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
         body = exc.body()
-        if exc.status >= 500:
+        if exc.status == 500:  # a corrupt checkpoint: the id its log line names
             body["error"]["request_id"] = request_id(request.scope)
         return JSONResponse(body, status_code=exc.status, headers=headers)
 
