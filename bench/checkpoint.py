@@ -304,7 +304,11 @@ async def _touch_all(url: str, n: int, per_request: int = 1000) -> float:
                 {"stream": f"r{i:06d}", "x": [0.25] * IN_DIM, "y": 0.5}
                 for i in range(start, min(n, start + per_request))
             ]
-            response = await http.post("/v1/observations", content=orjson.dumps({"observations": items}))
+            response = await http.post(
+                "/v1/observations",
+                content=orjson.dumps({"observations": items}),
+                headers={"content-type": "application/json"},
+            )
             if response.status_code != 200:
                 raise RuntimeError(f"{response.status_code}: {response.text[:300]}")
     return time.perf_counter() - started

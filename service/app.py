@@ -56,7 +56,10 @@ from trackin.service.state import AppState
 from trackin.service.transport.body import BodyLimit
 from trackin.service.transport.fastpath import FastObservations
 from trackin.service.transport.metrics_port import serve_metrics
+from trackin.service.transport.openapi import truthful_openapi
+from trackin.service.transport.requestid import RequestIds, request_id
 from trackin.service.transport.routes import health, observations, streams
+from trackin.service.transport.routes.docs import mount_docs
 from trackin.service.transport.ws import router as ws_router
 
 __all__ = ["build", "create_app"]
@@ -281,14 +284,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Streaming online tracking: one small model per stream, one TrackIn step per observation.",
         lifespan=lifespan,
+        docs_url=None,  # served from local files by mount_docs
+        redoc_url=None,  # ReDoc has no local bundle here: one UI, served locally
     )
+    app.openapi = truthful_openapi(app)  # type: ignore[method-assign]
     app.include_router(health.router)
     app.include_router(streams.router)
     app.include_router(observations.router)
     app.include_router(ws_router)
+    mount_docs(app)
     # Pure ASGI middleware only (no BaseHTTPMiddleware: it costs a task and a stream per request).
     # Innermost first: the observation fast path, the body limit, authentication (before any body is read),
-    # then the request metrics outermost (refusals are counted too).
+    # the request metrics (refusals are counted too), then request ids outermost.
     app.add_middleware(FastObservations, get_state=lambda: getattr(app.state, "trackin", None))
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(
@@ -300,13 +307,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         _HttpMetrics, get_metrics=lambda: getattr(getattr(app.state, "trackin", None), "metrics", None)
     )
+    app.add_middleware(RequestIds)  # outermost: every answer names its request id, any exception a 500
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         caller = request.scope.get(PRINCIPAL)
         if caller is not None:
             caller.namespace.public_error(exc)
-        return JSONResponse(exc.body(), status_code=exc.status, headers=error_headers(exc))
+        body = exc.body()
+        if exc.status == 500:  # a corrupt checkpoint: the id its log line names
+            body["error"]["request_id"] = request_id(request.scope)
+        return JSONResponse(body, status_code=exc.status, headers=error_headers(exc))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -320,6 +331,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's "error parsing the body" (not JSON at all): as a bad JSON
+            stream = request.path_params.get("stream_id")
+            malformed = error_body("invalid_input", f"malformed body: {exc.detail}", "body", stream)
+            return JSONResponse(malformed, status_code=422)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         headers = dict(exc.headers or {})
         if exc.status_code == 405:  # Starlette's Allow names only the first route of the path: all of them

@@ -12,14 +12,17 @@
     ├── UnknownRequest              unknown_request      404
     ├── SpecConflict                spec_conflict        409
     ├── PayloadTooLarge             payload_too_large    413
+    ├── UnsupportedMediaType        unsupported_media_type 415
     ├── RateLimited                 rate_limited         429 (with Retry-After)
     ├── OverBudget                  memory_budget        507
     │   └── OverQuota               tenant_quota         507
     ├── Unavailable                 unavailable          503 (with Retry-After)
-    └── StreamCorrupt               corrupt_checkpoint   500
+    ├── StreamCorrupt               corrupt_checkpoint   500
+    └── InternalError               internal_error       500 (a bug: logged with its traceback)
 
 Every error carries the ``field`` it is about (a JSON path such as ``observations[3].x``) and, where one is
-involved, the stream id; the body is always ``{"error": {"code", "message", "field", "stream"}}``.
+involved, the stream id; the body is always ``{"error": {"code", "message", "field", "stream"}}`` (a 500's
+also carries ``request_id``, the ``X-Request-ID`` its log lines name).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 __all__ = [
     "Forbidden",
+    "InternalError",
     "InvalidInput",
     "InvalidStreamId",
     "OverBudget",
@@ -42,6 +46,7 @@ __all__ = [
     "Unavailable",
     "UnknownRequest",
     "UnknownStream",
+    "UnsupportedMediaType",
     "error_body",
     "error_headers",
 ]
@@ -134,6 +139,14 @@ class PayloadTooLarge(ServiceError):
     status = 413
 
 
+class UnsupportedMediaType(ServiceError):
+    """A body without a content type the endpoint reads: a browser's form or text/plain post is refused
+    before it is parsed, so a web page cannot write to a reachable instance without a CORS preflight."""
+
+    code = "unsupported_media_type"
+    status = 415
+
+
 class Unavailable(ServiceError):
     """A dependency (the store) is down: nothing was applied; retry after ``retry_after`` seconds."""
 
@@ -147,6 +160,13 @@ class Unavailable(ServiceError):
 
 class StreamCorrupt(ServiceError):
     code = "corrupt_checkpoint"
+    status = 500
+
+
+class InternalError(ServiceError):
+    """An unexpected exception: answered with the error schema and the request id, logged with both."""
+
+    code = "internal_error"
     status = 500
 
 

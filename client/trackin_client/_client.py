@@ -84,6 +84,11 @@ def _create_stream(stream_id: str, spec: Mapping[str, Any], replace: bool) -> _C
     return _Call("PUT", f"/v1/streams/{_path(stream_id)}", dict(spec), params)
 
 
+def _create_streams(streams: Mapping[str, Mapping[str, Any]]) -> _Call:
+    body = {"streams": [{"id": stream_id, "spec": dict(spec)} for stream_id, spec in streams.items()]}
+    return _Call("PUT", "/v1/streams", body)
+
+
 def _observe(stream_id: str, observations: Observation | Sequence[Observation]) -> _Call:
     body = dict(observations) if isinstance(observations, Mapping) else list(observations)
     return _Call("POST", f"/v1/streams/{_path(stream_id)}/observations", body, shape=_results)
@@ -161,6 +166,12 @@ class TrackinClient:
     ) -> dict[str, Any]:
         """Create a stream (``outcome`` is ``created``, ``unchanged`` or ``replaced``); 409 if it differs."""
         answer: dict[str, Any] = self._send(_create_stream(stream_id, spec, replace))
+        return answer
+
+    def create_streams(self, streams: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+        """Create many streams ({id: spec}, up to 10,000 a call) all or nothing: ``{"created", "unchanged"}``;
+        409 if an id exists with another spec (nothing is created then)."""
+        answer: dict[str, int] = self._send(_create_streams(streams))
         return answer
 
     def get_stream(self, stream_id: str) -> dict[str, Any]:
@@ -259,6 +270,10 @@ class AsyncTrackinClient:
         self, stream_id: str, spec: Mapping[str, Any], *, replace: bool = False
     ) -> dict[str, Any]:
         answer: dict[str, Any] = await self._send(_create_stream(stream_id, spec, replace))
+        return answer
+
+    async def create_streams(self, streams: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+        answer: dict[str, int] = await self._send(_create_streams(streams))
         return answer
 
     async def get_stream(self, stream_id: str) -> dict[str, Any]:

@@ -45,6 +45,7 @@ class Catalog:
 
     def __init__(self) -> None:
         self._records: dict[str, StreamRecord] = {}
+        self._templated: dict[str, StreamRecord] = {}  # the records made from a template: what sweeps read
         self._templates: dict[str, Template] = {}
 
     # ----- records ----------------------------------------------------------------------------------------
@@ -61,6 +62,10 @@ class Catalog:
     def items(self) -> ItemsView[str, StreamRecord]:
         return self._records.items()
 
+    def templated(self) -> list[tuple[str, StreamRecord]]:
+        """The resident streams created from a template (the idle sweep's work: not every stream)."""
+        return list(self._templated.items())
+
     def ids(self, prefix: str) -> list[str]:
         """Resident stream ids starting with ``prefix``, unordered."""
         return [s for s in self._records if s.startswith(prefix)]
@@ -68,13 +73,23 @@ class Catalog:
     def add(self, stream_id: str, record: StreamRecord) -> None:
         """Record a stream just created (replacing any record of that id)."""
         self._records[stream_id] = record
+        self._index(stream_id, record)
+
+    def _index(self, stream_id: str, record: StreamRecord) -> None:
+        if record.template:
+            self._templated[stream_id] = record
+        else:
+            self._templated.pop(stream_id, None)
 
     def adopt(self, stream_id: str, record: StreamRecord) -> StreamRecord:
         """Record a restored stream unless it got a record meanwhile; the record in force."""
-        return self._records.setdefault(stream_id, record)
+        kept = self._records.setdefault(stream_id, record)
+        self._index(stream_id, kept)
+        return kept
 
     def remove(self, stream_id: str) -> StreamRecord | None:
         """Forget a stream's record (deleted, or evicted from memory); the record it had."""
+        self._templated.pop(stream_id, None)
         return self._records.pop(stream_id, None)
 
     # ----- templates --------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ domain), so the module graph has no cycle and the registry can be tested with ei
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -45,6 +45,14 @@ class Persistence(Protocol):
 
     async def created(self, stream_id: str) -> None:
         """Make a new stream durable; raising means it was not created."""
+        ...
+
+    async def created_many(self, stream_ids: Sequence[str]) -> None:
+        """Make many new streams durable in one store write; raising means none was created."""
+        ...
+
+    async def stored_among(self, stream_ids: Sequence[str]) -> set[str]:
+        """Those of ``stream_ids`` the store holds (a few reads for many ids)."""
         ...
 
     async def forget(self, stream_id: str) -> None:
@@ -93,6 +101,12 @@ class InMemory:
 
     async def created(self, stream_id: str) -> None:
         return None
+
+    async def created_many(self, stream_ids: Sequence[str]) -> None:
+        return None
+
+    async def stored_among(self, stream_ids: Sequence[str]) -> set[str]:
+        return set()
 
     async def forget(self, stream_id: str) -> None:
         return None

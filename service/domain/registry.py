@@ -111,6 +111,94 @@ class Registry:
             raise
         return "created" if existing is None and not damaged else "replaced"
 
+    async def put_streams(self, items: Sequence[tuple[str, StreamSpec]]) -> dict[str, Outcome]:
+        """Create many streams, all or nothing: each ``(id, spec)`` is checked (id, size, no other spec
+        under the id, the memory budget for all of them) before any is made; then one engine call adds them
+        and one store write per page makes them durable. An id that exists with the same spec is
+        ``unchanged``; with another spec the whole request is refused (409): a bulk call never replaces."""
+        ids: dict[str, int] = {}
+        sized: set[StreamSpec] = set()  # specs are hashable: each distinct one is sized once, not per stream
+        for i, (stream_id, spec) in enumerate(items):
+            check_internal_id(stream_id, field=f"streams[{i}].id")
+            if stream_id in ids:
+                raise InvalidInput(
+                    f"stream {stream_id!r} is given twice (streams[{ids[stream_id]}] and streams[{i}])",
+                    field=f"streams[{i}].id",
+                    stream=stream_id,
+                )
+            ids[stream_id] = i
+            if self._max_stream_bytes is not None and spec not in sized:
+                check_stream_bytes(spec, self._max_stream_bytes, field=f"streams[{i}].spec", stream=stream_id)
+                sized.add(spec)
+        unknown = [s for s in ids if s not in self._catalog]
+        stored = await self._persistence.stored_among(unknown) if unknown else set()
+        if stored:
+            await self._persistence.prefetch(stored)
+        outcomes: dict[str, Outcome] = {}
+        for stream_id, i in ids.items():
+            record = self._catalog.record(stream_id)
+            if record is None and stream_id in stored:
+                raise SpecConflict(
+                    f"stream {stream_id!r} is stored but could not be restored; delete it first",
+                    field=f"streams[{i}].id",
+                    stream=stream_id,
+                )
+            if record is not None or stream_id in self._creating:
+                if record is None or record.spec != items[i][1]:
+                    raise SpecConflict(
+                        f"stream {stream_id!r} exists with a different spec (a bulk call never replaces)",
+                        field=f"streams[{i}].spec",
+                        stream=stream_id,
+                    )
+                outcomes[stream_id] = "unchanged"
+        new = [(s, spec) for s, spec in items if s not in outcomes]
+        if not new:
+            return outcomes
+        if self._quotas is not None:  # one tenant's quota: each new stream counts as pending once checked
+            for stream_id, spec in new:
+                await self._quotas.check(stream_id, spec)
+
+        def create(engine: Engine) -> list[StreamSpec]:
+            added: list[str] = []
+            try:
+                shared = []
+                for stream_id, spec in new:
+                    if stream_id in engine:  # a concurrent single creation won the id meanwhile
+                        raise SpecConflict(
+                            f"stream {stream_id!r} was created meanwhile", field="streams", stream=stream_id
+                        )
+                    self._check_budget(engine, spec, stream_id)
+                    shared.append(engine.add(stream_id, spec).spec)
+                    added.append(stream_id)
+                return shared
+            except BaseException:
+                for stream_id in added:
+                    engine.remove(stream_id)
+                raise
+
+        shared = await self._scheduler.call(create)
+        now = time.time()
+        for (stream_id, spec), made in zip(new, shared, strict=True):
+            record = StreamRecord(spec=made, created_at=now, updated_at=now, template=None)
+            record.series_time = series_times.UNSEEN if series_times.timed(spec) else None
+            self._catalog.add(stream_id, record)
+        new_ids = [s for s, _ in new]
+        try:
+            await self._persistence.created_many(new_ids)
+        except BaseException:
+            for stream_id in new_ids:  # not durable, so not created: undo all of them
+                self._catalog.remove(stream_id)
+
+            def remove(engine: Engine) -> None:
+                for stream_id in new_ids:
+                    if stream_id in engine:
+                        engine.remove(stream_id)
+
+            await self._scheduler.call(remove)
+            raise
+        outcomes.update(dict.fromkeys(new_ids, "created"))
+        return outcomes
+
     @staticmethod
     def _check_budget(engine: Engine, spec: StreamSpec, stream_id: str) -> None:
         try:
@@ -237,7 +325,7 @@ class Registry:
         """Remove template-created streams idle for longer than their template allows."""
         now = time.time()
         idle = []
-        for stream_id, record in list(self._catalog.items()):
+        for stream_id, record in self._catalog.templated():
             template = self._catalog.template(record.template) if record.template else None
             if template is not None and now - record.updated_at > template.idle_seconds:
                 idle.append(stream_id)

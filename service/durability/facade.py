@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Sequence
 
 from trackin.models.engine import Engine
 from trackin.service.domain.catalog import StreamRecord, Template
@@ -19,6 +20,11 @@ from trackin.service.settings import Settings
 from trackin.service.store import Store, open_store
 
 __all__ = ["Durability", "configured_store"]
+
+_PAGE = 1000
+"""Ids per existence read, and streams per checkpoint write, of a bulk creation."""
+
+log = logging.getLogger("trackin.durability")
 
 
 def configured_store(settings: Settings) -> Store | None:
@@ -81,6 +87,11 @@ class Durability:
         return True
 
     @property
+    def settling(self) -> bool:
+        """Streams refused after a store failure wait for their log to be settled (503 until then)."""
+        return self._loop.settling
+
+    @property
     def restored(self) -> bool:
         """The eager restore (``restore_eagerly``) is done, or was not asked for."""
         return self._loop.restored
@@ -109,6 +120,44 @@ class Durability:
             self._ledger.forget(stream_id)  # the registry undoes the creation
             raise
         self._connection.counted(+1)
+
+    async def created_many(self, stream_ids: Sequence[str]) -> None:
+        """Many new streams checkpointed a page at a time (one transaction or pipeline each: a store call
+        stays well inside ``store_timeout_seconds``). If a page fails, the pages already written are
+        deleted again (best effort: with the store down they stay, and are restored as streams later)."""
+        for stream_id in stream_ids:
+            self._ledger.started(stream_id)
+        written: list[str] = []
+        try:
+            for start in range(0, len(stream_ids), _PAGE):
+                page = stream_ids[start : start + _PAGE]
+                await self._checkpointer.checkpoint(page)
+                written += page
+        except BaseException:
+            for stream_id in stream_ids:
+                self._ledger.forget(stream_id)
+            await self._unwrite(written)
+            raise
+        self._connection.counted(+len(stream_ids))
+
+    async def _unwrite(self, stream_ids: Sequence[str]) -> None:
+        epoch = self._connection.epoch
+        if epoch is None or not stream_ids:
+            return
+        try:
+            with self._health.store_errors():
+                for stream_id in stream_ids:
+                    await self._store.delete_stream(stream_id, epoch)
+        except Unavailable:
+            log.error("store unavailable: %d streams of a refused bulk creation stay stored", len(stream_ids))
+
+    async def stored_among(self, stream_ids: Sequence[str]) -> set[str]:
+        await self._connection.require()
+        found: set[str] = set()
+        with self._health.store_errors():
+            for start in range(0, len(stream_ids), _PAGE):
+                found.update(await self._store.read_checkpoints(stream_ids[start : start + _PAGE]))
+        return found
 
     async def forget(self, stream_id: str) -> None:
         """Delete a stream's checkpoint and log (fenced: a newer owner's stream is left alone)."""

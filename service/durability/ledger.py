@@ -23,7 +23,10 @@ class Ledger:
     """Bookkeeping of resident streams, and the checkpoint loop's wake-up call.
 
     A stream's count is the fencing step its checkpoints carry; it has changed since its last checkpoint
-    while the count differs from the saved one. `applied` is a scheduler hook: it runs right after each
+    while the count differs from the saved one. The changed streams are also kept as a set, so the
+    checkpoint loop's passes (one per nudge: each creation, each batch) cost what changed, not what is
+    resident: scanning every resident stream per pass made creating N streams O(N^2) (320/s falling to
+    46/s by 20,000 streams on SQLite). `applied` is a scheduler hook: it runs right after each
     engine call and before any later engine job (such as a checkpoint export), so counts always match the
     engine state an export sees.
     """
@@ -33,6 +36,7 @@ class Ledger:
         self._saved: dict[str, int] = {}  # count at the last accepted checkpoint
         self._positions: dict[str, str] = {}  # last log position appended (or restored) per stream
         self._recent: OrderedDict[str, None] = OrderedDict()  # least recently used first
+        self._changed: dict[str, None] = {}  # streams whose count differs from the saved one, as a set
         self._wake = asyncio.Event()
 
     # ----- changes ----------------------------------------------------------------------------------------
@@ -40,12 +44,13 @@ class Ledger:
     def applied(self, batches: list[IngestBatch], results: list[list[ItemResult]], seconds: float) -> None:
         """Count each applied observation and refresh recency (the scheduler's ``after_apply`` hook)."""
         del results, seconds
-        counts, recent = self._counts, self._recent
+        counts, recent, changed = self._counts, self._recent, self._changed
         # once per stream, not per observation (a Counter counts in C); recency in order of first arrival
         for stream_id, n in Counter(itertools.chain.from_iterable(b.stream_ids for b in batches)).items():
             counts[stream_id] = counts.get(stream_id, 0) + n
             recent[stream_id] = None
             recent.move_to_end(stream_id)
+            changed[stream_id] = None
         self._wake.set()
 
     def started(self, stream_id: str) -> None:
@@ -54,6 +59,7 @@ class Ledger:
         self._saved.pop(stream_id, None)
         self._positions.pop(stream_id, None)
         self._recent[stream_id] = None
+        self._changed[stream_id] = None
         self._wake.set()
 
     def loaded(self, stream_id: str, *, count: int, saved: int, head: str) -> None:
@@ -64,6 +70,7 @@ class Ledger:
             self._positions[stream_id] = head  # the base of this process's next append
         self._recent[stream_id] = None
         self._recent.move_to_end(stream_id)
+        self._track(stream_id)
         self._wake.set()
 
     def logged(self, stream_id: str, position: str) -> None:
@@ -71,10 +78,17 @@ class Ledger:
 
     def checkpointed(self, stream_id: str, count: int) -> None:
         self._saved[stream_id] = count
+        self._track(stream_id)
+
+    def _track(self, stream_id: str) -> None:
+        if self.changed(stream_id):
+            self._changed[stream_id] = None
+        else:
+            self._changed.pop(stream_id, None)
 
     def forget(self, stream_id: str) -> None:
         """A stream deleted or dropped from memory: nothing is known about it any more."""
-        for table in (self._counts, self._saved, self._positions, self._recent):
+        for table in (self._counts, self._saved, self._positions, self._recent, self._changed):
             table.pop(stream_id, None)
 
     # ----- reads ------------------------------------------------------------------------------------------
@@ -102,12 +116,12 @@ class Ledger:
         return list(self._recent)
 
     def changed_streams(self) -> list[str]:
-        return [s for s in self._recent if self.changed(s)]
+        return list(self._changed)
 
     def streams_behind(self, steps: int) -> list[str]:
         """Streams with at least ``steps`` observations since their last checkpoint."""
         counts, saved = self._counts, self._saved
-        return [s for s in self._recent if counts.get(s, 0) - saved.get(s, 0) >= steps]
+        return [s for s in self._changed if counts.get(s, 0) - saved.get(s, 0) >= steps]
 
     # ----- the checkpoint loop's cue ----------------------------------------------------------------------
 

@@ -24,6 +24,10 @@ log = logging.getLogger("trackin.durability")
 
 POLL_SECONDS = 0.2
 """A pass runs at least this often, and at once when the ledger is nudged."""
+MAX_BACKOFF_SECONDS = 1.0
+"""Longest wait between failed passes. A returning store is noticed within it, so suspect streams settle
+and ingestion resumes about a second after the store does (a longer backoff kept ingestion refused, and
+readiness false, for up to the whole backoff). A failed pass costs one refused or timed-out store call."""
 
 
 class CheckpointLoop:
@@ -35,8 +39,8 @@ class CheckpointLoop:
     - settles suspect streams (see `DurabilityLog`);
     - evicts streams beyond the residency limit.
 
-    While the store is down, passes back off (0.5 s, doubling up to 30 s) and everything resumes when it
-    answers again.
+    While the store is down, passes back off (0.5 s, then ``MAX_BACKOFF_SECONDS``) and everything resumes
+    when it answers again.
     """
 
     def __init__(
@@ -105,6 +109,11 @@ class CheckpointLoop:
                 await self._log.drop_orphans(stream_id)
 
     @property
+    def settling(self) -> bool:
+        """Some stream takes no batch until its log is settled (readiness waits for it)."""
+        return bool(self._log.suspects())
+
+    @property
     def restored(self) -> bool:
         """The eager restore is done (or was not asked for): readiness waits for it."""
         return not self._restore_pending
@@ -137,7 +146,7 @@ class CheckpointLoop:
             except Unavailable as exc:
                 log.warning("checkpoint pass failed (%s); retrying in %.1f s", exc, backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
             except Exception:
                 log.exception("checkpoint pass failed")
                 await asyncio.sleep(backoff)

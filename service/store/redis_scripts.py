@@ -8,7 +8,6 @@ that fills them sits right after, so the two cannot drift apart. Key names come 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import msgpack
 import orjson
@@ -21,23 +20,39 @@ from trackin.service.store.redis_replies import reply_bytes, reply_text
 
 __all__ = ["APPEND_LUA", "DELETE_LUA", "READ_CHECKPOINTS_LUA", "READ_LOGS_LUA", "WRITE_LUA", "RedisScripts"]
 
-# KEYS: checkpoint hash, stream index. ARGV: id, epoch, step, log_position, meta, tensors.
+# KEYS: stream index, then one checkpoint hash per checkpoint. ARGV: six per checkpoint, in KEYS' order:
+# id, epoch, step, log_position, meta, tensors. Returns 1 (stored) or 0 (refused as stale) per checkpoint.
+# Many checkpoints are one command: with appendfsync always, Redis syncs its AOF once per command batch it
+# reads, so a pipeline of one script call per checkpoint paid a sync every few dozen checkpoints.
 WRITE_LUA = """
-local cur = redis.call('HMGET', KEYS[1], 'epoch', 'step', 'deleted')
-if cur[1] then
-  local epoch, step = tonumber(ARGV[2]), tonumber(ARGV[3])
-  local stored_epoch, stored_step = tonumber(cur[1]), tonumber(cur[2])
-  if cur[3] == '1' then
-    if epoch < stored_epoch then return 0 end
-  elseif epoch < stored_epoch or (epoch == stored_epoch and step <= stored_step) then
-    return 0
+local out = {}
+for i = 2, #KEYS do
+  local a = (i - 2) * 6
+  local epoch, step = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local cur = redis.call('HMGET', KEYS[i], 'epoch', 'step', 'deleted')
+  local fresh = 1
+  if cur[1] then
+    local stored_epoch, stored_step = tonumber(cur[1]), tonumber(cur[2])
+    if cur[3] == '1' then
+      if epoch < stored_epoch then fresh = 0 end
+    elseif epoch < stored_epoch or (epoch == stored_epoch and step <= stored_step) then
+      fresh = 0
+    end
   end
+  if fresh == 1 then
+    redis.call('HSET', KEYS[i], 'epoch', ARGV[a + 2], 'step', ARGV[a + 3], 'log_position', ARGV[a + 4],
+               'meta', ARGV[a + 5], 'tensors', ARGV[a + 6], 'deleted', '0')
+    redis.call('ZADD', KEYS[1], 0, ARGV[a + 1])
+  end
+  out[#out + 1] = fresh
 end
-redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'step', ARGV[3], 'log_position', ARGV[4],
-           'meta', ARGV[5], 'tensors', ARGV[6], 'deleted', '0')
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-return 1
+return out
 """
+
+_WRITE_PAGE = 512
+_WRITE_PAGE_BYTES = 8 * 2**20
+"""Checkpoints per write command: at most this many, and about this many bytes of tensors."""
+
 
 # KEYS: checkpoint hash, stream index, log stream, log index. ARGV: id, epoch.
 DELETE_LUA = """
@@ -108,6 +123,19 @@ return cmsgpack.pack(out)
 """
 
 
+def _pages(checkpoints: Sequence[Checkpoint]) -> list[Sequence[Checkpoint]]:
+    pages: list[Sequence[Checkpoint]] = []
+    start, size = 0, 0
+    for i, c in enumerate(checkpoints):
+        if i > start and (i - start >= _WRITE_PAGE or size + len(c.tensors) > _WRITE_PAGE_BYTES):
+            pages.append(checkpoints[start:i])
+            start, size = i, 0
+        size += len(c.tensors)
+    if start < len(checkpoints):
+        pages.append(checkpoints[start:])
+    return pages
+
+
 class RedisScripts:
     """The three scripts registered on one client; redis-py errors pass through for the store to map."""
 
@@ -121,32 +149,16 @@ class RedisScripts:
         self._read_logs = client.register_script(READ_LOGS_LUA)
 
     async def write_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> list[bool]:
-        """Run the fenced write for each checkpoint in one pipeline; True where it was stored."""
-        calls: list[tuple[list[str], list[str | int | bytes]]] = [
-            (
-                [self._keys.checkpoint(c.stream_id), self._keys.stream_index],
-                [c.stream_id, c.epoch, c.step, c.log_position, orjson.dumps(c.meta), c.tensors],
-            )
-            for c in checkpoints
-        ]
-        results: list[Any] = [None] * len(calls)
-        pending = list(range(len(calls)))
-        for _ in range(2):  # the second pass only runs after NOSCRIPT (cache lost on restart)
-            pipe = self._client.pipeline(transaction=False)
-            for i in pending:
-                keys, args = calls[i]
-                pipe.evalsha(self._write.sha, len(keys), *keys, *args)
-            replies = await pipe.execute(raise_on_error=False)
-            for i, reply in zip(pending, replies, strict=True):
-                results[i] = reply
-            pending = [i for i in pending if isinstance(results[i], redis.exceptions.NoScriptError)]
-            if not pending:
-                break
-            await self._client.script_load(WRITE_LUA)
-        for reply in results:
-            if isinstance(reply, Exception):
-                raise reply
-        return [reply == 1 for reply in results]
+        """Run the fenced write, one command per page of checkpoints; True where it was stored."""
+        stored: list[bool] = []
+        for page in _pages(checkpoints):
+            keys = [self._keys.stream_index, *(self._keys.checkpoint(c.stream_id) for c in page)]
+            args: list[str | int | bytes] = []
+            for c in page:
+                args += [c.stream_id, c.epoch, c.step, c.log_position, orjson.dumps(c.meta), c.tensors]
+            replies = await self._write(keys=keys, args=args)
+            stored += [reply == 1 for reply in replies]
+        return stored
 
     async def delete_stream(self, stream_id: str, epoch: int) -> bool:
         """Fenced delete leaving a tombstone at ``epoch``; False when a newer epoch is stored."""

@@ -22,6 +22,7 @@ from trackin.service.errors import InvalidStreamId, PayloadTooLarge, ServiceErro
 from trackin.service.ids import check_stream_id
 from trackin.service.security.namespace import principal_of
 from trackin.service.state import AppState
+from trackin.service.transport.media import body_format
 from trackin.service.transport.routes.observations import observe_many_streams, observe_one
 
 __all__ = ["FastObservations"]
@@ -70,6 +71,7 @@ class FastObservations:
         started = time.perf_counter()
         try:
             try:
+                fmt = body_format(_header(scope, b"content-type"))
                 raw = await _body(receive, state.settings.max_body_bytes)
             except ServiceError as exc:
                 state.metrics.observed("rejected", "rest")
@@ -81,13 +83,20 @@ class FastObservations:
                 return  # the client left
             caller = principal_of(scope)
             if stream is None:
-                body = await observe_many_streams(state, caller, raw, started)
+                body = await observe_many_streams(state, caller, raw, fmt, started)
             else:
-                body = await observe_one(state, caller, stream, raw, started)
+                body = await observe_one(state, caller, stream, raw, fmt, started)
         except ServiceError as exc:
             await _answer(send, exc.status, msgspec.json.encode(exc.body()), _retry(exc))
             return
         await _answer(send, 200, body)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return bytes(value)
+    return None
 
 
 def _retry(exc: ServiceError) -> list[tuple[bytes, bytes]]:

@@ -6,7 +6,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from trackin.models.specs import StreamSpec
 
-__all__ = ["STREAM_EXAMPLES", "TemplateIn"]
+__all__ = ["MAX_BULK_STREAMS", "STREAM_EXAMPLES", "BulkStreamIn", "BulkStreamsIn", "TemplateIn"]
+
+MAX_BULK_STREAMS = 10_000
+"""Streams per bulk creation: one request stays well under the body limit and a second of work."""
 
 STREAM_EXAMPLES = {
     "linear": {
@@ -52,3 +55,30 @@ class TemplateIn(BaseModel):
     prefix: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
     spec: StreamSpec
     idle_seconds: float = Field(default=300.0, gt=0, le=30 * 24 * 3600)
+
+
+class BulkStreamIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]{1,128}$")  # not . or ..: checked
+    spec: StreamSpec
+
+
+class BulkStreamsIn(BaseModel):
+    """Streams created together, all or nothing (``PUT /v1/streams``)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "streams": [
+                        {"id": "sensor-1", "spec": {"model": {"family": "linear", "in_dim": 16}}},
+                        {"id": "sensor-2", "spec": {"model": {"family": "linear", "in_dim": 16}}},
+                    ]
+                }
+            ]
+        },
+    )
+
+    streams: list[BulkStreamIn] = Field(min_length=1, max_length=MAX_BULK_STREAMS)

@@ -81,19 +81,20 @@ class Case:
     field: str | None
     stream: str | None  # a placeholder, or None
     method: str = "POST"
+    content_type: str | None = "application/json"  # for a body sent verbatim; None: no header
 
     def send(self, http: httpx.Client, streams: Streams) -> httpx.Response:
         path = streams.fill(self.path)
         if isinstance(self.body, str | bytes):
             content = streams.fill(self.body) if isinstance(self.body, str) else self.body
-            return http.request(
-                self.method, path, content=content, headers={"content-type": "application/json"}
-            )
+            headers = {"content-type": self.content_type} if self.content_type is not None else {}
+            return http.request(self.method, path, content=content, headers=headers)
         return http.request(self.method, path, json=streams.fill(self.body))
 
 
 OBS = "/v1/streams/$LIN/observations"
 GOOD = {"x": [1, 2, 3], "y": 1.0}
+_JSON = {"content-type": "application/json"}
 BAD_ID = "has space"
 LONG_ID = "a" * 129
 
@@ -112,7 +113,39 @@ def _obs(
     return Case(case_id, path, body, status, code, field, stream)
 
 
+_MEDIA_BODIES = {
+    "/observations": '{"x": [1, 2, 3], "y": 1.0}',
+    "/v1/observations": '{"observations": [{"stream": "$LIN", "x": [1, 2, 3], "y": 1.0}]}',
+    "/predict": '{"x": [1, 2, 3]}',
+    "/labels": '{"request_id": "r", "y": 1.0}',
+}
+
+
+def _media(case_id: str, path: str, content_type: str | None, stream: str | None = "$LIN") -> Case:
+    """A well-formed JSON body sent without a content type the endpoint reads: 415 before parsing (a web
+    page's cross-origin form or text post must not write)."""
+    longest_first = sorted(_MEDIA_BODIES.items(), key=lambda kv: -len(kv[0]))
+    body = next(b for end, b in longest_first if path.endswith(end))
+    return Case(
+        case_id, path, body, 415, "unsupported_media_type", "content-type", stream, content_type=content_type
+    )
+
+
+MEDIA_CASES = [
+    _media("obs-text-plain", OBS, "text/plain"),
+    _media("obs-form", OBS, "application/x-www-form-urlencoded"),
+    _media("obs-no-content-type", OBS, None),
+    _media("obs-multipart", OBS, "multipart/form-data; boundary=x"),
+    _media("many-text-plain", "/v1/observations", "text/plain", None),
+    _media("many-no-content-type", "/v1/observations", None, None),
+    _media("predict-text-plain", "/v1/streams/$LIN/predict", "text/plain"),
+    _media("labels-form", "/v1/streams/$LIN/labels", "application/x-www-form-urlencoded"),
+    _media("labels-no-content-type", "/v1/streams/$LIN/labels", None),
+]
+
+
 CASES = [
+    *MEDIA_CASES,
     # Wrong dimensions for the stream's spec.
     _obs("x-too-short", {"x": [1, 2], "y": 1.0}, "observations[0].x"),
     _obs("x-too-long-in-list", [GOOD, {"x": [1, 2, 3, 4], "y": 1.0}], "observations[1].x"),
@@ -565,7 +598,7 @@ def test_chunked_body_over_limit_is_refused(limits_http: httpx.Client, limited: 
     """Without a Content-Length the server counts what it reads, and stops at the limit."""
     before = limited.state(limits_http)
     body = b"[" + b", ".join([b'{"x": [1, 2, 3], "y": 1, "stream": "x"}'] * 200) + b"]"
-    response = limits_http.post(limited.fill(path), content=_chunks(body))
+    response = limits_http.post(limited.fill(path), content=_chunks(body), headers=_JSON)
     assert response.status_code == 413, response.text
     assert response.json()["error"]["code"] == "payload_too_large"
     assert limited.state(limits_http) == before
@@ -573,7 +606,9 @@ def test_chunked_body_over_limit_is_refused(limits_http: httpx.Client, limited: 
 
 def test_chunked_body_under_limit_is_read(limits_http: httpx.Client, limited: Streams) -> None:
     body = b'[{"x": [1, 2, 3], "y": 1}, {"x": [3, 2, 1], "y": 0}]'
-    response = limits_http.post(limited.fill("/v1/streams/$LIN/observations"), content=_chunks(body, 7))
+    response = limits_http.post(
+        limited.fill("/v1/streams/$LIN/observations"), content=_chunks(body, 7), headers=_JSON
+    )
     assert response.status_code == 200, response.text
     assert [r["step"] for r in response.json()["results"]] == [3, 4]
 

@@ -28,6 +28,17 @@ def client(server: TrackinServer) -> Iterator[TrackinClient]:
         yield c
 
 
+def test_create_streams_in_bulk(client: TrackinClient) -> None:
+    ids = [fresh("bulkc") for _ in range(3)]
+    assert client.create_streams(dict.fromkeys(ids, LINEAR)) == {"created": 3, "unchanged": 0}
+    assert client.create_streams({ids[0]: LINEAR}) == {"created": 0, "unchanged": 1}
+    with pytest.raises(TrackinError) as conflict:
+        client.create_streams({ids[1]: SERIES, fresh("bulkc"): LINEAR})
+    refused = conflict.value
+    assert (refused.status, refused.code, refused.stream) == (409, "spec_conflict", ids[1])
+    assert client.get_stream(ids[2])["spec"]["model"]["family"] == "linear"
+
+
 def test_stream_lifecycle(client: TrackinClient) -> None:
     sid = fresh("life")
     assert client.create_stream(sid, LINEAR)["outcome"] == "created"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -16,44 +15,16 @@ from trackin.service.security.namespace import Principal
 from trackin.service.state import AppState, Caller, State
 from trackin.service.transport.body import read_body
 from trackin.service.transport.columnar import columns_of
+from trackin.service.transport.media import BodyFormat, body_format, decode_body
+from trackin.service.transport.openapi import ColumnsOut, ResultsOut, documented_body, errors, inline_schema
 from trackin.service.transport.results import columns_json, is_series, results_json, shape_width
-from trackin.service.transport.wire import ObservationIn, ObservationsBody, decode_json, encode_json
+from trackin.service.transport.wire import ObservationIn, ObservationsBody, encode_json
 
 router = APIRouter(prefix="/v1", tags=["observations"])
 
 
-def _documented_body(schema: Any, examples: dict[str, Any]) -> dict[str, Any]:
-    """OpenAPI text for a body read by hand (msgspec), so FastAPI does not parse it a second time."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": schema, "examples": examples}},
-        }
-    }
-
-
-def _inline_schema(kind: Any) -> dict[str, Any]:
-    """msgspec's JSON schema with its ``#/$defs/...`` references inlined: they would not resolve inside
-    the OpenAPI document, whose root has no ``$defs``."""
-    schema = msgspec.json.schema(kind)
-    defs = schema.pop("$defs", {})
-
-    def inline(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref", "")
-            if ref.startswith("#/$defs/"):
-                return inline(defs[ref.removeprefix("#/$defs/")])
-            return {k: inline(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [inline(v) for v in node]
-        return node
-
-    result: dict[str, Any] = inline(schema)
-    return result
-
-
-_ITEM_SCHEMA = _inline_schema(ObservationIn)
-_ONE_STREAM_DOC = _documented_body(
+_ITEM_SCHEMA = inline_schema(ObservationIn)
+_ONE_STREAM_DOC = documented_body(
     {"anyOf": [_ITEM_SCHEMA, {"type": "array", "items": _ITEM_SCHEMA}]},
     {
         "one": {"summary": "One observation", "value": {"x": [0.1, 0.2, 0.3], "y": 1.5}},
@@ -61,8 +32,8 @@ _ONE_STREAM_DOC = _documented_body(
         "ar": {"summary": "A series stream's new value", "value": {"value": [4321.25], "ts": 1700000000.0}},
     },
 )
-_MANY_STREAMS_DOC = _documented_body(
-    _inline_schema(ObservationsBody),
+_MANY_STREAMS_DOC = documented_body(
+    inline_schema(ObservationsBody),
     {
         "many": {
             "summary": "Observations of several streams, answered in order",
@@ -85,7 +56,9 @@ _MANY_STREAMS_DOC = _documented_body(
 )
 
 
-def _is_list(raw: bytes) -> bool:
+def _is_list(raw: bytes, fmt: BodyFormat) -> bool:
+    if fmt == "msgpack":  # fixarray, array 16, array 32
+        return bool(raw) and (0x90 <= raw[0] <= 0x9F or raw[0] in (0xDC, 0xDD))
     return raw.lstrip()[:1] == b"["
 
 
@@ -126,16 +99,16 @@ async def _ingest(
 
 
 async def observe_one(
-    state: AppState, caller: Principal, stream_id: str, raw: bytes, started: float
+    state: AppState, caller: Principal, stream_id: str, raw: bytes, fmt: BodyFormat, started: float
 ) -> bytes:
     """``POST /v1/streams/{stream_id}/observations``: the answer's body, or a ``ServiceError``."""
     internal = caller.namespace.inside(stream_id)
     try:
         # Decode as what the body starts with, so error paths read as build_batch's (observations[0].x).
         payload: ObservationIn | list[ObservationIn] = (
-            decode_json(raw, list[ObservationIn], prefix="observations")
-            if _is_list(raw)
-            else decode_json(raw, ObservationIn, prefix="observations[0]")
+            decode_body(raw, fmt, list[ObservationIn], prefix="observations")
+            if _is_list(raw, fmt)
+            else decode_body(raw, fmt, ObservationIn, prefix="observations[0]")
         )
     except ServiceError as exc:
         exc.stream = exc.stream or stream_id
@@ -145,13 +118,15 @@ async def observe_one(
     return await _ingest(state, caller, items, internal, started)
 
 
-async def observe_many_streams(state: AppState, caller: Principal, raw: bytes, started: float) -> bytes:
+async def observe_many_streams(
+    state: AppState, caller: Principal, raw: bytes, fmt: BodyFormat, started: float
+) -> bytes:
     """``POST /v1/observations``: the answer's body, or a ``ServiceError``."""
     try:
         payload: ObservationsBody | list[ObservationIn] = (
-            decode_json(raw, list[ObservationIn], prefix="observations")
-            if _is_list(raw)
-            else decode_json(raw, ObservationsBody)
+            decode_body(raw, fmt, list[ObservationIn], prefix="observations")
+            if _is_list(raw, fmt)
+            else decode_body(raw, fmt, ObservationsBody)
         )
         columns = columns_of(payload) if isinstance(payload, ObservationsBody) else None
     except ServiceError:
@@ -185,6 +160,13 @@ async def _ingest_columns(state: AppState, caller: Principal, columns: Columns, 
     return body
 
 
+_ERRORS = errors(404, 413, 415, 422, 503, 507)
+
+
+def _ref(model: Any) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
 # The routes below document the endpoints in OpenAPI and serve them when the app runs without the fast path
 # (service/transport/fastpath.py answers them first in the served app, skipping routing and dependencies).
 
@@ -193,17 +175,20 @@ async def _ingest_columns(state: AppState, caller: Principal, columns: Columns, 
     "/streams/{stream_id}/observations",
     summary="Observe one stream: predict, score, then learn (one step per observation)",
     openapi_extra=_ONE_STREAM_DOC,
+    response_model=None,
+    responses={200: {"model": ResultsOut, "description": "One answer per observation"}, **_ERRORS},
 )
 async def observe_stream(stream_id: str, request: Request, state: State, caller: Caller) -> Response:
     started = time.perf_counter()
     check_stream_id(stream_id)
     try:
+        fmt = body_format(request.headers.get("content-type"), stream=stream_id)
         raw = await read_body(request, state.settings.max_body_bytes)
     except ServiceError as exc:
         exc.stream = exc.stream or stream_id
         state.metrics.observed("rejected", "rest")
         raise
-    body = await observe_one(state, caller, stream_id, raw, started)
+    body = await observe_one(state, caller, stream_id, raw, fmt, started)
     return Response(body, media_type="application/json")
 
 
@@ -211,9 +196,22 @@ async def observe_stream(stream_id: str, request: Request, state: State, caller:
     "/observations",
     summary="Observe many streams at once; validated as a whole before applying",
     openapi_extra=_MANY_STREAMS_DOC,
+    response_model=None,
+    responses={
+        200: {
+            "description": "One answer per observation (columns for a columnar body)",
+            "content": {"application/json": {"schema": {"anyOf": [_ref(ResultsOut), _ref(ColumnsOut)]}}},
+        },
+        **_ERRORS,
+    },
 )
 async def observe_many(request: Request, state: State, caller: Caller) -> Response:
     started = time.perf_counter()
+    try:
+        fmt = body_format(request.headers.get("content-type"))
+    except ServiceError:
+        state.metrics.observed("rejected", "rest")
+        raise
     raw = await read_body(request, state.settings.max_body_bytes)
-    body = await observe_many_streams(state, caller, raw, started)
+    body = await observe_many_streams(state, caller, raw, fmt, started)
     return Response(body, media_type="application/json")

@@ -17,9 +17,24 @@ from trackin.service.ids import MAX_ID_LENGTH
 from trackin.service.security.namespace import Namespace
 from trackin.service.state import Caller, State
 from trackin.service.transport.body import read_body
+from trackin.service.transport.media import body_format, decode_body
+from trackin.service.transport.openapi import (
+    BulkOut,
+    LabelOut,
+    PredictionOut,
+    StreamListOut,
+    StreamOut,
+    StreamPutOut,
+    TemplateListOut,
+    TemplatePutOut,
+    answers,
+    documented_body,
+    errors,
+    inline_schema,
+)
 from trackin.service.transport.results import result_json, shape_prediction
-from trackin.service.transport.schemas import STREAM_EXAMPLES, TemplateIn
-from trackin.service.transport.wire import LabelIn, PredictIn, decode_json
+from trackin.service.transport.schemas import STREAM_EXAMPLES, BulkStreamsIn, TemplateIn
+from trackin.service.transport.wire import LabelIn, PredictIn
 
 router = APIRouter(prefix="/v1", tags=["streams"])
 
@@ -52,7 +67,12 @@ def _page_ids(value: str, field: str) -> str:
 _ID_CHARS = re.compile(r"[A-Za-z0-9._:-]*")
 
 
-@router.put("/streams/{stream_id}", summary="Create (or replace) a stream from a spec")
+@router.put(
+    "/streams/{stream_id}",
+    summary="Create (or replace) a stream from a spec",
+    response_model=None,
+    responses=answers(StreamPutOut, 409, 413, 422, 503, 507, created=True),
+)
 async def put_stream(
     stream_id: str,
     spec: Annotated[StreamSpec, Body(openapi_examples=STREAM_EXAMPLES)],
@@ -66,19 +86,52 @@ async def put_stream(
     return JSONResponse({"outcome": outcome, **body}, status_code=201 if outcome == "created" else 200)
 
 
-@router.get("/streams/{stream_id}", summary="A stream's spec and figures")
+@router.put(
+    "/streams",
+    summary="Create many streams at once, all or nothing (never replaces: 409 if an id has another spec)",
+    response_model=None,
+    responses=answers(BulkOut, 409, 413, 422, 503, 507, created=True),
+)
+async def put_streams(body: BulkStreamsIn, state: State, caller: Caller) -> JSONResponse:
+    namespace = caller.namespace
+    items = [
+        (namespace.inside(item.id, field=f"streams[{i}].id"), item.spec)
+        for i, item in enumerate(body.streams)
+    ]
+    outcomes = await state.registry.put_streams(items)
+    created = sum(1 for outcome in outcomes.values() if outcome == "created")
+    answer = {"created": created, "unchanged": len(outcomes) - created}
+    return JSONResponse(answer, status_code=201 if created else 200)
+
+
+@router.get(
+    "/streams/{stream_id}",
+    summary="A stream's spec and figures",
+    response_model=None,
+    responses=answers(StreamOut, 404, 422, 503),
+)
 async def get_stream(stream_id: str, state: State, caller: Caller) -> dict[str, Any]:
     internal = caller.namespace.inside(stream_id)
     return _described(await state.registry.describe(internal), caller.namespace)
 
 
-@router.delete("/streams/{stream_id}", status_code=204, summary="Remove a stream and its stored state")
+@router.delete(
+    "/streams/{stream_id}",
+    status_code=204,
+    summary="Remove a stream and its stored state",
+    responses=errors(404, 422, 503),
+)
 async def delete_stream(stream_id: str, state: State, caller: Caller) -> Response:
     await state.registry.delete_stream(caller.namespace.inside(stream_id))
     return Response(status_code=204)
 
 
-@router.get("/streams", summary="List stream ids by prefix, paginated")
+@router.get(
+    "/streams",
+    summary="List stream ids by prefix, paginated",
+    response_model=None,
+    responses=answers(StreamListOut, 422, 503),
+)
 async def list_streams(
     state: State,
     caller: Caller,
@@ -97,12 +150,27 @@ async def list_streams(
     return {"streams": own, "next_cursor": own[-1] if more and own else None}
 
 
-@router.post("/streams/{stream_id}/predict", summary="Predict without learning")
+@router.post(
+    "/streams/{stream_id}/predict",
+    summary="Predict without learning",
+    openapi_extra=documented_body(
+        inline_schema(PredictIn),
+        {
+            "x": {"summary": "A model stream's inputs", "value": {"x": [0.1, 0.2, 0.3], "request_id": "r-1"}},
+            "series": {"summary": "A series stream predicts from its own history", "value": {}},
+        },
+        required=False,
+    ),
+    response_model=None,
+    responses=answers(PredictionOut, 404, 413, 415, 422, 503, 507),
+)
 async def predict(stream_id: str, request: Request, state: State, caller: Caller) -> dict[str, Any]:
     internal = caller.namespace.inside(stream_id)
     with _naming(stream_id):
+        # An empty body (a series stream predicts from its own history) needs no content type.
         raw = await read_body(request, state.settings.max_body_bytes)
-        body: PredictIn = decode_json(raw or b"{}", PredictIn)
+        fmt = body_format(request.headers.get("content-type")) if raw else "json"
+        body: PredictIn = decode_body(raw or b"{}", fmt, PredictIn)
         spec, values = await state.registry.predict(internal, body.x, body.request_id)
     out: dict[str, Any] = {"stream": stream_id, "prediction": shape_prediction(spec, values)}
     if body.request_id is not None:
@@ -110,12 +178,22 @@ async def predict(stream_id: str, request: Request, state: State, caller: Caller
     return out
 
 
-@router.post("/streams/{stream_id}/labels", summary="Apply the step for an earlier prediction's inputs")
+@router.post(
+    "/streams/{stream_id}/labels",
+    summary="Apply the step for an earlier prediction's inputs",
+    openapi_extra=documented_body(
+        inline_schema(LabelIn),
+        {"label": {"summary": "The target of prediction r-1", "value": {"request_id": "r-1", "y": 1.5}}},
+    ),
+    response_model=None,
+    responses=answers(LabelOut, 404, 413, 415, 422, 503),
+)
 async def label(stream_id: str, request: Request, state: State, caller: Caller) -> dict[str, Any]:
     internal = caller.namespace.inside(stream_id)
     with _naming(stream_id):
+        fmt = body_format(request.headers.get("content-type"))
         raw = await read_body(request, state.settings.max_body_bytes)
-        body: LabelIn = decode_json(raw, LabelIn)
+        body: LabelIn = decode_body(raw, fmt, LabelIn)
         try:
             spec, result = await state.registry.label(internal, body.request_id, body.y)
         except ServiceError as exc:
@@ -125,7 +203,12 @@ async def label(stream_id: str, request: Request, state: State, caller: Caller) 
     return {"request_id": body.request_id, **result_json(spec, result)}
 
 
-@router.put("/templates/{name}", summary="Create or replace a template for streams created on the fly")
+@router.put(
+    "/templates/{name}",
+    summary="Create or replace a template for streams created on the fly",
+    response_model=None,
+    responses=answers(TemplatePutOut, 413, 422, 503, created=True),
+)
 async def put_template(name: str, template: TemplateIn, state: State, caller: Caller) -> JSONResponse:
     namespace = caller.namespace
     outcome = await state.registry.put_template(
@@ -142,7 +225,7 @@ async def put_template(name: str, template: TemplateIn, state: State, caller: Ca
     )
 
 
-@router.get("/templates", summary="All templates")
+@router.get("/templates", summary="All templates", response_model=None, responses=answers(TemplateListOut))
 async def list_templates(state: State, caller: Caller) -> dict[str, Any]:
     namespace = caller.namespace
     return {
@@ -159,7 +242,12 @@ async def list_templates(state: State, caller: Caller) -> dict[str, Any]:
     }
 
 
-@router.delete("/templates/{name}", status_code=204, summary="Remove a template (its streams stay)")
+@router.delete(
+    "/templates/{name}",
+    status_code=204,
+    summary="Remove a template (its streams stay)",
+    responses=errors(404, 422, 503),
+)
 async def delete_template(name: str, state: State, caller: Caller) -> Response:
     await state.registry.delete_template(caller.namespace.inside(name, field="name"))
     return Response(status_code=204)
