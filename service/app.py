@@ -49,6 +49,7 @@ from trackin.service.errors import ServiceError, error_body, error_headers
 from trackin.service.metrics import Metrics
 from trackin.service.security.guard import Guard
 from trackin.service.security.namespace import PRINCIPAL
+from trackin.service.security.openapi import document_security
 from trackin.service.security.setup import make_keyring, make_limiter, refuse_open
 from trackin.service.settings import Settings
 from trackin.service.snapshot import fleet_snapshot
@@ -287,7 +288,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # served from local files by mount_docs
         redoc_url=None,  # ReDoc has no local bundle here: one UI, served locally
     )
-    app.openapi = truthful_openapi(app)  # type: ignore[method-assign]
+    app.openapi = truthful_openapi(app, extend=document_security)  # type: ignore[method-assign]
     app.include_router(health.router)
     app.include_router(streams.router)
     app.include_router(observations.router)

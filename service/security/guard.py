@@ -31,7 +31,7 @@ from trackin.service.security.keyring import Keyring
 from trackin.service.security.limiter import Limiter
 from trackin.service.security.namespace import OPEN, PRINCIPAL, Principal
 
-__all__ = ["SUBPROTOCOL", "Guard", "required_scope"]
+__all__ = ["SUBPROTOCOL", "Guard", "public_path", "required_scope"]
 
 SUBPROTOCOL = "trackin.bearer."
 _PUBLIC = frozenset({"/healthz", "/readyz", "/openapi.json", "/redoc"})
@@ -66,7 +66,7 @@ class Guard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "lifespan" or (kind == "http" and _public(scope["path"])):
+        if kind == "lifespan" or (kind == "http" and public_path(scope["path"])):
             await self.app(scope, receive, send)
             return
         keyring = self.get_keyring()
@@ -109,7 +109,8 @@ class Guard:
         return principal
 
 
-def _public(path: str) -> bool:
+def public_path(path: str) -> bool:
+    """Health, readiness and the API docs: answered to anyone."""
     return path in _PUBLIC or path.startswith("/docs")
 
 

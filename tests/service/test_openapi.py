@@ -38,24 +38,36 @@ parameters = { "stream_id" = "fuzz-lin" }
 SEED = int(os.environ.get("TRACKIN_FUZZ_SEED", "20261201"))
 
 
-def test_schemathesis_finds_no_server_error_nor_undocumented_status(tmp_path: Path) -> None:
-    with TrackinServer(tmp_path / "data", store="sqlite") as server:
-        with httpx.Client(base_url=server.url, timeout=30) as http:
+_ADMIN = "fuzz-admin-" + "0" * 32
+
+
+@pytest.mark.parametrize("credentials", [True, False], ids=["with-key", "without-key"])
+def test_schemathesis_finds_no_server_error_nor_undocumented_status(
+    tmp_path: Path, credentials: bool
+) -> None:
+    """Against a server with API keys: with an admin key the fuzzer reaches every operation's validation;
+    without one, every guarded operation must answer its documented 401."""
+    env = {"TRACKIN_BOOTSTRAP_ADMIN_KEY": _ADMIN}
+    with TrackinServer(tmp_path / "data", store="sqlite", env=env) as server:
+        auth = {"Authorization": f"Bearer {_ADMIN}"}
+        with httpx.Client(base_url=server.url, timeout=30, headers=auth) as http:
             create(http, "fuzz-lin", LINEAR)
         (tmp_path / "schemathesis.toml").write_text(_CONFIG)
+        header = ["--header", f"Authorization: Bearer {_ADMIN}"] if credentials else []
         run = subprocess.run(
             [
                 str(_SCHEMATHESIS),
                 "run",
                 f"{server.url}/openapi.json",
+                *header,
                 "--checks",
                 "all",
                 "--exclude-checks",
                 "positive_data_acceptance,negative_data_rejection",
                 "--max-examples",
-                "15",
+                "15" if credentials else "3",
                 "--max-time",
-                "40",
+                "40" if credentials else "15",
                 "--seed",
                 str(SEED),
                 "--no-color",
@@ -73,6 +85,21 @@ def test_schemathesis_finds_no_server_error_nor_undocumented_status(tmp_path: Pa
     assert selected is not None, run.stdout[-2000:]
     assert selected[1] == selected[2] == selected[3], run.stdout[-2000:]  # every operation was tested
     assert "internal error" not in logs, logs[-4000:]
+
+
+def test_security_is_documented(http: httpx.Client) -> None:
+    doc = http.get("/openapi.json").json()
+    assert doc["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": doc["components"]["securitySchemes"]["bearer"]["description"],
+    }
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            guarded = path.startswith("/v1")
+            assert ("security" in operation) == guarded, (method, path)
+            if guarded:
+                assert {"401", "403", "429", "503"} <= set(operation["responses"]), (method, path)
 
 
 def test_errors_are_documented_as_the_error_object(http: httpx.Client) -> None:

@@ -230,7 +230,11 @@ class TrackinServer:
                 self._log = None
 
     def __enter__(self) -> Self:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()  # a failed start must not leak its log file (a ResourceWarning hides the error)
+            raise
 
     def __exit__(
         self,
