@@ -56,7 +56,7 @@ class TrackingReference:
         opt = spec.optimizer
         self.forgets = forgets(opt)
         self.h = len(self.forgets)
-        self.weight = torch.nn.Parameter(z(self.h, self.k, self.p))  # one [k, p] matrix per head
+        self.weight = torch.nn.Parameter(z(self.h * self.k, self.p))  # the heads' [k, p] matrices stacked
         self.opt = TrackIn([self.weight], **T.optimizer_kwargs(opt))
         self.cov = [torch.eye(self.p, dtype=self.dt) * T.PRIOR for _ in self.forgets]
         self.scale_m2, self.scale_n = z(self.n_scale), 0
@@ -106,10 +106,13 @@ class TrackingReference:
         advantage = 2 * self.mix_n * (self.mix_naive - self.mix_model) / total
         return torch.sigmoid(T.MIX_ETA * advantage - T.MIX_BIAS)
 
+    def _heads(self) -> Tensor:
+        return self.weight.detach().view(self.h, self.k, self.p)
+
     def _model(self, phi: Tensor) -> Tensor:
         """The model's output in scaled units: each head's, weighted per output by
         ``softmax_h(-(L_h - min L) / (2 s2))``."""
-        per_head = self.weight.detach() @ phi  # [heads, k]
+        per_head = self._heads() @ phi  # [heads, k]
         if self.stat_w == 0 and not bool(self.head_loss.any()):
             return per_head.mean(0)  # nothing measured: equal shares
         tiny = torch.finfo(self.dt).tiny
@@ -182,7 +185,7 @@ class TrackingReference:
     def _learn(self, phi: Tensor, target: Tensor, y: Tensor, model: Tensor, naive: Tensor) -> None:
         """One preconditioned TrackIn step of every head on the residual ``target`` (model units), then the
         statistics."""
-        residual = target - self.weight.detach() @ phi  # [heads, k]
+        residual = target - self._heads() @ phi  # [heads, k]
         if self.stat_w > 0 and self.learned >= 2:
             limit = T.CLIP * (self.resid2 / self.stat_w).sqrt()
             residual = torch.minimum(torch.maximum(residual, -limit), limit)
@@ -195,7 +198,7 @@ class TrackingReference:
             cov = 0.5 * (cov + cov.T)
             peak = cov.diagonal().max()
             covs.append(cov * (T.COV_CAP / peak) if peak > T.COV_CAP else cov)
-        self.weight.grad = torch.stack(grads)
+        self.weight.grad = torch.stack(grads).view(self.h * self.k, self.p)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.cov = covs
