@@ -599,7 +599,7 @@ def tracking_round(
             for o in range(k):
                 mean_share += share[o]
             f[S + 2] = mean_share / k
-            flags[FL_DRIFT, r] = _drift(f, i, b, col, k, p, True, lo, fc[C_PH_WINDOW])
+            flags[FL_DRIFT, r] = _drift(f, i, b, col, nh * k, p, True, lo, fc[C_PH_WINDOW])
             for o in range(k):
                 pred[r, o] = lv_s[o]
             loss[r] = lo
