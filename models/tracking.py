@@ -1,7 +1,8 @@
 """The scale-free, preconditioned path of the closed-form families (docs/trackin.md, "Tracking real data").
 
 A stream of ``linear``, ``ar`` (without hidden layers) or ``track`` learns, by default, with TrackIn's step
-preconditioned by a per-stream RLS covariance, on inputs and targets divided by scales it measured itself;
+preconditioned by per-stream RLS covariances (one head per forgetting factor, their forecasts averaged by
+their recent errors: :func:`head_shares`), on inputs and targets divided by scales it measured itself;
 it serves a mix of its model and the naive forecast that fits its target, weighted by their recent errors,
 and never departs from the naive forecast by more than ``BOUND`` times the naive's typical error. Every step
 here is batched over the gathered rows of a pool (``[rows, ...]``), with no host sync: :func:`step` is the
