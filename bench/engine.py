@@ -52,7 +52,10 @@ from trackin.models.trackin import TrackIn
 IN_DIM = 16
 DEFAULT = StreamSpec(model=LinearModel(in_dim=IN_DIM))  # the default: scale-free, RLS-preconditioned
 FAMILIES: dict[str, StreamSpec] = {
-    "linear 16": DEFAULT,  # the fused CPU kernel (models/fused_tracking.py)
+    "linear 16": DEFAULT,  # the fused CPU kernel (models/fused_tracking.py); five RLS heads
+    "linear 16, one head": StreamSpec.model_validate(
+        {"model": {"family": "linear", "in_dim": IN_DIM}, "optimizer": {"forget": 0.999}}
+    ),
     "linear 16, first order": StreamSpec.model_validate(
         {"model": {"family": "linear", "in_dim": IN_DIM}, "optimizer": {"precondition": "none"}}
     ),

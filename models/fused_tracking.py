@@ -61,6 +61,8 @@ _COLUMNS = {
     K.O_MIXCOUNT: keys.MIX_N,
     K.O_LEARNED: keys.TRACK_LEARNED,
     K.O_SKILL: keys.SKILL_FIGURES[0],
+    K.O_HLOSS: keys.HEAD_LOSS,
+    K.O_HS2: keys.HEAD_S2,
     K.O_MEAN: keys.TRACK_MEAN,
     K.O_MEANW: keys.TRACK_MEAN_W,
     K.O_LAST: keys.SERIES_LAST,
@@ -128,9 +130,11 @@ class FusedTrackingRound(TrackingRound):
         cfg[K.K_NSCALE] = lay.scales
         cfg[K.K_STANDARDIZE], cfg[K.K_MIX] = spec.standardize, spec.mix_naive
         cfg[K.K_HUBER] = spec.loss == "huber"
+        cfg[K.K_HEADS] = lay.heads
         self._cfg = cfg
-        fc = np.zeros(K.N_FC, dtype=np.float64)
-        fc[K.C_FORGET], fc[K.C_TINY], fc[K.C_FMAX] = self._forget, finfo.tiny, finfo.max
+        fc = np.zeros(K.N_FC + lay.heads, dtype=np.float64)
+        fc[K.N_FC :] = self._forgets
+        fc[K.C_HEAD_RHO], fc[K.C_TINY], fc[K.C_FMAX] = tracking.HEAD_RHO, finfo.tiny, finfo.max
         fc[K.C_CLIP], fc[K.C_FEATURE_CLIP], fc[K.C_BOUND] = (
             tracking.CLIP,
             tracking.FEATURE_CLIP,
@@ -257,7 +261,7 @@ def warm_up() -> float:
     for name in ("float32", "float64"):
         dt = np.dtype(name)
         cfg = np.zeros(K.N_CFG, dtype=np.int64)
-        cfg[K.K_OUT] = cfg[K.K_P] = cfg[K.K_NSCALE] = 1
+        cfg[K.K_OUT] = cfg[K.K_P] = cfg[K.K_NSCALE] = cfg[K.K_HEADS] = 1
         bufs = (np.zeros((1, 2), dt), np.zeros((1, 2), np.int64), np.zeros((1, 2), np.bool_))
         rows = (np.empty(0, np.int64), np.empty((0, 1), dt), np.empty((0, 1), dt), np.empty(0, dt))
         settings = (cfg, np.zeros(K.N_FC), np.full(K.N_COL, -1, dtype=np.int64))

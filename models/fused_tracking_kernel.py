@@ -34,11 +34,12 @@ from numba import njit
     K_MIX,
     K_HUBER,
     K_EPS,  # the pool keeps TrackIn's eps buffer
+    K_HEADS,  # RLS heads: their forgetting factors follow the constants in ``fc``
     N_CFG,
-) = range(12)
-# fc: float settings and constants
+) = range(13)
+# fc: float settings and constants, then the heads' forgetting factors (``fc[N_FC + h]``)
 (
-    C_FORGET,
+    C_HEAD_RHO,
     C_TINY,  # the buffer dtype's smallest normal
     C_FMAX,  # the buffer dtype's largest finite value
     C_CLIP,
@@ -84,6 +85,8 @@ from numba import njit
     O_MIXCOUNT,
     O_LEARNED,
     O_SKILL,  # model loss EWMA, naive loss EWMA, mix weight
+    O_HLOSS,  # the heads' discounted squared errors [heads * k]
+    O_HS2,  # the best head's running squared error [k]
     O_MEAN,
     O_MEANW,
     O_LAST,
@@ -105,7 +108,7 @@ from numba import njit
     O_DRESET,  # bool
     O_STEP,  # int
     N_COL,
-) = range(47)
+) = range(49)
 # flags: per-row outcomes, one row of ``flags [N_FLAGS, n]`` each
 FL_WARMING, FL_DRIFT, FL_APPLIED, FL_NONFINITE, N_FLAGS = range(5)
 
@@ -175,16 +178,22 @@ def _predict(
     model: np.ndarray,
     served: np.ndarray,
     share: np.ndarray,
+    heads: np.ndarray,
 ) -> None:
-    """Naive, model and served predictions (series: rates) from the features, and the model's share."""
-    k, p, kind, tiny = cfg[K_OUT], cfg[K_P], cfg[K_KIND], fc[C_TINY]
+    """Naive, model and served predictions (series: rates) from the features, and the model's share.
+    ``heads``: room for the heads' shares of one output."""
+    k, p, kind, tiny, nh = cfg[K_OUT], cfg[K_P], cfg[K_KIND], fc[C_TINY], cfg[K_HEADS]
     w = f[col[O_STATW]]
     learned = f[col[O_LEARNED]] >= fc[C_MIX_WARMUP]
     n = f[col[O_MIXCOUNT]]
     for o in range(k):
+        _head_shares(f, col, k, nh, o, w, tiny, heads)
         raw = 0.0
-        for j in range(p):
-            raw += f[col[O_W] + o * p + j] * phi[j]
+        for h in range(nh):
+            head = 0.0
+            for j in range(p):
+                head += f[col[O_W] + (h * k + o) * p + j] * phi[j]
+            raw += heads[h] * head
         if kind == _LINEAR:
             mw = f[col[O_MEANW]]
             nv = f[col[O_MEAN] + o] / max(mw, tiny) if mw > 0 else 0.0
@@ -203,6 +212,25 @@ def _predict(
             sh = 1.0
         naive[o], model[o], share[o] = nv, mv, sh
         served[o] = nv + sh * (mv - nv)
+
+
+@njit(cache=True)
+def _head_shares(
+    f: np.ndarray, col: np.ndarray, k: int, nh: int, o: int, w: float, tiny: float, out: np.ndarray
+) -> None:
+    """The heads' shares of output ``o``: softmax of ``-(L_h - min L) / (2 s2)`` (tracking.head_shares)."""
+    L = col[O_HLOSS]
+    low = math.inf
+    for h in range(nh):
+        low = min(low, f[L + h * k + o])
+    s2 = max(f[col[O_HS2] + o] / max(w, tiny), tiny)
+    total = 0.0
+    for h in range(nh):
+        e = math.exp(-(f[L + h * k + o] - low) / (2 * s2))
+        out[h] = e
+        total += e
+    for h in range(nh):
+        out[h] /= total
 
 
 @njit(cache=True)
@@ -298,52 +326,71 @@ def _learn(
     naive: np.ndarray,
     work: np.ndarray,
 ) -> tuple[float, float, float]:
-    """The preconditioned step (tracking.learn) and the running statistics of one row that learns."""
-    k, p, tiny, lam = cfg[K_OUT], cfg[K_P], fc[C_TINY], fc[C_FORGET]
+    """The preconditioned step of every head (tracking.learn) and the running statistics of one row that
+    learns. ``work``: room for ``heads * (2 p + k + k p + 1)`` values."""
+    k, p, tiny, nh = cfg[K_OUT], cfg[K_P], fc[C_TINY], cfg[K_HEADS]
     C, W = col[O_COV], col[O_W]
     stat_w = f[col[O_STATW]]
     clip_on = f[col[O_LEARNED]] >= 2 and stat_w > 0
-    p_phi, gain, residual, g = work[:p], work[p : 2 * p], work[2 * p : 2 * p + k], work[2 * p + k :]
-    for o in range(k):
-        r = scaled[o]
-        for j in range(p):
-            r -= f[W + o * p + j] * phi[j]
-        if clip_on:
-            r = _clamp(r, fc[C_CLIP] * math.sqrt(f[col[O_RESID2] + o] / max(stat_w, tiny)))
-        residual[o] = r
-    # P phi, P symmetric: row c of P scaled by phi_c, accumulated over c (the sums in the order of a row's
-    # dot product, each independent of the others: vectorised without reordering any sum)
-    for a in range(p):
-        p_phi[a] = 0.0
-    for c in range(p):
-        pc = phi[c]
+    hp, hk = nh * p, nh * k
+    p_phi, gain, residual = work[:hp], work[hp : 2 * hp], work[2 * hp : 2 * hp + hk]
+    g, denoms = work[2 * hp + hk : 2 * hp + hk + hk * p], work[2 * hp + hk + hk * p :]
+    for h in range(nh):
+        Wh, Ch, lam = W + h * k * p, C + h * p * p, fc[N_FC + h]
+        for o in range(k):
+            r = scaled[o]
+            for j in range(p):
+                r -= f[Wh + o * p + j] * phi[j]
+            if clip_on:
+                r = _clamp(r, fc[C_CLIP] * math.sqrt(f[col[O_RESID2] + h * k + o] / max(stat_w, tiny)))
+            residual[h * k + o] = r
+        # P phi, P symmetric: row c of P scaled by phi_c, accumulated over c (the sums in the order of a
+        # row's dot product, each independent of the others: vectorised without reordering any sum)
+        pp = p_phi[h * p : (h + 1) * p]
         for a in range(p):
-            p_phi[a] += f[C + c * p + a] * pc
-    quad = 0.0
-    for a in range(p):
-        quad += phi[a] * p_phi[a]
-    denom = lam + quad
-    for a in range(p):
-        gain[a] = p_phi[a] / denom
-    for o in range(k):
-        for j in range(p):
-            g[o * p + j] = -(residual[o] * gain[j])
-    stats = _trackin(f, i, b, col, cfg, g, k * p)
+            pp[a] = 0.0
+        for c in range(p):
+            pc = phi[c]
+            for a in range(p):
+                pp[a] += f[Ch + c * p + a] * pc
+        quad = 0.0
+        for a in range(p):
+            quad += phi[a] * pp[a]
+        denom = lam + quad
+        denoms[h] = denom
+        for a in range(p):
+            gain[h * p + a] = pp[a] / denom
+        for o in range(k):
+            for j in range(p):
+                g[(h * k + o) * p + j] = -(residual[h * k + o] * gain[h * p + j])
+    stats = _trackin(f, i, b, col, cfg, g, hk * p)
     # (P - P phi phi^T P / denom) / lam, its largest diagonal entry capped. (p_phi_a p_phi_c) / denom is
     # symmetric to the bit, so a symmetric P stays symmetric (the torch round symmetrises explicitly: the
     # same values up to rounding). The diagonal first, then one contiguous pass.
-    inv_lam, inv_denom = 1.0 / lam, 1.0 / denom
-    peak = -math.inf
-    for a in range(p):
-        peak = max(peak, (f[C + a * p + a] - p_phi[a] * p_phi[a] * inv_denom) * inv_lam)
-    factor = inv_lam * (fc[C_COV_CAP] / max(peak, fc[C_COV_CAP]))
-    for a in range(p):
-        pa = p_phi[a]
-        for c in range(p):
-            f[C + a * p + c] = (f[C + a * p + c] - pa * p_phi[c] * inv_denom) * factor
-    keep, rho, power = 1 - fc[C_STAT_ALPHA], fc[C_MIX_RHO], fc[C_MIX_POWER]
+    for h in range(nh):
+        Ch, pp = C + h * p * p, p_phi[h * p : (h + 1) * p]
+        inv_lam, inv_denom = 1.0 / fc[N_FC + h], 1.0 / denoms[h]
+        peak = -math.inf
+        for a in range(p):
+            peak = max(peak, (f[Ch + a * p + a] - pp[a] * pp[a] * inv_denom) * inv_lam)
+        factor = inv_lam * (fc[C_COV_CAP] / max(peak, fc[C_COV_CAP]))
+        for a in range(p):
+            pa = pp[a]
+            for c in range(p):
+                f[Ch + a * p + c] = (f[Ch + a * p + c] - pa * pp[c] * inv_denom) * factor
+    keep, rho, power, head_rho = 1 - fc[C_STAT_ALPHA], fc[C_MIX_RHO], fc[C_MIX_POWER], fc[C_HEAD_RHO]
+    L = col[O_HLOSS]
     for o in range(k):
-        f[col[O_RESID2] + o] = f[col[O_RESID2] + o] * keep + residual[o] * residual[o]
+        best = 0  # the head the shares trusted most (the first of equals, as torch.argmin)
+        for h in range(1, nh):
+            if f[L + h * k + o] < f[L + best * k + o]:
+                best = h
+        rb = residual[best * k + o]
+        f[col[O_HS2] + o] = f[col[O_HS2] + o] * keep + rb * rb
+        for h in range(nh):
+            r = residual[h * k + o]
+            f[col[O_RESID2] + h * k + o] = f[col[O_RESID2] + h * k + o] * keep + r * r
+            f[L + h * k + o] = f[L + h * k + o] * head_rho + r * r
         dn, dm = target[o] - naive[o], target[o] - model[o]
         f[col[O_NAIVE2] + o] = f[col[O_NAIVE2] + o] * keep + dn * dn
         f[col[O_MIXM] + o] = rho * f[col[O_MIXM] + o] + abs(dm) ** power
@@ -447,7 +494,9 @@ def tracking_round(
     naive, model, served, share = np.empty(k), np.empty(k), np.empty(k), np.empty(k)
     scaled, target, values = np.empty(k), np.empty(k), np.empty(nscale)
     lv_s, lv_m, lv_n = np.empty(k), np.empty(k), np.empty(k)
-    work = np.empty(2 * p + k + k * p)
+    nh = cfg[K_HEADS]
+    work = np.empty(nh * (2 * p + k + k * p + 1))
+    heads = np.empty(nh)
     nan = math.nan
     for r in range(slots.shape[0]):
         row = slots[r]
@@ -486,7 +535,7 @@ def tracking_round(
         else:
             _scales(f, col, nscale, s)
             _features(f, xr, cfg, fc, col, s, phi)
-            _predict(f, cfg, fc, col, s, phi, naive, model, served, share)
+            _predict(f, cfg, fc, col, s, phi, naive, model, served, share, heads)
             if kind == _LINEAR:
                 for o in range(k):
                     target[o] = y[r, o]
@@ -550,7 +599,7 @@ def tracking_round(
             for o in range(k):
                 mean_share += share[o]
             f[S + 2] = mean_share / k
-            flags[FL_DRIFT, r] = _drift(f, i, b, col, k, p, True, lo, fc[C_PH_WINDOW])
+            flags[FL_DRIFT, r] = _drift(f, i, b, col, nh * k, p, True, lo, fc[C_PH_WINDOW])
             for o in range(k):
                 pred[r, o] = lv_s[o]
             loss[r] = lo
@@ -559,7 +608,7 @@ def tracking_round(
             if f[col[O_SEEN]] > 0:
                 _scales(f, col, nscale, s)
                 _features(f, xr, cfg, fc, col, s, phi)
-                _predict(f, cfg, fc, col, s, phi, naive, model, served, share)
+                _predict(f, cfg, fc, col, s, phi, naive, model, served, share, heads)
                 for d in range(dim):
                     forecast[r, d] = f[col[O_LAST] + d] + served[d]
             else:

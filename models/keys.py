@@ -30,6 +30,8 @@ __all__ = [
     "FIGURES",
     "FORMAT_VERSION",
     "GRAD_NORM",
+    "HEAD_LOSS",
+    "HEAD_S2",
     "HUBER_DELTA",
     "LAST_LOSS",
     "LOSS_EWMA",
@@ -68,7 +70,7 @@ __all__ = [
     "param",
 ]
 
-FORMAT_VERSION: Final = 3
+FORMAT_VERSION: Final = 4
 """Version of the checkpoint layout (these keys, their dtypes and shapes); see ``service.store.codec``."""
 
 
@@ -133,6 +135,8 @@ TRACK_SCALE_N: Final = "track/scale_n"
 TRACK_RESID2: Final = "track/resid2"
 TRACK_NAIVE2: Final = "track/naive2"
 TRACK_STAT_W: Final = "track/stat_w"
+HEAD_LOSS: Final = "track/head_loss"
+HEAD_S2: Final = "track/head_s2"
 TRACK_LEARNED: Final = "track/learned"
 TRACK_MEAN: Final = "track/mean"
 TRACK_MEAN_W: Final = "track/mean_w"

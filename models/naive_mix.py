@@ -14,9 +14,15 @@ from torch import Tensor
 
 from trackin.models import keys
 from trackin.models.specs import ARModel, StreamSpec
-from trackin.models.tracking import MIX_BIAS, MIX_ETA, MIX_POWER, MIX_RHO, MIX_WARMUP
+from trackin.models.tracking import MIX_ETA, MIX_POWER, MIX_RHO
 
-__all__ = ["applies", "entries", "update", "weight"]
+__all__ = ["MIX_BIAS", "MIX_WARMUP", "applies", "entries", "update", "weight"]
+
+MIX_BIAS = 8.0
+"""The first-order path's burden of proof (the tracking path's was lowered with its heads; this one keeps
+the value it was measured with)."""
+MIX_WARMUP = 10
+"""Steps of the first-order path during which only the naive forecast is served."""
 
 
 def applies(spec: StreamSpec) -> bool:

@@ -28,7 +28,7 @@ from trackin.models.kernels import Kernels, fused_applies
 from trackin.models.layout import KINDS, Entries, PackedState, row_nbytes
 from trackin.models.round import Round
 from trackin.models.rows import Settings, Templates, state_entries
-from trackin.models.specs import ARModel, StreamSpec, TrackModel
+from trackin.models.specs import ARModel, StreamSpec, TrackModel, forgets
 from trackin.models.tracking_round import TrackingNet, TrackingRound
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def _layout(template: StreamSpec) -> tuple[FlatModel | TrackingNet, Entries]:
     hyper = OPTIMIZERS[template.optimizer.name]
     buffers = hyper.state_buffers(template.optimizer.model_dump())
     if template.tracking:
-        tracking = TrackingNet(template.model)
+        tracking = TrackingNet(template.model, len(forgets(template.optimizer)))
         extra = tracking.layout.entries()
         return tracking, state_entries(template.model, hyper, buffers, shapes=tracking.shapes, extra=extra)
     assert not isinstance(template.model, TrackModel)

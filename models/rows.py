@@ -186,7 +186,9 @@ class Templates:
         rows, views = packed.blank()
         if spec.tracking:  # zero weights (the naive forecast) and the RLS prior
             cov = views[keys.TRACK_COV]
-            cov.copy_(torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device) * TRACKING_PRIOR)
+            p = cov.shape[-1]  # every head's covariance, stacked [heads * p, p]
+            eye = torch.eye(p, dtype=cov.dtype, device=cov.device).repeat(cov.shape[-2] // p, 1)
+            cov.copy_(eye * TRACKING_PRIOR)
             for key in keys.SKILL_FIGURES:
                 views[key].fill_(torch.nan)
         else:

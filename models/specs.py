@@ -153,6 +153,18 @@ def _optimizer_spec(
 
 
 PRECONDITIONS = ("auto", "none", "rls")
+Forget = Annotated[float, Field(ge=0.5, le=1)]
+FORGET_HEADS: tuple[float, ...] = (0.8, 0.9, 0.95, 0.99, 0.999)
+"""The default ``forget``: one RLS head per forgetting factor, mixed by their recent errors
+(docs/trackin.md, "Tracking real data"): fast drifts want 0.8-0.95, real data long memory."""
+
+
+def forgets(opt: BaseOptimizerSpec) -> tuple[float, ...]:
+    """The forgetting factors of a TrackIn spec's RLS heads (a number: one head)."""
+    value = opt.forget  # type: ignore[attr-defined]
+    return (float(value),) if isinstance(value, int | float) else tuple(float(f) for f in value)
+
+
 TRACKIN_EXTRA = {"precondition", "forget"}
 """TrackInSpec's fields that are not arguments of the TrackIn optimizer class."""
 
@@ -160,10 +172,11 @@ TrackInSpec = _optimizer_spec(
     "TrackInSpec",
     TRACKIN,
     "TrackIn's hyperparameters (docs/trackin.md). ``precondition``: ``rls`` preconditions the step with a "
-    "per-stream RLS covariance of forgetting factor ``forget`` (closed-form families, mse or huber loss); "
+    "per-stream RLS covariance (closed-form families, mse or huber loss), one head per forgetting factor in "
+    "``forget`` (a number: one head); "
     "``auto`` (the default) does so wherever it applies; with it, ``lr`` defaults to 1 (the full RLS gain).",
     precondition=(Literal[PRECONDITIONS], "auto"),
-    forget=(float, Field(0.999, ge=0.5, le=1)),
+    forget=(Forget | Annotated[tuple[Forget, ...], Field(min_length=1, max_length=8)], FORGET_HEADS),
 )
 SGDSpec = _optimizer_spec("SGDSpec", SGD, "SGD with optional momentum, dampening and debiasing (a baseline).")
 AdamSpec = _optimizer_spec("AdamSpec", ADAM, "Adam (a baseline).")
@@ -272,4 +285,5 @@ class StreamSpec(_Spec):
             self.tracking,
             self.standardize,
             self.mix_naive,
+            forgets(opt) if self.tracking else (),  # the heads of the tracking path
         )

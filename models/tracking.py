@@ -1,7 +1,8 @@
 """The scale-free, preconditioned path of the closed-form families (docs/trackin.md, "Tracking real data").
 
 A stream of ``linear``, ``ar`` (without hidden layers) or ``track`` learns, by default, with TrackIn's step
-preconditioned by a per-stream RLS covariance, on inputs and targets divided by scales it measured itself;
+preconditioned by per-stream RLS covariances (one head per forgetting factor, their forecasts averaged by
+their recent errors: :func:`head_shares`), on inputs and targets divided by scales it measured itself;
 it serves a mix of its model and the naive forecast that fits its target, weighted by their recent errors,
 and never departs from the naive forecast by more than ``BOUND`` times the naive's typical error. Every step
 here is batched over the gathered rows of a pool (``[rows, ...]``), with no host sync: :func:`step` is the
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from trackin.models import keys
 from trackin.models.specs import (
+    FORGET_HEADS,
     TRACKIN_EXTRA,
     ARModel,
     BaseOptimizerSpec,
@@ -37,6 +39,8 @@ __all__ = [
     "CLIP",
     "COV_CAP",
     "FEATURE_CLIP",
+    "HEADS",
+    "HEAD_RHO",
     "MIX_BIAS",
     "MIX_ETA",
     "MIX_POWER",
@@ -46,6 +50,7 @@ __all__ = [
     "SCALE_WARMUP",
     "STAT_ALPHA",
     "Layout",
+    "head_shares",
     "layout",
     "optimizer_kwargs",
     "step",
@@ -71,14 +76,20 @@ MIX_RHO = 0.99
 """Discount of the model's and the naive forecast's squared errors in the mix (about 100 observations)."""
 MIX_ETA = 1.0
 """Learning rate of the exponentially weighted mix, per unit of discounted relative advantage."""
-MIX_BIAS = 8.0
-"""Prior for the naive forecast: the model must prove itself (about 4% lower error over ~100 observations
-for an even mix) before it is served."""
+MIX_BIAS = 2.0
+"""Prior for the naive forecast: the model must prove itself (about 1% lower error over ~100 observations
+for an even mix) before it is served. 8 (the one-head default) cost the drifts 10-25% more and gained
+nothing on the real data (GBP/USD stays at 1.0000 either way)."""
 MIX_POWER = 1.0
 """The mix weighs the model and the naive forecast by their discounted absolute errors: squared errors let a
 few large misses decide, and chose models that lose on most boxes (MOT17-09's IoU)."""
-MIX_WARMUP = 10
-"""Steps during which only the naive forecast is served."""
+MIX_WARMUP = 3
+"""Steps during which only the naive forecast is served (the heads' fast ones are useful after a few)."""
+HEADS = FORGET_HEADS
+"""The default heads' forgetting factors (``forget`` in the spec)."""
+HEAD_RHO = 0.995
+"""Discount of each head's squared one-step errors, which weigh the heads (about 200 observations: 0.98
+let noise pull the E-mini's weight off its 0.999 head, 0.4799 against 0.479; the drifts do not care)."""
 
 Kind = Literal["linear", "delta", "level", "track"]
 
@@ -104,17 +115,20 @@ class Layout:
     scales: int  # measured scales: inputs and targets (linear), rates (and levels) per dim (series)
     lags: int  # series: rates kept
     dim: int  # series: values per observation
+    heads: int = 1  # RLS heads (one per forgetting factor)
 
     def entries(self) -> list[tuple[str, tuple[int, ...]]]:
         """Every tracking key and its per-stream shape (all in the pool's float buffer)."""
-        k, p = self.outputs, self.features
+        k, p, h = self.outputs, self.features, self.heads
         out = [
-            (keys.TRACK_COV, (p, p)),
+            (keys.TRACK_COV, (h * p, p)),  # the heads' covariances stacked (one head: format 3's shape)
             (keys.TRACK_SCALE_M2, (self.scales,)),
             (keys.TRACK_SCALE_N, ()),
-            (keys.TRACK_RESID2, (k,)),
+            (keys.TRACK_RESID2, (h * k,)),
             (keys.TRACK_NAIVE2, (k,)),
             (keys.TRACK_STAT_W, ()),
+            (keys.HEAD_LOSS, (h * k,)),
+            (keys.HEAD_S2, (k,)),
             (keys.MIX_MODEL, (k,)),
             (keys.MIX_NAIVE, (k,)),
             (keys.MIX_N, ()),
@@ -134,14 +148,14 @@ class Layout:
         return out
 
 
-def layout(model: ModelSpec) -> Layout:
+def layout(model: ModelSpec, heads: int = 1) -> Layout:
     if isinstance(model, LinearModel):
-        return Layout("linear", model.out_dim, model.in_dim + 1, model.in_dim + model.out_dim, 0, 0)
+        return Layout("linear", model.out_dim, model.in_dim + 1, model.in_dim + model.out_dim, 0, 0, heads)
     assert isinstance(model, ARModel | TrackModel)
     kind: Kind = "track" if isinstance(model, TrackModel) else model.target
     levels = model.dim if kind == "level" else 0
     features = model.lags * model.dim + levels + 1
-    return Layout(kind, model.dim, features, model.dim + levels, model.lags, model.dim)
+    return Layout(kind, model.dim, features, model.dim + levels, model.lags, model.dim, heads)
 
 
 Views = Mapping[str, Tensor]
@@ -163,6 +177,26 @@ def _weight(v: Views, mix_naive: bool | Tensor) -> Tensor:
     if isinstance(mix_naive, Tensor):
         return torch.where(mix_naive.unsqueeze(1), share, torch.ones_like(share))
     return share if mix_naive else torch.ones_like(share)
+
+
+def head_shares(lay: Layout, v: Views) -> Tensor:
+    """``[rows, heads, k]``: each head's share of the model, ``softmax_h(-(L_h - min L) / (2 s2))`` with
+    ``L_h`` its discounted squared errors and ``s2`` the running mean square of the best head's error
+    (discounted Bayesian model averaging; none measured yet: equal shares)."""
+    n, h, k = v[keys.HEAD_S2].shape[0], lay.heads, lay.outputs
+    loss = v[keys.HEAD_LOSS].view(n, h, k)
+    tiny = torch.finfo(loss.dtype).tiny
+    w = v[keys.TRACK_STAT_W].view(n, 1, 1)
+    s2 = (v[keys.HEAD_S2].unsqueeze(1) / w.clamp_min(tiny)).clamp_min(tiny)
+    return torch.softmax(-(loss - loss.amin(1, keepdim=True)) / (2 * s2), 1)
+
+
+def _raw(lay: Layout, v: Views, phi: Tensor) -> Tensor:
+    """``[rows, k]``: the model's output in scaled units, the heads' outputs weighted by their shares."""
+    n = phi.shape[0]
+    heads = v[keys.TRACK_WEIGHT].view(n, lay.heads, lay.outputs, lay.features)
+    per_head = torch.matmul(heads, phi.view(n, 1, -1, 1)).squeeze(3)
+    return (head_shares(lay, v) * per_head).sum(1)
 
 
 def _bounded(v: Views, departure: Tensor) -> Tensor:
@@ -195,7 +229,7 @@ def series_rates(
     s = _scales(v)
     naive = v[keys.SERIES_RATE] if lay.kind == "track" else torch.zeros_like(v[keys.SERIES_RATE])
     phi = _features(lay, v, s, None)
-    raw = torch.bmm(v[keys.TRACK_WEIGHT], phi.unsqueeze(2)).squeeze(2)
+    raw = _raw(lay, v, phi)
     model = naive + _bounded(v, s[:, : lay.dim] * raw)
     share = _weight(v, mix_naive)
     return naive, model, naive + share * (model - naive), share, phi
@@ -210,7 +244,7 @@ def linear_predictions(
     phi = _features(lay, v, s, x.nan_to_num(0.0, 0.0, 0.0))
     w = v[keys.TRACK_MEAN_W].unsqueeze(1)
     naive = torch.where(w > 0, v[keys.TRACK_MEAN] / w.clamp_min(torch.finfo(w.dtype).tiny), 0.0)
-    raw = torch.bmm(v[keys.TRACK_WEIGHT], phi.unsqueeze(2)).squeeze(2)
+    raw = _raw(lay, v, phi)
     model = naive + _bounded(v, s[:, -lay.outputs :] * raw - naive)
     share = _weight(v, mix_naive)
     return naive, model, naive + share * (model - naive), share, phi
@@ -223,7 +257,7 @@ def step(
     y: Tensor | None,
     ts: Tensor | None,
     *,
-    forget: float | Tensor,
+    forget: Tensor,
     standardize: bool | Tensor,
     mix_naive: bool | Tensor,
     optimizer_step: OptimizerStep,
@@ -311,35 +345,44 @@ def learn(
     model: Tensor,
     naive: Tensor,
     ok: Tensor,
-    forget: float | Tensor,
+    forget: Tensor,
     optimizer_step: OptimizerStep,
 ) -> None:
-    """The preconditioned step and the running statistics, for rows ``ok`` (the others keep their state)."""
-    weight, cov = v[keys.TRACK_WEIGHT], v[keys.TRACK_COV]
+    """The preconditioned step of every head and the running statistics, for rows ``ok`` (the others keep
+    their state). ``forget``: the heads' forgetting factors ``[heads]``."""
+    n, h, k, p = phi.shape[0], lay.heads, lay.outputs, lay.features
+    weight, cov = v[keys.TRACK_WEIGHT].view(n, h, k, p), v[keys.TRACK_COV].view(n, h, p, p)
+    resid2, head_loss = v[keys.TRACK_RESID2].view(n, h, k), v[keys.HEAD_LOSS].view(n, h, k)
     tiny = torch.finfo(phi.dtype).tiny
     okc = ok.unsqueeze(1)
-    residual = scaled_target - torch.bmm(weight, phi.unsqueeze(2)).squeeze(2)
-    stat_w = v[keys.TRACK_STAT_W].unsqueeze(1)
-    limit = CLIP * (v[keys.TRACK_RESID2] / stat_w.clamp_min(tiny)).sqrt()
-    clip_on = (v[keys.TRACK_LEARNED] >= 2).unsqueeze(1) & (stat_w > 0)
+    phi4 = phi.view(n, 1, p, 1)
+    residual = scaled_target.unsqueeze(1) - torch.matmul(weight, phi4).squeeze(3)  # [rows, heads, k]
+    stat_w = v[keys.TRACK_STAT_W].view(n, 1, 1)
+    limit = CLIP * (resid2 / stat_w.clamp_min(tiny)).sqrt()
+    clip_on = (v[keys.TRACK_LEARNED] >= 2).view(n, 1, 1) & (stat_w > 0)
     limit = torch.where(clip_on, limit, torch.full_like(limit, torch.inf))
-    residual = torch.minimum(torch.maximum(residual, -limit), limit).where(okc, 0.0)
-    lam = forget if isinstance(forget, float) else forget.unsqueeze(1)
-    p_phi = torch.bmm(cov, phi.unsqueeze(2)).squeeze(2)
-    gain = p_phi / (lam + (phi * p_phi).sum(1, keepdim=True))
-    grad = -(residual.unsqueeze(2) * gain.unsqueeze(1))
-    before = weight.clone()
+    residual = torch.minimum(torch.maximum(residual, -limit), limit).where(okc.unsqueeze(2), 0.0)
+    lam = forget.to(phi.dtype).view(1, h, 1)
+    p_phi = torch.matmul(cov, phi4).squeeze(3)  # [rows, heads, p]
+    gain = p_phi / (lam + (phi.unsqueeze(1) * p_phi).sum(2, keepdim=True))
+    grad = -(residual.unsqueeze(3) * gain.unsqueeze(2))
+    flat = v[keys.TRACK_WEIGHT]
+    before = flat.clone()
     optimizer_step(grad.flatten(1))
-    weight.copy_(torch.where(okc.unsqueeze(2), weight, before))
-    lam3 = lam if isinstance(lam, float) else lam.unsqueeze(2)
-    new_cov = (cov - gain.unsqueeze(2) * p_phi.unsqueeze(1)) / lam3
+    flat.copy_(torch.where(okc.unsqueeze(2), flat, before))
+    new_cov = (cov - gain.unsqueeze(3) * p_phi.unsqueeze(2)) / lam.unsqueeze(3)
     new_cov = 0.5 * (new_cov + new_cov.mT)
-    peak = new_cov.diagonal(dim1=1, dim2=2).amax(1)
-    new_cov = new_cov * (COV_CAP / peak.clamp_min(COV_CAP)).view(-1, 1, 1)
-    cov.copy_(torch.where(okc.unsqueeze(2), new_cov, cov))
+    peak = new_cov.diagonal(dim1=2, dim2=3).amax(2)
+    new_cov = new_cov * (COV_CAP / peak.clamp_min(COV_CAP)).view(n, h, 1, 1)
+    cov.copy_(torch.where(okc.view(n, 1, 1, 1), new_cov, cov))
+    best = head_loss.argmin(1, keepdim=True)  # the head the shares trusted most
+    best_error2 = residual.gather(1, best).squeeze(1).square()
     keep = 1 - STAT_ALPHA
+    okh = okc.unsqueeze(2)
+    resid2.copy_(torch.where(okh, resid2 * keep + residual.square(), resid2))
+    head_loss.copy_(torch.where(okh, head_loss * HEAD_RHO + residual.square(), head_loss))
     updates = (
-        (keys.TRACK_RESID2, v[keys.TRACK_RESID2] * keep + residual.square()),
+        (keys.HEAD_S2, v[keys.HEAD_S2] * keep + best_error2),
         (keys.TRACK_NAIVE2, v[keys.TRACK_NAIVE2] * keep + (target - naive).square()),
         (keys.MIX_MODEL, MIX_RHO * v[keys.MIX_MODEL] + (target - model).abs() ** MIX_POWER),
         (keys.MIX_NAIVE, MIX_RHO * v[keys.MIX_NAIVE] + (target - naive).abs() ** MIX_POWER),

@@ -21,7 +21,7 @@ from trackin.models.layout import BOOL, FLOAT, INT, PackedState
 from trackin.models.losses import Loss
 from trackin.models.round import Round
 from trackin.models.rows import Blocks, Settings
-from trackin.models.specs import ModelSpec, StreamSpec
+from trackin.models.specs import ModelSpec, StreamSpec, forgets
 
 __all__ = ["TrackingNet", "TrackingRound"]
 
@@ -31,10 +31,11 @@ class TrackingNet:
 
     closed_form = True
 
-    def __init__(self, model: ModelSpec) -> None:
+    def __init__(self, model: ModelSpec, heads: int = 1) -> None:
         self.model = model
-        self.layout = tracking.layout(model)
-        self.shapes = {"weight": (self.layout.outputs, self.layout.features)}
+        self.layout = tracking.layout(model, heads)
+        lay = self.layout
+        self.shapes = {"weight": (lay.heads * lay.outputs, lay.features)}  # the heads' weights stacked
         self.n_params = math.prod(self.shapes["weight"])
         self.out_dim = self.layout.outputs
 
@@ -54,7 +55,8 @@ class TrackingRound(Round):
     ) -> None:
         super().__init__(packed, net, loss, hyper, buffers, settings)  # type: ignore[arg-type]
         self.layout = net.layout
-        self._forget = float(spec.optimizer.forget)  # type: ignore[attr-defined]
+        self._forgets = forgets(spec.optimizer)
+        self._forget = torch.tensor(self._forgets, dtype=packed.dtypes[FLOAT], device=packed.device)
         self._standardize = spec.standardize
         self._mix_naive = spec.mix_naive
         float_keys = [(k, c) for k, c in packed.columns.items() if c.kind == FLOAT]

@@ -21,6 +21,7 @@ import safetensors.numpy
 import safetensors.torch
 import torch
 
+from trackin.models import keys
 from trackin.models.keys import FORMAT_VERSION
 from trackin.models.specs import StreamSpec
 from trackin.service.store.errors import CorruptCheckpoint
@@ -39,11 +40,24 @@ def _same_tensors(tensors: dict[str, torch.Tensor], meta: Mapping[str, Any]) -> 
     return tensors
 
 
+def _one_head(tensors: dict[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """A format-3 tracking stream as a one-head stream of format 4: its weight, covariance and residual
+    statistics already have one head's shapes; the heads' errors start at zero (one head's share is 1)."""
+    if keys.TRACK_COV not in tensors:
+        return tensors
+    out = dict(tensors)
+    out[keys.HEAD_LOSS] = torch.zeros_like(tensors[keys.TRACK_RESID2])
+    out[keys.HEAD_S2] = torch.zeros_like(tensors[keys.TRACK_NAIVE2])
+    return out
+
+
 _UPGRADES: dict[int, Upgrade] = {
     1: _same_tensors,  # format 2 added the scale-free path; a format-1 stream keeps its state (and its spec
     # is pinned to the first-order path it was written by: ``upgrade_spec``)
     2: _same_tensors,  # format 3 standardises the first-order path (``norm/*``); a format-2 first-order
     # stream keeps its state and learns in raw units as before (``upgrade_spec`` pins ``standardize``)
+    3: _one_head,  # format 4 gives the tracking path several RLS heads; a format-3 tracking stream keeps its
+    # one head (``upgrade_spec`` pins ``forget`` to a number), whose state only lacks the heads' errors
 }
 
 
@@ -60,8 +74,14 @@ def upgrade_spec(spec: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, 
         out.setdefault("standardize", False)
         out.setdefault("mix_naive", False)
     version = meta.get(FORMAT_KEY)
-    if isinstance(version, int) and version <= 2 and not StreamSpec.model_validate(out).tracking:
-        out["standardize"] = False  # before format 3, standardize applied to the scale-free path only
+    if isinstance(version, int) and version <= 3:
+        tracking = StreamSpec.model_validate(out).tracking
+        if version <= 2 and not tracking:
+            out["standardize"] = False  # before format 3, standardize applied to the scale-free path only
+        if tracking:  # before format 4, the tracking path had one head, forget 0.999 by default
+            optimizer = dict(out.get("optimizer") or {})
+            optimizer.setdefault("forget", 0.999)
+            out["optimizer"] = optimizer
     return out
 
 

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from tests.models.reference_tracking import TrackingReference
+from trackin.models import naive_mix
 from trackin.models import standardize as S
 from trackin.models import tracking as M
 from trackin.models.baselines import AdamBaseline, DebiasedSGD
@@ -221,11 +222,11 @@ class ReferenceStream:
 
     def _share(self) -> Tensor:
         """The model's share of a first-order series' served forecast (per dim)."""
-        if self.steps < M.MIX_WARMUP:
+        if self.steps < naive_mix.MIX_WARMUP:
             return torch.zeros_like(self.mix_model)
         total = (self.mix_model + self.mix_naive).clamp_min(torch.finfo(self.dtype).tiny)
         advantage = 2 * self.mix_n * (self.mix_naive - self.mix_model) / total
-        return torch.sigmoid(M.MIX_ETA * advantage - M.MIX_BIAS)
+        return torch.sigmoid(M.MIX_ETA * advantage - naive_mix.MIX_BIAS)
 
     def _inputs(self, window: Tensor) -> Tensor:
         """An ``ar`` model's inputs: the window's features, standardised by the series' statistics."""

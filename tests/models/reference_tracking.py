@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from trackin.models import tracking as T
-from trackin.models.specs import ARModel, LinearModel, StreamSpec, TrackInSpec, TrackModel
+from trackin.models.specs import ARModel, LinearModel, StreamSpec, TrackInSpec, TrackModel, forgets
 from trackin.models.trackin import TrackIn
 
 __all__ = ["TrackingOutcome", "TrackingReference"]
@@ -53,13 +53,15 @@ class TrackingReference:
             self.n_scale = model.in_dim + model.out_dim
         self.p = n_feat + 1
         z = lambda *shape: torch.zeros(*shape, dtype=self.dt)  # noqa: E731
-        self.weight = torch.nn.Parameter(z(self.k, self.p))
         opt = spec.optimizer
+        self.forgets = forgets(opt)
+        self.h = len(self.forgets)
+        self.weight = torch.nn.Parameter(z(self.h * self.k, self.p))  # the heads' [k, p] matrices stacked
         self.opt = TrackIn([self.weight], **T.optimizer_kwargs(opt))
-        self.forget = opt.forget
-        self.cov = torch.eye(self.p, dtype=self.dt) * T.PRIOR
+        self.cov = [torch.eye(self.p, dtype=self.dt) * T.PRIOR for _ in self.forgets]
         self.scale_m2, self.scale_n = z(self.n_scale), 0
-        self.resid2, self.naive2, self.stat_w = z(self.k), z(self.k), 0.0
+        self.resid2, self.naive2, self.stat_w = z(self.h, self.k), z(self.k), 0.0
+        self.head_loss, self.head_s2 = z(self.h, self.k), z(self.k)
         self.mix_model, self.mix_naive, self.mix_n = z(self.k), z(self.k), 0.0
         self.mean, self.mean_w = z(self.k), 0.0  # linear: the naive forecast, the running mean of y
         self.learned = 0
@@ -104,6 +106,21 @@ class TrackingReference:
         advantage = 2 * self.mix_n * (self.mix_naive - self.mix_model) / total
         return torch.sigmoid(T.MIX_ETA * advantage - T.MIX_BIAS)
 
+    def _heads(self) -> Tensor:
+        return self.weight.detach().view(self.h, self.k, self.p)
+
+    def _model(self, phi: Tensor) -> Tensor:
+        """The model's output in scaled units: each head's, weighted per output by
+        ``softmax_h(-(L_h - min L) / (2 s2))``."""
+        per_head = self._heads() @ phi  # [heads, k]
+        if self.stat_w == 0 and not bool(self.head_loss.any()):
+            return per_head.mean(0)  # nothing measured: equal shares
+        tiny = torch.finfo(self.dt).tiny
+        s2 = (self.head_s2 / max(self.stat_w, tiny)).clamp_min(tiny)
+        gap = self.head_loss - self.head_loss.min(0).values
+        shares = torch.exp(-gap / (2 * s2))
+        return (shares / shares.sum(0) * per_head).sum(0)
+
     def _bounded(self, residual: Tensor) -> Tensor:
         """The model's departure from the naive forecast, at most BOUND times the naive's typical error."""
         if self.stat_w == 0:
@@ -122,7 +139,7 @@ class TrackingReference:
         if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all())):
             return TrackingOutcome(None, None, False, True, None)
         naive = self.mean / self.mean_w if self.mean_w > 0 else torch.zeros(self.k, dtype=self.dt)
-        model = naive + self._bounded(self._unit() * (self.weight.detach() @ self._features(x)) - naive)
+        model = naive + self._bounded(self._unit() * self._model(self._features(x)) - naive)
         served = naive + self._weight() * (model - naive)
         self._update_scales(torch.cat([x, y]))  # the step learns in the scales that include this one
         self._learn(self._features(x), y / self._unit(), y, model, naive)
@@ -155,7 +172,7 @@ class TrackingReference:
         is_track = isinstance(self.model, TrackModel)
         naive = self.rate.clone() if is_track else torch.zeros(self.k, dtype=self.dt)
         phi = self._features(None)
-        model = naive + self._bounded(self._unit() * (self.weight.detach() @ phi))
+        model = naive + self._bounded(self._unit() * self._model(phi))
         served = naive + self._weight() * (model - naive)
         return naive, model, served, phi
 
@@ -166,20 +183,28 @@ class TrackingReference:
         return (self.last + self._rates()[2]).tolist()
 
     def _learn(self, phi: Tensor, target: Tensor, y: Tensor, model: Tensor, naive: Tensor) -> None:
-        """One preconditioned TrackIn step on the residual ``target`` (model units), then the statistics."""
-        residual = target - self.weight.detach() @ phi
+        """One preconditioned TrackIn step of every head on the residual ``target`` (model units), then the
+        statistics."""
+        residual = target - self._heads() @ phi  # [heads, k]
         if self.stat_w > 0 and self.learned >= 2:
             limit = T.CLIP * (self.resid2 / self.stat_w).sqrt()
             residual = torch.minimum(torch.maximum(residual, -limit), limit)
-        p_phi = self.cov @ phi
-        gain = p_phi / (self.forget + phi @ p_phi)
-        self.weight.grad = -residual.unsqueeze(1) * gain.unsqueeze(0)
+        grads, covs = [], []
+        for h, forget in enumerate(self.forgets):
+            p_phi = self.cov[h] @ phi
+            gain = p_phi / (forget + phi @ p_phi)
+            grads.append(-residual[h].unsqueeze(1) * gain.unsqueeze(0))
+            cov = (self.cov[h] - gain.unsqueeze(1) * p_phi.unsqueeze(0)) / forget
+            cov = 0.5 * (cov + cov.T)
+            peak = cov.diagonal().max()
+            covs.append(cov * (T.COV_CAP / peak) if peak > T.COV_CAP else cov)
+        self.weight.grad = torch.stack(grads).view(self.h * self.k, self.p)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        cov = (self.cov - gain.unsqueeze(1) * p_phi.unsqueeze(0)) / self.forget
-        cov = 0.5 * (cov + cov.T)
-        peak = cov.diagonal().max()
-        self.cov = cov * (T.COV_CAP / peak) if peak > T.COV_CAP else cov
+        self.cov = covs
+        best = self.head_loss.argmin(0)  # per output: the head the shares trusted most
+        self.head_s2 = self.head_s2 * (1 - T.STAT_ALPHA) + residual[best, torch.arange(self.k)].square()
+        self.head_loss = self.head_loss * T.HEAD_RHO + residual.square()
         self.resid2 = self.resid2 * (1 - T.STAT_ALPHA) + residual.square()
         self.naive2 = self.naive2 * (1 - T.STAT_ALPHA) + (y - naive).square()
         self.stat_w = self.stat_w * (1 - T.STAT_ALPHA) + 1

@@ -160,7 +160,9 @@ def test_random_walk_is_never_materially_worse_than_no_change() -> None:
 
 
 def test_track_is_constant_velocity_from_the_second_observation() -> None:
-    """A box moving at constant velocity (with a gap in frames) is forecast exactly from the third value."""
+    """A box moving at constant velocity (with a gap in frames) is forecast from the third value as constant
+    velocity does, to 0.1% (after MIX_WARMUP = 3 steps the mix serves a sliver, under 1%, of the model,
+    which learned from the first velocity against a naive rate of 0: 0.06 px here)."""
     engine = Engine()
     engine.add("obj", StreamSpec.model_validate({"model": {"family": "track"}, "dtype": "float64"}))
     frames = [1, 2, 3, 4, 7, 8, 9]
@@ -172,7 +174,7 @@ def test_track_is_constant_velocity_from_the_second_observation() -> None:
     assert results[0].prediction is None
     np.testing.assert_allclose(results[1].prediction, boxes[0])  # no velocity yet: the last box
     for r, b in zip(results[2:], boxes[2:], strict=True):
-        np.testing.assert_allclose(r.prediction, b, atol=1e-9)
+        np.testing.assert_allclose(r.prediction, b, rtol=1e-3, atol=1e-9)
 
 
 def test_time_must_advance_and_state_is_untouched() -> None:
@@ -188,3 +190,36 @@ def test_time_must_advance_and_state_is_untouched() -> None:
     for key, value in before.items():
         if key != "fig/nonfinite":
             torch.testing.assert_close(after[key], value, rtol=0, atol=0, equal_nan=True, msg=key)
+
+
+def _drift_mse(spec: dict[str, Any], x: np.ndarray, y: np.ndarray) -> float:
+    engine = Engine()
+    engine.add("s", StreamSpec.model_validate({**spec, "dtype": "float64"}))
+    errors = [
+        (engine.observe(["s"], [xt], [yt])[0].prediction[0] - yt[0]) ** 2  # type: ignore[index]
+        for xt, yt in zip(x, y, strict=True)
+    ]
+    return float(np.mean(errors[200:]))
+
+
+def test_the_heads_follow_fast_drift_and_keep_long_memory() -> None:
+    """The default heads (forgetting 0.8 ... 0.999, weighed by their recent errors) track coefficients that
+    move fast about as well as the best single forgetting factor there (0.9), far better than the long
+    memory the real data want (0.999), and are about as good as 0.999 on coefficients that stand still."""
+    rng = np.random.default_rng(3)
+    steps = 1500
+    x = rng.normal(size=(steps, 4))
+    moving = 1 + np.cumsum(rng.normal(size=(steps, 4)) * 0.03, 0)
+    still = np.ones((steps, 4))
+    linear = {"model": {"family": "linear", "in_dim": 4}}
+    for w, fast in ((moving, True), (still, False)):
+        y = ((w * x).sum(1) + 0.1 * rng.normal(size=steps)).reshape(-1, 1)
+        heads = _drift_mse(linear, x, y)
+        slow = _drift_mse({**linear, "optimizer": {"forget": 0.999}}, x, y)
+        quick = _drift_mse({**linear, "optimizer": {"forget": 0.9}}, x, y)
+        if fast:
+            assert heads < 0.3 * slow, (heads, slow)
+            assert heads < 1.15 * quick, (heads, quick)
+        else:
+            assert heads < 1.15 * slow, (heads, slow)
+            assert heads < quick, (heads, quick)

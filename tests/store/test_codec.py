@@ -178,4 +178,34 @@ def test_a_format_2_first_order_stream_keeps_raw_units(spec: dict[str, object]) 
     assert restored.predict(["s"], [x]) == engine.predict(["s"], [x])
     tracking = StreamSpec.model_validate({"model": {"family": "ar"}}).model_dump(mode="json")
     assert codec.upgrade_spec(tracking, meta) == tracking
-    assert FORMAT_VERSION == 3
+    assert FORMAT_VERSION == 4
+
+
+def test_a_format_3_tracking_stream_keeps_its_one_head() -> None:
+    """Format 4 gives the tracking path several RLS heads by default; a format-3 tracking stream (one head,
+    no heads' errors in its state) is read as a one-head stream (``forget`` pinned to its number, 0.999
+    where the stored spec left it out), its tensors load, and it forecasts as before."""
+    import numpy as np
+
+    from trackin.models import keys
+    from trackin.models.engine import Engine
+    from trackin.models.specs import StreamSpec
+
+    one_head = StreamSpec.model_validate({"model": {"family": "ar"}, "optimizer": {"forget": 0.999}})
+    engine = Engine()
+    engine.add("s", one_head)
+    for value in (1.0, 2.0, 2.5, 4.0, 3.0):
+        engine.observe(["s"], [np.array([value])], [None])
+    tensors = engine.export("s")
+    del tensors[keys.HEAD_LOSS], tensors[keys.HEAD_S2]  # what format 3 held
+    v3_spec = one_head.model_dump(mode="json")
+    del v3_spec["optimizer"]["forget"]
+    blob, _ = encode_state(tensors, {})
+    meta = {"format": 3, "spec": v3_spec}
+    upgraded = StreamSpec.model_validate(codec.upgrade_spec(v3_spec, meta))
+    assert upgraded == one_head
+    assert StreamSpec.model_validate(v3_spec).pool_key() != one_head.pool_key(), "today's default: 5 heads"
+    restored = Engine()
+    restored.add("s", upgraded)
+    restored.load("s", decode_state("s", blob, meta))
+    assert restored.predict(["s"], [None]) == engine.predict(["s"], [None])
