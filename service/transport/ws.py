@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 import msgspec
 from fastapi import APIRouter, WebSocket
+from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect
 
 from trackin.service.domain.ingest import IngestBatch
@@ -93,11 +94,52 @@ async def _read(
     websocket: WebSocket, state: AppState, pending: asyncio.Queue[Pending | None], writer: asyncio.Task[None]
 ) -> None:
     limit = state.settings.max_ws_message_bytes
+    # Shutdown interrupts a reader waiting for a frame by cancelling it (once, from a callback), instead of
+    # racing every receive against the closing event: that cost a task and an ``asyncio.wait`` (two loop
+    # iterations) per frame, and kept frames already buffered from being read without a suspension.
+    reader = asyncio.current_task()
+    assert reader is not None
+    stop = _ShutdownStop(reader)
     closing = asyncio.ensure_future(state.closing.wait())
+    closing.add_done_callback(stop.fire)
     try:
-        await _read_messages(websocket, state, pending, writer, closing, limit)
+        await _read_messages(websocket, state, pending, writer, stop, limit)
     finally:
+        closing.remove_done_callback(stop.fire)
         closing.cancel()
+
+
+class _ShutdownStop:
+    """Cancels the reader when shutdown begins, but only while it waits for a frame (never mid-message)."""
+
+    __slots__ = ("fired", "reader", "waiting")
+
+    def __init__(self, reader: asyncio.Task[Any]) -> None:
+        self.reader = reader
+        self.waiting = False
+        self.fired = False
+
+    def fire(self, closing: asyncio.Future[Any]) -> None:
+        if closing.cancelled():
+            return
+        self.fired = True
+        if self.waiting:
+            self.reader.cancel()
+
+    async def receive(self, websocket: WebSocket) -> Message | None:
+        """The next ASGI message; ``None`` once shutdown began (then nothing more is read)."""
+        if self.fired:
+            return None
+        self.waiting = True
+        try:
+            return await websocket.receive()
+        except asyncio.CancelledError:
+            # ours (shutdown) is taken back; any other cancellation goes on up
+            if not self.fired or self.reader.uncancel() > 0:
+                raise
+            return None
+        finally:
+            self.waiting = False
 
 
 async def _read_messages(
@@ -105,18 +147,15 @@ async def _read_messages(
     state: AppState,
     pending: asyncio.Queue[Pending | None],
     writer: asyncio.Task[None],
-    closing: asyncio.Future[Any],
+    stop: _ShutdownStop,
     limit: int,
 ) -> None:
     caller = principal_of(websocket.scope)
     namespace = caller.namespace
     while True:
-        receiving = asyncio.ensure_future(websocket.receive())
-        await asyncio.wait((receiving, closing), return_when=asyncio.FIRST_COMPLETED)
-        if not receiving.done():
-            receiving.cancel()
+        message = await stop.receive(websocket)
+        if message is None:
             await _close_after_answers(websocket, pending, writer, CLOSE_GOING_AWAY, "server shutting down")
-        message = receiving.result()
         if message["type"] == "websocket.disconnect":
             return
         binary = message.get("bytes") is not None
