@@ -22,6 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
     from trackin.service.app import create_app
     from trackin.service.connections import protocol_with_timeout, raise_open_files_limit
     from trackin.service.settings import Settings
+    from trackin.service.transport.ws_protocol import CoalescingWebSocketsProtocol
 
     overrides = {
         k: v
@@ -50,6 +51,10 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level,
         ws_max_size=settings.max_ws_message_bytes + 1024,
+        # Answers are small and numeric: per-message deflate (which clients such as `websockets` offer by
+        # default) costs more CPU per frame than it saves on loopback or a LAN.
+        ws_per_message_deflate=False,
+        ws=CoalescingWebSocketsProtocol,  # one socket write per loop iteration, not per answer
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
         access_log=False,
         http=protocol_with_timeout(settings.header_timeout_seconds),

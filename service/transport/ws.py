@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 import msgspec
 from fastapi import APIRouter, WebSocket
+from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect
 
 from trackin.service.domain.ingest import IngestBatch
@@ -40,7 +41,14 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_TOO_BIG = 1009
 
-Pending = tuple[Any, bool, "asyncio.Future[Any] | dict[str, Any]", "IngestBatch | None", float, bool]
+Pending = tuple[
+    Any,
+    bool,
+    "asyncio.Future[Any] | dict[str, Any] | tuple[_Shared, int, int]",
+    "IngestBatch | None",
+    float,
+    bool,
+]
 
 
 class _SeqOnly(msgspec.Struct):
@@ -92,12 +100,148 @@ async def close_websockets(state: AppState, timeout: float) -> None:
 async def _read(
     websocket: WebSocket, state: AppState, pending: asyncio.Queue[Pending | None], writer: asyncio.Task[None]
 ) -> None:
-    limit = state.settings.max_ws_message_bytes
+    # Shutdown, and a coalesced group waiting to be queued, interrupt a reader waiting for a frame by
+    # cancelling it (from a callback), instead of racing every receive against the closing event: that
+    # cost a task and an ``asyncio.wait`` (two loop iterations) per frame, and kept frames already
+    # buffered from being read without a suspension.
+    reader = asyncio.current_task()
+    assert reader is not None
+    inbox = _Inbox(reader)
     closing = asyncio.ensure_future(state.closing.wait())
+    closing.add_done_callback(inbox.shutdown)
     try:
-        await _read_messages(websocket, state, pending, writer, closing, limit)
+        await _read_messages(websocket, state, pending, writer, inbox)
     finally:
+        closing.remove_done_callback(inbox.shutdown)
         closing.cancel()
+
+
+class _Inbox:
+    """The reader's receive, interruptible while (and only while) it waits for a frame: by shutdown, or
+    by a group of frames due to be queued (``flush_soon``)."""
+
+    __slots__ = ("closing", "due", "reader", "scheduled", "waiting")
+
+    def __init__(self, reader: asyncio.Task[Any]) -> None:
+        self.reader = reader
+        self.waiting = False
+        self.closing = False
+        self.due = False
+        self.scheduled = False
+
+    def shutdown(self, closing: asyncio.Future[Any]) -> None:
+        if closing.cancelled():
+            return
+        self.closing = True
+        self._interrupt()
+
+    def flush_soon(self) -> None:
+        """Queue the group once the reader has read every frame ready now (it would wait for the next)."""
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._due)
+
+    def _due(self) -> None:
+        self.scheduled = False
+        self.due = True
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        if self.waiting:
+            self.waiting = False
+            self.reader.cancel()
+
+    async def receive(self, websocket: WebSocket) -> Message | None:
+        """The next ASGI message, or ``None`` when interrupted: shutdown began (``closing``) or the group
+        is due (``due``). An interruption never loses a frame: it stays in uvicorn's queue."""
+        if self.closing or self.due:
+            return None
+        self.waiting = True
+        try:
+            return await websocket.receive()
+        except asyncio.CancelledError:
+            # ours is taken back; any other cancellation goes on up
+            if self.waiting or self.reader.uncancel() > 0:
+                raise
+            return None
+        finally:
+            self.waiting = False
+
+
+class _Group:
+    """Row-form frames read back to back, queued as ONE engine batch (one check, one enqueue, one
+    answer-building pass), each frame still answered on its own and in order. If the group is refused as
+    a whole, its frames are queued one by one again, so each bad frame gets its own error (its fields
+    named as in the frame) and the others are applied as if they had come alone."""
+
+    __slots__ = ("entries", "observations")
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[Any, bool, list[Any] | dict[str, Any], float]] = []
+        self.observations = 0
+
+    def add(self, seq: Any, binary: bool, items: list[Any] | dict[str, Any], started: float) -> None:
+        """A frame's items to queue, or its error (answered in its place in the order)."""
+        self.entries.append((seq, binary, items, started))
+        if isinstance(items, list):
+            self.observations += len(items)
+
+
+class _Shared:
+    """One coalesced batch's outcome; its answer rows are built once, for all of its frames."""
+
+    __slots__ = ("batch", "future", "rows")
+
+    def __init__(self, batch: IngestBatch, future: asyncio.Future[Any]) -> None:
+        self.batch = batch
+        self.future = future
+        self.rows: list[dict[str, Any]] | None = None
+
+    async def slice(self, start: int, stop: int, websocket: WebSocket) -> list[dict[str, Any]]:
+        if self.rows is None:
+            outcomes = await self.future
+            rows = results_json(self.batch.stream_ids, self.batch.specs, outcomes, many=True)
+            self.rows = principal_of(websocket.scope).namespace.public_results(rows)
+        return self.rows[start:stop]
+
+
+async def _flush(
+    websocket: WebSocket, state: AppState, pending: asyncio.Queue[Pending | None], group: _Group
+) -> None:
+    entries = group.entries
+    if not entries:
+        return
+    group.entries, group.observations = [], 0
+    frames = [e[2] for e in entries if isinstance(e[2], list)]
+    shared: _Shared | None = None
+    if len(frames) > 1:
+        items = [item for frame in frames for item in frame]
+        try:
+            batch, future = await state.registry.enqueue(
+                items, default_stream=None, prefix="observations", transport="ws"
+            )
+            shared = _Shared(batch, future)
+        except ServiceError:
+            shared = None  # refused as a whole: one frame at a time below, each with its own answer
+    start = 0
+    for seq, binary, items_or_error, started in entries:
+        outcome: asyncio.Future[Any] | dict[str, Any] | tuple[_Shared, int, int]
+        batch_of: IngestBatch | None = None
+        if isinstance(items_or_error, dict):
+            outcome = items_or_error
+        elif shared is not None:
+            outcome = (shared, start, start + len(items_or_error))
+            start += len(items_or_error)
+            batch_of = shared.batch
+        else:
+            try:
+                batch_of, outcome = await state.registry.enqueue(
+                    items_or_error, default_stream=None, prefix="observations", transport="ws"
+                )
+            except ServiceError as exc:
+                state.metrics.observed("rejected", "ws")
+                outcome = principal_of(websocket.scope).namespace.public_error(exc).body()
+        await pending.put((seq, binary, outcome, batch_of, started, False))
 
 
 async def _read_messages(
@@ -105,26 +249,37 @@ async def _read_messages(
     state: AppState,
     pending: asyncio.Queue[Pending | None],
     writer: asyncio.Task[None],
-    closing: asyncio.Future[Any],
-    limit: int,
+    inbox: _Inbox,
 ) -> None:
     caller = principal_of(websocket.scope)
     namespace = caller.namespace
+    settings = state.settings
+    limit = settings.max_ws_message_bytes
+    group = _Group()
+    # Frames are grouped only where each is checked alone before the group: not under a rate limit (it
+    # admits each frame's observations once, before queueing).
+    coalesce = state.limiter is None
+
+    async def close(code: int, reason: str) -> NoReturn:
+        await _flush(websocket, state, pending, group)
+        await _close_after_answers(websocket, pending, writer, code, reason)
+
     while True:
-        receiving = asyncio.ensure_future(websocket.receive())
-        await asyncio.wait((receiving, closing), return_when=asyncio.FIRST_COMPLETED)
-        if not receiving.done():
-            receiving.cancel()
-            await _close_after_answers(websocket, pending, writer, CLOSE_GOING_AWAY, "server shutting down")
-        message = receiving.result()
+        message = await inbox.receive(websocket)
+        if message is None:
+            if inbox.closing:
+                await close(CLOSE_GOING_AWAY, "server shutting down")
+            inbox.due = False
+            await _flush(websocket, state, pending, group)
+            continue
         if message["type"] == "websocket.disconnect":
+            await _flush(websocket, state, pending, group)
             return
         binary = message.get("bytes") is not None
         data: bytes | str = message["bytes"] if binary else message.get("text") or ""
         started = time.perf_counter()
         if len(data) > limit:
-            reason = f"message exceeds {limit} bytes"
-            await _close_after_answers(websocket, pending, writer, CLOSE_TOO_BIG, reason)
+            await close(CLOSE_TOO_BIG, f"message exceeds {limit} bytes")
         seq = None
         batch: IngestBatch | None = None
         columnar = False
@@ -136,7 +291,8 @@ async def _read_messages(
             columns = columns_of(decoded)
             outcome: asyncio.Future[Any] | dict[str, Any]
             if columns is not None:
-                if len(columns.streams) > state.settings.max_request_observations:
+                await _flush(websocket, state, pending, group)
+                if len(columns.streams) > settings.max_request_observations:
                     raise PayloadTooLarge("too many observations in one message", field="streams")
                 columns.streams = namespace.streams(columns.streams, "streams")
                 if state.limiter is not None:
@@ -145,11 +301,20 @@ async def _read_messages(
                 columnar = True
             else:
                 items = decoded.observations or []
-                if len(items) > state.settings.max_request_observations:
+                if len(items) > settings.max_request_observations:
                     raise PayloadTooLarge("too many observations in one message", field="observations")
                 if not items:
                     raise InvalidInput("no observations", field="observations")
                 namespace.items(items, "observations")
+                if coalesce:
+                    if group.observations + len(items) > settings.max_request_observations:
+                        await _flush(websocket, state, pending, group)
+                    group.add(seq, binary, list(items), started)
+                    if len(group.entries) >= settings.max_ws_in_flight:
+                        await _flush(websocket, state, pending, group)
+                    else:
+                        inbox.flush_soon()
+                    continue
                 if state.limiter is not None:
                     await state.limiter.admit_observations(caller.tenant, len(items))
                 batch, outcome = await state.registry.enqueue(
@@ -157,12 +322,15 @@ async def _read_messages(
                 )
         except ServiceError as exc:
             if isinstance(exc, InvalidInput) and exc.message.startswith("malformed"):
-                reason = "unparsable frame"
-                await _close_after_answers(websocket, pending, writer, CLOSE_INVALID_PAYLOAD, reason)
+                await close(CLOSE_INVALID_PAYLOAD, "unparsable frame")
             if seq is None:
                 seq = _seq_of(data, binary)
             state.metrics.observed("rejected", "ws")
-            outcome = namespace.public_error(exc).body()
+            error = namespace.public_error(exc).body()
+            if coalesce and group.entries:
+                group.add(seq, binary, error, started)  # answered in its place among the grouped frames
+                continue
+            outcome = error
         await pending.put((seq, binary, outcome, batch, started, columnar))
 
 
@@ -191,6 +359,15 @@ async def _write(websocket: WebSocket, state: AppState, pending: asyncio.Queue[P
         if isinstance(outcome, dict):
             body: dict[str, Any] = {"seq": seq, **outcome}
             state.metrics.websocket_message(ok=False)
+        elif isinstance(outcome, tuple):
+            shared, begin, end = outcome
+            try:
+                body = {"seq": seq, "results": await shared.slice(begin, end, websocket)}
+                state.metrics.websocket_message(ok=True)
+                state.metrics.ingested("ws", time.perf_counter() - started)
+            except ServiceError as exc:
+                body = {"seq": seq, **principal_of(websocket.scope).namespace.public_error(exc).body()}
+                state.metrics.websocket_message(ok=False)
         else:
             try:
                 outcomes = await outcome
