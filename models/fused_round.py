@@ -1,5 +1,8 @@
 """The fused round of a first-order closed-form pool: one compiled kernel call per batch, on the CPU.
 
+It covers the default first-order configurations: standardised streams (:mod:`models.standardize`) and
+series served with the naive mix (:mod:`models.naive_mix`), as well as raw units.
+
 :class:`FusedRound` stands where :class:`models.round.Round` stands for ``linear`` and ``ar`` (without
 hidden layers) pools off the tracking path, and computes the same math (:mod:`models.fused_kernel`, in
 place on the pool's packed buffers). It tells the kernel where each column lives once, at construction
@@ -91,12 +94,24 @@ def _config(
         K.DEBIAS: keys.hyper("debias"),
         K.DRIFT_ENABLED: keys.DRIFT_ENABLED,
         K.DRIFT_RESET: keys.DRIFT_RESET,
+        K.NORM_X_MEAN: keys.NORM_X_MEAN,
+        K.NORM_X_VAR: keys.NORM_X_VAR,
+        K.NORM_Y_MEAN: keys.NORM_Y_MEAN,
+        K.NORM_Y_VAR: keys.NORM_Y_VAR,
+        K.NORM_N: keys.NORM_N,
+        K.MIX_MODEL: keys.MIX_MODEL,
+        K.MIX_NAIVE: keys.MIX_NAIVE,
+        K.MIX_N: keys.MIX_N,
+        K.SKILL: keys.SKILL_FIGURES[0],
     }
     for index, key in named.items():
         if key in col:
             cfg[index] = col[key]
     starts = [col[k] for k in keys.FIGURES]
     assert starts == list(range(starts[0], starts[0] + len(starts))), "figures are one slice"
+    if keys.MIX_MODEL in col:
+        skill = [col[k] for k in keys.SKILL_FIGURES]
+        assert skill == list(range(skill[0], skill[0] + len(skill))), "skill figures are one slice"
     return cfg
 
 
@@ -112,6 +127,7 @@ class FusedRound:
         self._cfg = _config(packed, net, loss, hyper, buffers)
         self._dtype = packed.dtypes[FLOAT]
         self._np_dtype = torch.empty(0, dtype=self._dtype).numpy().dtype
+        self._tiny = torch.finfo(self._dtype).tiny
         self._out = net.out_dim
         self._ar = isinstance(net.model, ARModel)
         self._no_target = np.empty((0, 0), dtype=self._np_dtype)
@@ -150,6 +166,6 @@ class FusedRound:
         f, i, b = self._buffers()
         if slots.dtype != np.int64 or not slots.flags.c_contiguous or not slots.flags.writeable:
             slots = np.array(slots, dtype=np.int64, order="C")
-        K.observe_rows(f, i, b, self._cfg, slots, xs, ys, results, step, flags)
+        K.observe_rows(f, i, b, self._cfg, slots, xs, ys, results, step, flags, self._tiny)
         forecast = results[:, out + 1 :] if self._ar else None
         return FusedResult(results[:, :out], results[:, out], forecast, step, flags)

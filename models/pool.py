@@ -165,8 +165,7 @@ class StreamPool:
             self._round = TrackingRound(
                 self._packed, net, self._loss, hyper, buffers, self._settings, template
             )
-        elif fused and net.closed_form and not (standardize.entries(template) or naive_mix.entries(template)):
-            # The first-order kernel has no standardisation or naive mix yet: such pools keep the torch round.
+        elif fused and net.closed_form:
             self._round = FusedRound(self._packed, net, template.loss, hyper, buffers)
             self._predictor = Round(self._packed, net, self._loss, hyper, buffers, self._settings)
         else:
