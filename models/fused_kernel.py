@@ -21,7 +21,7 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["CFG_SIZE", "observe_rows"]
+__all__ = ["CFG_SIZE", "observe_rows", "predict_rows"]
 
 # ----- cfg: the pool's structure and where its columns are (indices into the int64 ``cfg`` array) --------
 FAMILY, LOSS, OPT, N_IN, N_OUT, N_PARAMS, WINDOW, DIM = 0, 1, 2, 3, 4, 5, 6, 7
@@ -299,12 +299,11 @@ def _forecast(
     feats: np.ndarray,
     out: np.ndarray,
     share: np.ndarray,
-    results: np.ndarray,
-    r: int,
+    dest: np.ndarray,
     tiny: float,
 ) -> None:
-    """An ``ar`` stream's served forecast of the next level from its (full) window, into
-    ``results[r, n_out + 1:]`` (``Round.ar_level``: standardised, served, mixed with no change)."""
+    """An ``ar`` stream's served forecast of the next level from its (full) window into ``dest`` ``[dim]``
+    (``Round.ar_level``: standardised, served, mixed with no change)."""
     n_in, n_out, dim = cfg[N_IN], cfg[N_OUT], cfg[DIM]
     last0 = cfg[AR_WINDOW] + (cfg[WINDOW] - 1) * dim
     _ar_features(frow, cfg, feats)
@@ -326,7 +325,7 @@ def _forecast(
         level = v + last if cfg[FAMILY] == AR_DELTA else v
         if cfg[MIX_MODEL] >= 0:
             level = last + share[d] * (level - last)
-        results[r, n_out + 1 + d] = level
+        dest[d] = level
 
 
 @njit(cache=True)
@@ -520,7 +519,7 @@ def observe_rows(
                     frow[aw + (window - 1) * dim + d] = x[r, d]
                 irow[cfg[AR_FILLED]] = min(irow[cfg[AR_FILLED]] + 1, window)
             if irow[cfg[AR_FILLED]] >= window:
-                _forecast(frow, irow, cfg, feats, out, share, results, r, tiny)
+                _forecast(frow, irow, cfg, feats, out, share, results[r, n_out + 1 :], tiny)
             else:
                 for d in range(dim):
                     results[r, n_out + 1 + d] = math.nan
@@ -531,3 +530,48 @@ def observe_rows(
         flags[0, r] = ok
         flags[1, r] = not ready
         flags[2, r] = nonfinite
+
+
+@njit(cache=True)
+def predict_rows(
+    fbuf: np.ndarray,
+    ibuf: np.ndarray,
+    cfg: np.ndarray,
+    slots: np.ndarray,
+    x: np.ndarray,
+    results: np.ndarray,
+    tiny: float,
+) -> None:
+    """Predictions without learning into ``results`` ``[n, out]``, as :func:`observe_rows` makes them
+    (``Round.predict``): ``linear``: from ``x`` ``[n, in]`` (standardised by statistics including it, served
+    in the target's units); ``ar``: the current forecast (``x`` unused), NaN while warming."""
+    n_in, n_out, dim = cfg[N_IN], cfg[N_OUT], cfg[DIM]
+    is_ar = cfg[FAMILY] != LINEAR
+    xm, xv, ym, yv = cfg[NORM_X_MEAN], cfg[NORM_X_VAR], cfg[NORM_Y_MEAN], cfg[NORM_Y_VAR]
+    feats = np.empty(n_in, fbuf.dtype)
+    out = np.empty(n_out, np.float64)
+    share = np.zeros(n_out, np.float64)
+    x_mean, x_var = np.empty(n_in, np.float64), np.empty(n_in, np.float64)
+    cell = np.empty(1, fbuf.dtype)
+    for r in range(slots.shape[0]):
+        frow, irow = fbuf[slots[r]], ibuf[slots[r]]
+        if is_ar:
+            if irow[cfg[AR_FILLED]] >= cfg[WINDOW]:
+                _forecast(frow, irow, cfg, feats, out, share, results[r], tiny)
+            else:
+                for d in range(dim):
+                    results[r, d] = math.nan
+            continue
+        if xm >= 0:
+            _updated(frow, xm, xv, float(frow[cfg[NORM_N]]), x[r], x_mean, x_var, cell)
+            for j in range(n_in):
+                feats[j] = _clamp((float(x[r, j]) - x_mean[j]) / _std(x_var[j], tiny), FEATURE_CLIP)
+        else:
+            for j in range(n_in):
+                feats[j] = x[r, j]
+        _affine(frow, feats, out, n_in, n_out)
+        for o in range(n_out):
+            v = out[o]
+            if ym >= 0:
+                v = float(frow[ym + o]) + _std(float(frow[yv + o]), tiny) * _clamp(v, BOUND)
+            results[r, o] = 1.0 / (1.0 + math.exp(-v)) if cfg[LOSS] == BCE else v

@@ -154,6 +154,16 @@ class FusedRound:
             x = np.array(x, order="C")
         return x
 
+    def predict(self, s: Tensor, x: Tensor | None) -> Tensor:
+        """Predictions without learning ``[n, out]`` in the pool's dtype (``Round.predict``: for ``ar``, the
+        current forecast, NaN while warming), from the kernel's state."""
+        slots = np.array(s.cpu().numpy(), dtype=np.int64, order="C")
+        xs = self.rows(x) if x is not None and not self._ar else self._no_target
+        results = np.empty((slots.shape[0], self._out), self._np_dtype)
+        f, i, _ = self._buffers()
+        K.predict_rows(f, i, self._cfg, slots, xs, results, self._tiny)
+        return torch.from_numpy(results)
+
     def run(self, slots: np.ndarray, x: np.ndarray | Tensor, y: np.ndarray | Tensor | None) -> FusedResult:
         """Predict, score and step once per row, in order; ``slots`` must be resident (not checked here)."""
         n = slots.shape[0]

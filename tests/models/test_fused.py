@@ -162,6 +162,11 @@ def test_fused_kernel_equals_the_torch_round(
         assert_same(a, b, dict(tol))
     assert bool(a.applied.any())
     tol = tolerance(dtype, ops=step_ops(specs[0].model), steps=steps, scale=8.0**2)
+    every = np.arange(len(specs))
+    probe = None if y is None else x[: len(specs)] * 1.5  # predictions without learning: the kernel's own
+    predicted = [pool.predict(every, probe) for pool in pools]
+    assert predicted[0].dtype == predicted[1].dtype
+    torch.testing.assert_close(*predicted, equal_nan=True, **tol)  # type: ignore[arg-type]
     for slot in range(len(specs)):
         fused, torch_ = pools[0].export(slot), pools[1].export(slot)
         for key, value in fused.items():
