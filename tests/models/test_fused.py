@@ -218,6 +218,8 @@ def test_kernel_constants_are_the_models() -> None:
 
 def test_warm_up_compiles_both_dtypes() -> None:
     assert set(warm_up()) == {"float32", "float64", "tracking"}
+    for kernel in (K.observe_rows, K.predict_rows):  # both kernels, both dtypes: no request compiles
+        assert {str(signature[0].dtype) for signature in kernel.signatures} >= {"float32", "float64"}
     assert warm_up(kernels="torch") == {}
 
 
