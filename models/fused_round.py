@@ -158,6 +158,7 @@ class FusedRound:
         """Predictions without learning ``[n, out]`` in the pool's dtype (``Round.predict``: for ``ar``, the
         current forecast, NaN while warming), from the kernel's state."""
         slots = np.array(s.cpu().numpy(), dtype=np.int64, order="C")
+        assert self._ar or (x is not None and x.shape[0] == slots.shape[0]), "linear predictions need inputs"
         xs = self.rows(x) if x is not None and not self._ar else self._no_target
         results = np.empty((slots.shape[0], self._out), self._np_dtype)
         f, i, _ = self._buffers()
