@@ -21,7 +21,7 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["CFG_SIZE", "observe_rows"]
+__all__ = ["CFG_SIZE", "observe_rows", "predict_rows"]
 
 # ----- cfg: the pool's structure and where its columns are (indices into the int64 ``cfg`` array) --------
 FAMILY, LOSS, OPT, N_IN, N_OUT, N_PARAMS, WINDOW, DIM = 0, 1, 2, 3, 4, 5, 6, 7
@@ -35,7 +35,10 @@ DEBIAS, DRIFT_ENABLED, DRIFT_RESET = 28, 29, 30
 HYPER = 31  # float hyperparameter columns, in the optimizer's order (FLOAT_HYPERS of models.fused_round)
 N_HYPER = 7
 WEIGHT_DECAY, MAX_GRAD_NORM = 5, 6  # every optimizer's last two
-CFG_SIZE = HYPER + N_HYPER
+# standardisation (models/standardize.py) and the naive mix (models/naive_mix.py): -1 where the pool has none
+NORM_X_MEAN, NORM_X_VAR, NORM_Y_MEAN, NORM_Y_VAR, NORM_N = 38, 39, 40, 41, 42
+MIX_MODEL, MIX_NAIVE, MIX_N, SKILL = 43, 44, 45, 46  # SKILL: keys.SKILL_FIGURES, one slice
+CFG_SIZE = 47
 
 LINEAR, AR_LEVEL, AR_DELTA = 0, 1, 2
 MSE, HUBER_LOSS, BCE = 0, 1, 2
@@ -45,6 +48,9 @@ CONSTANT, COS, NORM = 0, 1, 2  # models.functional.BETA_RULES
 _TINY = 1e-30
 _EWMA = 0.05  # models.figures.LOSS_EWMA_ALPHA
 _MEAN_WINDOW = 500  # models.drift.MEAN_WINDOW
+# Copies (numba freezes globals into its cached code; tests/models/test_fused.py checks they agree):
+ALPHA, BOUND, CLIP, FEATURE_CLIP = 0.01, 10.0, 3.0, 10.0  # models.standardize
+MIX_RHO, MIX_ETA, MIX_BIAS, MIX_POWER, MIX_WARMUP = 0.99, 1.0, 8.0, 1.0, 10  # models.tracking (naive mix)
 
 
 @njit(cache=True)
@@ -237,6 +243,92 @@ def _page_hinkley(
 
 
 @njit(cache=True)
+def _clamp(v: float, bound: float) -> float:
+    """``v`` within ``+- bound``, NaN kept (as ``torch.clamp``)."""
+    return v if v != v else min(max(v, -bound), bound)
+
+
+@njit(cache=True)
+def _updated(
+    frow: np.ndarray,
+    m0: int,
+    v0: int,
+    n: float,
+    values: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    cell: np.ndarray,
+) -> bool:
+    """Running statistics kept at ``m0``/``v0`` of ``frow`` including ``values`` into ``mean``, ``var``
+    (rounded to the pool's dtype, as stored; ``standardize.Stats.updated``). Returns: all variances finite."""
+    w = max(1.0 / (n + 1.0), ALPHA)
+    finite = True
+    for j in range(values.shape[0]):
+        d = float(values[j]) - float(frow[m0 + j])
+        cell[0] = float(frow[m0 + j]) + w * d
+        mean[j] = cell[0]
+        cell[0] = (1.0 - w) * (float(frow[v0 + j]) + w * d * d)
+        var[j] = cell[0]
+        finite = finite and math.isfinite(var[j])
+    return finite
+
+
+@njit(cache=True)
+def _std(var: float, tiny: float) -> float:
+    """A standard deviation, positive (``standardize.Stats.std``)."""
+    return math.sqrt(var + tiny)
+
+
+@njit(cache=True)
+def _share(frow: np.ndarray, cfg: np.ndarray, steps: int, share: np.ndarray, tiny: float) -> None:
+    """The model's share of a series' served forecast, per dim (``naive_mix.weight``)."""
+    mm0, mn0 = cfg[MIX_MODEL], cfg[MIX_NAIVE]
+    count = float(frow[cfg[MIX_N]])
+    on = 1.0 if steps >= MIX_WARMUP else 0.0
+    for d in range(share.shape[0]):
+        mm, mn = float(frow[mm0 + d]), float(frow[mn0 + d])
+        z = MIX_ETA * 2.0 * count * (mn - mm) / max(mm + mn, tiny) - MIX_BIAS
+        share[d] = on / (1.0 + math.exp(-z))
+
+
+@njit(cache=True)
+def _forecast(
+    frow: np.ndarray,
+    irow: np.ndarray,
+    cfg: np.ndarray,
+    feats: np.ndarray,
+    out: np.ndarray,
+    share: np.ndarray,
+    dest: np.ndarray,
+    tiny: float,
+) -> None:
+    """An ``ar`` stream's served forecast of the next level from its (full) window into ``dest`` ``[dim]``
+    (``Round.ar_level``: standardised, served, mixed with no change)."""
+    n_in, n_out, dim = cfg[N_IN], cfg[N_OUT], cfg[DIM]
+    last0 = cfg[AR_WINDOW] + (cfg[WINDOW] - 1) * dim
+    _ar_features(frow, cfg, feats)
+    xm, xv = cfg[NORM_X_MEAN], cfg[NORM_X_VAR]
+    if xm >= 0:
+        for k in range(n_in):
+            d = k % dim
+            feats[k] = _clamp(
+                (float(feats[k]) - float(frow[xm + d])) / _std(float(frow[xv + d]), tiny), FEATURE_CLIP
+            )
+    _affine(frow, feats, out, n_in, n_out)
+    if cfg[MIX_MODEL] >= 0:
+        _share(frow, cfg, irow[cfg[STEP]], share, tiny)
+    for d in range(dim):
+        v = out[d]
+        if xm >= 0 and cfg[LOSS] != BCE:
+            v = float(frow[xm + d]) + _std(float(frow[xv + d]), tiny) * _clamp(v, BOUND)
+        last = float(frow[last0 + d])
+        level = v + last if cfg[FAMILY] == AR_DELTA else v
+        if cfg[MIX_MODEL] >= 0:
+            level = last + share[d] * (level - last)
+        dest[d] = level
+
+
+@njit(cache=True)
 def observe_rows(
     fbuf: np.ndarray,
     ibuf: np.ndarray,
@@ -248,22 +340,40 @@ def observe_rows(
     results: np.ndarray,
     steps: np.ndarray,
     flags: np.ndarray,
+    tiny: float,
 ) -> None:
     """Step the streams ``slots`` (rows of the packed buffers) once per row, in order, in place.
 
     ``x``: ``[n, in]`` inputs (``ar``: ``[n, dim]`` arriving values); ``y``: ``[n, out]`` targets (``ar``:
     unused). Outputs, preallocated: ``results`` ``[n, 2 out + 1]`` (pool dtype: the prediction, the loss,
     the ``ar`` forecast; ``[n, out + 1]`` for ``linear``), ``steps`` ``[n]`` int64, ``flags`` ``[4, n]`` bool
-    (applied, warming, nonfinite, drift).
+    (applied, warming, nonfinite, drift). ``tiny``: the smallest normal number of the pool's dtype.
+
+    A standardising pool (``cfg[NORM_N] >= 0``) learns on z-scores and serves in the user's units; a
+    series with the naive mix (``cfg[MIX_MODEL] >= 0``) serves the mix and learns its weights.
     """
     family, loss_kind, opt = cfg[FAMILY], cfg[LOSS], cfg[OPT]
     n_in, n_out, n_params = cfg[N_IN], cfg[N_OUT], cfg[N_PARAMS]
     is_ar = family != LINEAR
     window, dim, aw = cfg[WINDOW], cfg[DIM], cfg[AR_WINDOW]
+    norm, mix = cfg[NORM_N] >= 0, cfg[MIX_MODEL] >= 0
+    norm_target = norm and loss_kind != BCE  # the target's statistics: ar: the series' (x); linear: y's
+    xm, xv, ym, yv = cfg[NORM_X_MEAN], cfg[NORM_X_VAR], cfg[NORM_Y_MEAN], cfg[NORM_Y_VAR]
+    if is_ar:
+        ym, yv = xm, xv
+    n_x = dim if is_ar else n_in
     feats = np.empty(n_in, fbuf.dtype)
     target = np.empty(n_out, fbuf.dtype)
     out = np.empty(n_out, np.float64)
     dout = np.empty(n_out, np.float64)
+    scratch = np.empty(n_out, np.float64)
+    learn = np.empty(n_out, np.float64)
+    served = np.empty(n_out, np.float64)
+    model_served = np.empty(n_out, np.float64)
+    naive = np.zeros(n_out, np.float64)
+    share = np.zeros(n_out, np.float64)
+    x_mean, x_var = np.empty(n_x, np.float64), np.empty(n_x, np.float64)
+    y_mean, y_var = np.empty(n_out, np.float64), np.empty(n_out, np.float64)
     grad = np.empty(n_params, fbuf.dtype)
     g = np.empty(n_params, np.float64)
     cell = np.empty(1, fbuf.dtype)  # rounds a float64 to the pool's dtype
@@ -272,21 +382,60 @@ def observe_rows(
         s = slots[r]
         frow, irow, brow = fbuf[s], ibuf[s], bbuf[s]
         ready = True
+        stats_finite = True
+        filled_before = 0
+        n_stat = float(frow[cfg[NORM_N]]) if norm else 0.0
         if is_ar:
-            ready = irow[cfg[AR_FILLED]] >= window
+            filled_before = irow[cfg[AR_FILLED]]
+            ready = filled_before >= window
             _ar_features(frow, cfg, feats)
             last0 = aw + (window - 1) * dim
             for d in range(dim):
                 target[d] = x[r, d] - frow[last0 + d] if family == AR_DELTA else x[r, d]
+            if norm:  # the window by the statistics before this value; the target by those including it
+                for k in range(n_in):
+                    d = k % dim
+                    z = (float(feats[k]) - float(frow[xm + d])) / _std(float(frow[xv + d]), tiny)
+                    feats[k] = _clamp(z, FEATURE_CLIP)
+                stats_finite = _updated(frow, xm, xv, n_stat, target, x_mean, x_var, cell)
+                if norm_target:
+                    for d in range(dim):
+                        y_mean[d], y_var[d] = x_mean[d], x_var[d]
         else:
-            for j in range(n_in):
-                feats[j] = x[r, j]
             for o in range(n_out):
                 target[o] = y[r, o]
+            if norm:  # the inputs by statistics including them (x is known when predicting)
+                stats_finite = _updated(frow, xm, xv, n_stat, x[r], x_mean, x_var, cell)
+                for j in range(n_in):
+                    feats[j] = _clamp((float(x[r, j]) - x_mean[j]) / _std(x_var[j], tiny), FEATURE_CLIP)
+                if norm_target:
+                    stats_finite = (
+                        _updated(frow, ym, yv, n_stat, target, y_mean, y_var, cell) and stats_finite
+                    )
+            else:
+                for j in range(n_in):
+                    feats[j] = x[r, j]
         _affine(frow, feats, out, n_in, n_out)
-        cell[0] = _loss_and_dout(loss_kind, out, target, float(frow[cfg[HUBER]]), dout, n_out)
+        for o in range(n_out):
+            if norm_target:  # learn the z-scored target, at most CLIP from the output; serve in user units
+                z = (float(target[o]) - y_mean[o]) / _std(y_var[o], tiny)
+                learn[o] = out[o] + _clamp(z - out[o], CLIP)
+                served[o] = float(frow[ym + o]) + _std(float(frow[yv + o]), tiny) * _clamp(out[o], BOUND)
+            else:
+                learn[o] = float(target[o])
+                served[o] = out[o]
+        if mix:  # a series: the naive forecast is no change
+            _share(frow, cfg, irow[cfg[STEP]], share, tiny)
+            for d in range(dim):
+                naive[d] = 0.0 if family == AR_DELTA else float(frow[aw + (window - 1) * dim + d])
+                model_served[d] = served[d]
+                served[d] = naive[d] + share[d] * (served[d] - naive[d])
+        delta = float(frow[cfg[HUBER]])
+        cell[0] = _loss_and_dout(loss_kind, out, learn, delta, dout, n_out)
+        if norm or mix:  # the loss is the served prediction's, in the user's units
+            cell[0] = _loss_and_dout(loss_kind, served, target, delta, scratch, n_out)
         loss = float(cell[0])
-        finite = math.isfinite(loss)
+        finite = math.isfinite(loss) and stats_finite
         for o in range(n_out):
             for j in range(n_in):
                 grad[o * n_in + j] = dout[o] * float(feats[j])
@@ -300,12 +449,12 @@ def observe_rows(
         # ----- predictions (made before learning) -----
         for o in range(n_out):
             if is_ar:
-                v = out[o] + float(frow[aw + (window - 1) * dim + o]) if family == AR_DELTA else out[o]
+                v = served[o] + float(frow[aw + (window - 1) * dim + o]) if family == AR_DELTA else served[o]
                 results[r, o] = v if ready else math.nan
             elif loss_kind == BCE:
-                results[r, o] = 1.0 / (1.0 + math.exp(-out[o]))
+                results[r, o] = 1.0 / (1.0 + math.exp(-served[o]))
             else:
-                results[r, o] = out[o]
+                results[r, o] = served[o]
         results[r, n_out] = loss if ready else math.nan
         # ----- the optimizer step and the figures (rows whose step is not taken stay as they were) -----
         if ok:
@@ -325,12 +474,42 @@ def observe_rows(
             frow[fig + 3] = beta_t
             frow[fig + 4] = eps_norm
         nonfinite = not finite if ready else False
-        # ----- the ar window (also while warming), its forecast -----
+        # ----- the statistics (ar: warming values count too, once they make a change) -----
+        value_finite = True
         if is_ar:
-            value_finite = True
             for d in range(dim):
                 if not math.isfinite(x[r, d]):
                     value_finite = False
+        keep = ok
+        if is_ar and not ready:
+            has_target = filled_before >= 1 if family == AR_DELTA else True
+            keep = value_finite and has_target and stats_finite
+        if norm and keep:
+            for j in range(n_x):
+                frow[xm + j], frow[xv + j] = x_mean[j], x_var[j]
+            if not is_ar and norm_target:
+                for o in range(n_out):
+                    frow[ym + o], frow[yv + o] = y_mean[o], y_var[o]
+            frow[cfg[NORM_N]] = min(n_stat + 1.0, 1.0 / ALPHA)
+        if mix and ok:  # the mix's discounted errors and the skill figures
+            mm0, mn0, sk = cfg[MIX_MODEL], cfg[MIX_NAIVE], cfg[SKILL]
+            for d in range(dim):
+                t = float(target[d])
+                frow[mm0 + d] = MIX_RHO * float(frow[mm0 + d]) + abs(t - model_served[d]) ** MIX_POWER
+                frow[mn0 + d] = MIX_RHO * float(frow[mn0 + d]) + abs(t - naive[d]) ** MIX_POWER
+            frow[cfg[MIX_N]] = MIX_RHO * float(frow[cfg[MIX_N]]) + 1.0
+            for k in range(2):
+                cell[0] = _loss_and_dout(
+                    loss_kind, model_served if k == 0 else naive, target, delta, scratch, n_out
+                )
+                value, prev = float(cell[0]), float(frow[sk + k])
+                frow[sk + k] = value if prev != prev else prev + _EWMA * (value - prev)
+            total = 0.0
+            for d in range(dim):
+                total += share[d]
+            frow[sk + 2] = total / dim
+        # ----- the ar window (also while warming), its forecast -----
+        if is_ar:
             if not ready and not value_finite:
                 nonfinite = True
             if (not ready and value_finite) or ok:
@@ -340,11 +519,7 @@ def observe_rows(
                     frow[aw + (window - 1) * dim + d] = x[r, d]
                 irow[cfg[AR_FILLED]] = min(irow[cfg[AR_FILLED]] + 1, window)
             if irow[cfg[AR_FILLED]] >= window:
-                _ar_features(frow, cfg, feats)
-                _affine(frow, feats, out, n_in, n_out)
-                for d in range(dim):
-                    level = float(frow[aw + (window - 1) * dim + d]) if family == AR_DELTA else 0.0
-                    results[r, n_out + 1 + d] = out[d] + level
+                _forecast(frow, irow, cfg, feats, out, share, results[r, n_out + 1 :], tiny)
             else:
                 for d in range(dim):
                     results[r, n_out + 1 + d] = math.nan
@@ -355,3 +530,48 @@ def observe_rows(
         flags[0, r] = ok
         flags[1, r] = not ready
         flags[2, r] = nonfinite
+
+
+@njit(cache=True)
+def predict_rows(
+    fbuf: np.ndarray,
+    ibuf: np.ndarray,
+    cfg: np.ndarray,
+    slots: np.ndarray,
+    x: np.ndarray,
+    results: np.ndarray,
+    tiny: float,
+) -> None:
+    """Predictions without learning into ``results`` ``[n, out]``, as :func:`observe_rows` makes them
+    (``Round.predict``): ``linear``: from ``x`` ``[n, in]`` (standardised by statistics including it, served
+    in the target's units); ``ar``: the current forecast (``x`` unused), NaN while warming."""
+    n_in, n_out, dim = cfg[N_IN], cfg[N_OUT], cfg[DIM]
+    is_ar = cfg[FAMILY] != LINEAR
+    xm, xv, ym, yv = cfg[NORM_X_MEAN], cfg[NORM_X_VAR], cfg[NORM_Y_MEAN], cfg[NORM_Y_VAR]
+    feats = np.empty(n_in, fbuf.dtype)
+    out = np.empty(n_out, np.float64)
+    share = np.zeros(n_out, np.float64)
+    x_mean, x_var = np.empty(n_in, np.float64), np.empty(n_in, np.float64)
+    cell = np.empty(1, fbuf.dtype)
+    for r in range(slots.shape[0]):
+        frow, irow = fbuf[slots[r]], ibuf[slots[r]]
+        if is_ar:
+            if irow[cfg[AR_FILLED]] >= cfg[WINDOW]:
+                _forecast(frow, irow, cfg, feats, out, share, results[r], tiny)
+            else:
+                for d in range(dim):
+                    results[r, d] = math.nan
+            continue
+        if xm >= 0:
+            _updated(frow, xm, xv, float(frow[cfg[NORM_N]]), x[r], x_mean, x_var, cell)
+            for j in range(n_in):
+                feats[j] = _clamp((float(x[r, j]) - x_mean[j]) / _std(x_var[j], tiny), FEATURE_CLIP)
+        else:
+            for j in range(n_in):
+                feats[j] = x[r, j]
+        _affine(frow, feats, out, n_in, n_out)
+        for o in range(n_out):
+            v = out[o]
+            if ym >= 0:
+                v = float(frow[ym + o]) + _std(float(frow[yv + o]), tiny) * _clamp(v, BOUND)
+            results[r, o] = 1.0 / (1.0 + math.exp(-v)) if cfg[LOSS] == BCE else v

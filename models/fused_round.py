@@ -1,5 +1,8 @@
 """The fused round of a first-order closed-form pool: one compiled kernel call per batch, on the CPU.
 
+It covers the default first-order configurations: standardised streams (:mod:`models.standardize`) and
+series served with the naive mix (:mod:`models.naive_mix`), as well as raw units.
+
 :class:`FusedRound` stands where :class:`models.round.Round` stands for ``linear`` and ``ar`` (without
 hidden layers) pools off the tracking path, and computes the same math (:mod:`models.fused_kernel`, in
 place on the pool's packed buffers). It tells the kernel where each column lives once, at construction
@@ -91,12 +94,24 @@ def _config(
         K.DEBIAS: keys.hyper("debias"),
         K.DRIFT_ENABLED: keys.DRIFT_ENABLED,
         K.DRIFT_RESET: keys.DRIFT_RESET,
+        K.NORM_X_MEAN: keys.NORM_X_MEAN,
+        K.NORM_X_VAR: keys.NORM_X_VAR,
+        K.NORM_Y_MEAN: keys.NORM_Y_MEAN,
+        K.NORM_Y_VAR: keys.NORM_Y_VAR,
+        K.NORM_N: keys.NORM_N,
+        K.MIX_MODEL: keys.MIX_MODEL,
+        K.MIX_NAIVE: keys.MIX_NAIVE,
+        K.MIX_N: keys.MIX_N,
+        K.SKILL: keys.SKILL_FIGURES[0],
     }
     for index, key in named.items():
         if key in col:
             cfg[index] = col[key]
     starts = [col[k] for k in keys.FIGURES]
     assert starts == list(range(starts[0], starts[0] + len(starts))), "figures are one slice"
+    if keys.MIX_MODEL in col:
+        skill = [col[k] for k in keys.SKILL_FIGURES]
+        assert skill == list(range(skill[0], skill[0] + len(skill))), "skill figures are one slice"
     return cfg
 
 
@@ -112,6 +127,7 @@ class FusedRound:
         self._cfg = _config(packed, net, loss, hyper, buffers)
         self._dtype = packed.dtypes[FLOAT]
         self._np_dtype = torch.empty(0, dtype=self._dtype).numpy().dtype
+        self._tiny = torch.finfo(self._dtype).tiny
         self._out = net.out_dim
         self._ar = isinstance(net.model, ARModel)
         self._no_target = np.empty((0, 0), dtype=self._np_dtype)
@@ -138,6 +154,17 @@ class FusedRound:
             x = np.array(x, order="C")
         return x
 
+    def predict(self, s: Tensor, x: Tensor | None) -> Tensor:
+        """Predictions without learning ``[n, out]`` in the pool's dtype (``Round.predict``: for ``ar``, the
+        current forecast, NaN while warming), from the kernel's state."""
+        slots = np.array(s.cpu().numpy(), dtype=np.int64, order="C")
+        assert self._ar or (x is not None and x.shape[0] == slots.shape[0]), "linear predictions need inputs"
+        xs = self.rows(x) if x is not None and not self._ar else self._no_target
+        results = np.empty((slots.shape[0], self._out), self._np_dtype)
+        f, i, _ = self._buffers()
+        K.predict_rows(f, i, self._cfg, slots, xs, results, self._tiny)
+        return torch.from_numpy(results)
+
     def run(self, slots: np.ndarray, x: np.ndarray | Tensor, y: np.ndarray | Tensor | None) -> FusedResult:
         """Predict, score and step once per row, in order; ``slots`` must be resident (not checked here)."""
         n = slots.shape[0]
@@ -150,6 +177,6 @@ class FusedRound:
         f, i, b = self._buffers()
         if slots.dtype != np.int64 or not slots.flags.c_contiguous or not slots.flags.writeable:
             slots = np.array(slots, dtype=np.int64, order="C")
-        K.observe_rows(f, i, b, self._cfg, slots, xs, ys, results, step, flags)
+        K.observe_rows(f, i, b, self._cfg, slots, xs, ys, results, step, flags, self._tiny)
         forecast = results[:, out + 1 :] if self._ar else None
         return FusedResult(results[:, :out], results[:, out], forecast, step, flags)

@@ -153,7 +153,7 @@ class StreamPool:
         self._settings = Settings(hyper, self._packed)
         self._templates = Templates(template.pool_key(), hyper, self._packed, self._settings)
         self._round: Round | FusedRound
-        self._predictor: Round
+        self._predictor: Round | FusedRound
         self._fused: FusedTrackingRound | None = None
         fused = kernels == "auto" and fused_applies(self.device, self.dtype)
         if isinstance(net, TrackingNet) and fused:
@@ -165,14 +165,11 @@ class StreamPool:
             self._round = TrackingRound(
                 self._packed, net, self._loss, hyper, buffers, self._settings, template
             )
-        elif fused and net.closed_form and not (standardize.entries(template) or naive_mix.entries(template)):
-            # The first-order kernel has no standardisation or naive mix yet: such pools keep the torch round.
+        elif fused and net.closed_form:
             self._round = FusedRound(self._packed, net, template.loss, hyper, buffers)
-            self._predictor = Round(self._packed, net, self._loss, hyper, buffers, self._settings)
         else:
             self._round = Round(self._packed, net, self._loss, hyper, buffers, self._settings)
-        if not isinstance(self._round, FusedRound):
-            self._predictor = self._round  # predictions without learning: the torch round's
+        self._predictor = self._round  # predictions without learning, from the same implementation
         self.fused = self._fused is not None or isinstance(self._round, FusedRound)
         """Steps run in a fused CPU kernel (models/kernels.py): it takes a whole batch, repeats too."""
         self._sync_free = self.device.type != "cpu"  # see Round.__call__

@@ -119,8 +119,24 @@ CASES = [
         units=(10.0, 1e3),
     ),
     Case("linear-bce-trackin-levels", LIN, "bce", units=(1e3, 1e5)),
-    # TrackIn off the tracking path (precondition none) on closed-form families, in raw units: the fused
-    # kernel's cases (it has no standardisation yet)
+    # TrackIn off the tracking path (precondition none) on closed-form families: the fused kernel's cases
+    # (with the default standardisation and, for series, the naive mix, in the user's units; and raw units)
+    Case("linear-mse-trackin-first-levels-f32", LIN, options=FIRST, dtype="float32", units=(10.0, 1e3)),
+    Case(
+        "ar2-delta-huber-trackin-first-eta-levels",
+        ARModel(dim=2, lags=2),
+        "huber",
+        options={**FIRST, "eta": 0.1},
+        units=(100.0, 1e4),
+    ),
+    Case(
+        "ar-level-mse-sgd-momentum-levels-f32",
+        ARModel(lags=3, target="level", init="random"),
+        optimizer="sgd",
+        options={"momentum": 0.8},
+        dtype="float32",
+        units=(10.0, 1e3),
+    ),
     Case("linear-mse-trackin-first", LIN, options={"precondition": "none"}, standardize=False),
     Case(
         "linear-mse-trackin-first-eta-f32",

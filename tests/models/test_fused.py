@@ -1,6 +1,7 @@
 """The fused CPU kernel equals the torch round it stands in for, in every outcome and every byte of state
-that matters: each optimizer and option, each loss, each closed-form family, drift alarms and resets,
-non-finite rows and repeats within a batch. float64 is held to float64 tolerances (the math itself),
+that matters: each optimizer and option, each loss, each closed-form family, raw units and the defaults
+(standardisation, the naive mix of series), drift alarms and resets, non-finite rows and repeats within a
+batch. float64 is held to float64 tolerances (the math itself),
 float32 to float32 ones (tests/support/tolerances.py). The engine-equals-reference table runs over both
 kernels too (tests/models/test_engine.py)."""
 
@@ -13,6 +14,8 @@ import pytest
 import torch
 
 from tests.support.tolerances import step_ops, tolerance
+from trackin.models import fused_kernel as K
+from trackin.models import standardize, tracking
 from trackin.models.engine import Engine
 from trackin.models.fused_round import FusedRound
 from trackin.models.fused_warmup import warm_up
@@ -61,7 +64,9 @@ MODELS: dict[str, Any] = {
 DRIFTS = [DriftSpec(warmup=3, threshold=2.0, delta=0.5, reset_momentum=True), DriftSpec(enabled=False)]
 
 
-def specs_for(model: str, loss: str, optimizer: str, dtype: str) -> list[StreamSpec]:
+def specs_for(model: str, loss: str, optimizer: str, dtype: str, units: str = "raw") -> list[StreamSpec]:
+    """``units``: ``raw`` (no standardisation, no naive mix), ``default`` (both, where they apply) or
+    ``standardized`` (standardisation without the mix)."""
     cls = SPEC_CLASS.get(optimizer, AdamSpec)
     return [
         StreamSpec(
@@ -71,15 +76,18 @@ def specs_for(model: str, loss: str, optimizer: str, dtype: str) -> list[StreamS
             optimizer=cls(**options),
             dtype=dtype,  # type: ignore[arg-type]
             drift=DRIFTS[k % 3 == 2],
-            standardize=False,  # the kernel's scope: raw units, no naive mix (the torch round has both)
-            mix_naive=False,
+            standardize=units != "raw",
+            mix_naive=units == "default",
         )
         for k, options in enumerate(VARIANTS[optimizer])
     ]
 
 
-def batches(spec: StreamSpec, streams: int, seed: int) -> list[tuple[np.ndarray, torch.Tensor, Any]]:
-    """Batches with repeated streams, a jump halfway (drift alarms) and a few non-finite values."""
+def batches(
+    spec: StreamSpec, streams: int, seed: int, scale: float = 1.0, offset: float = 0.0
+) -> list[tuple[np.ndarray, torch.Tensor, Any]]:
+    """Batches with repeated streams, a jump halfway (drift alarms) and a few non-finite values, in units
+    ``x * scale + offset`` (not for bce targets)."""
     g = torch.Generator().manual_seed(seed)
     out = []
     ar = isinstance(spec.model, ARModel)
@@ -89,6 +97,10 @@ def batches(spec: StreamSpec, streams: int, seed: int) -> list[tuple[np.ndarray,
         x = torch.randn(9, width, generator=g, dtype=torch.float64)
         y = None if ar else (x.sum(1, keepdim=True) * 0.7 + 0.2).expand(9, spec.model.out_dim).clone()  # type: ignore[union-attr]
         jump = 6.0 if b >= 6 else 0.0
+        if spec.loss != "bce":
+            x = x * scale + offset
+            y = None if y is None else y * scale + offset
+            jump *= scale
         if ar:
             x = x + jump
             if spec.loss == "bce":
@@ -128,8 +140,12 @@ def assert_same(a: ObserveResult, b: ObserveResult, tol: dict[str, float]) -> No
         ("ar-level", "huber"),
     ],
 )
-def test_fused_kernel_equals_the_torch_round(model: str, loss: str, optimizer: str, dtype: str) -> None:
-    specs = specs_for(model, loss, optimizer, dtype)
+@pytest.mark.parametrize("units", ["raw", "default"])
+def test_fused_kernel_equals_the_torch_round(
+    model: str, loss: str, optimizer: str, dtype: str, units: str
+) -> None:
+    """``default``: standardised, and series served with the naive mix, on data in units of 1e3 +- 10."""
+    specs = specs_for(model, loss, optimizer, dtype, units)
     pools = [StreamPool(specs[0], kernels="auto"), StreamPool(specs[0], kernels="torch")]
     assert pools[0].fused
     assert not pools[1].fused
@@ -137,13 +153,20 @@ def test_fused_kernel_equals_the_torch_round(model: str, loss: str, optimizer: s
         for spec in specs:
             pool.add(spec)
     steps = 0
-    for slots, x, y in batches(specs[0], len(specs), seed=len(model) + len(loss) + len(optimizer)):
+    seed = len(model) + len(loss) + len(optimizer)
+    scale, offset = (1.0, 0.0) if units == "raw" else (10.0, 1e3)
+    for slots, x, y in batches(specs[0], len(specs), seed, scale, offset):
         steps += 2
         tol = tolerance(dtype, ops=step_ops(specs[0].model), steps=steps, scale=8.0**2)
         a, b = (pool.observe(slots, x, y) for pool in pools)
         assert_same(a, b, dict(tol))
     assert bool(a.applied.any())
     tol = tolerance(dtype, ops=step_ops(specs[0].model), steps=steps, scale=8.0**2)
+    every = np.arange(len(specs))
+    probe = None if y is None else x[: len(specs)] * 1.5  # predictions without learning: the kernel's own
+    predicted = [pool.predict(every, probe) for pool in pools]
+    assert predicted[0].dtype == predicted[1].dtype
+    torch.testing.assert_close(*predicted, equal_nan=True, **tol)  # type: ignore[arg-type]
     for slot in range(len(specs)):
         fused, torch_ = pools[0].export(slot), pools[1].export(slot)
         for key, value in fused.items():
@@ -164,7 +187,9 @@ def test_which_pools_are_fused() -> None:
     assert StreamPool(first_order).fused
     assert not StreamPool(first_order, kernels="torch").fused
     standardized = first_order.model_copy(update={"standardize": True})
-    assert not StreamPool(standardized).fused  # the first-order kernel has no standardisation (yet)
+    assert StreamPool(standardized).fused  # the defaults: standardised, and the naive mix for series
+    assert StreamPool(StreamSpec(model=ARModel(), optimizer=SGDSpec())).fused
+    assert not StreamPool(standardized, kernels="torch").fused
     assert not StreamPool(StreamSpec(model=MLPModel(in_dim=2), optimizer=SGDSpec())).fused
     assert not StreamPool(StreamSpec(model=ARModel(hidden=(3,)), optimizer=SGDSpec())).fused
     assert StreamPool(StreamSpec(model=LinearModel(in_dim=2))).fused  # the tracking path: its own kernel
@@ -174,8 +199,27 @@ def test_which_pools_are_fused() -> None:
         assert engine.locate("a").pool.fused is fused
 
 
+def test_kernel_constants_are_the_models() -> None:
+    """numba freezes the kernel's copies of the constants into its cache: they must be the definitions'."""
+    assert (K.ALPHA, K.BOUND, K.CLIP, K.FEATURE_CLIP) == (
+        standardize.ALPHA,
+        standardize.BOUND,
+        standardize.CLIP,
+        standardize.FEATURE_CLIP,
+    )
+    assert (K.MIX_RHO, K.MIX_ETA, K.MIX_BIAS, K.MIX_POWER, K.MIX_WARMUP) == (
+        tracking.MIX_RHO,
+        tracking.MIX_ETA,
+        tracking.MIX_BIAS,
+        tracking.MIX_POWER,
+        tracking.MIX_WARMUP,
+    )
+
+
 def test_warm_up_compiles_both_dtypes() -> None:
     assert set(warm_up()) == {"float32", "float64", "tracking"}
+    for kernel in (K.observe_rows, K.predict_rows):  # both kernels, both dtypes: no request compiles
+        assert {str(signature[0].dtype) for signature in kernel.signatures} >= {"float32", "float64"}
     assert warm_up(kernels="torch") == {}
 
 

@@ -150,7 +150,9 @@ def test_kernels_setting_and_warm_up() -> None:
     first_order = StreamSpec.model_validate(
         {"model": {"family": "linear", "in_dim": 2}, "optimizer": {"precondition": "none"}}
     )
-    assert not StreamPool(first_order).fused, "the first-order round is not this kernel's"
+    assert StreamPool(first_order)._fused is None, (
+        "the first-order round is not this kernel's (fused_round.py)"
+    )
     assert warm_up() >= 0
     compiled = len(tracking_round.overloads)
     for dtype in ("float32", "float64"):  # warm-up compiled exactly the types a pool's calls have

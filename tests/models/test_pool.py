@@ -359,9 +359,10 @@ DEFAULT_TRACKING = StreamSpec(model=LinearModel(in_dim=3))
         (DEFAULT_TRACKING, "auto", True),
         (RAW_FIRST_ORDER, "auto", True),
         (LIN, "torch", False),
-        (AR, "auto", False),
+        (AR, "auto", True),
+        (AR, "torch", False),
     ],
-    ids=["tracking-kernel", "first-order-kernel", "torch-round", "ar-torch-round"],
+    ids=["tracking-kernel", "first-order-kernel", "torch-round", "ar-first-order-kernel", "ar-torch-round"],
 )
 def test_observe_host_equals_observe(spec: StreamSpec, kernels: Kernels, fused: bool) -> None:
     """The NumPy entry point is the tensor API without the tensors: same outcomes, same state, bit for bit
