@@ -20,10 +20,20 @@ from nats.aio.subscription import Subscription
 
 from trackin.service.cluster.jetstream import NATS_ERRORS, Link
 from trackin.service.cluster.leases import PartitionMap
-from trackin.service.cluster.messages import EXPIRES, MSG_ID, OP, ORIGIN, REPLACE, STREAM, Answer, Replies
+from trackin.service.cluster.messages import (
+    EXPIRES,
+    MSG_ID,
+    NAMESPACE,
+    OP,
+    ORIGIN,
+    REPLACE,
+    STREAM,
+    Answer,
+    Replies,
+)
 from trackin.service.cluster.partitions import Names, partition_of
 from trackin.service.errors import Unavailable
-from trackin.service.ids import check_stream_id
+from trackin.service.security.namespace import Namespace
 
 __all__ = ["Front"]
 
@@ -70,9 +80,9 @@ class Front:
         self._replies.deliver(headers.get(MSG_ID, ""), Answer.from_nats(headers, msg.data))
 
     async def _partition(self, stream_id: str) -> int:
-        """The stream's partition; 503 if it has no owner (the map is a tick old, so an empty slot is
-        looked up before refusing)."""
-        check_stream_id(stream_id)
+        """The partition of a stream's internal id (checked and qualified by the caller, so every replica
+        hashes a tenant's stream alike); 503 if it has no owner (the map is a tick old, so an empty slot
+        is looked up before refusing)."""
         partition = partition_of(stream_id, self._partitions)
         if self._map.owners[partition] is None:
             try:
@@ -88,11 +98,16 @@ class Front:
             )
         return partition
 
-    async def write(self, op: str, stream_id: str, body: bytes, *, replace: bool = False) -> Answer:
-        """Log a write (``observe``, ``put``, ``delete``) and return the owner's answer."""
+    async def write(
+        self, op: str, stream_id: str, body: bytes, namespace: Namespace, *, replace: bool = False
+    ) -> Answer:
+        """Log a write (``observe``, ``put``, ``delete``) of an internal id and return the owner's answer;
+        ``namespace`` travels with it so the owner qualifies the ids an observation body names."""
         partition = await self._partition(stream_id)
         msg_id = uuid.uuid4().hex
         headers = {OP: op, STREAM: stream_id, ORIGIN: self._replica, MSG_ID: msg_id}
+        if namespace.prefix:
+            headers[NAMESPACE] = namespace.prefix
         if replace:
             headers[REPLACE] = "1"
         if not self._link.nc.is_connected:  # fail fast, nothing sent

@@ -34,6 +34,7 @@ from trackin.service.cluster.jetstream import NATS_ERRORS, Link
 from trackin.service.cluster.messages import (
     EXPIRES,
     MSG_ID,
+    NAMESPACE,
     OP,
     ORIGIN,
     OWNER,
@@ -51,6 +52,7 @@ from trackin.service.domain.registry import Registry
 from trackin.service.domain.scheduler import Scheduler
 from trackin.service.durability import Checkpointer, Ledger, Restorer, StoreHealth
 from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError, Unavailable, error_body
+from trackin.service.security.namespace import Namespace
 from trackin.service.store import Store
 from trackin.service.transport.results import results_json, shape_prediction
 from trackin.service.transport.wire import ObservationIn, PredictIn, decode_json
@@ -262,7 +264,8 @@ class PartitionWorker:
             await reply.send(_error(Unavailable("log unavailable, nothing applied", stream=stream)))
             return
         if op == "observe":
-            await self._observe(stream, msg.data, seq, reply)
+            namespace = Namespace(headers.get(NAMESPACE, ""))
+            await self._observe(stream, msg.data, seq, reply, namespace)
         elif op in ("put", "delete"):
             parts.applying.seq[stream] = seq
             try:
@@ -275,7 +278,7 @@ class PartitionWorker:
         else:
             await reply.send(_error(InvalidInput(f"unknown operation {op!r}", field="op")))
 
-    async def _observe(self, stream: str, raw: bytes, seq: int, reply: _Reply) -> None:
+    async def _observe(self, stream: str, raw: bytes, seq: int, reply: _Reply, namespace: Namespace) -> None:
         parts = self._parts
         if stream in parts.catalog:
             parts.ledger.logged(stream, str(seq))
@@ -291,6 +294,7 @@ class PartitionWorker:
                 )
             if not items:
                 raise InvalidInput("no observations", field="observations")
+            namespace.items(items, "observations")
             batch, applied = await parts.registry.enqueue(items, default_stream=stream, prefix="observations")
         except ServiceError as exc:
             exc.stream = exc.stream or stream

@@ -43,11 +43,15 @@ def partition(stream_id: str) -> int:
 class Cluster:
     """Replicas sharing one NATS and one Redis."""
 
-    def __init__(self, base: Path, nats: NatsServer, redis: RedisServer) -> None:
+    def __init__(
+        self, base: Path, nats: NatsServer, redis: RedisServer, headers: dict[str, str] | None = None
+    ) -> None:
         self.base = base
         self.nats = nats
         self.redis = redis
         self.replicas: list[TrackinServer] = []
+        self.headers = headers or {}
+        """Sent with the helpers' own requests (an API key when the cluster enforces keys)."""
 
     def env(self, name: str) -> dict[str, str]:
         return {
@@ -80,7 +84,8 @@ class Cluster:
 
     def map(self, via: TrackinServer | None = None) -> dict[str, Any]:
         server = via or self.live()[0]
-        body: dict[str, Any] = httpx.get(f"{server.url}/v1/cluster/partitions", timeout=5).json()
+        url = f"{server.url}/v1/cluster/partitions"
+        body: dict[str, Any] = httpx.get(url, headers=self.headers, timeout=5).json()
         return body
 
     def owned_by(self, server: TrackinServer) -> set[int]:
