@@ -48,6 +48,7 @@ from trackin.service.cluster.messages import (
 from trackin.service.cluster.partitions import Names, partition_of
 from trackin.service.cluster.persistence import Applying
 from trackin.service.domain.catalog import Catalog
+from trackin.service.domain.ingest import IngestBatch
 from trackin.service.domain.registry import Registry
 from trackin.service.domain.scheduler import Scheduler
 from trackin.service.durability import Checkpointer, Ledger, Restorer, StoreHealth
@@ -266,6 +267,8 @@ class PartitionWorker:
         if op == "observe":
             namespace = Namespace(headers.get(NAMESPACE, ""))
             await self._observe(stream, msg.data, seq, reply, namespace)
+        elif op == "observe_many":
+            await self._observe_many(msg.data, seq, reply)
         elif op in ("put", "delete"):
             parts.applying.seq[stream] = seq
             try:
@@ -301,16 +304,50 @@ class PartitionWorker:
             await reply.send(_error(exc))
             return
         self._since_checkpoint += len(items)
+        self._answer_when(batch, applied, reply, many=False)
+
+    async def _observe_many(self, raw: bytes, seq: int, reply: _Reply) -> None:
+        """This partition's part of a multi-stream request (internal ids, checked here before any part was
+        logged): the items whose stream's checkpoint does not cover ``seq`` yet, answered in row form."""
+        parts, ledger = self._parts, self._parts.ledger
+        try:
+            items: list[ObservationIn] = decode_json(raw, list[ObservationIn], prefix="observations")
+
+            def covered(stream: str | None) -> bool:
+                return (
+                    stream is not None
+                    and stream in parts.catalog
+                    and seq <= int(ledger.position(stream) or 0)
+                )
+
+            items = [item for item in items if not covered(item.stream)]
+            for stream in {item.stream for item in items}:
+                if stream is not None and stream in parts.catalog:
+                    ledger.logged(stream, str(seq))
+            if not items:  # a replay the checkpoints cover: nobody waits for it any more
+                await reply.send(Answer(200, b'{"results":[]}'))
+                return
+            batch, applied = await parts.registry.enqueue(items, default_stream=None, prefix="observations")
+        except ServiceError as exc:
+            await reply.send(_error(exc))
+            return
+        self._since_checkpoint += len(items)
+        self._answer_when(batch, applied, reply, many=True)
+
+    def _answer_when(
+        self, batch: IngestBatch, applied: asyncio.Future[Outcomes], reply: _Reply, *, many: bool
+    ) -> None:
+        """Answer once the batch is applied, without holding up the next message (the scheduler batches)."""
 
         async def answer() -> None:
             try:
                 outcomes: Outcomes = await applied
-                body = {"results": results_json(batch.stream_ids, batch.specs, outcomes, many=False)}
+                body = {"results": results_json(batch.stream_ids, batch.specs, outcomes, many=many)}
                 await reply.send(Answer(200, orjson.dumps(body)))
             except ServiceError as exc:
                 await reply.send(_error(exc))
             except Exception:
-                log.exception("partition %d: applying %r failed", self.partition, stream)
+                log.exception("partition %d: applying %s failed", self.partition, batch.stream_ids[:3])
                 await reply.send(Answer(500, orjson.dumps(error_body("internal", "internal error"))))
 
         task = asyncio.create_task(answer())
@@ -357,6 +394,10 @@ class PartitionWorker:
                 spec, values = await registry.predict(stream, body.x, body.request_id)
                 out: dict[str, Any] = {"stream": stream, "prediction": shape_prediction(spec, values)}
                 answer = Answer(200, orjson.dumps(out))
+            elif op == "check":  # a part of a multi-stream request, before any part is logged
+                part: list[ObservationIn] = decode_json(msg.data, list[ObservationIn], prefix="observations")
+                await registry.check(part, prefix="observations")
+                answer = Answer(204, b"")
             else:
                 answer = _error(InvalidInput(f"unknown operation {op!r}", field="op"))
         except ServiceError as exc:

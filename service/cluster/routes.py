@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from trackin.service.cluster.many import observe_many
 from trackin.service.cluster.messages import Answer
 from trackin.service.cluster.partitions import HASH_NAME
 from trackin.service.cluster.state import ClusterState
@@ -106,3 +107,15 @@ async def predict(stream_id: str, request: Request, state: State) -> Response:
     internal = ns.inside(stream_id)
     raw = await read_body(request, state.settings.max_body_bytes)
     return _response(await state.front.read("predict", internal, raw), ns)
+
+
+@router.post(
+    "/v1/observations",
+    tags=["observations"],
+    summary="Observe many streams: checked as a whole by their owners, then logged per partition",
+)
+async def observe_streams(request: Request, state: State) -> Response:
+    ns = _namespace(request)
+    raw = await read_body(request, state.settings.max_body_bytes)
+    limit = state.settings.max_request_observations
+    return _response(await observe_many(state.front, raw, ns, limit), ns)

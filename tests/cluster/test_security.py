@@ -1,24 +1,14 @@
 """Cluster mode behind the single-node guard: keys from the shared Redis work on every replica, tenants'
 namespaces hold across replicas, and a replica refuses to serve another address than loopback without keys.
-
-Its own small cluster (two replicas): keys exist in its Redis from the start, so every request is checked.
-"""
+On the session's cluster (tests/cluster/conftest.py: keys exist in its Redis from the start)."""
 
 from __future__ import annotations
-
-import contextlib
-import io
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.cluster import PARTITIONS, SPEC, Cluster
-from tests.support.nats_server import NatsServer
-from tests.support.redis_server import RedisServer
+from tests.cluster import PARTITIONS, SPEC, Cluster, bearer
 from tests.support.server import ServerError, TrackinServer
-from trackin.cli import main
 from trackin_client import PartitionMap
 
 pytestmark = pytest.mark.slow
@@ -26,38 +16,8 @@ pytestmark = pytest.mark.slow
 OBS = {"x": [0.1, -0.2, 0.3], "y": 0.25}
 
 
-def make_key(redis_url: str, tenant: str, scopes: str) -> str:
-    """``trackin keys create`` against the cluster's Redis, as an operator would run it."""
-    with contextlib.redirect_stdout(out := io.StringIO()):
-        assert main(["keys", "--redis-url", redis_url, "create", "--tenant", tenant, "--scopes", scopes]) == 0
-    return out.getvalue().strip()
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, dict[str, str]]]:
-    base: Path = tmp_path_factory.mktemp("secured")
-    with NatsServer(base / "nats") as nats, RedisServer(base / "redis") as redis:
-        keys = {
-            "alpha": make_key(redis.url, "alpha", "ingest,read,admin"),
-            "beta": make_key(redis.url, "beta", "ingest,read,admin"),
-            "reader": make_key(redis.url, "alpha", "read"),
-        }
-        made = Cluster(base, nats, redis, headers=bearer(keys["alpha"]))
-        try:
-            made.add(2)
-            made.wait_ready()
-            yield made, keys
-        finally:
-            for replica in made.replicas:
-                replica.close()
-
-
-def test_no_key_is_refused_on_every_replica(secured: tuple[Cluster, dict[str, str]]) -> None:
-    cluster, keys = secured
+def test_no_key_is_refused_on_every_replica(cluster: Cluster) -> None:
+    keys = cluster.keys
     for replica in cluster.live():
         for headers in ({}, bearer("trk_nosuchkey_secret")):
             response = httpx.get(f"{replica.url}/v1/streams/anything", headers=headers, timeout=5)
@@ -72,9 +32,9 @@ def test_no_key_is_refused_on_every_replica(secured: tuple[Cluster, dict[str, st
         assert put.status_code == 403, put.text
 
 
-def test_tenants_cannot_reach_each_other_through_any_replica(secured: tuple[Cluster, dict[str, str]]) -> None:
-    cluster, keys = secured
-    one, two = (r.url for r in cluster.live())
+def test_tenants_cannot_reach_each_other_through_any_replica(cluster: Cluster) -> None:
+    keys = cluster.keys
+    one, two = (r.url for r in cluster.live()[:2])
     alpha, beta = bearer(keys["alpha"]), bearer(keys["beta"])
     with httpx.Client(timeout=10) as http:
         assert http.put(f"{one}/v1/streams/s", json=SPEC, headers=alpha).status_code == 201
@@ -120,9 +80,8 @@ def test_tenants_cannot_reach_each_other_through_any_replica(secured: tuple[Clus
 
 
 def test_a_replica_off_loopback_without_keys_refuses_to_start(
-    secured: tuple[Cluster, dict[str, str]],
+    cluster: Cluster,
 ) -> None:
-    cluster, _ = secured
     env = cluster.env("open")
     env["TRACKIN_REDIS_URL"] = cluster.redis.url.removesuffix("/0") + "/1"  # a database with no keys
     server = TrackinServer(cluster.base / "open", env=env, store=None, args=["--host", "0.0.0.0"])
