@@ -38,6 +38,7 @@ from trackin.service.cluster.persistence import Applying, ClusterPersistence
 from trackin.service.cluster.routes import router
 from trackin.service.cluster.state import ClusterState
 from trackin.service.cluster.store import LeaseFencedStore
+from trackin.service.cluster.ws import router as ws_router
 from trackin.service.domain.budget import resolve_budget
 from trackin.service.domain.catalog import Catalog
 from trackin.service.domain.labels import PendingLabels
@@ -204,6 +205,7 @@ def create_cluster_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="trackin (cluster replica)", version="0.1.0", lifespan=lifespan)
     app.include_router(router)
+    app.include_router(ws_router)
     app.add_middleware(
         Guard,
         get_keyring=lambda: getattr(app.state, "keyring", None),

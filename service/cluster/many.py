@@ -32,7 +32,7 @@ from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError, 
 from trackin.service.security.namespace import Namespace
 from trackin.service.transport.wire import ObservationIn, ObservationsBody, decode_json
 
-__all__ = ["observe_many"]
+__all__ = ["body_items", "observe_items", "observe_many"]
 
 _QUALIFIED = Namespace("")
 """The parts' ids are internal already: the owner qualifies nothing."""
@@ -41,7 +41,12 @@ _INDEX = re.compile(r"observations\[(\d+)\]")
 
 async def observe_many(front: Front, raw: bytes, namespace: Namespace, limit: int) -> Answer:
     """Check, split by partition, log, gather; the answer as the client sees it (internal ids)."""
-    items = _items(raw, namespace, limit)
+    return await observe_items(front, _decode(raw), namespace, limit)
+
+
+async def observe_items(front: Front, items: list[ObservationIn], namespace: Namespace, limit: int) -> Answer:
+    """`observe_many` of decoded items (the WebSocket's messages too)."""
+    _check(items, namespace, limit)
     groups: dict[int, list[int]] = {}
     for i, item in enumerate(items):
         assert item.stream is not None
@@ -60,23 +65,28 @@ async def observe_many(front: Front, raw: bytes, namespace: Namespace, limit: in
     return _gather(len(items), list(groups.values()), logged)
 
 
-def _items(raw: bytes, namespace: Namespace, limit: int) -> list[ObservationIn]:
-    """The request's items, qualified; the checks single-node makes before looking at any stream."""
+def _decode(raw: bytes) -> list[ObservationIn]:
     payload: ObservationsBody | list[ObservationIn] = (
         decode_json(raw, list[ObservationIn], prefix="observations")
         if raw.lstrip()[:1] == b"["
         else decode_json(raw, ObservationsBody)
     )
-    if isinstance(payload, ObservationsBody):
-        if payload.streams is not None:
-            raise InvalidInput(
-                "the columnar form is not served in cluster mode yet: send 'observations'", field="streams"
-            )
-        if payload.observations is None:
-            raise InvalidInput("missing 'observations'", field="observations")
-        items = payload.observations
-    else:
-        items = payload
+    return body_items(payload) if isinstance(payload, ObservationsBody) else payload
+
+
+def body_items(body: ObservationsBody) -> list[ObservationIn]:
+    """The items of an object body (the columnar form is refused, naming ``streams``)."""
+    if body.streams is not None:
+        raise InvalidInput(
+            "the columnar form is not served in cluster mode yet: send 'observations'", field="streams"
+        )
+    if body.observations is None:
+        raise InvalidInput("missing 'observations'", field="observations")
+    return body.observations
+
+
+def _check(items: list[ObservationIn], namespace: Namespace, limit: int) -> None:
+    """Qualify the items; the checks single-node makes before looking at any stream."""
     if len(items) > limit:
         raise PayloadTooLarge(
             f"{len(items)} observations exceed the limit of {limit} per request", field="observations"
@@ -87,7 +97,6 @@ def _items(raw: bytes, namespace: Namespace, limit: int) -> list[ObservationIn]:
         if item.stream is None:
             raise InvalidInput("each observation needs a 'stream'", field=f"observations[{i}].stream")
     namespace.items(items, "observations")
-    return items
 
 
 def _stream(items: Sequence[ObservationIn], index: int) -> str:

@@ -1,13 +1,18 @@
-"""``POST /v1/observations`` in cluster mode: a request naming streams of many partitions is checked as a
-whole by their owners (nothing applied on a bad item, the item named by its index in the request), then
-logged per partition, and answered in request order; equal to a single node fed the same observations."""
+"""``POST /v1/observations`` and the WebSocket in cluster mode: a request (or message) naming streams of many
+partitions is checked as a whole by their owners (nothing applied on a bad item, the item named by its index
+in the request), then logged per partition, and answered in request order; equal to a single node fed the
+same observations."""
 
 from __future__ import annotations
 
 import random
 
 import httpx
+import msgspec
+import orjson
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from tests.cluster import Cluster, Load, bearer, check_against_reference, create_streams, partition
 
@@ -66,3 +71,52 @@ def test_many_streams_stay_in_the_callers_namespace(cluster: Cluster) -> None:
         sneaky = [{"stream": "~alpha/m1", "x": [0.5, -0.5], "y": 1.0}]
         assert http.post(f"{one}/v1/observations", json=sneaky, headers=beta).status_code == 422
         assert http.get(f"{one}/v1/streams/m1", headers=alpha).json()["figures"]["steps"] == 2
+
+
+async def test_websocket_frames_through_any_replica(cluster: Cluster) -> None:
+    streams = create_streams(cluster, "ws", 8)
+    load, rng = Load(streams, seed=8, headers=cluster.headers), random.Random(8)
+    server = cluster.live()[1]
+    async with connect(server.ws_url, additional_headers=cluster.headers, open_timeout=10) as ws:
+        for seq in range(4):
+            named = [rng.choice(streams) for _ in range(10)]
+            items = [{"stream": s, **load.observation()} for s in named]
+            binary = seq == 3
+            frame = {"seq": seq, "observations": items}
+            await ws.send(msgspec.msgpack.encode(frame) if binary else orjson.dumps(frame).decode())
+            raw = await ws.recv()
+            answer = msgspec.msgpack.decode(raw) if binary else orjson.loads(raw)
+            assert isinstance(raw, bytes) == binary
+            assert answer["seq"] == seq, answer
+            assert [r["stream"] for r in answer["results"]] == named
+            for item, result in zip(items, answer["results"], strict=True):
+                log = load.logs[item["stream"]]
+                log.answers.append((len(log.acked), result))
+                log.acked.append({"x": item["x"], "y": item["y"]})
+        # A bad message is answered with its error, nothing of it applied, and the connection stays open.
+        bad = [{"stream": streams[0], **load.observation()}, {"stream": streams[1], "x": [1.0], "y": 0.0}]
+        await ws.send(orjson.dumps({"seq": 9, "observations": bad}).decode())
+        refused = orjson.loads(await ws.recv())
+        assert refused["seq"] == 9, refused
+        assert refused["error"]["field"].startswith("observations[1].x"), refused
+        await ws.send(orjson.dumps({"seq": 10, "observations": []}).decode())
+        assert orjson.loads(await ws.recv())["error"]["field"] == "observations"
+    check_against_reference(cluster, load)
+    # The handshake is guarded as single-node's: a key, and an allowed Origin.
+    with pytest.raises(InvalidStatus) as missing:
+        await connect(server.ws_url, open_timeout=10)
+    assert missing.value.response.status_code == 401
+    with pytest.raises(InvalidStatus) as evil:
+        await connect(server.ws_url, additional_headers=cluster.headers, origin="http://evil.example")
+    assert evil.value.response.status_code == 403
+    # A tenant's key offered as the subprotocol: echoed, and the tenant's own streams named as it names them.
+    alpha = cluster.keys["alpha"]
+    spec = {"model": {"family": "linear", "in_dim": 2}}
+    created = httpx.put(f"{server.url}/v1/streams/w1", json=spec, headers=bearer(alpha), timeout=10)
+    assert created.status_code == 201, created.text
+    offered = f"trackin.bearer.{alpha}"
+    async with connect(server.ws_url, subprotocols=[offered], open_timeout=10) as ws:
+        assert ws.subprotocol == offered
+        frame = {"seq": 1, "observations": [{"stream": "w1", "x": [1, 2], "y": 3}]}
+        await ws.send(orjson.dumps(frame).decode())
+        assert orjson.loads(await ws.recv())["results"][0]["stream"] == "w1"

@@ -4,11 +4,14 @@ On the session's cluster (tests/cluster/conftest.py: keys exist in its Redis fro
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
 from tests.cluster import PARTITIONS, SPEC, Cluster, bearer
-from tests.support.server import ServerError, TrackinServer
+from trackin.service.app import create_app
+from trackin.service.settings import Settings
 from trackin_client import PartitionMap
 
 pytestmark = pytest.mark.slow
@@ -79,13 +82,21 @@ def test_tenants_cannot_reach_each_other_through_any_replica(cluster: Cluster) -
     assert httpx.get(f"{owner}/v1/streams/s", headers=beta, timeout=5).json()["figures"]["steps"] == 1
 
 
-def test_a_replica_off_loopback_without_keys_refuses_to_start(
-    cluster: Cluster,
-) -> None:
+async def test_a_replica_off_loopback_without_keys_refuses_to_start(cluster: Cluster) -> None:
+    """The cluster app's start-up in process (a replica process would take seconds to import the same):
+    with no key in its Redis it refuses 0.0.0.0 before connecting to anything."""
     env = cluster.env("open")
-    env["TRACKIN_REDIS_URL"] = cluster.redis.url.removesuffix("/0") + "/1"  # a database with no keys
-    server = TrackinServer(cluster.base / "open", env=env, store=None, args=["--host", "0.0.0.0"])
-    with pytest.raises(ServerError):
-        server.start()
-    server.close()
-    assert "refusing to serve 0.0.0.0 without API keys" in server.logs()
+    settings = Settings(
+        host="0.0.0.0",
+        cluster_nats_url="nats://127.0.0.1:9",  # nothing listens: reaching NATS would hang the start
+        redis_url=cluster.redis.url.removesuffix("/0") + "/1",  # a database with no keys
+        cluster_partitions=int(env["TRACKIN_CLUSTER_PARTITIONS"]),
+    )
+    app = create_app(settings)
+
+    async def start() -> None:
+        async with app.router.lifespan_context(app):
+            pass
+
+    with pytest.raises(RuntimeError, match=r"refusing to serve 0\.0\.0\.0 without API keys"):
+        await asyncio.wait_for(start(), 30)  # without the rule: waits for NATS, a TimeoutError
