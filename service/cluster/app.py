@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -21,7 +22,7 @@ from collections.abc import AsyncIterator
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException
 
 from trackin.models.engine import Engine, resolve_device
@@ -61,6 +62,7 @@ from trackin.service.security.keyring import Keyring
 from trackin.service.security.namespace import PRINCIPAL
 from trackin.service.security.setup import make_keyring, make_limiter, refuse_open
 from trackin.service.settings import Settings
+from trackin.service.transport.metrics_port import serve_metrics
 
 __all__ = ["build_cluster", "create_cluster_app"]
 
@@ -190,10 +192,16 @@ def create_cluster_app(settings: Settings) -> FastAPI:
         scheduler.start()
         await state.front.start()
         state.leases.start()
+        scrape = None
+        if settings.metrics_port is not None:  # /metrics without keys on a private port, as single-node
+            render = functools.partial(generate_latest, state.metrics.registry)
+            scrape = await serve_metrics(settings.host, settings.metrics_port, render, CONTENT_TYPE_LATEST)
         log.info("trackin replica %s started on %s:%s", state.leases.replica, settings.host, settings.port)
         try:
             yield
         finally:
+            if scrape is not None:
+                scrape.close()
             await state.leases.stop()
             await scheduler.drain()
             await state.front.stop()
