@@ -289,7 +289,7 @@ class Registry:
     async def check(self, items: Sequence[ObservationIn], *, prefix: str) -> None:
         """Refuse what `enqueue` would refuse, queueing and moving nothing: a cluster owner's check of its
         part of a multi-stream request, before any part of it is logged (service/cluster/many.py)."""
-        batch = await self._build(items, default_stream=None, prefix=prefix)
+        batch = await self._build(items, default_stream=None, prefix=prefix, create=False)
         await self._check_times(batch, prefix, commit=False)
 
     async def _validate(
@@ -300,7 +300,12 @@ class Registry:
         return batch
 
     async def _build(
-        self, items: Sequence[ObservationIn], *, default_stream: str | None, prefix: str
+        self,
+        items: Sequence[ObservationIn],
+        *,
+        default_stream: str | None,
+        prefix: str,
+        create: bool = True,
     ) -> IngestBatch:
         specs: dict[str, StreamSpec] = {}
         if default_stream is not None:
@@ -309,7 +314,7 @@ class Registry:
             stream = item.stream
             if stream is not None and stream not in specs:
                 check_internal_id(stream, field=f"{prefix}[{i}].stream")
-                specs[stream] = (await self.require(stream)).spec
+                specs[stream] = (await self.require(stream, create=create)).spec
         return build_batch(items, specs, default_stream=default_stream, prefix=prefix)
 
     async def _check_times(self, batch: IngestBatch, prefix: str, *, commit: bool = True) -> None:
