@@ -54,8 +54,11 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", tags=["operations"], summary="Connected to NATS, and every owned partition serving")
-async def readyz(state: State) -> JSONResponse:
+async def readyz(request: Request, state: State) -> JSONResponse:
     checks = state.checks()
+    keyring = getattr(request.app.state, "keyring", None)
+    if keyring is not None and not keyring.loaded:  # every guarded request would get 503
+        checks["keys"] = "not read"
     ok = all(v == "up" for v in checks.values())
     return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
