@@ -9,7 +9,9 @@ durability on the same Redis (the durable single-node configuration a cluster re
 
 Then, with the largest cluster, one client and one observation per request: the latency of a write sent
 to the stream's owner (an owner-aware client, from ``GET /v1/cluster/partitions``) and to another replica
-(the extra hop: the owner's answer comes back through NATS), and the same for reads.
+(the extra hop: the owner's answer comes back through NATS), and the same for reads. And ``--many`` streams
+of several partitions observed at once: one ``POST /v1/observations`` (checked by every owner, then logged
+per partition) beside the same observations as one single-stream request each, sent one after another.
 
 Caveat: this machine has 2 cores, shared by every replica, NATS, Redis and the clients, so more replicas
 cannot run faster here; the figures show the cost of the log and the hop, not the scaling. On paper, with a
@@ -84,6 +86,28 @@ def _latencies(urls: dict[str, str], owners: list[str], streams: list[str], n: i
     return {k: 1000 * statistics.median(v) for k, v in out.items()}
 
 
+def _many(urls: list[str], streams: list[str], many: int, n: int) -> dict[str, float]:
+    """Median milliseconds to observe ``many`` streams once: one multi-stream request, or one each."""
+    load = Load(streams, seed=11)
+    out: dict[str, list[float]] = {"one request": [], "one each": []}
+    with httpx.Client(timeout=10) as http:
+        for i in range(n):
+            url = urls[i % len(urls)]
+            named = [streams[(i * many + k) % len(streams)] for k in range(many)]
+            items = [{"stream": s, **load.observation()} for s in named]
+            started = time.perf_counter()
+            r = http.post(f"{url}/v1/observations", json=items)
+            out["one request"].append(time.perf_counter() - started)
+            assert r.status_code == 200, r.text
+            started = time.perf_counter()
+            for item in items:
+                single = {"x": item["x"], "y": item["y"]}
+                r = http.post(f"{url}/v1/streams/{item['stream']}/observations", json=single)
+                assert r.status_code == 200, r.text
+            out["one each"].append(time.perf_counter() - started)
+    return {k: 1000 * statistics.median(v) for k, v in out.items()}
+
+
 def _single_node(base: Path, args: argparse.Namespace) -> float:
     with RedisServer(base / "redis-single") as redis:
         env = {"TRACKIN_REDIS_URL": redis.url, "TRACKIN_KERNELS": "torch", "TRACKIN_DURABILITY": "log"}
@@ -118,6 +142,7 @@ def _cluster(
             if latency and replicas > 1:
                 mapped = cluster.map()
                 hops = _latencies(mapped["replicas"], mapped["owners"], streams, args.latency_requests)
+                hops |= _many(urls, streams, args.many, args.latency_requests // 4)
             return rate, hops
         finally:
             for replica in cluster.replicas:
@@ -134,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=24)
     parser.add_argument("--replicas", default="1,2,3", help="replica counts, comma-separated")
     parser.add_argument("--latency-requests", type=int, default=200)
+    parser.add_argument("--many", type=int, default=8, help="streams in one multi-stream request")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.replicas.split(",")]
     console = Console()
@@ -163,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
             owner, other = hops[f"{kind} owner"], hops[f"{kind} other"]
             lat.add_row(kind, f"{owner:.2f}", f"{other:.2f}", f"{other - owner:+.2f}")
         console.print(lat)
+        both = Table(title=f"observing {args.many} streams once (median ms, through any replica)")
+        for column in ("one POST /v1/observations", "one request per stream", "ratio"):
+            both.add_column(column, justify="right")
+        one, each = hops["one request"], hops["one each"]
+        both.add_row(f"{one:.2f}", f"{each:.2f}", f"{each / one:.2f}x")
+        console.print(both)
     console.print(
         "2 shared cores: every replica, NATS, Redis and the clients compete for them (see docstring)."
     )

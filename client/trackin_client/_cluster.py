@@ -35,22 +35,28 @@ class PartitionMap:
     """Replica name per partition (None: moving, no owner right now)."""
     replicas: dict[str, str]
     """Replica name -> its URL."""
+    namespace: str = ""
+    """What the server prefixes the caller's ids with before hashing (``~tenant/`` for a key of a tenant
+    other than ``default``): fetch the map with the key used for the streams."""
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> PartitionMap:
         if body.get("hash") != _HASH:
             raise ValueError(f"unknown partition hash {body.get('hash')!r} (this client knows {_HASH!r})")
-        return cls(int(body["partitions"]), list(body["owners"]), dict(body["replicas"]))
+        owners, replicas = list(body["owners"]), dict(body["replicas"])
+        return cls(int(body["partitions"]), owners, replicas, str(body.get("namespace", "")))
 
     @classmethod
-    def fetch(cls, url: str, *, timeout: float = 5.0) -> PartitionMap:
-        response = httpx.get(f"{url.rstrip('/')}/v1/cluster/partitions", timeout=timeout)
+    def fetch(cls, url: str, *, api_key: str | None = None, timeout: float = 5.0) -> PartitionMap:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        url = f"{url.rstrip('/')}/v1/cluster/partitions"
+        response = httpx.get(url, headers=headers, timeout=timeout)
         response.raise_for_status()
         return cls.from_json(response.json())
 
     def partition(self, stream_id: str) -> int:
-        """The server's hash: CRC-32 of the UTF-8 id, modulo the partition count."""
-        return zlib.crc32(stream_id.encode()) % self.partitions
+        """The server's hash: CRC-32 of the UTF-8 id in the caller's namespace, modulo the partition count."""
+        return zlib.crc32((self.namespace + stream_id).encode()) % self.partitions
 
     def owner_url(self, stream_id: str) -> str | None:
         """The URL of the replica that owns the stream now, or None while its partition moves."""

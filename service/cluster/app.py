@@ -2,13 +2,17 @@
 
 The engine, scheduler and registry are the single-node service's; what differs is around them: writes go
 through the JetStream log (`Front`), partitions are leased (`Leases`) and applied by their owner
-(`Owner`), checkpoints are fenced by the lease (`LeaseFencedStore`, Redis).
+(`Owner`), checkpoints are fenced by the lease (`LeaseFencedStore`, Redis). The security parts are the
+single-node ones: the same `Guard` in front of every route, the keyring read from the shared Redis (so a key
+made with ``trackin keys create`` against it works on every replica within a refresh), the same refusal to
+serve another address than loopback without keys.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -18,7 +22,7 @@ from collections.abc import AsyncIterator
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException
 
 from trackin.models.engine import Engine, resolve_device
@@ -35,6 +39,7 @@ from trackin.service.cluster.persistence import Applying, ClusterPersistence
 from trackin.service.cluster.routes import router
 from trackin.service.cluster.state import ClusterState
 from trackin.service.cluster.store import LeaseFencedStore
+from trackin.service.cluster.ws import router as ws_router
 from trackin.service.domain.budget import resolve_budget
 from trackin.service.domain.catalog import Catalog
 from trackin.service.domain.labels import PendingLabels
@@ -50,9 +55,14 @@ from trackin.service.durability import (
     StoreHealth,
     configured_store,
 )
-from trackin.service.errors import ServiceError, Unavailable, error_body
+from trackin.service.errors import ServiceError, error_body, error_headers
 from trackin.service.metrics import Metrics
+from trackin.service.security.guard import Guard
+from trackin.service.security.keyring import Keyring
+from trackin.service.security.namespace import PRINCIPAL
+from trackin.service.security.setup import make_keyring, make_limiter, refuse_open
 from trackin.service.settings import Settings
+from trackin.service.transport.metrics_port import serve_metrics
 
 __all__ = ["build_cluster", "create_cluster_app"]
 
@@ -150,11 +160,31 @@ def _warm_up(engine: Engine, state: ClusterState) -> None:
     state.warmed = True
 
 
+async def _start_keyring(settings: Settings) -> Keyring:
+    """The keys in the cluster's Redis, read before anything else starts: a replica that would serve
+    another address than loopback without keys refuses to start, as a single node does."""
+    keyring = make_keyring(settings.model_copy(update={"store": "redis"}))
+    await keyring.start()
+    try:
+        refuse_open(settings, keyring)
+    except RuntimeError:
+        await keyring.stop()
+        raise
+    return keyring
+
+
 def create_cluster_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
-        state, scheduler = await build_cluster(settings)
+        keyring = await _start_keyring(settings)
+        app.state.limiter = make_limiter(settings)
+        app.state.keyring = keyring
+        try:
+            state, scheduler = await build_cluster(settings)
+        except BaseException:
+            await keyring.stop()
+            raise
         app.state.cluster = state
         threading.Thread(
             target=_warm_up, args=(scheduler.engine, state), name="trackin-warm-up", daemon=True
@@ -162,25 +192,41 @@ def create_cluster_app(settings: Settings) -> FastAPI:
         scheduler.start()
         await state.front.start()
         state.leases.start()
+        scrape = None
+        if settings.metrics_port is not None:  # /metrics without keys on a private port, as single-node
+            render = functools.partial(generate_latest, state.metrics.registry)
+            scrape = await serve_metrics(settings.host, settings.metrics_port, render, CONTENT_TYPE_LATEST)
         log.info("trackin replica %s started on %s:%s", state.leases.replica, settings.host, settings.port)
         try:
             yield
         finally:
+            if scrape is not None:
+                scrape.close()
             await state.leases.stop()
             await scheduler.drain()
             await state.front.stop()
             await state.link.close()
             await scheduler.stop()
             await state.owner.close()
+            await keyring.stop()
             log.info("trackin replica stopped")
 
     app = FastAPI(title="trackin (cluster replica)", version="0.1.0", lifespan=lifespan)
     app.include_router(router)
+    app.include_router(ws_router)
+    app.add_middleware(
+        Guard,
+        get_keyring=lambda: getattr(app.state, "keyring", None),
+        get_limiter=lambda: getattr(app.state, "limiter", None),
+        allowed_origins=settings.allowed_origins,
+    )
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        caller = request.scope.get(PRINCIPAL)
+        if caller is not None:
+            caller.namespace.public_error(exc)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=error_headers(exc))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -20,10 +20,20 @@ from nats.aio.subscription import Subscription
 
 from trackin.service.cluster.jetstream import NATS_ERRORS, Link
 from trackin.service.cluster.leases import PartitionMap
-from trackin.service.cluster.messages import EXPIRES, MSG_ID, OP, ORIGIN, REPLACE, STREAM, Answer, Replies
+from trackin.service.cluster.messages import (
+    EXPIRES,
+    MSG_ID,
+    NAMESPACE,
+    OP,
+    ORIGIN,
+    REPLACE,
+    STREAM,
+    Answer,
+    Replies,
+)
 from trackin.service.cluster.partitions import Names, partition_of
 from trackin.service.errors import Unavailable
-from trackin.service.ids import check_stream_id
+from trackin.service.security.namespace import Namespace
 
 __all__ = ["Front"]
 
@@ -57,6 +67,10 @@ class Front:
         self._timeout = forward_timeout
         self._sub: Subscription | None = None
 
+    @property
+    def partitions(self) -> int:
+        return self._partitions
+
     async def start(self) -> None:
         self._sub = await self._link.nc.subscribe(self._names.reply_subject(self._replica), cb=self._on_reply)
 
@@ -69,10 +83,10 @@ class Front:
         headers = msg.headers or {}
         self._replies.deliver(headers.get(MSG_ID, ""), Answer.from_nats(headers, msg.data))
 
-    async def _partition(self, stream_id: str) -> int:
-        """The stream's partition; 503 if it has no owner (the map is a tick old, so an empty slot is
-        looked up before refusing)."""
-        check_stream_id(stream_id)
+    async def partition(self, stream_id: str) -> int:
+        """The partition of a stream's internal id (checked and qualified by the caller, so every replica
+        hashes a tenant's stream alike); 503 if it has no owner (the map is a tick old, so an empty slot
+        is looked up before refusing)."""
         partition = partition_of(stream_id, self._partitions)
         if self._map.owners[partition] is None:
             try:
@@ -88,15 +102,35 @@ class Front:
             )
         return partition
 
-    async def write(self, op: str, stream_id: str, body: bytes, *, replace: bool = False) -> Answer:
-        """Log a write (``observe``, ``put``, ``delete``) and return the owner's answer."""
-        partition = await self._partition(stream_id)
+    async def write(
+        self, op: str, stream_id: str, body: bytes, namespace: Namespace, *, replace: bool = False
+    ) -> Answer:
+        """Log a write (``observe``, ``put``, ``delete``) of an internal id and return the owner's answer;
+        ``namespace`` travels with it so the owner qualifies the ids an observation body names."""
+        partition = await self.partition(stream_id)
+        return await self.log(partition, op, stream_id, body, namespace, replace=replace)
+
+    async def log(
+        self,
+        partition: int,
+        op: str,
+        stream_id: str,
+        body: bytes,
+        namespace: Namespace,
+        *,
+        replace: bool = False,
+    ) -> Answer:
+        """`write` to a known partition (``stream_id``: "" for a multi-stream part)."""
         msg_id = uuid.uuid4().hex
         headers = {OP: op, STREAM: stream_id, ORIGIN: self._replica, MSG_ID: msg_id}
+        if namespace.prefix:
+            headers[NAMESPACE] = namespace.prefix
         if replace:
             headers[REPLACE] = "1"
         if not self._link.nc.is_connected:  # fail fast, nothing sent
-            raise Unavailable("log unavailable (NATS disconnected), nothing applied", stream=stream_id)
+            raise Unavailable(
+                "log unavailable (NATS disconnected), nothing applied", stream=stream_id or None
+            )
         expires = time.time() + PUBLISH_SECONDS
         headers[EXPIRES] = f"{expires:.3f}"
         answer = self._replies.expect(msg_id)
@@ -107,12 +141,12 @@ class Front:
             raise
         if seq is None:
             self._replies.forget(msg_id)
-            raise Unavailable("log unavailable, nothing applied", stream=stream_id)
+            raise Unavailable("log unavailable, nothing applied", stream=stream_id or None)
         try:
             return await asyncio.wait_for(asyncio.shield(answer), self._timeout)
         except TimeoutError:
             self._replies.forget(msg_id)
-            logged = {"status": "logged", "partition": partition, "seq": seq, "stream": stream_id}
+            logged = {"status": "logged", "partition": partition, "seq": seq, "stream": stream_id or None}
             return Answer(202, orjson.dumps(logged))
 
     async def _log(self, partition: int, body: bytes, headers: dict[str, str], expires: float) -> int | None:
@@ -149,7 +183,10 @@ class Front:
 
     async def read(self, op: str, stream_id: str, body: bytes = b"") -> Answer:
         """Ask the owner (``describe``, ``predict``); 503 while the partition moves."""
-        partition = await self._partition(stream_id)
+        return await self.ask(await self.partition(stream_id), op, stream_id, body)
+
+    async def ask(self, partition: int, op: str, stream_id: str, body: bytes = b"") -> Answer:
+        """`read` of a known partition (``check``: a multi-stream part, ``stream_id`` its first stream)."""
         try:
             msg = await self._link.nc.request(
                 self._names.read_subject(partition),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "EXPIRES",
     "MSG_ID",
+    "NAMESPACE",
     "OP",
     "ORIGIN",
     "OWNER",
@@ -29,6 +30,9 @@ OP = "Trackin-Op"
 """``observe``, ``put``, ``delete`` (writes, logged); ``describe``, ``predict`` (reads)."""
 STREAM = "Trackin-Stream"
 REPLACE = "Trackin-Replace"
+NAMESPACE = "Trackin-Namespace"
+"""The caller's namespace prefix (``~tenant/``; absent for the default tenant): the owner qualifies the
+``stream`` an observation body names with it, as the single-node route does."""
 ORIGIN = "Trackin-Origin"
 """The replica that logged the write and waits for its answer."""
 MSG_ID = "Nats-Msg-Id"

@@ -34,6 +34,7 @@ from trackin.service.cluster.jetstream import NATS_ERRORS, Link
 from trackin.service.cluster.messages import (
     EXPIRES,
     MSG_ID,
+    NAMESPACE,
     OP,
     ORIGIN,
     OWNER,
@@ -47,10 +48,12 @@ from trackin.service.cluster.messages import (
 from trackin.service.cluster.partitions import Names, partition_of
 from trackin.service.cluster.persistence import Applying
 from trackin.service.domain.catalog import Catalog
+from trackin.service.domain.ingest import IngestBatch
 from trackin.service.domain.registry import Registry
 from trackin.service.domain.scheduler import Scheduler
 from trackin.service.durability import Checkpointer, Ledger, Restorer, StoreHealth
 from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError, Unavailable, error_body
+from trackin.service.security.namespace import Namespace
 from trackin.service.store import Store
 from trackin.service.transport.results import results_json, shape_prediction
 from trackin.service.transport.wire import ObservationIn, PredictIn, decode_json
@@ -262,7 +265,10 @@ class PartitionWorker:
             await reply.send(_error(Unavailable("log unavailable, nothing applied", stream=stream)))
             return
         if op == "observe":
-            await self._observe(stream, msg.data, seq, reply)
+            namespace = Namespace(headers.get(NAMESPACE, ""))
+            await self._observe(stream, msg.data, seq, reply, namespace)
+        elif op == "observe_many":
+            await self._observe_many(msg.data, seq, reply)
         elif op in ("put", "delete"):
             parts.applying.seq[stream] = seq
             try:
@@ -275,7 +281,7 @@ class PartitionWorker:
         else:
             await reply.send(_error(InvalidInput(f"unknown operation {op!r}", field="op")))
 
-    async def _observe(self, stream: str, raw: bytes, seq: int, reply: _Reply) -> None:
+    async def _observe(self, stream: str, raw: bytes, seq: int, reply: _Reply, namespace: Namespace) -> None:
         parts = self._parts
         if stream in parts.catalog:
             parts.ledger.logged(stream, str(seq))
@@ -291,22 +297,57 @@ class PartitionWorker:
                 )
             if not items:
                 raise InvalidInput("no observations", field="observations")
+            namespace.items(items, "observations")
             batch, applied = await parts.registry.enqueue(items, default_stream=stream, prefix="observations")
         except ServiceError as exc:
             exc.stream = exc.stream or stream
             await reply.send(_error(exc))
             return
         self._since_checkpoint += len(items)
+        self._answer_when(batch, applied, reply, many=False)
+
+    async def _observe_many(self, raw: bytes, seq: int, reply: _Reply) -> None:
+        """This partition's part of a multi-stream request (internal ids, checked here before any part was
+        logged): the items whose stream's checkpoint does not cover ``seq`` yet, answered in row form."""
+        parts, ledger = self._parts, self._parts.ledger
+        try:
+            items: list[ObservationIn] = decode_json(raw, list[ObservationIn], prefix="observations")
+
+            def covered(stream: str | None) -> bool:
+                return (
+                    stream is not None
+                    and stream in parts.catalog
+                    and seq <= int(ledger.position(stream) or 0)
+                )
+
+            items = [item for item in items if not covered(item.stream)]
+            for stream in {item.stream for item in items}:
+                if stream is not None and stream in parts.catalog:
+                    ledger.logged(stream, str(seq))
+            if not items:  # a replay the checkpoints cover: nobody waits for it any more
+                await reply.send(Answer(200, b'{"results":[]}'))
+                return
+            batch, applied = await parts.registry.enqueue(items, default_stream=None, prefix="observations")
+        except ServiceError as exc:
+            await reply.send(_error(exc))
+            return
+        self._since_checkpoint += len(items)
+        self._answer_when(batch, applied, reply, many=True)
+
+    def _answer_when(
+        self, batch: IngestBatch, applied: asyncio.Future[Outcomes], reply: _Reply, *, many: bool
+    ) -> None:
+        """Answer once the batch is applied, without holding up the next message (the scheduler batches)."""
 
         async def answer() -> None:
             try:
                 outcomes: Outcomes = await applied
-                body = {"results": results_json(batch.stream_ids, batch.specs, outcomes, many=False)}
+                body = {"results": results_json(batch.stream_ids, batch.specs, outcomes, many=many)}
                 await reply.send(Answer(200, orjson.dumps(body)))
             except ServiceError as exc:
                 await reply.send(_error(exc))
             except Exception:
-                log.exception("partition %d: applying %r failed", self.partition, stream)
+                log.exception("partition %d: applying %s failed", self.partition, batch.stream_ids[:3])
                 await reply.send(Answer(500, orjson.dumps(error_body("internal", "internal error"))))
 
         task = asyncio.create_task(answer())
@@ -353,6 +394,10 @@ class PartitionWorker:
                 spec, values = await registry.predict(stream, body.x, body.request_id)
                 out: dict[str, Any] = {"stream": stream, "prediction": shape_prediction(spec, values)}
                 answer = Answer(200, orjson.dumps(out))
+            elif op == "check":  # a part of a multi-stream request, before any part is logged
+                part: list[ObservationIn] = decode_json(msg.data, list[ObservationIn], prefix="observations")
+                await registry.check(part, prefix="observations")
+                answer = Answer(204, b"")
             else:
                 answer = _error(InvalidInput(f"unknown operation {op!r}", field="op"))
         except ServiceError as exc:

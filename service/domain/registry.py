@@ -374,8 +374,26 @@ class Registry:
             held.until(applied)
         return batch, applied
 
+    async def check(self, items: Sequence[ObservationIn], *, prefix: str) -> None:
+        """Refuse what `enqueue` would refuse, queueing and moving nothing: a cluster owner's check of its
+        part of a multi-stream request, before any part of it is logged (service/cluster/many.py)."""
+        batch = await self._build(items, default_stream=None, prefix=prefix, create=False)
+        await self._check_times(batch, prefix, commit=False)
+
     async def _validate(
         self, items: Sequence[ObservationIn], *, default_stream: str | None, prefix: str
+    ) -> IngestBatch:
+        batch = await self._build(items, default_stream=default_stream, prefix=prefix)
+        await self._check_times(batch, prefix)
+        return batch
+
+    async def _build(
+        self,
+        items: Sequence[ObservationIn],
+        *,
+        default_stream: str | None,
+        prefix: str,
+        create: bool = True,
     ) -> IngestBatch:
         specs: dict[str, StreamSpec] = {}
         if default_stream is not None:
@@ -384,14 +402,13 @@ class Registry:
             stream = item.stream
             if stream is not None and stream not in specs:
                 check_internal_id(stream, field=f"{prefix}[{i}].stream")
-                specs[stream] = (await self.require(stream)).spec
-        batch = build_batch(items, specs, default_stream=default_stream, prefix=prefix)
-        await self._check_times(batch, prefix)
-        return batch
+                specs[stream] = (await self.require(stream, create=create)).spec
+        return build_batch(items, specs, default_stream=default_stream, prefix=prefix)
 
-    async def _check_times(self, batch: IngestBatch, prefix: str) -> None:
+    async def _check_times(self, batch: IngestBatch, prefix: str, *, commit: bool = True) -> None:
         """Refuse a series time that is not after its stream's last one (queued requests included), before
-        anything is applied; then the queued times move on (no await between this and the submit)."""
+        anything is applied; then (``commit``) the queued times move on (no await between this and the
+        submit)."""
         timed = [s for s, spec in batch.specs.items() if series_times.timed(spec)]
         if not timed:
             return
@@ -406,8 +423,10 @@ class Registry:
                 if records[s].series_time is None:
                     records[s].series_time = known
         current = {s: r.series_time for s, r in records.items() if r.series_time is not None}
-        for s, moved in series_times.advance(batch, current, prefix).items():
-            records[s].series_time = moved
+        moved_to = series_times.advance(batch, current, prefix)
+        if commit:
+            for s, moved in moved_to.items():
+                records[s].series_time = moved
 
     def _submit(self, batch: IngestBatch) -> asyncio.Future[Outcomes]:
         future = self._scheduler.submit(batch)

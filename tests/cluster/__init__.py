@@ -9,6 +9,8 @@ fed the acknowledged observations in the same order, and a 503 carries Retry-Aft
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import random
 import time
 import zlib
@@ -25,10 +27,11 @@ from tests.service import LINEAR, assert_close
 from tests.support.nats_server import NatsServer
 from tests.support.redis_server import RedisServer
 from tests.support.server import TrackinServer
+from trackin.cli import main
 from trackin.models.engine import Engine
 from trackin.models.specs import StreamSpec
 
-__all__ = ["PARTITIONS", "TTL", "Cluster", "Load", "partition"]
+__all__ = ["PARTITIONS", "TTL", "Cluster", "Load", "bearer", "make_key", "partition"]
 
 PARTITIONS = 12
 TTL = 3.0
@@ -40,14 +43,31 @@ def partition(stream_id: str) -> int:
     return zlib.crc32(stream_id.encode()) % PARTITIONS
 
 
+def make_key(redis_url: str, tenant: str, scopes: str) -> str:
+    """``trackin keys create`` against the cluster's Redis, as an operator would run it."""
+    with contextlib.redirect_stdout(out := io.StringIO()):
+        assert main(["keys", "--redis-url", redis_url, "create", "--tenant", tenant, "--scopes", scopes]) == 0
+    return out.getvalue().strip()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 class Cluster:
     """Replicas sharing one NATS and one Redis."""
 
-    def __init__(self, base: Path, nats: NatsServer, redis: RedisServer) -> None:
+    def __init__(
+        self, base: Path, nats: NatsServer, redis: RedisServer, keys: dict[str, str] | None = None
+    ) -> None:
         self.base = base
         self.nats = nats
         self.redis = redis
         self.replicas: list[TrackinServer] = []
+        self.keys = keys or {}
+        """API keys by name; ``default``: the default tenant's admin key, which the helpers send (none:
+        the cluster runs open, as on loopback without keys)."""
+        self.headers = bearer(self.keys["default"]) if keys else {}
 
     def env(self, name: str) -> dict[str, str]:
         return {
@@ -80,7 +100,8 @@ class Cluster:
 
     def map(self, via: TrackinServer | None = None) -> dict[str, Any]:
         server = via or self.live()[0]
-        body: dict[str, Any] = httpx.get(f"{server.url}/v1/cluster/partitions", timeout=5).json()
+        url = f"{server.url}/v1/cluster/partitions"
+        body: dict[str, Any] = httpx.get(url, headers=self.headers, timeout=5).json()
         return body
 
     def owned_by(self, server: TrackinServer) -> set[int]:
@@ -124,8 +145,9 @@ class Load:
     """Clients posting observations of many streams to random replicas, each stream's in order (the next
     only after the previous one's answer), so the acknowledged order is the order applied."""
 
-    def __init__(self, streams: Sequence[str], seed: int = 0) -> None:
+    def __init__(self, streams: Sequence[str], seed: int = 0, headers: dict[str, str] | None = None) -> None:
         self.streams = list(streams)
+        self.headers = headers or {}
         self.logs = {s: StreamLog() for s in streams}
         self._rng = random.Random(seed)
         self.statuses: dict[int, int] = {}
@@ -149,7 +171,7 @@ class Load:
         # with hundreds of streams on a loaded machine, can fall behind the server's keep-alive timer.
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
         gate = asyncio.Semaphore(concurrency)
-        async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+        async with httpx.AsyncClient(timeout=30, limits=limits, headers=self.headers) as http:
 
             async def one(stream: str) -> None:
                 sent = 0
@@ -195,7 +217,7 @@ class Load:
 def create_streams(cluster: Cluster, prefix: str, n: int) -> list[str]:
     ids = [f"{prefix}-{i}" for i in range(n)]
     urls = [r.url for r in cluster.live()]
-    with httpx.Client(timeout=30) as http:
+    with httpx.Client(timeout=30, headers=cluster.headers) as http:
         for i, stream in enumerate(ids):
             response = http.put(f"{urls[i % len(urls)]}/v1/streams/{stream}", json=SPEC)
             assert response.status_code == 201, response.text
@@ -210,7 +232,7 @@ def check_against_reference(cluster: Cluster, load: Load, timeout: float = 20.0)
     probe = [0.3, -0.2, 0.1]
     urls = [r.url for r in cluster.live()]
     deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=10) as http:
+    with httpx.Client(timeout=10, headers=cluster.headers) as http:
         for stream, log in load.logs.items():
             engine.add(stream, spec)
             results = [

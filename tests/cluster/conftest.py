@@ -1,6 +1,8 @@
-"""One cluster per module: nats-server, redis-server and three replicas, started once (about 10-20 s);
-tests that kill, pause or add replicas leave three healthy ones behind. A failing test's report carries
-every replica's log tail."""
+"""One cluster for the session: nats-server, redis-server and three replicas, started once (about 10-20 s);
+tests that kill, pause or add replicas leave three healthy ones behind. API keys exist in its Redis from
+the start (made with ``trackin keys create``, as an operator would), so every request is checked by the
+guard: the helpers send the ``default`` tenant's admin key. A failing test's report carries every
+replica's log tail."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster import Cluster
+from tests.cluster import Cluster, make_key
 from tests.support.nats_server import NatsServer, nats_server_binary
 from tests.support.redis_server import RedisServer, redis_server_binary
 
@@ -20,11 +22,17 @@ if nats_server_binary() is None or redis_server_binary() is None:
 _CLUSTERS: list[Cluster] = []
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     base: Path = tmp_path_factory.mktemp("cluster")
     with NatsServer(base / "nats") as nats, RedisServer(base / "redis") as redis:
-        made = Cluster(base, nats, redis)
+        keys = {
+            "default": make_key(redis.url, "default", "ingest,read,admin"),
+            "alpha": make_key(redis.url, "alpha", "ingest,read,admin"),
+            "beta": make_key(redis.url, "beta", "ingest,read,admin"),
+            "reader": make_key(redis.url, "alpha", "read"),
+        }
+        made = Cluster(base, nats, redis, keys)
         _CLUSTERS.append(made)
         try:
             made.add(3)

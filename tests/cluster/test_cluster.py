@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 async def test_traffic_through_any_replica_matches_a_single_node(cluster: Cluster) -> None:
     streams = create_streams(cluster, "traffic", 120)
-    load = Load(streams, seed=1)
+    load = Load(streams, seed=1, headers=cluster.headers)
     urls = [r.url for r in cluster.live()]
     await load.run(lambda: urls, per_stream=5)
     assert set(load.statuses) == {200}, load.statuses
@@ -29,20 +29,25 @@ async def test_traffic_through_any_replica_matches_a_single_node(cluster: Cluste
     mapped = cluster.map()
     assert mapped["partitions"] == PARTITIONS
     assert set(mapped["owners"]) <= set(mapped["replicas"])
-    routes = PartitionMap.fetch(urls[0])
+    routes = PartitionMap.fetch(urls[0], api_key=cluster.keys["default"])
     for stream in streams[:10]:
         owner = mapped["owners"][partition(stream)]
         assert routes.owner_url(stream) == mapped["replicas"][owner]
-        with TrackinClient(routes.owner_url(stream) or urls[0]) as client:
+        with TrackinClient(routes.owner_url(stream) or urls[0], api_key=cluster.keys["default"]) as client:
             assert client.get_stream(stream)["figures"]["steps"] == 5
 
 
 async def _watch_owners(
-    via: str, gone: str, since: float, out: dict[str, float], stop: asyncio.Event | None = None
+    cluster: Cluster,
+    via: str,
+    gone: str,
+    since: float,
+    out: dict[str, float],
+    stop: asyncio.Event | None = None,
 ) -> None:
     """Record when no partition is mapped to ``gone`` any more and every partition is owned; then set
     ``stop`` a second later (the load goes on past the move)."""
-    async with httpx.AsyncClient(timeout=2) as http:
+    async with httpx.AsyncClient(timeout=2, headers=cluster.headers) as http:
         while "moved" not in out:
             try:
                 owners = (await http.get(f"{via}/v1/cluster/partitions")).json()["owners"]
@@ -63,7 +68,7 @@ async def test_sigkill_under_load_loses_nothing_and_refuses_only_moving_partitio
     lost = cluster.owned_by(victim)
     assert lost
     survivors = [r.url for r in cluster.live() if r is not victim]
-    load, stop = Load(streams, seed=2), asyncio.Event()
+    load, stop = Load(streams, seed=2, headers=cluster.headers), asyncio.Event()
     figures: dict[str, float] = {}
     marks: dict[int, int] = {}  # log length per replica at the kill
 
@@ -72,7 +77,7 @@ async def test_sigkill_under_load_loses_nothing_and_refuses_only_moving_partitio
         marks.update({r.port: len(r.logs()) for r in cluster.live()})
         killed = time.monotonic()
         victim.kill()
-        await _watch_owners(survivors[0], name, killed, figures, stop)
+        await _watch_owners(cluster, survivors[0], name, killed, figures, stop)
 
     await asyncio.gather(load.run(lambda: survivors, stop=stop, pause=0.2), kill_soon())
     restores = [  # the survivors' restores of the partitions they took after the kill, from their logs
@@ -115,7 +120,7 @@ async def test_replica_paused_past_its_lease_applies_and_answers_nothing_it_lost
         newest[p] = max(newest.get(p, 0), token)
 
     sub = await nc.subscribe("trackin.reply.*", cb=watch)
-    load = Load(streams, seed=3)
+    load = Load(streams, seed=3, headers=cluster.headers)
     try:
         # Traffic for its partitions is in flight when it stops: its consumers hold messages not to apply.
         stop = asyncio.Event()
@@ -125,7 +130,7 @@ async def test_replica_paused_past_its_lease_applies_and_answers_nothing_it_lost
         paused = time.time()
         try:
             figures: dict[str, float] = {}
-            await _watch_owners(others[0], name, time.monotonic(), figures, stop)
+            await _watch_owners(cluster, others[0], name, time.monotonic(), figures, stop)
             await running
             print(f"\nSIGSTOP: partitions moved {figures['moved']:.2f} s after the pause (lease TTL {TTL} s)")
         finally:
@@ -153,7 +158,7 @@ async def test_a_fourth_replica_takes_its_share_under_load(cluster: Cluster) -> 
     streams = create_streams(cluster, "grow", 40)
     before = cluster.map()["owners"]
     urls = [r.url for r in cluster.live()]
-    load, stop = Load(streams, seed=4), asyncio.Event()
+    load, stop = Load(streams, seed=4, headers=cluster.headers), asyncio.Event()
 
     async def grow() -> None:
         await asyncio.sleep(0.5)
@@ -183,7 +188,7 @@ async def test_a_fourth_replica_takes_its_share_under_load(cluster: Cluster) -> 
 async def test_nats_restart_mid_traffic_refuses_then_recovers_by_itself(cluster: Cluster) -> None:
     streams = create_streams(cluster, "nats", 30)
     urls = [r.url for r in cluster.live()]
-    load, stop = Load(streams, seed=5), asyncio.Event()
+    load, stop = Load(streams, seed=5, headers=cluster.headers), asyncio.Event()
 
     async def restart() -> None:
         await asyncio.sleep(1.0)

@@ -12,6 +12,7 @@ from tests.support.redis_server import RedisServer
 from trackin.service.cluster.book import VALID_FRACTION, LeaseBook
 from trackin.service.cluster.partitions import Names, partition_of, preference
 from trackin.service.cluster.store import LeaseFencedStore
+from trackin.service.security.namespace import Namespace
 from trackin.service.store import Checkpoint, StoreUnavailable
 from trackin.service.store.redis_backend import RedisStore
 
@@ -44,6 +45,12 @@ def test_the_client_routes_by_the_servers_hash() -> None:
     assert routes.owner_url(next(s for s in (f"x{i}" for i in range(99)) if partition_of(s, 7) == 1)) is None
     with pytest.raises(ValueError, match="hash"):
         PartitionMap.from_json({"partitions": 7, "hash": "md5", "owners": [], "replicas": {}})
+    # A tenant's map: its ids are hashed inside its namespace, as the server hashes the internal id.
+    tenant = PartitionMap.from_json(
+        {"partitions": 7, "hash": "crc32-mod", "owners": [], "replicas": {}, "namespace": "~t/"}
+    )
+    inside = Namespace.of("t").inside
+    assert all(tenant.partition(f"id-{i}") == partition_of(inside(f"id-{i}"), 7) for i in range(500))
 
 
 def test_names_keep_two_clusters_apart() -> None:

@@ -34,13 +34,14 @@ def test_cluster_compose_config_is_valid_and_wires_three_replicas_behind_nginx()
         env = services[name]["environment"]
         assert env["TRACKIN_CLUSTER_NATS_URL"] == "nats://nats:4222"
         assert env["TRACKIN_CLUSTER_REPLICA_ID"] == name
+        assert env["TRACKIN_BOOTSTRAP_ADMIN_KEY_FILE"].startswith("/run/secrets/")  # keys: bound off loopback
     assert "-js" in services["nats"]["command"]
     assert "--appendonly" in services["redis"]["command"]
     upstreams = re.findall(r"server (trackin-\d):8000", (ROOT / "deploy/nginx/cluster.conf").read_text())
     assert sorted(upstreams) == sorted(replicas)
     scraped = yaml.safe_load((ROOT / "deploy/prometheus/prometheus-cluster.yml").read_text())
     assert sorted(scraped["scrape_configs"][0]["static_configs"][0]["targets"]) == [
-        f"{r}:8000" for r in replicas
+        f"{r}:{services[r]['environment']['TRACKIN_METRICS_PORT']}" for r in replicas
     ]
 
 
@@ -82,3 +83,7 @@ def test_kubernetes_cluster_objects_fit_together() -> None:
     assert "TRACKIN_CLUSTER_NATS_URL" in by_kind["ConfigMap"]["data"]
     env = {e["name"]: e for e in container["env"]}
     assert env["TRACKIN_CLUSTER_REPLICA_ID"]["value"] == "$(POD_NAME)"
+    config = by_kind["ConfigMap"]["data"]
+    assert config["TRACKIN_BOOTSTRAP_ADMIN_KEY_FILE"].startswith("/run/secrets/")  # keys: bound off loopback
+    annotations = stateful["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == config["TRACKIN_METRICS_PORT"]

@@ -35,8 +35,8 @@ async def readyz(state: State) -> JSONResponse:
             checks["log"] = "settling"
         if not state.durability.restored:  # restore_eagerly, not finished yet (the store was down at start)
             checks["restore"] = "running"
-    if state.keyring is not None and not state.keyring.loaded:  # the guard refuses every request until then
-        checks["keys"] = "unread"
+    if state.keyring is not None and not state.keyring.loaded:  # every guarded request would get 503
+        checks["keys"] = "not read"
     ok = all(v == "up" for v in checks.values())
     return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
