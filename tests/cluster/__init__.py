@@ -262,8 +262,10 @@ def check_against_reference(cluster: Cluster, load: Load, timeout: float = 20.0)
                 time.sleep(0.1)
             predicted = http.post(f"{random.choice(urls)}/v1/streams/{stream}/predict", json={"x": probe})
             assert predicted.status_code == 200, predicted.text
-            want = engine.predict([stream], [np.asarray(probe, np.float64)])[0]
-            assert_close(predicted.json()["prediction"], want, f"{stream} prediction", step=len(log.acked))
+            expected = engine.predict([stream], [np.asarray(probe, np.float64)])[0]
+            assert_close(
+                predicted.json()["prediction"], expected, f"{stream} prediction", step=len(log.acked)
+            )
 
 
 def by_partition(streams: Sequence[str]) -> Iterator[tuple[int, list[str]]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -17,7 +17,7 @@ import torch
 
 from tests.support.tolerances import memory, step_ops, tolerance
 from trackin.models.engine import Engine, ItemResult
-from trackin.models.specs import TRACKIN_DEFAULTS, ARModel, StreamSpec, TrackModel
+from trackin.models.specs import TRACKIN_DEFAULTS, ARModel, MLPModel, StreamSpec, TrackModel
 
 __all__ = [
     "AR",
@@ -43,9 +43,10 @@ AR: dict[str, Any] = {"model": {"family": "ar", "dim": 2, "lags": 3, "target": "
 # over a stream's memory. So served values equal the reference's within the rule of tests/support/
 # tolerances.py: the largest model here (MLP), the steps taken up to the default optimizers' memory (momentum
 # gamma 0.98: 50 steps), inputs, targets and parameter terms below 4 (squared for losses).
-OPS = step_ops(StreamSpec.model_validate(MLP).model)
+OPS = step_ops(cast(MLPModel, StreamSpec.model_validate(MLP).model))
+_DEFAULTS: Any = TRACKIN_DEFAULTS  # the optimizer spec's fields are made at run time (models/specs.py)
 MEMORY = memory(
-    decays=(TRACKIN_DEFAULTS.gamma, TRACKIN_DEFAULTS.eps_decay, 0.9), lrs=(TRACKIN_DEFAULTS.lr, 0.02, 0.01)
+    decays=(_DEFAULTS.gamma, _DEFAULTS.eps_decay, 0.9), lrs=(_DEFAULTS.lr, 0.02, 0.01)
 )  # also covers test_observations_api's sgd (momentum 0.9, lr 0.02) and adam (lr 0.01)
 SCALE = 4.0
 
