@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         log_level="warning",
         access_log=False,
-        http=protocol_with_timeout(settings.header_timeout_seconds),
+        http=protocol_with_timeout(settings.header_timeout_seconds, settings.body_timeout_seconds),
         timeout_keep_alive=int(settings.keep_alive_seconds),
         limit_concurrency=settings.max_connections,
     )

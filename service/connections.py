@@ -1,10 +1,12 @@
-"""Connections that never finish their request headers are closed, so silent and slowloris sockets cannot
-hold the server's file descriptors.
+"""Connections that never finish a request's headers or body are closed, so silent and slowloris sockets
+cannot hold the server's file descriptors.
 
 uvicorn times out idle keep-alive connections only after a response; a socket that connects and then sends
-nothing, or sends its headers a byte at a time, is kept for ever. :class:`HeaderTimeoutProtocol` gives every
-request ``header_timeout`` seconds from its first byte (or from the connection, for the first request) to
-complete its headers; after that the connection is closed and a warning logged.
+nothing, sends its headers a byte at a time, or announces a body and trickles it, is kept for ever.
+:class:`HeaderTimeoutProtocol` gives every request ``header_timeout`` seconds from its first byte (or from the
+connection, for the first request) to complete its headers, then ``body_timeout`` seconds to complete its
+body; after either the connection is closed and a warning logged. A WebSocket upgrade leaves the deadlines
+behind (the WebSocket protocol has its own pings).
 """
 
 from __future__ import annotations
@@ -25,25 +27,29 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a deadline on receiving a request's headers."""
 
     header_timeout = 10.0  # set per server by :func:`protocol_with_timeout`
+    body_timeout = 10.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_deadline: asyncio.TimerHandle | None = None
 
-    def _arm(self) -> None:
+    def _arm(self, seconds: float | None = None, what: str = "request headers") -> None:
         self._disarm()
-        self._header_deadline = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+        self._header_deadline = self.loop.call_later(
+            self.header_timeout if seconds is None else seconds, self._too_slow, what
+        )
 
     def _disarm(self) -> None:
         if self._header_deadline is not None:
             self._header_deadline.cancel()
             self._header_deadline = None
 
-    def _headers_too_slow(self) -> None:
+    def _too_slow(self, what: str) -> None:
         self._header_deadline = None
         if not self.transport.is_closing():
             client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown client"
-            log.warning("closing %s: no complete request headers within %.1f s", client, self.header_timeout)
+            seconds = self.header_timeout if what == "request headers" else self.body_timeout
+            log.warning("closing %s: no complete %s within %.1f s", client, what, seconds)
             self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -59,13 +65,22 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._arm()
 
     def on_headers_complete(self) -> None:
-        self._disarm()
+        self._arm(self.body_timeout, "request body")  # disarmed when the body is complete
         super().on_headers_complete()
 
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
 
-def protocol_with_timeout(seconds: float) -> type[HeaderTimeoutProtocol]:
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()
+        super().handle_websocket_upgrade()
+
+
+def protocol_with_timeout(seconds: float, body_seconds: float = 10.0) -> type[HeaderTimeoutProtocol]:
     """The protocol class for one server (uvicorn instantiates it per connection)."""
-    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": seconds})
+    deadlines = {"header_timeout": seconds, "body_timeout": body_seconds}
+    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), deadlines)
 
 
 def raise_open_files_limit() -> int:

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     # Connections (service/connections.py).
     header_timeout_seconds: float = Field(default=10.0, gt=0)
     """A connection that has not completed a request's headers this long after it began is closed."""
+    body_timeout_seconds: float = Field(default=10.0, gt=0)
+    """A connection that has not completed a request's body this long after its headers is closed."""
     keep_alive_seconds: int = Field(default=5, ge=1)
     """An idle keep-alive connection is closed after this long."""
     max_connections: int = Field(default=4096, ge=1)

@@ -1,7 +1,8 @@
 """Sockets that never complete a request are closed; the server keeps answering meanwhile.
 
-A real server with a 1 s header deadline; silent sockets (connect, send nothing) and slowloris sockets (a
-header byte every 0.2 s) must be closed by the server, while /healthz keeps answering.
+A real server with 1 s header and body deadlines; silent sockets (connect, send nothing), slowloris sockets
+(a header byte every 0.2 s) and slow bodies (full headers, then a body byte every 0.2 s) must be closed by
+the server, while /healthz keeps answering and a WebSocket outlives both deadlines.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from tests.support.server import Servers
 
@@ -71,3 +73,29 @@ def test_a_request_within_the_deadline_is_served(servers: Servers) -> None:
     sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     assert sock.recv(4096).startswith(b"HTTP/1.1 200")
     sock.close()
+
+
+def test_a_trickled_body_is_closed_and_a_websocket_is_not(servers: Servers) -> None:
+    server = servers.start({"TRACKIN_HEADER_TIMEOUT_SECONDS": "1", "TRACKIN_BODY_TIMEOUT_SECONDS": "1"})
+    slow = [_connect(server.url) for _ in range(5)]
+    head = (
+        b"POST /v1/observations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n"
+    )
+    for sock in slow:
+        sock.send(head)
+    with connect(server.url.replace("http://", "ws://") + "/v1/ws", open_timeout=5) as ws:
+        started = time.monotonic()
+        with httpx.Client(base_url=server.url, timeout=5) as http:
+            while time.monotonic() - started < 3:
+                for sock in slow:
+                    with contextlib.suppress(OSError):  # closed by the server: what we wait for
+                        sock.send(b" ")
+                assert http.get("/healthz").status_code == 200
+                time.sleep(0.2)
+        assert all(_closed_by_peer(s) for s in slow)
+        assert "no complete request body" in server.logs()
+        ws.send('{"seq": 1, "observations": []}')  # still open after 3 s: the deadlines left with the upgrade
+        assert ws.recv(timeout=5)
+    for sock in slow:
+        sock.close()
