@@ -147,6 +147,8 @@ async def build_cluster(settings: Settings) -> tuple[ClusterState, Scheduler]:
         without_owner=lambda: sum(o is None for o in leases.map.owners),
         lease_changes=lambda: leases.changes,
         replay_lag=owner.replay_lag,
+        dead_letters=lambda: parts.tally.dead_letters,
+        log_trims=lambda: parts.tally.trims,
     )
     metrics.registry.register(ClusterCollector(figures))
     return ClusterState(settings, metrics, link, leases, owner, front), scheduler

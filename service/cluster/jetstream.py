@@ -1,8 +1,9 @@
 """The NATS connection and the JetStream resources the cluster needs, created if missing.
 
 Everything is created idempotently by whichever replica starts first: the log stream (file storage,
-deduplication by message id), the lease and replica buckets (their TTL is the lease TTL) and a config
-bucket without TTL that pins the partition count for the life of the cluster.
+deduplication by message id), the dead-letter stream (writes an owner could not apply, kept two weeks),
+the lease and replica buckets (their TTL is the lease TTL) and a config bucket without TTL that pins the
+partition count for the life of the cluster.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, asyncio.Timeo
 """What a call to NATS raises when NATS is down, slow or refuses: the callers' 503 or retry."""
 
 _CONFIG_BUCKET = "config"
+DEAD_LETTER_MAX_AGE = 14 * 24 * 3600.0
+"""Dead letters are kept two weeks: long enough to look at, bounded."""
 
 
 class Link:
@@ -58,7 +61,8 @@ async def connect(url: str, names: Names, *, ttl: float, partitions: int, timeou
     )
     try:
         js = nc.jetstream(timeout=timeout)
-        await _ensure_stream(js, names)
+        await _ensure_stream(js, names.log_stream, names.log_subjects, None)
+        await _ensure_stream(js, names.dead_stream, names.dead_subjects, DEAD_LETTER_MAX_AGE)
         leases = await _ensure_bucket(js, names.lease_bucket, ttl)
         replicas = await _ensure_bucket(js, names.replica_bucket, ttl)
         config = await _ensure_bucket(js, f"{names.prefix}-{_CONFIG_BUCKET}", None)
@@ -69,20 +73,21 @@ async def connect(url: str, names: Names, *, ttl: float, partitions: int, timeou
     return Link(nc, js, leases, replicas)
 
 
-async def _ensure_stream(js: JetStreamContext, names: Names) -> None:
+async def _ensure_stream(js: JetStreamContext, name: str, subjects: str, max_age: float | None) -> None:
     try:
-        await js.stream_info(names.log_stream)
+        await js.stream_info(name)
     except nats.js.errors.NotFoundError:
         config = StreamConfig(
-            name=names.log_stream,
-            subjects=[names.log_subjects],
+            name=name,
+            subjects=[subjects],
             storage=StorageType.FILE,
             duplicate_window=120.0,
+            max_age=max_age,
         )
         try:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:
-            await js.stream_info(names.log_stream)  # another replica created it meanwhile
+            await js.stream_info(name)  # another replica created it meanwhile
 
 
 async def _ensure_bucket(js: JetStreamContext, bucket: str, ttl: float | None) -> KeyValue:

@@ -12,6 +12,8 @@ import contextlib
 from dataclasses import dataclass, field
 
 __all__ = [
+    "DEAD_ERROR",
+    "DEAD_SEQ",
     "EXPIRES",
     "MSG_ID",
     "NAMESPACE",
@@ -47,6 +49,9 @@ TOKEN = "Trackin-Token"
 SEQ = "Trackin-Seq"
 """On answers: the log sequence of the write answered."""
 RETRY_AFTER = "Retry-After"
+DEAD_SEQ = "Trackin-Dead-Seq"
+"""On a dead letter: the log sequence of the write that could not be applied, and why (``DEAD_ERROR``)."""
+DEAD_ERROR = "Trackin-Dead-Error"
 
 
 @dataclass(frozen=True, slots=True)

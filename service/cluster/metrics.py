@@ -20,17 +20,22 @@ class ClusterFigures:
         without_owner: Callable[[], int],
         lease_changes: Callable[[], int],
         replay_lag: Callable[[], int],
+        dead_letters: Callable[[], int],
+        log_trims: Callable[[], int],
     ) -> None:
         self.owned = owned
         self.live = live
         self.without_owner = without_owner
         self.lease_changes = lease_changes
         self.replay_lag = replay_lag
+        self.dead_letters = dead_letters
+        self.log_trims = log_trims
 
 
 class ClusterCollector(Collector):
     """``trackin_cluster_*``: partitions owned and serving, partitions without owner (as this replica
-    sees the map), lease changes, replay lag (messages behind while restoring)."""
+    sees the map), lease changes, replay lag (messages behind while restoring), dead letters (writes this
+    replica could not apply) and log trims (purges of its partitions' log behind their checkpoints)."""
 
     def __init__(self, figures: ClusterFigures) -> None:
         self._figures = figures
@@ -57,4 +62,14 @@ class ClusterCollector(Collector):
             "trackin_cluster_replay_lag_messages",
             "Log messages the partitions being restored are still behind",
             value=f.replay_lag(),
+        )
+        yield CounterMetricFamily(
+            "trackin_cluster_dead_letters",
+            "Logged writes this replica could not apply, moved to the dead-letter stream",
+            value=f.dead_letters(),
+        )
+        yield CounterMetricFamily(
+            "trackin_cluster_log_trims",
+            "Purges of owned partitions' log up to what their checkpoints cover",
+            value=f.log_trims(),
         )

@@ -6,7 +6,13 @@ service applies requests. Observations are queued without waiting for the previo
 the scheduler batches them; creations and deletions wait for the store. Before each message the worker
 checks its lease (`LeaseBook.valid`): a replica that was paused past its lease applies nothing more.
 Each stream's ledger position is the sequence of the last message applied to it, and the checkpoint of a
-stream records it, so a restore skips exactly what the checkpoint covers.
+stream records it, so a restore skips exactly what the checkpoint covers. After each checkpoint pass the
+owner trims its partition's log up to what every stream's checkpoint covers (service/cluster/trim.py).
+
+A message the owner cannot apply (an unexpected error, not a refusal the single-node service would give
+nor an outage that is retried) is a poison message: it is copied to the dead-letter stream with the error,
+counted, answered 500, and the partition goes on with the next message, instead of failing the partition
+on every replica in turn.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nats.errors
@@ -32,6 +38,8 @@ from trackin.models.specs import StreamSpec
 from trackin.service.cluster.book import LeaseBook
 from trackin.service.cluster.jetstream import NATS_ERRORS, Link
 from trackin.service.cluster.messages import (
+    DEAD_ERROR,
+    DEAD_SEQ,
     EXPIRES,
     MSG_ID,
     NAMESPACE,
@@ -47,6 +55,8 @@ from trackin.service.cluster.messages import (
 )
 from trackin.service.cluster.partitions import Names, partition_of
 from trackin.service.cluster.persistence import Applying
+from trackin.service.cluster.store import LeaseFencedStore
+from trackin.service.cluster.trim import watermark
 from trackin.service.domain.catalog import Catalog
 from trackin.service.domain.ingest import IngestBatch
 from trackin.service.domain.registry import Registry
@@ -54,17 +64,24 @@ from trackin.service.domain.scheduler import Scheduler
 from trackin.service.durability import Checkpointer, Ledger, Restorer, StoreHealth
 from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError, Unavailable, error_body
 from trackin.service.security.namespace import Namespace
-from trackin.service.store import Store
 from trackin.service.transport.results import results_json, shape_prediction
 from trackin.service.transport.wire import ObservationIn, PredictIn, decode_json
 
-__all__ = ["Owner", "OwnerParts", "PartitionWorker"]
+__all__ = ["Owner", "OwnerParts", "PartitionWorker", "Tally"]
 
 log = logging.getLogger("trackin.cluster")
 
 _PAGE = 1000
 _STOP_SECONDS = 1.0
 _RETRIED: tuple[type[BaseException], ...] = (Unavailable, *NATS_ERRORS)
+
+
+@dataclass(slots=True)
+class Tally:
+    """What the owner's partitions did, for the metrics: dead letters written, log trims made."""
+
+    dead_letters: int = 0
+    trims: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +101,12 @@ class OwnerParts:
     ledger: Ledger
     checkpointer: Checkpointer
     restorer: Restorer
-    store: Store
+    store: LeaseFencedStore
     health: StoreHealth
     max_request_observations: int
     checkpoint_every_steps: int
     checkpoint_interval_seconds: float
+    tally: Tally = field(default_factory=Tally)
 
 
 class _Lapsed(Exception):
@@ -113,6 +131,8 @@ class PartitionWorker:
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._stopping = False
+        self.trimmed = 0
+        """The log of the partition is trimmed up to this sequence (by this worker)."""
         self.failed = False
         """The worker stopped on an unexpected error: the lease is given up so the partition is restored."""
 
@@ -249,10 +269,60 @@ class PartitionWorker:
                 except Unavailable as exc:
                     log.warning("partition %d: checkpoint failed (%s); retrying later", p, exc)
                     self._last_checkpoint = time.monotonic()
+                    continue
+                if self.live:
+                    await self._trim()
+
+    async def _trim(self) -> None:
+        """Purge the partition's messages every stream's checkpoint covers (one JetStream call)."""
+        parts, p = self._parts, self.partition
+        ledger = parts.ledger
+        low = watermark(
+            self.applied_seq, self.streams(), parts.store.covered, lambda s: int(ledger.position(s) or 0)
+        )
+        if low is None or low <= self.trimmed or not parts.book.valid(p):
+            return
+        try:
+            await parts.link.js.purge_stream(
+                parts.names.log_stream, seq=low + 1, subject=parts.names.log_subject(p)
+            )
+        except NATS_ERRORS as exc:
+            log.warning("partition %d: trimming the log failed (%s); retrying later", p, exc)
+            return
+        self.trimmed = low
+        parts.tally.trims += 1
 
     # ----- applying one message ---------------------------------------------------------------------------
 
     async def _apply(self, msg: Msg, seq: int) -> None:
+        """Apply one message; a poison message goes to the dead letters instead of stopping the partition."""
+        try:
+            await self._apply_one(msg, seq)
+        except (_Lapsed, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.exception("partition %d: message %d cannot be applied; dead-lettered", self.partition, seq)
+            await self._dead_letter(msg, seq, exc)
+
+    async def _dead_letter(self, msg: Msg, seq: int, exc: Exception) -> None:
+        parts, p = self._parts, self.partition
+        headers = dict(msg.headers or {})
+        reply = _Reply(
+            parts, self.token, seq, headers.get(STREAM, ""), headers.get(ORIGIN, ""), headers.get(MSG_ID, "")
+        )
+        dead = {
+            **headers,
+            MSG_ID: f"{parts.names.log_stream}-{seq}",  # a replay of the same message is deduplicated
+            DEAD_SEQ: str(seq),
+            DEAD_ERROR: f"{type(exc).__name__}: {exc}"[:500],
+        }
+        subject = parts.names.dead_subject(p)
+        await self._until_valid(lambda: parts.link.js.publish(subject, msg.data, headers=dead))
+        parts.tally.dead_letters += 1
+        body = error_body("internal", f"the write at log sequence {seq} could not be applied (dead-lettered)")
+        await reply.send(Answer(500, orjson.dumps(body)))
+
+    async def _apply_one(self, msg: Msg, seq: int) -> None:
         parts = self._parts
         headers = msg.headers or {}
         op, stream = headers.get(OP, ""), headers.get(STREAM, "")
@@ -298,6 +368,9 @@ class PartitionWorker:
             if not items:
                 raise InvalidInput("no observations", field="observations")
             namespace.items(items, "observations")
+            for named in {item.stream for item in items if item.stream is not None}:
+                if named in parts.catalog:  # a body may name its streams: their state moves at seq too
+                    parts.ledger.logged(named, str(seq))
             batch, applied = await parts.registry.enqueue(items, default_stream=stream, prefix="observations")
         except ServiceError as exc:
             exc.stream = exc.stream or stream
@@ -472,6 +545,7 @@ class Owner:
         for stream_id in stream_ids:
             parts.catalog.remove(stream_id)
             parts.ledger.forget(stream_id)
+        parts.store.forget(stream_ids)
 
         def remove(engine: Engine) -> None:
             for stream_id in stream_ids:

@@ -53,6 +53,18 @@ class Names:
         return f"{self.prefix}.reply.{replica}"
 
     @property
+    def dead_stream(self) -> str:
+        """The JetStream stream holding the writes an owner could not apply (dead letters)."""
+        return f"{self.prefix}-dead"
+
+    def dead_subject(self, partition: int) -> str:
+        return f"{self.prefix}.dead.{partition}"
+
+    @property
+    def dead_subjects(self) -> str:
+        return f"{self.prefix}.dead.*"
+
+    @property
     def lease_bucket(self) -> str:
         return f"{self.prefix}-leases"
 

@@ -5,6 +5,9 @@ with the fencing token of its partition's lease as its epoch, so the store's com
 replica that lost the partition once its successor wrote. A checkpoint of a partition this replica does
 not validly hold is not sent at all (reported as refused). The durability log of single-node mode is not
 used: the JetStream log replaces it.
+
+It also remembers the log position each stream's stored checkpoint covers (`covered`), as written or
+read here: what the owner may trim the log up to (service/cluster/trim.py).
 """
 
 from __future__ import annotations
@@ -27,6 +30,16 @@ class LeaseFencedStore(Store):
         self._inner = inner
         self._book = book
         self._partitions = partitions
+        self.covered: dict[str, int] = {}
+        """Stream id -> the log sequence its stored checkpoint covers (streams this replica wrote or read)."""
+
+    def forget(self, stream_ids: Sequence[str]) -> None:
+        """Streams no longer resident here: what their checkpoints cover is the next owner's business."""
+        for stream_id in stream_ids:
+            self.covered.pop(stream_id, None)
+
+    def _cover(self, checkpoint: Checkpoint) -> None:
+        self.covered[checkpoint.stream_id] = int(checkpoint.log_position or 0)
 
     def _token(self, stream_id: str) -> int | None:
         return self._book.token(partition_of(stream_id, self._partitions))
@@ -52,19 +65,30 @@ class LeaseFencedStore(Store):
             else:
                 fenced.append(dataclasses.replace(checkpoint, epoch=token))
         outcome = await self._inner.write_checkpoints(fenced)
+        by_id = {c.stream_id: c for c in fenced}
+        for stream_id in outcome.accepted:
+            self._cover(by_id[stream_id])
         return WriteOutcome(outcome.accepted, outcome.rejected + refused)
 
     async def read_checkpoint(self, stream_id: str) -> Checkpoint | None:
-        return await self._inner.read_checkpoint(stream_id)
+        checkpoint = await self._inner.read_checkpoint(stream_id)
+        if checkpoint is not None:
+            self._cover(checkpoint)
+        return checkpoint
 
     async def read_checkpoints(self, stream_ids: Sequence[str]) -> dict[str, Checkpoint]:
-        return await self._inner.read_checkpoints(stream_ids)
+        found = await self._inner.read_checkpoints(stream_ids)
+        for checkpoint in found.values():
+            self._cover(checkpoint)
+        return found
 
     async def delete_stream(self, stream_id: str, epoch: int) -> bool:
         token = self._token(stream_id)
         if token is None:
             raise StoreUnavailable(f"partition of {stream_id!r} is not held by this replica")
-        return await self._inner.delete_stream(stream_id, token)
+        deleted = await self._inner.delete_stream(stream_id, token)
+        self.covered.pop(stream_id, None)
+        return deleted
 
     async def list_streams(self, prefix: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
         return await self._inner.list_streams(prefix, limit, cursor)
