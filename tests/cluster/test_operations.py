@@ -10,6 +10,7 @@ import time
 import httpx
 import nats
 import pytest
+from nats.aio.client import Client
 
 from tests.cluster import Cluster, Load, check_against_reference, create_streams, partition
 from tests.cluster.test_cluster import _watch_owners
@@ -28,7 +29,7 @@ def counter(cluster: Cluster, name: str) -> float:
     return total
 
 
-async def kept(nc: nats.NATS) -> dict[str, int]:
+async def kept(nc: Client) -> dict[str, int]:
     """Messages still in the log, per partition subject."""
     info = await nc.jetstream().stream_info(LOG, subjects_filter="trackin.log.*")
     return dict(info.state.subjects or {})
