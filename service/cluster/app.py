@@ -36,6 +36,7 @@ from trackin.service.cluster.metrics import ClusterCollector, ClusterFigures
 from trackin.service.cluster.owner import Owner, OwnerParts
 from trackin.service.cluster.partitions import Names
 from trackin.service.cluster.persistence import Applying, ClusterPersistence
+from trackin.service.cluster.quotas import SharedQuotas
 from trackin.service.cluster.routes import router
 from trackin.service.cluster.state import ClusterState
 from trackin.service.cluster.store import LeaseFencedStore
@@ -59,6 +60,7 @@ from trackin.service.errors import ServiceError, error_body, error_headers
 from trackin.service.metrics import Metrics
 from trackin.service.security.guard import Guard
 from trackin.service.security.keyring import Keyring
+from trackin.service.security.limiter import Limiter
 from trackin.service.security.namespace import PRINCIPAL
 from trackin.service.security.setup import make_keyring, make_limiter, refuse_open
 from trackin.service.settings import Settings
@@ -93,8 +95,9 @@ async def _connect(settings: Settings, names: Names) -> Link:
             await asyncio.sleep(1.0)
 
 
-async def build_cluster(settings: Settings) -> tuple[ClusterState, Scheduler]:
-    """Every long-lived object of a replica, each made with its collaborators, in dependency order."""
+async def build_cluster(settings: Settings, limiter: Limiter | None = None) -> tuple[ClusterState, Scheduler]:
+    """Every long-lived object of a replica, each made with its collaborators, in dependency order;
+    ``limiter``: the request and observation rates (shared through the cluster's Redis)."""
     if not settings.redis_url:
         raise ValueError("cluster mode needs TRACKIN_REDIS_URL (checkpoints are shared through Redis)")
     names = Names()
@@ -126,21 +129,30 @@ async def build_cluster(settings: Settings) -> tuple[ClusterState, Scheduler]:
         replay_log=False, limit=None,
     )  # fmt: skip
     applying = Applying()
-    persistence = ClusterPersistence(store, connection, ledger, checkpointer, health, applying)
+    quotas = None
+    if settings.tenant_max_streams is not None or settings.tenant_max_bytes is not None:
+        quotas = SharedQuotas(
+            settings.redis_url, settings.tenant_max_streams, settings.tenant_max_bytes,
+            timeout=settings.store_timeout_seconds,
+        )  # fmt: skip
+    persistence = ClusterPersistence(
+        store, connection, ledger, checkpointer, health, applying, catalog, quotas
+    )
     registry = Registry(scheduler, labels, catalog, persistence, max_stream_bytes=settings.max_stream_bytes)
     link = await _connect(settings, names)
     replies = Replies()
     parts = OwnerParts(
         link, names, book, replica, partitions, replies, applying, registry, scheduler, catalog, ledger,
         checkpointer, restorer, store, health, settings.max_request_observations,
-        settings.checkpoint_every_steps, settings.checkpoint_interval_seconds,
+        settings.checkpoint_every_steps, settings.checkpoint_interval_seconds, quotas=quotas,
     )  # fmt: skip
     owner = Owner(parts)
     url = settings.cluster_advertise_url or f"http://{settings.host}:{settings.port}"
     leases = Leases(link, book, owner, names, replica, url, partitions)
     front = Front(
-        link, names, replica, partitions, leases.map, replies, settings.cluster_forward_timeout_seconds
-    )
+        link, names, replica, partitions, leases.map, replies, settings.cluster_forward_timeout_seconds,
+        limiter,
+    )  # fmt: skip
     figures = ClusterFigures(
         owned=lambda: len(book.held()),
         live=lambda: sum(w.live for w in owner.workers.values()),
@@ -151,7 +163,7 @@ async def build_cluster(settings: Settings) -> tuple[ClusterState, Scheduler]:
         log_trims=lambda: parts.tally.trims,
     )
     metrics.registry.register(ClusterCollector(figures))
-    return ClusterState(settings, metrics, link, leases, owner, front), scheduler
+    return ClusterState(settings, metrics, link, leases, owner, front, quotas), scheduler
 
 
 def _warm_up(engine: Engine, state: ClusterState) -> None:
@@ -180,10 +192,12 @@ def create_cluster_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
         keyring = await _start_keyring(settings)
-        app.state.limiter = make_limiter(settings)
+        # The rates are counted in the cluster's Redis, so every replica draws on the same budget.
+        limiter = make_limiter(settings.model_copy(update={"store": "redis"}))
+        app.state.limiter = limiter
         app.state.keyring = keyring
         try:
-            state, scheduler = await build_cluster(settings)
+            state, scheduler = await build_cluster(settings, limiter)
         except BaseException:
             await keyring.stop()
             raise
@@ -210,6 +224,8 @@ def create_cluster_app(settings: Settings) -> FastAPI:
             await state.link.close()
             await scheduler.stop()
             await state.owner.close()
+            if state.quotas is not None:
+                await state.quotas.close()
             await keyring.stop()
             log.info("trackin replica stopped")
 

@@ -33,6 +33,8 @@ from trackin.service.cluster.messages import (
 )
 from trackin.service.cluster.partitions import Names, partition_of
 from trackin.service.errors import Unavailable
+from trackin.service.security.keys import DEFAULT_TENANT
+from trackin.service.security.limiter import Limiter
 from trackin.service.security.namespace import Namespace
 
 __all__ = ["Front"]
@@ -57,6 +59,7 @@ class Front:
         partition_map: PartitionMap,
         replies: Replies,
         forward_timeout: float,
+        limiter: Limiter | None = None,
     ) -> None:
         self._link = link
         self._names = names
@@ -65,6 +68,7 @@ class Front:
         self._map = partition_map
         self._replies = replies
         self._timeout = forward_timeout
+        self._limiter = limiter
         self._sub: Subscription | None = None
 
     @property
@@ -82,6 +86,13 @@ class Front:
     async def _on_reply(self, msg: Msg) -> None:
         headers = msg.headers or {}
         self._replies.deliver(headers.get(MSG_ID, ""), Answer.from_nats(headers, msg.data))
+
+    async def admit(self, namespace: Namespace, count: int) -> None:
+        """The tenant's observation rate (``TRACKIN_TENANT_OBSERVATIONS_RATE``), counted in the cluster's
+        Redis: 429 with Retry-After before anything is logged, as single-node."""
+        if self._limiter is not None:
+            tenant = namespace.prefix[1:-1] if namespace.prefix else DEFAULT_TENANT
+            await self._limiter.admit_observations(tenant, count)
 
     async def partition(self, stream_id: str) -> int:
         """The partition of a stream's internal id (checked and qualified by the caller, so every replica

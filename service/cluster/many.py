@@ -47,6 +47,7 @@ async def observe_many(front: Front, raw: bytes, namespace: Namespace, limit: in
 async def observe_items(front: Front, items: list[ObservationIn], namespace: Namespace, limit: int) -> Answer:
     """`observe_many` of decoded items (the WebSocket's messages too)."""
     _check(items, namespace, limit)
+    await front.admit(namespace, len(items))
     groups: dict[int, list[int]] = {}
     for i, item in enumerate(items):
         assert item.stream is not None

@@ -55,6 +55,7 @@ from trackin.service.cluster.messages import (
 )
 from trackin.service.cluster.partitions import Names, partition_of
 from trackin.service.cluster.persistence import Applying
+from trackin.service.cluster.quotas import SharedQuotas
 from trackin.service.cluster.store import LeaseFencedStore
 from trackin.service.cluster.trim import watermark
 from trackin.service.domain.catalog import Catalog
@@ -107,6 +108,8 @@ class OwnerParts:
     checkpoint_every_steps: int
     checkpoint_interval_seconds: float
     tally: Tally = field(default_factory=Tally)
+    quotas: SharedQuotas | None = None
+    """Tenant quotas: the restored streams count as held in the cluster's shared count."""
 
 
 class _Lapsed(Exception):
@@ -219,6 +222,9 @@ class PartitionWorker:
         elif ids:
             await parts.restorer.prefetch(ids)
         positions = [int(parts.ledger.position(s) or 0) for s in ids if s in parts.catalog]
+        if parts.quotas is not None:
+            records = ((s, parts.catalog.record(s)) for s in ids)
+            await parts.quotas.hold((s, r.spec) for s, r in records if r is not None)
         self.restore_seconds = time.perf_counter() - started
         log.info("partition %d: %d streams restored in %.3f s", p, len(positions), self.restore_seconds)
         return min(positions) + 1 if positions else 1

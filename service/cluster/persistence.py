@@ -4,11 +4,13 @@ An owner restores a partition's streams when it takes the lease and keeps them u
 a stream that is not in memory does not exist (no store read per unknown id: the answer must not depend on
 whether Redis is up, or a replay could answer differently). Creation is checkpointed at once with the log
 sequence of the message that created the stream, so a restore never replays that stream's earlier history.
+With tenant quotas on, a created stream counts as held in the cluster's shared count, a deleted one no more.
 """
 
 from __future__ import annotations
 
-from trackin.service.domain.catalog import Template
+from trackin.service.cluster.quotas import SharedQuotas
+from trackin.service.domain.catalog import Catalog, Template
 from trackin.service.domain.persistence import InMemory
 from trackin.service.durability import Checkpointer, Connection, Ledger, StoreHealth
 from trackin.service.errors import InvalidInput, Unavailable
@@ -35,6 +37,8 @@ class ClusterPersistence(InMemory):
         checkpointer: Checkpointer,
         health: StoreHealth,
         applying: Applying,
+        catalog: Catalog,
+        quotas: SharedQuotas | None = None,
     ) -> None:
         self._store = store
         self._connection = connection
@@ -42,6 +46,8 @@ class ClusterPersistence(InMemory):
         self._checkpointer = checkpointer
         self._health = health
         self._applying = applying
+        self._catalog = catalog
+        self._quotas = quotas
 
     async def created(self, stream_id: str) -> None:
         self._ledger.started(stream_id)
@@ -58,12 +64,17 @@ class ClusterPersistence(InMemory):
             raise Unavailable(
                 f"stream {stream_id!r} moved to another replica", retry_after=1, stream=stream_id
             )
+        record = self._catalog.record(stream_id)
+        if self._quotas is not None and record is not None:
+            await self._quotas.hold([(stream_id, record.spec)])
 
     async def forget(self, stream_id: str) -> None:
         epoch = await self._connection.require()
         with self._health.store_errors():
             await self._store.delete_stream(stream_id, epoch)
         self._ledger.forget(stream_id)
+        if self._quotas is not None:
+            await self._quotas.release(stream_id)
 
     async def stored_ids(self, prefix: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
         await self._connection.require()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -81,6 +82,8 @@ async def put_stream(stream_id: str, request: Request, state: State, replace: bo
     ns = _namespace(request)
     internal = ns.inside(stream_id)
     raw = await read_body(request, state.settings.max_body_bytes)
+    if state.quotas is not None:  # counted for the whole cluster, before the creation is logged
+        await state.quotas.check(internal, raw)
     return _response(await state.front.write("put", internal, raw, ns, replace=replace), ns)
 
 
@@ -95,7 +98,18 @@ async def observe(stream_id: str, request: Request, state: State) -> Response:
     ns = _namespace(request)
     internal = ns.inside(stream_id)
     raw = await read_body(request, state.settings.max_body_bytes)
+    await state.front.admit(ns, _count(raw))
     return _response(await state.front.write("observe", internal, raw, ns), ns)
+
+
+def _count(raw: bytes) -> int:
+    """Observations in a single-stream body, for the tenant's rate (a body that does not parse counts one:
+    its owner refuses it with single-node's 422)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return 1
+    return len(body) if isinstance(body, list) else 1
 
 
 @router.get("/v1/streams/{stream_id}", tags=["streams"], summary="A stream's spec and figures")

@@ -8,6 +8,7 @@ from trackin.service.cluster.front import Front
 from trackin.service.cluster.jetstream import Link
 from trackin.service.cluster.leases import Leases
 from trackin.service.cluster.owner import Owner
+from trackin.service.cluster.quotas import SharedQuotas
 from trackin.service.metrics import Metrics
 from trackin.service.settings import Settings
 
@@ -22,6 +23,8 @@ class ClusterState:
     leases: Leases
     owner: Owner
     front: Front
+    quotas: SharedQuotas | None = None
+    """Tenant quotas (streams, bytes), checked at the front before a creation is logged."""
     warmed: bool = False
 
     def checks(self) -> dict[str, str]:

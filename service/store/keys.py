@@ -14,6 +14,9 @@ Layout under prefix ``P`` (default ``trackin``)::
     P:ckpt:<id>         hash     epoch, step, log_position, meta, tensors, deleted
     P:log:<id>          stream   the durability log of one stream (XADD / XRANGE / XTRIM)
     P:rec:<kind>        hash     name -> JSON control-plane record
+    P:quota:<tenant>:held      hash  stream id -> state bytes (cluster mode's shared tenant quotas)
+    P:quota:<tenant>:pending   zset  stream id -> expiry (ms): passed the check, not created yet
+    P:quota:<tenant>:need      hash  stream id -> state bytes of a pending stream
 
 Not Redis Cluster ready: the fenced write updates the stream's hash and the global index in one
 script, which cluster mode only allows within one hash slot.
@@ -69,3 +72,9 @@ class RedisKeys:
     def records(self, kind: str) -> str:
         """Hash of all records of one kind."""
         return f"{self.prefix}:rec:{check_record_kind(kind)}"
+
+    def quota(self, tenant: str, part: str) -> str:
+        """Cluster mode's count of one tenant's streams: ``held``, ``pending`` or ``need``."""
+        if part not in ("held", "pending", "need") or _PREFIX_PATTERN.fullmatch(tenant) is None:
+            raise ValueError(f"Invalid quota key: {tenant!r} {part!r}")
+        return f"{self.prefix}:quota:{tenant}:{part}"

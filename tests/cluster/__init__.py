@@ -58,9 +58,16 @@ class Cluster:
     """Replicas sharing one NATS and one Redis."""
 
     def __init__(
-        self, base: Path, nats: NatsServer, redis: RedisServer, keys: dict[str, str] | None = None
+        self,
+        base: Path,
+        nats: NatsServer,
+        redis: RedisServer,
+        keys: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.base = base
+        self.extra_env = env or {}
+        """Settings every replica gets on top of the defaults below (tenant quotas, rates)."""
         self.nats = nats
         self.redis = redis
         self.replicas: list[TrackinServer] = []
@@ -79,6 +86,7 @@ class Cluster:
             "TRACKIN_KERNELS": "torch",
             "TRACKIN_CHECKPOINT_INTERVAL_SECONDS": "1",
             "TRACKIN_CHECKPOINT_EVERY_STEPS": "100",
+            **self.extra_env,
         }
 
     def add(self, count: int = 1) -> TrackinServer:

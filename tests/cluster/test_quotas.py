@@ -1,0 +1,102 @@
+"""Tenant quotas and the tenant observation rate in cluster mode: one count in the cluster's Redis, the same
+507 and 429 answers as single-node, whichever replica a request reaches. A small cluster of its own (two
+replicas), since the limits apply to every tenant of the cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.cluster import SPEC, Cluster, bearer, make_key
+from tests.support.nats_server import NatsServer
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.slow
+
+MAX_STREAMS = 3
+SMALL = 739  # state bytes of the linear in_dim 3 streams (models.pool.slot_bytes), as the budget counts them
+LIMITS = {
+    "TRACKIN_TENANT_MAX_STREAMS": str(MAX_STREAMS),
+    "TRACKIN_TENANT_MAX_BYTES": str(MAX_STREAMS * SMALL + 100),
+    "TRACKIN_TENANT_OBSERVATIONS_RATE": "30/minute",
+}
+BIG = {"model": {"family": "linear", "in_dim": 200}}
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    base: Path = tmp_path_factory.mktemp("limited")
+    with NatsServer(base / "nats") as nats, RedisServer(base / "redis") as redis:
+        keys = {
+            "default": make_key(redis.url, "default", "ingest,read,admin"),
+            **{t: make_key(redis.url, t, "ingest,read,admin") for t in ("gamma", "delta", "rate")},
+        }
+        made = Cluster(base, nats, redis, keys, env=LIMITS)
+        try:
+            made.add(2)
+            made.wait_ready()
+            yield made
+        finally:
+            for replica in made.replicas:
+                replica.close()
+
+
+def test_stream_and_byte_quotas_are_counted_for_the_whole_cluster(limited: Cluster) -> None:
+    one, two = (r.url for r in limited.live())
+    gamma = bearer(limited.keys["gamma"])
+    with httpx.Client(timeout=30, headers=gamma) as http:
+        for i in range(MAX_STREAMS):  # through both replicas: owned by different ones
+            assert http.put(f"{(one, two)[i % 2]}/v1/streams/s{i}", json=SPEC).status_code == 201
+        for url in (one, two):
+            refused = http.put(f"{url}/v1/streams/extra", json=SPEC)
+            assert refused.status_code == 507, refused.text
+            error = refused.json()["error"]
+            assert error["code"] == "tenant_quota"
+            assert "TRACKIN_TENANT_MAX_STREAMS" in error["message"]
+            assert http.get(f"{url}/v1/streams/extra").status_code == 404  # nothing logged
+        assert http.put(f"{one}/v1/streams/s0", json=SPEC).status_code == 200  # an existing one: unchanged
+        assert http.delete(f"{two}/v1/streams/s0").status_code == 204  # its room is given back
+        bigger = http.put(f"{two}/v1/streams/big", json=BIG)
+        assert bigger.status_code == 507, bigger.text
+        assert "TRACKIN_TENANT_MAX_BYTES" in bigger.json()["error"]["message"]
+        assert http.put(f"{one}/v1/streams/extra", json=SPEC).status_code == 201
+    # The default tenant has no quota.
+    with httpx.Client(timeout=30, headers=limited.headers) as http:
+        for i in range(MAX_STREAMS + 1):
+            assert http.put(f"{two}/v1/streams/free{i}", json=SPEC).status_code == 201
+
+
+def test_concurrent_creations_through_every_replica_pass_the_quota_only_up_to_it(limited: Cluster) -> None:
+    urls = [r.url for r in limited.live()]
+    delta = bearer(limited.keys["delta"])
+
+    def create(i: int) -> int:
+        url = f"{urls[i % len(urls)]}/v1/streams/c{i}"
+        return httpx.put(url, json=SPEC, headers=delta, timeout=30).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = sorted(pool.map(create, range(8)))
+    assert statuses == [201] * MAX_STREAMS + [507] * (8 - MAX_STREAMS), statuses
+
+
+def test_the_tenant_observation_rate_is_shared_by_every_replica(limited: Cluster) -> None:
+    one, two = (r.url for r in limited.live())
+    key = bearer(limited.keys["rate"])
+    batch = [{"x": [0.1, 0.2, 0.3], "y": 1.0}] * 10
+    with httpx.Client(timeout=30, headers=key) as http:
+        assert http.put(f"{one}/v1/streams/r", json=SPEC).status_code == 201
+        for url in (one, two, one):  # 30 observations, the minute's rate, through both replicas
+            ok = http.post(f"{url}/v1/streams/r/observations", json=batch)
+            assert ok.status_code == 200, ok.text
+        for url in (two, one):
+            refused = http.post(f"{url}/v1/streams/r/observations", json=batch)
+            assert refused.status_code == 429, refused.text
+            assert int(refused.headers["Retry-After"]) >= 1
+            assert refused.json()["error"]["code"] == "rate_limited"
+        many = http.post(f"{two}/v1/observations", json={"observations": [{"stream": "r", **batch[0]}]})
+        assert many.status_code == 429, many.text
+        assert http.get(f"{two}/v1/streams/r").json()["figures"]["steps"] == 30  # nothing refused applied
