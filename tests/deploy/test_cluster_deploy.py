@@ -54,7 +54,7 @@ def test_cluster_alerts_pass_their_promtool_tests() -> None:
 def test_cluster_alert_series_are_exported_by_a_replica() -> None:
     from trackin.service.cluster.metrics import ClusterCollector, ClusterFigures
 
-    exported = set()
+    exported: set[str] = set()
     for family in ClusterCollector(ClusterFigures(*(lambda: 0 for _ in range(7)))).collect():
         exported.update(sample.name for sample in family.samples)
     rules = (ROOT / "deploy/prometheus/alerts-cluster.yml").read_text()

@@ -6,63 +6,23 @@ histograms that `histogram_quantile` can read, and rules that evaluate without e
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
 import random
-import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from tests.deploy.promql import ALERTS, all_expressions
 from tests.support.ports import free_port
+from tests.support.prometheus import executable, process, query, wait_for
+from tests.support.prometheus import prometheus as start_prometheus
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 STREAMS = ("e2e-a", "e2e-b")  # both opt in to per-stream series
 VARIABLES = {"instance": ".*", "stream": STREAMS[0], "__rate_interval": "30s", "__interval": "30s"}
-
-
-def executable(name: str) -> str:
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} not found: run scripts/bootstrap and scripts/system-deps")
-    return found
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if check():
-                return
-        time.sleep(0.2)
-    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{tail}")
-
-
-@contextlib.contextmanager
-def process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
-        try:
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -84,41 +44,10 @@ def trackin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def prometheus(trackin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("prometheus")
-    shutil.copy(ALERTS, tmp / "alerts.yml")  # loaded for real, to check every rule evaluates cleanly
     target = trackin.removeprefix("http://")
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": ["alerts.yml"],
-        "scrape_configs": [{"job_name": "trackin", "static_configs": [{"targets": [target]}]}],
-    }
-    (tmp / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-    port = free_port()
-    log = tmp / "prometheus.log"
-    args = [
-        executable("prometheus"),
-        f"--config.file={tmp / 'prometheus.yml'}",
-        f"--storage.tsdb.path={tmp / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--log.level=warn",
-    ]
-    with process(args, log) as proc:
-        url = f"http://127.0.0.1:{port}"
-
-        def ready() -> bool:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
-
-        wait_for("prometheus /-/ready", ready, 30, log)
+    scrape = [{"job_name": "trackin", "static_configs": [{"targets": [target]}]}]
+    with start_prometheus(tmp_path_factory.mktemp("prometheus"), scrape, [ALERTS]) as url:
         yield url
-
-
-def query(prometheus: str, expr: str) -> list[Any]:
-    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
-    body = response.json()
-    assert body["status"] == "success", f"{expr}: {body.get('error')}"
-    result: list[Any] = body["data"]["result"]
-    return result
 
 
 def drive_traffic(trackin: str, seconds: float) -> None:

@@ -74,6 +74,14 @@ def exposed_names() -> set[str]:
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
 
 
+def cluster_names() -> set[str]:
+    """What a cluster replica exports besides: the cluster collector's samples."""
+    from trackin.service.cluster.metrics import ClusterCollector, ClusterFigures
+
+    figures = ClusterFigures(*(lambda: 0 for _ in range(7)))
+    return {sample.name for family in ClusterCollector(figures).collect() for sample in family.samples}
+
+
 # --- real tools ---------------------------------------------------------------------------------------
 
 
@@ -151,10 +159,11 @@ def test_dashboards_are_the_two_expected() -> None:
     assert variables["stream"]["query"]["query"] == "label_values(trackin_stream_loss_ewma, stream)"
 
 
-def test_every_promql_metric_exists_in_metrics() -> None:
-    exposed = exposed_names() | PROMETHEUS_BUILTIN
-    expressions = all_expressions(VARIABLES)
-    assert len(expressions) > 40
+@pytest.mark.parametrize("cluster", [False, True], ids=["single-node", "cluster"])
+def test_every_promql_metric_exists_in_metrics(cluster: bool) -> None:
+    exposed = exposed_names() | PROMETHEUS_BUILTIN | (cluster_names() if cluster else set())
+    expressions = all_expressions(VARIABLES, cluster=cluster)
+    assert len(expressions) > (8 if cluster else 40)
     read = {name for e in expressions for name in metric_names(e.expr)}
     assert read, "no trackin_ metric found in any expression"
     missing = {e.where: metric_names(e.expr) - exposed for e in expressions}
@@ -162,7 +171,7 @@ def test_every_promql_metric_exists_in_metrics() -> None:
 
 
 def test_substitution_leaves_no_variable() -> None:
-    for expression in all_expressions(VARIABLES):
+    for expression in all_expressions(VARIABLES) + all_expressions(VARIABLES, cluster=True):
         assert "$" not in expression.expr, expression.where
         assert "[[" not in expression.expr, expression.where
 
