@@ -114,3 +114,6 @@ class Settings(BaseSettings):
     """The URL other replicas and owner-aware clients reach this one at (default: from host and port)."""
     cluster_forward_timeout_seconds: float = Field(default=10.0, gt=0)
     """How long a replica waits for the owner's answer to a logged write before answering 202."""
+    cluster_log_retention_seconds: float = Field(default=60.0, ge=0)
+    """Each partition's log is trimmed behind its checkpoints, but keeps the messages of this many last
+    seconds (at least the forward timeout plus 3 s: a front may look a stored write up that long)."""

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException
 from trackin.models.engine import Engine, resolve_device
 from trackin.models.fused_warmup import warm_up
 from trackin.service.cluster.book import LeaseBook
-from trackin.service.cluster.front import Front
+from trackin.service.cluster.front import PUBLISH_SECONDS, Front
 from trackin.service.cluster.jetstream import NATS_ERRORS, Link, connect
 from trackin.service.cluster.leases import Leases
 from trackin.service.cluster.messages import Replies
@@ -141,10 +141,14 @@ async def build_cluster(settings: Settings, limiter: Limiter | None = None) -> t
     registry = Registry(scheduler, labels, catalog, persistence, max_stream_bytes=settings.max_stream_bytes)
     link = await _connect(settings, names)
     replies = Replies()
+    # A front looks a write it resent up in the log for up to the forward timeout: keep it that long.
+    floor = settings.cluster_forward_timeout_seconds + PUBLISH_SECONDS + 1
+    retention = max(settings.cluster_log_retention_seconds, floor)
     parts = OwnerParts(
         link, names, book, replica, partitions, replies, applying, registry, scheduler, catalog, ledger,
         checkpointer, restorer, store, health, settings.max_request_observations,
         settings.checkpoint_every_steps, settings.checkpoint_interval_seconds, quotas=quotas,
+        retention_seconds=retention,
     )  # fmt: skip
     owner = Owner(parts)
     url = settings.cluster_advertise_url or f"http://{settings.host}:{settings.port}"

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,6 +109,8 @@ class OwnerParts:
     checkpoint_every_steps: int
     checkpoint_interval_seconds: float
     tally: Tally = field(default_factory=Tally)
+    retention_seconds: float = 0.0
+    """The log keeps the messages applied in this many last seconds, covered or not."""
     quotas: SharedQuotas | None = None
     """Tenant quotas: the restored streams count as held in the cluster's shared count."""
 
@@ -136,6 +139,8 @@ class PartitionWorker:
         self._stopping = False
         self.trimmed = 0
         """The log of the partition is trimmed up to this sequence (by this worker)."""
+        self._marks: deque[tuple[float, int]] = deque()
+        """(when, the sequence applied by then), one per trim attempt: what is older than the retention."""
         self.failed = False
         """The worker stopped on an unexpected error: the lease is given up so the partition is restored."""
 
@@ -279,12 +284,21 @@ class PartitionWorker:
                 if self.live:
                     await self._trim()
 
+    def _retained(self) -> int:
+        """The highest sequence applied at least ``retention_seconds`` ago (0: none yet)."""
+        now, marks = time.monotonic(), self._marks
+        marks.append((now, self.applied_seq))
+        cutoff = now - self._parts.retention_seconds
+        while len(marks) > 1 and marks[1][0] <= cutoff:
+            marks.popleft()
+        return marks[0][1] if marks[0][0] <= cutoff else 0
+
     async def _trim(self) -> None:
         """Purge the partition's messages every stream's checkpoint covers (one JetStream call)."""
         parts, p = self._parts, self.partition
         ledger = parts.ledger
         low = watermark(
-            self.applied_seq, self.streams(), parts.store.covered, lambda s: int(ledger.position(s) or 0)
+            self._retained(), self.streams(), parts.store.covered, lambda s: int(ledger.position(s) or 0)
         )
         if low is None or low <= self.trimmed or not parts.book.valid(p):
             return

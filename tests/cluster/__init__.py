@@ -86,6 +86,7 @@ class Cluster:
             "TRACKIN_KERNELS": "torch",
             "TRACKIN_CHECKPOINT_INTERVAL_SECONDS": "1",
             "TRACKIN_CHECKPOINT_EVERY_STEPS": "100",
+            "TRACKIN_CLUSTER_LOG_RETENTION_SECONDS": "0",  # the floor: the forward timeout + 3 s
             **self.extra_env,
         }
 

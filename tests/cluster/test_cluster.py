@@ -7,6 +7,7 @@ import asyncio
 import re
 import signal
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -108,7 +109,13 @@ async def test_replica_paused_past_its_lease_applies_and_answers_nothing_it_lost
     others = [r.url for r in cluster.live() if r is not victim]
     nc = await nats.connect(cluster.nats.url)
     newest: dict[int, int] = {}  # partition -> newest fencing token seen answering
-    late: list[tuple[str, int, int]] = []  # (owner, partition, log sequence) of answers with an old token
+    late: list[asyncio.Task[tuple[str, int, int, Any]]] = []
+    """(owner, partition, log sequence, stored time) of answers with an old token, looked up at once: the
+    log keeps a message only the retention (13 s here) once checkpoints cover it."""
+    js = nc.jetstream()
+
+    async def stored(owner: str, p: int, seq: int) -> tuple[str, int, int, Any]:
+        return owner, p, seq, (await js.get_msg("trackin-log", seq=seq)).time
 
     async def watch(msg: Msg) -> None:
         """Once an owner with a newer token answered for a partition, an answer with an older token is
@@ -116,7 +123,7 @@ async def test_replica_paused_past_its_lease_applies_and_answers_nothing_it_lost
         headers = msg.headers or {}
         p, token = partition(headers["Trackin-Stream"]), int(headers["Trackin-Token"])
         if token < newest.get(p, 0):
-            late.append((headers["Trackin-Owner"], p, int(headers["Trackin-Seq"])))
+            late.append(asyncio.create_task(stored(headers["Trackin-Owner"], p, int(headers["Trackin-Seq"]))))
         newest[p] = max(newest.get(p, 0), token)
 
     sub = await nc.subscribe("trackin.reply.*", cb=watch)
@@ -140,9 +147,8 @@ async def test_replica_paused_past_its_lease_applies_and_answers_nothing_it_lost
         cluster.wait_ready(condition=lambda: bool(cluster.owned_by(victim)))
         # Split brain: an old-token answer to a write JetStream stored after the pause, i.e. one the paused
         # replica applied after waking up, when its lease had lapsed.
-        js = nc.jetstream()
-        stored = [(o, p, q, (await js.get_msg("trackin-log", seq=q)).time) for o, p, q in late]
-        split = [(o, p, q, t) for o, p, q, t in stored if t is not None and t.timestamp() > paused + 0.05]
+        found = await asyncio.gather(*late)
+        split = [(o, p, q, t) for o, p, q, t in found if t is not None and t.timestamp() > paused + 0.05]
     finally:
         await sub.unsubscribe()
         await nc.close()
