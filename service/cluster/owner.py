@@ -373,8 +373,7 @@ class PartitionWorker:
 
     async def _observe(self, stream: str, raw: bytes, seq: int, reply: _Reply, namespace: Namespace) -> None:
         parts = self._parts
-        if stream in parts.catalog:
-            parts.ledger.logged(stream, str(seq))
+        before: dict[str, str] = {}
         try:
             if raw.lstrip()[:1] == b"[":
                 items: list[ObservationIn] = decode_json(raw, list[ObservationIn], prefix="observations")
@@ -388,11 +387,10 @@ class PartitionWorker:
             if not items:
                 raise InvalidInput("no observations", field="observations")
             namespace.items(items, "observations")
-            for named in {item.stream for item in items if item.stream is not None}:
-                if named in parts.catalog:  # a body may name its streams: their state moves at seq too
-                    parts.ledger.logged(named, str(seq))
+            before = self._touch({stream, *(item.stream for item in items)}, seq)  # a body may name streams
             batch, applied = await parts.registry.enqueue(items, default_stream=stream, prefix="observations")
         except ServiceError as exc:
+            self._untouch(before)
             exc.stream = exc.stream or stream
             await reply.send(_error(exc))
             return
@@ -403,6 +401,7 @@ class PartitionWorker:
         """This partition's part of a multi-stream request (internal ids, checked here before any part was
         logged): the items whose stream's checkpoint does not cover ``seq`` yet, answered in row form."""
         parts, ledger = self._parts, self._parts.ledger
+        before: dict[str, str] = {}
         try:
             items: list[ObservationIn] = decode_json(raw, list[ObservationIn], prefix="observations")
 
@@ -414,18 +413,35 @@ class PartitionWorker:
                 )
 
             items = [item for item in items if not covered(item.stream)]
-            for stream in {item.stream for item in items}:
-                if stream is not None and stream in parts.catalog:
-                    ledger.logged(stream, str(seq))
+            before = self._touch({item.stream for item in items}, seq)
             if not items:  # a replay the checkpoints cover: nobody waits for it any more
                 await reply.send(Answer(200, b'{"results":[]}'))
                 return
             batch, applied = await parts.registry.enqueue(items, default_stream=None, prefix="observations")
         except ServiceError as exc:
+            self._untouch(before)
             await reply.send(_error(exc))
             return
         self._since_checkpoint += len(items)
         self._answer_when(batch, applied, reply, many=True)
+
+    def _touch(self, streams: set[str | None], seq: int) -> dict[str, str]:
+        """Move the resident ``streams``' ledger positions to ``seq`` (before queueing, so a checkpoint
+        export records it with the state); their positions before, to put back if nothing was queued."""
+        parts = self._parts
+        before = {}
+        for stream in streams:
+            if stream is not None and stream in parts.catalog:
+                before[stream] = parts.ledger.position(stream)
+                parts.ledger.logged(stream, str(seq))
+        return before
+
+    def _untouch(self, before: dict[str, str]) -> None:
+        """A refused message changed no state: its streams stay covered by their checkpoints, so they do not
+        hold the log's trimming back (a refusal is given again alike on a replay from the checkpoint)."""
+        for stream, position in before.items():
+            if stream in self._parts.catalog:
+                self._parts.ledger.logged(stream, position)
 
     def _answer_when(
         self, batch: IngestBatch, applied: asyncio.Future[Outcomes], reply: _Reply, *, many: bool

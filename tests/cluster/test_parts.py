@@ -1,4 +1,5 @@
-"""The cluster's pure parts: the partition hash, the lease book's deadlines, the lease-fenced store."""
+"""The cluster's pure parts: the partition hash, the lease book's deadlines, the lease-fenced store, the
+log's trimming watermark."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tests.support.redis_server import RedisServer
 from trackin.service.cluster.book import VALID_FRACTION, LeaseBook
 from trackin.service.cluster.partitions import Names, partition_of, preference
 from trackin.service.cluster.store import LeaseFencedStore
+from trackin.service.cluster.trim import watermark
 from trackin.service.security.namespace import Namespace
 from trackin.service.store import Checkpoint, StoreUnavailable
 from trackin.service.store.redis_backend import RedisStore
@@ -121,5 +123,24 @@ async def test_fenced_store_writes_with_the_partition_token_and_refuses_without_
             stored = await inner.read_checkpoint(stream)
             assert stored is not None
             assert (stored.epoch, stored.step) == (35, 2)
+            # What the stored checkpoint covers (its log position), as written: the refused write is not it.
+            assert store.covered == {stream: 2}
+            store.covered.clear()
+            assert await store.read_checkpoints([stream, "s-none"])
+            assert store.covered == {stream: 2}  # as read back
+            book.took(p, revision=36, sent=time.monotonic())
+            assert await store.delete_stream(stream, 0)
+            assert store.covered == {}
         finally:
             await store.shutdown()
+
+
+def test_the_trimming_watermark_is_what_every_stream_checkpoint_covers() -> None:
+    last = {"a": 40, "b": 12, "idle": 5}
+    covered = {"a": 30, "b": 12, "idle": 5}
+    # "a" was observed after its checkpoint (40 > 30): the log up to 30 is covered; "b" and "idle" were
+    # not touched since theirs, so they are covered up to everything applied.
+    assert watermark(50, last, covered, last.__getitem__) == 30
+    assert watermark(50, ["b", "idle"], covered, last.__getitem__) == 50  # idle streams hold nothing back
+    assert watermark(50, [], covered, last.__getitem__) == 50  # no stream: every applied message is done
+    assert watermark(50, ["a", "new"], covered, lambda s: last.get(s, 60)) is None  # no checkpoint known
