@@ -9,7 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
+from websockets.asyncio.client import connect
 
 from tests.cluster import SPEC, Cluster, bearer, make_key
 from tests.support.nats_server import NatsServer
@@ -83,7 +85,7 @@ def test_concurrent_creations_through_every_replica_pass_the_quota_only_up_to_it
     assert statuses == [201] * MAX_STREAMS + [507] * (8 - MAX_STREAMS), statuses
 
 
-def test_the_tenant_observation_rate_is_shared_by_every_replica(limited: Cluster) -> None:
+async def test_the_tenant_observation_rate_is_shared_by_every_replica(limited: Cluster) -> None:
     one, two = (r.url for r in limited.live())
     key = bearer(limited.keys["rate"])
     batch = [{"x": [0.1, 0.2, 0.3], "y": 1.0}] * 10
@@ -99,4 +101,9 @@ def test_the_tenant_observation_rate_is_shared_by_every_replica(limited: Cluster
             assert refused.json()["error"]["code"] == "rate_limited"
         many = http.post(f"{two}/v1/observations", json={"observations": [{"stream": "r", **batch[0]}]})
         assert many.status_code == 429, many.text
+        async with connect(limited.live()[0].ws_url, additional_headers=key, open_timeout=10) as ws:
+            await ws.send(orjson.dumps({"seq": 1, "observations": [{"stream": "r", **batch[0]}]}).decode())
+            frame = orjson.loads(await ws.recv())
+            assert frame["seq"] == 1
+            assert frame["error"]["code"] == "rate_limited", frame
         assert http.get(f"{two}/v1/streams/r").json()["figures"]["steps"] == 30  # nothing refused applied
