@@ -87,6 +87,11 @@ class Front:
         headers = msg.headers or {}
         self._replies.deliver(headers.get(MSG_ID, ""), Answer.from_nats(headers, msg.data))
 
+    @property
+    def limits_observations(self) -> bool:
+        """Whether `admit` counts anything (else a caller need not count a body's observations)."""
+        return self._limiter is not None and self._limiter.active
+
     async def admit(self, namespace: Namespace, count: int) -> None:
         """The tenant's observation rate (``TRACKIN_TENANT_OBSERVATIONS_RATE``), counted in the cluster's
         Redis: 429 with Retry-After before anything is logged, as single-node."""

@@ -98,7 +98,8 @@ async def observe(stream_id: str, request: Request, state: State) -> Response:
     ns = _namespace(request)
     internal = ns.inside(stream_id)
     raw = await read_body(request, state.settings.max_body_bytes)
-    await state.front.admit(ns, _count(raw))
+    if state.front.limits_observations:  # the body is parsed only then (its owner parses it anyway)
+        await state.front.admit(ns, _count(raw))
     return _response(await state.front.write("observe", internal, raw, ns), ns)
 
 
