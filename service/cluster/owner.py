@@ -19,8 +19,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import nats.errors
 import nats.js.errors
+import numpy as np
 import orjson
 import pydantic
 from nats.aio.msg import Msg
@@ -30,6 +32,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from trackin.models.engine import Engine, Outcomes
 from trackin.models.specs import StreamSpec
 from trackin.service.cluster.book import LeaseBook
+from trackin.service.cluster.columns import part_columns, shape_body
 from trackin.service.cluster.jetstream import NATS_ERRORS, Link
 from trackin.service.cluster.messages import (
     EXPIRES,
@@ -48,6 +51,7 @@ from trackin.service.cluster.messages import (
 from trackin.service.cluster.partitions import Names, partition_of
 from trackin.service.cluster.persistence import Applying
 from trackin.service.domain.catalog import Catalog
+from trackin.service.domain.columns import Columns
 from trackin.service.domain.ingest import IngestBatch
 from trackin.service.domain.registry import Registry
 from trackin.service.domain.scheduler import Scheduler
@@ -55,7 +59,13 @@ from trackin.service.durability import Checkpointer, Ledger, Restorer, StoreHeal
 from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError, Unavailable, error_body
 from trackin.service.security.namespace import Namespace
 from trackin.service.store import Store
-from trackin.service.transport.results import results_json, shape_prediction
+from trackin.service.transport.results import (
+    columns_msgpack,
+    is_series,
+    results_json,
+    shape_prediction,
+    shape_width,
+)
 from trackin.service.transport.wire import ObservationIn, PredictIn, decode_json
 
 __all__ = ["Owner", "OwnerParts", "PartitionWorker"]
@@ -269,6 +279,8 @@ class PartitionWorker:
             await self._observe(stream, msg.data, seq, reply, namespace)
         elif op == "observe_many":
             await self._observe_many(msg.data, seq, reply)
+        elif op == "observe_columns":
+            await self._observe_columns(msg.data, seq, reply)
         elif op in ("put", "delete"):
             parts.applying.seq[stream] = seq
             try:
@@ -334,16 +346,59 @@ class PartitionWorker:
         self._since_checkpoint += len(items)
         self._answer_when(batch, applied, reply, many=True)
 
+    async def _observe_columns(self, raw: bytes, seq: int, reply: _Reply) -> None:
+        """This partition's rows of a columnar body (checked here before any part was logged): the rows
+        whose stream's checkpoint does not cover ``seq`` yet, answered with raw columns."""
+        parts, ledger = self._parts, self._parts.ledger
+        try:
+            columns = part_columns(raw)
+            covered = [s in parts.catalog and seq <= int(ledger.position(s) or 0) for s in columns.streams]
+            if any(covered):  # a replay the checkpoints cover in part: keep the other rows
+                keep = np.flatnonzero(~np.asarray(covered))
+                columns = Columns(
+                    [columns.streams[i] for i in keep],
+                    *(
+                        None if a is None else a[keep]
+                        for a in (columns.x, columns.y, columns.value, columns.ts)
+                    ),
+                )
+            for stream in set(columns.streams):
+                if stream in parts.catalog:
+                    ledger.logged(stream, str(seq))
+            if not columns.streams:  # nobody waits for it any more
+                await reply.send(Answer(200, msgspec.msgpack.encode({"dtype": "f8", "step": b""})))
+                return
+            batch, applied = await parts.registry.enqueue_columns(columns)
+        except ServiceError as exc:
+            await reply.send(_error(exc))
+            return
+        self._since_checkpoint += len(columns.streams)
+        spec = batch.specs[columns.streams[0]]
+
+        def render(outcomes: Outcomes) -> bytes:
+            return columns_msgpack(outcomes, shape_width(spec), is_series(spec), None)
+
+        self._answer_when(batch, applied, reply, many=True, render=render)
+
     def _answer_when(
-        self, batch: IngestBatch, applied: asyncio.Future[Outcomes], reply: _Reply, *, many: bool
+        self,
+        batch: IngestBatch,
+        applied: asyncio.Future[Outcomes],
+        reply: _Reply,
+        *,
+        many: bool,
+        render: Callable[[Outcomes], bytes] | None = None,
     ) -> None:
-        """Answer once the batch is applied, without holding up the next message (the scheduler batches)."""
+        """Answer once the batch is applied, without holding up the next message (the scheduler batches);
+        ``render``: the answer's body (default: the row form)."""
+
+        def rows(outcomes: Outcomes) -> bytes:
+            return orjson.dumps({"results": results_json(batch.stream_ids, batch.specs, outcomes, many=many)})
 
         async def answer() -> None:
             try:
                 outcomes: Outcomes = await applied
-                body = {"results": results_json(batch.stream_ids, batch.specs, outcomes, many=many)}
-                await reply.send(Answer(200, orjson.dumps(body)))
+                await reply.send(Answer(200, (render or rows)(outcomes)))
             except ServiceError as exc:
                 await reply.send(_error(exc))
             except Exception:
@@ -394,6 +449,10 @@ class PartitionWorker:
                 spec, values = await registry.predict(stream, body.x, body.request_id)
                 out: dict[str, Any] = {"stream": stream, "prediction": shape_prediction(spec, values)}
                 answer = Answer(200, orjson.dumps(out))
+            elif op == "check_columns":  # rows of a columnar body, before any part is logged
+                columns = part_columns(msg.data)
+                specs = await registry.column_specs(columns)
+                answer = Answer(200, shape_body(specs[columns.streams[0]], columns, specs))
             elif op == "check":  # a part of a multi-stream request, before any part is logged
                 part: list[ObservationIn] = decode_json(msg.data, list[ObservationIn], prefix="observations")
                 await registry.check(part, prefix="observations")

@@ -14,12 +14,14 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from trackin.service.cluster.many import observe_many
+from trackin.service.cluster.columns import submit_columns
+from trackin.service.cluster.many import body_items, decode_body, finished, observe_items
 from trackin.service.cluster.messages import Answer
 from trackin.service.cluster.partitions import HASH_NAME
 from trackin.service.cluster.state import ClusterState
 from trackin.service.security.namespace import Namespace, principal_of
 from trackin.service.transport.body import read_body
+from trackin.service.transport.wire import ObservationsBody
 
 __all__ = ["router"]
 
@@ -121,4 +123,10 @@ async def observe_streams(request: Request, state: State) -> Response:
     ns = _namespace(request)
     raw = await read_body(request, state.settings.max_body_bytes)
     limit = state.settings.max_request_observations
-    return _response(await observe_many(state.front, raw, ns, limit), ns)
+    payload = decode_body(raw)
+    if isinstance(payload, ObservationsBody) and payload.streams is not None:
+        answer = await finished(await submit_columns(state.front, payload, ns, limit, encode=None))
+    else:
+        items = body_items(payload) if isinstance(payload, ObservationsBody) else payload
+        answer = await observe_items(state.front, items, ns, limit)
+    return _response(answer, ns)

@@ -374,6 +374,16 @@ class Registry:
             held.until(applied)
         return batch, applied
 
+    async def column_specs(self, columns: Columns) -> dict[str, StreamSpec]:
+        """The specs of a columnar body's streams, as `enqueue_columns` finds them but creating none (a
+        cluster owner's check of its rows, service/cluster/columns.py, then `build_columns`)."""
+        specs: dict[str, StreamSpec] = {}
+        for i, stream in enumerate(columns.streams):
+            if stream not in specs:
+                check_internal_id(stream, field=f"streams[{i}]")
+                specs[stream] = (await self.require(stream, create=False)).spec
+        return specs
+
     async def check(self, items: Sequence[ObservationIn], *, prefix: str) -> None:
         """Refuse what `enqueue` would refuse, queueing and moving nothing: a cluster owner's check of its
         part of a multi-stream request, before any part of it is logged (service/cluster/many.py)."""
