@@ -68,7 +68,7 @@ async def submit_columns(
     refused = refusal(refusals, groups, ROWS)
     if refused is not None:
         return refused
-    logged = await publish(front, groups, "observe_columns", bodies)
+    logged = await publish(front, groups, columns.streams, "observe_columns", bodies)
     return asyncio.create_task(_gathered(n, list(groups.values()), logged, encode or encode_columns_json))
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Sequence
 
 import nats.js.errors
 import orjson
@@ -33,6 +34,7 @@ from trackin.service.cluster.messages import (
     Replies,
 )
 from trackin.service.cluster.partitions import Names, partition_of
+from trackin.service.cluster.templates import TemplateBook
 from trackin.service.errors import Unavailable
 from trackin.service.security.namespace import Namespace
 
@@ -58,6 +60,7 @@ class Front:
         partition_map: PartitionMap,
         replies: Replies,
         forward_timeout: float,
+        templates: TemplateBook,
     ) -> None:
         self._link = link
         self._names = names
@@ -66,6 +69,7 @@ class Front:
         self._map = partition_map
         self._replies = replies
         self._timeout = forward_timeout
+        self._templates = templates
         self._sub: Subscription | None = None
 
     @property
@@ -103,13 +107,20 @@ class Front:
             )
         return partition
 
+    def templates_for(self, streams: Sequence[str], indices: Sequence[int] | None = None) -> dict[str, str]:
+        """The header carrying the templates the streams (those at ``indices``) may be created from."""
+        named = streams if indices is None else [streams[i] for i in indices]
+        return self._templates.header(named)
+
     async def write(
         self, op: str, stream_id: str, body: bytes, namespace: Namespace, *, replace: bool = False
     ) -> Answer:
-        """Log a write (``observe``, ``put``, ``delete``) of an internal id and return the owner's answer;
-        ``namespace`` travels with it so the owner qualifies the ids an observation body names."""
+        """Log a write (``observe``, ``label``, ``put``, ``delete``) of an internal id and return the
+        owner's answer; ``namespace`` travels with it so the owner qualifies the ids an observation body
+        names; an observation carries the template its stream may be created from."""
         partition = await self.partition(stream_id)
-        return await self.log(partition, op, stream_id, body, namespace, replace=replace)
+        headers = self.templates_for([stream_id]) if op == "observe" else None
+        return await self.log(partition, op, stream_id, body, namespace, replace=replace, headers=headers)
 
     async def log(
         self,

@@ -1,8 +1,9 @@
 """The NATS connection and the JetStream resources the cluster needs, created if missing.
 
 Everything is created idempotently by whichever replica starts first: the log stream (file storage,
-deduplication by message id), the lease and replica buckets (their TTL is the lease TTL) and a config
-bucket without TTL that pins the partition count for the life of the cluster.
+deduplication by message id), the lease and replica buckets (their TTL is the lease TTL), a config
+bucket without TTL that pins the partition count for the life of the cluster, the templates bucket and
+the pending labels bucket (TTL: how long a prediction waits for its label).
 """
 
 from __future__ import annotations
@@ -33,18 +34,39 @@ _CONFIG_BUCKET = "config"
 class Link:
     """One replica's NATS connection, JetStream context and buckets."""
 
-    def __init__(self, nc: Client, js: JetStreamContext, leases: KeyValue, replicas: KeyValue) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        leases: KeyValue,
+        replicas: KeyValue,
+        templates: KeyValue,
+        labels: KeyValue,
+    ) -> None:
         self.nc = nc
         self.js = js
         self.leases = leases
         self.replicas = replicas
+        self.templates = templates
+        """Templates by name (no TTL): service/cluster/templates.py."""
+        self.labels = labels
+        """Inputs of predictions waiting for their labels (TTL): service/cluster/labels.py."""
 
     async def close(self) -> None:
         if not self.nc.is_closed:
             await self.nc.drain()
 
 
-async def connect(url: str, names: Names, *, ttl: float, partitions: int, timeout: float = 2.0) -> Link:
+async def connect(
+    url: str,
+    names: Names,
+    *,
+    ttl: float,
+    partitions: int,
+    label_ttl: float = 300.0,
+    label_bytes: int = 64 * 2**20,
+    timeout: float = 2.0,
+) -> Link:
     """Connect (reconnecting forever afterwards) and make sure the stream and the buckets exist.
 
     Raises ``ValueError`` if the cluster was created with another partition count.
@@ -63,10 +85,12 @@ async def connect(url: str, names: Names, *, ttl: float, partitions: int, timeou
         replicas = await _ensure_bucket(js, names.replica_bucket, ttl)
         config = await _ensure_bucket(js, f"{names.prefix}-{_CONFIG_BUCKET}", None)
         await _pin_partitions(config, partitions)
+        templates = await _ensure_bucket(js, f"{names.prefix}-templates", None)
+        labels = await _ensure_bucket(js, f"{names.prefix}-labels", label_ttl, label_bytes)
     except BaseException:
         await nc.close()
         raise
-    return Link(nc, js, leases, replicas)
+    return Link(nc, js, leases, replicas, templates, labels)
 
 
 async def _ensure_stream(js: JetStreamContext, names: Names) -> None:
@@ -85,12 +109,14 @@ async def _ensure_stream(js: JetStreamContext, names: Names) -> None:
             await js.stream_info(names.log_stream)  # another replica created it meanwhile
 
 
-async def _ensure_bucket(js: JetStreamContext, bucket: str, ttl: float | None) -> KeyValue:
+async def _ensure_bucket(
+    js: JetStreamContext, bucket: str, ttl: float | None, max_bytes: int | None = None
+) -> KeyValue:
     try:
         return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
         pass
-    config = KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, ttl=ttl)
+    config = KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, ttl=ttl, max_bytes=max_bytes)
     try:
         return await js.create_key_value(config)
     except nats.js.errors.BadRequestError:

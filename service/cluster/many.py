@@ -36,7 +36,7 @@ from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError, 
 from trackin.service.security.namespace import Namespace
 from trackin.service.transport.wire import ObservationIn, ObservationsBody, decode_json
 
-__all__ = ["Pending", "body_items", "decode_body", "finished", "observe_items", "submit_items"]
+__all__ = ["Pending", "body_items", "decode_observations", "finished", "observe_items", "submit_items"]
 
 _QUALIFIED = Namespace("")
 """The parts' ids are internal already: the owner qualifies nothing."""
@@ -48,7 +48,7 @@ Pending = Answer | Awaitable[Answer]
 Outcome = Answer | BaseException
 
 
-def decode_body(raw: bytes) -> ObservationsBody | list[ObservationIn]:
+def decode_observations(raw: bytes) -> ObservationsBody | list[ObservationIn]:
     """A ``POST /v1/observations`` body: a list of items, or an object (rows or columns)."""
     if raw.lstrip()[:1] == b"[":
         items: list[ObservationIn] = decode_json(raw, list[ObservationIn], prefix="observations")
@@ -76,7 +76,7 @@ async def submit_items(front: Front, items: list[ObservationIn], namespace: Name
     refused = refusal(checks, groups, ROWS)
     if refused is not None:
         return refused
-    logged = await publish(front, groups, "observe_many", bodies)
+    logged = await publish(front, groups, streams, "observe_many", bodies)
     return asyncio.create_task(_gathered(len(items), list(groups.values()), logged))
 
 
@@ -94,7 +94,12 @@ async def check(
     front: Front, groups: dict[int, list[int]], streams: Sequence[str], op: str, bodies: dict[int, bytes]
 ) -> dict[int, Answer]:
     """Every owner's check of its part, at once."""
-    answers = await asyncio.gather(*(front.ask(p, op, streams[groups[p][0]], bodies[p]) for p in groups))
+    answers = await asyncio.gather(
+        *(
+            front.ask(p, op, streams[groups[p][0]], bodies[p], front.templates_for(streams, groups[p]))
+            for p in groups
+        )
+    )
     return dict(zip(groups, answers, strict=True))
 
 
@@ -105,11 +110,16 @@ def refusal(checks: dict[int, Answer], groups: dict[int, list[int]], where: re.P
 
 
 async def publish(
-    front: Front, groups: dict[int, list[int]], op: str, bodies: dict[int, bytes]
+    front: Front, groups: dict[int, list[int]], streams: Sequence[str], op: str, bodies: dict[int, bytes]
 ) -> list[asyncio.Task[Answer] | BaseException]:
-    """Log every part at once; per part, its answer to come or why it was not logged."""
+    """Log every part at once (with the templates its streams may be created from); per part, its answer
+    to come or why it was not logged."""
     return await asyncio.gather(
-        *(front.logged(p, op, "", bodies[p], _QUALIFIED) for p in groups), return_exceptions=True
+        *(
+            front.logged(p, op, "", bodies[p], _QUALIFIED, headers=front.templates_for(streams, groups[p]))
+            for p in groups
+        ),
+        return_exceptions=True,
     )
 
 

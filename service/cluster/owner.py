@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,7 @@ from trackin.service.cluster.messages import (
 )
 from trackin.service.cluster.partitions import Names, partition_of
 from trackin.service.cluster.persistence import Applying
+from trackin.service.cluster.templates import carried
 from trackin.service.domain.catalog import Catalog
 from trackin.service.domain.columns import Columns
 from trackin.service.domain.ingest import IngestBatch
@@ -62,6 +64,7 @@ from trackin.service.store import Store
 from trackin.service.transport.results import (
     columns_msgpack,
     is_series,
+    result_json,
     results_json,
     shape_prediction,
     shape_width,
@@ -276,11 +279,13 @@ class PartitionWorker:
             return
         if op == "observe":
             namespace = Namespace(headers.get(NAMESPACE, ""))
-            await self._observe(stream, msg.data, seq, reply, namespace)
+            await self._observe(stream, msg.data, seq, reply, namespace, headers)
         elif op == "observe_many":
-            await self._observe_many(msg.data, seq, reply)
+            await self._observe_many(msg.data, seq, reply, headers)
         elif op == "observe_columns":
-            await self._observe_columns(msg.data, seq, reply)
+            await self._observe_columns(msg.data, seq, reply, headers)
+        elif op == "label":
+            await self._label(stream, msg.data, seq, reply)
         elif op in ("put", "delete"):
             parts.applying.seq[stream] = seq
             try:
@@ -293,10 +298,31 @@ class PartitionWorker:
         else:
             await reply.send(_error(InvalidInput(f"unknown operation {op!r}", field="op")))
 
-    async def _observe(self, stream: str, raw: bytes, seq: int, reply: _Reply, namespace: Namespace) -> None:
+    async def _create(self, streams: Iterable[str | None], headers: dict[str, str], seq: int) -> None:
+        """Create the streams a message names that do not exist yet from the templates it carries (never
+        from this replica's mirror: a replay must create what the first apply created), checkpointed at
+        the position before the message, whose observations are then applied to them."""
+        templates = carried(headers)
+        if not templates:
+            return
         parts = self._parts
-        if stream in parts.catalog:
-            parts.ledger.logged(stream, str(seq))
+        for stream in dict.fromkeys(streams):
+            template = templates.get(stream or "")
+            if stream is None or template is None or stream in parts.catalog:
+                continue
+            create = functools.partial(
+                parts.registry.put_stream, stream, template.spec, template=template.name
+            )
+            parts.applying.seq[stream] = seq - 1
+            try:
+                await self._until_valid(create)
+            finally:
+                parts.applying.seq.pop(stream, None)
+
+    async def _observe(
+        self, stream: str, raw: bytes, seq: int, reply: _Reply, namespace: Namespace, headers: dict[str, str]
+    ) -> None:
+        parts = self._parts
         try:
             if raw.lstrip()[:1] == b"[":
                 items: list[ObservationIn] = decode_json(raw, list[ObservationIn], prefix="observations")
@@ -310,6 +336,9 @@ class PartitionWorker:
             if not items:
                 raise InvalidInput("no observations", field="observations")
             namespace.items(items, "observations")
+            await self._create([stream, *(item.stream for item in items)], headers, seq)
+            if stream in parts.catalog:
+                parts.ledger.logged(stream, str(seq))
             batch, applied = await parts.registry.enqueue(items, default_stream=stream, prefix="observations")
         except ServiceError as exc:
             exc.stream = exc.stream or stream
@@ -318,7 +347,7 @@ class PartitionWorker:
         self._since_checkpoint += len(items)
         self._answer_when(batch, applied, reply, many=False)
 
-    async def _observe_many(self, raw: bytes, seq: int, reply: _Reply) -> None:
+    async def _observe_many(self, raw: bytes, seq: int, reply: _Reply, headers: dict[str, str]) -> None:
         """This partition's part of a multi-stream request (internal ids, checked here before any part was
         logged): the items whose stream's checkpoint does not cover ``seq`` yet, answered in row form."""
         parts, ledger = self._parts, self._parts.ledger
@@ -333,6 +362,7 @@ class PartitionWorker:
                 )
 
             items = [item for item in items if not covered(item.stream)]
+            await self._create((item.stream for item in items), headers, seq)
             for stream in {item.stream for item in items}:
                 if stream is not None and stream in parts.catalog:
                     ledger.logged(stream, str(seq))
@@ -346,7 +376,7 @@ class PartitionWorker:
         self._since_checkpoint += len(items)
         self._answer_when(batch, applied, reply, many=True)
 
-    async def _observe_columns(self, raw: bytes, seq: int, reply: _Reply) -> None:
+    async def _observe_columns(self, raw: bytes, seq: int, reply: _Reply, headers: dict[str, str]) -> None:
         """This partition's rows of a columnar body (checked here before any part was logged): the rows
         whose stream's checkpoint does not cover ``seq`` yet, answered with raw columns."""
         parts, ledger = self._parts, self._parts.ledger
@@ -362,6 +392,7 @@ class PartitionWorker:
                         for a in (columns.x, columns.y, columns.value, columns.ts)
                     ),
                 )
+            await self._create(columns.streams, headers, seq)
             for stream in set(columns.streams):
                 if stream in parts.catalog:
                     ledger.logged(stream, str(seq))
@@ -379,6 +410,31 @@ class PartitionWorker:
             return columns_msgpack(outcomes, shape_width(spec), is_series(spec), None)
 
         self._answer_when(batch, applied, reply, many=True, render=render)
+
+    async def _label(self, stream: str, raw: bytes, seq: int, reply: _Reply) -> None:
+        """A late label, logged with the inputs its prediction kept (service/cluster/labels.py): the step
+        single-node's label applies, answered as single-node answers it."""
+        parts = self._parts
+        if stream in parts.catalog:
+            parts.ledger.logged(stream, str(seq))
+        try:
+            body: dict[str, Any] = orjson.loads(raw)
+            request_id = body["request_id"]
+            item = ObservationIn(x=body["x"], y=body["y"])
+            batch, applied = await parts.registry.enqueue([item], default_stream=stream, prefix="label")
+        except ServiceError as exc:
+            exc.stream = exc.stream or stream
+            # The label is checked as an observation (label[0].y); name the field as the client sent it.
+            exc.field = exc.field.removeprefix("label[0].") if exc.field else exc.field
+            await reply.send(_error(exc))
+            return
+        self._since_checkpoint += 1
+        spec = batch.specs[stream]
+
+        def render(outcomes: Outcomes) -> bytes:
+            return orjson.dumps({"request_id": request_id, **result_json(spec, outcomes.items()[0])})
+
+        self._answer_when(batch, applied, reply, many=False, render=render)
 
     def _answer_when(
         self,
@@ -451,11 +507,11 @@ class PartitionWorker:
                 answer = Answer(200, orjson.dumps(out))
             elif op == "check_columns":  # rows of a columnar body, before any part is logged
                 columns = part_columns(msg.data)
-                specs = await registry.column_specs(columns)
+                specs = await registry.column_specs(columns, _known(headers))
                 answer = Answer(200, shape_body(specs[columns.streams[0]], columns, specs))
             elif op == "check":  # a part of a multi-stream request, before any part is logged
                 part: list[ObservationIn] = decode_json(msg.data, list[ObservationIn], prefix="observations")
-                await registry.check(part, prefix="observations")
+                await registry.check(part, prefix="observations", known=_known(headers))
                 answer = Answer(204, b"")
             else:
                 answer = _error(InvalidInput(f"unknown operation {op!r}", field="op"))
@@ -494,6 +550,11 @@ class _Reply:
         headers[SEQ] = str(self._seq)
         with contextlib.suppress(*NATS_ERRORS):
             await parts.link.nc.publish(subject, answer.body, headers=headers)
+
+
+def _known(headers: dict[str, str]) -> dict[str, StreamSpec]:
+    """The specs of the streams a check may find missing, from the templates it carries."""
+    return {stream: template.spec for stream, template in carried(headers).items()}
 
 
 def _error(exc: ServiceError) -> Answer:

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 from trackin.service.cluster.front import Front
 from trackin.service.cluster.jetstream import Link
+from trackin.service.cluster.labels import PendingInputs
 from trackin.service.cluster.leases import Leases
 from trackin.service.cluster.owner import Owner
+from trackin.service.cluster.templates import TemplateBook
 from trackin.service.metrics import Metrics
 from trackin.service.settings import Settings
 
@@ -22,6 +24,8 @@ class ClusterState:
     leases: Leases
     owner: Owner
     front: Front
+    templates: TemplateBook
+    pending: PendingInputs
     warmed: bool = False
 
     def checks(self) -> dict[str, str]:

@@ -1,0 +1,195 @@
+"""Templates in cluster mode: kept in a JetStream key-value bucket, mirrored by every replica, and carried
+by each logged write that may create a stream from one.
+
+A template is a key of the ``templates`` bucket (its internal name, hex-encoded: KV keys take few
+characters). ``PUT`` and ``DELETE`` are compare-and-set on the key's revision, so concurrent changes
+through different replicas are decided in one order, with single-node's outcomes; each replica mirrors the
+bucket with a watch (every change within milliseconds; its own changes before it answers them).
+
+Replaying a partition must apply exactly what its first owner applied, whatever the templates are by
+then: so the front puts the template that matches each stream a write names into the message itself
+(`TEMPLATES`, JSON), and the owner creates a stream it does not have from the template the message
+carries, never from its own mirror. A stream created so is checkpointed at once at the position just
+before the message, so a restore replays the message's observations onto it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import nats.js.errors
+import orjson
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from trackin.models.specs import StreamSpec
+from trackin.service.cluster.jetstream import NATS_ERRORS
+from trackin.service.domain.catalog import Catalog, Template
+from trackin.service.errors import Unavailable, UnknownStream
+
+__all__ = ["TEMPLATES", "TemplateBook", "carried", "template_json"]
+
+log = logging.getLogger("trackin.cluster")
+
+TEMPLATES = "Trackin-Templates"
+"""On a logged write (and its check): ``{"streams": {stream: name}, "templates": {name: template}}``, the
+template the front matched to each stream the write names."""
+_SYNC_SECONDS = 2.0
+
+
+def template_json(template: Template) -> dict[str, Any]:
+    return {
+        "name": template.name,
+        "prefix": template.prefix,
+        "spec": template.spec.model_dump(mode="json"),
+        "idle_seconds": template.idle_seconds,
+    }
+
+
+def _template(raw: dict[str, Any]) -> Template:
+    spec = StreamSpec.model_validate(raw["spec"])
+    return Template(raw["name"], raw["prefix"], spec, float(raw["idle_seconds"]))
+
+
+def carried(headers: dict[str, str]) -> dict[str, Template]:
+    """The templates a message carries, by the stream each one is for."""
+    raw = headers.get(TEMPLATES)
+    if not raw:
+        return {}
+    body = orjson.loads(raw)
+    templates = {name: _template(t) for name, t in body["templates"].items()}
+    return {stream: templates[name] for stream, name in body["streams"].items()}
+
+
+def _key(name: str) -> str:
+    return "t" + name.encode().hex()
+
+
+class TemplateBook:
+    """The cluster's templates: written with compare-and-set, mirrored here by a watch."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+        self._mirror = Catalog()  # its templates only
+        self._revision = 0
+        self._moved = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name="trackin-templates")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                watcher = await self._kv.watchall()
+                async for entry in watcher:
+                    if entry is not None:
+                        self._apply(entry)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS went away: watch again (the mirror replaces what it knew)
+                log.warning("template watch failed (%s); watching again", exc)
+                await asyncio.sleep(0.5)
+
+    def _apply(self, entry: KeyValue.Entry) -> None:
+        if entry.operation in (KV_DEL, KV_PURGE):
+            name = bytes.fromhex(entry.key[1:]).decode()
+            self._mirror.remove_template(name)
+        elif entry.value:
+            self._mirror.put_template(_template(orjson.loads(entry.value)))
+        self._revision = max(self._revision, int(entry.revision or 0))
+        self._moved.set()
+        self._moved = asyncio.Event()
+
+    async def _until(self, revision: int) -> None:
+        """Until the mirror applied ``revision`` (or a couple of seconds passed: the watch is late)."""
+        deadline = asyncio.get_running_loop().time() + _SYNC_SECONDS
+        while self._revision < revision:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._moved.wait(), left)
+
+    # ----- what the routes call ---------------------------------------------------------------------------
+
+    async def put(self, template: Template) -> str:
+        """Create or replace; ``created``, ``unchanged`` or ``replaced``, as single-node answers."""
+        key, value = _key(template.name), orjson.dumps(template_json(template))
+        with _unavailable():
+            while True:
+                try:
+                    entry = await self._kv.get(key)
+                except nats.js.errors.NotFoundError:
+                    entry = None
+                old = _template(orjson.loads(entry.value)) if entry is not None and entry.value else None
+                if old == template:
+                    return "unchanged"
+                try:
+                    if entry is None:
+                        revision = await self._kv.create(key, value)
+                    else:
+                        revision = await self._kv.update(key, value, last=entry.revision)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    continue  # changed through another replica meanwhile: decide again
+                await self._until(revision)
+                return "created" if old is None else "replaced"
+
+    async def delete(self, name: str) -> None:
+        key = _key(name)
+        with _unavailable():
+            try:
+                entry = await self._kv.get(key)
+            except nats.js.errors.NotFoundError:
+                entry = None
+            if entry is None:
+                raise UnknownStream(f"unknown template {name!r}", field="name")
+            try:
+                await self._kv.delete(key, last=entry.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                raise UnknownStream(f"unknown template {name!r}", field="name") from None
+            status = await self._kv.status()
+            await self._until(int(status.stream_info.state.last_seq))
+
+    async def templates(self) -> list[Template]:
+        """Every template, as the bucket holds them now (the mirror caught up with its last change)."""
+        with _unavailable():
+            status = await self._kv.status()
+        await self._until(int(status.stream_info.state.last_seq))
+        return self._mirror.templates()
+
+    def header(self, streams: Iterable[str]) -> dict[str, str]:
+        """The `TEMPLATES` header for a write naming ``streams`` (none if no template matches any)."""
+        if not self._mirror.templates():
+            return {}
+        matched: dict[str, str] = {}
+        used: dict[str, dict[str, Any]] = {}
+        for stream in dict.fromkeys(streams):
+            template = self._mirror.template_for(stream)
+            if template is not None:
+                matched[stream] = template.name
+                used.setdefault(template.name, template_json(template))
+        if not matched:
+            return {}
+        return {TEMPLATES: orjson.dumps({"streams": matched, "templates": used}).decode()}
+
+
+@contextlib.contextmanager
+def _unavailable() -> Any:
+    try:
+        yield
+    except NATS_ERRORS as exc:
+        if isinstance(exc, nats.js.errors.KeyWrongLastSequenceError | nats.js.errors.NotFoundError):
+            raise
+        raise Unavailable(
+            f"templates unavailable ({type(exc).__name__}), nothing changed", retry_after=1
+        ) from None
