@@ -21,6 +21,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 import orjson
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
@@ -37,7 +38,8 @@ log = logging.getLogger("trackin.cluster")
 TEMPLATES = "Trackin-Templates"
 """On a logged write (and its check): ``{"streams": {stream: name}, "templates": {name: template}}``, the
 template the front matched to each stream the write names."""
-_SYNC_SECONDS = 2.0
+_SYNC_SECONDS = 1.0
+_CHECK_SECONDS = 1.0
 
 
 def template_json(template: Template) -> dict[str, Any]:
@@ -91,14 +93,55 @@ class TemplateBook:
         while True:
             try:
                 watcher = await self._kv.watchall()
-                async for entry in watcher:
-                    if entry is not None:
-                        self._apply(entry)
+                try:
+                    await self._follow(watcher)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()  # type: ignore[no-untyped-call]
+                log.warning("template mirror behind the bucket; watching again")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # NATS went away: watch again (the mirror replaces what it knew)
                 log.warning("template watch failed (%s); watching again", exc)
                 await asyncio.sleep(0.5)
+
+    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
+        """Apply the watch's updates; return when the mirror stayed behind the bucket for two quiet
+        checks in a row (a watch whose consumer NATS lost in a restart delivers nothing more)."""
+        behind = False
+        while True:
+            try:
+                entry = await watcher.updates(timeout=_CHECK_SECONDS)  # type: ignore[no-untyped-call]
+            except nats.errors.TimeoutError:
+                entry = None
+                last = await self._last()
+                if last > self._revision and behind:
+                    return
+                behind = last > self._revision
+            if entry is not None:
+                self._apply(entry)
+
+    async def _last(self) -> int:
+        """The bucket's last revision (a change or a deletion)."""
+        status = await self._kv.status()
+        return int(status.stream_info.state.last_seq)
+
+    async def _reload(self) -> None:
+        """Read every template from the bucket (the watch is late): the mirror as the bucket is now."""
+        last = await self._last()
+        try:
+            keys = await self._kv.keys()
+        except nats.js.errors.NoKeysError:
+            keys = []
+        mirror = Catalog()
+        for key in keys:
+            try:
+                entry = await self._kv.get(key)
+            except nats.js.errors.NotFoundError:
+                continue
+            if entry.value:
+                mirror.put_template(_template(orjson.loads(entry.value)))
+        self._mirror, self._revision = mirror, max(self._revision, last)
 
     def _apply(self, entry: KeyValue.Entry) -> None:
         if entry.operation in (KV_DEL, KV_PURGE):
@@ -157,14 +200,16 @@ class TemplateBook:
                 await self._kv.delete(key, last=entry.revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 raise UnknownStream(f"unknown template {name!r}", field="name") from None
-            status = await self._kv.status()
-            await self._until(int(status.stream_info.state.last_seq))
+            await self._until(await self._last())
 
     async def templates(self) -> list[Template]:
-        """Every template, as the bucket holds them now (the mirror caught up with its last change)."""
+        """Every template, as the bucket holds them now (the mirror caught up with its last change, or read
+        again from the bucket if the watch is late)."""
         with _unavailable():
-            status = await self._kv.status()
-        await self._until(int(status.stream_info.state.last_seq))
+            last = await self._last()
+            await self._until(last)
+            if self._revision < last:
+                await self._reload()
         return self._mirror.templates()
 
     def header(self, streams: Iterable[str]) -> dict[str, str]:
