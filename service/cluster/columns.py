@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -43,9 +43,15 @@ Encode = Callable[[dict[str, np.ndarray]], bytes]
 
 
 async def submit_columns(
-    front: Front, body: ObservationsBody, namespace: Namespace, limit: int, encode: Encode | None
+    front: Front,
+    body: ObservationsBody,
+    namespace: Namespace,
+    limit: int,
+    encode: Encode | None,
+    after: Awaitable[Any] | None = None,
 ) -> Pending:
-    """Check and log a columnar body's parts; the refusal, or the merged answer to come."""
+    """Check and log a columnar body's parts; the refusal, or the merged answer to come (``after``: as
+    `many.submit_items`)."""
     columns = columns_of(body)
     assert columns is not None
     n = len(columns.streams)
@@ -68,6 +74,8 @@ async def submit_columns(
     refused = refusal(refusals, groups, ROWS)
     if refused is not None:
         return refused
+    if after is not None:
+        await after
     logged = await publish(front, groups, columns.streams, "observe_columns", bodies)
     return asyncio.create_task(_gathered(n, list(groups.values()), logged, encode or encode_columns_json))
 

@@ -66,8 +66,15 @@ async def finished(pending: Pending) -> Answer:
     return pending if isinstance(pending, Answer) else await pending
 
 
-async def submit_items(front: Front, items: list[ObservationIn], namespace: Namespace, limit: int) -> Pending:
-    """Check and log the items' parts; the answer (a refusal), or the owners' answers to come."""
+async def submit_items(
+    front: Front,
+    items: list[ObservationIn],
+    namespace: Namespace,
+    limit: int,
+    after: Awaitable[Any] | None = None,
+) -> Pending:
+    """Check and log the items' parts; the answer (a refusal), or the owners' answers to come. ``after``:
+    awaited between the check and the logging (the WebSocket's previous message logged)."""
     _check(items, namespace, limit)
     streams = [_stream(items, i) for i in range(len(items))]
     groups = await route(front, streams)
@@ -76,6 +83,8 @@ async def submit_items(front: Front, items: list[ObservationIn], namespace: Name
     refused = refusal(checks, groups, ROWS)
     if refused is not None:
         return refused
+    if after is not None:
+        await after
     logged = await publish(front, groups, streams, "observe_many", bodies)
     return asyncio.create_task(_gathered(len(items), list(groups.values()), logged))
 

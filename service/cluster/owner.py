@@ -336,7 +336,7 @@ class PartitionWorker:
             if not items:
                 raise InvalidInput("no observations", field="observations")
             namespace.items(items, "observations")
-            await self._create([stream, *(item.stream for item in items)], headers, seq)
+            await self._create([stream], headers, seq)  # items may name no other stream
             if stream in parts.catalog:
                 parts.ledger.logged(stream, str(seq))
             batch, applied = await parts.registry.enqueue(items, default_stream=stream, prefix="observations")

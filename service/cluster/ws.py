@@ -5,20 +5,21 @@ the columnar form (``{"seq", "streams", "x", "y"}``, answered with columns, raw 
 bad message gets ``{"seq", "error"}`` and the connection stays open; an oversized frame closes it with
 1009, an unparsable one with 1007 (after the answers to the messages before it), as single-node.
 
-Pipelined as single-node's: a reader checks each message with its streams' owners and logs it per
-partition (`many.submit_items`), then reads the next one while a writer waits for the owners' answers and
-sends them in order. Each message is logged only once the one before it was, so a connection's messages
-are applied in the order sent, whichever partitions they touch; with ``max_ws_in_flight`` answers
-outstanding the reader stops reading, and TCP backpressure slows a fast client. A message is checked
-against its owners' state before the messages still in flight are applied: one those change (a series
-time) is refused by its owner at apply time, answered as a partial failure (docs/scale-out.md).
+Pipelined as single-node's: a reader decodes each message and starts its check by its streams' owners
+and its logging per partition (`many.submit_items`), then reads the next one, while a writer waits for the
+owners' answers and sends them in order. Checks overlap; each message is logged only once the one before
+it was, so a connection's messages are applied in the order sent, whichever partitions they touch; with
+``max_ws_in_flight`` messages outstanding the reader stops reading, and TCP backpressure slows a fast
+client. A message is checked against its owners' state before the messages still in flight are applied:
+one those change (a series time) is refused by its owner at apply time, answered as a partial failure
+(docs/scale-out.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Any, TypeAlias
 
 import msgspec
 import numpy as np
@@ -43,8 +44,9 @@ CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_TOO_BIG = 1009
 
 _Entry = tuple[Any, bool, Pending | dict[str, Any], bool]
-"""(seq, binary, the answer to come or an error body, columnar): one message, in the writer's queue."""
-_Close = tuple[int, str]
+"""(seq, binary, the answer to come or an error body, columnar): one message checked and logged."""
+_Queued: TypeAlias = "asyncio.Task[_Entry] | tuple[int, str] | None"
+"""What the writer takes, in the order read: a message being checked and logged, a close, the end."""
 
 
 class _SeqOnly(msgspec.Struct):
@@ -57,7 +59,7 @@ async def ingest(websocket: WebSocket) -> None:
     # A key offered as the subprotocol trackin.bearer.<key> (service/security/guard.py) is echoed back.
     await websocket.accept(subprotocol=websocket.scope.get("trackin.subprotocol"))
     namespace = principal_of(websocket.scope).namespace
-    queue: asyncio.Queue[_Entry | _Close | None] = asyncio.Queue(maxsize=state.settings.max_ws_in_flight)
+    queue: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=state.settings.max_ws_in_flight)
     writer = asyncio.create_task(_write(websocket, queue, namespace))
     try:
         await _read(websocket, state, queue, namespace)
@@ -70,12 +72,10 @@ async def ingest(websocket: WebSocket) -> None:
 
 
 async def _read(
-    websocket: WebSocket,
-    state: ClusterState,
-    queue: asyncio.Queue[_Entry | _Close | None],
-    namespace: Namespace,
+    websocket: WebSocket, state: ClusterState, queue: asyncio.Queue[_Queued], namespace: Namespace
 ) -> None:
     limit = state.settings.max_ws_message_bytes
+    previous: asyncio.Future[None] | None = None
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
@@ -85,35 +85,52 @@ async def _read(
         if len(data) > limit:
             await queue.put((CLOSE_TOO_BIG, f"message exceeds {limit} bytes"))
             return
-        entry = await _submit(state, data, binary, namespace)
-        if entry is None:
-            await queue.put((CLOSE_INVALID_PAYLOAD, "unparsable frame"))
-            return
-        await queue.put(entry)
+        try:
+            decoded: WsMessage | ServiceError = (
+                decode_msgpack(data, WsMessage) if isinstance(data, bytes) else decode_json(data, WsMessage)
+            )
+        except ServiceError as exc:
+            if isinstance(exc, InvalidInput) and exc.message.startswith("malformed"):
+                await queue.put((CLOSE_INVALID_PAYLOAD, "unparsable frame"))
+                return
+            decoded = exc
+        logged = asyncio.get_running_loop().create_future()
+        submitted = _submit(state, data, binary, decoded, namespace, previous, logged)
+        await queue.put(asyncio.create_task(submitted))
+        previous = logged
 
 
 async def _submit(
-    state: ClusterState, data: bytes | str, binary: bool, namespace: Namespace
-) -> _Entry | None:
-    """Check and log one message; its queue entry, None for an unparsable frame."""
+    state: ClusterState,
+    data: bytes | str,
+    binary: bool,
+    decoded: WsMessage | ServiceError,
+    namespace: Namespace,
+    previous: asyncio.Future[None] | None,
+    logged: asyncio.Future[None],
+) -> _Entry:
+    """Check one message, then log it once the message before it is logged (``previous``), then say so
+    (``logged``): checks overlap, the log's order is the connection's."""
     seq = None
     limit = state.settings.max_request_observations
     try:
-        decoded: WsMessage = (
-            decode_msgpack(data, WsMessage) if isinstance(data, bytes) else decode_json(data, WsMessage)
-        )
+        if isinstance(decoded, ServiceError):
+            raise decoded
         seq = decoded.seq
         if decoded.streams is not None:
             encode = _column_encoder(seq, binary)
-            return seq, binary, await submit_columns(state.front, decoded, namespace, limit, encode), True
+            pending = await submit_columns(state.front, decoded, namespace, limit, encode, after=previous)
+            return seq, binary, pending, True
         items = body_items(decoded)
-        return seq, binary, await submit_items(state.front, items, namespace, limit), False
+        return seq, binary, await submit_items(state.front, items, namespace, limit, after=previous), False
     except ServiceError as exc:
-        if isinstance(exc, InvalidInput) and exc.message.startswith("malformed"):
-            return None
         if seq is None:
             seq = _seq_of(data)
         return seq, binary, namespace.public_error(exc).body(), False
+    finally:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])  # a refused message must not let the next one overtake it
+        logged.set_result(None)
 
 
 def _column_encoder(seq: Any, binary: bool) -> Encode:
@@ -123,22 +140,20 @@ def _column_encoder(seq: Any, binary: bool) -> Encode:
     return encode
 
 
-async def _write(
-    websocket: WebSocket, queue: asyncio.Queue[_Entry | _Close | None], namespace: Namespace
-) -> None:
+async def _write(websocket: WebSocket, queue: asyncio.Queue[_Queued], namespace: Namespace) -> None:
     gone = False  # the client left: keep taking entries (unanswered) so the reader never blocks on us
     while True:
-        entry = await queue.get()
-        if entry is None:
+        queued = await queue.get()
+        if queued is None:
             return
-        if len(entry) == 2:
-            code, reason = entry
+        if isinstance(queued, tuple):
+            code, reason = queued
             if not gone:
                 with contextlib.suppress(WebSocketDisconnect, RuntimeError):
                     await websocket.close(code, reason)
             gone = True
             continue
-        seq, binary, outcome, columnar = entry
+        seq, binary, outcome, columnar = await queued
         if isinstance(outcome, dict):
             frame: bytes = _encode({"seq": seq, **outcome}, binary)
         else:
