@@ -154,7 +154,16 @@ async def build_cluster(settings: Settings) -> tuple[ClusterState, Scheduler]:
         replay_lag=owner.replay_lag,
     )
     metrics.registry.register(ClusterCollector(figures))
-    state = ClusterState(settings, metrics, link, leases, owner, front, templates, PendingInputs(link.labels))
+    state = ClusterState(
+        settings,
+        metrics,
+        link,
+        leases,
+        owner,
+        front,
+        templates,
+        PendingInputs(link.labels, link.js, names.labels_bucket),
+    )
     return state, scheduler
 
 

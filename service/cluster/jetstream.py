@@ -85,8 +85,8 @@ async def connect(
         replicas = await _ensure_bucket(js, names.replica_bucket, ttl)
         config = await _ensure_bucket(js, f"{names.prefix}-{_CONFIG_BUCKET}", None)
         await _pin_partitions(config, partitions)
-        templates = await _ensure_bucket(js, f"{names.prefix}-templates", None)
-        labels = await _ensure_bucket(js, f"{names.prefix}-labels", label_ttl, label_bytes)
+        templates = await _ensure_bucket(js, names.templates_bucket, None)
+        labels = await _ensure_bucket(js, names.labels_bucket, label_ttl, label_bytes)
     except BaseException:
         await nc.close()
         raise

@@ -17,6 +17,7 @@ from typing import Any
 
 import nats.js.errors
 import orjson
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from trackin.service.cluster.jetstream import NATS_ERRORS
@@ -25,15 +26,22 @@ from trackin.service.errors import OverBudget, Unavailable, UnknownRequest
 __all__ = ["PendingInputs"]
 
 
+def _stream_token(stream: str) -> str:
+    return "s" + stream.encode().hex()
+
+
 def _key(stream: str, request_id: str) -> str:
-    return "l" + hashlib.sha256(f"{stream}\0{request_id}".encode()).hexdigest()
+    """``s<stream hex>.r<hash of the request id>``: a stream's entries share a subject prefix."""
+    return f"{_stream_token(stream)}.r{hashlib.sha256(request_id.encode()).hexdigest()[:40]}"
 
 
 class PendingInputs:
     """The inputs of predictions waiting for their labels, shared by every replica."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, js: JetStreamContext, bucket: str) -> None:
         self._kv = kv
+        self._js = js
+        self._bucket = bucket
 
     async def keep(self, stream: str, request_id: str, x: list[float]) -> None:
         value = orjson.dumps({"stream": stream, "request_id": request_id, "x": x})
@@ -65,6 +73,13 @@ class PendingInputs:
             )
         x: list[float] = body["x"]
         return x
+
+    async def drop_stream(self, stream: str) -> None:
+        """A deleted stream's waiting predictions (as single-node drops them): a label for one of them must
+        not step a stream made again under the same id."""
+        subject = f"$KV.{self._bucket}.{_stream_token(stream)}.>"
+        with contextlib.suppress(*NATS_ERRORS):
+            await self._js.purge_stream(f"KV_{self._bucket}", subject=subject)
 
     async def done(self, stream: str, request_id: str) -> None:
         """The label was applied: forget the inputs (best effort; the TTL removes them otherwise)."""

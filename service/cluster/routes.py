@@ -96,7 +96,11 @@ async def put_stream(stream_id: str, request: Request, state: State, replace: bo
 @router.delete("/v1/streams/{stream_id}", tags=["streams"], summary="Remove a stream and its stored state")
 async def delete_stream(stream_id: str, request: Request, state: State) -> Response:
     ns = _namespace(request)
-    return _response(await state.front.write("delete", ns.inside(stream_id), b"", ns), ns)
+    internal = ns.inside(stream_id)
+    answer = await state.front.write("delete", internal, b"", ns)
+    if answer.status == 204:
+        await state.pending.drop_stream(internal)
+    return _response(answer, ns)
 
 
 @router.post("/v1/streams/{stream_id}/observations", tags=["observations"], summary="Observe one stream")

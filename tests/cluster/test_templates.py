@@ -74,6 +74,17 @@ def test_templates_and_labels_through_any_replica_and_a_failover(cluster: Cluste
         again = http.post(f"{urls[-1]}/v1/streams/{streams[0]}/labels", json={"request_id": "r1", "y": 0.5})
         assert again.status_code == 404, again.text  # applied once: its inputs are gone
         assert again.json()["error"]["field"] == "request_id"
+        # A deleted stream's waiting predictions go with it: none steps the stream made again under its id.
+        gone, first = "tpl-gone", {"x": x, "y": 1.0}
+        assert http.post(f"{urls[0]}/v1/streams/{gone}/observations", json=first).status_code == 200
+        assert (
+            http.post(f"{urls[-1]}/v1/streams/{gone}/predict", json={"x": x, "request_id": "r3"}).status_code
+            == 200
+        )
+        assert http.delete(f"{urls[0]}/v1/streams/{gone}").status_code == 204
+        assert http.post(f"{urls[-1]}/v1/streams/{gone}/observations", json=first).status_code == 200
+        stale = http.post(f"{urls[0]}/v1/streams/{gone}/labels", json={"request_id": "r3", "y": 0.0})
+        assert stale.status_code == 404, stale.text
         # A prediction waiting for its label when its stream's owner dies.
         victim = next(r for r in cluster.live() if partition(streams[1]) in cluster.owned_by(r))
         kept = http.post(f"{urls[0]}/v1/streams/{streams[1]}/predict", json={"x": x, "request_id": "r2"})
