@@ -129,18 +129,21 @@ def _one_shape(streams: list[str], groups: dict[int, list[int]], shapes: dict[in
         )
 
 
-def _read_part(raw: bytes, rows: int) -> dict[str, np.ndarray]:
-    """An owner's MessagePack columns (`encode_columns_msgpack`) as arrays."""
+def _read_part(raw: bytes, rows: int) -> dict[str, np.ndarray] | None:
+    """An owner's MessagePack columns (`encode_columns_msgpack`) as arrays; None if they are not the
+    part's ``rows`` (a replay after a failover, some rows in a checkpoint already: applied, not answered)."""
     body = msgspec.msgpack.decode(raw)
-    floats = np.dtype("<f4" if body["dtype"] == "f4" else "<f8")
+    floats = np.dtype("<f4" if body.get("dtype") == "f4" else "<f8")
     out: dict[str, np.ndarray] = {"step": np.frombuffer(body["step"], "<i8")}
+    if out["step"].size != rows:
+        return None
     for name in (*_FLOATS, *_FLAGS):
         if name in body:
             kind = np.dtype(bool) if name in _FLAGS else floats
             array = np.frombuffer(body[name], kind)
             out[name] = array if array.size == rows else array.reshape(rows, -1)
     for name in _POSITIONS:
-        out[name] = np.asarray(body[name], np.int64)
+        out[name] = np.asarray(body.get(name, []), np.int64)
     return out
 
 
@@ -153,7 +156,7 @@ async def _gathered(
 
     def place(indices: list[int], answer: Answer) -> bool:
         part = _read_part(answer.body, len(indices))
-        if part["step"].size != len(indices):
+        if part is None:
             return False
         rows = np.asarray(indices)
         for name, values in part.items():

@@ -123,3 +123,22 @@ async def test_fenced_store_writes_with_the_partition_token_and_refuses_without_
             assert (stored.epoch, stored.step) == (35, 2)
         finally:
             await store.shutdown()
+
+
+def test_a_columnar_part_travels_exactly() -> None:
+    """A part of a columnar body (its rows, in the request's order) reaches its owner bit for bit."""
+    import numpy as np
+
+    from trackin.service.cluster.columns import part_body, part_columns
+    from trackin.service.domain.columns import Columns
+
+    rng = np.random.default_rng(3)
+    whole = Columns(["a", "b", "c", "d"], rng.normal(size=(4, 3)) / 7, rng.normal(size=(4, 1)), None, None)
+    part = part_columns(part_body(whole, [3, 1]))
+    assert part.streams == ["d", "b"]
+    assert part.x is not None
+    assert part.y is not None
+    assert np.array_equal(part.x, whole.x[[3, 1]])  # type: ignore[index]
+    assert np.array_equal(part.y, whole.y[[3, 1]])  # type: ignore[index]
+    assert part.value is None
+    assert part.ts is None
