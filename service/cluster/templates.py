@@ -76,6 +76,7 @@ class TemplateBook:
     def __init__(self, kv: KeyValue) -> None:
         self._kv = kv
         self._mirror = Catalog()  # its templates only
+        self._index: _PrefixIndex | None = None
         self._revision = 0
         self._moved = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -142,6 +143,7 @@ class TemplateBook:
             if entry.value:
                 mirror.put_template(_template(orjson.loads(entry.value)))
         self._mirror, self._revision = mirror, max(self._revision, last)
+        self._index = None
 
     def _apply(self, entry: KeyValue.Entry) -> None:
         if entry.operation in (KV_DEL, KV_PURGE):
@@ -149,6 +151,7 @@ class TemplateBook:
             self._mirror.remove_template(name)
         elif entry.value:
             self._mirror.put_template(_template(orjson.loads(entry.value)))
+        self._index = None
         self._revision = max(self._revision, int(entry.revision or 0))
         self._moved.set()
         self._moved = asyncio.Event()
@@ -214,18 +217,43 @@ class TemplateBook:
 
     def header(self, streams: Iterable[str]) -> dict[str, str]:
         """The `TEMPLATES` header for a write naming ``streams`` (none if no template matches any)."""
-        if not self._mirror.templates():
+        if self._index is None:
+            self._index = _PrefixIndex(self._mirror.templates())
+        index = self._index
+        if not index.lengths:
             return {}
         matched: dict[str, str] = {}
         used: dict[str, dict[str, Any]] = {}
         for stream in dict.fromkeys(streams):
-            template = self._mirror.template_for(stream)
+            template = index.match(stream)
             if template is not None:
                 matched[stream] = template.name
-                used.setdefault(template.name, template_json(template))
+                used.setdefault(template.name, index.as_json[template.name])
         if not matched:
             return {}
         return {TEMPLATES: orjson.dumps({"streams": matched, "templates": used}).decode()}
+
+
+class _PrefixIndex:
+    """`Catalog.template_for` in a few dict lookups per stream (one per distinct prefix length), not one
+    comparison per template: the front matches every stream of every write."""
+
+    def __init__(self, templates: Iterable[Template]) -> None:
+        best: dict[str, Template] = {}
+        for template in templates:  # one prefix, several templates: the greatest name, as single-node
+            held = best.get(template.prefix)
+            if held is None or template.name > held.name:
+                best[template.prefix] = template
+        self.by_prefix = best
+        self.lengths = sorted({len(prefix) for prefix in best}, reverse=True)
+        self.as_json = {t.name: template_json(t) for t in best.values()}
+
+    def match(self, stream: str) -> Template | None:
+        """The template whose prefix is the longest match for ``stream``."""
+        for length in self.lengths:
+            if length <= len(stream) and (template := self.by_prefix.get(stream[:length])) is not None:
+                return template
+        return None
 
 
 @contextlib.contextmanager

@@ -142,3 +142,23 @@ def test_a_columnar_part_travels_exactly() -> None:
     assert np.array_equal(part.y, whole.y[[3, 1]])  # type: ignore[index]
     assert part.value is None
     assert part.ts is None
+
+
+def test_the_fronts_template_index_matches_as_single_node() -> None:
+    """Longest prefix first, the greatest name among templates of one prefix, as `Catalog.template_for`."""
+    import random
+
+    from trackin.models.specs import StreamSpec
+    from trackin.service.cluster.templates import _PrefixIndex
+    from trackin.service.domain.catalog import Catalog, Template
+
+    spec = StreamSpec.model_validate({"model": {"family": "linear", "in_dim": 2}})
+    rng = random.Random(5)
+    prefixes = ["", "a", "ab", "abc", "b:", "b:c", "~t/a", "~t/ab"]
+    catalog = Catalog()
+    for _ in range(30):
+        catalog.put_template(Template(f"t{rng.randrange(99)}", rng.choice(prefixes), spec, 60.0))
+    index = _PrefixIndex(catalog.templates())
+    for _ in range(500):
+        stream = "".join(rng.choice("abc:~t/") for _ in range(rng.randrange(6)))
+        assert index.match(stream) == catalog.template_for(stream), stream
