@@ -12,6 +12,8 @@ to the stream's owner (an owner-aware client, from ``GET /v1/cluster/partitions`
 (the extra hop: the owner's answer comes back through NATS), and the same for reads. And ``--many`` streams
 of several partitions observed at once: one ``POST /v1/observations`` (checked by every owner, then logged
 per partition) beside the same observations as one single-stream request each, sent one after another.
+And one WebSocket connection sending ``--ws-messages`` messages of ``--many`` streams, lock-step (each after
+the previous answer) and pipelined (up to 32 unanswered), in the same run.
 
 Caveat: this machine has 2 cores, shared by every replica, NATS, Redis and the clients, so more replicas
 cannot run faster here; the figures show the cost of the log and the hop, not the scaling. On paper, with a
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 from rich.console import Console
 from rich.table import Table
 
@@ -108,6 +111,36 @@ def _many(urls: list[str], streams: list[str], many: int, n: int) -> dict[str, f
     return {k: 1000 * statistics.median(v) for k, v in out.items()}
 
 
+async def _ws(url: str, streams: list[str], messages: int, per_message: int, window: int) -> dict[str, float]:
+    """Messages answered per second on one WebSocket connection through one replica: lock-step (each sent
+    after the previous answer) and pipelined (up to ``window`` unanswered), the same messages each way."""
+    from websockets.asyncio.client import connect
+
+    load, rng = Load(streams, seed=13), random.Random(13)
+
+    def frame(seq: int) -> str:
+        items = [{"stream": rng.choice(streams), **load.observation()} for _ in range(per_message)]
+        return orjson.dumps({"seq": seq, "observations": items}).decode()
+
+    out: dict[str, float] = {}
+    async with connect(url.replace("http://", "ws://") + "/v1/ws", open_timeout=10) as ws:
+        started = time.perf_counter()
+        for seq in range(messages):
+            await ws.send(frame(seq))
+            assert "results" in orjson.loads(await ws.recv())
+        out["lock-step"] = messages / (time.perf_counter() - started)
+        started = time.perf_counter()
+        sent = answered = 0
+        while answered < messages:
+            while sent < messages and sent - answered < window:
+                await ws.send(frame(sent))
+                sent += 1
+            assert "results" in orjson.loads(await ws.recv())
+            answered += 1
+        out["pipelined"] = messages / (time.perf_counter() - started)
+    return out
+
+
 def _single_node(base: Path, args: argparse.Namespace) -> float:
     with RedisServer(base / "redis-single") as redis:
         env = {"TRACKIN_REDIS_URL": redis.url, "TRACKIN_KERNELS": "torch", "TRACKIN_DURABILITY": "log"}
@@ -143,6 +176,7 @@ def _cluster(
                 mapped = cluster.map()
                 hops = _latencies(mapped["replicas"], mapped["owners"], streams, args.latency_requests)
                 hops |= _many(urls, streams, args.many, args.latency_requests // 4)
+                hops |= asyncio.run(_ws(urls[0], streams, args.ws_messages, args.many, window=32))
             return rate, hops
         finally:
             for replica in cluster.replicas:
@@ -160,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", default="1,2,3", help="replica counts, comma-separated")
     parser.add_argument("--latency-requests", type=int, default=200)
     parser.add_argument("--many", type=int, default=8, help="streams in one multi-stream request")
+    parser.add_argument("--ws-messages", type=int, default=300, help="WebSocket messages, each way")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.replicas.split(",")]
     console = Console()
@@ -195,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         one, each = hops["one request"], hops["one each"]
         both.add_row(f"{one:.2f}", f"{each:.2f}", f"{each / one:.2f}x")
         console.print(both)
+        ws = Table(title=f"one WebSocket connection, {args.many} streams a message (messages/s)")
+        for column in ("lock-step", "pipelined (32 in flight)", "ratio"):
+            ws.add_column(column, justify="right")
+        lock, piped = hops["lock-step"], hops["pipelined"]
+        ws.add_row(f"{lock:,.0f}", f"{piped:,.0f}", f"{piped / lock:.2f}x")
+        console.print(ws)
     console.print(
         "2 shared cores: every replica, NATS, Redis and the clients compete for them (see docstring)."
     )

@@ -30,6 +30,7 @@ from trackin.models.fused_warmup import warm_up
 from trackin.service.cluster.book import LeaseBook
 from trackin.service.cluster.front import PUBLISH_SECONDS, Front
 from trackin.service.cluster.jetstream import NATS_ERRORS, Link, connect
+from trackin.service.cluster.labels import PendingInputs
 from trackin.service.cluster.leases import Leases
 from trackin.service.cluster.messages import Replies
 from trackin.service.cluster.metrics import ClusterCollector, ClusterFigures
@@ -40,6 +41,7 @@ from trackin.service.cluster.quotas import SharedQuotas
 from trackin.service.cluster.routes import router
 from trackin.service.cluster.state import ClusterState
 from trackin.service.cluster.store import LeaseFencedStore
+from trackin.service.cluster.templates import TemplateBook
 from trackin.service.cluster.ws import router as ws_router
 from trackin.service.domain.budget import resolve_budget
 from trackin.service.domain.catalog import Catalog
@@ -89,6 +91,8 @@ async def _connect(settings: Settings, names: Names) -> Link:
                 names,
                 ttl=settings.cluster_lease_ttl_seconds,
                 partitions=settings.cluster_partitions,
+                label_ttl=settings.pending_label_ttl_seconds,
+                label_bytes=settings.max_pending_label_bytes,
             )
         except NATS_ERRORS as exc:
             log.warning("NATS unavailable at start (%s); retrying", exc)
@@ -110,9 +114,8 @@ async def build_cluster(settings: Settings, limiter: Limiter | None = None) -> t
         memory_budget=resolve_budget(settings.memory_budget),
     )
     catalog = Catalog()
-    labels = PendingLabels(
-        settings.pending_label_ttl_seconds, settings.max_pending_labels, settings.max_pending_label_bytes
-    )
+    # Kept in the cluster's labels bucket by the front (service/cluster/labels.py), not in an owner's memory.
+    labels = PendingLabels(settings.pending_label_ttl_seconds, 0, 0)
     book = LeaseBook(settings.cluster_lease_ttl_seconds)
     inner = configured_store(settings.model_copy(update={"store": "redis"}))
     assert inner is not None
@@ -153,8 +156,10 @@ async def build_cluster(settings: Settings, limiter: Limiter | None = None) -> t
     owner = Owner(parts)
     url = settings.cluster_advertise_url or f"http://{settings.host}:{settings.port}"
     leases = Leases(link, book, owner, names, replica, url, partitions)
+    templates = TemplateBook(link.templates)
     front = Front(
         link, names, replica, partitions, leases.map, replies, settings.cluster_forward_timeout_seconds,
+        templates,
         limiter,
     )  # fmt: skip
     figures = ClusterFigures(
@@ -167,7 +172,18 @@ async def build_cluster(settings: Settings, limiter: Limiter | None = None) -> t
         log_trims=lambda: parts.tally.trims,
     )
     metrics.registry.register(ClusterCollector(figures))
-    return ClusterState(settings, metrics, link, leases, owner, front, quotas), scheduler
+    state = ClusterState(
+        settings,
+        metrics,
+        link,
+        leases,
+        owner,
+        front,
+        templates,
+        PendingInputs(link.labels, link.js, names.labels_bucket),
+        quotas,
+    )
+    return state, scheduler
 
 
 def _warm_up(engine: Engine, state: ClusterState) -> None:
@@ -210,6 +226,7 @@ def create_cluster_app(settings: Settings) -> FastAPI:
             target=_warm_up, args=(scheduler.engine, state), name="trackin-warm-up", daemon=True
         ).start()
         scheduler.start()
+        await state.templates.start()
         await state.front.start()
         state.leases.start()
         scrape = None
@@ -225,6 +242,7 @@ def create_cluster_app(settings: Settings) -> FastAPI:
             await state.leases.stop()
             await scheduler.drain()
             await state.front.stop()
+            await state.templates.stop()
             await state.link.close()
             await scheduler.stop()
             await state.owner.close()

@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Sequence
 
+import nats.js.errors
 import orjson
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -32,6 +34,7 @@ from trackin.service.cluster.messages import (
     Replies,
 )
 from trackin.service.cluster.partitions import Names, partition_of
+from trackin.service.cluster.templates import TemplateBook
 from trackin.service.errors import Unavailable
 from trackin.service.security.keys import DEFAULT_TENANT
 from trackin.service.security.limiter import Limiter
@@ -59,6 +62,7 @@ class Front:
         partition_map: PartitionMap,
         replies: Replies,
         forward_timeout: float,
+        templates: TemplateBook,
         limiter: Limiter | None = None,
     ) -> None:
         self._link = link
@@ -69,6 +73,7 @@ class Front:
         self._replies = replies
         self._timeout = forward_timeout
         self._limiter = limiter
+        self._templates = templates
         self._sub: Subscription | None = None
 
     @property
@@ -118,13 +123,20 @@ class Front:
             )
         return partition
 
+    def templates_for(self, streams: Sequence[str], indices: Sequence[int] | None = None) -> dict[str, str]:
+        """The header carrying the templates the streams (those at ``indices``) may be created from."""
+        named = streams if indices is None else [streams[i] for i in indices]
+        return self._templates.header(named)
+
     async def write(
         self, op: str, stream_id: str, body: bytes, namespace: Namespace, *, replace: bool = False
     ) -> Answer:
-        """Log a write (``observe``, ``put``, ``delete``) of an internal id and return the owner's answer;
-        ``namespace`` travels with it so the owner qualifies the ids an observation body names."""
+        """Log a write (``observe``, ``label``, ``put``, ``delete``) of an internal id and return the
+        owner's answer; ``namespace`` travels with it so the owner qualifies the ids an observation body
+        names; an observation carries the template its stream may be created from."""
         partition = await self.partition(stream_id)
-        return await self.log(partition, op, stream_id, body, namespace, replace=replace)
+        headers = self.templates_for([stream_id]) if op == "observe" else None
+        return await self.log(partition, op, stream_id, body, namespace, replace=replace, headers=headers)
 
     async def log(
         self,
@@ -135,29 +147,55 @@ class Front:
         namespace: Namespace,
         *,
         replace: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> Answer:
         """`write` to a known partition (``stream_id``: "" for a multi-stream part)."""
+        answer = await self.logged(
+            partition, op, stream_id, body, namespace, replace=replace, headers=headers
+        )
+        return await answer
+
+    async def logged(
+        self,
+        partition: int,
+        op: str,
+        stream_id: str,
+        body: bytes,
+        namespace: Namespace,
+        *,
+        replace: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> asyncio.Task[Answer]:
+        """`log`, returning once the write is durable (or raising ``Unavailable`` if it is not): the
+        owner's answer comes in the task, so a caller may log its next write meanwhile (the WebSocket's
+        pipelining keeps each partition's order, as its writes are logged one after another)."""
         msg_id = uuid.uuid4().hex
-        headers = {OP: op, STREAM: stream_id, ORIGIN: self._replica, MSG_ID: msg_id}
+        sent = {**(headers or {}), OP: op, STREAM: stream_id, ORIGIN: self._replica, MSG_ID: msg_id}
         if namespace.prefix:
-            headers[NAMESPACE] = namespace.prefix
+            sent[NAMESPACE] = namespace.prefix
         if replace:
-            headers[REPLACE] = "1"
+            sent[REPLACE] = "1"
         if not self._link.nc.is_connected:  # fail fast, nothing sent
             raise Unavailable(
                 "log unavailable (NATS disconnected), nothing applied", stream=stream_id or None
             )
         expires = time.time() + PUBLISH_SECONDS
-        headers[EXPIRES] = f"{expires:.3f}"
+        sent[EXPIRES] = f"{expires:.3f}"
         answer = self._replies.expect(msg_id)
         try:
-            seq = await self._log(partition, body, headers, expires)
+            seq = await self._log(partition, body, sent, expires)
         except BaseException:
             self._replies.forget(msg_id)
             raise
         if seq is None:
             self._replies.forget(msg_id)
             raise Unavailable("log unavailable, nothing applied", stream=stream_id or None)
+        return asyncio.create_task(self._answer(answer, msg_id, partition, seq, stream_id))
+
+    async def _answer(
+        self, answer: asyncio.Future[Answer], msg_id: str, partition: int, seq: int, stream_id: str
+    ) -> Answer:
+        """The owner's answer, or 202 with the log sequence past the forward timeout."""
         try:
             return await asyncio.wait_for(asyncio.shield(answer), self._timeout)
         except TimeoutError:
@@ -176,15 +214,23 @@ class Front:
         """
         js, subject = self._link.js, self._names.log_subject(partition)
         deadline = time.monotonic() + self._timeout
+        first = True
         while True:
             try:
                 ack = await js.publish(subject, body, headers=headers, timeout=PUBLISH_SECONDS)
                 break
+            except nats.js.errors.BadRequestError:
+                if first:  # refused (too big, the stream's limits): not stored, nothing to apply
+                    return None
+                if time.monotonic() > deadline:
+                    return None
+                await asyncio.sleep(0.1)
             except NATS_ERRORS:
                 if time.monotonic() > deadline:
                     # Not known whether the first attempt was stored before NATS went away: the one
                     # case where a 503 may still be applied (docs/scale-out.md, failure cases).
                     return None
+            first = False
             while not self._link.nc.is_connected and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
         if time.time() < expires - _CLOCK_MARGIN:
@@ -201,14 +247,21 @@ class Front:
         """Ask the owner (``describe``, ``predict``); 503 while the partition moves."""
         return await self.ask(await self.partition(stream_id), op, stream_id, body)
 
-    async def ask(self, partition: int, op: str, stream_id: str, body: bytes = b"") -> Answer:
+    async def ask(
+        self,
+        partition: int,
+        op: str,
+        stream_id: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+    ) -> Answer:
         """`read` of a known partition (``check``: a multi-stream part, ``stream_id`` its first stream)."""
         try:
             msg = await self._link.nc.request(
                 self._names.read_subject(partition),
                 body,
                 timeout=_READ_TIMEOUT,
-                headers={OP: op, STREAM: stream_id},
+                headers={**(headers or {}), OP: op, STREAM: stream_id},
             )
         except NATS_ERRORS:  # no responders (nobody owns it right now), timeout, NATS down
             raise Unavailable(

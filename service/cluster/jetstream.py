@@ -2,8 +2,9 @@
 
 Everything is created idempotently by whichever replica starts first: the log stream (file storage,
 deduplication by message id), the dead-letter stream (writes an owner could not apply, kept two weeks),
-the lease and replica buckets (their TTL is the lease TTL) and a config bucket without TTL that pins the
-partition count for the life of the cluster.
+the lease and replica buckets (their TTL is the lease TTL), a config bucket without TTL that pins the
+partition count for the life of the cluster, the templates bucket and the pending labels bucket (TTL: how
+long a prediction waits for its label).
 """
 
 from __future__ import annotations
@@ -36,18 +37,39 @@ DEAD_LETTER_MAX_AGE = 14 * 24 * 3600.0
 class Link:
     """One replica's NATS connection, JetStream context and buckets."""
 
-    def __init__(self, nc: Client, js: JetStreamContext, leases: KeyValue, replicas: KeyValue) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        leases: KeyValue,
+        replicas: KeyValue,
+        templates: KeyValue,
+        labels: KeyValue,
+    ) -> None:
         self.nc = nc
         self.js = js
         self.leases = leases
         self.replicas = replicas
+        self.templates = templates
+        """Templates by name (no TTL): service/cluster/templates.py."""
+        self.labels = labels
+        """Inputs of predictions waiting for their labels (TTL): service/cluster/labels.py."""
 
     async def close(self) -> None:
         if not self.nc.is_closed:
             await self.nc.drain()
 
 
-async def connect(url: str, names: Names, *, ttl: float, partitions: int, timeout: float = 2.0) -> Link:
+async def connect(
+    url: str,
+    names: Names,
+    *,
+    ttl: float,
+    partitions: int,
+    label_ttl: float = 300.0,
+    label_bytes: int = 64 * 2**20,
+    timeout: float = 2.0,
+) -> Link:
     """Connect (reconnecting forever afterwards) and make sure the stream and the buckets exist.
 
     Raises ``ValueError`` if the cluster was created with another partition count.
@@ -67,10 +89,12 @@ async def connect(url: str, names: Names, *, ttl: float, partitions: int, timeou
         replicas = await _ensure_bucket(js, names.replica_bucket, ttl)
         config = await _ensure_bucket(js, f"{names.prefix}-{_CONFIG_BUCKET}", None)
         await _pin_partitions(config, partitions)
+        templates = await _ensure_bucket(js, names.templates_bucket, None)
+        labels = await _ensure_bucket(js, names.labels_bucket, label_ttl, label_bytes)
     except BaseException:
         await nc.close()
         raise
-    return Link(nc, js, leases, replicas)
+    return Link(nc, js, leases, replicas, templates, labels)
 
 
 async def _ensure_stream(js: JetStreamContext, name: str, subjects: str, max_age: float | None) -> None:
@@ -90,12 +114,14 @@ async def _ensure_stream(js: JetStreamContext, name: str, subjects: str, max_age
             await js.stream_info(name)  # another replica created it meanwhile
 
 
-async def _ensure_bucket(js: JetStreamContext, bucket: str, ttl: float | None) -> KeyValue:
+async def _ensure_bucket(
+    js: JetStreamContext, bucket: str, ttl: float | None, max_bytes: int | None = None
+) -> KeyValue:
     try:
         return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
         pass
-    config = KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, ttl=ttl)
+    config = KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, ttl=ttl, max_bytes=max_bytes)
     try:
         return await js.create_key_value(config)
     except nats.js.errors.BadRequestError:

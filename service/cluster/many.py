@@ -4,7 +4,8 @@ Checked as a whole before anything is logged, with single-node's rules and error
 here (size, ids, namespace, every item names a stream), then every owner checks its part against its
 streams (unknown streams, shapes, series times) with a read request; a refusal names the item by its index
 in the request. Only then is each part published to its partition's log, all parts at once, and the
-owners' answers are put back in request order.
+owners' answers are put back in request order. The columnar form (`columns`) goes the same way, its rows
+split by partition and its answer's columns merged back.
 
 Atomicity (docs/scale-out.md): each part is durable on its own publish acknowledgement, and the request
 succeeds (200) when every part was applied. If a part could not be logged (NATS lost, the partition lost
@@ -13,13 +14,16 @@ and the apply), the answer is that part's error, with ``durable``: the indices o
 logged and will be applied exactly once, and ``results`` (null where not known), so a client resends only
 the others. A part logged but not answered within the forward timeout counts as durable (202 if no part
 failed).
+
+`submit_items` returns once every part is logged (or refused), with the answer still to come: the
+WebSocket logs its next message meanwhile (pipelining), which keeps each partition's order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -32,57 +36,114 @@ from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError, 
 from trackin.service.security.namespace import Namespace
 from trackin.service.transport.wire import ObservationIn, ObservationsBody, decode_json
 
-__all__ = ["body_items", "observe_items", "observe_many"]
+__all__ = ["Pending", "body_items", "decode_observations", "finished", "observe_items", "submit_items"]
 
 _QUALIFIED = Namespace("")
 """The parts' ids are internal already: the owner qualifies nothing."""
-_INDEX = re.compile(r"observations\[(\d+)\]")
+ROWS = re.compile(r"(observations)\[(\d+)\]")
+"""Where a row-form error names an item (``observations[3].x``)."""
+
+Pending = Answer | Awaitable[Answer]
+"""An answer known now (a refusal), or one the owners will give."""
+Outcome = Answer | BaseException
 
 
-async def observe_many(front: Front, raw: bytes, namespace: Namespace, limit: int) -> Answer:
-    """Check, split by partition, log, gather; the answer as the client sees it (internal ids)."""
-    return await observe_items(front, _decode(raw), namespace, limit)
+def decode_observations(raw: bytes) -> ObservationsBody | list[ObservationIn]:
+    """A ``POST /v1/observations`` body: a list of items, or an object (rows or columns)."""
+    if raw.lstrip()[:1] == b"[":
+        items: list[ObservationIn] = decode_json(raw, list[ObservationIn], prefix="observations")
+        return items
+    body: ObservationsBody = decode_json(raw, ObservationsBody)
+    return body
 
 
 async def observe_items(front: Front, items: list[ObservationIn], namespace: Namespace, limit: int) -> Answer:
-    """`observe_many` of decoded items (the WebSocket's messages too)."""
+    """Check, split by partition, log, gather; the answer as the client sees it (internal ids)."""
+    return await finished(await submit_items(front, items, namespace, limit))
+
+
+async def finished(pending: Pending) -> Answer:
+    return pending if isinstance(pending, Answer) else await pending
+
+
+async def submit_items(
+    front: Front,
+    items: list[ObservationIn],
+    namespace: Namespace,
+    limit: int,
+    after: Awaitable[Any] | None = None,
+) -> Pending:
+    """Check and log the items' parts; the answer (a refusal), or the owners' answers to come. ``after``:
+    awaited between the check and the logging (the WebSocket's previous message logged)."""
     _check(items, namespace, limit)
+    streams = [_stream(items, i) for i in range(len(items))]
     await front.admit(namespace, len(items))
-    groups: dict[int, list[int]] = {}
-    for i, item in enumerate(items):
-        assert item.stream is not None
-        groups.setdefault(partition_of(item.stream, front.partitions), []).append(i)
-    firsts = {p: _stream(items, indices[0]) for p, indices in groups.items()}
-    for stream in firsts.values():
-        await front.partition(stream)  # 503 at once for a partition without owner, nothing logged
+    groups = await route(front, streams)
     bodies = {p: msgspec.json.encode([items[i] for i in indices]) for p, indices in groups.items()}
-    checks = await asyncio.gather(*(front.ask(p, "check", firsts[p], bodies[p]) for p in groups))
-    refusals = [_in_request(a, groups[p]) for p, a in zip(groups, checks, strict=True) if a.status != 204]
-    if refusals:
-        return min(refusals, key=lambda r: r[0])[1]
-    logged = await asyncio.gather(
-        *(front.log(p, "observe_many", "", bodies[p], _QUALIFIED) for p in groups), return_exceptions=True
-    )
-    return _gather(len(items), list(groups.values()), logged)
+    checks = await check(front, groups, streams, "check", bodies)
+    refused = refusal(checks, groups, ROWS)
+    if refused is not None:
+        return refused
+    if after is not None:
+        await after
+    logged = await publish(front, groups, streams, "observe_many", bodies)
+    return asyncio.create_task(_gathered(len(items), list(groups.values()), logged))
 
 
-def _decode(raw: bytes) -> list[ObservationIn]:
-    payload: ObservationsBody | list[ObservationIn] = (
-        decode_json(raw, list[ObservationIn], prefix="observations")
-        if raw.lstrip()[:1] == b"["
-        else decode_json(raw, ObservationsBody)
+async def route(front: Front, streams: Sequence[str]) -> dict[int, list[int]]:
+    """Request indices by partition; 503 at once for a partition without owner, nothing logged."""
+    groups: dict[int, list[int]] = {}
+    for i, stream in enumerate(streams):
+        groups.setdefault(partition_of(stream, front.partitions), []).append(i)
+    for indices in groups.values():
+        await front.partition(streams[indices[0]])
+    return groups
+
+
+async def check(
+    front: Front, groups: dict[int, list[int]], streams: Sequence[str], op: str, bodies: dict[int, bytes]
+) -> dict[int, Answer]:
+    """Every owner's check of its part, at once."""
+    answers = await asyncio.gather(
+        *(
+            front.ask(p, op, streams[groups[p][0]], bodies[p], front.templates_for(streams, groups[p]))
+            for p in groups
+        )
     )
-    return body_items(payload) if isinstance(payload, ObservationsBody) else payload
+    return dict(zip(groups, answers, strict=True))
+
+
+def refusal(checks: dict[int, Answer], groups: dict[int, list[int]], where: re.Pattern[str]) -> Answer | None:
+    """The refusal naming the first refused item of the request, if any owner refused its part."""
+    refusals = [in_request(a, groups[p], where) for p, a in checks.items() if a.status // 100 != 2]
+    return min(refusals, key=lambda r: r[0])[1] if refusals else None
+
+
+async def publish(
+    front: Front, groups: dict[int, list[int]], streams: Sequence[str], op: str, bodies: dict[int, bytes]
+) -> list[asyncio.Task[Answer] | BaseException]:
+    """Log every part at once (with the templates its streams may be created from); per part, its answer
+    to come or why it was not logged."""
+    return await asyncio.gather(
+        *(
+            front.logged(p, op, "", bodies[p], _QUALIFIED, headers=front.templates_for(streams, groups[p]))
+            for p in groups
+        ),
+        return_exceptions=True,
+    )
+
+
+async def answers(logged: list[asyncio.Task[Answer] | BaseException]) -> list[Outcome]:
+    return [o if isinstance(o, BaseException) else await o for o in logged]
 
 
 def body_items(body: ObservationsBody) -> list[ObservationIn]:
-    """The items of an object body (the columnar form is refused, naming ``streams``)."""
-    if body.streams is not None:
-        raise InvalidInput(
-            "the columnar form is not served in cluster mode yet: send 'observations'", field="streams"
-        )
+    """The items of an object body in the row form (the columnar form is `columns`' business)."""
     if body.observations is None:
-        raise InvalidInput("missing 'observations'", field="observations")
+        raise InvalidInput("missing 'observations' (or the columnar 'streams')", field="observations")
+    for name in ("x", "y", "value", "ts"):
+        if getattr(body, name) is not None:
+            raise InvalidInput(f"'{name}' belongs to the columnar form, with 'streams'", field=name)
     return body.observations
 
 
@@ -106,59 +167,80 @@ def _stream(items: Sequence[ObservationIn], index: int) -> str:
     return stream
 
 
-def _in_request(answer: Answer, indices: list[int]) -> tuple[int, Answer]:
+def in_request(answer: Answer, indices: list[int], where: re.Pattern[str]) -> tuple[int, Answer]:
     """An owner's refusal of its part, naming the item by its index in the request; with that index."""
     body: dict[str, Any] = orjson.loads(answer.body) if answer.body else {}
     error = body.get("error") or {}
     first = indices[0]
     field = error.get("field")
-    if isinstance(field, str) and (found := _INDEX.search(field)) and int(found[1]) < len(indices):
-        first = indices[int(found[1])]
+    if isinstance(field, str) and (found := where.search(field)) and int(found[2]) < len(indices):
+        first = indices[int(found[2])]
 
     def moved(match: re.Match[str]) -> str:
-        k = int(match[1])
-        return f"observations[{indices[k]}]" if k < len(indices) else match[0]
+        k = int(match[2])
+        return f"{match[1]}[{indices[k]}]" if k < len(indices) else match[0]
 
     for key in ("field", "message"):
         if isinstance(error.get(key), str):
-            error[key] = _INDEX.sub(moved, error[key])
+            error[key] = where.sub(moved, error[key])
     return first, Answer(answer.status, orjson.dumps(body), answer.headers)
 
 
-def _gather(n: int, groups: list[list[int]], logged: list[Answer | BaseException]) -> Answer:
+async def _gathered(
+    n: int, groups: list[list[int]], logged: list[asyncio.Task[Answer] | BaseException]
+) -> Answer:
     """The parts' answers in request order; the first failure (by item index) if any part failed."""
+    outcomes = await answers(logged)
     results: list[Any] = [None] * n
+
+    def place(indices: list[int], answer: Answer) -> bool:
+        answered = orjson.loads(answer.body)["results"]
+        if len(answered) != len(indices):
+            return False
+        for i, result in zip(indices, answered, strict=True):
+            results[i] = result
+        return True
+
+    return merged(n, groups, outcomes, place, ROWS, lambda: orjson.dumps({"results": results}), results)
+
+
+def merged(
+    n: int,
+    groups: list[list[int]],
+    outcomes: list[Outcome],
+    place: Callable[[list[int], Answer], bool],
+    where: re.Pattern[str],
+    body: Callable[[], bytes],
+    results: Any,
+) -> Answer:
+    """The request's answer from its parts' outcomes: ``place`` puts a 200 part's answer in place (False: a
+    replay after a failover, part of it in a checkpoint already: applied, not answered); ``body`` renders
+    the whole answer once every part was; ``results`` goes with a failure (null where not known)."""
     durable: list[int] = []
     failures: list[tuple[int, Answer]] = []
     pending = False
-    for indices, outcome in zip(groups, logged, strict=True):
+    for indices, outcome in zip(groups, outcomes, strict=True):
         if isinstance(outcome, BaseException):
             if not isinstance(outcome, ServiceError):
                 raise outcome
             error = Answer(outcome.status, orjson.dumps(outcome.body()), error_headers(outcome))
             failures.append((indices[0], error))
         elif outcome.status == 200:
-            answered = orjson.loads(outcome.body)["results"]
-            if len(answered) == len(indices):
-                for i, result in zip(indices, answered, strict=True):
-                    results[i] = result
-            else:  # a replay after a failover, part of it in a checkpoint already: applied, not answered
-                pending = True
+            pending |= not place(indices, outcome)
             durable += indices
         elif outcome.status == 202:  # logged, its answer not known here yet
             durable += indices
             pending = True
         else:
-            failures.append(_in_request(outcome, indices))
+            failures.append(in_request(outcome, indices, where))
     if not failures:
         if pending:
-            return Answer(
-                202, orjson.dumps({"status": "logged", "results": results, "durable": list(range(n))})
-            )
-        return Answer(200, orjson.dumps({"results": results}))
+            logged = {"status": "logged", "results": results, "durable": list(range(n))}
+            return Answer(202, orjson.dumps(logged, option=orjson.OPT_SERIALIZE_NUMPY))
+        return Answer(200, body())
     first = min(failures, key=lambda f: f[0])[1]
-    body = {**orjson.loads(first.body), "durable": sorted(durable), "results": results}
+    failed = {**orjson.loads(first.body), "durable": sorted(durable), "results": results}
     headers = dict(first.headers)
     if first.status == 503:
         headers.setdefault(RETRY_AFTER, "1")
-    return Answer(first.status, orjson.dumps(body), headers)
+    return Answer(first.status, orjson.dumps(failed, option=orjson.OPT_SERIALIZE_NUMPY), headers)

@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import nats.errors
 import nats.js.errors
+import numpy as np
 import orjson
 import pydantic
 from nats.aio.msg import Msg
@@ -37,6 +40,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from trackin.models.engine import Engine, Outcomes
 from trackin.models.specs import StreamSpec
 from trackin.service.cluster.book import LeaseBook
+from trackin.service.cluster.columns import part_columns, shape_body
 from trackin.service.cluster.jetstream import NATS_ERRORS, Link
 from trackin.service.cluster.messages import (
     DEAD_ERROR,
@@ -58,15 +62,24 @@ from trackin.service.cluster.partitions import Names, partition_of
 from trackin.service.cluster.persistence import Applying
 from trackin.service.cluster.quotas import SharedQuotas
 from trackin.service.cluster.store import LeaseFencedStore
+from trackin.service.cluster.templates import carried
 from trackin.service.cluster.trim import watermark
 from trackin.service.domain.catalog import Catalog
+from trackin.service.domain.columns import Columns
 from trackin.service.domain.ingest import IngestBatch
 from trackin.service.domain.registry import Registry
 from trackin.service.domain.scheduler import Scheduler
 from trackin.service.durability import Checkpointer, Ledger, Restorer, StoreHealth
 from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError, Unavailable, error_body
 from trackin.service.security.namespace import Namespace
-from trackin.service.transport.results import results_json, shape_prediction
+from trackin.service.transport.results import (
+    columns_msgpack,
+    is_series,
+    result_json,
+    results_json,
+    shape_prediction,
+    shape_width,
+)
 from trackin.service.transport.wire import ObservationIn, PredictIn, decode_json
 
 __all__ = ["Owner", "OwnerParts", "PartitionWorker", "Tally"]
@@ -356,9 +369,13 @@ class PartitionWorker:
             return
         if op == "observe":
             namespace = Namespace(headers.get(NAMESPACE, ""))
-            await self._observe(stream, msg.data, seq, reply, namespace)
+            await self._observe(stream, msg.data, seq, reply, namespace, headers)
         elif op == "observe_many":
-            await self._observe_many(msg.data, seq, reply)
+            await self._observe_many(msg.data, seq, reply, headers)
+        elif op == "observe_columns":
+            await self._observe_columns(msg.data, seq, reply, headers)
+        elif op == "label":
+            await self._label(stream, msg.data, seq, reply)
         elif op in ("put", "delete"):
             parts.applying.seq[stream] = seq
             try:
@@ -371,7 +388,30 @@ class PartitionWorker:
         else:
             await reply.send(_error(InvalidInput(f"unknown operation {op!r}", field="op")))
 
-    async def _observe(self, stream: str, raw: bytes, seq: int, reply: _Reply, namespace: Namespace) -> None:
+    async def _create(self, streams: Iterable[str | None], headers: dict[str, str], seq: int) -> None:
+        """Create the streams a message names that do not exist yet from the templates it carries (never
+        from this replica's mirror: a replay must create what the first apply created), checkpointed at
+        the position before the message, whose observations are then applied to them."""
+        templates = carried(headers)
+        if not templates:
+            return
+        parts = self._parts
+        for stream in dict.fromkeys(streams):
+            template = templates.get(stream or "")
+            if stream is None or template is None or stream in parts.catalog:
+                continue
+            create = functools.partial(
+                parts.registry.put_stream, stream, template.spec, template=template.name
+            )
+            parts.applying.seq[stream] = seq - 1
+            try:
+                await self._until_valid(create)
+            finally:
+                parts.applying.seq.pop(stream, None)
+
+    async def _observe(
+        self, stream: str, raw: bytes, seq: int, reply: _Reply, namespace: Namespace, headers: dict[str, str]
+    ) -> None:
         parts = self._parts
         before: dict[str, str] = {}
         try:
@@ -387,6 +427,7 @@ class PartitionWorker:
             if not items:
                 raise InvalidInput("no observations", field="observations")
             namespace.items(items, "observations")
+            await self._create([stream], headers, seq)  # items may name no other stream
             before = self._touch({stream, *(item.stream for item in items)}, seq)  # a body may name streams
             batch, applied = await parts.registry.enqueue(items, default_stream=stream, prefix="observations")
         except ServiceError as exc:
@@ -397,7 +438,7 @@ class PartitionWorker:
         self._since_checkpoint += len(items)
         self._answer_when(batch, applied, reply, many=False)
 
-    async def _observe_many(self, raw: bytes, seq: int, reply: _Reply) -> None:
+    async def _observe_many(self, raw: bytes, seq: int, reply: _Reply, headers: dict[str, str]) -> None:
         """This partition's part of a multi-stream request (internal ids, checked here before any part was
         logged): the items whose stream's checkpoint does not cover ``seq`` yet, answered in row form."""
         parts, ledger = self._parts, self._parts.ledger
@@ -413,6 +454,7 @@ class PartitionWorker:
                 )
 
             items = [item for item in items if not covered(item.stream)]
+            await self._create((item.stream for item in items), headers, seq)
             before = self._touch({item.stream for item in items}, seq)
             if not items:  # a replay the checkpoints cover: nobody waits for it any more
                 await reply.send(Answer(200, b'{"results":[]}'))
@@ -443,16 +485,85 @@ class PartitionWorker:
             if stream in self._parts.catalog:
                 self._parts.ledger.logged(stream, position)
 
+    async def _observe_columns(self, raw: bytes, seq: int, reply: _Reply, headers: dict[str, str]) -> None:
+        """This partition's rows of a columnar body (checked here before any part was logged): the rows
+        whose stream's checkpoint does not cover ``seq`` yet, answered with raw columns."""
+        parts, ledger = self._parts, self._parts.ledger
+        before: dict[str, str] = {}
+        try:
+            columns = part_columns(raw)
+            covered = [s in parts.catalog and seq <= int(ledger.position(s) or 0) for s in columns.streams]
+            if any(covered):  # a replay the checkpoints cover in part: keep the other rows
+                keep = np.flatnonzero(~np.asarray(covered))
+                columns = Columns(
+                    [columns.streams[i] for i in keep],
+                    *(
+                        None if a is None else a[keep]
+                        for a in (columns.x, columns.y, columns.value, columns.ts)
+                    ),
+                )
+            await self._create(columns.streams, headers, seq)
+            before = self._touch(set(columns.streams), seq)
+            if not columns.streams:  # nobody waits for it any more
+                await reply.send(Answer(200, msgspec.msgpack.encode({"dtype": "f8", "step": b""})))
+                return
+            batch, applied = await parts.registry.enqueue_columns(columns)
+        except ServiceError as exc:
+            self._untouch(before)
+            await reply.send(_error(exc))
+            return
+        self._since_checkpoint += len(columns.streams)
+        spec = batch.specs[columns.streams[0]]
+
+        def render(outcomes: Outcomes) -> bytes:
+            return columns_msgpack(outcomes, shape_width(spec), is_series(spec), None)
+
+        self._answer_when(batch, applied, reply, many=True, render=render)
+
+    async def _label(self, stream: str, raw: bytes, seq: int, reply: _Reply) -> None:
+        """A late label, logged with the inputs its prediction kept (service/cluster/labels.py): the step
+        single-node's label applies, answered as single-node answers it."""
+        parts = self._parts
+        before = self._touch({stream}, seq)
+        try:
+            body: dict[str, Any] = orjson.loads(raw)
+            request_id = body["request_id"]
+            item = ObservationIn(x=body["x"], y=body["y"])
+            batch, applied = await parts.registry.enqueue([item], default_stream=stream, prefix="label")
+        except ServiceError as exc:
+            self._untouch(before)
+            exc.stream = exc.stream or stream
+            # The label is checked as an observation (label[0].y); name the field as the client sent it.
+            exc.field = exc.field.removeprefix("label[0].") if exc.field else exc.field
+            await reply.send(_error(exc))
+            return
+        self._since_checkpoint += 1
+        spec = batch.specs[stream]
+
+        def render(outcomes: Outcomes) -> bytes:
+            return orjson.dumps({"request_id": request_id, **result_json(spec, outcomes.items()[0])})
+
+        self._answer_when(batch, applied, reply, many=False, render=render)
+
     def _answer_when(
-        self, batch: IngestBatch, applied: asyncio.Future[Outcomes], reply: _Reply, *, many: bool
+        self,
+        batch: IngestBatch,
+        applied: asyncio.Future[Outcomes],
+        reply: _Reply,
+        *,
+        many: bool,
+        render: Callable[[Outcomes], bytes] | None = None,
     ) -> None:
-        """Answer once the batch is applied, without holding up the next message (the scheduler batches)."""
+        """Answer once the batch is applied, without holding up the next message (the scheduler batches);
+        ``render``: the answer's body (default: the row form)."""
+
+        def rows(outcomes: Outcomes) -> bytes:
+            return orjson.dumps({"results": results_json(batch.stream_ids, batch.specs, outcomes, many=many)})
 
         async def answer() -> None:
             try:
                 outcomes: Outcomes = await applied
-                body = {"results": results_json(batch.stream_ids, batch.specs, outcomes, many=many)}
-                await reply.send(Answer(200, orjson.dumps(body)))
+                await reply.send(Answer(200, (render or rows)(outcomes)))
             except ServiceError as exc:
                 await reply.send(_error(exc))
             except Exception:
@@ -503,9 +614,13 @@ class PartitionWorker:
                 spec, values = await registry.predict(stream, body.x, body.request_id)
                 out: dict[str, Any] = {"stream": stream, "prediction": shape_prediction(spec, values)}
                 answer = Answer(200, orjson.dumps(out))
+            elif op == "check_columns":  # rows of a columnar body, before any part is logged
+                columns = part_columns(msg.data)
+                specs = await registry.column_specs(columns, _known(headers))
+                answer = Answer(200, shape_body(specs[columns.streams[0]], columns, specs))
             elif op == "check":  # a part of a multi-stream request, before any part is logged
                 part: list[ObservationIn] = decode_json(msg.data, list[ObservationIn], prefix="observations")
-                await registry.check(part, prefix="observations")
+                await registry.check(part, prefix="observations", known=_known(headers))
                 answer = Answer(204, b"")
             else:
                 answer = _error(InvalidInput(f"unknown operation {op!r}", field="op"))
@@ -544,6 +659,11 @@ class _Reply:
         headers[SEQ] = str(self._seq)
         with contextlib.suppress(*NATS_ERRORS):
             await parts.link.nc.publish(subject, answer.body, headers=headers)
+
+
+def _known(headers: dict[str, str]) -> dict[str, StreamSpec]:
+    """The specs of the streams a check may find missing, from the templates it carries."""
+    return {stream: template.spec for stream, template in carried(headers).items()}
 
 
 def _error(exc: ServiceError) -> Answer:

@@ -72,6 +72,14 @@ class Names:
     def replica_bucket(self) -> str:
         return f"{self.prefix}-replicas"
 
+    @property
+    def templates_bucket(self) -> str:
+        return f"{self.prefix}-templates"
+
+    @property
+    def labels_bucket(self) -> str:
+        return f"{self.prefix}-labels"
+
     @staticmethod
     def lease_key(partition: int) -> str:
         return f"p{partition}"

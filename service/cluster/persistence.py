@@ -82,7 +82,8 @@ class ClusterPersistence(InMemory):
             return await self._store.list_streams(prefix, limit, cursor)
 
     async def save_template(self, template: Template) -> None:
-        raise InvalidInput("templates are not available in cluster mode", field="name")
+        # Never called: the cluster routes keep templates in their bucket (service/cluster/templates.py).
+        raise InvalidInput("templates are kept in the cluster's templates bucket", field="name")
 
     async def delete_template(self, name: str) -> None:
-        raise InvalidInput("templates are not available in cluster mode", field="name")
+        raise InvalidInput("templates are kept in the cluster's templates bucket", field="name")

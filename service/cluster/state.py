@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 from trackin.service.cluster.front import Front
 from trackin.service.cluster.jetstream import Link
+from trackin.service.cluster.labels import PendingInputs
 from trackin.service.cluster.leases import Leases
 from trackin.service.cluster.owner import Owner
 from trackin.service.cluster.quotas import SharedQuotas
+from trackin.service.cluster.templates import TemplateBook
 from trackin.service.metrics import Metrics
 from trackin.service.settings import Settings
 
@@ -23,6 +25,8 @@ class ClusterState:
     leases: Leases
     owner: Owner
     front: Front
+    templates: TemplateBook
+    pending: PendingInputs
     quotas: SharedQuotas | None = None
     """Tenant quotas (streams, bytes), checked at the front before a creation is logged."""
     warmed: bool = False

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -34,6 +35,7 @@ __all__ = ["Registry"]
 
 Outcome = Literal["created", "unchanged", "replaced"]
 T = TypeVar("T")
+_NONE: Mapping[str, StreamSpec] = MappingProxyType({})
 
 
 class Registry:
@@ -374,10 +376,31 @@ class Registry:
             held.until(applied)
         return batch, applied
 
-    async def check(self, items: Sequence[ObservationIn], *, prefix: str) -> None:
+    async def column_specs(
+        self, columns: Columns, known: Mapping[str, StreamSpec] = _NONE
+    ) -> dict[str, StreamSpec]:
+        """The specs of a columnar body's streams, as `enqueue_columns` finds them but creating none (a
+        cluster owner's check of its rows, service/cluster/columns.py, then `build_columns`); ``known``:
+        the specs of streams that do not exist yet but would be created from a template."""
+        specs: dict[str, StreamSpec] = {}
+        for i, stream in enumerate(columns.streams):
+            if stream not in specs:
+                check_internal_id(stream, field=f"streams[{i}]")
+                specs[stream] = await self._spec(stream, known)
+        return specs
+
+    async def _spec(self, stream: str, known: Mapping[str, StreamSpec]) -> StreamSpec:
+        if stream not in self._catalog and stream in known:
+            return known[stream]
+        return (await self.require(stream, create=False)).spec
+
+    async def check(
+        self, items: Sequence[ObservationIn], *, prefix: str, known: Mapping[str, StreamSpec] = _NONE
+    ) -> None:
         """Refuse what `enqueue` would refuse, queueing and moving nothing: a cluster owner's check of its
-        part of a multi-stream request, before any part of it is logged (service/cluster/many.py)."""
-        batch = await self._build(items, default_stream=None, prefix=prefix, create=False)
+        part of a multi-stream request, before any part of it is logged (service/cluster/many.py);
+        ``known``: as `column_specs`."""
+        batch = await self._build(items, default_stream=None, prefix=prefix, create=False, known=known)
         await self._check_times(batch, prefix, commit=False)
 
     async def _validate(
@@ -394,6 +417,7 @@ class Registry:
         default_stream: str | None,
         prefix: str,
         create: bool = True,
+        known: Mapping[str, StreamSpec] = _NONE,
     ) -> IngestBatch:
         specs: dict[str, StreamSpec] = {}
         if default_stream is not None:
@@ -402,7 +426,10 @@ class Registry:
             stream = item.stream
             if stream is not None and stream not in specs:
                 check_internal_id(stream, field=f"{prefix}[{i}].stream")
-                specs[stream] = (await self.require(stream, create=create)).spec
+                if create:
+                    specs[stream] = (await self.require(stream)).spec
+                else:
+                    specs[stream] = await self._spec(stream, known)
         return build_batch(items, specs, default_stream=default_stream, prefix=prefix)
 
     async def _check_times(self, batch: IngestBatch, prefix: str, *, commit: bool = True) -> None:

@@ -19,6 +19,8 @@ from trackin.models.specs import ARModel, StreamSpec, TrackModel
 __all__ = [
     "columns_json",
     "columns_msgpack",
+    "encode_columns_json",
+    "encode_columns_msgpack",
     "is_series",
     "result_json",
     "results_json",
@@ -164,16 +166,25 @@ def _columns(outcomes: Outcomes, width: int, series: bool) -> dict[str, np.ndarr
 def columns_json(outcomes: Outcomes, width: int, series: bool, *, seq: Any = None) -> bytes:
     """The columnar answer ``{"step": [...], "prediction": [...], "loss": [...], "applied": [...], ...}``
     (``seq`` first on the WebSocket), serialised by orjson straight from the arrays (NaN: null)."""
+    return encode_columns_json(_columns(outcomes, width, series), seq)
+
+
+def encode_columns_json(columns: dict[str, np.ndarray], seq: Any = None) -> bytes:
+    """`columns_json` of columns already cut (a cluster front merges its partitions' columns)."""
     head = {} if seq is None else {"seq": seq}
-    return orjson.dumps(head | _columns(outcomes, width, series), option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(head | columns, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def columns_msgpack(outcomes: Outcomes, width: int, series: bool, seq: Any) -> bytes:
     """The columnar answer as MessagePack: each column a raw little-endian buffer (``bin``): ``step``
     int64, ``prediction``/``loss``/``forecast`` float32 or float64 as ``dtype`` says, ``applied`` and
     ``warming`` one byte per item; ``skipped`` and ``drift`` lists of positions."""
-    columns = _columns(outcomes, width, series)
-    body: dict[str, Any] = {"seq": seq, "dtype": "f4" if outcomes.predictions.dtype == np.float32 else "f8"}
+    return encode_columns_msgpack(_columns(outcomes, width, series), seq)
+
+
+def encode_columns_msgpack(columns: dict[str, np.ndarray], seq: Any) -> bytes:
+    """`columns_msgpack` of columns already cut."""
+    body: dict[str, Any] = {"seq": seq, "dtype": "f4" if columns["prediction"].dtype == np.float32 else "f8"}
     for name, values in columns.items():
         if name in ("skipped", "drift"):
             body[name] = values.tolist()

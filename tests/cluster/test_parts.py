@@ -144,3 +144,42 @@ def test_the_trimming_watermark_is_what_every_stream_checkpoint_covers() -> None
     assert watermark(50, ["b", "idle"], covered, last.__getitem__) == 50  # idle streams hold nothing back
     assert watermark(50, [], covered, last.__getitem__) == 50  # no stream: every applied message is done
     assert watermark(50, ["a", "new"], covered, lambda s: last.get(s, 60)) is None  # no checkpoint known
+
+
+def test_a_columnar_part_travels_exactly() -> None:
+    """A part of a columnar body (its rows, in the request's order) reaches its owner bit for bit."""
+    import numpy as np
+
+    from trackin.service.cluster.columns import part_body, part_columns
+    from trackin.service.domain.columns import Columns
+
+    rng = np.random.default_rng(3)
+    whole = Columns(["a", "b", "c", "d"], rng.normal(size=(4, 3)) / 7, rng.normal(size=(4, 1)), None, None)
+    part = part_columns(part_body(whole, [3, 1]))
+    assert part.streams == ["d", "b"]
+    assert part.x is not None
+    assert part.y is not None
+    assert np.array_equal(part.x, whole.x[[3, 1]])  # type: ignore[index]
+    assert np.array_equal(part.y, whole.y[[3, 1]])  # type: ignore[index]
+    assert part.value is None
+    assert part.ts is None
+
+
+def test_the_fronts_template_index_matches_as_single_node() -> None:
+    """Longest prefix first, the greatest name among templates of one prefix, as `Catalog.template_for`."""
+    import random
+
+    from trackin.models.specs import StreamSpec
+    from trackin.service.cluster.templates import _PrefixIndex
+    from trackin.service.domain.catalog import Catalog, Template
+
+    spec = StreamSpec.model_validate({"model": {"family": "linear", "in_dim": 2}})
+    rng = random.Random(5)
+    prefixes = ["", "a", "ab", "abc", "b:", "b:c", "~t/a", "~t/ab"]
+    catalog = Catalog()
+    for _ in range(30):
+        catalog.put_template(Template(f"t{rng.randrange(99)}", rng.choice(prefixes), spec, 60.0))
+    index = _PrefixIndex(catalog.templates())
+    for _ in range(500):
+        stream = "".join(rng.choice("abc:~t/") for _ in range(rng.randrange(6)))
+        assert index.match(stream) == catalog.template_for(stream), stream
