@@ -36,9 +36,9 @@ def trackin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
         def up() -> bool:
             assert proc.poll() is None, log.read_text()[-3000:]
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
 
-        wait_for("trackin /healthz", up, 45, log)
+        wait_for("trackin /readyz (kernels compiled)", up, 90, log)
         yield url
 
 
