@@ -171,8 +171,8 @@ def build_batch(
     checked: dict[int, np.ndarray] = {}
     for width, rows in pending.items():
         array = np.array([values for _, _, values in rows], dtype=np.float64)
-        finite = np.isfinite(array).all(axis=1)
-        if not finite.all():
+        if not np.isfinite(array).all():  # one reduction (half the cost of a per-row one); rows on failure
+            finite = np.isfinite(array).all(axis=1)
             position, name, _ = rows[int(np.flatnonzero(~finite)[0])]
             raise _fail(
                 "values must be finite numbers (no NaN or infinity)",
