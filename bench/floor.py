@@ -2,7 +2,9 @@
 
 It does what any JSON endpoint must (route, read the body, parse it with orjson, answer a result of the same
 shape as trackin's) and nothing else, so ``trackin / floor`` in ``python -m bench.http`` is the share of the
-achievable request rate that trackin keeps.
+achievable request rate that trackin keeps. The floor runs on uvicorn's HTTP protocol with trackin's
+deadlines, which writes an answer's head and body in two socket writes; trackin's server joins them
+(``CoalescingHttpProtocol``); ``--one-write`` gives the floor that too, so the bench shows both.
 
     .venv/bin/python -m bench.floor --port 8001
 """
@@ -42,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--one-write",
+        action="store_true",
+        help="trackin's protocol that writes an answer's head and body at once",
+    )
     args = parser.parse_args(argv)
     # The settings trackin's cli passes (service/cli.py) with trackin's defaults: the same HTTP protocol (with
     # its header deadline), keep-alive and connection limit; WebSocket and shutdown settings do not matter.
@@ -55,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         log_level="warning",
         access_log=False,
-        http=protocol_with_timeout(settings.header_timeout_seconds, settings.body_timeout_seconds),
+        http=protocol_with_timeout(
+            settings.header_timeout_seconds, settings.body_timeout_seconds, coalesce=args.one_write
+        ),
         timeout_keep_alive=int(settings.keep_alive_seconds),
         limit_concurrency=settings.max_connections,
     )

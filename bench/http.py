@@ -91,14 +91,17 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(extra_env: dict[str, str] | None = None, *, floor: bool = False) -> Iterator[Server]:
+def serve(
+    extra_env: dict[str, str] | None = None, *, floor: bool = False, one_write: bool = False
+) -> Iterator[Server]:
     """A ``trackin serve --store memory`` subprocess on a free loopback port (e.g. for ``py-spy --pid``);
-    ``floor``: the bare FastAPI endpoint of bench/floor.py instead."""
+    ``floor``: the bare FastAPI endpoint of bench/floor.py instead (``one_write``: on trackin's protocol
+    that joins an answer's head and body in one socket write)."""
     port = _free_port()
     env = {**os.environ, "TRACKIN_LOG_LEVEL": "warning", **(extra_env or {})}
     host = ["--host", "127.0.0.1", "--port", str(port)]
     if floor:
-        command = [sys.executable, "-m", "bench.floor", *host]
+        command = [sys.executable, "-m", "bench.floor", *host, *(["--one-write"] if one_write else [])]
     else:
         command = [sys.executable, "-m", "trackin.service.cli", "serve", *host, "--store", "memory"]
         command += ["--device", "cpu"]
@@ -232,18 +235,22 @@ def _wrk(
     return row
 
 
-def rest_rows(args: argparse.Namespace, server: Server, floor: Server, mix: Mix) -> list[Row]:
+def rest_rows(
+    args: argparse.Namespace, server: Server, floor: Server, floor_one_write: Server, mix: Mix
+) -> list[Row]:
     seconds = args.seconds
     single = write_requests(_single_requests(mix, 1024))
-    run_wrk(server.url, single, 1024, connections=16, seconds=1)  # warm-up
-    run_wrk(floor.url, single, 1024, connections=16, seconds=1)
+    for warm in (server, floor, floor_one_write):
+        run_wrk(warm.url, single, 1024, connections=16, seconds=1)
     rows: list[Row] = []
     for c in args.connections:
         base = _wrk(floor, f"floor: bare FastAPI, single, {c} conn", 1, single, 1024, c, seconds)
         mine = _wrk(server, f"REST single, {c} conn", 1, single, 1024, c, seconds)
+        joined = _wrk(floor_one_write, f"floor, one write per answer, {c} conn", 1, single, 1024, c, seconds)
         mine.floor_ratio = mine.rate / base.rate
+        joined.floor_ratio = joined.rate / base.rate
         base.floor_ratio = 1.0
-        rows += [base, mine]
+        rows += [base, mine, joined]
     names = [mix.names[s] for s in mix.ids[:256].tolist()]
     xs = mix.x[:256].tolist()
     reads = {
@@ -365,9 +372,13 @@ def _targets(rows: list[Row], river: float, rate: float) -> list[str]:
     pipelined, paced = find("WS single, 1 conn"), find("WS single, paced")
     lines = []
     if single is not None:
+        base, joined = find("floor: bare FastAPI, single, 16"), find("floor, one write per answer, 16")
         lines.append(
             f"single REST >= 0.7x floor (16 conn): {single.floor_ratio:.2f}x: "
             + verdict(single.floor_ratio >= 0.7)
+            + f" (x the one-write floor: {single.rate / joined.rate:.2f}; server CPU per request, trackin / "
+            f"floor / one-write floor: {single.server_cpu_us:.0f} / {base.server_cpu_us:.0f} / "
+            f"{joined.server_cpu_us:.0f} us)"
         )
     lines += [
         f"batched REST >= 2x River: {batched.rate / river:.2f}x ({batched.name}): "
@@ -404,9 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     mix = Mix.make(args.streams, args.inputs, 40_000, cycle=args.mix == "cycle")
     river = river_rate(mix, min(args.seconds, 3.0))
     env = {"TRACKIN_TORCH_THREADS": str(args.torch_threads)} if args.torch_threads else None
-    with serve(env) as server, serve(floor=True) as floor:
+    with serve(env) as server, serve(floor=True) as floor, serve(floor=True, one_write=True) as joined:
         _create_streams(server.url, mix, args.inputs)
-        rows = rest_rows(args, server, floor, mix)
+        rows = rest_rows(args, server, floor, joined, mix)
         rows += asyncio.run(ws_rows(args, server, mix))
     for r in rows:
         r.river_ratio = r.rate / river
@@ -429,6 +440,26 @@ def main(argv: list[str] | None = None) -> int:
         for name, micros in costs:
             print(f"  {name:46s} {micros:7.2f}")
         print(f"  {'River LinearRegression predict_one + learn_one':46s} {1e6 / river:7.2f}")
+        from bench.http_stages import columnar_costs
+
+        part = slice(0, 1000)
+        streams = [mix.names[s] for s in mix.ids[part].tolist()]
+        columnar = columnar_costs(
+            mix.names, streams, mix.x[part], mix.y[part], threads=args.torch_threads or 1
+        )
+        print("\nOne columnar request of 1,000 observations, each stage alone (us per observation):")
+        for name, micros in columnar:
+            print(f"  {name:46s} {micros:7.2f}")
+        engine_us = next(m for n, m in columnar if n.startswith("engine"))
+        rest = sum(m for n, m in columnar if "MessagePack" not in n)
+        ws = sum(
+            m for n, m in columnar if n.startswith(("decode the MessagePack", "look up", "build", "engine"))
+        ) + next(m for n, m in columnar if n.startswith("answer columns as MessagePack"))
+        print(
+            f"  engine share: {engine_us / rest:.0%} of the REST JSON stages ({rest:.2f} us), "
+            f"{engine_us / ws:.0%} of the WebSocket MessagePack stages ({ws:.2f} us); "
+            f"the engine alone is {1e6 / river / engine_us:.2f}x River"
+        )
     if args.json is not None:
         payload = {"river_obs_per_s": river, "rows": [asdict(r) | {"obs_per_s": r.rate} for r in rows]}
         args.json.write_text(json.dumps(payload, indent=2))

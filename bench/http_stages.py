@@ -76,6 +76,82 @@ def _costs(names: list[str], observations: list[Any], inputs: int, repeats: int)
     return [(name, seconds / len(observations) * 1e6) for name, seconds in best.items()]
 
 
+def columnar_costs(
+    names: list[str], streams: list[str], x: Any, y: Any, *, threads: int = 1, repeats: int = 30
+) -> list[tuple[str, float]]:
+    """``(stage, microseconds per observation)`` for one columnar request of ``len(streams)`` observations
+    (``{"streams", "x", "y"}``: REST JSON, and the WebSocket's MessagePack frame with raw float buffers),
+    each stage the service runs timed alone in this process, best of ``repeats``; the engine stage is the
+    scheduler's call (``Engine.observe_arrays``), so ``engine / total`` is the engine's share of the
+    request's CPU outside HTTP parsing and the socket."""
+    import numpy as np
+
+    from trackin.service.domain.catalog import Catalog, StreamRecord
+    from trackin.service.domain.columns import build_columns
+    from trackin.service.domain.scheduler import _observe_all
+    from trackin.service.transport.columnar import columns_of
+    from trackin.service.transport.results import columns_json, columns_msgpack
+    from trackin.service.transport.wire import decode_msgpack
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        engine = Engine("cpu")
+        spec = StreamSpec.model_validate({"model": {"family": "linear", "in_dim": np.shape(x)[1]}})
+        catalog = Catalog()
+        for n in names:
+            catalog.add(n, StreamRecord(engine.add(n, spec).spec, 0.0, 0.0))
+        json_body = msgspec.json.encode(
+            {"streams": streams, "x": np.asarray(x).tolist(), "y": np.asarray(y).tolist()}
+        )
+        packed = msgspec.msgpack.encode(
+            {
+                "streams": streams,
+                "x": np.ascontiguousarray(x, "<f8").tobytes(),
+                "y": np.ascontiguousarray(y, "<f8").tobytes(),
+            }
+        )
+        decoded: ObservationsBody = decode_json(json_body, ObservationsBody)
+        columns = columns_of(decoded)
+        assert columns is not None
+
+        def specs() -> dict[str, StreamSpec]:  # Registry.enqueue_columns' lookup of catalogued streams
+            out: dict[str, StreamSpec] = {}
+            for s in columns.streams:
+                if s not in out:
+                    record = catalog.record(s)
+                    assert record is not None
+                    out[s] = record.spec
+            return out
+
+        found = specs()
+        batch = build_columns(columns, found)
+        outcomes = _observe_all(engine, [batch])[0]
+        stages: dict[str, Callable[[], object]] = {
+            "decode the JSON body (msgspec)": lambda: decode_json(json_body, ObservationsBody),
+            "JSON columns into arrays (np.array)": lambda: columns_of(decoded),
+            "decode the MessagePack frame into arrays": lambda: columns_of(
+                decode_msgpack(packed, ObservationsBody)
+            ),
+            "look up the streams' specs (catalog)": specs,
+            "build_columns (shapes, finite, bce)": lambda: build_columns(columns, found),
+            f"engine: observe_arrays ({torch.get_num_threads()} torch threads)": lambda: _observe_all(
+                engine, [batch]
+            ),
+            "answer columns as JSON (orjson, numpy)": lambda: columns_json(outcomes, 1, False),
+            "answer columns as MessagePack (buffers)": lambda: columns_msgpack(outcomes, 1, False, 1),
+        }
+        best = dict.fromkeys(stages, float("inf"))
+        for _ in range(repeats):
+            for name, run in stages.items():
+                started = time.perf_counter()
+                run()
+                best[name] = min(best[name], time.perf_counter() - started)
+        return [(name, seconds / len(streams) * 1e6) for name, seconds in best.items()]
+    finally:
+        torch.set_num_threads(before)
+
+
 def single_costs(inputs: int = 16, streams: int = 1000, repeats: int = 2000) -> list[tuple[str, float]]:
     """``(stage, microseconds)`` for one single-observation request (``POST /v1/streams/{id}/observations``
     with one 16-float observation), each stage the service runs timed alone in this process (median of

@@ -57,7 +57,10 @@ def _serve(args: argparse.Namespace) -> int:
         ws=CoalescingWebSocketsProtocol,  # one socket write per loop iteration, not per answer
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
         access_log=False,
-        http=protocol_with_timeout(settings.header_timeout_seconds, settings.body_timeout_seconds),
+        # header and body deadlines; each answer's head and body in one socket write
+        http=protocol_with_timeout(
+            settings.header_timeout_seconds, settings.body_timeout_seconds, coalesce=True
+        ),
         timeout_keep_alive=int(settings.keep_alive_seconds),
         limit_concurrency=settings.max_connections,
     )

@@ -18,7 +18,14 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["HeaderTimeoutProtocol", "protocol_with_timeout", "raise_open_files_limit"]
+from trackin.service.transport.ws_protocol import CoalescingTransport
+
+__all__ = [
+    "CoalescingHttpProtocol",
+    "HeaderTimeoutProtocol",
+    "protocol_with_timeout",
+    "raise_open_files_limit",
+]
 
 log = logging.getLogger("trackin")
 
@@ -77,10 +84,36 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().handle_websocket_upgrade()
 
 
-def protocol_with_timeout(seconds: float, body_seconds: float = 10.0) -> type[HeaderTimeoutProtocol]:
-    """The protocol class for one server (uvicorn instantiates it per connection)."""
+class CoalescingHttpProtocol(HeaderTimeoutProtocol):
+    """`HeaderTimeoutProtocol` writing each loop iteration's bytes in one socket write.
+
+    uvicorn writes an answer's head at ``http.response.start`` and its body at ``http.response.body``: two
+    ``send()`` system calls, two TCP segments, and on loopback the receiving side's TCP stack run twice, for
+    every answer. That pair was the largest single cost of a single-observation request after the engine
+    round (py-spy, docs/engine.md). Over a `CoalescingTransport` (service/transport/ws_protocol.py) the head
+    and the body go out in one write at the end of the loop iteration; ``close`` writes what is buffered
+    first, and an answer of 64 KiB or more is written at once. A WebSocket upgrade hands the real transport
+    on (the WebSocket protocol joins its own writes)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.transport = CoalescingTransport(transport, self.loop)
+
+    def handle_websocket_upgrade(self) -> None:
+        if isinstance(self.transport, CoalescingTransport):
+            self.transport.flush()
+            self.transport = self.transport.inner
+        super().handle_websocket_upgrade()
+
+
+def protocol_with_timeout(
+    seconds: float, body_seconds: float = 10.0, *, coalesce: bool = False
+) -> type[HeaderTimeoutProtocol]:
+    """The protocol class for one server (uvicorn instantiates it per connection); ``coalesce``: one socket
+    write per answer (`CoalescingHttpProtocol`)."""
     deadlines = {"header_timeout": seconds, "body_timeout": body_seconds}
-    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), deadlines)
+    base = CoalescingHttpProtocol if coalesce else HeaderTimeoutProtocol
+    return type(base.__name__, (base,), deadlines)
 
 
 def raise_open_files_limit() -> int:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from importlib import metadata
-from typing import Literal
+from typing import Any, Literal
 
 import numpy.typing as npt
 import torch
@@ -124,6 +124,8 @@ class Metrics:
         # the labelled children of the per-message series, looked up once (``labels`` costs a lock and a
         # tuple per call: several microseconds a WebSocket frame)
         self._latency_of = {transport: self.ingest_latency.labels(transport) for transport in TRANSPORTS}
+        self._observed: dict[tuple[str, str], Any] = {}
+        self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         for transport in TRANSPORTS:
             for outcome in OUTCOMES:
                 self.observations.labels(outcome, transport)
@@ -220,7 +222,11 @@ class Metrics:
 
     def observed(self, outcome: Outcome, transport: Transport, n: int = 1) -> None:
         """Count ``n`` answered observations (after the engine decided their outcome)."""
-        self.observations.labels(outcome, transport).inc(n)
+        key = (outcome, transport)
+        child = self._observed.get(key)
+        if child is None:  # a handful of label pairs: looked up once (labels() costs microseconds a call)
+            child = self._observed[key] = self.observations.labels(outcome, transport)
+        child.inc(n)
 
     def observe_losses(self, losses: torch.Tensor | npt.ArrayLike) -> None:
         """Feed one batch of per-observation losses (any shape or device) to the loss histogram."""
@@ -241,8 +247,13 @@ class Metrics:
 
     def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """One HTTP request; ``route`` is the route template (``/v1/streams/{stream_id}``), never the path."""
-        self.http_requests.labels(route, method, str(status)).inc()
-        self.http_request_duration.labels(route, method).observe(seconds)
+        key = (route, method, status)
+        children = self._http.get(key)
+        if children is None:  # routes are templates and statuses few: a bounded cache of the children
+            labelled = self.http_requests.labels(route, method, str(status))
+            children = self._http[key] = (labelled, self.http_request_duration.labels(route, method))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def websocket_opened(self) -> None:
         self.websocket_connections.inc()

@@ -32,6 +32,8 @@ class Columns:
 
 
 def _finite(array: np.ndarray, name: str, streams: Sequence[str]) -> None:
+    if np.isfinite(array).all():  # one reduction; the per-row one only to name the first bad row
+        return
     bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
     if bad.size:
         i = int(bad[0])
@@ -57,18 +59,18 @@ def _width(array: np.ndarray, width: int, name: str, streams: Sequence[str]) -> 
 def build_columns(columns: Columns, specs: Mapping[str, StreamSpec]) -> IngestBatch:
     """Check a columnar body against its streams' specs; the batch, or ``InvalidInput`` naming the field."""
     streams = columns.streams
-    n = len(streams)
-    kinds = [_shape(specs[s]) for s in streams]
-    series, width, out = kinds[0]
-    for i, kind in enumerate(kinds):
-        if kind != kinds[0]:
-            raise InvalidInput(
-                "a columnar body takes streams of one shape (the same model widths): "
-                f"{streams[i]!r} differs from {streams[0]!r}; use the 'observations' form",
-                field=f"streams[{i}]",
-                stream=streams[i],
-            )
-    batch = IngestBatch(list(streams), specs={s: specs[s] for s in streams})
+    named = {s: specs[s] for s in dict.fromkeys(streams)}  # each stream once, in order
+    kind = _shape(specs[streams[0]])
+    series, width, out = kind
+    if any(_shape(spec) != kind for spec in named.values()):  # per stream; per row only to name the row
+        i = next(i for i, s in enumerate(streams) if _shape(specs[s]) != kind)
+        raise InvalidInput(
+            "a columnar body takes streams of one shape (the same model widths): "
+            f"{streams[i]!r} differs from {streams[0]!r}; use the 'observations' form",
+            field=f"streams[{i}]",
+            stream=streams[i],
+        )
+    batch = IngestBatch(list(streams), specs=named)
     if series:
         for name in ("x", "y"):
             if getattr(columns, name) is not None:
@@ -94,8 +96,8 @@ def build_columns(columns: Columns, specs: Mapping[str, StreamSpec]) -> IngestBa
     _width(columns.y, out, "y", streams)
     _finite(columns.x, "x", streams)
     _finite(columns.y, "y", streams)
-    bce = np.fromiter((specs[s].loss == "bce" for s in streams), bool, n) if specs else None
-    if bce is not None and bce.any():
+    if any(spec.loss == "bce" for spec in batch.specs.values()):
+        bce = np.fromiter((specs[s].loss == "bce" for s in streams), bool, len(streams))
         outside = bce & ~((columns.y >= 0) & (columns.y <= 1)).all(axis=1)
         if outside.any():
             i = int(np.flatnonzero(outside)[0])

@@ -106,6 +106,8 @@ def build_batch(
     prefix: str = "observations",
 ) -> IngestBatch:
     """Validate every item; raise ``InvalidInput`` naming the first bad field (``observations[i].x``)."""
+    if len(items) == 1 and (one := _one_supervised(items[0], specs, default_stream)) is not None:
+        return one
     batch = IngestBatch()
     times: list[float | None] | None = None
     # rows waiting for one numpy conversion per width: (position, field suffix, values); the field's full
@@ -171,8 +173,8 @@ def build_batch(
     checked: dict[int, np.ndarray] = {}
     for width, rows in pending.items():
         array = np.array([values for _, _, values in rows], dtype=np.float64)
-        finite = np.isfinite(array).all(axis=1)
-        if not finite.all():
+        if not np.isfinite(array).all():  # one reduction (half the cost of a per-row one); rows on failure
+            finite = np.isfinite(array).all(axis=1)
             position, name, _ = rows[int(np.flatnonzero(~finite)[0])]
             raise _fail(
                 "values must be finite numbers (no NaN or infinity)",
@@ -196,6 +198,31 @@ def build_batch(
         for (position, _, _), row in zip(pending[width], array, strict=True):
             column[position] = row
     return IngestBatch(batch.stream_ids, inputs, targets, times, batch.specs, batch.transport)
+
+
+def _one_supervised(
+    item: ObservationIn, specs: Mapping[str, StreamSpec], default_stream: str | None
+) -> IngestBatch | None:
+    """The common single-observation request (one supervised item, valid) as a batch, without the general
+    path's bookkeeping (about half of its cost); None for anything else, which the general path then
+    checks and, if bad, refuses with the field named."""
+    stream = item.stream if item.stream is not None else default_stream
+    if stream is None or (default_stream is not None and stream != default_stream):
+        return None
+    spec = specs[stream]
+    model = spec.model
+    if isinstance(model, ARModel | TrackModel) or item.value is not None or item.x is None or item.y is None:
+        return None
+    y = _as_list(item.y)
+    if len(item.x) != model.in_dim or len(y) != model.out_dim:
+        return None
+    x = np.array([item.x], dtype=np.float64)
+    target = np.array([y], dtype=np.float64)
+    if not (np.isfinite(x).all() and np.isfinite(target).all()):
+        return None
+    if spec.loss == "bce" and not ((target >= 0) & (target <= 1)).all():
+        return None
+    return IngestBatch([stream], specs={stream: spec}, x=x, y=target)
 
 
 def _columnar(

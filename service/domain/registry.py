@@ -366,10 +366,15 @@ class Registry:
         await self._persistence.prefetch(s for s in named if s not in self._catalog)
         async with self._persistence.hold(named) as held:
             specs: dict[str, StreamSpec] = {}
+            record_of = self._catalog.record
             for i, stream in enumerate(columns.streams):
                 if stream not in specs:
-                    check_internal_id(stream, field=f"streams[{i}]")
-                    specs[stream] = (await self.require(stream)).spec
+                    # a catalogued id was checked when its stream was made: only new ids need the check
+                    record = record_of(stream) if type(stream) is str else None
+                    if record is None:
+                        check_internal_id(stream, field=f"streams[{i}]")
+                        record = await self.require(stream)
+                    specs[stream] = record.spec
             batch = build_columns(columns, specs)
             batch.transport = transport
             applied = self._submit(batch)

@@ -31,7 +31,7 @@ from trackin.service.security.keyring import Keyring
 from trackin.service.security.limiter import Limiter
 from trackin.service.security.namespace import OPEN, PRINCIPAL, Principal
 
-__all__ = ["SUBPROTOCOL", "Guard", "public_path", "required_scope"]
+__all__ = ["SUBPROTOCOL", "Gate", "Guard", "public_path", "required_scope"]
 
 SUBPROTOCOL = "trackin.bearer."
 _PUBLIC = frozenset({"/healthz", "/readyz", "/openapi.json", "/redoc"})
@@ -49,44 +49,20 @@ def required_scope(method: str, path: str) -> str:
     return "admin"
 
 
-class Guard:
-    """Sets ``scope[PRINCIPAL]`` for what it lets through; answers refusals itself."""
+class Gate:
+    """Who a request is: its key's principal (``OPEN`` when keys are not enforced), or the refusal.
+
+    The one check of keys, scopes and per-key rates, shared by `Guard` and the observation fast lane
+    (service/transport/fastpath.py), which answers before the middleware stack."""
 
     def __init__(
-        self,
-        app: ASGIApp,
-        get_keyring: Callable[[], Keyring | None],
-        get_limiter: Callable[[], Limiter | None],
-        allowed_origins: list[str],
+        self, get_keyring: Callable[[], Keyring | None], get_limiter: Callable[[], Limiter | None]
     ) -> None:
-        self.app = app
         self.get_keyring = get_keyring
         self.get_limiter = get_limiter
-        self.origins = frozenset(o.rstrip("/").encode() for o in allowed_origins)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "lifespan" or (kind == "http" and public_path(scope["path"])):
-            await self.app(scope, receive, send)
-            return
+    async def authenticate(self, scope: Scope) -> Principal:
         keyring = self.get_keyring()
-        try:
-            if kind == "websocket":
-                self._check_origin(scope)
-                _note_subprotocol(scope)
-            principal = await self._authenticate(scope, keyring)
-        except ServiceError as exc:
-            await _refuse(scope, send, exc)
-            return
-        scope[PRINCIPAL] = principal
-        await self.app(scope, receive, send)
-
-    def _check_origin(self, scope: Scope) -> None:
-        for name, value in scope["headers"]:
-            if name == b"origin" and value.rstrip(b"/") not in self.origins:
-                raise Forbidden(f"Origin {value.decode(errors='replace')[:100]!r} is not allowed")
-
-    async def _authenticate(self, scope: Scope, keyring: Keyring | None) -> Principal:
         if keyring is None or not keyring.enforcing:
             return OPEN
         if not keyring.loaded:
@@ -107,6 +83,42 @@ class Guard:
         if limiter is not None and principal.key_id is not None:
             await limiter.admit_key(principal.key_id)
         return principal
+
+
+class Guard:
+    """Sets ``scope[PRINCIPAL]`` for what it lets through; answers refusals itself."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        get_keyring: Callable[[], Keyring | None],
+        get_limiter: Callable[[], Limiter | None],
+        allowed_origins: list[str],
+    ) -> None:
+        self.app = app
+        self.gate = Gate(get_keyring, get_limiter)
+        self.origins = frozenset(o.rstrip("/").encode() for o in allowed_origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan" or (kind == "http" and public_path(scope["path"])):
+            await self.app(scope, receive, send)
+            return
+        try:
+            if kind == "websocket":
+                self._check_origin(scope)
+                _note_subprotocol(scope)
+            principal = await self.gate.authenticate(scope)
+        except ServiceError as exc:
+            await _refuse(scope, send, exc)
+            return
+        scope[PRINCIPAL] = principal
+        await self.app(scope, receive, send)
+
+    def _check_origin(self, scope: Scope) -> None:
+        for name, value in scope["headers"]:
+            if name == b"origin" and value.rstrip(b"/") not in self.origins:
+                raise Forbidden(f"Origin {value.decode(errors='replace')[:100]!r} is not allowed")
 
 
 def public_path(path: str) -> bool:

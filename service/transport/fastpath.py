@@ -1,106 +1,155 @@
-"""The observation endpoints answered as plain ASGI, ahead of FastAPI's routing.
+"""The observation endpoints answered as plain ASGI, ahead of FastAPI and the middleware stack.
 
-``POST /v1/streams/{id}/observations`` and ``POST /v1/observations`` are the hot path. Through FastAPI each
-request also pays route matching over every route, dependency solving, a ``Request`` and a ``Response``
-object and an exception-handler scope: about as much CPU as parsing, validating and stepping one observation.
-This middleware recognises the two paths, reads the body itself and calls the same functions as the routes
-(``routes/observations.py``, which stay registered: they document the endpoints in OpenAPI). Anything else,
-and any request before the lifespan has built the state, goes on to the app unchanged.
+``POST /v1/streams/{id}/observations`` and ``POST /v1/observations`` are the hot path. Through the app each
+request also paid FastAPI's and Starlette's own layers (error middleware, telemetry, body limit, exception
+handlers, route matching over every route, dependency solving, a ``Request`` and a ``Response``) and five
+middlewares of ours, each wrapping ``send`` once more: together more CPU than parsing, validating and
+stepping one observation. The app (`TrackinApp`) hands these two paths to `FastObservations` before all of
+that. It does what the stack did for them, in one pass and with the same functions: the request id
+(``X-Request-ID`` on every answer), the key check (`Gate`: keys, scopes, per-key rates), the declared body
+size, the request metrics by route template, the one error shape, a logged 500 naming the request id for
+anything unexpected; and then calls the same functions as the routes (``routes/observations.py``, which
+stay registered: they document the endpoints in OpenAPI and serve them when the state is not built yet).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from trackin.service.errors import InvalidStreamId, PayloadTooLarge, ServiceError, error_headers
+from trackin.service.errors import (
+    InternalError,
+    InvalidStreamId,
+    PayloadTooLarge,
+    ServiceError,
+    error_headers,
+)
 from trackin.service.ids import check_stream_id
-from trackin.service.security.namespace import principal_of
+from trackin.service.security.guard import Gate
+from trackin.service.security.namespace import PRINCIPAL
 from trackin.service.state import AppState
 from trackin.service.transport.media import body_format
+from trackin.service.transport.requestid import incoming_or_new
 from trackin.service.transport.routes.observations import observe_many_streams, observe_one
 
 __all__ = ["FastObservations"]
 
+log = logging.getLogger("trackin")
+
 _PREFIX = "/v1/streams/"
 _SUFFIX = "/observations"
-
-
-class _Route:
-    """What ``scope["route"]`` carries for the metrics middleware: the route template."""
-
-    __slots__ = ("path",)
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-
-_ONE = _Route(f"{_PREFIX}{{stream_id}}{_SUFFIX}")
-_MANY = _Route("/v1/observations")
+_ONE = f"{_PREFIX}{{stream_id}}{_SUFFIX}"  # the route templates, as the request metrics name them
+_MANY = "/v1/observations"
 _JSON = (b"content-type", b"application/json")
+_REQUEST_ID = b"x-request-id"
 
 
 class FastObservations:
-    def __init__(self, app: ASGIApp, get_state: Callable[[], AppState | None]) -> None:
-        self.app = app
-        self.get_state = get_state
+    """`match` a scope, then `serve` it: the two observation endpoints without the app's stack."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, get_state: Callable[[], AppState | None], gate: Gate) -> None:
+        self.get_state = get_state
+        self.gate = gate
+
+    def match(self, scope: Scope) -> tuple[AppState, str | None] | None:
+        """The state and the URL's stream (None: ``/v1/observations``) for a hot request, else None
+        (anything else, and any request before the lifespan has built the state)."""
         if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
+            return None
         path: str = scope["path"]
         stream: str | None = None
-        if path == "/v1/observations":
-            route = _MANY
-        elif path.startswith(_PREFIX) and path.endswith(_SUFFIX) and "/" not in path[12:-13] and path[12:-13]:
-            route, stream = _ONE, path[12:-13]
-        else:
-            await self.app(scope, receive, send)
-            return
+        if path != _MANY:
+            if not (path.startswith(_PREFIX) and path.endswith(_SUFFIX)):
+                return None
+            stream = path[len(_PREFIX) : -len(_SUFFIX)]
+            if not stream or "/" in stream:
+                return None
         state = self.get_state()
-        if state is None:
-            await self.app(scope, receive, send)
-            return
-        scope["route"] = route
+        return None if state is None else (state, stream)
+
+    async def serve(
+        self, scope: Scope, receive: Receive, send: Send, state: AppState, stream: str | None
+    ) -> None:
         started = time.perf_counter()
+        rid = incoming_or_new(scope)
+        tag = (_REQUEST_ID, rid.encode())
+        status, answered = 500, False
         try:
             try:
-                fmt = body_format(_header(scope, b"content-type"))
-                raw = await _body(receive, state.settings.max_body_bytes)
+                body = await self._observe(scope, receive, state, stream, started)
+                if body is None:
+                    return  # the client left
+                status, headers = 200, [_JSON, (b"content-length", b"%d" % len(body)), tag]
             except ServiceError as exc:
-                state.metrics.observed("rejected", "rest")
-                if stream is not None:  # named as BodyLimit names it: only a valid id
-                    with contextlib.suppress(InvalidStreamId):
-                        exc.stream = check_stream_id(stream)
-                raise
-            if raw is None:
-                return  # the client left
-            caller = principal_of(scope)
-            if stream is None:
-                body = await observe_many_streams(state, caller, raw, fmt, started)
-            else:
-                body = await observe_one(state, caller, stream, raw, fmt, started)
+                status = exc.status
+                body, headers = _error(exc, rid, tag)
+            answered = True
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        except Exception:
+            log.exception("internal error, request id %s: %s %s", rid, scope["method"], scope["path"])
+            if answered:  # too late for an answer: the connection is closed by the server
+                return
+            body, headers = _error(InternalError(f"internal error; report request id {rid}"), rid, tag)
+            await send({"type": "http.response.start", "status": 500, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            route = _MANY if stream is None else _ONE
+            state.metrics.http_request(route, "POST", status, time.perf_counter() - started)
+
+    async def _observe(
+        self, scope: Scope, receive: Receive, state: AppState, stream: str | None, started: float
+    ) -> bytes | None:
+        """The answer's body (None if the client left), or a ``ServiceError``."""
+        caller = await self.gate.authenticate(scope)
+        scope[PRINCIPAL] = caller
+        try:
+            limit = state.settings.max_body_bytes
+            content_type, declared = _headers(scope)
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                raise PayloadTooLarge(
+                    f"body of {int(declared)} bytes exceeds the limit of {limit}", field="body"
+                )
+            fmt = body_format(content_type)
+            raw = await _body(receive, limit)
         except ServiceError as exc:
-            await _answer(send, exc.status, msgspec.json.encode(exc.body()), _retry(exc))
-            return
-        await _answer(send, 200, body)
+            state.metrics.observed("rejected", "rest")
+            if stream is not None:  # named only when the id is valid
+                with contextlib.suppress(InvalidStreamId):
+                    exc.stream = check_stream_id(stream)
+            raise
+        if raw is None:
+            return None
+        if stream is None:
+            return await observe_many_streams(state, caller, raw, fmt, started)
+        return await observe_one(state, caller, stream, raw, fmt, started)
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
+def _headers(scope: Scope) -> tuple[bytes | None, bytes | None]:
+    """Content-Type and Content-Length, in one pass over the headers."""
+    content_type = length = None
     for key, value in scope["headers"]:
-        if key.lower() == name:
-            return bytes(value)
-    return None
+        if key == b"content-type":
+            content_type = bytes(value)
+        elif key == b"content-length":
+            length = bytes(value)
+    return content_type, length
 
 
-def _retry(exc: ServiceError) -> list[tuple[bytes, bytes]]:
-    return [(k.lower().encode(), v.encode()) for k, v in error_headers(exc).items()]
+def _error(exc: ServiceError, rid: str, tag: tuple[bytes, bytes]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The one error shape, and its headers (``Retry-After``, ``WWW-Authenticate``, the request id)."""
+    content = exc.body()
+    if exc.status == 500:  # a corrupt checkpoint, or an unexpected error: the id its log line names
+        content["error"]["request_id"] = rid
+    body = msgspec.json.encode(content)
+    extra = [(k.lower().encode(), v.encode()) for k, v in error_headers(exc).items()]
+    return body, [_JSON, (b"content-length", b"%d" % len(body)), *extra, tag]
 
 
 async def _body(receive: Receive, limit: int) -> bytes | None:
@@ -125,13 +174,3 @@ async def _body(receive: Receive, limit: int) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-async def _answer(
-    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    headers = [_JSON, (b"content-length", str(len(body)).encode())]
-    if extra:
-        headers += extra
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

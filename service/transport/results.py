@@ -104,8 +104,9 @@ def results_json(
             {"step": st, "prediction": p, "loss": lo, "applied": a}
             for st, p, lo, a in zip(steps, predictions, losses, applied, strict=True)
         ]
-    for i in np.flatnonzero(outcomes.nonfinite).tolist():
-        out[i]["skipped"] = "nonfinite"
+    if np.count_nonzero(outcomes.nonfinite):  # rare: the positions only then
+        for i in np.flatnonzero(outcomes.nonfinite).tolist():
+            out[i]["skipped"] = "nonfinite"
     if series:
         assert outcomes.forecasts is not None
         for item, f, w in zip(
@@ -113,8 +114,9 @@ def results_json(
         ):
             item["forecast"] = f
             item["warming"] = w
-    for i in np.flatnonzero(outcomes.drift).tolist():
-        out[i]["drift"] = True
+    if np.count_nonzero(outcomes.drift):
+        for i in np.flatnonzero(outcomes.drift).tolist():
+            out[i]["drift"] = True
     return out
 
 

@@ -22,6 +22,9 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 __all__ = ["CoalescingTransport", "CoalescingWebSocketsProtocol"]
 
 
+_FLUSH_AT = 64 * 1024
+
+
 class CoalescingTransport(asyncio.Transport):
     """A transport that joins the writes of one loop iteration into one write to ``inner``."""
 
@@ -38,7 +41,9 @@ class CoalescingTransport(asyncio.Transport):
             return
         self._out.append(bytes(data))
         self._buffered += len(data)
-        if not self._scheduled:
+        if self._buffered >= _FLUSH_AT:  # a big or streamed answer: on to the socket (and its flow control)
+            self.flush()
+        elif not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.flush)
 

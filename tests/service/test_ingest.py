@@ -77,6 +77,26 @@ def test_build_batch_keeps_order_and_values() -> None:
     assert set(batch.specs) == {"lin", "ar", "bce"}
 
 
+@pytest.mark.parametrize(
+    ("item", "default"),
+    [(OK_LIN, None), ({"x": [1, 2, 3], "y": [1, 2]}, "lin"), ({"stream": "bce", "x": [0.5], "y": 0}, None)],
+)
+def test_one_observation_is_the_general_paths_batch(item: dict[str, Any], default: str | None) -> None:
+    """A single supervised item takes a shorter path (`_one_supervised`): the same batch as the general
+    path makes for it (here: its first row in a request of two), columnar, float64."""
+    one = build_batch([ObservationIn(**item)], SPECS, default_stream=default)
+    two = build_batch([ObservationIn(**item), ObservationIn(**item)], SPECS, default_stream=default)
+    assert one.x is not None
+    assert one.y is not None
+    assert two.x is not None
+    assert two.y is not None
+    assert one.stream_ids == two.stream_ids[:1]
+    assert one.specs == two.specs
+    assert (one.x.dtype, one.y.dtype, one.t) == (np.float64, np.float64, None)
+    np.testing.assert_array_equal(one.x, two.x[:1])
+    np.testing.assert_array_equal(one.y, two.y[:1])
+
+
 def test_a_stream_other_than_the_urls_is_refused() -> None:
     with pytest.raises(InvalidInput) as error:
         build_batch([ObservationIn(**OK_LIN)], SPECS, default_stream="ar")
