@@ -7,10 +7,12 @@ from :mod:`models.tracking` and friends, every column offset in ``col`` from the
 row's hyperparameters are read from its own columns (so any mix of beta rules, debias, weight decay and
 clipping within a pool runs here). Arithmetic is float64 whatever the buffer's dtype, except the dense
 covariance loops (``P phi`` and the rank-one update: most of a round's work), which run in the buffer's dtype
-as the torch round does; results are stored in the buffer's dtype. Each region of a row is taken as a slice
-and indexed from zero (``w[j]``, not ``f[W + j]``): numba must check an index that may be negative and wrap
-it, which kept LLVM from vectorising the dense loops. Rows are taken in order, each reading the state its predecessors left, so a batch that
-holds a stream twice is one call (the same as one round per occurrence). Only NumPy arrays and numbers go
+as the torch round does; results are stored in the buffer's dtype. Strict IEEE order (no fastmath: the RLS
+recursion amplifies a changed rounding order past the tests' tolerances, docs/engine.md "Branch `kernel`").
+Each region of a row is taken as a slice and indexed from zero (``w[j]``, not ``f[W + j]``): numba must check
+an index that may be negative and wrap it, which kept LLVM from vectorising the dense loops. Rows are taken in
+order, each reading the state its predecessors left, so a batch that holds a stream twice is one call (the
+same as one round per occurrence). Only NumPy arrays and numbers go
 in: :mod:`models.fused_tracking` builds them.
 
 One module on purpose: numba's on-disk cache of a function is keyed on its own source file only, so a kernel
