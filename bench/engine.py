@@ -8,8 +8,10 @@ smoke run). Side by side in one run:
 (b) ``river``: one River ``linear_model.LinearRegression`` per stream, ``predict_one`` then ``learn_one``
     (linear only; River has no counterpart of the MLP);
 (c) ``engine``: all streams in one :class:`models.pool.StreamPool` with the full TrackIn update, batches
-    through the tensor API (``StreamPool.observe``: slots and stacked inputs), and through the id API
-    (``Engine.observe``: stream ids, one array per item, one ``ItemResult`` per item), with the default
+    through the tensor API (``StreamPool.observe``: slots and stacked inputs), through the ids API
+    (``Engine.observe_arrays``: stream ids, ``x [n, d]`` and ``y [n, 1]`` arrays in, columns out: the
+    service's call) and through the items API (``Engine.observe``: one array per item in, one
+    ``ItemResult`` per item out), with the default
     kernels (``auto``: the fused CPU kernel where one applies, docs/engine.md "Fused kernels");
 (d) ``torch``: the same tensor API with ``kernels="torch"`` (the device-agnostic torch rounds), so each
     row shows the fused kernel and the torch path side by side (``x torch``), and ``us/call``: the process
@@ -230,8 +232,10 @@ def arrays_round_us(
 
 def bench_engine(
     engine: Engine, ids: list[str], work: Workload, batch: int, budget: float
-) -> tuple[Rate, Rate]:
-    """(c) The engine: tensor API (slots, stacked inputs) and id API (ids, per-item arrays and results)."""
+) -> tuple[Rate, Rate, Rate]:
+    """(c) The engine: tensor API (slots, stacked inputs), ids API on arrays (``Engine.observe_arrays``: ids,
+    ``x [n, d]`` and ``y [n, 1]`` float64 in, columns out: the service's call) and ids API on items
+    (``Engine.observe``: per-item arrays in, one ``ItemResult`` per item out)."""
     (pool,) = engine.pools
     slots = np.array([engine.locate(i).slot for i in ids], dtype=np.int64)
     items_x = list(work.x)
@@ -248,7 +252,14 @@ def bench_engine(
         engine.observe([ids[i] for i in who], [items_x[r] for r in rows], [items_y[r] for r in rows])
         return batch
 
-    return timed(tensor_step, budget), timed(id_step, budget)
+    y64 = work.y.reshape(-1, 1)
+
+    def arrays_step(k: int) -> int:
+        who, rows = work.window(k, batch)
+        engine.observe_arrays([ids[i] for i in who], work.x[rows], y64[rows])
+        return batch
+
+    return timed(tensor_step, budget), timed(arrays_step, budget), timed(id_step, budget)
 
 
 def _resident_bytes() -> int:
@@ -376,14 +387,18 @@ def main() -> None:
         "  engine = StreamPool.observe (tensor API), default kernels (fused where one applies); torch = the"
     )
     print(
-        "  same with kernels='torch'; engine-ids = Engine.observe (ids, per-item results), default kernels;"
+        "  same with kernels='torch'; eng-arr = Engine.observe_arrays (the ids API: ids, x [n, d], y [n, 1]"
+    )
+    print(
+        "  in, columns out), eng-items = Engine.observe (per-item arrays in, ItemResults out), default"
+        " kernels;"
     )
     print("  us/call = microseconds of process CPU time per observe call (batch 1: one round),")
     print("  engine / torch (with 2 threads the CPU time of both; compare the one-thread rows)")
     header = (
         f"{'family':<22} {'streams':>8} {'batch':>5} {'thr':>3} {'module':>7} {'river':>7} {'engine':>7} "
-        f"{'torch':>7} {'eng-ids':>7} {'us/call':>15} {'x torch':>7} {'x module':>8} {'x river':>7} "
-        f"{'cpu x river':>11} {'ids x river':>11}"
+        f"{'torch':>7} {'eng-arr':>7} {'eng-items':>9} {'us/call':>15} {'x torch':>7} {'x module':>8} "
+        f"{'x river':>7} {'cpu x river':>11} {'ids x river':>11} {'ids cpu x':>9} {'items x':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -399,24 +414,28 @@ def main() -> None:
                 torch.set_num_threads(threads)
                 module = bench_module(spec, work, budget)
                 for batch in BATCHES:
-                    engine, by_id = bench_engine(*engine_ids, work, batch, budget)
+                    engine, by_arrays, by_items = bench_engine(*engine_ids, work, batch, budget)
                     plain = bench_tensor(*torch_ids, work, batch, budget)
-                    ratios = ["-", "-", "-"]
+                    ratios = ["-"] * 5
                     if river is not None:
+                        one_thread = threads == 1
                         ratios = [
                             f"{engine.per_second / river.per_second:.1f}",
-                            f"{engine.per_cpu_second / river.per_cpu_second:.1f}" if threads == 1 else "",
-                            f"{by_id.per_second / river.per_second:.1f}",
+                            f"{engine.per_cpu_second / river.per_cpu_second:.1f}" if one_thread else "",
+                            f"{by_arrays.per_second / river.per_second:.1f}",
+                            f"{by_arrays.per_cpu_second / river.per_cpu_second:.1f}" if one_thread else "",
+                            f"{by_items.per_second / river.per_second:.1f}",
                         ]
                     fused_us, torch_us = (1e6 * batch / r.per_cpu_second for r in (engine, plain))
                     calls = f"{fused_us:.1f} / {torch_us:.0f}"
                     print(
                         f"{family:<22} {streams:>8,} {batch:>5} {threads:>3} {fmt(module.per_second):>7} "
                         f"{fmt(river.per_second if river else None):>7} {fmt(engine.per_second):>7} "
-                        f"{fmt(plain.per_second):>7} {fmt(by_id.per_second):>7} {calls:>15} "
+                        f"{fmt(plain.per_second):>7} {fmt(by_arrays.per_second):>7} "
+                        f"{fmt(by_items.per_second):>9} {calls:>15} "
                         f"{engine.per_second / plain.per_second:>7.1f} "
                         f"{engine.per_second / module.per_second:>8.0f} "
-                        f"{ratios[0]:>7} {ratios[1]:>11} {ratios[2]:>11}",
+                        f"{ratios[0]:>7} {ratios[1]:>11} {ratios[2]:>11} {ratios[3]:>9} {ratios[4]:>7}",
                         flush=True,
                     )
             del engine_ids, torch_ids

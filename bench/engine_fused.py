@@ -7,9 +7,9 @@ time, less sensitive to other load), which also gathers that step's inputs with 
 ``call`` is one ``StreamPool.observe`` call alone and ``arrays`` one ``Engine.observe_arrays`` call (the
 service's: an id and float64 arrays in, arrays out), inputs prepared beforehand (microseconds, the minimum
 over 3,000 calls: the cost itself, which load on the machine cannot shrink); at batch 1,024 the rates are
-observations per second and their ratio to River (one ``LinearRegression`` per stream, ``predict_one`` then
-``learn_one``). The compile cost is measured in fresh processes: cold (an empty numba cache directory) and
-from numba's on-disk cache.
+observations per second (``ids``: ``Engine.observe_arrays``) and their ratio to River (one
+``LinearRegression`` per stream, ``predict_one`` then ``learn_one``). The compile cost is measured in
+fresh processes: cold (an empty numba cache directory) and from numba's on-disk cache.
 """
 
 from __future__ import annotations
@@ -74,10 +74,10 @@ def run(budget: float, stream_counts: tuple[int, ...]) -> None:
         river = bench_river(work, budget, streams)
         for label, kernels in KERNELS.items():
             engine_ids = build_engine(DEFAULT, streams, kernels)
-            one, _ = bench_engine(*engine_ids, work, 1, budget)
+            one, _, _ = bench_engine(*engine_ids, work, 1, budget)
             call, _ = round_us(*engine_ids, work)
             arrays, _ = arrays_round_us(*engine_ids, work)
-            big, big_ids = bench_engine(*engine_ids, work, 1_024, budget)
+            big, big_ids, _ = bench_engine(*engine_ids, work, 1_024, budget)
             ratios = ["-", "-", "-"]
             if river is not None:
                 ratios = [

@@ -5,9 +5,14 @@ compiled loop, in place on the pool's packed buffers (docs/engine.md, "Fused tra
 It is one more implementation of the same math, not a new definition: every constant arrives in ``fc``
 from :mod:`models.tracking` and friends, every column offset in ``col`` from the pool's layout, and each
 row's hyperparameters are read from its own columns (so any mix of beta rules, debias, weight decay and
-clipping within a pool runs here). Arithmetic is float64 whatever the buffer's dtype; results are stored in
-the buffer's dtype. Rows are taken in order, each reading the state its predecessors left, so a batch that
-holds a stream twice is one call (the same as one round per occurrence). Only NumPy arrays and numbers go
+clipping within a pool runs here). Arithmetic is float64 whatever the buffer's dtype, except the dense
+covariance loops (``P phi`` and the rank-one update: most of a round's work), which run in the buffer's dtype
+as the torch round does; results are stored in the buffer's dtype. Strict IEEE order (no fastmath: the RLS
+recursion amplifies a changed rounding order past the tests' tolerances, docs/engine.md "Branch `kernel`").
+Each region of a row is taken as a slice and indexed from zero (``w[j]``, not ``f[W + j]``): numba must check
+an index that may be negative and wrap it, which kept LLVM from vectorising the dense loops. Rows are taken in
+order, each reading the state its predecessors left, so a batch that holds a stream twice is one call (the
+same as one round per occurrence). Only NumPy arrays and numbers go
 in: :mod:`models.fused_tracking` builds them.
 
 One module on purpose: numba's on-disk cache of a function is keyed on its own source file only, so a kernel
@@ -133,8 +138,9 @@ def _ewma(prev: float, value: float, alpha: float) -> float:
 
 @njit(cache=True)
 def _scales(f: np.ndarray, col: np.ndarray, n: int, s: np.ndarray) -> None:
+    m2 = f[col[O_SM2] : col[O_SM2] + n]
     for j in range(n):
-        v = math.sqrt(f[col[O_SM2] + j])
+        v = math.sqrt(m2[j])
         s[j] = v if v > 0 else 1.0
 
 
@@ -157,9 +163,10 @@ def _features(
             phi[j] = _clamp((v if math.isfinite(v) else 0.0) / s[j], clip)
     else:
         dim, lags = cfg[K_DIM], cfg[K_LAGS]
+        rates = f[col[O_RATES] : col[O_RATES] + lags * dim]
         for lag in range(lags):
             for d in range(dim):
-                phi[lag * dim + d] = _clamp(f[col[O_RATES] + lag * dim + d] / s[d], clip)
+                phi[lag * dim + d] = _clamp(rates[lag * dim + d] / s[d], clip)
         if kind == _LEVEL:
             for d in range(dim):
                 phi[lags * dim + d] = _clamp(f[col[O_LAST] + d] / s[dim + d], clip)
@@ -179,10 +186,13 @@ def _predict(
     served: np.ndarray,
     share: np.ndarray,
     heads: np.ndarray,
+    dots: np.ndarray,
 ) -> None:
     """Naive, model and served predictions (series: rates) from the features, and the model's share.
-    ``heads``: room for the heads' shares of one output."""
+    ``heads``: room for the heads' shares of one output; ``dots``: each head's ``w . phi`` (``[heads * k]``,
+    the learning step's residuals reuse them while the features stay the same)."""
     k, p, kind, tiny, nh = cfg[K_OUT], cfg[K_P], cfg[K_KIND], fc[C_TINY], cfg[K_HEADS]
+    weights = f[col[O_W] : col[O_W] + nh * k * p]
     w = f[col[O_STATW]]
     learned = f[col[O_LEARNED]] >= fc[C_MIX_WARMUP]
     n = f[col[O_MIXCOUNT]]
@@ -190,9 +200,11 @@ def _predict(
         _head_shares(f, col, k, nh, o, w, tiny, heads)
         raw = 0.0
         for h in range(nh):
+            wr = weights[(h * k + o) * p : (h * k + o + 1) * p]
             head = 0.0
             for j in range(p):
-                head += f[col[O_W] + (h * k + o) * p + j] * phi[j]
+                head += wr[j] * phi[j]
+            dots[h * k + o] = head
             raw += heads[h] * head
         if kind == _LINEAR:
             mw = f[col[O_MEANW]]
@@ -248,15 +260,15 @@ def _loss(a: np.ndarray, b: np.ndarray, k: int, huber: int, delta: float) -> flo
 
 @njit(cache=True)
 def _trackin(
-    f: np.ndarray, i: np.ndarray, b: np.ndarray, col: np.ndarray, cfg: np.ndarray, g: np.ndarray, n: int
+    f: np.ndarray, i: np.ndarray, b: np.ndarray, col: np.ndarray, g: np.ndarray, n: int
 ) -> tuple[float, float, float]:
     """TrackIn (models.functional.trackin) on one row's weights, in place; returns the figures
     ``(grad_norm, beta_t, eps_norm)``."""
-    W, M = col[O_W], col[O_MOM]
+    w, m = f[col[O_W] : col[O_W] + n], f[col[O_MOM] : col[O_MOM] + n]
     wd = f[col[O_WD]]
     if wd != 0:
         for j in range(n):
-            g[j] += wd * f[W + j]
+            g[j] += wd * w[j]
     sq = 0.0
     for j in range(n):
         sq += g[j] * g[j]
@@ -274,15 +286,16 @@ def _trackin(
     if rule == 1:
         msq, dot = 0.0, 0.0
         for j in range(n):
-            msq += f[M + j] * f[M + j]
-            dot += g[j] * f[M + j]
+            msq += m[j] * m[j]
+            dot += g[j] * m[j]
         s_cos = max(dot / max(math.sqrt(sq * msq), _TINY), 0.0)
     msq = 0.0
+    keep = 1 - gamma
     for j in range(n):
-        m = f[M + j] * gamma + g[j] * (1 - gamma)
-        f[M + j] = m
-        msq += m * m
-    sq_avg = f[col[O_SQ]] * gamma + (1 - gamma) * sq
+        mj = m[j] * gamma + g[j] * keep
+        m[j] = mj
+        msq += mj * mj
+    sq_avg = f[col[O_SQ]] * gamma + keep * sq
     f[col[O_SQ]] = sq_avg
     bias = 1 - gamma**t if b[col[O_DEBIAS]] else 1.0
     if rule == 0:
@@ -296,19 +309,48 @@ def _trackin(
     beta_t = f[col[O_BETA]] * s
     coef, lr = beta_t / bias, f[col[O_LR]]
     for j in range(n):
-        f[W + j] -= lr * (g[j] + coef * f[M + j])
+        w[j] -= lr * (g[j] + coef * m[j])
     eps_norm = 0.0
     E = col[O_EPS]
     if E >= 0:
+        e = f[E : E + n]
         decay, eta = f[col[O_EPS_DECAY]], f[col[O_ETA]]
         esq = 0.0
         for j in range(n):
-            e = f[E + j] * decay - eta * g[j]
-            f[E + j] = e
-            f[W + j] += f[E + j]
-            esq += f[E + j] * f[E + j]
+            ej = e[j] * decay - eta * g[j]
+            e[j] = ej
+            w[j] += e[j]
+            esq += e[j] * e[j]
         eps_norm = math.sqrt(esq)
     return norm, beta_t, eps_norm
+
+
+@njit(cache=True)
+def _p_phi(cov: np.ndarray, phi: np.ndarray, pp: np.ndarray, p: int) -> float:
+    """``pp = P phi`` (P symmetric: rows of P scaled by phi's entries and added, each a contiguous vector
+    operation) and returns ``phi^T P phi``, in the buffer's dtype."""
+    for a in range(p):
+        pp[a] = 0.0
+    for c in range(p):
+        pc = phi[c]
+        row = cov[c * p : (c + 1) * p]
+        for a in range(p):
+            pp[a] += row[a] * pc
+    quad = 0.0
+    for a in range(p):
+        quad += phi[a] * pp[a]
+    return quad
+
+
+@njit(cache=True)
+def _cov_update(cov: np.ndarray, pp: np.ndarray, p: int, inv_denom: float, factor: float) -> None:
+    """``P = (P - pp pp^T / denom) * factor``, one contiguous pass in the buffer's dtype. ``(pp_a pp_c) /
+    denom`` is symmetric to the bit, so a symmetric P stays symmetric."""
+    for a in range(p):
+        pa = pp[a]
+        row = cov[a * p : (a + 1) * p]
+        for c in range(p):
+            row[c] = (row[c] - pa * pp[c] * inv_denom) * factor
 
 
 @njit(cache=True)
@@ -320,64 +362,65 @@ def _learn(
     fc: np.ndarray,
     col: np.ndarray,
     phi: np.ndarray,
+    phi_t: np.ndarray,
     scaled: np.ndarray,
     target: np.ndarray,
     model: np.ndarray,
     naive: np.ndarray,
     work: np.ndarray,
+    pp_t: np.ndarray,
+    sc: np.ndarray,
+    dots: np.ndarray,
+    fresh: bool,
 ) -> tuple[float, float, float]:
     """The preconditioned step of every head (tracking.learn) and the running statistics of one row that
-    learns. ``work``: room for ``heads * (2 p + k + k p + 1)`` values."""
+    learns. ``work``: room for ``heads * (k + k p + 1)`` values; ``phi_t`` (the features), ``pp_t`` (room
+    for ``heads * p``) and ``sc`` (two) are of the buffer's dtype: the dense covariance loops run in it.
+    ``fresh``: the features are those of :func:`_predict`, whose ``dots`` (``w . phi``) are reused."""
     k, p, tiny, nh = cfg[K_OUT], cfg[K_P], fc[C_TINY], cfg[K_HEADS]
-    C, W = col[O_COV], col[O_W]
+    C = col[O_COV]
+    hk = nh * k
+    n = hk * p
     stat_w = f[col[O_STATW]]
     clip_on = f[col[O_LEARNED]] >= 2 and stat_w > 0
-    hp, hk = nh * p, nh * k
-    p_phi, gain, residual = work[:hp], work[hp : 2 * hp], work[2 * hp : 2 * hp + hk]
-    g, denoms = work[2 * hp + hk : 2 * hp + hk + hk * p], work[2 * hp + hk + hk * p :]
+    residual, g, denoms = work[:hk], work[hk : hk + n], work[hk + n : hk + n + nh]
+    weights = f[col[O_W] : col[O_W] + n]
+    resid2 = f[col[O_RESID2] : col[O_RESID2] + hk]
+    inv_w = 1.0 / max(stat_w, tiny)
     for h in range(nh):
-        Wh, Ch, lam = W + h * k * p, C + h * p * p, fc[N_FC + h]
         for o in range(k):
-            r = scaled[o]
-            for j in range(p):
-                r -= f[Wh + o * p + j] * phi[j]
+            if fresh:
+                dot = dots[h * k + o]
+            else:
+                w = weights[(h * k + o) * p : (h * k + o + 1) * p]
+                dot = 0.0
+                for j in range(p):
+                    dot += w[j] * phi[j]
+            r = scaled[o] - dot
             if clip_on:
-                r = _clamp(r, fc[C_CLIP] * math.sqrt(f[col[O_RESID2] + h * k + o] / max(stat_w, tiny)))
+                r = _clamp(r, fc[C_CLIP] * math.sqrt(resid2[h * k + o] * inv_w))
             residual[h * k + o] = r
-        # P phi, P symmetric: row c of P scaled by phi_c, accumulated over c (the sums in the order of a
-        # row's dot product, each independent of the others: vectorised without reordering any sum)
-        pp = p_phi[h * p : (h + 1) * p]
-        for a in range(p):
-            pp[a] = 0.0
-        for c in range(p):
-            pc = phi[c]
-            for a in range(p):
-                pp[a] += f[Ch + c * p + a] * pc
-        quad = 0.0
-        for a in range(p):
-            quad += phi[a] * pp[a]
-        denom = lam + quad
+        pp = pp_t[h * p : (h + 1) * p]
+        quad = _p_phi(f[C + h * p * p : C + (h + 1) * p * p], phi_t, pp, p)
+        denom = fc[N_FC + h] + quad
         denoms[h] = denom
-        for a in range(p):
-            gain[h * p + a] = pp[a] / denom
+        inv_denom = 1.0 / denom
         for o in range(k):
+            r = residual[h * k + o] * inv_denom
+            go = g[(h * k + o) * p : (h * k + o + 1) * p]
             for j in range(p):
-                g[(h * k + o) * p + j] = -(residual[h * k + o] * gain[h * p + j])
-    stats = _trackin(f, i, b, col, cfg, g, hk * p)
-    # (P - P phi phi^T P / denom) / lam, its largest diagonal entry capped. (p_phi_a p_phi_c) / denom is
-    # symmetric to the bit, so a symmetric P stays symmetric (the torch round symmetrises explicitly: the
-    # same values up to rounding). The diagonal first, then one contiguous pass.
+                go[j] = -(r * pp[j])
+    stats = _trackin(f, i, b, col, g, n)
+    # (P - P phi phi^T P / denom) / lam, its largest diagonal entry capped: the diagonal first, then one
+    # contiguous pass
     for h in range(nh):
-        Ch, pp = C + h * p * p, p_phi[h * p : (h + 1) * p]
+        cov, pp = f[C + h * p * p : C + (h + 1) * p * p], pp_t[h * p : (h + 1) * p]
         inv_lam, inv_denom = 1.0 / fc[N_FC + h], 1.0 / denoms[h]
         peak = -math.inf
         for a in range(p):
-            peak = max(peak, (f[Ch + a * p + a] - pp[a] * pp[a] * inv_denom) * inv_lam)
-        factor = inv_lam * (fc[C_COV_CAP] / max(peak, fc[C_COV_CAP]))
-        for a in range(p):
-            pa = pp[a]
-            for c in range(p):
-                f[Ch + a * p + c] = (f[Ch + a * p + c] - pa * pp[c] * inv_denom) * factor
+            peak = max(peak, (cov[a * p + a] - pp[a] * pp[a] * inv_denom) * inv_lam)
+        sc[0], sc[1] = inv_denom, inv_lam * (fc[C_COV_CAP] / max(peak, fc[C_COV_CAP]))
+        _cov_update(cov, pp, p, sc[0], sc[1])
     keep, rho, power, head_rho = 1 - fc[C_STAT_ALPHA], fc[C_MIX_RHO], fc[C_MIX_POWER], fc[C_HEAD_RHO]
     L = col[O_HLOSS]
     for o in range(k):
@@ -389,16 +432,26 @@ def _learn(
         f[col[O_HS2] + o] = f[col[O_HS2] + o] * keep + rb * rb
         for h in range(nh):
             r = residual[h * k + o]
-            f[col[O_RESID2] + h * k + o] = f[col[O_RESID2] + h * k + o] * keep + r * r
+            resid2[h * k + o] = resid2[h * k + o] * keep + r * r
             f[L + h * k + o] = f[L + h * k + o] * head_rho + r * r
         dn, dm = target[o] - naive[o], target[o] - model[o]
         f[col[O_NAIVE2] + o] = f[col[O_NAIVE2] + o] * keep + dn * dn
-        f[col[O_MIXM] + o] = rho * f[col[O_MIXM] + o] + abs(dm) ** power
-        f[col[O_MIXN] + o] = rho * f[col[O_MIXN] + o] + abs(dn) ** power
+        f[col[O_MIXM] + o] = rho * f[col[O_MIXM] + o] + _power(abs(dm), power)
+        f[col[O_MIXN] + o] = rho * f[col[O_MIXN] + o] + _power(abs(dn), power)
     f[col[O_STATW]] = f[col[O_STATW]] * keep + 1
     f[col[O_MIXCOUNT]] = rho * f[col[O_MIXCOUNT]] + 1
     f[col[O_LEARNED]] = f[col[O_LEARNED]] + 1
     return stats
+
+
+@njit(cache=True, inline="always")
+def _power(v: float, power: float) -> float:
+    """``v ** power``, without the call to ``pow`` at the usual powers."""
+    if power == 1.0:
+        return v
+    if power == 2.0:
+        return v * v
+    return math.pow(v, power)
 
 
 @njit(cache=True)
@@ -495,8 +548,9 @@ def tracking_round(
     scaled, target, values = np.empty(k), np.empty(k), np.empty(nscale)
     lv_s, lv_m, lv_n = np.empty(k), np.empty(k), np.empty(k)
     nh = cfg[K_HEADS]
-    work = np.empty(nh * (2 * p + k + k * p + 1))
-    heads = np.empty(nh)
+    work = np.empty(nh * (k + k * p + 1))
+    phi_t, pp_t, sc = np.empty(p, fbuf.dtype), np.empty(nh * p, fbuf.dtype), np.empty(2, fbuf.dtype)
+    heads, dots = np.empty(nh), np.empty(nh * k)
     nan = math.nan
     for r in range(slots.shape[0]):
         row = slots[r]
@@ -535,7 +589,7 @@ def tracking_round(
         else:
             _scales(f, col, nscale, s)
             _features(f, xr, cfg, fc, col, s, phi)
-            _predict(f, cfg, fc, col, s, phi, naive, model, served, share, heads)
+            _predict(f, cfg, fc, col, s, phi, naive, model, served, share, heads, dots)
             if kind == _LINEAR:
                 for o in range(k):
                     target[o] = y[r, o]
@@ -551,9 +605,11 @@ def tracking_round(
                 if kind == _LEVEL:
                     for d in range(dim):
                         values[dim + d] = xr[d]
+            fresh = True
             if cfg[K_STANDARDIZE] and _update_scales(f, fc, col, values, nscale):
                 _scales(f, col, nscale, s)  # the step learns in the scales that include this observation
                 _features(f, xr, cfg, fc, col, s, phi)
+                fresh = False
             for o in range(k):
                 if kind == _LINEAR:
                     scaled[o] = target[o] / s[cfg[K_IN] + o]
@@ -566,8 +622,9 @@ def tracking_round(
                         last + gap * model[o],
                         last + gap * naive[o],
                     )
+            phi_t[:] = phi
             grad_norm, beta_t, eps_norm = _learn(
-                f, i, b, cfg, fc, col, phi, scaled, target, model, naive, work
+                f, i, b, cfg, fc, col, phi, phi_t, scaled, target, model, naive, work, pp_t, sc, dots, fresh
             )
             if kind == _LINEAR:
                 keep = 1 - fc[C_STAT_ALPHA]
@@ -608,7 +665,7 @@ def tracking_round(
             if f[col[O_SEEN]] > 0:
                 _scales(f, col, nscale, s)
                 _features(f, xr, cfg, fc, col, s, phi)
-                _predict(f, cfg, fc, col, s, phi, naive, model, served, share, heads)
+                _predict(f, cfg, fc, col, s, phi, naive, model, served, share, heads, dots)
                 for d in range(dim):
                     forecast[r, d] = f[col[O_LAST] + d] + served[d]
             else:
