@@ -43,6 +43,7 @@ from numba import njit
     C_TINY,  # the buffer dtype's smallest normal
     C_FMAX,  # the buffer dtype's largest finite value
     C_CLIP,
+    C_STAT_CLIP,
     C_FEATURE_CLIP,
     C_BOUND,
     C_COV_CAP,
@@ -56,7 +57,7 @@ from numba import njit
     C_EWMA,
     C_PH_WINDOW,
     N_FC,
-) = range(17)
+) = range(18)
 # col: column offsets (float buffer unless noted; -1 where the pool has none)
 (
     O_W,
@@ -341,8 +342,8 @@ def _learn(
             r = scaled[o]
             for j in range(p):
                 r -= f[Wh + o * p + j] * phi[j]
-            if clip_on:
-                r = _clamp(r, fc[C_CLIP] * math.sqrt(f[col[O_RESID2] + h * k + o] / max(stat_w, tiny)))
+            if clip_on:  # the statistics' residual (the step's is clipped further below)
+                r = _clamp(r, fc[C_STAT_CLIP] * math.sqrt(f[col[O_RESID2] + h * k + o] / max(stat_w, tiny)))
             residual[h * k + o] = r
         # P phi, P symmetric: row c of P scaled by phi_c, accumulated over c (the sums in the order of a
         # row's dot product, each independent of the others: vectorised without reordering any sum)
@@ -361,8 +362,11 @@ def _learn(
         for a in range(p):
             gain[h * p + a] = pp[a] / denom
         for o in range(k):
+            r = residual[h * k + o]
+            if clip_on:
+                r = _clamp(r, fc[C_CLIP] * math.sqrt(f[col[O_RESID2] + h * k + o] / max(stat_w, tiny)))
             for j in range(p):
-                g[(h * k + o) * p + j] = -(residual[h * k + o] * gain[h * p + j])
+                g[(h * k + o) * p + j] = -(r * gain[h * p + j])
     stats = _trackin(f, i, b, col, cfg, g, hk * p)
     # (P - P phi phi^T P / denom) / lam, its largest diagonal entry capped. (p_phi_a p_phi_c) / denom is
     # symmetric to the bit, so a symmetric P stays symmetric (the torch round symmetrises explicitly: the
