@@ -141,6 +141,7 @@ class FusedTrackingRound(TrackingRound):
             tracking.BOUND,
         )
         fc[K.C_COV_CAP], fc[K.C_STAT_ALPHA] = tracking.COV_CAP, tracking.STAT_ALPHA
+        fc[K.C_STAT_CLIP] = tracking.STAT_CLIP
         fc[K.C_SCALE_WARMUP], fc[K.C_MIX_RHO] = tracking.SCALE_WARMUP, tracking.MIX_RHO
         fc[K.C_MIX_ETA], fc[K.C_MIX_BIAS] = tracking.MIX_ETA, tracking.MIX_BIAS
         fc[K.C_MIX_POWER], fc[K.C_MIX_WARMUP] = tracking.MIX_POWER, tracking.MIX_WARMUP

@@ -48,6 +48,7 @@ from numba import njit
     C_TINY,  # the buffer dtype's smallest normal
     C_FMAX,  # the buffer dtype's largest finite value
     C_CLIP,
+    C_STAT_CLIP,
     C_FEATURE_CLIP,
     C_BOUND,
     C_COV_CAP,
@@ -61,7 +62,7 @@ from numba import njit
     C_EWMA,
     C_PH_WINDOW,
     N_FC,
-) = range(17)
+) = range(18)
 # col: column offsets (float buffer unless noted; -1 where the pool has none)
 (
     O_W,
@@ -397,8 +398,8 @@ def _learn(
                 for j in range(p):
                     dot += w[j] * phi[j]
             r = scaled[o] - dot
-            if clip_on:
-                r = _clamp(r, fc[C_CLIP] * math.sqrt(resid2[h * k + o] * inv_w))
+            if clip_on:  # the statistics' residual (the step's is clipped further below)
+                r = _clamp(r, fc[C_STAT_CLIP] * math.sqrt(resid2[h * k + o] * inv_w))
             residual[h * k + o] = r
         pp = pp_t[h * p : (h + 1) * p]
         quad = _p_phi(f[C + h * p * p : C + (h + 1) * p * p], phi_t, pp, p)
@@ -406,7 +407,10 @@ def _learn(
         denoms[h] = denom
         inv_denom = 1.0 / denom
         for o in range(k):
-            r = residual[h * k + o] * inv_denom
+            r = residual[h * k + o]
+            if clip_on:  # the step's (Huber) residual
+                r = _clamp(r, fc[C_CLIP] * math.sqrt(resid2[h * k + o] * inv_w))
+            r *= inv_denom
             go = g[(h * k + o) * p : (h * k + o + 1) * p]
             for j in range(p):
                 go[j] = -(r * pp[j])

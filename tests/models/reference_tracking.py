@@ -186,14 +186,16 @@ class TrackingReference:
         """One preconditioned TrackIn step of every head on the residual ``target`` (model units), then the
         statistics."""
         residual = target - self._heads() @ phi  # [heads, k]
+        stepped = residual  # the step's residual, clipped at CLIP; the statistics' at STAT_CLIP
         if self.stat_w > 0 and self.learned >= 2:
-            limit = T.CLIP * (self.resid2 / self.stat_w).sqrt()
-            residual = torch.minimum(torch.maximum(residual, -limit), limit)
+            rms = (self.resid2 / self.stat_w).sqrt()
+            stepped = torch.minimum(torch.maximum(residual, -T.CLIP * rms), T.CLIP * rms)
+            residual = torch.minimum(torch.maximum(residual, -T.STAT_CLIP * rms), T.STAT_CLIP * rms)
         grads, covs = [], []
         for h, forget in enumerate(self.forgets):
             p_phi = self.cov[h] @ phi
             gain = p_phi / (forget + phi @ p_phi)
-            grads.append(-residual[h].unsqueeze(1) * gain.unsqueeze(0))
+            grads.append(-stepped[h].unsqueeze(1) * gain.unsqueeze(0))
             cov = (self.cov[h] - gain.unsqueeze(1) * p_phi.unsqueeze(0)) / forget
             cov = 0.5 * (cov + cov.T)
             peak = cov.diagonal().max()

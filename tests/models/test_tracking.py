@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.models.reference_tracking import TrackingReference
+from trackin.models import tracking
 from trackin.models.engine import Engine
 from trackin.models.kernels import Kernels
 from trackin.models.specs import StreamSpec
@@ -223,3 +224,31 @@ def test_the_heads_follow_fast_drift_and_keep_long_memory() -> None:
         else:
             assert heads < 1.15 * slow, (heads, slow)
             assert heads < quick, (heads, quick)
+
+
+def test_a_jump_in_the_coefficients_is_learned_at_full_gain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the coefficients jump, the residuals stay large: the running RMS that sets the step's clip
+    learns from them (clipped at STAT_CLIP, not CLIP), so the clip widens within a few steps and the jump is
+    learned about twice as fast as with the RMS fed the clipped residuals (STAT_CLIP = CLIP); once it is
+    learned, the two agree."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2))
+    w = np.where(np.arange(400)[:, None] < 300, [1.0, -1.0], [-1.0, 2.0])
+    y = (w * x).sum(1, keepdims=True) + 0.1 * rng.normal(size=(400, 1))
+
+    def errors() -> tuple[float, float]:
+        engine = Engine()
+        spec = {"model": {"family": "linear", "in_dim": 2}, "dtype": "float64"}
+        engine.add("s", StreamSpec.model_validate(spec))
+        e = []
+        for a, b in zip(x, y, strict=True):
+            (r,) = engine.observe(["s"], [a], [b])
+            assert r.prediction is not None
+            e.append((r.prediction[0] - b[0]) ** 2)
+        return sum(e[300:350]), sum(e[350:])
+
+    wide_jump, wide_after = errors()
+    monkeypatch.setattr(tracking, "STAT_CLIP", tracking.CLIP)
+    narrow_jump, narrow_after = errors()
+    assert wide_jump < 0.6 * narrow_jump, (wide_jump, narrow_jump)
+    assert wide_after < 1.1 * narrow_after, (wide_after, narrow_after)
