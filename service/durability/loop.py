@@ -136,7 +136,7 @@ class CheckpointLoop:
                 if due:
                     await self._checkpointer.checkpoint(due)
                 await self.settle()
-                if self._log_mode:
+                if self._log_mode and due:  # only a checkpoint moves the horizon
                     await self._log.trim()
                 if full:
                     last_full = time.monotonic()

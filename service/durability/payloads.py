@@ -24,6 +24,7 @@ applied those). Positions are only compared for equality, as the store contract 
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -188,7 +189,11 @@ def encode_group(batches: Sequence[IngestBatch], epoch: int, bases: Mapping[str,
             ts = None
             if any(b.t is not None for b in batches):
                 ts = [b.t if b.t is not None else np.full(len(b), np.nan) for b in batches]
-            ids = [s for b in batches for s in b.stream_ids]
+            ids = (
+                batches[0].stream_ids
+                if len(batches) == 1
+                else [*itertools.chain(*(b.stream_ids for b in batches))]
+            )
             return [_group_entry(ids, xs, ys, ts, epoch, bases)]  # type: ignore[arg-type]
     # Items walked one by one (mixed widths): one entry per (input, target) width class.
     classes: dict[tuple[int, int], tuple[list[str], list[np.ndarray], list[np.ndarray], list[float]]] = {}
@@ -236,7 +241,7 @@ def _group_entry(
         columns.append((np.concatenate(ts) if len(ts) > 1 else ts[0])[:, None])
     matrix = np.concatenate(columns, axis=1) if len(columns) > 1 else columns[0]
     raw_ids = "\n".join(ids).encode()
-    raw_bases = "\n".join([bases.get(s, "") for s in streams]).encode()
+    raw_bases = "\n".join(map(bases.get, streams, itertools.repeat(""))).encode()  # type: ignore[arg-type]
     flags = _TIMES if ts is not None else 0
     head = _GROUP_HEAD.pack(
         _MAGIC, _GROUP, epoch, len(ids), len(streams), wx, wy, flags, len(raw_ids), len(raw_bases)
