@@ -107,10 +107,6 @@ class DurabilityLog:
             self._acknowledged.clear()
             self._failed_after = None
 
-    def settled(self, stream_id: str) -> None:
-        """The stream is gone: it waits for nothing (its entries are never restored)."""
-        self._suspect.discard(stream_id)
-
     async def trim(self) -> None:
         """Drop this process's entries that every stream's checkpoint covers."""
         epoch = self._connection.epoch
