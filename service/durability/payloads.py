@@ -181,7 +181,8 @@ def encode_group(batches: Sequence[IngestBatch], epoch: int, bases: Mapping[str,
     """The merged batches as batch-log entries (one, unless their streams differ in widths).
 
     ``bases[stream]``: the position of the last entry applied to that stream's state ("" if none)."""
-    if all(b.x is not None for b in batches):
+    batches = [b for b in batches if len(b)]
+    if batches and all(b.x is not None for b in batches):
         kinds = {(b.x.shape[1], None if b.y is None else b.y.shape[1]) for b in batches}  # type: ignore[union-attr]
         if len(kinds) == 1:
             xs = [b.x for b in batches]

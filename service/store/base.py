@@ -1,8 +1,9 @@
 """The store contract: what trackin keeps outside the process, whatever the backend.
 
-A store holds four things: the latest checkpoint of each stream, a per-stream durability log of
-observations not yet folded into a checkpoint, a counter of owner epochs, and a few small JSON records
-(templates). Every backend implements `Store` and passes the same contract suite
+A store holds four things: the latest checkpoint of each stream, the durability log of observations
+not yet folded into a checkpoint (the batch log, one entry per engine batch; and the per-stream log that
+servers before it wrote, still read after an upgrade), a counter of owner epochs, and a few small JSON
+records (templates). Every backend implements `Store` and passes the same contract suite
 (``tests/store/test_contract.py``), so the service never branches on which one it has.
 
 Fencing. Each server process takes a fresh epoch from `Store.acquire_epoch` at start and stamps it on
