@@ -213,7 +213,7 @@ def build(settings: Settings) -> AppState:
         residency = Residency(limit, engine, scheduler, catalog, ledger, journal, checkpointer, metrics)
         restorer = Restorer(
             store, connection, ledger, engine, scheduler, catalog, residency, health, metrics,
-            replay_log=log_mode, limit=limit,
+            replay_log=log_mode, limit=limit, checkpointer=checkpointer,
         )  # fmt: skip
         loop = CheckpointLoop(
             settings, engine, connection, ledger, checkpointer, journal, residency, restorer, health

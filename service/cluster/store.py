@@ -111,6 +111,21 @@ class LeaseFencedStore(Store):
     async def log_length(self) -> int:
         return 0
 
+    async def append_batches(self, epoch: int, payloads: Sequence[bytes]) -> list[str]:
+        raise StoreUnavailable("cluster mode logs to JetStream, not to the store")
+
+    async def read_batches(self, after: str) -> list[tuple[str, int, bytes]]:
+        return []
+
+    async def trim_batches(self, epoch: int, upto: str) -> None:
+        return None
+
+    async def delete_batches(self, positions: Sequence[str]) -> None:
+        return None
+
+    async def legacy_log_streams(self) -> list[str]:
+        return []
+
     async def put_record(self, kind: str, name: str, value: dict[str, Any]) -> None:
         await self._inner.put_record(kind, name, value)
 

@@ -81,6 +81,7 @@ class Checkpointer:
         def export(engine: Engine) -> tuple[list[_Group], dict[str, int], dict[str, str]]:
             # On the engine thread, in queue order: the rows and the counts and positions belong together.
             present = [s for s in wanted if s in engine]
+            ledger.applied_head = ledger.head  # every batch logged so far has been applied
             groups = [(pool.packed, ids, rows) for pool, ids, rows in engine.export_rows(present)]
             return groups, {s: ledger.count(s) for s in present}, {s: ledger.position(s) for s in present}
 
@@ -108,9 +109,9 @@ class Checkpointer:
         trims: dict[str, str] = {}
         for stream_id in outcome.accepted:
             written = by_id[stream_id]
-            ledger.checkpointed(stream_id, written.step)
-            if written.log_position:
-                trims[stream_id] = written.log_position
+            ledger.checkpointed(stream_id, written.step, written.log_position)
+            if written.log_position and not written.log_position.startswith("b"):
+                trims[stream_id] = written.log_position  # a per-stream log's (written before the batch log)
         for stream_id in outcome.rejected:
             # Equal (epoch, step) is already stored (a retry after a partial write): nothing left to do.
             ledger.checkpointed(stream_id, by_id[stream_id].step)

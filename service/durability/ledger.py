@@ -11,10 +11,11 @@ import asyncio
 import contextlib
 import itertools
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from trackin.models.engine import ItemResult
 from trackin.service.domain.ingest import IngestBatch
+from trackin.service.store import batch_position_key
 
 __all__ = ["Ledger"]
 
@@ -37,7 +38,13 @@ class Ledger:
         self._positions: dict[str, str] = {}  # last log position appended (or restored) per stream
         self._recent: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self._changed: dict[str, None] = {}  # streams whose count differs from the saved one, as a set
+        self._saved_positions: dict[str, str] = {}  # log position of the last accepted checkpoint
         self._wake = asyncio.Event()
+        self.head = ""
+        """Position of this process's last batch-log append ("" before the first)."""
+        self.applied_head = ""
+        """A batch-log position every entry up to which was applied when last read (set by the
+        checkpointer's export, on the engine thread in queue order)."""
 
     # ----- changes ----------------------------------------------------------------------------------------
 
@@ -57,15 +64,23 @@ class Ledger:
         """A new stream: nothing applied, saved or logged yet."""
         self._counts[stream_id] = 0
         self._saved.pop(stream_id, None)
-        self._positions.pop(stream_id, None)
+        self._saved_positions.pop(stream_id, None)
+        # A new stream starts at the log's head: entries of an earlier stream of that id (deleted) lie at
+        # or before it, so no restore takes them for this one's.
+        if self.head:
+            self._positions[stream_id] = self.head
+        else:
+            self._positions.pop(stream_id, None)
         self._recent[stream_id] = None
         self._changed[stream_id] = None
         self._wake.set()
 
-    def loaded(self, stream_id: str, *, count: int, saved: int, head: str) -> None:
-        """A stream restored from a checkpoint saved at ``saved`` plus log entries up to ``head``."""
+    def loaded(self, stream_id: str, *, count: int, saved: int, head: str, saved_position: str = "") -> None:
+        """A stream restored from a checkpoint saved at ``saved`` (log position ``saved_position``) plus log
+        entries up to ``head``."""
         self._counts[stream_id] = count
         self._saved[stream_id] = saved
+        self._saved_positions[stream_id] = saved_position
         if head:
             self._positions[stream_id] = head  # the base of this process's next append
         self._recent[stream_id] = None
@@ -76,9 +91,28 @@ class Ledger:
     def logged(self, stream_id: str, position: str) -> None:
         self._positions[stream_id] = position
 
-    def checkpointed(self, stream_id: str, count: int) -> None:
+    def logged_many(self, stream_ids: Iterable[str], position: str) -> None:
+        """The streams' observations are in the batch-log entry at ``position`` (in C: no loop here)."""
+        self._positions.update(zip(stream_ids, itertools.repeat(position)))
+        self.head = position
+
+    def checkpointed(self, stream_id: str, count: int, position: str | None = None) -> None:
         self._saved[stream_id] = count
+        if position is not None:
+            self._saved_positions[stream_id] = position
         self._track(stream_id)
+
+    def trim_horizon(self) -> str:
+        """The last batch-log position every resident stream's checkpoint covers, as far as this process
+        wrote the log: the applied head, or the oldest checkpoint position of a stream changed since."""
+        horizon, key = self.applied_head, batch_position_key(self.applied_head)
+        saved = self._saved_positions
+        for stream_id in self._changed:
+            position = saved.get(stream_id, "")
+            mine = batch_position_key(position)
+            if mine < key:
+                horizon, key = position, mine
+        return horizon
 
     def _track(self, stream_id: str) -> None:
         if self.changed(stream_id):
@@ -88,7 +122,8 @@ class Ledger:
 
     def forget(self, stream_id: str) -> None:
         """A stream deleted or dropped from memory: nothing is known about it any more."""
-        for table in (self._counts, self._saved, self._positions, self._recent, self._changed):
+        tables = (self._counts, self._saved, self._positions, self._recent, self._changed)
+        for table in (*tables, self._saved_positions):
             table.pop(stream_id, None)
 
     # ----- reads ------------------------------------------------------------------------------------------

@@ -1,23 +1,29 @@
 """The durability log: each batch is in the store before it is applied and answered (``log`` durability).
 
-An entry is one stream's share of a batch, stamped with this process's owner epoch and chained to the
-last entry applied to the stream (`trackin.service.durability.payloads`), so a restore replays exactly
-one owner's history. An append whose outcome is unknown (a timeout the store may still execute) makes
-its streams *suspect*: they take no new batch (503) until whatever the log holds beyond their last applied
-entry has been dropped, so a 503 ("nothing applied") never turns into a replay.
+Group commit: one batch-log entry per engine batch (`trackin.service.durability.payloads.encode_group`),
+stamped with this process's owner epoch, each stream's share chained to the last entry applied to the
+stream, so a restore replays exactly one owner's history. The log is one per store with every owner's
+entries in write order; this process trims only its own, behind every stream's checkpoint
+(`Ledger.trim_horizon`). Entries of other (crashed or older) owners are adopted at start by the restorer.
+
+An append whose outcome is unknown (a timeout the store may still execute) makes its streams *suspect*:
+they take no new batch (503) until the entries this process wrote since then and never had acknowledged
+(orphans: nobody applied them) are deleted, so a 503 ("nothing applied") never turns into a replay.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 
 from trackin.service.domain.ingest import IngestBatch
 from trackin.service.durability.connection import Connection
 from trackin.service.durability.health import StoreHealth
 from trackin.service.durability.ledger import Ledger
-from trackin.service.durability.payloads import encode_batches
+from trackin.service.durability.payloads import encode_group
 from trackin.service.errors import Unavailable
-from trackin.service.store import LogEntry, Store
+from trackin.service.store import Store, batch_position_key
 
 __all__ = ["DurabilityLog"]
 
@@ -25,7 +31,7 @@ log = logging.getLogger("trackin.durability")
 
 
 class DurabilityLog:
-    """Appends batches before they are applied; remembers and settles suspect streams."""
+    """Appends batches before they are applied; remembers and settles suspect streams; trims."""
 
     def __init__(self, store: Store, connection: Connection, ledger: Ledger, health: StoreHealth) -> None:
         self._store = store
@@ -33,32 +39,44 @@ class DurabilityLog:
         self._ledger = ledger
         self._health = health
         self._suspect: set[str] = set()
+        self._failed_after: str | None = None  # the head before the first unsettled failed append
+        self._acknowledged: set[str] = set()  # positions appended since then
+        self._trimmed = ""
+        # Appends and the orphan sweep never overlap: an append in flight is not an orphan.
+        self._lock = asyncio.Lock()
 
     async def append(self, batches: list[IngestBatch]) -> None:
         """Log the batches (the scheduler's ``before_apply`` hook); if that fails nothing is applied (503)."""
         epoch = await self._connection.require()
-        payloads = encode_batches(batches, epoch, self._ledger.positions())
-        unsettled = self._suspect.intersection(payloads)
-        if unsettled:
-            raise Unavailable(
-                f"stream {min(unsettled)!r} is settling after a store failure, nothing applied",
-                retry_after=1,
-                stream=min(unsettled),
-            )
-        entries = [LogEntry(stream_id, payload) for stream_id, payload in payloads.items()]
-        try:
-            with self._health.store_errors("store unavailable, nothing applied"):
-                positions = await self._store.append_log(entries)
-        except Unavailable:
-            # The append may still happen (a timeout the store executes later): remember the streams, so
-            # their log is cleaned of what this process never applied before they go on.
-            self._suspect.update(payloads)
-            self._ledger.nudge()
-            raise
+        if self._suspect:
+            ids = itertools.chain.from_iterable(b.stream_ids for b in batches)
+            unsettled = self._suspect.intersection(ids)
+            if unsettled:
+                raise Unavailable(
+                    f"stream {min(unsettled)!r} is settling after a store failure, nothing applied",
+                    retry_after=1,
+                    stream=min(unsettled),
+                )
+        entries = encode_group(batches, epoch, self._ledger.positions())
+        async with self._lock:
+            try:
+                with self._health.store_errors("store unavailable, nothing applied"):
+                    positions = await self._store.append_batches(epoch, [e.payload for e in entries])
+            except Unavailable:
+                # The append may still happen (a timeout the store executes later): remember the streams,
+                # so the log is cleaned of what this process never applied before they go on.
+                if self._failed_after is None:
+                    self._failed_after = self._ledger.head
+                for entry in entries:
+                    self._suspect.update(entry.streams)
+                self._ledger.nudge()
+                raise
+            if self._failed_after is not None:
+                self._acknowledged.update(positions)
         if not self._health.up:  # the store answered an append: it is back (a failure may have come last)
             self._health.mark(True)
         for entry, position in zip(entries, positions, strict=True):
-            self._ledger.logged(entry.stream_id, position)
+            self._ledger.logged_many(entry.streams, position)
 
     def is_suspect(self, stream_id: str) -> bool:
         return stream_id in self._suspect
@@ -66,28 +84,40 @@ class DurabilityLog:
     def suspects(self) -> list[str]:
         return sorted(self._suspect)
 
-    async def drop_orphans(self, stream_id: str) -> None:
-        """Drop the stream's entries after the last one it applied, and clear its suspicion.
-
-        Call once a checkpoint covers every entry the stream applied, so only orphans can follow it.
-        """
-        with self._health.store_errors():
-            orphans = await self._store.read_log(stream_id, self._ledger.position(stream_id))
+    async def drop_orphans(self) -> None:
+        """Delete this process's entries written since the first unsettled failure that no append
+        acknowledged (so nobody applied them), and clear every suspicion."""
+        if self._failed_after is None:
+            self._suspect.clear()
+            return
+        epoch = await self._connection.require()
+        async with self._lock:
+            with self._health.store_errors():
+                written = await self._store.read_batches(self._failed_after)
+                orphans = [p for p, e, _ in written if e == epoch and p not in self._acknowledged]
+                if orphans:
+                    await self._store.delete_batches(orphans)
             if orphans:
-                await self._store.trim_log(stream_id, orphans[-1][0])
-        if orphans:
-            log.warning(
-                "stream %r: dropped %d log entries of appends answered 503 (never applied)",
-                stream_id,
-                len(orphans),
-            )
-        self.settled(stream_id)
+                log.warning(
+                    "%s: dropped %d log entries of appends answered 503 (never applied)",
+                    ", ".join(repr(s) for s in sorted(self._suspect)),
+                    len(orphans),
+                )
+            self._suspect.clear()
+            self._acknowledged.clear()
+            self._failed_after = None
 
-    def settled(self, stream_id: str) -> None:
-        """The stream's log holds nothing it did not apply (or it is gone): it takes batches again."""
-        self._suspect.discard(stream_id)
+    async def trim(self) -> None:
+        """Drop this process's entries that every stream's checkpoint covers."""
+        epoch = self._connection.epoch
+        horizon = self._ledger.trim_horizon()
+        if epoch is None or batch_position_key(horizon) <= batch_position_key(self._trimmed):
+            return
+        with self._health.store_errors():
+            await self._store.trim_batches(epoch, horizon)
+        self._trimmed = horizon
 
     async def length(self) -> int:
-        """Entries the log holds over all streams (not yet covered by a checkpoint)."""
+        """Entries the log holds (not yet covered by a checkpoint)."""
         with self._health.store_errors():
             return await self._store.log_length()

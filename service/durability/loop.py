@@ -88,6 +88,8 @@ class CheckpointLoop:
         try:
             await self._checkpointer.checkpoint(self._ledger.recent())
             await self.settle()
+            if self._log_mode:
+                await self._log.trim()
         except Unavailable:
             log.error("store unavailable at shutdown: changes since the last checkpoint stay in the log")
 
@@ -95,18 +97,13 @@ class CheckpointLoop:
         """Drop log entries that failed appends may have left behind, so they are never replayed.
 
         A 503 promised the client that nothing was applied. An append whose outcome was unknown may still
-        be in the log, after the last position this process knows it wrote; replaying it after a crash
-        would apply an observation the client was told was refused (and will likely send again). So for
-        each suspect stream: checkpoint it (covering every entry it did apply), then drop whatever the log
-        holds beyond that. New batches for the stream wait (503) until this is done.
+        be in the log; replaying it after a crash would apply an observation the client was told was
+        refused (and will likely send again). So the entries this process wrote since the failure and
+        never had acknowledged are deleted (`DurabilityLog.drop_orphans`); new batches for the suspect
+        streams wait (503) until this is done.
         """
-        for stream_id in self._log.suspects():
-            if stream_id not in self._engine:
-                self._log.settled(stream_id)  # deleted or dropped: its log went with it
-                continue
-            await self._checkpointer.checkpoint([stream_id])
-            if self._ledger.clean(stream_id):  # else not written (refused as stale?): next pass
-                await self._log.drop_orphans(stream_id)
+        if self._log.suspects():
+            await self._log.drop_orphans()
 
     @property
     def settling(self) -> bool:
@@ -120,6 +117,8 @@ class CheckpointLoop:
 
     async def _prepare(self) -> None:
         await self._connection.require()
+        if self._log_mode:
+            await self._restorer.adopt()
         if self._restore_pending:
             await self._restorer.restore_all()
             self._restore_pending = False
@@ -137,6 +136,8 @@ class CheckpointLoop:
                 if due:
                     await self._checkpointer.checkpoint(due)
                 await self.settle()
+                if self._log_mode and due:  # only a checkpoint moves the horizon
+                    await self._log.trim()
                 if full:
                     last_full = time.monotonic()
                     if self._log_mode:

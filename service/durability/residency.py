@@ -74,6 +74,24 @@ class Hold:
         self._until = done
 
 
+class _NoHold(Hold):
+    """What `Residency.hold` gives without a limit: nothing to pin, nothing kept, one shared instance."""
+
+    async def __aenter__(self) -> Hold:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    def until(self, done: asyncio.Future[Any]) -> None:
+        return None
+
+
+_UNPINNED = _NoHold(_Pins(), ())
+
+
 class Residency:
     """Holds, and eviction of least recently used streams beyond ``limit`` (None: no limit)."""
 
@@ -100,6 +118,10 @@ class Residency:
         self._evicting: dict[str, asyncio.Event] = {}
 
     def hold(self, stream_ids: Iterable[str]) -> Hold:
+        """Pins the streams while a request uses them; without a limit nothing is ever evicted, so a
+        request pins nothing (two dict updates per stream it names, about 0.2 us per observation)."""
+        if self._limit is None:
+            return _UNPINNED
         return Hold(self._pins, stream_ids)
 
     def held(self, stream_id: str) -> bool:

@@ -24,16 +24,23 @@ from trackin.models.engine import Engine
 from trackin.models.specs import StreamSpec
 from trackin.service.domain.catalog import StreamRecord
 from trackin.service.domain.scheduler import Scheduler
+from trackin.service.durability.checkpointer import Checkpointer
 from trackin.service.durability.connection import Connection
 from trackin.service.durability.health import StoreHealth
 from trackin.service.durability.ledger import Ledger
-from trackin.service.durability.payloads import ReplayPlan, decode_payload, plan_replay
+from trackin.service.durability.payloads import (
+    LoggedBatch,
+    ReplayPlan,
+    decode_group,
+    decode_payload,
+    plan_replay,
+)
 from trackin.service.durability.records import COUNT_KEY, Records, record_from_meta
 from trackin.service.durability.residency import Residency
 from trackin.service.durability.rowstate import RowBlobs
 from trackin.service.errors import StreamCorrupt
 from trackin.service.metrics import Metrics
-from trackin.service.store import STREAM_ID_PATTERN, Checkpoint, CorruptCheckpoint, Store
+from trackin.service.store import STREAM_ID_PATTERN, Checkpoint, CorruptCheckpoint, Store, batch_position_key
 from trackin.service.store.codec import FORMAT_KEY, upgrade_spec
 
 __all__ = ["Restorer"]
@@ -43,7 +50,7 @@ log = logging.getLogger("trackin.durability")
 PAGE = 1000
 """Streams per batched restore: one store read and one engine call each."""
 
-_Tail = list[tuple[str, bytes]]
+_Tail = list[LoggedBatch]
 
 
 class Restorer:
@@ -68,6 +75,7 @@ class Restorer:
         *,
         replay_log: bool,
         limit: int | None,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self._store = store
         self._connection = connection
@@ -79,6 +87,9 @@ class Restorer:
         self._health = health
         self._metrics = metrics
         self._replay_log = replay_log
+        self._checkpointer = checkpointer
+        self._adopted = not replay_log
+        self._adopting = asyncio.Lock()
         self._limit = limit
         self._restoring: dict[str, asyncio.Lock] = {}
         self._blobs = RowBlobs()
@@ -101,6 +112,7 @@ class Restorer:
             if record is not None:
                 return record
             await self._connection.require()
+            await self.adopt(f"store unavailable, cannot restore {stream_id!r}")
             lock = self._restoring.setdefault(stream_id, asyncio.Lock())
             async with lock:
                 if self._residency.evicting(stream_id) is not None or stream_id in self._records:
@@ -118,12 +130,72 @@ class Restorer:
             checkpoint = await self._store.read_checkpoint(stream_id)
             if checkpoint is None:
                 return None
-            tail = await self._store.read_log(stream_id, checkpoint.log_position) if self._replay_log else []
-        outcome = (await self._install([(checkpoint, tail)]))[stream_id]
+        outcome = (await self._install([(checkpoint, [])]))[stream_id]
         if isinstance(outcome, StreamCorrupt):
             raise outcome
         self._metrics.restored(time.perf_counter() - started)
         return outcome
+
+    async def adopt(self, failure: str = "store unavailable, cannot take over the log") -> None:
+        """Once, before this process restores anything (``log`` durability): take over what the log holds
+        beyond the checkpoints, then no restore needs the log again.
+
+        The log holds other owners' entries (a crashed or older process's, and per-stream entries of servers
+        before the batch log). Read once, they are an index of the streams with entries: those streams are
+        restored (checkpoint plus their chain), checkpointed by this owner, and then the entries are deleted.
+        Every other stored stream's checkpoint is its whole state, and this process's own entries are only
+        for streams it holds (an evicted stream is checkpointed first), so later restores read checkpoints
+        only. Until this has succeeded, restores wait (503 while the store is down).
+        """
+        if self._adopted:
+            return
+        async with self._adopting:
+            if self._adopted:
+                return
+            epoch = await self._connection.require()
+            with self._health.store_errors(failure):
+                written = await self._store.read_batches("")
+                legacy = await self._store.legacy_log_streams()
+            theirs = [(position, payload) for position, writer, payload in written if writer != epoch]
+            adoption = _Adoption(await asyncio.to_thread(_shares, theirs), set(legacy), {}, set())
+            wanted = list(dict.fromkeys([*adoption.shares, *legacy]))
+            with self._health.store_errors(failure):
+                for start in range(0, len(wanted), PAGE):
+                    page = await self._read_page(wanted[start : start + PAGE], adoption)
+                    adoption.stored.update(page.checkpoints)
+                    await self._install_page(page, report=True)
+            if wanted and self._checkpointer is not None:
+                await self._checkpointer.checkpoint(wanted)
+            covered = all(s in self._records and self._ledger.clean(s) for s in adoption.stored)
+            if covered:
+                with self._health.store_errors(failure):
+                    await self._store.delete_batches([position for position, _ in theirs])
+                    await self._store.trim_logs(adoption.legacy_heads)
+            elif wanted:
+                log.warning("log entries of earlier owners kept: not every stream they hold is checkpointed")
+            if wanted:
+                log.info("took over the log: %d entries, %d streams", len(theirs) + len(legacy), len(wanted))
+            self._adopted = True
+
+    async def _tails(self, checkpoints: dict[str, Checkpoint], adoption: _Adoption) -> dict[str, _Tail]:
+        """Each stream's log entries after its checkpoint: its per-stream log (if the checkpoint is older than
+        the batch log), then its shares of the batch log, in order."""
+        after = {
+            s: c.log_position
+            for s, c in checkpoints.items()
+            if s in adoption.legacy and not c.log_position.startswith("b")
+        }
+        raw = await self._store.read_logs(after) if after else {}
+        tails: dict[str, _Tail] = {}
+        for stream_id, checkpoint in checkpoints.items():
+            entries = raw.get(stream_id, [])
+            if entries:
+                adoption.legacy_heads[stream_id] = entries[-1][0]
+            tail = [decode_payload(position, payload) for position, payload in entries]
+            key = batch_position_key(checkpoint.log_position)
+            tail += [e for e in adoption.shares.get(stream_id, []) if batch_position_key(e.position) > key]
+            tails[stream_id] = tail
+        return tails
 
     async def prefetch(self, stream_ids: Iterable[str]) -> None:
         """Restore the stored ones of many non-resident streams at once (a store read and an engine call
@@ -141,6 +213,7 @@ class Restorer:
         if len(wanted) < 2:
             return  # one stream: the ordinary path is as fast
         await self._connection.require()
+        await self.adopt("store unavailable, cannot restore streams")
         with self._health.store_errors("store unavailable, cannot restore streams"):
             for start in range(0, len(wanted), PAGE):
                 await self._restore_page(wanted[start : start + PAGE], report=False)
@@ -152,6 +225,7 @@ class Restorer:
         store's work overlaps decoding and the engine. Streams a request is restoring meanwhile are left
         to it; corrupt ones are logged.
         """
+        await self.adopt("store unavailable, cannot restore streams")
         limit, cursor = self._limit, None
         with _collector_paused(), self._health.store_errors("store unavailable, cannot restore streams"):
             if limit is not None:
@@ -183,9 +257,9 @@ class Restorer:
         """Restore the stored ones of ``ids`` that nobody else is restoring; ``report``: log corrupt ones."""
         await self._install_page(await self._read_page(ids), report=report)
 
-    async def _read_page(self, ids: Sequence[str]) -> _Page:
-        """Lock the streams of ``ids`` nobody else is restoring, and read their checkpoints and log tails
-        (the locks are released by `_install_page`, or here if the read fails)."""
+    async def _read_page(self, ids: Sequence[str], adoption: _Adoption | None = None) -> _Page:
+        """Lock the streams of ``ids`` nobody else is restoring, and read their checkpoints and, when
+        adopting, their log tails (the locks are released by `_install_page`, or here if the read fails)."""
         locks: list[tuple[str, asyncio.Lock]] = []
         for stream_id in ids:
             lock = self._restoring.setdefault(stream_id, asyncio.Lock())
@@ -197,11 +271,7 @@ class Restorer:
             if not locks:
                 return _Page(locks, started, {}, {})
             checkpoints = await self._store.read_checkpoints([s for s, _ in locks])
-            tails = (
-                await self._store.read_logs({s: c.log_position for s, c in checkpoints.items()})
-                if self._replay_log
-                else {}
-            )
+            tails = {} if adoption is None else await self._tails(checkpoints, adoption)
         except BaseException:
             self._release(locks)
             raise
@@ -270,7 +340,13 @@ class Restorer:
             replayed_total += replayed
             meta = d.checkpoint.meta
             count = int(meta.get(COUNT_KEY, d.checkpoint.step)) + replayed
-            self._ledger.loaded(stream_id, count=count, saved=d.checkpoint.step, head=d.plan.head)
+            self._ledger.loaded(
+                stream_id,
+                count=count,
+                saved=d.checkpoint.step,
+                head=d.plan.head,
+                saved_position=d.checkpoint.log_position,
+            )
             results[stream_id] = self._records.adopt(stream_id, record_from_meta(d.spec, meta))
         if replayed_total:
             self._metrics.observed("applied", "log", replayed_total)
@@ -281,11 +357,7 @@ class Restorer:
         stream_id = checkpoint.stream_id
         try:
             spec = self._spec(checkpoint.meta)
-            plan = plan_replay(
-                checkpoint.epoch,
-                checkpoint.log_position,
-                [decode_payload(position, payload) for position, payload in tail],
-            )
+            plan = plan_replay(checkpoint.epoch, checkpoint.log_position, tail)
         except Exception as exc:
             return StreamCorrupt(f"checkpoint of {stream_id!r} is unreadable: {exc}", stream=stream_id)
         return _Decoded(checkpoint, spec, plan)
@@ -327,6 +399,31 @@ class _Page:
     started: float
     checkpoints: dict[str, Checkpoint]
     tails: dict[str, _Tail]
+
+
+@dataclass(frozen=True, slots=True)
+class _Adoption:
+    """What a takeover of the log found: each stream's shares of other owners' batch-log entries, the
+    streams with per-stream log entries, the last of those read per stream, the streams stored."""
+
+    shares: dict[str, list[LoggedBatch]]
+    legacy: set[str]
+    legacy_heads: dict[str, str]
+    stored: set[str]
+
+
+def _shares(entries: list[tuple[str, bytes]]) -> dict[str, list[LoggedBatch]]:
+    """Batch-log entries split into each stream's shares, in log order."""
+    out: dict[str, list[LoggedBatch]] = {}
+    for position, payload in entries:
+        try:
+            parts = decode_group(position, payload)
+        except Exception as exc:  # a damaged entry: report it, restore the rest
+            log.error("batch log entry %s is unreadable (%s): skipped", position, exc)
+            continue
+        for stream_id, share in parts.items():
+            out.setdefault(stream_id, []).append(share)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

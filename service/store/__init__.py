@@ -10,7 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from trackin.service.store.base import STREAM_ID_PATTERN, Checkpoint, LogEntry, Store, WriteOutcome
+from trackin.service.store.base import (
+    STREAM_ID_PATTERN,
+    Checkpoint,
+    LogEntry,
+    Store,
+    WriteOutcome,
+    batch_position_key,
+)
 from trackin.service.store.codec import FORMAT_VERSION, decode_state, encode_state
 from trackin.service.store.errors import CorruptCheckpoint, StoreError, StoreUnavailable
 from trackin.service.store.keys import DEFAULT_PREFIX
@@ -30,6 +37,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "WriteOutcome",
+    "batch_position_key",
     "decode_state",
     "encode_state",
     "open_store",

@@ -1,8 +1,9 @@
 """The store contract: what trackin keeps outside the process, whatever the backend.
 
-A store holds four things: the latest checkpoint of each stream, a per-stream durability log of
-observations not yet folded into a checkpoint, a counter of owner epochs, and a few small JSON records
-(templates). Every backend implements `Store` and passes the same contract suite
+A store holds four things: the latest checkpoint of each stream, the durability log of observations
+not yet folded into a checkpoint (the batch log, one entry per engine batch; and the per-stream log that
+servers before it wrote, still read after an upgrade), a counter of owner epochs, and a few small JSON
+records (templates). Every backend implements `Store` and passes the same contract suite
 (``tests/store/test_contract.py``), so the service never branches on which one it has.
 
 Fencing. Each server process takes a fresh epoch from `Store.acquire_epoch` at start and stamps it on
@@ -30,6 +31,7 @@ __all__ = [
     "LogEntry",
     "Store",
     "WriteOutcome",
+    "batch_position_key",
     "check_counter",
     "check_limit",
     "check_record_kind",
@@ -96,6 +98,15 @@ def prefix_upper_bound(prefix: str) -> str | None:
         if last < 0x10FFFF:
             return "".join(chars) + chr(last + 1 + (0x800 if last + 1 == 0xD800 else 0))
     return None
+
+
+def batch_position_key(position: str) -> tuple[int, int]:
+    """Order key of a batch-log position (``b<seq>`` on SQLite, ``b<ms>-<seq>`` on Redis); every other
+    position ("" or a per-stream log's, written before the batch log existed) sorts before them all."""
+    if not position.startswith("b"):
+        return (-1, -1)
+    head, _, tail = position[1:].partition("-")
+    return (int(head), int(tail or 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +270,35 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def log_length(self) -> int:
-        """Total log entries held over all streams (a "log lag" gauge)."""
+        """Total log entries held over all streams, per-stream and batch log (a "log lag" gauge)."""
+
+    # The batch log (group commit): one entry per engine batch, all streams' observations in it. One log
+    # per store, each entry tagged with its writer's owner epoch; positions (``b...``) are ordered over
+    # the whole log (`batch_position_key`), so entries of several owners sort in the order they were
+    # written. The per-stream log above stays readable: it is what servers before the batch log wrote.
+
+    @abc.abstractmethod
+    async def append_batches(self, epoch: int, payloads: Sequence[bytes]) -> list[str]:
+        """Durably append entries of owner ``epoch`` in one round trip, all or none; their positions.
+
+        Call before acknowledging: once this returns they survive a process crash. After
+        `StoreUnavailable` the outcome is unknown (the entries may be there)."""
+
+    @abc.abstractmethod
+    async def read_batches(self, after: str) -> list[tuple[str, int, bytes]]:
+        """``(position, epoch, payload)`` of every entry after ``after`` ("" = all), in order."""
+
+    @abc.abstractmethod
+    async def trim_batches(self, epoch: int, upto: str) -> None:
+        """Drop the entries of owner ``epoch`` at or before ``upto`` (other owners' are left alone)."""
+
+    @abc.abstractmethod
+    async def delete_batches(self, positions: Sequence[str]) -> None:
+        """Drop the entries at these positions (missing ones are not an error)."""
+
+    @abc.abstractmethod
+    async def legacy_log_streams(self) -> list[str]:
+        """Streams whose per-stream log holds entries (written before the batch log existed)."""
 
     @abc.abstractmethod
     async def put_record(self, kind: str, name: str, value: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ Layout under prefix ``P`` (default ``trackin``)::
     P:ckpt:<id>         hash     epoch, step, log_position, meta, tensors, deleted
     P:log:<id>          stream   the durability log of one stream (XADD / XRANGE / XTRIM)
     P:rec:<kind>        hash     name -> JSON control-plane record
+    P:batches           stream   the batch log: one entry per engine batch (fields e: epoch, p: payload)
     P:quota:<tenant>:held      hash  stream id -> state bytes (cluster mode's shared tenant quotas)
     P:quota:<tenant>:pending   zset  stream id -> expiry (ms): passed the check, not created yet
     P:quota:<tenant>:need      hash  stream id -> state bytes of a pending stream
@@ -60,6 +61,11 @@ class RedisKeys:
     def log_index(self) -> str:
         """Set of stream ids that may hold log entries (``log_length``)."""
         return f"{self.prefix}:logs"
+
+    @property
+    def batches(self) -> str:
+        """Redis Stream holding the batch log (group commit), every owner's entries."""
+        return f"{self.prefix}:batches"
 
     def checkpoint(self, stream_id: str) -> str:
         """Hash holding one stream's checkpoint or tombstone."""

@@ -42,6 +42,7 @@ from trackin.service.store.keys import DEFAULT_PREFIX, RedisKeys
 from trackin.service.store.redis_replies import (
     checkpoint_from_fields,
     log_entries,
+    reply_bytes,
     reply_text,
 )
 from trackin.service.store.redis_scripts import RedisScripts
@@ -54,6 +55,7 @@ DEFAULT_TIMEOUT = 2.0
 
 _POSITION = re.compile(r"(\d+)-(\d+)")
 _MAX_SEQ = 2**64 - 1
+_BATCH_PAGE = 32  # batch-log entries per XRANGE: each holds a whole engine batch
 _PAGE = 1000  # entries per XRANGE / keys per XLEN pipeline, so one reply never grows unbounded
 
 
@@ -260,7 +262,60 @@ class RedisStore(Store):
                     total += await self._xlen_sum(batch)
                     batch = []
             total += await self._xlen_sum(batch)
+            total += int(await self._redis.xlen(self.keys.batches))
         return total
+
+    # -- batch log -------------------------------------------------------------------------------
+
+    async def append_batches(self, epoch: int, payloads: Sequence[bytes]) -> list[str]:
+        check_counter("epoch", epoch)
+        if not payloads:
+            return []
+        with self._errors():
+            return ["b" + p for p in await self._lua.append_batches(epoch, payloads)]
+
+    async def read_batches(self, after: str) -> list[tuple[str, int, bytes]]:
+        low = "-" if after == "" else "(" + _batch_id(after)
+        out: list[tuple[str, int, bytes]] = []
+        with self._errors():
+            while True:  # small pages: an entry holds a whole batch
+                page = await self._redis.xrange(self.keys.batches, min=low, max="+", count=_BATCH_PAGE) or []
+                for entry_id, fields in page:
+                    if not fields or b"e" not in fields or b"p" not in fields:
+                        raise StoreError(f"batch log entry {reply_text(entry_id)} lacks its fields")
+                    out.append(("b" + reply_text(entry_id), int(fields[b"e"]), reply_bytes(fields[b"p"])))
+                if len(page) < _BATCH_PAGE:
+                    return out
+                low = "(" + out[-1][0][1:]
+
+    async def trim_batches(self, epoch: int, upto: str) -> None:
+        check_counter("epoch", epoch)
+        if upto == "":
+            return
+        with self._errors():
+            await self._lua.trim_batches(epoch, _batch_id(upto))
+
+    async def delete_batches(self, positions: Sequence[str]) -> None:
+        ids = [_batch_id(p) for p in positions]
+        with self._errors():
+            for start in range(0, len(ids), _PAGE):
+                await self._redis.xdel(self.keys.batches, *ids[start : start + _PAGE])
+
+    async def legacy_log_streams(self) -> list[str]:
+        found: list[str] = []
+        with self._errors():
+            members = [m async for m in self._redis.sscan_iter(self.keys.log_index, count=_PAGE)]
+            for start in range(0, len(members), _PAGE):
+                page = members[start : start + _PAGE]
+                pipe = self._redis.pipeline(transaction=False)
+                for stream_id in page:
+                    pipe.xlen(self.keys.log(reply_text(stream_id)))
+                lengths = await pipe.execute()
+                empty = [m for m, n in zip(page, lengths, strict=True) if not int(n)]
+                found += [reply_text(m) for m, n in zip(page, lengths, strict=True) if int(n)]
+                if empty:  # forget streams whose per-stream log is gone, so this gets cheaper
+                    await self._redis.srem(self.keys.log_index, *empty)
+        return found
 
     async def _xlen_sum(self, stream_ids: list[bytes]) -> int:
         if not stream_ids:
@@ -301,6 +356,13 @@ def _check_position(position: str) -> str:
     if not isinstance(position, str) or _POSITION.fullmatch(position) is None:
         raise ValueError(f"Invalid log position: {position!r}")
     return position
+
+
+def _batch_id(position: str) -> str:
+    """The stream entry id of a batch-log position ``b<ms>-<seq>``."""
+    if not isinstance(position, str) or not position.startswith("b"):
+        raise ValueError(f"Invalid batch log position: {position!r}")
+    return _check_position(position[1:])
 
 
 def _min_id_after(position: str) -> str:

@@ -18,7 +18,16 @@ from trackin.service.store.base import Checkpoint, LogEntry
 from trackin.service.store.keys import RedisKeys
 from trackin.service.store.redis_replies import reply_bytes, reply_text
 
-__all__ = ["APPEND_LUA", "DELETE_LUA", "READ_CHECKPOINTS_LUA", "READ_LOGS_LUA", "WRITE_LUA", "RedisScripts"]
+__all__ = [
+    "APPEND_BATCHES_LUA",
+    "APPEND_LUA",
+    "DELETE_LUA",
+    "READ_CHECKPOINTS_LUA",
+    "READ_LOGS_LUA",
+    "TRIM_BATCHES_LUA",
+    "WRITE_LUA",
+    "RedisScripts",
+]
 
 # KEYS: stream index, then one checkpoint hash per checkpoint. ARGV: six per checkpoint, in KEYS' order:
 # id, epoch, step, log_position, meta, tensors. Returns 1 (stored) or 0 (refused as stale) per checkpoint.
@@ -87,6 +96,37 @@ end
 return table.concat(positions, ',')
 """
 
+# KEYS: the batch log. ARGV: the owner epoch, then the payloads. Returns the new entry ids, in order.
+APPEND_BATCHES_LUA = """
+local out = {}
+for i = 2, #ARGV do
+  out[#out + 1] = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1], 'p', ARGV[i])
+end
+return out
+"""
+
+# KEYS: the batch log. ARGV: an owner epoch, the last entry id to drop. Drops that owner's entries up to
+# it (XTRIM cannot: the log holds other owners' entries too), a page at a time; returns how many.
+TRIM_BATCHES_LUA = """
+local dropped, low = 0, '-'
+while true do
+  local page = redis.call('XRANGE', KEYS[1], low, ARGV[2], 'COUNT', 500)
+  local ids = {}
+  for _, entry in ipairs(page) do
+    local fields = entry[2]
+    for k = 1, #fields, 2 do
+      if fields[k] == 'e' and fields[k + 1] == ARGV[1] then ids[#ids + 1] = entry[1] end
+    end
+  end
+  if #ids > 0 then
+    redis.call('XDEL', KEYS[1], unpack(ids))
+    dropped = dropped + #ids
+  end
+  if #page < 500 then return dropped end
+  low = '(' .. page[#page][1]
+end
+"""
+
 # Reads of many streams are one command each, instead of one per stream, which is what a restore of
 # 100,000 streams spends most of its store time on. Checkpoints come back as a plain nested reply, which
 # hiredis (a dependency) parses in C: cheaper on both sides than packing them into one MessagePack string
@@ -147,6 +187,17 @@ class RedisScripts:
         self._append = client.register_script(APPEND_LUA)
         self._read_checkpoints = client.register_script(READ_CHECKPOINTS_LUA)
         self._read_logs = client.register_script(READ_LOGS_LUA)
+        self._append_batches = client.register_script(APPEND_BATCHES_LUA)
+        self._trim_batches = client.register_script(TRIM_BATCHES_LUA)
+
+    async def append_batches(self, epoch: int, payloads: Sequence[bytes]) -> list[str]:
+        """Append batch-log entries atomically in one command; their entry ids, in order."""
+        replies = await self._append_batches(keys=[self._keys.batches], args=[epoch, *payloads])
+        return [reply_text(r) for r in replies]
+
+    async def trim_batches(self, epoch: int, upto: str) -> None:
+        """Drop owner ``epoch``'s batch-log entries up to the entry id ``upto``."""
+        await self._trim_batches(keys=[self._keys.batches], args=[epoch, upto])
 
     async def write_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> list[bool]:
         """Run the fenced write, one command per page of checkpoints; True where it was stored."""

@@ -284,6 +284,60 @@ class SQLiteStore(Store):
 
         return await self._run(count)
 
+    # -- batch log -------------------------------------------------------------------------------
+
+    async def append_batches(self, epoch: int, payloads: Sequence[bytes]) -> list[str]:
+        check_counter("epoch", epoch)
+        rows = [(epoch, p) for p in payloads]
+
+        def append() -> list[str]:
+            db = self._db
+            with _transaction(db):  # consecutive seqs, as in append_log
+                db.executemany(sql.APPEND_BATCH, rows)
+                last = int(db.execute(sql.LAST_ROWID).fetchone()[0])
+            return [f"b{seq}" for seq in range(last - len(rows) + 1, last + 1)]
+
+        if not rows:
+            return []
+        return await self._run(append)
+
+    async def read_batches(self, after: str) -> list[tuple[str, int, bytes]]:
+        seq = _parse_batch_position(after)
+
+        def read() -> list[tuple[str, int, bytes]]:
+            cur = self._db.execute(sql.READ_BATCHES, (seq,))
+            return [(f"b{s}", int(e), bytes(p)) for s, e, p in cur.fetchall()]
+
+        return await self._run(read)
+
+    async def trim_batches(self, epoch: int, upto: str) -> None:
+        check_counter("epoch", epoch)
+        seq = _parse_batch_position(upto)
+
+        def trim() -> None:
+            db = self._db
+            with _transaction(db):
+                db.execute(sql.TRIM_BATCHES, (epoch, seq))
+
+        await self._run(trim)
+
+    async def delete_batches(self, positions: Sequence[str]) -> None:
+        rows = [(_parse_batch_position(p),) for p in positions]
+
+        def delete() -> None:
+            db = self._db
+            with _transaction(db):
+                db.executemany(sql.DELETE_BATCH, rows)
+
+        if rows:
+            await self._run(delete)
+
+    async def legacy_log_streams(self) -> list[str]:
+        def read() -> list[str]:
+            return [str(row[0]) for row in self._db.execute(sql.LEGACY_LOG_STREAMS).fetchall()]
+
+        return await self._run(read)
+
     # -- records ---------------------------------------------------------------------------------
 
     async def put_record(self, kind: str, name: str, value: dict[str, Any]) -> None:
@@ -338,6 +392,15 @@ def _parse_position(position: str) -> int:
     if not isinstance(position, str) or not position.isascii() or not position.isdecimal():
         raise ValueError(f"Invalid log position: {position!r}")
     return int(position)
+
+
+def _parse_batch_position(position: str) -> int:
+    """Batch-log positions are ``b<seq>``; "" means before the first entry."""
+    if position == "":
+        return 0
+    if not isinstance(position, str) or not position.startswith("b"):
+        raise ValueError(f"Invalid batch log position: {position!r}")
+    return _parse_position(position[1:])
 
 
 def _checkpoint_from_row(row: tuple[Any, ...]) -> Checkpoint:

@@ -14,21 +14,26 @@ from trackin.service.store.base import prefix_upper_bound
 
 __all__ = [
     "ACQUIRE_EPOCH",
+    "APPEND_BATCH",
     "APPEND_LOG",
     "COUNT_LOG",
     "COUNT_STREAMS",
+    "DELETE_BATCH",
     "DELETE_LOG",
     "DELETE_RECORD",
     "FENCED_UPSERT",
     "IN_CHUNK",
     "LAST_ROWID",
+    "LEGACY_LOG_STREAMS",
     "PING",
     "PUT_RECORD",
+    "READ_BATCHES",
     "READ_LOG",
     "SCHEMA_VERSION",
     "SELECT_EPOCH",
     "SELECT_RECORDS",
     "TOMBSTONE",
+    "TRIM_BATCHES",
     "TRIM_LOG",
     "create_schema",
     "list_streams_query",
@@ -54,6 +59,11 @@ CREATE TABLE IF NOT EXISTS log (
     payload   BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS log_stream_seq ON log (stream_id, seq);
+CREATE TABLE IF NOT EXISTS batches (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    epoch   INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS epochs (
     id    INTEGER PRIMARY KEY CHECK (id = 1),
     value INTEGER NOT NULL
@@ -106,7 +116,13 @@ LAST_ROWID = "SELECT last_insert_rowid()"
 READ_LOG = "SELECT seq, payload FROM log WHERE stream_id = ? AND seq > ? ORDER BY seq"
 TRIM_LOG = "DELETE FROM log WHERE stream_id = ? AND seq <= ?"
 DELETE_LOG = "DELETE FROM log WHERE stream_id = ?"
-COUNT_LOG = "SELECT COUNT(*) FROM log"
+COUNT_LOG = "SELECT (SELECT COUNT(*) FROM log) + (SELECT COUNT(*) FROM batches)"
+LEGACY_LOG_STREAMS = "SELECT DISTINCT stream_id FROM log"
+
+APPEND_BATCH = "INSERT INTO batches (epoch, payload) VALUES (?, ?)"
+READ_BATCHES = "SELECT seq, epoch, payload FROM batches WHERE seq > ? ORDER BY seq"
+TRIM_BATCHES = "DELETE FROM batches WHERE epoch = ? AND seq <= ?"
+DELETE_BATCH = "DELETE FROM batches WHERE seq = ?"
 
 PUT_RECORD = "INSERT OR REPLACE INTO records (kind, name, value) VALUES (?, ?, ?)"
 DELETE_RECORD = "DELETE FROM records WHERE kind = ? AND name = ?"

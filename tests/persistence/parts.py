@@ -36,6 +36,7 @@ from trackin.service.durability import (
     Restorer,
     StoreHealth,
 )
+from trackin.service.durability.payloads import LoggedBatch, decode_group
 from trackin.service.metrics import Metrics
 from trackin.service.settings import Settings
 from trackin.service.store import Store, StoreUnavailable
@@ -89,7 +90,7 @@ class Parts:
         residency = Residency(limit, engine, scheduler, catalog, ledger, log, checkpointer, metrics)
         restorer = Restorer(
             store, connection, ledger, engine, scheduler, catalog, residency, health, metrics,
-            replay_log=log_mode, limit=limit,
+            replay_log=log_mode, limit=limit, checkpointer=checkpointer,
         )  # fmt: skip
         loop = CheckpointLoop(
             config, engine, connection, ledger, checkpointer, log, residency, restorer, health
@@ -154,6 +155,12 @@ async def until_up(store: Store, timeout: float = 10.0) -> None:
         except StoreUnavailable:
             assert time.monotonic() < deadline, "the store did not come back"
             await asyncio.sleep(0.05)
+
+
+async def logged(store: Store, stream_id: str, after: str = "") -> list[LoggedBatch]:
+    """The stream's shares of the batch log's entries after ``after``, in order."""
+    shares = [decode_group(p, payload).get(stream_id) for p, _, payload in await store.read_batches(after)]
+    return [share for share in shares if share is not None]
 
 
 def rows(n: int, start: int = 0) -> list[tuple[float, float, float]]:

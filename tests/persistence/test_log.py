@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from tests.persistence.conftest import Backend
-from tests.persistence.parts import LINEAR, Parts, assert_same_state, rows, until_up
-from trackin.service.durability.payloads import decode_payload, plan_replay
+from tests.persistence.parts import LINEAR, Parts, assert_same_state, logged, rows, until_up
+from trackin.service.durability.payloads import plan_replay
 from trackin.service.errors import Unavailable
 from trackin.service.store import RedisStore
 
@@ -23,14 +23,16 @@ async def test_each_batch_is_logged_with_the_epoch_and_the_entry_it_builds_on(ba
         await parts.observe("a", rows(3))
         await parts.observe("b", rows(1))
         await parts.observe("a", rows(2, start=3))
-        entries = [decode_payload(p, payload) for p, payload in await parts.store.read_log("a", "")]
+        written = await parts.store.read_batches("")
+        assert len(written) == 3, "one entry per engine batch"
+        entries = await logged(parts.store, "a")
         epoch = parts.connection.epoch
         assert [(e.epoch, len(e.inputs)) for e in entries] == [(epoch, 3), (epoch, 2)]
         assert entries[0].base == "", "the first entry builds on the creation checkpoint"
         assert entries[1].base == entries[0].position, "each entry builds on the one before"
         assert parts.ledger.position("a") == entries[1].position
-        logged = [(*x, *y) for e in entries for x, y in zip(e.inputs, e.targets, strict=True)]
-        np.testing.assert_array_equal(np.asarray(logged), np.asarray(rows(5)))
+        values = [(*x, *y) for e in entries for x, y in zip(e.inputs, e.targets, strict=True)]
+        np.testing.assert_array_equal(np.asarray(values), np.asarray(rows(5)))
         # What a restore would replay on top of the creation checkpoint: all of it, in order.
         plan = plan_replay(epoch or 0, "", entries)
         assert (len(plan.apply), plan.head, plan.skipped) == (2, entries[1].position, 0)
@@ -40,7 +42,7 @@ async def test_checkpoint_mode_logs_nothing(backend: Backend) -> None:
     async with Parts.on(backend.open(), durability="checkpoint") as parts:
         await parts.create("a")
         assert await parts.observe("a", rows(4)) == [1, 2, 3, 4]
-        assert await parts.store.read_log("a", "") == []
+        assert await parts.store.read_batches("") == []
         assert await parts.log.length() == 0
 
 
@@ -88,11 +90,11 @@ async def test_an_append_the_store_ran_after_the_503_is_never_replayed(redis_bac
         finally:
             redis.resume()
         await until_up(parts.store)
-        orphans = await parts.store.read_log("p", parts.ledger.position("p"))
+        orphans = await logged(parts.store, "p", parts.ledger.position("p"))
         assert len(orphans) == 1, "the timed-out append ran after all: an orphan the client was refused"
 
-        await parts.loop.settle()  # checkpoint what was applied, then drop what lies beyond it
-        assert await parts.store.read_log("p", parts.ledger.position("p")) == []
+        await parts.loop.settle()  # drop what this process wrote and never had acknowledged
+        assert await logged(parts.store, "p", parts.ledger.position("p")) == []
         assert parts.log.suspects() == []
         assert await parts.observe("p", rows(1, start=5)) == [5]
         expected = await parts.state("p")

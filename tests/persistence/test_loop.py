@@ -38,7 +38,7 @@ async def test_the_last_pass_writes_every_changed_stream(backend: Backend) -> No
         await parts.loop.stop()  # the SIGTERM path
         assert await _stored_step(parts, "a") == 3
         assert await _stored_step(parts, "b") == 2
-        assert await parts.store.read_log("a", "") == [], "the log is trimmed behind the checkpoints"
+        assert await parts.store.read_batches("") == [], "the log is trimmed behind the checkpoints"
 
 
 async def test_passes_write_a_stream_once_it_is_n_steps_behind(backend: Backend) -> None:

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from trackin.service.domain.ingest import IngestBatch
-from trackin.service.durability.payloads import LoggedBatch, decode_payload, encode_batches, plan_replay
+from trackin.service.durability.payloads import (
+    LoggedBatch,
+    decode_group,
+    decode_payload,
+    encode_batches,
+    encode_group,
+    plan_replay,
+)
 
 Entry = tuple[str, int | None, str | None]
 
@@ -128,3 +135,31 @@ def test_uniform_series_batch_with_times() -> None:
     a, b = decode_payload("1", payloads["a"]), decode_payload("2", payloads["b"])
     assert (a.times, b.times) == ([1.0, 2.5], [None, 7.0])
     assert [v.tolist() for v in b.inputs] == [[1.0], [3.0]]
+
+
+def test_batch_log_entry_round_trip_per_stream_shares() -> None:
+    """One entry per batch (group commit): each stream's share decodes as a per-stream entry would."""
+    x = np.array([[0.1, 1 / 3], [2.0, -2.5e-300], [4.0, 5.0]])
+    y = np.array([[np.pi], [1.0], [-1.0]])
+    batch = IngestBatch(["s", "t", "s"], x=x, y=y, t=np.array([np.nan, 2.0, np.nan]))
+    [entry] = encode_group([batch, batch], 7, {"s": "b12"})
+    assert entry.streams == ["s", "t"]
+    shares = decode_group("b13", entry.payload)
+    s, t = shares["s"], shares["t"]
+    assert (s.position, s.epoch, s.base, t.base) == ("b13", 7, "b12", "")
+    assert [a.tolist() for a in s.inputs] == [x[0].tolist(), x[2].tolist()] * 2
+    assert [a.tolist() for a in s.targets if a is not None] == [y[0].tolist(), y[2].tolist()] * 2
+    assert (s.times, t.times) == ([None] * 4, [2.0, 2.0])
+
+
+def test_batch_log_entries_of_streams_with_different_widths() -> None:
+    wide, narrow, y = np.arange(5.0), np.array([2.0]), np.array([1.0])
+    batch = IngestBatch(
+        ["w", "n", "w", "l"], inputs=[wide, narrow, wide + 1, narrow], targets=[None, None, None, y]
+    )
+    entries = encode_group([batch], 1, {"n": "7"})
+    assert sorted(e.streams for e in entries) == [["l"], ["n"], ["w"]], "one entry per width class"
+    shares = {k: v for i, e in enumerate(entries) for k, v in decode_group(f"b{i}", e.payload).items()}
+    assert [a.tolist() for a in shares["w"].inputs] == [wide.tolist(), (wide + 1).tolist()]
+    assert (shares["n"].base, shares["n"].targets) == ("7", [None])
+    assert [a.tolist() for a in shares["l"].targets if a is not None] == [y.tolist()]

@@ -25,6 +25,7 @@ from trackin.service.store import (
     Store,
     StoreUnavailable,
     WriteOutcome,
+    batch_position_key,
     decode_state,
     encode_state,
     open_store,
@@ -475,3 +476,40 @@ def test_open_store_picks_the_backend(url: str | None, kind: type[Store], where:
 def test_open_store_rejects_unknown_urls(url: str) -> None:
     with pytest.raises(ValueError, match=r"(?i)sqlite|scheme|synchronous"):
         open_store(url, Path("data"))
+
+
+# -- batch log (group commit) --------------------------------------------------------------------
+
+
+async def test_batch_log_append_read_trim_and_delete(store: Store) -> None:
+    first = await store.append_batches(3, [b"one", b"two"])
+    other = await store.append_batches(4, [b"newer owner"])
+    last = await store.append_batches(3, [b"three"])
+    positions = [*first, *other, *last]
+    assert len(set(positions)) == 4
+    assert sorted(positions, key=batch_position_key) == positions, "ordered over every owner's entries"
+    written = [
+        (first[0], 3, b"one"),
+        (first[1], 3, b"two"),
+        (other[0], 4, b"newer owner"),
+        (last[0], 3, b"three"),
+    ]
+    assert await store.read_batches("") == written
+    assert await store.read_batches(first[1]) == written[2:]
+    assert await store.log_length() == 4
+    assert await store.append_batches(3, []) == []
+
+    await store.trim_batches(3, other[0])  # owner 3's entries up to there; owner 4's stay
+    assert await store.read_batches("") == [written[2], written[3]]
+    await store.trim_batches(3, "")
+    await store.delete_batches([other[0], first[0]])  # a missing one is no error
+    assert await store.read_batches("") == [written[3]]
+    assert await store.log_length() == 1
+
+
+async def test_legacy_log_streams_are_those_with_per_stream_entries(store: Store) -> None:
+    assert await store.legacy_log_streams() == []
+    positions = await store.append_log([LogEntry("old1", b"x"), LogEntry("old2", b"y")])
+    assert sorted(await store.legacy_log_streams()) == ["old1", "old2"]
+    await store.trim_log("old1", positions[0])
+    assert await store.legacy_log_streams() == ["old2"]
