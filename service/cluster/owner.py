@@ -22,6 +22,7 @@ import contextlib
 import functools
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -62,15 +63,23 @@ from trackin.service.cluster.partitions import Names, partition_of
 from trackin.service.cluster.persistence import Applying
 from trackin.service.cluster.quotas import SharedQuotas
 from trackin.service.cluster.store import LeaseFencedStore
+from trackin.service.cluster.sweep import SWEEP_OP, idle_streams, sweep_body, swept, to_delete
 from trackin.service.cluster.templates import carried
 from trackin.service.cluster.trim import watermark
-from trackin.service.domain.catalog import Catalog
+from trackin.service.domain.catalog import Catalog, Template
 from trackin.service.domain.columns import Columns
 from trackin.service.domain.ingest import IngestBatch
 from trackin.service.domain.registry import Registry
 from trackin.service.domain.scheduler import Scheduler
 from trackin.service.durability import Checkpointer, Ledger, Restorer, StoreHealth
-from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError, Unavailable, error_body
+from trackin.service.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    ServiceError,
+    Unavailable,
+    UnknownStream,
+    error_body,
+)
 from trackin.service.security.namespace import Namespace
 from trackin.service.transport.results import (
     columns_msgpack,
@@ -89,14 +98,19 @@ log = logging.getLogger("trackin.cluster")
 _PAGE = 1000
 _STOP_SECONDS = 1.0
 _RETRIED: tuple[type[BaseException], ...] = (Unavailable, *NATS_ERRORS)
+_SWEEP_STREAMS = 2000
+"""Streams named per sweep message at most (NATS's payload limit is 1 MB)."""
+_SWEEP_PUBLISH_SECONDS = 2.0
 
 
 @dataclass(slots=True)
 class Tally:
-    """What the owner's partitions did, for the metrics: dead letters written, log trims made."""
+    """What the owner's partitions did, for the metrics: dead letters written, log trims made, idle
+    template-made streams deleted by a sweep message."""
 
     dead_letters: int = 0
     trims: int = 0
+    swept: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +140,9 @@ class OwnerParts:
     """The log keeps the messages applied in this many last seconds, covered or not."""
     quotas: SharedQuotas | None = None
     """Tenant quotas: the restored streams count as held in the cluster's shared count."""
+    template_of: Callable[[str], Template | None] | None = None
+    """The cluster's template of a name, as mirrored here: what the idle sweep reads (None: no sweep)."""
+    sweep_every_seconds: float = 1.0
 
 
 class _Lapsed(Exception):
@@ -156,6 +173,9 @@ class PartitionWorker:
         """(when, the sequence applied by then), one per trim attempt: what is older than the retention."""
         self.failed = False
         """The worker stopped on an unexpected error: the lease is given up so the partition is restored."""
+        self._last_sweep = time.monotonic()
+        self._proposed: dict[str, int] = {}
+        """Streams a sweep message published here names, not applied yet: not proposed again meanwhile."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"trackin-partition-{self.partition}")
@@ -284,6 +304,8 @@ class PartitionWorker:
                     self.applied_seq = seq
                 if not self.live and seq >= self.last_seq:
                     await self._go_live()
+            if self.live and time.monotonic() - self._last_sweep >= parts.sweep_every_seconds:
+                await self._propose_sweep()
             due = self._since_checkpoint >= parts.checkpoint_every_steps or (
                 time.monotonic() - self._last_checkpoint >= parts.checkpoint_interval_seconds
             )
@@ -324,6 +346,53 @@ class PartitionWorker:
             return
         self.trimmed = low
         parts.tally.trims += 1
+
+    # ----- the idle sweep (service/cluster/sweep.py) ------------------------------------------------------
+
+    def _position(self, stream: str) -> int:
+        return int(self._parts.ledger.position(stream) or 0)
+
+    async def _propose_sweep(self) -> None:
+        """Log a sweep of the partition's idle template-made streams, each with the position seen now."""
+        parts, p = self._parts, self.partition
+        self._last_sweep = time.monotonic()
+        if parts.template_of is None:
+            return
+        mine = (s for s, _ in parts.catalog.templated() if partition_of(s, parts.partitions) == p)
+        idle = idle_streams(mine, parts.catalog, parts.template_of, self._position, time.time())
+        fresh = [(s, seen) for s, seen in idle.items() if self._proposed.get(s) != seen]
+        for start in range(0, len(fresh), _SWEEP_STREAMS):
+            if not parts.book.valid(p):
+                return
+            chunk = dict(fresh[start : start + _SWEEP_STREAMS])
+            headers = {OP: SWEEP_OP, MSG_ID: f"sweep-{uuid.uuid4().hex}"}
+            try:
+                await parts.link.js.publish(
+                    parts.names.log_subject(p),
+                    sweep_body(chunk),
+                    headers=headers,
+                    timeout=_SWEEP_PUBLISH_SECONDS,
+                )
+            except NATS_ERRORS as exc:
+                log.warning("partition %d: logging a sweep failed (%s); trying again later", p, exc)
+                return
+            self._proposed.update(chunk)
+
+    async def _sweep(self, raw: bytes, seq: int) -> None:
+        """Apply a sweep message: delete each named stream nothing was applied to since the decision."""
+        parts = self._parts
+        named = swept(raw)
+        for stream in to_delete(named, parts.catalog, self._position):
+            parts.applying.seq[stream] = seq
+            try:
+                await self._until_valid(functools.partial(parts.registry.delete_stream, stream))
+            except UnknownStream:
+                continue
+            finally:
+                parts.applying.seq.pop(stream, None)
+            parts.tally.swept += 1
+        for stream in named:
+            self._proposed.pop(stream, None)
 
     # ----- applying one message ---------------------------------------------------------------------------
 
@@ -376,6 +445,8 @@ class PartitionWorker:
             await self._observe_columns(msg.data, seq, reply, headers)
         elif op == "label":
             await self._label(stream, msg.data, seq, reply)
+        elif op == SWEEP_OP:
+            await self._sweep(msg.data, seq)
         elif op in ("put", "delete"):
             parts.applying.seq[stream] = seq
             try:
