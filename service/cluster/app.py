@@ -41,6 +41,7 @@ from trackin.service.cluster.quotas import SharedQuotas
 from trackin.service.cluster.routes import router
 from trackin.service.cluster.state import ClusterState
 from trackin.service.cluster.store import LeaseFencedStore
+from trackin.service.cluster.sweep import IdleScan
 from trackin.service.cluster.templates import TemplateBook
 from trackin.service.cluster.ws import router as ws_router
 from trackin.service.domain.budget import resolve_budget
@@ -152,8 +153,8 @@ async def build_cluster(settings: Settings, limiter: Limiter | None = None) -> t
         link, names, book, replica, partitions, replies, applying, registry, scheduler, catalog, ledger,
         checkpointer, restorer, store, health, settings.max_request_observations,
         settings.checkpoint_every_steps, settings.checkpoint_interval_seconds, quotas=quotas,
-        retention_seconds=retention, template_of=templates.template,
-        sweep_every_seconds=settings.template_sweep_seconds,
+        retention_seconds=retention, sweep_every_seconds=settings.template_sweep_seconds,
+        idle=IdleScan(catalog, templates.template, partitions, settings.template_sweep_seconds),
     )  # fmt: skip
     owner = Owner(parts)
     url = settings.cluster_advertise_url or f"http://{settings.host}:{settings.port}"

@@ -63,10 +63,10 @@ from trackin.service.cluster.partitions import Names, partition_of
 from trackin.service.cluster.persistence import Applying
 from trackin.service.cluster.quotas import SharedQuotas
 from trackin.service.cluster.store import LeaseFencedStore
-from trackin.service.cluster.sweep import SWEEP_OP, idle_streams, sweep_body, swept, to_delete
+from trackin.service.cluster.sweep import SWEEP_OP, IdleScan, sweep_body, swept, to_delete
 from trackin.service.cluster.templates import carried
 from trackin.service.cluster.trim import watermark
-from trackin.service.domain.catalog import Catalog, Template
+from trackin.service.domain.catalog import Catalog
 from trackin.service.domain.columns import Columns
 from trackin.service.domain.ingest import IngestBatch
 from trackin.service.domain.registry import Registry
@@ -140,8 +140,8 @@ class OwnerParts:
     """The log keeps the messages applied in this many last seconds, covered or not."""
     quotas: SharedQuotas | None = None
     """Tenant quotas: the restored streams count as held in the cluster's shared count."""
-    template_of: Callable[[str], Template | None] | None = None
-    """The cluster's template of a name, as mirrored here: what the idle sweep reads (None: no sweep)."""
+    idle: IdleScan | None = None
+    """The replica's idle template-made streams, which the partitions propose to sweep (None: no sweep)."""
     sweep_every_seconds: float = 1.0
 
 
@@ -176,6 +176,8 @@ class PartitionWorker:
         self._last_sweep = time.monotonic()
         self._proposed: dict[str, int] = {}
         """Streams a sweep message published here names, not applied yet: not proposed again meanwhile."""
+        self._unapplied: dict[int, None] = {}
+        """Sequences of queued observations the engine has not applied yet, in log order."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"trackin-partition-{self.partition}")
@@ -189,9 +191,11 @@ class PartitionWorker:
             with contextlib.suppress(*NATS_ERRORS):
                 await self._reads.unsubscribe()
             self._reads = None
-        if self._task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._task, _STOP_SECONDS)
+        # asyncio.wait, not wait_for under a suppress: the caller's own cancellation (the lease loop
+        # cancelled at shutdown while it releases a partition) must go through, or that loop runs on.
+        if self._task is not None and not (await asyncio.wait({self._task}, timeout=_STOP_SECONDS))[0]:
+            self._task.cancel()
+            await asyncio.wait({self._task})
 
     def streams(self) -> list[str]:
         """The partition's resident streams."""
@@ -356,11 +360,12 @@ class PartitionWorker:
         """Log a sweep of the partition's idle template-made streams, each with the position seen now."""
         parts, p = self._parts, self.partition
         self._last_sweep = time.monotonic()
-        if parts.template_of is None:
+        if parts.idle is None:
             return
-        mine = (s for s, _ in parts.catalog.templated() if partition_of(s, parts.partitions) == p)
-        idle = idle_streams(mine, parts.catalog, parts.template_of, self._position, time.time())
-        fresh = [(s, seen) for s, seen in idle.items() if self._proposed.get(s) != seen]
+        # A stream whose last observation is queued but not applied has a stale ``updated_at``: not idle.
+        settled = next(iter(self._unapplied), self.applied_seq + 1) - 1
+        idle = parts.idle.idle(p, self._position)
+        fresh = [(s, seen) for s, seen in idle.items() if seen <= settled and self._proposed.get(s) != seen]
         for start in range(0, len(fresh), _SWEEP_STREAMS):
             if not parts.book.valid(p):
                 return
@@ -507,7 +512,7 @@ class PartitionWorker:
             await reply.send(_error(exc))
             return
         self._since_checkpoint += len(items)
-        self._answer_when(batch, applied, reply, many=False)
+        self._answer_when(seq, batch, applied, reply, many=False)
 
     async def _observe_many(self, raw: bytes, seq: int, reply: _Reply, headers: dict[str, str]) -> None:
         """This partition's part of a multi-stream request (internal ids, checked here before any part was
@@ -536,7 +541,7 @@ class PartitionWorker:
             await reply.send(_error(exc))
             return
         self._since_checkpoint += len(items)
-        self._answer_when(batch, applied, reply, many=True)
+        self._answer_when(seq, batch, applied, reply, many=True)
 
     def _touch(self, streams: set[str | None], seq: int) -> dict[str, str]:
         """Move the resident ``streams``' ledger positions to ``seq`` (before queueing, so a checkpoint
@@ -589,7 +594,7 @@ class PartitionWorker:
         def render(outcomes: Outcomes) -> bytes:
             return columns_msgpack(outcomes, shape_width(spec), is_series(spec), None)
 
-        self._answer_when(batch, applied, reply, many=True, render=render)
+        self._answer_when(seq, batch, applied, reply, many=True, render=render)
 
     async def _label(self, stream: str, raw: bytes, seq: int, reply: _Reply) -> None:
         """A late label, logged with the inputs its prediction kept (service/cluster/labels.py): the step
@@ -614,10 +619,11 @@ class PartitionWorker:
         def render(outcomes: Outcomes) -> bytes:
             return orjson.dumps({"request_id": request_id, **result_json(spec, outcomes.items()[0])})
 
-        self._answer_when(batch, applied, reply, many=False, render=render)
+        self._answer_when(seq, batch, applied, reply, many=False, render=render)
 
     def _answer_when(
         self,
+        seq: int,
         batch: IngestBatch,
         applied: asyncio.Future[Outcomes],
         reply: _Reply,
@@ -640,6 +646,10 @@ class PartitionWorker:
             except Exception:
                 log.exception("partition %d: applying %s failed", self.partition, batch.stream_ids[:3])
                 await reply.send(Answer(500, orjson.dumps(error_body("internal", "internal error"))))
+            finally:
+                self._unapplied.pop(seq, None)
+
+        self._unapplied[seq] = None
 
         task = asyncio.create_task(answer())
         self._answering.add(task)

@@ -14,7 +14,7 @@ from trackin.models.specs import StreamSpec
 from trackin.service.cluster.book import VALID_FRACTION, LeaseBook
 from trackin.service.cluster.partitions import Names, partition_of, preference
 from trackin.service.cluster.store import LeaseFencedStore
-from trackin.service.cluster.sweep import idle_streams, sweep_body, swept, to_delete
+from trackin.service.cluster.sweep import IdleScan, idle_streams, sweep_body, swept, to_delete
 from trackin.service.cluster.trim import watermark
 from trackin.service.domain.catalog import Catalog, StreamRecord, Template
 from trackin.service.security.namespace import Namespace
@@ -205,3 +205,20 @@ def test_the_sweep_proposes_idle_template_streams_and_deletes_those_still_at_the
     positions["idle"] = 9
     named = {"idle": 7, "fresh": 8, "plain": 4, "deleted": 2}
     assert to_delete(named, catalog, positions.__getitem__) == ["fresh"]
+
+
+def test_the_idle_scan_is_shared_by_the_partitions_and_each_decision_checks_its_candidates_again() -> None:
+    spec = StreamSpec.model_validate({"model": {"family": "linear", "in_dim": 2}})
+    catalog, now = Catalog(), time.time()
+    for stream in ("a", "b", "c"):
+        catalog.add(stream, StreamRecord(spec, created_at=0.0, updated_at=now - 100, template="t"))
+    templates = {"t": Template("t", "", spec, idle_seconds=60.0)}
+    scan = IdleScan(catalog, templates.get, 4, every=60.0)
+    by_partition: dict[int, dict[str, int]] = {}
+    for stream in ("a", "b", "c"):
+        by_partition.setdefault(partition_of(stream, 4), {})[stream] = 1
+    assert {p: scan.idle(p, lambda s: 1) for p in by_partition} == by_partition
+    record = catalog.record("a")
+    assert record is not None
+    record.updated_at = time.time()  # observed since the scan: the decision sees it
+    assert "a" not in scan.idle(partition_of("a", 4), lambda s: 1)
