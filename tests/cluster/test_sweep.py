@@ -97,17 +97,18 @@ async def test_idle_streams_are_swept_through_the_log_and_a_successor_agrees(clu
             assert made.status_code == 201, made.text
         for url in urls:  # every mirror holds both templates before the first observation
             assert len(http.get(f"{url}/v1/templates").json()["templates"]) == 2
-        for i, stream in enumerate(idle * 2):
-            answer = http.post(f"{urls[i % len(urls)]}/v1/streams/{stream}/observations", json=obs)
-            assert answer.status_code == 200, answer.text
         # ``kept`` and ``dropped`` are swept by a message naming the positions a decision saw; ``kept`` is
-        # observed after that decision, so the message must leave it.
+        # observed after that decision, so the message must leave it. (Before the "swa-" streams exist: no
+        # sweep of theirs comes between an observation and the reading of its sequence.)
         assert http.post(f"{urls[0]}/v1/streams/{kept}/observations", json=obs).status_code == 200
         seen_kept = await _last_seq(cluster.nats.url, p)
         assert http.post(f"{urls[1]}/v1/streams/{dropped}/observations", json=obs).status_code == 200
         seen_dropped = await _last_seq(cluster.nats.url, p)
         assert http.post(f"{urls[2]}/v1/streams/{kept}/observations", json=obs).status_code == 200
         await _publish_sweep(cluster.nats.url, p, {kept: seen_kept, dropped: seen_dropped})
+        for i, stream in enumerate(idle * 2):
+            answer = http.post(f"{urls[i % len(urls)]}/v1/streams/{stream}/observations", json=obs)
+            assert answer.status_code == 200, answer.text
 
         # The owner's own sweep: the "swa-" streams idle for 2 s are gone within a few seconds.
         want = {plain: 0, **dict.fromkeys(idle), kept: 2, dropped: None}
