@@ -145,6 +145,7 @@ async def build_cluster(settings: Settings, limiter: Limiter | None = None) -> t
     registry = Registry(scheduler, labels, catalog, persistence, max_stream_bytes=settings.max_stream_bytes)
     link = await _connect(settings, names)
     templates = TemplateBook(link.templates)
+    pending = PendingInputs(link.labels, link.js, names.labels_bucket)
     replies = Replies()
     # A front looks a write it resent up in the log for up to the forward timeout: keep it that long.
     floor = settings.cluster_forward_timeout_seconds + PUBLISH_SECONDS + 1
@@ -155,6 +156,7 @@ async def build_cluster(settings: Settings, limiter: Limiter | None = None) -> t
         settings.checkpoint_every_steps, settings.checkpoint_interval_seconds, quotas=quotas,
         retention_seconds=retention, sweep_every_seconds=settings.template_sweep_seconds,
         idle=IdleScan(catalog, templates.template, partitions, settings.template_sweep_seconds),
+        pending=pending,
     )  # fmt: skip
     owner = Owner(parts)
     url = settings.cluster_advertise_url or f"http://{settings.host}:{settings.port}"
@@ -183,7 +185,7 @@ async def build_cluster(settings: Settings, limiter: Limiter | None = None) -> t
         owner,
         front,
         templates,
-        PendingInputs(link.labels, link.js, names.labels_bucket),
+        pending,
         quotas,
     )
     return state, scheduler

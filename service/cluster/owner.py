@@ -43,6 +43,7 @@ from trackin.models.specs import StreamSpec
 from trackin.service.cluster.book import LeaseBook
 from trackin.service.cluster.columns import part_columns, shape_body
 from trackin.service.cluster.jetstream import NATS_ERRORS, Link
+from trackin.service.cluster.labels import PendingInputs
 from trackin.service.cluster.messages import (
     DEAD_ERROR,
     DEAD_SEQ,
@@ -143,6 +144,8 @@ class OwnerParts:
     idle: IdleScan | None = None
     """The replica's idle template-made streams, which the partitions propose to sweep (None: no sweep)."""
     sweep_every_seconds: float = 1.0
+    pending: PendingInputs | None = None
+    """Predictions waiting for labels: a stream the sweep deletes drops its own, as a DELETE does."""
 
 
 class _Lapsed(Exception):
@@ -396,6 +399,10 @@ class PartitionWorker:
             finally:
                 parts.applying.seq.pop(stream, None)
             parts.tally.swept += 1
+            # Not on a replay: the bucket is not in the log, and by then it may hold the waiting
+            # predictions of a stream made again under the id.
+            if self.live and parts.pending is not None:
+                await parts.pending.drop_stream(stream)
         for stream in named:
             self._proposed.pop(stream, None)
 

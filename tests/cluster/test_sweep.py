@@ -65,14 +65,23 @@ async def _stored(redis_url: str, prefix: str) -> set[str]:
         await store.shutdown()
 
 
+def _read(http: httpx.Client, url: str) -> httpx.Response:
+    """A GET, retried as a client does while its partition moves (503 with Retry-After)."""
+    deadline = time.monotonic() + 15
+    while (got := http.get(url)).status_code == 503 and time.monotonic() < deadline:
+        assert int(got.headers["Retry-After"]) >= 1
+        time.sleep(0.2)
+    assert got.status_code in (200, 404), got.text
+    return got
+
+
 def _state(http: httpx.Client, urls: list[str], streams: list[str]) -> dict[str, int | None]:
     """Each stream's steps through every replica (None: unknown); every replica must agree."""
     seen: dict[str, int | None] = {}
     for stream in streams:
         answers = set()
         for url in urls:
-            got = http.get(f"{url}/v1/streams/{stream}")
-            assert got.status_code in (200, 404), got.text
+            got = _read(http, f"{url}/v1/streams/{stream}")
             answers.add(got.json()["figures"]["steps"] if got.status_code == 200 else None)
         assert len(answers) == 1, (stream, answers)
         seen[stream] = answers.pop()
@@ -109,6 +118,8 @@ async def test_idle_streams_are_swept_through_the_log_and_a_successor_agrees(clu
         for i, stream in enumerate(idle * 2):
             answer = http.post(f"{urls[i % len(urls)]}/v1/streams/{stream}/observations", json=obs)
             assert answer.status_code == 200, answer.text
+        waiting = {"x": obs["x"], "request_id": "sw-r1"}  # a prediction waiting for its label when swept
+        assert http.post(f"{urls[1]}/v1/streams/{idle[0]}/predict", json=waiting).status_code == 200
 
         # The owner's own sweep: the "swa-" streams idle for 2 s are gone within a few seconds.
         want = {plain: 0, **dict.fromkeys(idle), kept: 2, dropped: None}
@@ -127,7 +138,14 @@ async def test_idle_streams_are_swept_through_the_log_and_a_successor_agrees(clu
         survivors = [r.url for r in cluster.live()]
         assert _state(http, survivors, streams) == want
         assert await _stored(cluster.redis.url, "sw") == {plain, kept}
-        for stream in (plain, kept):
+        # The swept stream's waiting prediction went with it: its label does not step the stream made again.
+        assert http.post(f"{survivors[0]}/v1/streams/{idle[0]}/observations", json=obs).status_code == 200
+        late = http.post(
+            f"{survivors[-1]}/v1/streams/{idle[0]}/labels", json={"request_id": "sw-r1", "y": 1.0}
+        )
+        assert late.status_code == 404, late.text
+        assert late.json()["error"]["field"] == "request_id"
+        for stream in (plain, kept, idle[0]):
             assert http.delete(f"{survivors[0]}/v1/streams/{stream}").status_code == 204
         for name in ("swa", "swk"):
             assert http.delete(f"{survivors[0]}/v1/templates/{name}").status_code == 204
