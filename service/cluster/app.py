@@ -41,6 +41,7 @@ from trackin.service.cluster.quotas import SharedQuotas
 from trackin.service.cluster.routes import router
 from trackin.service.cluster.state import ClusterState
 from trackin.service.cluster.store import LeaseFencedStore
+from trackin.service.cluster.sweep import IdleScan
 from trackin.service.cluster.templates import TemplateBook
 from trackin.service.cluster.ws import router as ws_router
 from trackin.service.domain.budget import resolve_budget
@@ -143,6 +144,8 @@ async def build_cluster(settings: Settings, limiter: Limiter | None = None) -> t
     )
     registry = Registry(scheduler, labels, catalog, persistence, max_stream_bytes=settings.max_stream_bytes)
     link = await _connect(settings, names)
+    templates = TemplateBook(link.templates)
+    pending = PendingInputs(link.labels, link.js, names.labels_bucket)
     replies = Replies()
     # A front looks a write it resent up in the log for up to the forward timeout: keep it that long.
     floor = settings.cluster_forward_timeout_seconds + PUBLISH_SECONDS + 1
@@ -151,12 +154,13 @@ async def build_cluster(settings: Settings, limiter: Limiter | None = None) -> t
         link, names, book, replica, partitions, replies, applying, registry, scheduler, catalog, ledger,
         checkpointer, restorer, store, health, settings.max_request_observations,
         settings.checkpoint_every_steps, settings.checkpoint_interval_seconds, quotas=quotas,
-        retention_seconds=retention,
+        retention_seconds=retention, sweep_every_seconds=settings.template_sweep_seconds,
+        idle=IdleScan(catalog, templates.template, partitions, settings.template_sweep_seconds),
+        pending=pending,
     )  # fmt: skip
     owner = Owner(parts)
     url = settings.cluster_advertise_url or f"http://{settings.host}:{settings.port}"
     leases = Leases(link, book, owner, names, replica, url, partitions)
-    templates = TemplateBook(link.templates)
     front = Front(
         link, names, replica, partitions, leases.map, replies, settings.cluster_forward_timeout_seconds,
         templates,
@@ -170,6 +174,7 @@ async def build_cluster(settings: Settings, limiter: Limiter | None = None) -> t
         replay_lag=owner.replay_lag,
         dead_letters=lambda: parts.tally.dead_letters,
         log_trims=lambda: parts.tally.trims,
+        swept=lambda: parts.tally.swept,
     )
     metrics.registry.register(ClusterCollector(figures))
     state = ClusterState(
@@ -180,7 +185,7 @@ async def build_cluster(settings: Settings, limiter: Limiter | None = None) -> t
         owner,
         front,
         templates,
-        PendingInputs(link.labels, link.js, names.labels_bucket),
+        pending,
         quotas,
     )
     return state, scheduler

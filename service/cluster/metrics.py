@@ -22,6 +22,7 @@ class ClusterFigures:
         replay_lag: Callable[[], int],
         dead_letters: Callable[[], int],
         log_trims: Callable[[], int],
+        swept: Callable[[], int],
     ) -> None:
         self.owned = owned
         self.live = live
@@ -30,12 +31,14 @@ class ClusterFigures:
         self.replay_lag = replay_lag
         self.dead_letters = dead_letters
         self.log_trims = log_trims
+        self.swept = swept
 
 
 class ClusterCollector(Collector):
     """``trackin_cluster_*``: partitions owned and serving, partitions without owner (as this replica
     sees the map), lease changes, replay lag (messages behind while restoring), dead letters (writes this
-    replica could not apply) and log trims (purges of its partitions' log behind their checkpoints)."""
+    replica could not apply), log trims (purges of its partitions' log behind their checkpoints) and streams
+    swept (idle template-made streams a sweep message deleted)."""
 
     def __init__(self, figures: ClusterFigures) -> None:
         self._figures = figures
@@ -72,4 +75,9 @@ class ClusterCollector(Collector):
             "trackin_cluster_log_trims",
             "Purges of owned partitions' log up to what their checkpoints cover",
             value=f.log_trims(),
+        )
+        yield CounterMetricFamily(
+            "trackin_cluster_streams_swept",
+            "Idle template-made streams deleted by a logged sweep on this replica's partitions",
+            value=f.swept(),
         )

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from trackin.models.specs import StreamSpec
 from trackin.service.cluster.book import LeaseBook
 from trackin.service.cluster.columns import part_columns, shape_body
 from trackin.service.cluster.jetstream import NATS_ERRORS, Link
+from trackin.service.cluster.labels import PendingInputs
 from trackin.service.cluster.messages import (
     DEAD_ERROR,
     DEAD_SEQ,
@@ -62,6 +64,7 @@ from trackin.service.cluster.partitions import Names, partition_of
 from trackin.service.cluster.persistence import Applying
 from trackin.service.cluster.quotas import SharedQuotas
 from trackin.service.cluster.store import LeaseFencedStore
+from trackin.service.cluster.sweep import SWEEP_OP, IdleScan, sweep_body, swept, to_delete
 from trackin.service.cluster.templates import carried
 from trackin.service.cluster.trim import watermark
 from trackin.service.domain.catalog import Catalog
@@ -70,7 +73,14 @@ from trackin.service.domain.ingest import IngestBatch
 from trackin.service.domain.registry import Registry
 from trackin.service.domain.scheduler import Scheduler
 from trackin.service.durability import Checkpointer, Ledger, Restorer, StoreHealth
-from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError, Unavailable, error_body
+from trackin.service.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    ServiceError,
+    Unavailable,
+    UnknownStream,
+    error_body,
+)
 from trackin.service.security.namespace import Namespace
 from trackin.service.transport.results import (
     columns_msgpack,
@@ -89,14 +99,19 @@ log = logging.getLogger("trackin.cluster")
 _PAGE = 1000
 _STOP_SECONDS = 1.0
 _RETRIED: tuple[type[BaseException], ...] = (Unavailable, *NATS_ERRORS)
+_SWEEP_STREAMS = 2000
+"""Streams named per sweep message at most (NATS's payload limit is 1 MB)."""
+_SWEEP_PUBLISH_SECONDS = 2.0
 
 
 @dataclass(slots=True)
 class Tally:
-    """What the owner's partitions did, for the metrics: dead letters written, log trims made."""
+    """What the owner's partitions did, for the metrics: dead letters written, log trims made, idle
+    template-made streams deleted by a sweep message."""
 
     dead_letters: int = 0
     trims: int = 0
+    swept: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +141,11 @@ class OwnerParts:
     """The log keeps the messages applied in this many last seconds, covered or not."""
     quotas: SharedQuotas | None = None
     """Tenant quotas: the restored streams count as held in the cluster's shared count."""
+    idle: IdleScan | None = None
+    """The replica's idle template-made streams, which the partitions propose to sweep (None: no sweep)."""
+    sweep_every_seconds: float = 1.0
+    pending: PendingInputs | None = None
+    """Predictions waiting for labels: a stream the sweep deletes drops its own, as a DELETE does."""
 
 
 class _Lapsed(Exception):
@@ -156,6 +176,11 @@ class PartitionWorker:
         """(when, the sequence applied by then), one per trim attempt: what is older than the retention."""
         self.failed = False
         """The worker stopped on an unexpected error: the lease is given up so the partition is restored."""
+        self._last_sweep = time.monotonic()
+        self._proposed: dict[str, int] = {}
+        """Streams a sweep message published here names, not applied yet: not proposed again meanwhile."""
+        self._unapplied: dict[int, None] = {}
+        """Sequences of queued observations the engine has not applied yet, in log order."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"trackin-partition-{self.partition}")
@@ -169,9 +194,11 @@ class PartitionWorker:
             with contextlib.suppress(*NATS_ERRORS):
                 await self._reads.unsubscribe()
             self._reads = None
-        if self._task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._task, _STOP_SECONDS)
+        # asyncio.wait, not wait_for under a suppress: the caller's own cancellation (the lease loop
+        # cancelled at shutdown while it releases a partition) must go through, or that loop runs on.
+        if self._task is not None and not (await asyncio.wait({self._task}, timeout=_STOP_SECONDS))[0]:
+            self._task.cancel()
+            await asyncio.wait({self._task})
 
     def streams(self) -> list[str]:
         """The partition's resident streams."""
@@ -284,6 +311,8 @@ class PartitionWorker:
                     self.applied_seq = seq
                 if not self.live and seq >= self.last_seq:
                     await self._go_live()
+            if self.live and time.monotonic() - self._last_sweep >= parts.sweep_every_seconds:
+                await self._propose_sweep()
             due = self._since_checkpoint >= parts.checkpoint_every_steps or (
                 time.monotonic() - self._last_checkpoint >= parts.checkpoint_interval_seconds
             )
@@ -324,6 +353,58 @@ class PartitionWorker:
             return
         self.trimmed = low
         parts.tally.trims += 1
+
+    # ----- the idle sweep (service/cluster/sweep.py) ------------------------------------------------------
+
+    def _position(self, stream: str) -> int:
+        return int(self._parts.ledger.position(stream) or 0)
+
+    async def _propose_sweep(self) -> None:
+        """Log a sweep of the partition's idle template-made streams, each with the position seen now."""
+        parts, p = self._parts, self.partition
+        self._last_sweep = time.monotonic()
+        if parts.idle is None:
+            return
+        # A stream whose last observation is queued but not applied has a stale ``updated_at``: not idle.
+        settled = next(iter(self._unapplied), self.applied_seq + 1) - 1
+        idle = parts.idle.idle(p, self._position)
+        fresh = [(s, seen) for s, seen in idle.items() if seen <= settled and self._proposed.get(s) != seen]
+        for start in range(0, len(fresh), _SWEEP_STREAMS):
+            if not parts.book.valid(p):
+                return
+            chunk = dict(fresh[start : start + _SWEEP_STREAMS])
+            headers = {OP: SWEEP_OP, MSG_ID: f"sweep-{uuid.uuid4().hex}"}
+            try:
+                await parts.link.js.publish(
+                    parts.names.log_subject(p),
+                    sweep_body(chunk),
+                    headers=headers,
+                    timeout=_SWEEP_PUBLISH_SECONDS,
+                )
+            except NATS_ERRORS as exc:
+                log.warning("partition %d: logging a sweep failed (%s); trying again later", p, exc)
+                return
+            self._proposed.update(chunk)
+
+    async def _sweep(self, raw: bytes, seq: int) -> None:
+        """Apply a sweep message: delete each named stream nothing was applied to since the decision."""
+        parts = self._parts
+        named = swept(raw)
+        for stream in to_delete(named, parts.catalog, self._position):
+            parts.applying.seq[stream] = seq
+            try:
+                await self._until_valid(functools.partial(parts.registry.delete_stream, stream))
+            except UnknownStream:
+                continue
+            finally:
+                parts.applying.seq.pop(stream, None)
+            parts.tally.swept += 1
+            # Not on a replay: the bucket is not in the log, and by then it may hold the waiting
+            # predictions of a stream made again under the id.
+            if self.live and parts.pending is not None:
+                await parts.pending.drop_stream(stream)
+        for stream in named:
+            self._proposed.pop(stream, None)
 
     # ----- applying one message ---------------------------------------------------------------------------
 
@@ -376,6 +457,8 @@ class PartitionWorker:
             await self._observe_columns(msg.data, seq, reply, headers)
         elif op == "label":
             await self._label(stream, msg.data, seq, reply)
+        elif op == SWEEP_OP:
+            await self._sweep(msg.data, seq)
         elif op in ("put", "delete"):
             parts.applying.seq[stream] = seq
             try:
@@ -436,7 +519,7 @@ class PartitionWorker:
             await reply.send(_error(exc))
             return
         self._since_checkpoint += len(items)
-        self._answer_when(batch, applied, reply, many=False)
+        self._answer_when(seq, batch, applied, reply, many=False)
 
     async def _observe_many(self, raw: bytes, seq: int, reply: _Reply, headers: dict[str, str]) -> None:
         """This partition's part of a multi-stream request (internal ids, checked here before any part was
@@ -465,7 +548,7 @@ class PartitionWorker:
             await reply.send(_error(exc))
             return
         self._since_checkpoint += len(items)
-        self._answer_when(batch, applied, reply, many=True)
+        self._answer_when(seq, batch, applied, reply, many=True)
 
     def _touch(self, streams: set[str | None], seq: int) -> dict[str, str]:
         """Move the resident ``streams``' ledger positions to ``seq`` (before queueing, so a checkpoint
@@ -518,7 +601,7 @@ class PartitionWorker:
         def render(outcomes: Outcomes) -> bytes:
             return columns_msgpack(outcomes, shape_width(spec), is_series(spec), None)
 
-        self._answer_when(batch, applied, reply, many=True, render=render)
+        self._answer_when(seq, batch, applied, reply, many=True, render=render)
 
     async def _label(self, stream: str, raw: bytes, seq: int, reply: _Reply) -> None:
         """A late label, logged with the inputs its prediction kept (service/cluster/labels.py): the step
@@ -543,10 +626,11 @@ class PartitionWorker:
         def render(outcomes: Outcomes) -> bytes:
             return orjson.dumps({"request_id": request_id, **result_json(spec, outcomes.items()[0])})
 
-        self._answer_when(batch, applied, reply, many=False, render=render)
+        self._answer_when(seq, batch, applied, reply, many=False, render=render)
 
     def _answer_when(
         self,
+        seq: int,
         batch: IngestBatch,
         applied: asyncio.Future[Outcomes],
         reply: _Reply,
@@ -569,6 +653,10 @@ class PartitionWorker:
             except Exception:
                 log.exception("partition %d: applying %s failed", self.partition, batch.stream_ids[:3])
                 await reply.send(Answer(500, orjson.dumps(error_body("internal", "internal error"))))
+            finally:
+                self._unapplied.pop(seq, None)
+
+        self._unapplied[seq] = None
 
         task = asyncio.create_task(answer())
         self._answering.add(task)

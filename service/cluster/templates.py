@@ -215,6 +215,10 @@ class TemplateBook:
                 await self._reload()
         return self._mirror.templates()
 
+    def template(self, name: str) -> Template | None:
+        """The template of that name as mirrored here now (the idle sweep's reading; no bucket read)."""
+        return self._mirror.template(name)
+
     def header(self, streams: Iterable[str]) -> dict[str, str]:
         """The `TEMPLATES` header for a write naming ``streams`` (none if no template matches any)."""
         if self._index is None:

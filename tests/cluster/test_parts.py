@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.redis_server import RedisServer
+from trackin.models.specs import StreamSpec
 from trackin.service.cluster.book import VALID_FRACTION, LeaseBook
 from trackin.service.cluster.partitions import Names, partition_of, preference
 from trackin.service.cluster.store import LeaseFencedStore
+from trackin.service.cluster.sweep import IdleScan, idle_streams, sweep_body, swept, to_delete
 from trackin.service.cluster.trim import watermark
+from trackin.service.domain.catalog import Catalog, StreamRecord, Template
 from trackin.service.security.namespace import Namespace
 from trackin.service.store import Checkpoint, StoreUnavailable
 from trackin.service.store.redis_backend import RedisStore
@@ -183,3 +186,39 @@ def test_the_fronts_template_index_matches_as_single_node() -> None:
     for _ in range(500):
         stream = "".join(rng.choice("abc:~t/") for _ in range(rng.randrange(6)))
         assert index.match(stream) == catalog.template_for(stream), stream
+
+
+def test_the_sweep_proposes_idle_template_streams_and_deletes_those_still_at_the_position_seen() -> None:
+    spec = StreamSpec.model_validate({"model": {"family": "linear", "in_dim": 2}})
+    catalog, now = Catalog(), 1000.0
+    made = {"idle": ("t", 10.0), "fresh": ("t", 999.0), "orphan": ("gone", 10.0), "plain": (None, 10.0)}
+    for stream, (template, updated) in made.items():
+        catalog.add(stream, StreamRecord(spec, created_at=0.0, updated_at=updated, template=template))
+    templates = {"t": Template("t", "", spec, idle_seconds=60.0)}
+    positions = {"idle": 7, "fresh": 8, "orphan": 3, "plain": 4}
+    idle = idle_streams(made, catalog, templates.get, positions.__getitem__, now)
+    assert idle == {"idle": 7}  # a stream whose template is gone, or made without one, stays
+    assert swept(sweep_body(idle)) == idle
+    assert swept(b"not json") == swept(b"[1]") == swept(b'{"streams": {"a": "7"}}') == {}
+    # Applied: a stream moved past the position seen (observed after the decision) stays; so does one not
+    # made from a template, and one deleted meanwhile is skipped.
+    positions["idle"] = 9
+    named = {"idle": 7, "fresh": 8, "plain": 4, "deleted": 2}
+    assert to_delete(named, catalog, positions.__getitem__) == ["fresh"]
+
+
+def test_the_idle_scan_is_shared_by_the_partitions_and_each_decision_checks_its_candidates_again() -> None:
+    spec = StreamSpec.model_validate({"model": {"family": "linear", "in_dim": 2}})
+    catalog, now = Catalog(), time.time()
+    for stream in ("a", "b", "c"):
+        catalog.add(stream, StreamRecord(spec, created_at=0.0, updated_at=now - 100, template="t"))
+    templates = {"t": Template("t", "", spec, idle_seconds=60.0)}
+    scan = IdleScan(catalog, templates.get, 4, every=60.0)
+    by_partition: dict[int, dict[str, int]] = {}
+    for stream in ("a", "b", "c"):
+        by_partition.setdefault(partition_of(stream, 4), {})[stream] = 1
+    assert {p: scan.idle(p, lambda s: 1) for p in by_partition} == by_partition
+    record = catalog.record("a")
+    assert record is not None
+    record.updated_at = time.time()  # observed since the scan: the decision sees it
+    assert "a" not in scan.idle(partition_of("a", 4), lambda s: 1)

@@ -1,9 +1,11 @@
 """Tenant quotas and the tenant observation rate in cluster mode: one count in the cluster's Redis, the same
 507 and 429 answers as single-node, whichever replica a request reaches. A small cluster of its own (two
-replicas), since the limits apply to every tenant of the cluster."""
+replicas), since the limits apply to every tenant of the cluster. Streams the idle sweep deletes give their
+room back, as a DELETE does."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,7 +37,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with NatsServer(base / "nats") as nats, RedisServer(base / "redis") as redis:
         keys = {
             "default": make_key(redis.url, "default", "ingest,read,admin"),
-            **{t: make_key(redis.url, t, "ingest,read,admin") for t in ("gamma", "delta", "rate")},
+            **{t: make_key(redis.url, t, "ingest,read,admin") for t in ("gamma", "delta", "rate", "eps")},
         }
         made = Cluster(base, nats, redis, keys, env=LIMITS)
         try:
@@ -107,3 +109,23 @@ async def test_the_tenant_observation_rate_is_shared_by_every_replica(limited: C
             assert frame["seq"] == 1
             assert frame["error"]["code"] == "rate_limited", frame
         assert http.get(f"{two}/v1/streams/r").json()["figures"]["steps"] == 30  # nothing refused applied
+
+
+def test_streams_the_idle_sweep_deletes_give_their_room_back(limited: Cluster) -> None:
+    one, two = (r.url for r in limited.live())
+    obs = {"x": [0.1, 0.2, 0.3], "y": 1.0}
+    with httpx.Client(timeout=30, headers=bearer(limited.keys["eps"])) as http:
+        template = {"prefix": "t-", "spec": SPEC, "idle_seconds": 1.0}
+        assert http.put(f"{one}/v1/templates/idle", json=template).status_code == 201
+        for url in (one, two):
+            assert len(http.get(f"{url}/v1/templates").json()["templates"]) == 1
+        for i in range(MAX_STREAMS):
+            made = http.post(f"{(one, two)[i % 2]}/v1/streams/t-{i}/observations", json=obs)
+            assert made.status_code == 200, made.text
+        refused = http.put(f"{one}/v1/streams/other", json=SPEC)  # the template-made ones are counted
+        assert refused.status_code == 507, refused.text
+        deadline = time.monotonic() + 20
+        while any(http.get(f"{two}/v1/streams/t-{i}").status_code != 404 for i in range(MAX_STREAMS)):
+            assert time.monotonic() < deadline, "idle streams not swept"
+            time.sleep(0.25)
+        assert http.put(f"{two}/v1/streams/other", json=SPEC).status_code == 201

@@ -55,7 +55,7 @@ def test_cluster_alert_series_are_exported_by_a_replica() -> None:
     from trackin.service.cluster.metrics import ClusterCollector, ClusterFigures
 
     exported: set[str] = set()
-    for family in ClusterCollector(ClusterFigures(*(lambda: 0 for _ in range(7)))).collect():
+    for family in ClusterCollector(ClusterFigures(*(lambda: 0 for _ in range(8)))).collect():
         exported.update(sample.name for sample in family.samples)
     rules = (ROOT / "deploy/prometheus/alerts-cluster.yml").read_text()
     used = set(re.findall(r"trackin_cluster_\w+", rules))

@@ -78,7 +78,7 @@ def cluster_names() -> set[str]:
     """What a cluster replica exports besides: the cluster collector's samples."""
     from trackin.service.cluster.metrics import ClusterCollector, ClusterFigures
 
-    figures = ClusterFigures(*(lambda: 0 for _ in range(7)))
+    figures = ClusterFigures(*(lambda: 0 for _ in range(8)))
     return {sample.name for family in ClusterCollector(figures).collect() for sample in family.samples}
 
 
