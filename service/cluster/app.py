@@ -163,8 +163,7 @@ async def build_cluster(settings: Settings, limiter: Limiter | None = None) -> t
     leases = Leases(link, book, owner, names, replica, url, partitions)
     front = Front(
         link, names, replica, partitions, leases.map, replies, settings.cluster_forward_timeout_seconds,
-        templates,
-        limiter,
+        templates, limiter, quotas,
     )  # fmt: skip
     figures = ClusterFigures(
         owned=lambda: len(book.held()),

@@ -34,6 +34,7 @@ from trackin.service.cluster.messages import (
     Replies,
 )
 from trackin.service.cluster.partitions import Names, partition_of
+from trackin.service.cluster.quotas import SharedQuotas
 from trackin.service.cluster.templates import TemplateBook
 from trackin.service.errors import Unavailable
 from trackin.service.security.keys import DEFAULT_TENANT
@@ -64,6 +65,7 @@ class Front:
         forward_timeout: float,
         templates: TemplateBook,
         limiter: Limiter | None = None,
+        quotas: SharedQuotas | None = None,
     ) -> None:
         self._link = link
         self._names = names
@@ -74,6 +76,7 @@ class Front:
         self._timeout = forward_timeout
         self._limiter = limiter
         self._templates = templates
+        self._quotas = quotas
         self._sub: Subscription | None = None
 
     @property
@@ -128,6 +131,16 @@ class Front:
         named = streams if indices is None else [streams[i] for i in indices]
         return self._templates.header(named)
 
+    async def reserve(self, streams: Sequence[str]) -> None:
+        """Tenant quotas (``TRACKIN_TENANT_MAX_STREAMS`` / ``_MAX_BYTES``) for the streams a write names
+        that a template matches, before it is logged: 507 if the new ones do not fit, as single-node (the
+        owner cannot refuse on the shared count: its replay would depend on it). Existing ones are free."""
+        if self._quotas is None:
+            return
+        matched = self._templates.matching(streams)
+        if matched:
+            await self._quotas.reserve({s: t.spec for s, t in matched.items()})
+
     async def write(
         self, op: str, stream_id: str, body: bytes, namespace: Namespace, *, replace: bool = False
     ) -> Answer:
@@ -136,6 +149,8 @@ class Front:
         names; an observation carries the template its stream may be created from."""
         partition = await self.partition(stream_id)
         headers = self.templates_for([stream_id]) if op == "observe" else None
+        if headers:
+            await self.reserve([stream_id])
         return await self.log(partition, op, stream_id, body, namespace, replace=replace, headers=headers)
 
     async def log(

@@ -123,7 +123,9 @@ async def publish(
     front: Front, groups: dict[int, list[int]], streams: Sequence[str], op: str, bodies: dict[int, bytes]
 ) -> list[asyncio.Task[Answer] | BaseException]:
     """Log every part at once (with the templates its streams may be created from); per part, its answer
-    to come or why it was not logged."""
+    to come or why it was not logged. The streams it may create from templates are reserved in their
+    tenant's quota first (507, nothing logged, if they do not fit)."""
+    await front.reserve(streams)
     return await asyncio.gather(
         *(
             front.logged(p, op, "", bodies[p], _QUALIFIED, headers=front.templates_for(streams, groups[p]))

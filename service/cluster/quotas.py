@@ -10,6 +10,7 @@ script: one atomic step for the whole cluster.
 
 The check runs at the front, before the creation is logged, so the log holds only creations that passed
 and every replay applies them alike (an owner checking at apply time could answer differently on replay).
+That holds for streams a write creates from templates too: the front reserves them (`reserve`) first.
 The answers are single-node's: 507 ``tenant_quota`` naming the setting. The ``default`` tenant has no quota.
 """
 
@@ -63,6 +64,44 @@ end
 return {0, 0}
 """
 
+_RESERVE = """
+local held, pending, need_of = KEYS[1], KEYS[2], KEYS[3]
+local max_streams, max_bytes, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, s in ipairs(redis.call('ZRANGEBYSCORE', pending, '-inf', now)) do redis.call('HDEL', need_of, s) end
+redis.call('ZREMRANGEBYSCORE', pending, '-inf', now)
+local new, extra = {}, 0
+for i = 4, #ARGV, 2 do
+  local s = ARGV[i]
+  if redis.call('HEXISTS', held, s) == 0 then
+    if redis.call('HEXISTS', need_of, s) == 1 then
+      redis.call('ZADD', pending, now + ttl, s)
+    else
+      new[#new + 1] = i; extra = extra + tonumber(ARGV[i + 1])
+    end
+  end
+end
+if #new == 0 then return {0, 0, ''} end
+local count, used = redis.call('HLEN', held), 0
+local h = redis.call('HVALS', held)
+for i = 1, #h do used = used + tonumber(h[i]) end
+local p = redis.call('HGETALL', need_of)
+for i = 1, #p, 2 do
+  if redis.call('HEXISTS', held, p[i]) == 0 then count = count + 1; used = used + tonumber(p[i + 1]) end
+end
+if max_streams >= 0 and count + #new > max_streams then return {1, count, ARGV[new[1]]} end
+if max_bytes >= 0 and used + extra > max_bytes then return {2, used, ARGV[new[1]]} end
+for _, i in ipairs(new) do
+  redis.call('ZADD', pending, now + ttl, ARGV[i])
+  redis.call('HSET', need_of, ARGV[i], ARGV[i + 1])
+end
+return {0, 0, ''}
+"""
+"""`_CHECK` for streams a write may create from templates, all or none: a stream held (it exists) or
+pending costs nothing (a pending one's minute starts again); the others are counted together and become
+pending if they all fit. It runs for every such write: when every stream exists, it counts nothing."""
+
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
@@ -79,6 +118,7 @@ class SharedQuotas:
         self._max_streams = max_streams
         self._max_bytes = max_bytes
         self._check = self._redis.register_script(_CHECK)
+        self._reserve = self._redis.register_script(_RESERVE)
 
     def _tenant_keys(self, tenant: str) -> list[str]:
         return [self._keys.quota(tenant, part) for part in ("held", "pending", "need")]
@@ -116,6 +156,41 @@ class SharedQuotas:
                 f" over its quota of {self._max_bytes:,} (TRACKIN_TENANT_MAX_BYTES)",
                 stream=stream_id,
             )
+
+    async def reserve(self, streams: dict[str, StreamSpec]) -> None:
+        """At the front, before a write that may create ``streams`` from their templates is logged: 507 if
+        the new ones do not all fit in their tenant's quota (nothing reserved then), else they count as
+        pending until their owner creates them. Streams that exist cost nothing."""
+        by_tenant: dict[str, list[str | int]] = {}
+        for stream_id, spec in streams.items():
+            namespace = namespace_of(stream_id)
+            if namespace:
+                by_tenant.setdefault(namespace[1:-1], []).extend((stream_id, slot_bytes(spec)))
+        for tenant, pairs in by_tenant.items():
+            args: list[str | int] = [
+                -1 if self._max_streams is None else self._max_streams,
+                -1 if self._max_bytes is None else self._max_bytes,
+                int(PENDING_SECONDS * 1000),
+                *pairs,
+            ]
+            try:
+                verdict, figure, first = await self._reserve(keys=self._tenant_keys(tenant), args=args)
+            except _REDIS_ERRORS as exc:
+                raise Unavailable(f"tenant quotas cannot be checked: {exc}", stream=str(pairs[0])) from None
+            stream = first.decode() if isinstance(first, bytes) else str(first)
+            if verdict == 1:
+                raise OverQuota(
+                    f"tenant {tenant!r} holds {figure} streams, its quota (TRACKIN_TENANT_MAX_STREAMS):"
+                    f" stream {stream!r} cannot be created from its template",
+                    stream=stream,
+                )
+            if verdict == 2:
+                raise OverQuota(
+                    f"tenant {tenant!r} holds {int(figure):,} bytes of state; the streams this write creates"
+                    f" from templates need more, over its quota of {self._max_bytes:,}"
+                    " (TRACKIN_TENANT_MAX_BYTES)",
+                    stream=stream,
+                )
 
     async def hold(self, streams: Iterable[tuple[str, StreamSpec]]) -> None:
         """On an owner: these streams exist (created, or restored when the partition was taken), so they

@@ -219,11 +219,21 @@ class TemplateBook:
         """The template of that name as mirrored here now (the idle sweep's reading; no bucket read)."""
         return self._mirror.template(name)
 
-    def header(self, streams: Iterable[str]) -> dict[str, str]:
-        """The `TEMPLATES` header for a write naming ``streams`` (none if no template matches any)."""
+    def matching(self, streams: Iterable[str]) -> dict[str, Template]:
+        """The template each of ``streams`` would be created from, for those some template matches."""
+        index = self._prefixes()
+        if not index.lengths:
+            return {}
+        return {s: t for s in dict.fromkeys(streams) if (t := index.match(s)) is not None}
+
+    def _prefixes(self) -> _PrefixIndex:
         if self._index is None:
             self._index = _PrefixIndex(self._mirror.templates())
-        index = self._index
+        return self._index
+
+    def header(self, streams: Iterable[str]) -> dict[str, str]:
+        """The `TEMPLATES` header for a write naming ``streams`` (none if no template matches any)."""
+        index = self._prefixes()
         if not index.lengths:
             return {}
         matched: dict[str, str] = {}

@@ -37,7 +37,10 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with NatsServer(base / "nats") as nats, RedisServer(base / "redis") as redis:
         keys = {
             "default": make_key(redis.url, "default", "ingest,read,admin"),
-            **{t: make_key(redis.url, t, "ingest,read,admin") for t in ("gamma", "delta", "rate", "eps")},
+            **{
+                t: make_key(redis.url, t, "ingest,read,admin")
+                for t in ("gamma", "delta", "rate", "eps", "zeta")
+            },
         }
         made = Cluster(base, nats, redis, keys, env=LIMITS)
         try:
@@ -85,6 +88,59 @@ def test_concurrent_creations_through_every_replica_pass_the_quota_only_up_to_it
     with ThreadPoolExecutor(8) as pool:
         statuses = sorted(pool.map(create, range(8)))
     assert statuses == [201] * MAX_STREAMS + [507] * (8 - MAX_STREAMS), statuses
+
+
+async def test_streams_made_from_templates_are_refused_beyond_the_quota(limited: Cluster) -> None:
+    """A template stream's first observation is checked at the front, before it is logged, in every write
+    form; the tenant's existing template streams keep working at quota."""
+    one, two = (r.url for r in limited.live())
+    key = bearer(limited.keys["zeta"])
+    obs = {"x": [0.1, 0.2, 0.3], "y": 1.0}
+    with httpx.Client(timeout=30, headers=key) as http:
+        template = {"prefix": "a-", "spec": SPEC, "idle_seconds": 3600}
+        assert http.put(f"{one}/v1/templates/auto", json=template).status_code == 201
+        for url in (one, two):
+            assert len(http.get(f"{url}/v1/templates").json()["templates"]) == 1
+        assert http.put(f"{two}/v1/streams/plain", json=SPEC).status_code == 201
+        for i, url in enumerate((one, two)):  # the quota of 3 reached with 2 template streams
+            made = http.post(f"{url}/v1/streams/a-{i}/observations", json=obs)
+            assert made.status_code == 200, made.text
+
+        def refused(answer: httpx.Response) -> None:
+            assert answer.status_code == 507, answer.text
+            error = answer.json()["error"]
+            assert error["code"] == "tenant_quota"
+            assert "TRACKIN_TENANT_MAX_STREAMS" in error["message"]
+
+        for url in (one, two):
+            refused(http.post(f"{url}/v1/streams/a-2/observations", json=obs))
+            rows = [{"stream": "a-0", **obs}, {"stream": "a-2", **obs}]
+            refused(http.post(f"{url}/v1/observations", json=rows))
+            columns = {"streams": ["a-1", "a-3"], "x": [obs["x"]] * 2, "y": [1.0, 1.0]}
+            refused(http.post(f"{url}/v1/observations", json=columns))
+        async with connect(limited.live()[1].ws_url, additional_headers=key, open_timeout=10) as ws:
+            await ws.send(orjson.dumps({"seq": 1, "observations": [{"stream": "a-4", **obs}]}).decode())
+            frame = orjson.loads(await ws.recv())
+            assert frame["seq"] == 1
+            assert frame["error"]["code"] == "tenant_quota", frame
+        for url in (one, two):
+            for name in ("a-2", "a-3", "a-4"):
+                assert http.get(f"{url}/v1/streams/{name}").status_code == 404  # nothing logged
+        both = [{"stream": "a-0", **obs}, {"stream": "a-1", **obs}]
+        assert http.post(f"{two}/v1/observations", json=both).status_code == 200
+        assert http.post(f"{one}/v1/streams/a-1/observations", json=obs).status_code == 200
+        steps = [http.get(f"{two}/v1/streams/a-{i}").json()["figures"]["steps"] for i in (0, 1)]
+        assert steps == [2, 3]  # none of the refused writes' observations of them applied
+        assert http.delete(f"{one}/v1/streams/plain").status_code == 204  # room again, but not for a big one
+        big = {"prefix": "b-", "spec": BIG, "idle_seconds": 3600}
+        assert http.put(f"{two}/v1/templates/big", json=big).status_code == 201
+        for url in (one, two):
+            assert len(http.get(f"{url}/v1/templates").json()["templates"]) == 2
+        bigger = http.post(f"{one}/v1/streams/b-0/observations", json={"x": [0.1] * 200, "y": 1.0})
+        assert bigger.status_code == 507, bigger.text
+        assert "TRACKIN_TENANT_MAX_BYTES" in bigger.json()["error"]["message"]
+        assert http.post(f"{two}/v1/streams/a-2/observations", json=obs).status_code == 200
+        assert http.get(f"{one}/v1/streams/b-0").status_code == 404
 
 
 async def test_the_tenant_observation_rate_is_shared_by_every_replica(limited: Cluster) -> None:
