@@ -146,6 +146,7 @@ class FusedTrackingRound(TrackingRound):
         fc[K.C_MIX_ETA], fc[K.C_MIX_BIAS] = tracking.MIX_ETA, tracking.MIX_BIAS
         fc[K.C_MIX_POWER], fc[K.C_MIX_WARMUP] = tracking.MIX_POWER, tracking.MIX_WARMUP
         fc[K.C_EWMA], fc[K.C_PH_WINDOW] = LOSS_EWMA_ALPHA, MEAN_WINDOW
+        fc[K.C_PRIOR] = tracking.PRIOR
         self._fc = fc
         self._kcol = _columns(packed)
         self._arrays: tuple[Tensor, np.ndarray, np.ndarray, np.ndarray] | None = None

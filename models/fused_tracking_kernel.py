@@ -61,8 +61,9 @@ from numba import njit
     C_MIX_WARMUP,
     C_EWMA,
     C_PH_WINDOW,
+    C_PRIOR,
     N_FC,
-) = range(18)
+) = range(19)
 # col: column offsets (float buffer unless noted; -1 where the pool has none)
 (
     O_W,
@@ -477,6 +478,77 @@ def _update_scales(f: np.ndarray, fc: np.ndarray, col: np.ndarray, values: np.nd
 
 
 @njit(cache=True)
+def _fold(
+    f: np.ndarray,
+    cfg: np.ndarray,
+    fc: np.ndarray,
+    col: np.ndarray,
+    s_old: np.ndarray,
+    s: np.ndarray,
+    q: np.ndarray,
+    rr: np.ndarray,
+    c: np.ndarray,
+    cj_col: np.ndarray,
+    moved: np.ndarray,
+) -> None:
+    """Every head re-expressed in the new scales ``s`` (tracking.fold): weights ``W * r q'``, covariances
+    ``P * q q'``, the prior left in the old scales moved to the new ones, the residual statistics ``* r^2``.
+    ``q``, ``c``, ``cj_col`` (``p``), ``rr`` (``k``) and ``moved`` (``k p``): scratch."""
+    k, p, nh, kind = cfg[K_OUT], cfg[K_P], cfg[K_HEADS], cfg[K_KIND]
+    dim, lags = cfg[K_DIM], cfg[K_LAGS]
+    for j in range(p - 1):
+        if kind == _LINEAR:
+            a = j
+        elif j < lags * dim:
+            a = j % dim
+        else:
+            a = dim + j - lags * dim
+        q[j] = s[a] / s_old[a]
+    q[p - 1] = 1.0
+    for o in range(k):
+        a = cfg[K_IN] + o if kind == _LINEAR else o
+        rr[o] = s_old[a] / s[a]
+    W, C, t = col[O_W], col[O_COV], f[col[O_LEARNED]]
+    for h in range(nh):
+        cov = f[C + h * p * p : C + (h + 1) * p * p]
+        w = f[W + h * k * p : W + (h + 1) * k * p]
+        for o in range(k):
+            for j in range(p):
+                w[o * p + j] = w[o * p + j] * (q[j] * rr[o])
+                moved[o * p + j] = w[o * p + j]
+        for a in range(p):
+            for b in range(p):
+                cov[a * p + b] = cov[a * p + b] * (q[a] * q[b])
+        decay = fc[N_FC + h] ** t
+        for j in range(p):
+            c[j] = decay / fc[C_PRIOR] * (1 - 1 / (q[j] * q[j]))
+        for j in range(p):
+            g = 1 / (1 + c[j] * cov[j * p + j])
+            for a in range(p):
+                cj_col[a] = cov[a * p + j]
+            for a in range(p):  # c (col_a col_b): symmetric to the bit, as the step keeps P (no symmetrising)
+                ca = cj_col[a]
+                for b in range(p):
+                    cov[a * p + b] = cov[a * p + b] - c[j] * (ca * cj_col[b]) * g
+            for a in range(p):  # row and column j without the cancellation: P_aj / (1 + c P_jj)
+                cov[a * p + j] = cj_col[a] * g
+                cov[j * p + a] = cj_col[a] * g
+        for o in range(k):
+            for a in range(p):
+                acc = 0.0
+                for j in range(p):
+                    acc += moved[o * p + j] * c[j] * cov[a * p + j]
+                w[o * p + a] = w[o * p + a] - acc
+    L, R2 = col[O_HLOSS], col[O_RESID2]
+    for o in range(k):
+        r2 = rr[o] * rr[o]
+        f[col[O_HS2] + o] = f[col[O_HS2] + o] * r2
+        for h in range(nh):
+            f[R2 + h * k + o] = f[R2 + h * k + o] * r2
+            f[L + h * k + o] = f[L + h * k + o] * r2
+
+
+@njit(cache=True)
 def _drift(
     f: np.ndarray,
     i: np.ndarray,
@@ -555,6 +627,9 @@ def tracking_round(
     work = np.empty(nh * (k + k * p + 1))
     phi_t, pp_t, sc = np.empty(p, fbuf.dtype), np.empty(nh * p, fbuf.dtype), np.empty(2, fbuf.dtype)
     heads, dots = np.empty(nh), np.empty(nh * k)
+    s_old, m2_old, fq, fr = np.empty(nscale), np.empty(nscale), np.empty(p), np.empty(k)
+    fcv, fcol = np.empty(p), np.empty(p)
+    fmoved = np.empty(k * p)
     nan = math.nan
     for r in range(slots.shape[0]):
         row = slots[r]
@@ -610,8 +685,13 @@ def tracking_round(
                     for d in range(dim):
                         values[dim + d] = xr[d]
             fresh = True
+            for j in range(nscale):
+                m2_old[j] = f[col[O_SM2] + j]
             if cfg[K_STANDARDIZE] and _update_scales(f, fc, col, values, nscale):
                 _scales(f, col, nscale, s)  # the step learns in the scales that include this observation
+                for j in range(nscale):  # a scale not measured before takes the new one (tracking.fold)
+                    s_old[j] = math.sqrt(m2_old[j]) if m2_old[j] > 0 else s[j]
+                _fold(f, cfg, fc, col, s_old, s, fq, fr, fcv, fcol, fmoved)
                 _features(f, xr, cfg, fc, col, s, phi)
                 fresh = False
             for o in range(k):

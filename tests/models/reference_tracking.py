@@ -219,8 +219,41 @@ class TrackingReference:
         """Mean squares over the first SCALE_WARMUP observations, then frozen: a scale that no longer moves
         leaves the mapping from inputs to predictions as learned."""
         if self.spec.standardize and self.scale_n < T.SCALE_WARMUP:
+            m2_old = self.scale_m2
             self.scale_n += 1
             self.scale_m2 = self.scale_m2 + (values.square() - self.scale_m2) / self.scale_n
+            new = self._scales()
+            self._fold(torch.where(m2_old > 0, m2_old.sqrt(), new), new)  # not measured before: as new
+
+    def _fold(self, old: Tensor, new: Tensor) -> None:
+        """Each head re-expressed in the new scales: the same raw mapping, covariance and errors, and the
+        prior still held (``forget^t / PRIOR`` per feature, in the old scales) moved to the new ones."""
+        k = self.k
+        if self.series:
+            f_old = torch.cat([old[:k].repeat(self.lags), old[k:], torch.ones(1, dtype=self.dt)])
+            f_new = torch.cat([new[:k].repeat(self.lags), new[k:], torch.ones(1, dtype=self.dt)])
+            r = old[:k] / new[:k]
+        else:
+            f_old = torch.cat([old[:-k], torch.ones(1, dtype=self.dt)])
+            f_new = torch.cat([new[:-k], torch.ones(1, dtype=self.dt)])
+            r = old[-k:] / new[-k:]
+        q = f_new / f_old
+        heads = self.weight.detach().view(self.h, k, self.p)
+        with torch.no_grad():
+            for h, forget in enumerate(self.forgets):
+                w = heads[h] * (r.unsqueeze(1) * q.unsqueeze(0))
+                cov = self.cov[h] * (q.unsqueeze(1) * q.unsqueeze(0))
+                c = torch.tensor(forget, dtype=self.dt) ** self.learned / T.PRIOR * (1 - 1 / q.square())
+                for j in range(self.p):  # P <- (P^-1 + diag(c))^-1, one Sherman-Morrison update per feature
+                    col = cov[:, j].clone()
+                    g = 1 / (1 + c[j] * col[j])
+                    cov = cov - c[j] * (col.unsqueeze(1) * col.unsqueeze(0)) * g
+                    cov[:, j], cov[j, :] = col * g, col * g  # P_aj / (1 + c P_jj): no cancellation
+                heads[h] = w - (w * c) @ cov.T
+                self.cov[h] = cov
+        self.resid2 = self.resid2 * r.square()
+        self.head_loss = self.head_loss * r.square()
+        self.head_s2 = self.head_s2 * r.square()
 
     def _loss(self, served: Tensor, target: Tensor) -> float:
         r = served - target
