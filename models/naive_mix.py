@@ -14,10 +14,13 @@ from torch import Tensor
 
 from trackin.models import keys
 from trackin.models.specs import ARModel, StreamSpec
-from trackin.models.tracking import MIX_ETA, MIX_POWER, MIX_RHO
+from trackin.models.tracking import MIX_ETA, MIX_POWER
 
-__all__ = ["MIX_BIAS", "MIX_WARMUP", "applies", "entries", "update", "weight"]
+__all__ = ["MIX_BIAS", "MIX_RHO", "MIX_WARMUP", "applies", "entries", "update", "weight"]
 
+MIX_RHO = 0.99
+"""Discount of the model's and the naive forecast's absolute errors (about 100 observations; the tracking
+path's is shorter)."""
 MIX_BIAS = 8.0
 """The first-order path's burden of proof (the tracking path's was lowered with its heads; this one keeps
 the value it was measured with)."""

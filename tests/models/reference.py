@@ -214,10 +214,10 @@ class ReferenceStream:
                 self.x_stats = after
             if naive is not None:
                 self.mix_model = (
-                    M.MIX_RHO * self.mix_model + (target - self.model_served).abs() ** M.MIX_POWER
+                    naive_mix.MIX_RHO * self.mix_model + (target - self.model_served).abs() ** M.MIX_POWER
                 )
-                self.mix_naive = M.MIX_RHO * self.mix_naive + (target - naive).abs() ** M.MIX_POWER
-                self.mix_n = M.MIX_RHO * self.mix_n + 1
+                self.mix_naive = naive_mix.MIX_RHO * self.mix_naive + (target - naive).abs() ** M.MIX_POWER
+                self.mix_n = naive_mix.MIX_RHO * self.mix_n + 1
         return Outcome(pred.tolist(), float(loss), self.steps, applied, False, not applied, self._forecast())
 
     def _share(self) -> Tensor:

@@ -208,7 +208,7 @@ def test_kernel_constants_are_the_models() -> None:
         standardize.FEATURE_CLIP,
     )
     assert (K.MIX_RHO, K.MIX_ETA, K.MIX_BIAS, K.MIX_POWER, K.MIX_WARMUP) == (
-        tracking.MIX_RHO,
+        naive_mix.MIX_RHO,
         tracking.MIX_ETA,
         naive_mix.MIX_BIAS,  # the first-order mix keeps its own burden of proof and warm-up
         tracking.MIX_POWER,
