@@ -6,8 +6,8 @@ gh-86296, fixed in 3.12 where ``wait_for`` is built on ``asyncio.timeout``). red
 under such a ``wait_for`` (``socket_timeout``), and nats-py waits for its replies the same way. A
 background loop whose store call completes just as the service stops therefore takes no notice of the
 cancel and goes on with its next pass; ``task.cancel(); await task`` then waits forever. The checkpoint
-loop did exactly that: about one run in a hundred of ``tests/persistence/test_loop.py``'s interval test
-on Redis hung at the test's timeout, the loop task "cancelling" and still running passes.
+loop did exactly that: one run in 30 to 100 of ``tests/persistence/test_loop.py``'s interval test on
+Redis hung (at the test's timeout in CI), the loop task "cancelling" and still running passes.
 """
 
 from __future__ import annotations
