@@ -54,6 +54,7 @@ from trackin.service.security.setup import make_keyring, make_limiter, refuse_op
 from trackin.service.settings import Settings
 from trackin.service.snapshot import fleet_snapshot
 from trackin.service.state import AppState
+from trackin.service.tasks import stop_task
 from trackin.service.transport.body import BodyLimit
 from trackin.service.transport.fastpath import FastObservations
 from trackin.service.transport.metrics_port import serve_metrics
@@ -277,13 +278,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            readiness.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await readiness
+            await stop_task(readiness)
             state.ready = False
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            await stop_task(sweeper)
             if scrape is not None:
                 scrape.close()
             await scheduler.drain()

@@ -21,6 +21,7 @@ import orjson
 from trackin.service.cluster.book import LeaseBook
 from trackin.service.cluster.jetstream import NATS_ERRORS, Link
 from trackin.service.cluster.partitions import Names, preference
+from trackin.service.tasks import stop_task
 
 __all__ = ["Leases", "Owners", "PartitionMap"]
 
@@ -98,10 +99,7 @@ class Leases:
     async def stop(self) -> None:
         """Release every partition (checkpointed first) so the others take them at once."""
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
         for partition in self._book.held():
             await self._release(partition)
         with contextlib.suppress(*NATS_ERRORS):

@@ -82,6 +82,7 @@ from trackin.service.errors import (
     error_body,
 )
 from trackin.service.security.namespace import Namespace
+from trackin.service.tasks import stop_task
 from trackin.service.transport.results import (
     columns_msgpack,
     is_series,
@@ -197,8 +198,7 @@ class PartitionWorker:
         # asyncio.wait, not wait_for under a suppress: the caller's own cancellation (the lease loop
         # cancelled at shutdown while it releases a partition) must go through, or that loop runs on.
         if self._task is not None and not (await asyncio.wait({self._task}, timeout=_STOP_SECONDS))[0]:
-            self._task.cancel()
-            await asyncio.wait({self._task})
+            await stop_task(self._task)
 
     def streams(self) -> list[str]:
         """The partition's resident streams."""

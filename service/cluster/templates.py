@@ -30,6 +30,7 @@ from trackin.models.specs import StreamSpec
 from trackin.service.cluster.jetstream import NATS_ERRORS
 from trackin.service.domain.catalog import Catalog, Template
 from trackin.service.errors import Unavailable, UnknownStream
+from trackin.service.tasks import stop_task
 
 __all__ = ["TEMPLATES", "TemplateBook", "carried", "template_json"]
 
@@ -85,10 +86,7 @@ class TemplateBook:
         self._task = asyncio.create_task(self._watch(), name="trackin-templates")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def _watch(self) -> None:
         while True:

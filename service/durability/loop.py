@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -17,6 +16,7 @@ from trackin.service.durability.residency import Residency
 from trackin.service.durability.restorer import Restorer
 from trackin.service.errors import Unavailable
 from trackin.service.settings import Settings
+from trackin.service.tasks import stop_task
 
 __all__ = ["CheckpointLoop"]
 
@@ -68,6 +68,7 @@ class CheckpointLoop:
         self._restorer = restorer
         self._health = health
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         """Connect (and restore eagerly) now if the store answers, then run passes in the background."""
@@ -75,14 +76,18 @@ class CheckpointLoop:
             await self._prepare()
         except Unavailable as exc:
             log.warning("store unavailable at start (%s); retrying in the background", exc)
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="trackin-checkpoints")
 
     async def stop(self) -> None:
-        """Stop the passes, then write every changed stream and settle suspects (the SIGTERM path)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop the passes, then write every changed stream and settle suspects (the SIGTERM path).
+
+        The flag ends the passes even if the cancellation is lost in a store call (`stop_task`): the
+        loop sees it at the top of its next pass, and the nudge makes that next pass come at once.
+        """
+        self._stopping = True
+        self._ledger.nudge()
+        await stop_task(self._task)
         if not self._connection.connected:
             return
         try:
@@ -126,8 +131,10 @@ class CheckpointLoop:
     async def _run(self) -> None:
         backoff = 0.5
         last_full = time.monotonic()
-        while True:
+        while not self._stopping:
             await self._ledger.wait(POLL_SECONDS)
+            if self._stopping:
+                return
             try:
                 await self._prepare()
                 full = time.monotonic() - last_full >= self._interval

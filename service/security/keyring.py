@@ -13,12 +13,12 @@ than loopback: revoking its last key must lock it, not open it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from trackin.service.security.keys import KEY_KIND, ApiKey, bootstrap_key, split_key
 from trackin.service.security.namespace import Namespace, Principal
 from trackin.service.store import Store, StoreError
+from trackin.service.tasks import stop_task
 
 __all__ = ["Keyring"]
 
@@ -70,10 +70,7 @@ class Keyring:
             self._task = asyncio.create_task(self._refresh_forever())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
         if self._store is not None and self._started:
             await self._store.shutdown()
 

@@ -183,16 +183,20 @@ def installed_server(server_venv: Path, user_dir: Path) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        # /readyz, not /healthz: until the kernels are compiled (a fresh install has no numba cache) the
+        # first observation waits for the compilation, which on a loaded CI machine outlasted the client's
+        # 30 s request timeout.
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             assert process.poll() is None, (user_dir / "server.log").read_text()
             try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         else:
-            pytest.fail("the installed server did not start")
+            pytest.fail("the installed server did not become ready")
         yield url
     finally:
         process.terminate()

@@ -116,9 +116,13 @@ class Parts:
     ) -> None:
         if self.crashed:
             return
-        await self.loop.stop()  # cancels the loop if a test started it; writes changed streams if connected
-        await self.scheduler.stop()
-        await self.store.shutdown()
+        # Whatever fails, the store is shut down: a Redis connection outliving the test's event loop is a
+        # ResourceWarning ("loop is closed") failing whichever later test's garbage collection finds it.
+        try:
+            await self.loop.stop()  # cancels the loop if a test started it; writes changed streams
+            await self.scheduler.stop()
+        finally:
+            await self.store.shutdown()
 
     async def crash(self) -> None:
         """End as SIGKILL would: the store keeps what it holds, and nothing more is written."""

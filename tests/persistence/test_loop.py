@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from tests.persistence.conftest import Backend
 from tests.persistence.parts import LINEAR, Parts, rows
 from trackin.service.domain.catalog import Template
-from trackin.service.store import RedisStore
+from trackin.service.store import RedisStore, SQLiteStore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -87,3 +88,38 @@ async def test_a_store_down_at_start_is_taken_up_when_it_returns(redis_backend: 
         assert parts.catalog.template("t") == Template("t", "t-", LINEAR, 60.0)
         assert parts.connection.known == 2
         assert parts.sample("trackin_store_up") == 1
+
+
+class _GatedStore(SQLiteStore):
+    """A SQLite store whose ``log_length`` first waits under ``asyncio.wait_for`` (as redis-py sends every
+    command) for the test to open a gate, so the call completes in the loop iteration the test picks."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.entered = asyncio.Event()
+        self.gate: asyncio.Future[None] | None = None
+
+    async def log_length(self) -> int:
+        self.gate = asyncio.get_running_loop().create_future()
+        self.entered.set()
+        await asyncio.wait_for(self.gate, 5)
+        return await super().log_length()
+
+
+async def test_stop_ends_the_loop_when_a_store_call_swallows_the_cancellation(tmp_path: Path) -> None:
+    """On Python 3.11 ``wait_for`` drops a cancellation that comes as its call completes (service/tasks.py):
+    the pass goes on. ``stop`` must still end the loop (it waited forever: the interval test's hang)."""
+    store = _GatedStore(tmp_path / "gated.sqlite3")
+    async with Parts.on(store, checkpoint_interval_seconds=0.05) as parts:
+        await parts.create("a")
+        await parts.loop.start()
+        await asyncio.wait_for(store.entered.wait(), 10)  # a full pass reads the log's length
+        assert store.gate is not None
+        store.gate.set_result(None)  # completes in the iteration in which stop cancels the loop
+        stopping = asyncio.create_task(parts.loop.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=5)
+        if not done:
+            stopping.cancel()  # cancels the loop task it awaits, so the test ends instead of hanging
+        assert done, "loop.stop() still waits for a loop that swallowed its cancellation"
+        stopping.result()
+        assert await _stored_step(parts, "a") == 0
