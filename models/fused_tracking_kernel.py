@@ -592,6 +592,36 @@ def _drift(
     return alarm
 
 
+@njit(cache=True)
+def _rescale(
+    f: np.ndarray,
+    cfg: np.ndarray,
+    fc: np.ndarray,
+    col: np.ndarray,
+    values: np.ndarray,
+    nscale: int,
+    s: np.ndarray,
+    s_old: np.ndarray,
+    m2_old: np.ndarray,
+    fq: np.ndarray,
+    fr: np.ndarray,
+    fcv: np.ndarray,
+    fcol: np.ndarray,
+    fmoved: np.ndarray,
+) -> bool:
+    """The scales take ``values`` (while they are measured) and every head is folded into them; ``s``: the
+    new scales. Returns whether they moved."""
+    for j in range(nscale):
+        m2_old[j] = f[col[O_SM2] + j]
+    if not (cfg[K_STANDARDIZE] and _update_scales(f, fc, col, values, nscale)):
+        return False
+    _scales(f, col, nscale, s)
+    for j in range(nscale):  # a scale not measured before takes the new one (tracking.fold)
+        s_old[j] = math.sqrt(m2_old[j]) if m2_old[j] > 0 else s[j]
+    _fold(f, cfg, fc, col, s_old, s, fq, fr, fcv, fcol, fmoved)
+    return True
+
+
 @njit(cache=True, nogil=True)
 def tracking_round(
     fbuf: np.ndarray,
@@ -666,17 +696,21 @@ def tracking_round(
             pred[r, :] = nan
             loss[r] = nan
         else:
-            _scales(f, col, nscale, s)
-            _features(f, xr, cfg, fc, col, s, phi)
-            _predict(f, cfg, fc, col, s, phi, naive, model, served, share, heads, dots)
+            fresh = True
             if kind == _LINEAR:
+                # the inputs' scales take this input before it is predicted from (tracking.step): a
+                # feature is never a multiple of the scales it is divided by (no Cauchy ratio x_2 / x_1)
                 for o in range(k):
                     target[o] = y[r, o]
                 for j in range(cfg[K_IN]):
                     values[j] = xr[j]
                 for o in range(k):
                     values[cfg[K_IN] + o] = y[r, o]
-            else:
+                _rescale(f, cfg, fc, col, values, nscale, s, s_old, m2_old, fq, fr, fcv, fcol, fmoved)
+            _scales(f, col, nscale, s)
+            _features(f, xr, cfg, fc, col, s, phi)
+            _predict(f, cfg, fc, col, s, phi, naive, model, served, share, heads, dots)
+            if kind != _LINEAR:
                 gap = now - last_ts
                 for d in range(dim):
                     target[d] = (xr[d] - f[col[O_LAST] + d]) / gap
@@ -684,16 +718,9 @@ def tracking_round(
                 if kind == _LEVEL:
                     for d in range(dim):
                         values[dim + d] = xr[d]
-            fresh = True
-            for j in range(nscale):
-                m2_old[j] = f[col[O_SM2] + j]
-            if cfg[K_STANDARDIZE] and _update_scales(f, fc, col, values, nscale):
-                _scales(f, col, nscale, s)  # the step learns in the scales that include this observation
-                for j in range(nscale):  # a scale not measured before takes the new one (tracking.fold)
-                    s_old[j] = math.sqrt(m2_old[j]) if m2_old[j] > 0 else s[j]
-                _fold(f, cfg, fc, col, s_old, s, fq, fr, fcv, fcol, fmoved)
-                _features(f, xr, cfg, fc, col, s, phi)
-                fresh = False
+                if _rescale(f, cfg, fc, col, values, nscale, s, s_old, m2_old, fq, fr, fcv, fcol, fmoved):
+                    _features(f, xr, cfg, fc, col, s, phi)  # the step learns in the scales with this rate
+                    fresh = False
             for o in range(k):
                 if kind == _LINEAR:
                     scaled[o] = target[o] / s[cfg[K_IN] + o]

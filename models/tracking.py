@@ -289,13 +289,18 @@ def step(
         finite = finite & torch.isfinite(y).all(1)
         first = torch.zeros_like(finite)
         ok = finite
-        naive, model, served, share, _ = linear_predictions(lay, v, x, mix_naive)
         clean_y = y.nan_to_num(0.0, 0.0, 0.0)
-        target, learn_naive, learn_model = clean_y, naive, model
+        # the scales take this observation before it is predicted from: an input's feature is divided by
+        # a scale that includes it, so it never exceeds sqrt(observations) (with the scale of the earlier
+        # inputs alone, a stream's second feature is the Cauchy ratio x_2 / x_1, and the head learned at
+        # step 1 in the scale |x_1| is ~ 1 / x_1: oscillation drift's step 1 cost 26 x the Kalman
+        # filter's error). The target's scale cannot move the prediction (the fold keeps the raw mapping)
         m2_old = v[keys.TRACK_SCALE_M2].clone()
         scales(v, torch.cat([x, clean_y], 1), ok & torch.as_tensor(standardize, device=x.device))
-        s = _scales(v)  # the step learns in the scales that include this observation
+        s = _scales(v)  # the step learns in the same scales
         fold(lay, v, m2_old, s, forget)
+        naive, model, served, share, _ = linear_predictions(lay, v, x, mix_naive)
+        target, learn_naive, learn_model = clean_y, naive, model
         phi = _features(lay, v, s, x.nan_to_num(0.0, 0.0, 0.0))
         scaled_target = clean_y / s[:, -lay.outputs :]
         levels = (served, model, naive)

@@ -138,10 +138,13 @@ class TrackingReference:
         y = y.to(self.dt)
         if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all())):
             return TrackingOutcome(None, None, False, True, None)
+        # the scales take this observation before it is predicted: the input's features are divided by
+        # scales that include it; the target's scale does not move the prediction (the fold keeps the raw
+        # mapping), and the step learns in the same scales
+        self._update_scales(torch.cat([x, y]))
         naive = self.mean / self.mean_w if self.mean_w > 0 else torch.zeros(self.k, dtype=self.dt)
         model = naive + self._bounded(self._unit() * self._model(self._features(x)) - naive)
         served = naive + self._weight() * (model - naive)
-        self._update_scales(torch.cat([x, y]))  # the step learns in the scales that include this one
         self._learn(self._features(x), y / self._unit(), y, model, naive)
         self.mean = self.mean * (1 - T.STAT_ALPHA) + y
         self.mean_w = self.mean_w * (1 - T.STAT_ALPHA) + 1
