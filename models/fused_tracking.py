@@ -143,8 +143,8 @@ class FusedTrackingRound(TrackingRound):
         fc[K.C_COV_CAP], fc[K.C_STAT_ALPHA] = tracking.COV_CAP, tracking.STAT_ALPHA
         fc[K.C_STAT_CLIP] = tracking.STAT_CLIP
         fc[K.C_SCALE_WARMUP], fc[K.C_MIX_RHO] = tracking.SCALE_WARMUP, tracking.MIX_RHO
-        fc[K.C_MIX_ETA], fc[K.C_MIX_BIAS] = tracking.MIX_ETA, tracking.MIX_BIAS
-        fc[K.C_MIX_POWER], fc[K.C_MIX_WARMUP] = tracking.MIX_POWER, tracking.MIX_WARMUP
+        fc[K.C_MIX_ETA], fc[K.C_MIX_POWER] = tracking.MIX_ETA, tracking.MIX_POWER
+        fc[K.C_MIX_BIAS], fc[K.C_MIX_WARMUP] = tracking.mix_prior(lay.kind)
         fc[K.C_EWMA], fc[K.C_PH_WINDOW] = LOSS_EWMA_ALPHA, MEAN_WINDOW
         fc[K.C_PRIOR] = tracking.PRIOR
         self._fc = fc

@@ -41,6 +41,8 @@ __all__ = [
     "FEATURE_CLIP",
     "HEADS",
     "HEAD_RHO",
+    "LINEAR_MIX_BIAS",
+    "LINEAR_MIX_WARMUP",
     "MIX_BIAS",
     "MIX_ETA",
     "MIX_POWER",
@@ -53,6 +55,7 @@ __all__ = [
     "Layout",
     "head_shares",
     "layout",
+    "mix_prior",
     "optimizer_kwargs",
     "step",
     "uses_tracking",
@@ -64,14 +67,18 @@ forecast and lets it leave only as the data insist (short object tracks need tha
 ``PRIOR * I`` in whatever scales the stream has measured so far. With the fold, 1 against 0.3: the
 synthetic drifts 1.32 / 1.47 / 1.33 -> 1.29 / 1.43 / 1.32 times the Kalman filter, the real-data targets
 kept (docs/trackin.md, "Where it is lost")."""
-CLIP = 3.0
-"""A step's residual is clipped at ``CLIP`` times the running RMS residual (Huber in scaled units)."""
+CLIP = 8.0
+"""A step's residual is clipped at ``CLIP`` times the running RMS residual (Huber in scaled units). 8, with
+the linear scales taking each input before it is predicted from and ``MIX_RHO`` 0.95: the walk+jump drift's
+jump (steps 2000-2050) 78.5 -> 59.1 against the Kalman filter's 53.6, and GBP/USD 0.99990 -> 0.99941, E-mini
+0.47129 -> 0.47126, MOT17 IoU within 3e-5 (3 held the step to 3 RMS for dozens of steps after a jump; 30
+put GBP/USD at 1.0005, 10 gained the drifts 1% more than 8; docs/trackin.md, "Where it is lost")."""
 STAT_CLIP = 30.0
 """The residual that the running RMS residual and the heads' errors learn from is clipped at ``STAT_CLIP``
 times the running RMS residual: wider than ``CLIP``, so the RMS grows within a few steps when the errors
 stay large (a jump in the coefficients is then learned at full gain), while one wild value only widens it
-once. At least ``CLIP``. 30: 3 (the step's clip) cost the walk+jump drift 1.84 against 1.42 times the
-Kalman filter, and wider clips of the step itself put GBP/USD above the naive forecast."""
+once. At least ``CLIP``. 30: 3 (the step's clip, then 3) cost the walk+jump drift 1.84 against 1.42 times
+the Kalman filter."""
 FEATURE_CLIP = 1e3
 """Scaled features beyond this (a 1000-sigma value) are clipped, so one wild value cannot reach 1e30."""
 BOUND = 10.0
@@ -97,6 +104,17 @@ few large misses decide, and chose models that lose on most boxes (MOT17-09's Io
 MIX_WARMUP = 3
 """Steps during which only the naive forecast is served (the heads' fast ones are useful after a few; 1 gained
 the drifts 1-2% but served a box 0.1% off constant velocity at its third observation)."""
+LINEAR_MIX_BIAS = 0.0
+"""``MIX_BIAS`` of a ``linear`` stream: none. A series' naive forecast (no change, constant velocity) has no
+parameters and is exact from its first step, a structural prior worth odds of ``e^MIX_BIAS``; a linear
+stream's is the running mean of its target, estimated from the same few observations as the model (whose
+constant feature nests it), so neither starts ahead and the mix follows the evidence alone. On the drifts,
+with CLIP 8: 1.177 / 1.336 / 1.186 -> 1.094 / 1.153 / 1.069 times the Kalman filter, most of it in the
+first 10 steps (a one-observation mean is the naive's forecast at step 1: twice the target's variance);
+series streams unchanged."""
+LINEAR_MIX_WARMUP = 0
+"""``MIX_WARMUP`` of a ``linear`` stream: none (its naive forecast is warming up too; see
+``LINEAR_MIX_BIAS``)."""
 HEADS = FORGET_HEADS
 """The default heads' forgetting factors (``forget`` in the spec)."""
 HEAD_RHO = 0.995
@@ -180,12 +198,20 @@ def _scales(v: Views) -> Tensor:
     return torch.where(s > 0, s, torch.ones_like(s))
 
 
-def _weight(v: Views, mix_naive: bool | Tensor) -> Tensor:
+def mix_prior(kind: Kind) -> tuple[float, int]:
+    """The mix's prior for the naive forecast and its warm-up, for a pool of ``kind``: ``MIX_BIAS`` and
+    ``MIX_WARMUP`` where the naive forecast has no parameters (series), none for ``linear`` (its naive
+    forecast, the running mean, is estimated like the model)."""
+    return (LINEAR_MIX_BIAS, LINEAR_MIX_WARMUP) if kind == "linear" else (MIX_BIAS, MIX_WARMUP)
+
+
+def _weight(lay: Layout, v: Views, mix_naive: bool | Tensor) -> Tensor:
     """``[rows, k]``: the model's share of the served forecast."""
+    bias, warmup = mix_prior(lay.kind)
     mm, mn, n = v[keys.MIX_MODEL], v[keys.MIX_NAIVE], v[keys.MIX_N].unsqueeze(1)
     total = (mm + mn).clamp_min(torch.finfo(mm.dtype).tiny)
-    share = torch.sigmoid(MIX_ETA * 2 * n * (mn - mm) / total - MIX_BIAS)
-    share = share * (v[keys.TRACK_LEARNED] >= MIX_WARMUP).unsqueeze(1)
+    share = torch.sigmoid(MIX_ETA * 2 * n * (mn - mm) / total - bias)
+    share = share * (v[keys.TRACK_LEARNED] >= warmup).unsqueeze(1)
     if isinstance(mix_naive, Tensor):
         return torch.where(mix_naive.unsqueeze(1), share, torch.ones_like(share))
     return share if mix_naive else torch.ones_like(share)
@@ -243,7 +269,7 @@ def series_rates(
     phi = _features(lay, v, s, None)
     raw = _raw(lay, v, phi)
     model = naive + _bounded(v, s[:, : lay.dim] * raw)
-    share = _weight(v, mix_naive)
+    share = _weight(lay, v, mix_naive)
     return naive, model, naive + share * (model - naive), share, phi
 
 
@@ -258,7 +284,7 @@ def linear_predictions(
     naive = torch.where(w > 0, v[keys.TRACK_MEAN] / w.clamp_min(torch.finfo(w.dtype).tiny), 0.0)
     raw = _raw(lay, v, phi)
     model = naive + _bounded(v, s[:, -lay.outputs :] * raw - naive)
-    share = _weight(v, mix_naive)
+    share = _weight(lay, v, mix_naive)
     return naive, model, naive + share * (model - naive), share, phi
 
 

@@ -100,11 +100,13 @@ class TrackingReference:
         """The share of the model in the served forecast, per output."""
         if not self.spec.mix_naive:
             return torch.ones(self.k, dtype=self.dt)
-        if self.learned < T.MIX_WARMUP:
+        # no parameters in a series' naive forecast: it starts ahead; a linear stream's running mean does not
+        bias, warmup = (T.MIX_BIAS, T.MIX_WARMUP) if self.series else (T.LINEAR_MIX_BIAS, T.LINEAR_MIX_WARMUP)
+        if self.learned < warmup:
             return torch.zeros(self.k, dtype=self.dt)
         total = (self.mix_model + self.mix_naive).clamp_min(torch.finfo(self.dt).tiny)
         advantage = 2 * self.mix_n * (self.mix_naive - self.mix_model) / total
-        return torch.sigmoid(T.MIX_ETA * advantage - T.MIX_BIAS)
+        return torch.sigmoid(T.MIX_ETA * advantage - bias)
 
     def _heads(self) -> Tensor:
         return self.weight.detach().view(self.h, self.k, self.p)
