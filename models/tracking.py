@@ -55,6 +55,7 @@ __all__ = [
     "Layout",
     "head_shares",
     "layout",
+    "linear_served",
     "mix_prior",
     "optimizer_kwargs",
     "step",
@@ -286,6 +287,21 @@ def linear_predictions(
     model = naive + _bounded(v, s[:, -lay.outputs :] * raw - naive)
     share = _weight(lay, v, mix_naive)
     return naive, model, naive + share * (model - naive), share, phi
+
+
+def linear_served(
+    lay: Layout, v: Views, x: Tensor, *, forget: Tensor, standardize: bool, mix_naive: bool | Tensor
+) -> Tensor:
+    """``[rows, k]``: what :func:`step` would serve for inputs ``x`` (``/predict``), on views the caller
+    discards: the inputs' scales take ``x`` as the step's do (the target's mean square is fed itself, so its
+    scale stays) and the heads are folded into them."""
+    k = lay.outputs
+    m2_old = v[keys.TRACK_SCALE_M2].clone()
+    values = torch.cat([x.nan_to_num(0.0, 0.0, 0.0), m2_old[:, -k:].sqrt()], 1)
+    update = torch.isfinite(x).all(1) & standardize
+    scales(v, values, update)
+    fold(lay, v, m2_old, _scales(v), forget)
+    return linear_predictions(lay, v, x, mix_naive)[2]
 
 
 def step(

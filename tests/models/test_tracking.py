@@ -256,3 +256,22 @@ def test_a_jump_in_the_coefficients_is_learned_at_full_gain(monkeypatch: pytest.
     assert default_jump < 0.95 * wide_jump, (default_jump, wide_jump)
     assert wide_after < 1.1 * narrow_after, (wide_after, narrow_after)
     assert default_after < 1.1 * narrow_after, (default_after, narrow_after)
+
+
+@pytest.mark.parametrize("kernels", ["torch", "auto"])
+def test_linear_predict_answers_what_observe_serves(kernels: Kernels) -> None:
+    """A linear stream's forecast divides the arriving input by scales that include it, also during the
+    scales' warm-up: ``predict`` on an input answers what ``observe`` then serves for it (``predict`` in
+    the earlier inputs' scales fails this from the second input on)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(12, 3)) * [1e-3, 1.0, 1e3]
+    y = x @ np.array([[2e3], [-1.0], [1e-3]]) + 0.01 * rng.normal(size=(12, 1))
+    engine = Engine("cpu", kernels)
+    spec = {"model": {"family": "linear", "in_dim": 3}, "dtype": "float64"}
+    engine.add("s", StreamSpec.model_validate(spec))
+    for xt, yt in zip(x, y, strict=True):
+        (asked,) = engine.predict(["s"], [xt])
+        (served,) = engine.observe(["s"], [xt], [yt])
+        assert asked is not None
+        assert served.prediction is not None
+        np.testing.assert_allclose(asked, served.prediction, rtol=1e-9, atol=1e-12)
