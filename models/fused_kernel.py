@@ -50,7 +50,7 @@ _EWMA = 0.05  # models.figures.LOSS_EWMA_ALPHA
 _MEAN_WINDOW = 500  # models.drift.MEAN_WINDOW
 # Copies (numba freezes globals into its cached code; tests/models/test_fused.py checks they agree):
 ALPHA, BOUND, CLIP, FEATURE_CLIP = 0.01, 10.0, 3.0, 10.0  # models.standardize
-MIX_RHO, MIX_ETA, MIX_BIAS, MIX_POWER, MIX_WARMUP = 0.99, 1.0, 8.0, 1.0, 10  # models.naive_mix (ETA, POWER: .tracking)
+MIX_RHO, MIX_ETA, MIX_BIAS, MIX_POWER, MIX_WARMUP = 0.99, 1.0, 8.0, 1.0, 10  # models.naive_mix
 
 
 @njit(cache=True)
