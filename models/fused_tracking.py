@@ -146,7 +146,7 @@ class FusedTrackingRound(TrackingRound):
         fc[K.C_MIX_ETA], fc[K.C_MIX_POWER] = tracking.MIX_ETA, tracking.MIX_POWER
         fc[K.C_MIX_BIAS], fc[K.C_MIX_WARMUP] = tracking.mix_prior(lay.kind)
         fc[K.C_EWMA], fc[K.C_PH_WINDOW] = LOSS_EWMA_ALPHA, MEAN_WINDOW
-        fc[K.C_PRIOR] = tracking.PRIOR
+        fc[K.C_PRIOR], fc[K.C_SCALE_POOL] = tracking.prior(lay.kind), tracking.SCALE_POOL
         self._fc = fc
         self._kcol = _columns(packed)
         self._arrays: tuple[Tensor, np.ndarray, np.ndarray, np.ndarray] | None = None

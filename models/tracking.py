@@ -43,12 +43,14 @@ __all__ = [
     "HEAD_RHO",
     "LINEAR_MIX_BIAS",
     "LINEAR_MIX_WARMUP",
+    "LINEAR_PRIOR",
     "MIX_BIAS",
     "MIX_ETA",
     "MIX_POWER",
     "MIX_RHO",
     "MIX_WARMUP",
     "PRIOR",
+    "SCALE_POOL",
     "SCALE_WARMUP",
     "STAT_ALPHA",
     "STAT_CLIP",
@@ -58,6 +60,8 @@ __all__ = [
     "linear_served",
     "mix_prior",
     "optimizer_kwargs",
+    "prior",
+    "scales_of",
     "step",
     "uses_tracking",
 ]
@@ -68,6 +72,11 @@ forecast and lets it leave only as the data insist (short object tracks need tha
 ``PRIOR * I`` in whatever scales the stream has measured so far. With the fold, 1 against 0.3: the
 synthetic drifts 1.32 / 1.47 / 1.33 -> 1.29 / 1.43 / 1.32 times the Kalman filter, the real-data targets
 kept (docs/trackin.md, "Where it is lost")."""
+LINEAR_PRIOR = 10.0
+"""``PRIOR`` of a ``linear`` stream, whose input scales are pooled in the warm-up (``SCALE_POOL``): with
+its first scales no longer one observation's ``|x_1j|``, a flatter prior (a ridge of 0.1 against unit-weight
+observations, the tuned Kalman filter's 0.01) pays on the drifts; with unpooled scales it lost (3: velocity
+1.153 -> 1.176 x the Kalman filter). Series keep ``PRIOR`` (their real-data targets were set with it)."""
 CLIP = 8.0
 """A step's residual is clipped at ``CLIP`` times the running RMS residual (Huber in scaled units). 8, with
 the linear scales taking each input before it is predicted from and ``MIX_RHO`` 0.95: the walk+jump drift's
@@ -90,6 +99,12 @@ STAT_ALPHA = 0.01
 """Weight of the newest value in the running residual and naive-error mean squares."""
 SCALE_WARMUP = 32
 """Observations whose mean squares set a stream's scales; the scales are frozen after them."""
+SCALE_POOL = 3.0
+"""Pseudo-observations of the inputs' common scale in a ``linear`` stream's input scales during the warm-up
+(:func:`scales_of`): one observation's ``|x_1j|`` alone made the prior in raw units ``~ 1 / x_1j^2`` (a
+head learned at step 1 ``~ 1 / x_1j``), heavy-tailed where the Kalman filter's is isotropic. The prior then
+follows the inputs' common scale first and each input's own as it is measured; frozen scales are each
+input's own (inputs of different units lose nothing after the warm-up). 0: off."""
 MIX_RHO = 0.95
 """Discount of the model's and the naive forecast's absolute errors in the mix (about 20 observations): the
 mix follows which of the two is better now (0.99 put GBP/USD 0.055% above no change, 0.95 0.01% below)."""
@@ -194,9 +209,33 @@ OptimizerStep = Callable[[Tensor], None]
 """Steps the gathered rows' weights (flat ``[rows, k * p]``) in place given their preconditioned gradient."""
 
 
-def _scales(v: Views) -> Tensor:
-    s = v[keys.TRACK_SCALE_M2].sqrt()
-    return torch.where(s > 0, s, torch.ones_like(s))
+def _scales(lay: Layout, v: Views) -> Tensor:
+    return scales_of(lay, v[keys.TRACK_SCALE_M2], v[keys.TRACK_SCALE_N])
+
+
+def scales_of(lay: Layout, m2: Tensor, count: Tensor) -> Tensor:
+    """``[rows, scales]``: the scales from the mean squares ``m2`` over ``count`` observations (1 where
+    nothing was measured). A linear stream's input scales are pooled during the warm-up (``SCALE_POOL``):
+    ``log s_j`` is shrunk to the mean over the measured inputs with weight ``SCALE_POOL / (count +
+    SCALE_POOL)``, none once the scales are frozen."""
+    s = m2.sqrt()
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    pool = lay.scales - lay.outputs if lay.kind == "linear" else 0
+    if pool < 2 or SCALE_POOL <= 0:
+        return s
+    own, measured = s[:, :pool], m2[:, :pool] > 0
+    logs = torch.where(measured, own.log(), 0.0)
+    mean = logs.sum(1, keepdim=True) / measured.sum(1, keepdim=True).clamp_min(1)
+    n = count.to(s.dtype).unsqueeze(1)
+    w = n / (n + SCALE_POOL)
+    pooled = torch.exp(w * logs + (1 - w) * mean)
+    pooled = torch.where(measured & (n < SCALE_WARMUP), pooled, own)
+    return torch.cat([pooled, s[:, pool:]], 1)
+
+
+def prior(kind: Kind) -> float:
+    """The RLS prior ``P_0 = prior * I`` in scaled units of a pool of ``kind``."""
+    return LINEAR_PRIOR if kind == "linear" else PRIOR
 
 
 def mix_prior(kind: Kind) -> tuple[float, int]:
@@ -265,7 +304,7 @@ def series_rates(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Naive, model and served rates of change ``[rows, dim]`` for the next value, the model's share of the
     served rate, and the features."""
-    s = _scales(v)
+    s = _scales(lay, v)
     naive = v[keys.SERIES_RATE] if lay.kind == "track" else torch.zeros_like(v[keys.SERIES_RATE])
     phi = _features(lay, v, s, None)
     raw = _raw(lay, v, phi)
@@ -279,7 +318,7 @@ def linear_predictions(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Naive, model and served predictions ``[rows, k]`` of a linear pool for inputs ``x``, the model's
     share, and the features."""
-    s = _scales(v)
+    s = _scales(lay, v)
     phi = _features(lay, v, s, x.nan_to_num(0.0, 0.0, 0.0))
     w = v[keys.TRACK_MEAN_W].unsqueeze(1)
     naive = torch.where(w > 0, v[keys.TRACK_MEAN] / w.clamp_min(torch.finfo(w.dtype).tiny), 0.0)
@@ -296,11 +335,11 @@ def linear_served(
     discards: the inputs' scales take ``x`` as the step's do (the target's mean square is fed itself, so its
     scale stays) and the heads are folded into them."""
     k = lay.outputs
-    m2_old = v[keys.TRACK_SCALE_M2].clone()
+    m2_old, n_old = v[keys.TRACK_SCALE_M2].clone(), v[keys.TRACK_SCALE_N].clone()
     values = torch.cat([x.nan_to_num(0.0, 0.0, 0.0), m2_old[:, -k:].sqrt()], 1)
     update = torch.isfinite(x).all(1) & standardize
     scales(v, values, update)
-    fold(lay, v, m2_old, _scales(v), forget)
+    fold(lay, v, m2_old, n_old, _scales(lay, v), forget)
     return linear_predictions(lay, v, x, mix_naive)[2]
 
 
@@ -337,10 +376,10 @@ def step(
         # inputs alone, a stream's second feature is the Cauchy ratio x_2 / x_1, and the head learned at
         # step 1 in the scale |x_1| is ~ 1 / x_1: oscillation drift's step 1 cost 26 x the Kalman
         # filter's error). The target's scale cannot move the prediction (the fold keeps the raw mapping)
-        m2_old = v[keys.TRACK_SCALE_M2].clone()
+        m2_old, n_old = v[keys.TRACK_SCALE_M2].clone(), v[keys.TRACK_SCALE_N].clone()
         scales(v, torch.cat([x, clean_y], 1), ok & torch.as_tensor(standardize, device=x.device))
-        s = _scales(v)  # the step learns in the same scales
-        fold(lay, v, m2_old, s, forget)
+        s = _scales(lay, v)  # the step learns in the same scales
+        fold(lay, v, m2_old, n_old, s, forget)
         naive, model, served, share, _ = linear_predictions(lay, v, x, mix_naive)
         target, learn_naive, learn_model = clean_y, naive, model
         phi = _features(lay, v, s, x.nan_to_num(0.0, 0.0, 0.0))
@@ -358,10 +397,10 @@ def step(
         rate = torch.where(ok.unsqueeze(1), (x - last) / gap, 0.0)
         target, learn_naive, learn_model = rate, naive, model
         stat_values = torch.cat([rate, x], 1) if lay.kind == "level" else rate
-        m2_old = v[keys.TRACK_SCALE_M2].clone()
+        m2_old, n_old = v[keys.TRACK_SCALE_M2].clone(), v[keys.TRACK_SCALE_N].clone()
         scales(v, stat_values, ok & torch.as_tensor(standardize, device=x.device))
-        s = _scales(v)  # the step learns in the scales that include this observation
-        fold(lay, v, m2_old, s, forget)
+        s = _scales(lay, v)  # the step learns in the scales that include this observation
+        fold(lay, v, m2_old, n_old, s, forget)
         phi = _features(lay, v, s, None)
         scaled_target = (rate - naive) / s[:, : lay.dim]
         levels = (last + gap * served, last + gap * model, last + gap * naive)
@@ -408,7 +447,7 @@ def _unit_scales(lay: Layout, s: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat([rate.repeat(1, lay.lags), s[:, lay.dim :], one], 1), rate
 
 
-def fold(lay: Layout, v: Views, m2_old: Tensor, s_new: Tensor, forget: Tensor) -> None:
+def fold(lay: Layout, v: Views, m2_old: Tensor, n_old: Tensor, s_new: Tensor, forget: Tensor) -> None:
     """Re-express every head in the new scales, so the path stays RLS on the raw data while they move.
 
     With ``q`` the features' new over old scales and ``r`` the outputs' old over new: weights ``W * r q'``,
@@ -420,7 +459,7 @@ def fold(lay: Layout, v: Views, m2_old: Tensor, s_new: Tensor, forget: Tensor) -
     n, h, k, p = s_new.shape[0], lay.heads, lay.outputs, lay.features
     # a scale not measured before (mean square 0) takes the new one: nothing was learned in it, and its
     # prior is already PRIOR (q = 1 there; 1 / q^2 of a first measurement would cancel catastrophically)
-    s_old = torch.where(m2_old > 0, m2_old.sqrt(), s_new)
+    s_old = torch.where(m2_old > 0, scales_of(lay, m2_old, n_old), s_new)
     f_old, o_old = _unit_scales(lay, s_old)
     f_new, o_new = _unit_scales(lay, s_new)
     q, r = f_new / f_old, o_old / o_new  # [rows, p], [rows, k]
@@ -429,7 +468,7 @@ def fold(lay: Layout, v: Views, m2_old: Tensor, s_new: Tensor, forget: Tensor) -
     cov = v[keys.TRACK_COV].view(n, h, p, p)
     cov.mul_((q.unsqueeze(2) * q.unsqueeze(1)).unsqueeze(1))
     decay = torch.pow(forget.to(w.dtype).view(1, h, 1), v[keys.TRACK_LEARNED].view(n, 1, 1))
-    c = decay / PRIOR * (1 - q.square().reciprocal()).unsqueeze(1)  # [rows, heads, p]
+    c = decay / prior(lay.kind) * (1 - q.square().reciprocal()).unsqueeze(1)  # [rows, heads, p]
     moved = w.clone()
     for j in range(p):
         cj = c[:, :, j].view(n, h, 1, 1)

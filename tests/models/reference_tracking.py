@@ -58,7 +58,8 @@ class TrackingReference:
         self.h = len(self.forgets)
         self.weight = torch.nn.Parameter(z(self.h * self.k, self.p))  # the heads' [k, p] matrices stacked
         self.opt = TrackIn([self.weight], **T.optimizer_kwargs(opt))
-        self.cov = [torch.eye(self.p, dtype=self.dt) * T.PRIOR for _ in self.forgets]
+        self.prior = T.PRIOR if self.series else T.LINEAR_PRIOR
+        self.cov = [torch.eye(self.p, dtype=self.dt) * self.prior for _ in self.forgets]
         self.scale_m2, self.scale_n = z(self.n_scale), 0
         self.resid2, self.naive2, self.stat_w = z(self.h, self.k), z(self.k), 0.0
         self.head_loss, self.head_s2 = z(self.h, self.k), z(self.k)
@@ -74,9 +75,26 @@ class TrackingReference:
 
     # --- pieces -------------------------------------------------------------------------------------------
 
-    def _scales(self) -> Tensor:
-        s = self.scale_m2.sqrt()
-        return torch.where(s > 0, s, torch.ones_like(s))
+    def _scales(self, m2: Tensor | None = None, count: int | None = None) -> Tensor:
+        """The scales (1 where nothing was measured); a linear stream's inputs, during the warm-up, on the
+        way from their mean log scale to their own: ``exp(w log s_j + (1 - w) mean log s)``, ``w = n / (n +
+        SCALE_POOL)``, the mean over the inputs measured."""
+        m2 = self.scale_m2 if m2 is None else m2
+        count = self.scale_n if count is None else count
+        s = m2.sqrt()
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        inputs = 0 if self.series else self.n_scale - self.k
+        if inputs < 2 or T.SCALE_POOL <= 0 or count >= T.SCALE_WARMUP:
+            return s
+        measured = [j for j in range(inputs) if m2[j] > 0]
+        if not measured:
+            return s
+        mean = sum(float(s[j].log()) for j in measured) / len(measured)
+        w = count / (count + T.SCALE_POOL)
+        s = s.clone()
+        for j in measured:
+            s[j] = torch.exp(w * s[j].log() + (1 - w) * mean)
+        return s
 
     def _features(self, x: Tensor | None) -> Tensor:
         s = self._scales()
@@ -224,11 +242,13 @@ class TrackingReference:
         """Mean squares over the first SCALE_WARMUP observations, then frozen: a scale that no longer moves
         leaves the mapping from inputs to predictions as learned."""
         if self.spec.standardize and self.scale_n < T.SCALE_WARMUP:
-            m2_old = self.scale_m2
+            m2_old, n_old = self.scale_m2, self.scale_n
             self.scale_n += 1
             self.scale_m2 = self.scale_m2 + (values.square() - self.scale_m2) / self.scale_n
             new = self._scales()
-            self._fold(torch.where(m2_old > 0, m2_old.sqrt(), new), new)  # not measured before: as new
+            self._fold(
+                torch.where(m2_old > 0, self._scales(m2_old, n_old), new), new
+            )  # not measured before: as new
 
     def _fold(self, old: Tensor, new: Tensor) -> None:
         """Each head re-expressed in the new scales: the same raw mapping, covariance and errors, and the
@@ -248,7 +268,7 @@ class TrackingReference:
             for h, forget in enumerate(self.forgets):
                 w = heads[h] * (r.unsqueeze(1) * q.unsqueeze(0))
                 cov = self.cov[h] * (q.unsqueeze(1) * q.unsqueeze(0))
-                c = torch.tensor(forget, dtype=self.dt) ** self.learned / T.PRIOR * (1 - 1 / q.square())
+                c = torch.tensor(forget, dtype=self.dt) ** self.learned / self.prior * (1 - 1 / q.square())
                 for j in range(self.p):  # P <- (P^-1 + diag(c))^-1, one Sherman-Morrison update per feature
                     col = cov[:, j].clone()
                     g = 1 / (1 + c[j] * col[j])
