@@ -158,8 +158,17 @@ def _scales_of(m2: np.ndarray, count: float, cfg: np.ndarray, fc: np.ndarray, n:
         if m2[j] > 0:
             total += math.log(s[j])
             measured += 1
-    mean = total / max(measured, 1)
-    w = count / (count + fc[C_SCALE_POOL])
+    if measured < 2:
+        return
+    mean = total / measured
+    spread = 0.0
+    for j in range(pool):
+        if m2[j] > 0:
+            spread += (math.log(s[j]) - mean) ** 2
+    spread /= measured - 1
+    noise = fc[C_SCALE_POOL] / max(count, 1.0)
+    between = max(spread - noise, 0.0)
+    w = between / (between + noise)
     for j in range(pool):
         if m2[j] > 0:
             s[j] = math.exp(w * math.log(s[j]) + (1 - w) * mean)

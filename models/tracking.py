@@ -15,6 +15,7 @@ data; bench/accuracy.py, docs/trackin.md).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -99,12 +100,14 @@ STAT_ALPHA = 0.01
 """Weight of the newest value in the running residual and naive-error mean squares."""
 SCALE_WARMUP = 32
 """Observations whose mean squares set a stream's scales; the scales are frozen after them."""
-SCALE_POOL = 3.0
-"""Pseudo-observations of the inputs' common scale in a ``linear`` stream's input scales during the warm-up
-(:func:`scales_of`): one observation's ``|x_1j|`` alone made the prior in raw units ``~ 1 / x_1j^2`` (a
-head learned at step 1 ``~ 1 / x_1j``), heavy-tailed where the Kalman filter's is isotropic. The prior then
-follows the inputs' common scale first and each input's own as it is measured; frozen scales are each
-input's own (inputs of different units lose nothing after the warm-up). 0: off."""
+SCALE_POOL = math.pi**2 / 8
+"""Sampling variance of one observation's log scale ``log |x|`` (normal ``x``), over ``n`` observations
+``SCALE_POOL / n``: during the warm-up a ``linear`` stream's input log scales are shrunk to their mean by the
+share of this noise in their variance across inputs (empirical Bayes, :func:`scales_of`). One observation's
+``|x_1j|`` alone made the prior in raw units ``~ 1 / x_1j^2`` (a head learned at step 1 ``~ 1 / x_1j``),
+heavy-tailed where the Kalman filter's is isotropic. Inputs of one scale are pooled to the end of the
+warm-up, inputs of different units (log scales far apart) hardly at all; frozen scales are each input's
+own. 0: off."""
 MIX_RHO = 0.95
 """Discount of the model's and the naive forecast's absolute errors in the mix (about 20 observations): the
 mix follows which of the two is better now (0.99 put GBP/USD 0.055% above no change, 0.95 0.01% below)."""
@@ -215,9 +218,9 @@ def _scales(lay: Layout, v: Views) -> Tensor:
 
 def scales_of(lay: Layout, m2: Tensor, count: Tensor) -> Tensor:
     """``[rows, scales]``: the scales from the mean squares ``m2`` over ``count`` observations (1 where
-    nothing was measured). A linear stream's input scales are pooled during the warm-up (``SCALE_POOL``):
-    ``log s_j`` is shrunk to the mean over the measured inputs with weight ``SCALE_POOL / (count +
-    SCALE_POOL)``, none once the scales are frozen."""
+    nothing was measured). A linear stream's input scales are pooled during the warm-up: ``log s_j`` is
+    shrunk to the mean over the measured inputs by the share of sampling noise (``SCALE_POOL / count``) in
+    their variance across inputs; none once the scales are frozen."""
     s = m2.sqrt()
     s = torch.where(s > 0, s, torch.ones_like(s))
     pool = lay.scales - lay.outputs if lay.kind == "linear" else 0
@@ -225,11 +228,15 @@ def scales_of(lay: Layout, m2: Tensor, count: Tensor) -> Tensor:
         return s
     own, measured = s[:, :pool], m2[:, :pool] > 0
     logs = torch.where(measured, own.log(), 0.0)
-    mean = logs.sum(1, keepdim=True) / measured.sum(1, keepdim=True).clamp_min(1)
+    m = measured.sum(1, keepdim=True).to(s.dtype)
+    mean = logs.sum(1, keepdim=True) / m.clamp_min(1)
+    spread = torch.where(measured, (logs - mean).square(), 0.0).sum(1, keepdim=True) / (m - 1).clamp_min(1)
     n = count.to(s.dtype).unsqueeze(1)
-    w = n / (n + SCALE_POOL)
+    noise = SCALE_POOL / n.clamp_min(1)
+    between = (spread - noise).clamp_min(0.0)
+    w = between / (between + noise)
     pooled = torch.exp(w * logs + (1 - w) * mean)
-    pooled = torch.where(measured & (n < SCALE_WARMUP), pooled, own)
+    pooled = torch.where(measured & (m > 1) & (n < SCALE_WARMUP), pooled, own)
     return torch.cat([pooled, s[:, pool:]], 1)
 
 

@@ -77,8 +77,9 @@ class TrackingReference:
 
     def _scales(self, m2: Tensor | None = None, count: int | None = None) -> Tensor:
         """The scales (1 where nothing was measured); a linear stream's inputs, during the warm-up, on the
-        way from their mean log scale to their own: ``exp(w log s_j + (1 - w) mean log s)``, ``w = n / (n +
-        SCALE_POOL)``, the mean over the inputs measured."""
+        way from their mean log scale to their own: ``exp(w log s_j + (1 - w) mean log s)`` over the inputs
+        measured, ``w`` the share of the log scales' variance across inputs beyond sampling noise
+        (``SCALE_POOL / n``)."""
         m2 = self.scale_m2 if m2 is None else m2
         count = self.scale_n if count is None else count
         s = m2.sqrt()
@@ -87,10 +88,14 @@ class TrackingReference:
         if inputs < 2 or T.SCALE_POOL <= 0 or count >= T.SCALE_WARMUP:
             return s
         measured = [j for j in range(inputs) if m2[j] > 0]
-        if not measured:
+        if len(measured) < 2:
             return s
-        mean = sum(float(s[j].log()) for j in measured) / len(measured)
-        w = count / (count + T.SCALE_POOL)
+        logs = [float(s[j].log()) for j in measured]
+        mean = sum(logs) / len(logs)
+        spread = sum((v - mean) ** 2 for v in logs) / (len(logs) - 1)  # the inputs' log scales' variance
+        noise = T.SCALE_POOL / max(count, 1)  # a log scale's sampling variance
+        between = max(spread - noise, 0.0)
+        w = between / (between + noise)
         s = s.clone()
         for j in measured:
             s[j] = torch.exp(w * s[j].log() + (1 - w) * mean)

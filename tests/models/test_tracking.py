@@ -275,3 +275,21 @@ def test_linear_predict_answers_what_observe_serves(kernels: Kernels) -> None:
         assert asked is not None
         assert served.prediction is not None
         np.testing.assert_allclose(asked, served.prediction, rtol=1e-9, atol=1e-12)
+
+
+def test_linear_input_scales_pool_only_what_looks_like_one_scale() -> None:
+    """During the warm-up a linear stream's input scales are shrunk to their common (log) scale by the share
+    of sampling noise in their spread: inputs of one scale measured once are pooled (one ``|x_1j|`` near 0
+    would make the prior ``~ 1 / x_1j^2``), inputs of different units keep nearly their own scales, and the
+    frozen scales are each input's own, to the bit; the target's scale is never pooled."""
+    lay = tracking.layout(StreamSpec.model_validate({"model": {"family": "linear", "in_dim": 4}}).model)
+    one_scale = torch.tensor([[0.2, 1.0, 2.0, 0.5, 9.0]], dtype=torch.float64).square()
+    units = torch.tensor([[1e-3, 1.0, 1e3, 1e6, 9.0]], dtype=torch.float64).square()
+    first, frozen = torch.tensor([1.0]), torch.tensor([float(tracking.SCALE_WARMUP)])
+    pooled = tracking.scales_of(lay, one_scale, first)[0]
+    assert pooled[:4].max() / pooled[:4].min() < 1.01, pooled  # their own: 10 apart
+    assert pooled[4] == 9.0
+    kept = tracking.scales_of(lay, units, first)[0]
+    np.testing.assert_allclose(kept[:4], [1e-3, 1.0, 1e3, 1e6], rtol=0.5)
+    assert torch.equal(tracking.scales_of(lay, one_scale, frozen), one_scale.sqrt())
+    assert torch.equal(tracking.scales_of(lay, units, frozen), units.sqrt())
