@@ -143,10 +143,10 @@ class FusedTrackingRound(TrackingRound):
         fc[K.C_COV_CAP], fc[K.C_STAT_ALPHA] = tracking.COV_CAP, tracking.STAT_ALPHA
         fc[K.C_STAT_CLIP] = tracking.STAT_CLIP
         fc[K.C_SCALE_WARMUP], fc[K.C_MIX_RHO] = tracking.SCALE_WARMUP, tracking.MIX_RHO
-        fc[K.C_MIX_ETA], fc[K.C_MIX_BIAS] = tracking.MIX_ETA, tracking.MIX_BIAS
-        fc[K.C_MIX_POWER], fc[K.C_MIX_WARMUP] = tracking.MIX_POWER, tracking.MIX_WARMUP
+        fc[K.C_MIX_ETA], fc[K.C_MIX_POWER] = tracking.MIX_ETA, tracking.MIX_POWER
+        fc[K.C_MIX_BIAS], fc[K.C_MIX_WARMUP] = tracking.mix_prior(lay.kind)
         fc[K.C_EWMA], fc[K.C_PH_WINDOW] = LOSS_EWMA_ALPHA, MEAN_WINDOW
-        fc[K.C_PRIOR] = tracking.PRIOR
+        fc[K.C_PRIOR], fc[K.C_SCALE_POOL] = tracking.prior(lay.kind), tracking.SCALE_POOL
         self._fc = fc
         self._kcol = _columns(packed)
         self._arrays: tuple[Tensor, np.ndarray, np.ndarray, np.ndarray] | None = None

@@ -62,8 +62,9 @@ from numba import njit
     C_EWMA,
     C_PH_WINDOW,
     C_PRIOR,
+    C_SCALE_POOL,
     N_FC,
-) = range(19)
+) = range(20)
 # col: column offsets (float buffer unless noted; -1 where the pool has none)
 (
     O_W,
@@ -139,11 +140,38 @@ def _ewma(prev: float, value: float, alpha: float) -> float:
 
 
 @njit(cache=True)
-def _scales(f: np.ndarray, col: np.ndarray, n: int, s: np.ndarray) -> None:
-    m2 = f[col[O_SM2] : col[O_SM2] + n]
+def _scales(f: np.ndarray, cfg: np.ndarray, fc: np.ndarray, col: np.ndarray, n: int, s: np.ndarray) -> None:
+    _scales_of(f[col[O_SM2] : col[O_SM2] + n], f[col[O_SN]], cfg, fc, n, s)
+
+
+@njit(cache=True)
+def _scales_of(m2: np.ndarray, count: float, cfg: np.ndarray, fc: np.ndarray, n: int, s: np.ndarray) -> None:
+    """tracking.scales_of: the scales from the mean squares (linear: the inputs pooled in the warm-up)."""
     for j in range(n):
         v = math.sqrt(m2[j])
         s[j] = v if v > 0 else 1.0
+    pool = cfg[K_IN] if cfg[K_KIND] == _LINEAR else 0
+    if pool < 2 or fc[C_SCALE_POOL] <= 0 or count >= fc[C_SCALE_WARMUP]:
+        return
+    total, measured = 0.0, 0
+    for j in range(pool):
+        if m2[j] > 0:
+            total += math.log(s[j])
+            measured += 1
+    if measured < 2:
+        return
+    mean = total / measured
+    spread = 0.0
+    for j in range(pool):
+        if m2[j] > 0:
+            spread += (math.log(s[j]) - mean) ** 2
+    spread /= measured - 1
+    noise = fc[C_SCALE_POOL] / max(count, 1.0)
+    between = max(spread - noise, 0.0)
+    w = between / (between + noise)
+    for j in range(pool):
+        if m2[j] > 0:
+            s[j] = math.exp(w * math.log(s[j]) + (1 - w) * mean)
 
 
 @njit(cache=True)
@@ -592,6 +620,39 @@ def _drift(
     return alarm
 
 
+@njit(cache=True)
+def _rescale(
+    f: np.ndarray,
+    cfg: np.ndarray,
+    fc: np.ndarray,
+    col: np.ndarray,
+    values: np.ndarray,
+    nscale: int,
+    s: np.ndarray,
+    s_old: np.ndarray,
+    m2_old: np.ndarray,
+    fq: np.ndarray,
+    fr: np.ndarray,
+    fcv: np.ndarray,
+    fcol: np.ndarray,
+    fmoved: np.ndarray,
+) -> bool:
+    """The scales take ``values`` (while they are measured) and every head is folded into them; ``s``: the
+    new scales. Returns whether they moved."""
+    for j in range(nscale):
+        m2_old[j] = f[col[O_SM2] + j]
+    n_old = f[col[O_SN]]
+    if not (cfg[K_STANDARDIZE] and _update_scales(f, fc, col, values, nscale)):
+        return False
+    _scales(f, cfg, fc, col, nscale, s)
+    _scales_of(m2_old, n_old, cfg, fc, nscale, s_old)
+    for j in range(nscale):  # a scale not measured before takes the new one (tracking.fold)
+        if not m2_old[j] > 0:
+            s_old[j] = s[j]
+    _fold(f, cfg, fc, col, s_old, s, fq, fr, fcv, fcol, fmoved)
+    return True
+
+
 @njit(cache=True, nogil=True)
 def tracking_round(
     fbuf: np.ndarray,
@@ -666,17 +727,21 @@ def tracking_round(
             pred[r, :] = nan
             loss[r] = nan
         else:
-            _scales(f, col, nscale, s)
-            _features(f, xr, cfg, fc, col, s, phi)
-            _predict(f, cfg, fc, col, s, phi, naive, model, served, share, heads, dots)
+            fresh = True
             if kind == _LINEAR:
+                # the inputs' scales take this input before it is predicted from (tracking.step): a
+                # feature is never a multiple of the scales it is divided by (no Cauchy ratio x_2 / x_1)
                 for o in range(k):
                     target[o] = y[r, o]
                 for j in range(cfg[K_IN]):
                     values[j] = xr[j]
                 for o in range(k):
                     values[cfg[K_IN] + o] = y[r, o]
-            else:
+                _rescale(f, cfg, fc, col, values, nscale, s, s_old, m2_old, fq, fr, fcv, fcol, fmoved)
+            _scales(f, cfg, fc, col, nscale, s)
+            _features(f, xr, cfg, fc, col, s, phi)
+            _predict(f, cfg, fc, col, s, phi, naive, model, served, share, heads, dots)
+            if kind != _LINEAR:
                 gap = now - last_ts
                 for d in range(dim):
                     target[d] = (xr[d] - f[col[O_LAST] + d]) / gap
@@ -684,16 +749,9 @@ def tracking_round(
                 if kind == _LEVEL:
                     for d in range(dim):
                         values[dim + d] = xr[d]
-            fresh = True
-            for j in range(nscale):
-                m2_old[j] = f[col[O_SM2] + j]
-            if cfg[K_STANDARDIZE] and _update_scales(f, fc, col, values, nscale):
-                _scales(f, col, nscale, s)  # the step learns in the scales that include this observation
-                for j in range(nscale):  # a scale not measured before takes the new one (tracking.fold)
-                    s_old[j] = math.sqrt(m2_old[j]) if m2_old[j] > 0 else s[j]
-                _fold(f, cfg, fc, col, s_old, s, fq, fr, fcv, fcol, fmoved)
-                _features(f, xr, cfg, fc, col, s, phi)
-                fresh = False
+                if _rescale(f, cfg, fc, col, values, nscale, s, s_old, m2_old, fq, fr, fcv, fcol, fmoved):
+                    _features(f, xr, cfg, fc, col, s, phi)  # the step learns in the scales with this rate
+                    fresh = False
             for o in range(k):
                 if kind == _LINEAR:
                     scaled[o] = target[o] / s[cfg[K_IN] + o]
@@ -747,7 +805,7 @@ def tracking_round(
         step[r] = i[col[O_STEP]]
         if kind != _LINEAR:
             if f[col[O_SEEN]] > 0:
-                _scales(f, col, nscale, s)
+                _scales(f, cfg, fc, col, nscale, s)
                 _features(f, xr, cfg, fc, col, s, phi)
                 _predict(f, cfg, fc, col, s, phi, naive, model, served, share, heads, dots)
                 for d in range(dim):

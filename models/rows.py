@@ -18,13 +18,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trackin.models import keys
+from trackin.models import keys, tracking
 from trackin.models.families import init_params, param_shapes
 from trackin.models.hyper import Hyperparameters
 from trackin.models.layout import BOOL, FLOAT, INT, PackedState
 from trackin.models.specs import ARModel, ModelSpec, StreamSpec, TrackModel
 from trackin.models.standardize import INITIAL as NORM_INITIAL
-from trackin.models.tracking import PRIOR as TRACKING_PRIOR
 
 __all__ = ["Blocks", "Settings", "Template", "Templates", "state_entries"]
 
@@ -188,7 +187,7 @@ class Templates:
             cov = views[keys.TRACK_COV]
             p = cov.shape[-1]  # every head's covariance, stacked [heads * p, p]
             eye = torch.eye(p, dtype=cov.dtype, device=cov.device).repeat(cov.shape[-2] // p, 1)
-            cov.copy_(eye * TRACKING_PRIOR)
+            cov.copy_(eye * tracking.prior(tracking.layout(spec.model).kind))
             for key in keys.SKILL_FIGURES:
                 views[key].fill_(torch.nan)
         else:

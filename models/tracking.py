@@ -15,6 +15,7 @@ data; bench/accuracy.py, docs/trackin.md).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -41,19 +42,27 @@ __all__ = [
     "FEATURE_CLIP",
     "HEADS",
     "HEAD_RHO",
+    "LINEAR_MIX_BIAS",
+    "LINEAR_MIX_WARMUP",
+    "LINEAR_PRIOR",
     "MIX_BIAS",
     "MIX_ETA",
     "MIX_POWER",
     "MIX_RHO",
     "MIX_WARMUP",
     "PRIOR",
+    "SCALE_POOL",
     "SCALE_WARMUP",
     "STAT_ALPHA",
     "STAT_CLIP",
     "Layout",
     "head_shares",
     "layout",
+    "linear_served",
+    "mix_prior",
     "optimizer_kwargs",
+    "prior",
+    "scales_of",
     "step",
     "uses_tracking",
 ]
@@ -64,14 +73,23 @@ forecast and lets it leave only as the data insist (short object tracks need tha
 ``PRIOR * I`` in whatever scales the stream has measured so far. With the fold, 1 against 0.3: the
 synthetic drifts 1.32 / 1.47 / 1.33 -> 1.29 / 1.43 / 1.32 times the Kalman filter, the real-data targets
 kept (docs/trackin.md, "Where it is lost")."""
-CLIP = 3.0
-"""A step's residual is clipped at ``CLIP`` times the running RMS residual (Huber in scaled units)."""
+LINEAR_PRIOR = 10.0
+"""``PRIOR`` of a ``linear`` stream, whose input scales are pooled in the warm-up (``SCALE_POOL``): with
+its first scales no longer one observation's ``|x_1j|``, a flatter prior (a ridge of 0.1 against unit-weight
+observations, the tuned Kalman filter's 0.01) pays on the drifts; with unpooled scales it lost (3: velocity
+1.153 -> 1.176 x the Kalman filter). Series keep ``PRIOR`` (their real-data targets were set with it)."""
+CLIP = 8.0
+"""A step's residual is clipped at ``CLIP`` times the running RMS residual (Huber in scaled units). 8, with
+the linear scales taking each input before it is predicted from and ``MIX_RHO`` 0.95: the walk+jump drift's
+jump (steps 2000-2050) 78.5 -> 59.1 against the Kalman filter's 53.6, and GBP/USD 0.99990 -> 0.99941, E-mini
+0.47129 -> 0.47126, MOT17 IoU within 3e-5 (3 held the step to 3 RMS for dozens of steps after a jump; 30
+put GBP/USD at 1.0005, 10 gained the drifts 1% more than 8; docs/trackin.md, "Where it is lost")."""
 STAT_CLIP = 30.0
 """The residual that the running RMS residual and the heads' errors learn from is clipped at ``STAT_CLIP``
 times the running RMS residual: wider than ``CLIP``, so the RMS grows within a few steps when the errors
 stay large (a jump in the coefficients is then learned at full gain), while one wild value only widens it
-once. At least ``CLIP``. 30: 3 (the step's clip) cost the walk+jump drift 1.84 against 1.42 times the
-Kalman filter, and wider clips of the step itself put GBP/USD above the naive forecast."""
+once. At least ``CLIP``. 30: 3 (the step's clip, then 3) cost the walk+jump drift 1.84 against 1.42 times
+the Kalman filter."""
 FEATURE_CLIP = 1e3
 """Scaled features beyond this (a 1000-sigma value) are clipped, so one wild value cannot reach 1e30."""
 BOUND = 10.0
@@ -82,6 +100,14 @@ STAT_ALPHA = 0.01
 """Weight of the newest value in the running residual and naive-error mean squares."""
 SCALE_WARMUP = 32
 """Observations whose mean squares set a stream's scales; the scales are frozen after them."""
+SCALE_POOL = math.pi**2 / 8
+"""Sampling variance of one observation's log scale ``log |x|`` (normal ``x``), over ``n`` observations
+``SCALE_POOL / n``: during the warm-up a ``linear`` stream's input log scales are shrunk to their mean by the
+share of this noise in their variance across inputs (empirical Bayes, :func:`scales_of`). One observation's
+``|x_1j|`` alone made the prior in raw units ``~ 1 / x_1j^2`` (a head learned at step 1 ``~ 1 / x_1j``),
+heavy-tailed where the Kalman filter's is isotropic. Inputs of one scale are pooled to the end of the
+warm-up, inputs of different units (log scales far apart) hardly at all; frozen scales are each input's
+own. 0: off."""
 MIX_RHO = 0.95
 """Discount of the model's and the naive forecast's absolute errors in the mix (about 20 observations): the
 mix follows which of the two is better now (0.99 put GBP/USD 0.055% above no change, 0.95 0.01% below)."""
@@ -97,6 +123,17 @@ few large misses decide, and chose models that lose on most boxes (MOT17-09's Io
 MIX_WARMUP = 3
 """Steps during which only the naive forecast is served (the heads' fast ones are useful after a few; 1 gained
 the drifts 1-2% but served a box 0.1% off constant velocity at its third observation)."""
+LINEAR_MIX_BIAS = 0.0
+"""``MIX_BIAS`` of a ``linear`` stream: none. A series' naive forecast (no change, constant velocity) has no
+parameters and is exact from its first step, a structural prior worth odds of ``e^MIX_BIAS``; a linear
+stream's is the running mean of its target, estimated from the same few observations as the model (whose
+constant feature nests it), so neither starts ahead and the mix follows the evidence alone. On the drifts,
+with CLIP 8: 1.177 / 1.336 / 1.186 -> 1.094 / 1.153 / 1.069 times the Kalman filter, most of it in the
+first 10 steps (a one-observation mean is the naive's forecast at step 1: twice the target's variance);
+series streams unchanged."""
+LINEAR_MIX_WARMUP = 0
+"""``MIX_WARMUP`` of a ``linear`` stream: none (its naive forecast is warming up too; see
+``LINEAR_MIX_BIAS``)."""
 HEADS = FORGET_HEADS
 """The default heads' forgetting factors (``forget`` in the spec)."""
 HEAD_RHO = 0.995
@@ -175,17 +212,53 @@ OptimizerStep = Callable[[Tensor], None]
 """Steps the gathered rows' weights (flat ``[rows, k * p]``) in place given their preconditioned gradient."""
 
 
-def _scales(v: Views) -> Tensor:
-    s = v[keys.TRACK_SCALE_M2].sqrt()
-    return torch.where(s > 0, s, torch.ones_like(s))
+def _scales(lay: Layout, v: Views) -> Tensor:
+    return scales_of(lay, v[keys.TRACK_SCALE_M2], v[keys.TRACK_SCALE_N])
 
 
-def _weight(v: Views, mix_naive: bool | Tensor) -> Tensor:
+def scales_of(lay: Layout, m2: Tensor, count: Tensor) -> Tensor:
+    """``[rows, scales]``: the scales from the mean squares ``m2`` over ``count`` observations (1 where
+    nothing was measured). A linear stream's input scales are pooled during the warm-up: ``log s_j`` is
+    shrunk to the mean over the measured inputs by the share of sampling noise (``SCALE_POOL / count``) in
+    their variance across inputs; none once the scales are frozen."""
+    s = m2.sqrt()
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    pool = lay.scales - lay.outputs if lay.kind == "linear" else 0
+    if pool < 2 or SCALE_POOL <= 0:
+        return s
+    own, measured = s[:, :pool], m2[:, :pool] > 0
+    logs = torch.where(measured, own.log(), 0.0)
+    m = measured.sum(1, keepdim=True).to(s.dtype)
+    mean = logs.sum(1, keepdim=True) / m.clamp_min(1)
+    spread = torch.where(measured, (logs - mean).square(), 0.0).sum(1, keepdim=True) / (m - 1).clamp_min(1)
+    n = count.to(s.dtype).unsqueeze(1)
+    noise = SCALE_POOL / n.clamp_min(1)
+    between = (spread - noise).clamp_min(0.0)
+    w = between / (between + noise)
+    pooled = torch.exp(w * logs + (1 - w) * mean)
+    pooled = torch.where(measured & (m > 1) & (n < SCALE_WARMUP), pooled, own)
+    return torch.cat([pooled, s[:, pool:]], 1)
+
+
+def prior(kind: Kind) -> float:
+    """The RLS prior ``P_0 = prior * I`` in scaled units of a pool of ``kind``."""
+    return LINEAR_PRIOR if kind == "linear" else PRIOR
+
+
+def mix_prior(kind: Kind) -> tuple[float, int]:
+    """The mix's prior for the naive forecast and its warm-up, for a pool of ``kind``: ``MIX_BIAS`` and
+    ``MIX_WARMUP`` where the naive forecast has no parameters (series), none for ``linear`` (its naive
+    forecast, the running mean, is estimated like the model)."""
+    return (LINEAR_MIX_BIAS, LINEAR_MIX_WARMUP) if kind == "linear" else (MIX_BIAS, MIX_WARMUP)
+
+
+def _weight(lay: Layout, v: Views, mix_naive: bool | Tensor) -> Tensor:
     """``[rows, k]``: the model's share of the served forecast."""
+    bias, warmup = mix_prior(lay.kind)
     mm, mn, n = v[keys.MIX_MODEL], v[keys.MIX_NAIVE], v[keys.MIX_N].unsqueeze(1)
     total = (mm + mn).clamp_min(torch.finfo(mm.dtype).tiny)
-    share = torch.sigmoid(MIX_ETA * 2 * n * (mn - mm) / total - MIX_BIAS)
-    share = share * (v[keys.TRACK_LEARNED] >= MIX_WARMUP).unsqueeze(1)
+    share = torch.sigmoid(MIX_ETA * 2 * n * (mn - mm) / total - bias)
+    share = share * (v[keys.TRACK_LEARNED] >= warmup).unsqueeze(1)
     if isinstance(mix_naive, Tensor):
         return torch.where(mix_naive.unsqueeze(1), share, torch.ones_like(share))
     return share if mix_naive else torch.ones_like(share)
@@ -238,12 +311,12 @@ def series_rates(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Naive, model and served rates of change ``[rows, dim]`` for the next value, the model's share of the
     served rate, and the features."""
-    s = _scales(v)
+    s = _scales(lay, v)
     naive = v[keys.SERIES_RATE] if lay.kind == "track" else torch.zeros_like(v[keys.SERIES_RATE])
     phi = _features(lay, v, s, None)
     raw = _raw(lay, v, phi)
     model = naive + _bounded(v, s[:, : lay.dim] * raw)
-    share = _weight(v, mix_naive)
+    share = _weight(lay, v, mix_naive)
     return naive, model, naive + share * (model - naive), share, phi
 
 
@@ -252,14 +325,29 @@ def linear_predictions(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Naive, model and served predictions ``[rows, k]`` of a linear pool for inputs ``x``, the model's
     share, and the features."""
-    s = _scales(v)
+    s = _scales(lay, v)
     phi = _features(lay, v, s, x.nan_to_num(0.0, 0.0, 0.0))
     w = v[keys.TRACK_MEAN_W].unsqueeze(1)
     naive = torch.where(w > 0, v[keys.TRACK_MEAN] / w.clamp_min(torch.finfo(w.dtype).tiny), 0.0)
     raw = _raw(lay, v, phi)
     model = naive + _bounded(v, s[:, -lay.outputs :] * raw - naive)
-    share = _weight(v, mix_naive)
+    share = _weight(lay, v, mix_naive)
     return naive, model, naive + share * (model - naive), share, phi
+
+
+def linear_served(
+    lay: Layout, v: Views, x: Tensor, *, forget: Tensor, standardize: bool, mix_naive: bool | Tensor
+) -> Tensor:
+    """``[rows, k]``: what :func:`step` would serve for inputs ``x`` (``/predict``), on views the caller
+    discards: the inputs' scales take ``x`` as the step's do (the target's mean square is fed itself, so its
+    scale stays) and the heads are folded into them."""
+    k = lay.outputs
+    m2_old, n_old = v[keys.TRACK_SCALE_M2].clone(), v[keys.TRACK_SCALE_N].clone()
+    values = torch.cat([x.nan_to_num(0.0, 0.0, 0.0), m2_old[:, -k:].sqrt()], 1)
+    update = torch.isfinite(x).all(1) & standardize
+    scales(v, values, update)
+    fold(lay, v, m2_old, n_old, _scales(lay, v), forget)
+    return linear_predictions(lay, v, x, mix_naive)[2]
 
 
 def step(
@@ -289,13 +377,18 @@ def step(
         finite = finite & torch.isfinite(y).all(1)
         first = torch.zeros_like(finite)
         ok = finite
-        naive, model, served, share, _ = linear_predictions(lay, v, x, mix_naive)
         clean_y = y.nan_to_num(0.0, 0.0, 0.0)
-        target, learn_naive, learn_model = clean_y, naive, model
-        m2_old = v[keys.TRACK_SCALE_M2].clone()
+        # the scales take this observation before it is predicted from: an input's feature is divided by
+        # a scale that includes it, so it never exceeds sqrt(observations) (with the scale of the earlier
+        # inputs alone, a stream's second feature is the Cauchy ratio x_2 / x_1, and the head learned at
+        # step 1 in the scale |x_1| is ~ 1 / x_1: oscillation drift's step 1 cost 26 x the Kalman
+        # filter's error). The target's scale cannot move the prediction (the fold keeps the raw mapping)
+        m2_old, n_old = v[keys.TRACK_SCALE_M2].clone(), v[keys.TRACK_SCALE_N].clone()
         scales(v, torch.cat([x, clean_y], 1), ok & torch.as_tensor(standardize, device=x.device))
-        s = _scales(v)  # the step learns in the scales that include this observation
-        fold(lay, v, m2_old, s, forget)
+        s = _scales(lay, v)  # the step learns in the same scales
+        fold(lay, v, m2_old, n_old, s, forget)
+        naive, model, served, share, _ = linear_predictions(lay, v, x, mix_naive)
+        target, learn_naive, learn_model = clean_y, naive, model
         phi = _features(lay, v, s, x.nan_to_num(0.0, 0.0, 0.0))
         scaled_target = clean_y / s[:, -lay.outputs :]
         levels = (served, model, naive)
@@ -311,10 +404,10 @@ def step(
         rate = torch.where(ok.unsqueeze(1), (x - last) / gap, 0.0)
         target, learn_naive, learn_model = rate, naive, model
         stat_values = torch.cat([rate, x], 1) if lay.kind == "level" else rate
-        m2_old = v[keys.TRACK_SCALE_M2].clone()
+        m2_old, n_old = v[keys.TRACK_SCALE_M2].clone(), v[keys.TRACK_SCALE_N].clone()
         scales(v, stat_values, ok & torch.as_tensor(standardize, device=x.device))
-        s = _scales(v)  # the step learns in the scales that include this observation
-        fold(lay, v, m2_old, s, forget)
+        s = _scales(lay, v)  # the step learns in the scales that include this observation
+        fold(lay, v, m2_old, n_old, s, forget)
         phi = _features(lay, v, s, None)
         scaled_target = (rate - naive) / s[:, : lay.dim]
         levels = (last + gap * served, last + gap * model, last + gap * naive)
@@ -361,7 +454,7 @@ def _unit_scales(lay: Layout, s: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat([rate.repeat(1, lay.lags), s[:, lay.dim :], one], 1), rate
 
 
-def fold(lay: Layout, v: Views, m2_old: Tensor, s_new: Tensor, forget: Tensor) -> None:
+def fold(lay: Layout, v: Views, m2_old: Tensor, n_old: Tensor, s_new: Tensor, forget: Tensor) -> None:
     """Re-express every head in the new scales, so the path stays RLS on the raw data while they move.
 
     With ``q`` the features' new over old scales and ``r`` the outputs' old over new: weights ``W * r q'``,
@@ -373,7 +466,7 @@ def fold(lay: Layout, v: Views, m2_old: Tensor, s_new: Tensor, forget: Tensor) -
     n, h, k, p = s_new.shape[0], lay.heads, lay.outputs, lay.features
     # a scale not measured before (mean square 0) takes the new one: nothing was learned in it, and its
     # prior is already PRIOR (q = 1 there; 1 / q^2 of a first measurement would cancel catastrophically)
-    s_old = torch.where(m2_old > 0, m2_old.sqrt(), s_new)
+    s_old = torch.where(m2_old > 0, scales_of(lay, m2_old, n_old), s_new)
     f_old, o_old = _unit_scales(lay, s_old)
     f_new, o_new = _unit_scales(lay, s_new)
     q, r = f_new / f_old, o_old / o_new  # [rows, p], [rows, k]
@@ -382,7 +475,7 @@ def fold(lay: Layout, v: Views, m2_old: Tensor, s_new: Tensor, forget: Tensor) -
     cov = v[keys.TRACK_COV].view(n, h, p, p)
     cov.mul_((q.unsqueeze(2) * q.unsqueeze(1)).unsqueeze(1))
     decay = torch.pow(forget.to(w.dtype).view(1, h, 1), v[keys.TRACK_LEARNED].view(n, 1, 1))
-    c = decay / PRIOR * (1 - q.square().reciprocal()).unsqueeze(1)  # [rows, heads, p]
+    c = decay / prior(lay.kind) * (1 - q.square().reciprocal()).unsqueeze(1)  # [rows, heads, p]
     moved = w.clone()
     for j in range(p):
         cj = c[:, :, j].view(n, h, 1, 1)

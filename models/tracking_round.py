@@ -148,7 +148,14 @@ class TrackingRound(Round):
         v = self.views(self._packed.gather(s, FLOAT))
         if self.layout.kind == "linear":
             assert x is not None
-            return tracking.linear_predictions(self.layout, v, x, self._mix_naive)[2]
+            return tracking.linear_served(
+                self.layout,
+                v,
+                x,
+                forget=self._forget,
+                standardize=self._standardize,
+                mix_naive=self._mix_naive,
+            )
         return tracking.forecast(self.layout, v, self._mix_naive)
 
 

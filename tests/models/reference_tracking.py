@@ -58,7 +58,8 @@ class TrackingReference:
         self.h = len(self.forgets)
         self.weight = torch.nn.Parameter(z(self.h * self.k, self.p))  # the heads' [k, p] matrices stacked
         self.opt = TrackIn([self.weight], **T.optimizer_kwargs(opt))
-        self.cov = [torch.eye(self.p, dtype=self.dt) * T.PRIOR for _ in self.forgets]
+        self.prior = T.PRIOR if self.series else T.LINEAR_PRIOR
+        self.cov = [torch.eye(self.p, dtype=self.dt) * self.prior for _ in self.forgets]
         self.scale_m2, self.scale_n = z(self.n_scale), 0
         self.resid2, self.naive2, self.stat_w = z(self.h, self.k), z(self.k), 0.0
         self.head_loss, self.head_s2 = z(self.h, self.k), z(self.k)
@@ -74,9 +75,31 @@ class TrackingReference:
 
     # --- pieces -------------------------------------------------------------------------------------------
 
-    def _scales(self) -> Tensor:
-        s = self.scale_m2.sqrt()
-        return torch.where(s > 0, s, torch.ones_like(s))
+    def _scales(self, m2: Tensor | None = None, count: int | None = None) -> Tensor:
+        """The scales (1 where nothing was measured); a linear stream's inputs, during the warm-up, on the
+        way from their mean log scale to their own: ``exp(w log s_j + (1 - w) mean log s)`` over the inputs
+        measured, ``w`` the share of the log scales' variance across inputs beyond sampling noise
+        (``SCALE_POOL / n``)."""
+        m2 = self.scale_m2 if m2 is None else m2
+        count = self.scale_n if count is None else count
+        s = m2.sqrt()
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        inputs = 0 if self.series else self.n_scale - self.k
+        if inputs < 2 or T.SCALE_POOL <= 0 or count >= T.SCALE_WARMUP:
+            return s
+        measured = [j for j in range(inputs) if m2[j] > 0]
+        if len(measured) < 2:
+            return s
+        logs = [float(s[j].log()) for j in measured]
+        mean = sum(logs) / len(logs)
+        spread = sum((v - mean) ** 2 for v in logs) / (len(logs) - 1)  # the inputs' log scales' variance
+        noise = T.SCALE_POOL / max(count, 1)  # a log scale's sampling variance
+        between = max(spread - noise, 0.0)
+        w = between / (between + noise)
+        s = s.clone()
+        for j in measured:
+            s[j] = torch.exp(w * s[j].log() + (1 - w) * mean)
+        return s
 
     def _features(self, x: Tensor | None) -> Tensor:
         s = self._scales()
@@ -100,11 +123,13 @@ class TrackingReference:
         """The share of the model in the served forecast, per output."""
         if not self.spec.mix_naive:
             return torch.ones(self.k, dtype=self.dt)
-        if self.learned < T.MIX_WARMUP:
+        # no parameters in a series' naive forecast: it starts ahead; a linear stream's running mean does not
+        bias, warmup = (T.MIX_BIAS, T.MIX_WARMUP) if self.series else (T.LINEAR_MIX_BIAS, T.LINEAR_MIX_WARMUP)
+        if self.learned < warmup:
             return torch.zeros(self.k, dtype=self.dt)
         total = (self.mix_model + self.mix_naive).clamp_min(torch.finfo(self.dt).tiny)
         advantage = 2 * self.mix_n * (self.mix_naive - self.mix_model) / total
-        return torch.sigmoid(T.MIX_ETA * advantage - T.MIX_BIAS)
+        return torch.sigmoid(T.MIX_ETA * advantage - bias)
 
     def _heads(self) -> Tensor:
         return self.weight.detach().view(self.h, self.k, self.p)
@@ -138,10 +163,13 @@ class TrackingReference:
         y = y.to(self.dt)
         if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all())):
             return TrackingOutcome(None, None, False, True, None)
+        # the scales take this observation before it is predicted: the input's features are divided by
+        # scales that include it; the target's scale does not move the prediction (the fold keeps the raw
+        # mapping), and the step learns in the same scales
+        self._update_scales(torch.cat([x, y]))
         naive = self.mean / self.mean_w if self.mean_w > 0 else torch.zeros(self.k, dtype=self.dt)
         model = naive + self._bounded(self._unit() * self._model(self._features(x)) - naive)
         served = naive + self._weight() * (model - naive)
-        self._update_scales(torch.cat([x, y]))  # the step learns in the scales that include this one
         self._learn(self._features(x), y / self._unit(), y, model, naive)
         self.mean = self.mean * (1 - T.STAT_ALPHA) + y
         self.mean_w = self.mean_w * (1 - T.STAT_ALPHA) + 1
@@ -219,11 +247,13 @@ class TrackingReference:
         """Mean squares over the first SCALE_WARMUP observations, then frozen: a scale that no longer moves
         leaves the mapping from inputs to predictions as learned."""
         if self.spec.standardize and self.scale_n < T.SCALE_WARMUP:
-            m2_old = self.scale_m2
+            m2_old, n_old = self.scale_m2, self.scale_n
             self.scale_n += 1
             self.scale_m2 = self.scale_m2 + (values.square() - self.scale_m2) / self.scale_n
             new = self._scales()
-            self._fold(torch.where(m2_old > 0, m2_old.sqrt(), new), new)  # not measured before: as new
+            self._fold(
+                torch.where(m2_old > 0, self._scales(m2_old, n_old), new), new
+            )  # not measured before: as new
 
     def _fold(self, old: Tensor, new: Tensor) -> None:
         """Each head re-expressed in the new scales: the same raw mapping, covariance and errors, and the
@@ -243,7 +273,7 @@ class TrackingReference:
             for h, forget in enumerate(self.forgets):
                 w = heads[h] * (r.unsqueeze(1) * q.unsqueeze(0))
                 cov = self.cov[h] * (q.unsqueeze(1) * q.unsqueeze(0))
-                c = torch.tensor(forget, dtype=self.dt) ** self.learned / T.PRIOR * (1 - 1 / q.square())
+                c = torch.tensor(forget, dtype=self.dt) ** self.learned / self.prior * (1 - 1 / q.square())
                 for j in range(self.p):  # P <- (P^-1 + diag(c))^-1, one Sherman-Morrison update per feature
                     col = cov[:, j].clone()
                     g = 1 / (1 + c[j] * col[j])
