@@ -290,7 +290,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def trim_batches(self, epoch: int, upto: str) -> None:
-        """Drop the entries of owner ``epoch`` at or before ``upto`` (other owners' are left alone)."""
+        """Drop the entries of owner ``epoch`` at or before ``upto`` (other owners' are left alone).
+
+        An owner's entries are those its own store object appended: Redis deletes them by the ids it
+        remembers rather than reading the log (one epoch is one process and one store)."""
 
     @abc.abstractmethod
     async def delete_batches(self, positions: Sequence[str]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -24,12 +25,14 @@ import redis.asyncio
 import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.typing import EncodableT, FieldT
 
 from trackin.service.store.base import (
     Checkpoint,
     LogEntry,
     Store,
     WriteOutcome,
+    batch_position_key,
     check_counter,
     check_limit,
     check_record_kind,
@@ -77,6 +80,11 @@ class RedisStore(Store):
         self._where = _redact(url)
         self._client: redis.asyncio.Redis | None = None
         self._scripts: RedisScripts | None = None
+        # The batch-log entries this store appended and has not trimmed yet, in id order, as (order
+        # key, epoch, id): a trim deletes them by id instead of reading the log. Until the first trim,
+        # and after an append or trim that failed, a trim scans the log instead (`_appended_unknown`).
+        self._appended: deque[tuple[tuple[int, int], int, str]] = deque()
+        self._appended_unknown = True
 
     def __repr__(self) -> str:
         return f"RedisStore({self._where!r}, key_prefix={self.keys.prefix!r})"
@@ -271,8 +279,24 @@ class RedisStore(Store):
         check_counter("epoch", epoch)
         if not payloads:
             return []
-        with self._errors():
-            return ["b" + p for p in await self._lua.append_batches(epoch, payloads)]
+        # Plain XADDs, not a Lua script: Redis 7 hashes every byte of each script argument when it
+        # becomes a Lua string, about 0.3 ms of redis-server CPU per 200 kB entry. Several entries are
+        # one MULTI/EXEC (atomic, one AOF write and fsync, one round trip), as the script was.
+        fields: list[dict[FieldT, EncodableT]] = [{"e": epoch, "p": payload} for payload in payloads]
+        try:
+            with self._errors():
+                if len(fields) == 1:
+                    ids = [reply_text(await self._redis.xadd(self.keys.batches, fields[0]))]
+                else:
+                    pipe = self._redis.pipeline(transaction=True)
+                    for f in fields:
+                        pipe.xadd(self.keys.batches, f)
+                    ids = [reply_text(r) for r in await pipe.execute()]
+        except BaseException:
+            self._appended_unknown = True  # it may still land: the next trim scans the log
+            raise
+        self._appended += ((batch_position_key("b" + i), epoch, i) for i in ids)
+        return ["b" + i for i in ids]
 
     async def read_batches(self, after: str) -> list[tuple[str, int, bytes]]:
         low = "-" if after == "" else "(" + _batch_id(after)
@@ -292,8 +316,26 @@ class RedisStore(Store):
         check_counter("epoch", epoch)
         if upto == "":
             return
-        with self._errors():
-            await self._lua.trim_batches(epoch, _batch_id(upto))
+        last = _batch_id(upto)
+        key = batch_position_key(upto)
+        mine: list[str] = []
+        while self._appended and self._appended[0][0] <= key:
+            _, owner, entry_id = self._appended.popleft()
+            if owner == epoch:
+                mine.append(entry_id)
+        try:
+            with self._errors():
+                if self._appended_unknown:
+                    # An append whose outcome is unknown may have landed: scan the log once (the
+                    # script reads every entry's payload into Lua, ~0.6 ms per 200 kB entry).
+                    self._appended_unknown = False
+                    await self._lua.trim_batches(epoch, last)
+                else:  # every entry this store wrote is remembered: delete them by id, reading none
+                    for start in range(0, len(mine), _PAGE):
+                        await self._redis.xdel(self.keys.batches, *mine[start : start + _PAGE])
+        except BaseException:
+            self._appended_unknown = True  # what was popped is found again by the scan
+            raise
 
     async def delete_batches(self, positions: Sequence[str]) -> None:
         ids = [_batch_id(p) for p in positions]

@@ -19,7 +19,6 @@ from trackin.service.store.keys import RedisKeys
 from trackin.service.store.redis_replies import reply_bytes, reply_text
 
 __all__ = [
-    "APPEND_BATCHES_LUA",
     "APPEND_LUA",
     "DELETE_LUA",
     "READ_CHECKPOINTS_LUA",
@@ -94,15 +93,6 @@ for i = 1, n do
   positions[i] = redis.call('XADD', KEYS[i + 1], '*', 'p', payloads[i])
 end
 return table.concat(positions, ',')
-"""
-
-# KEYS: the batch log. ARGV: the owner epoch, then the payloads. Returns the new entry ids, in order.
-APPEND_BATCHES_LUA = """
-local out = {}
-for i = 2, #ARGV do
-  out[#out + 1] = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1], 'p', ARGV[i])
-end
-return out
 """
 
 # KEYS: the batch log. ARGV: an owner epoch, the last entry id to drop. Drops that owner's entries up to
@@ -187,13 +177,7 @@ class RedisScripts:
         self._append = client.register_script(APPEND_LUA)
         self._read_checkpoints = client.register_script(READ_CHECKPOINTS_LUA)
         self._read_logs = client.register_script(READ_LOGS_LUA)
-        self._append_batches = client.register_script(APPEND_BATCHES_LUA)
         self._trim_batches = client.register_script(TRIM_BATCHES_LUA)
-
-    async def append_batches(self, epoch: int, payloads: Sequence[bytes]) -> list[str]:
-        """Append batch-log entries atomically in one command; their entry ids, in order."""
-        replies = await self._append_batches(keys=[self._keys.batches], args=[epoch, *payloads])
-        return [reply_text(r) for r in replies]
 
     async def trim_batches(self, epoch: int, upto: str) -> None:
         """Drop owner ``epoch``'s batch-log entries up to the entry id ``upto``."""

@@ -507,6 +507,23 @@ async def test_batch_log_append_read_trim_and_delete(store: Store) -> None:
     assert await store.log_length() == 1
 
 
+async def test_batch_log_trims_again_after_more_appends(store: Store) -> None:
+    """Later trims too drop exactly the owner's entries up to the position (on Redis they delete the
+    entries this store appended by id, where the first trim scanned the log)."""
+    first = await store.append_batches(5, [b"a"])
+    await store.trim_batches(5, first[0])
+    mine = await store.append_batches(5, [b"b", b"c"])
+    other = await store.append_batches(6, [b"other owner"])
+    last = await store.append_batches(5, [b"d"])
+    await store.trim_batches(5, other[0])
+    assert await store.read_batches("") == [(other[0], 6, b"other owner"), (last[0], 5, b"d")]
+    assert mine[0] not in {p for p, _, _ in await store.read_batches("")}
+    await store.trim_batches(5, last[0])
+    await store.trim_batches(6, first[0])  # nothing of owner 6 up to there
+    assert await store.read_batches("") == [(other[0], 6, b"other owner")]
+    assert await store.log_length() == 1
+
+
 async def test_legacy_log_streams_are_those_with_per_stream_entries(store: Store) -> None:
     assert await store.legacy_log_streams() == []
     positions = await store.append_log([LogEntry("old1", b"x"), LogEntry("old2", b"y")])
