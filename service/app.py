@@ -24,7 +24,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trackin.models.engine import Engine, Outcomes, resolve_device
 from trackin.models.fused_warmup import warm_up
-from trackin.service.cluster import create_cluster_app
 from trackin.service.domain.budget import resolve_budget
 from trackin.service.domain.catalog import Catalog
 from trackin.service.domain.ingest import IngestBatch
@@ -244,6 +243,10 @@ def build(settings: Settings) -> AppState:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     if settings.cluster_nats_url:  # opt-in scale-out (docs/scale-out.md)
+        # Imported here: the NATS client and the cluster's routes cost a single node's every start about
+        # 0.7 s of CPU, and a single node never uses them.
+        from trackin.service.cluster import create_cluster_app
+
         return create_cluster_app(settings)
 
     @contextlib.asynccontextmanager
