@@ -3,8 +3,10 @@
 In-process ASGI clients skip what users actually hit: uvicorn's HTTP and WebSocket parsing, TCP
 backpressure, signals and process exit codes. So tests start the real command line
 (``python -m trackin.service.cli serve``) on a free port, in its own data directory, with extra ``TRACKIN_*``
-variables or flags, and wait for ``/readyz``. Output goes to a log file whose tail is put into every
-error this helper raises (and into failing tests' reports by the service suite's conftest).
+variables or flags, and wait for ``/readyz``. The process is forked from a fork server that has already
+imported the service (tests/support/forkserver.py: a start costs about a quarter of a fresh interpreter's);
+``TRACKIN_TEST_FORK=0`` starts a fresh interpreter each time. Output goes to a log file whose tail is put
+into every error this helper raises (and into failing tests' reports by the service suite's conftest).
 
 Example::
 
@@ -30,6 +32,7 @@ from typing import IO, Any, Self
 
 import httpx
 
+from tests.support.forkserver import ForkedProcess, fork_server
 from tests.support.ports import free_port, listens
 
 __all__ = ["ServerError", "Servers", "TrackinServer"]
@@ -77,7 +80,7 @@ class TrackinServer:
         self._pick_port = port is None
         self.port = port if port is not None else free_port()
         self.log_path = self.data_dir / "trackin-serve.log"
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: subprocess.Popen[bytes] | ForkedProcess | None = None
         self._log: IO[bytes] | None = None
         self.returncode: int | None = None
 
@@ -155,14 +158,20 @@ class TrackinServer:
         self._log.flush()
         started_at = self.log_path.stat().st_size
         self.returncode = None
-        self._proc = proc = subprocess.Popen(
-            self.command(),
-            cwd=_REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        forks = fork_server(_REPO, os.environ)
+        proc: subprocess.Popen[bytes] | ForkedProcess
+        if forks is not None:
+            proc = forks.spawn(self.command(), env=env, cwd=_REPO, log=self.log_path)
+        else:
+            proc = subprocess.Popen(
+                self.command(),
+                cwd=_REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+            )
+        self._proc = proc
         deadline = time.monotonic() + self.start_timeout
         with httpx.Client(timeout=1.0) as client:
             while time.monotonic() < deadline:
