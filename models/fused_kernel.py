@@ -12,14 +12,30 @@ Values are stored in the pool's dtype; scalar arithmetic runs in float64 (so flo
 stores, and agree with the torch path to float32 tolerances). Every setting is read from the row's own
 columns. Where each column lives is passed in ``cfg`` (an int64 array indexed by the constants below),
 so one compiled function serves every pool of a dtype: two signatures in all (float32, float64).
+
+The helpers are compiled without numba's reference counting (``_nrt=False``): they allocate nothing, and each
+slice of a row they take would otherwise cost an atomic increment and decrement of the buffer's count, which
+numba's pruning pass does not remove across calls (numba issues #2345, #2350; the workaround its
+maintainers give). Only the two entry points, which allocate their scratch arrays, count references.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from numba import njit
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _helper(function: _F) -> _F:
+    """``njit(cache=True)`` without reference counting (the module's docstring says why)."""
+    compiled = njit(cache=True, _nrt=False)(function)  # type: ignore[call-overload]  # not in numba's stubs
+    return cast(_F, compiled)
+
 
 __all__ = ["CFG_SIZE", "observe_rows", "predict_rows"]
 
@@ -53,13 +69,13 @@ ALPHA, BOUND, CLIP, FEATURE_CLIP = 0.01, 10.0, 3.0, 10.0  # models.standardize
 MIX_RHO, MIX_ETA, MIX_BIAS, MIX_POWER, MIX_WARMUP = 0.99, 1.0, 8.0, 1.0, 10  # models.naive_mix
 
 
-@njit(cache=True)
+@_helper
 def _hyper(frow: np.ndarray, cfg: np.ndarray, k: int) -> float:
     """The row's ``k``-th float hyperparameter (the optimizer's order; see models.fused_round)."""
     return float(frow[cfg[HYPER + k]])
 
 
-@njit(cache=True)
+@_helper
 def _affine(theta: np.ndarray, feats: np.ndarray, out: np.ndarray, n_in: int, n_out: int) -> None:
     """``out = W feats + b`` with ``theta = [W (row-major [out, in]), b]``, accumulated in float64."""
     for o in range(n_out):
@@ -70,7 +86,7 @@ def _affine(theta: np.ndarray, feats: np.ndarray, out: np.ndarray, n_in: int, n_
         out[o] = acc + float(theta[n_out * n_in + o])
 
 
-@njit(cache=True)
+@_helper
 def _ar_features(frow: np.ndarray, cfg: np.ndarray, feats: np.ndarray) -> None:
     """An ``ar`` model's inputs from the window in ``frow`` (levels, or the successive changes)."""
     a, w, d = cfg[AR_WINDOW], cfg[WINDOW], cfg[DIM]
@@ -82,7 +98,7 @@ def _ar_features(frow: np.ndarray, cfg: np.ndarray, feats: np.ndarray) -> None:
             feats[k] = frow[a + d + k] - frow[a + k]
 
 
-@njit(cache=True)
+@_helper
 def _loss_and_dout(
     kind: int, out: np.ndarray, target: np.ndarray, delta: float, dout: np.ndarray, n_out: int
 ) -> float:
@@ -105,7 +121,7 @@ def _loss_and_dout(
     return total / n_out
 
 
-@njit(cache=True)
+@_helper
 def _prepared(
     frow: np.ndarray, grad: np.ndarray, g: np.ndarray, n_params: int, wd: float, max_norm: float
 ) -> tuple[float, float]:
@@ -127,7 +143,7 @@ def _prepared(
     return sq, norm
 
 
-@njit(cache=True)
+@_helper
 def _trackin(
     frow: np.ndarray, irow: np.ndarray, brow: np.ndarray, cfg: np.ndarray, g: np.ndarray, g_sq: float
 ) -> tuple[float, float]:
@@ -177,7 +193,7 @@ def _trackin(
     return beta_t, math.sqrt(e_sq)
 
 
-@njit(cache=True)
+@_helper
 def _sgd(frow: np.ndarray, irow: np.ndarray, brow: np.ndarray, cfg: np.ndarray, g: np.ndarray) -> float:
     """One SGD step in place on a row (models.functional.sgd); returns the momentum factor (the figure)."""
     n, m0 = cfg[N_PARAMS], cfg[BUF0]
@@ -195,7 +211,7 @@ def _sgd(frow: np.ndarray, irow: np.ndarray, brow: np.ndarray, cfg: np.ndarray, 
     return mu
 
 
-@njit(cache=True)
+@_helper
 def _adam(frow: np.ndarray, irow: np.ndarray, cfg: np.ndarray, g: np.ndarray) -> float:
     """One Adam step in place on a row (models.functional.adam); returns beta1 (the figure)."""
     n, m0, v0 = cfg[N_PARAMS], cfg[BUF0], cfg[BUF1]
@@ -211,7 +227,7 @@ def _adam(frow: np.ndarray, irow: np.ndarray, cfg: np.ndarray, g: np.ndarray) ->
     return b1
 
 
-@njit(cache=True)
+@_helper
 def _page_hinkley(
     frow: np.ndarray, irow: np.ndarray, brow: np.ndarray, cfg: np.ndarray, loss: float, ok: bool
 ) -> bool:
@@ -242,13 +258,13 @@ def _page_hinkley(
     return alarm
 
 
-@njit(cache=True)
+@_helper
 def _clamp(v: float, bound: float) -> float:
     """``v`` within ``+- bound``, NaN kept (as ``torch.clamp``)."""
     return v if v != v else min(max(v, -bound), bound)
 
 
-@njit(cache=True)
+@_helper
 def _updated(
     frow: np.ndarray,
     m0: int,
@@ -273,13 +289,13 @@ def _updated(
     return finite
 
 
-@njit(cache=True)
+@_helper
 def _std(var: float, tiny: float) -> float:
     """A standard deviation, positive (``standardize.Stats.std``)."""
     return math.sqrt(var + tiny)
 
 
-@njit(cache=True)
+@_helper
 def _share(frow: np.ndarray, cfg: np.ndarray, steps: int, share: np.ndarray, tiny: float) -> None:
     """The model's share of a series' served forecast, per dim (``naive_mix.weight``)."""
     mm0, mn0 = cfg[MIX_MODEL], cfg[MIX_NAIVE]
@@ -291,7 +307,7 @@ def _share(frow: np.ndarray, cfg: np.ndarray, steps: int, share: np.ndarray, tin
         share[d] = on / (1.0 + math.exp(-z))
 
 
-@njit(cache=True)
+@_helper
 def _forecast(
     frow: np.ndarray,
     irow: np.ndarray,

@@ -15,6 +15,12 @@ order, each reading the state its predecessors left, so a batch that holds a str
 same as one round per occurrence). Only NumPy arrays and numbers go
 in: :mod:`models.fused_tracking` builds them.
 
+Every helper is compiled without numba's reference counting (``_nrt=False``): none allocates, and each slice
+it takes would otherwise cost an atomic increment and decrement of the buffer's count that numba's pruning
+pass leaves in place across calls (numba issues #2345, #2350: the workaround its maintainers give). Those
+pairs were about a quarter of a default round's time (perf: ``NRT_incref`` and ``NRT_decref`` at the top,
+docs/engine.md "Reference counts"). Only :func:`tracking_round`, which allocates its scratch, counts them.
+
 One module on purpose: numba's on-disk cache of a function is keyed on its own source file only, so a kernel
 compiled with functions of another module would keep their old code from the cache after they change.
 """
@@ -22,9 +28,20 @@ compiled with functions of another module would keep their old code from the cac
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from numba import njit
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _helper(function: _F) -> _F:
+    """``njit(cache=True)`` without reference counting (the module's docstring says why)."""
+    compiled = njit(cache=True, _nrt=False)(function)  # type: ignore[call-overload]  # not in numba's stubs
+    return cast(_F, compiled)
+
 
 # cfg: int settings of the pool
 (
@@ -139,12 +156,12 @@ def _ewma(prev: float, value: float, alpha: float) -> float:
     return value if math.isnan(prev) else prev + alpha * (value - prev)
 
 
-@njit(cache=True)
+@_helper
 def _scales(f: np.ndarray, cfg: np.ndarray, fc: np.ndarray, col: np.ndarray, n: int, s: np.ndarray) -> None:
     _scales_of(f[col[O_SM2] : col[O_SM2] + n], f[col[O_SN]], cfg, fc, n, s)
 
 
-@njit(cache=True)
+@_helper
 def _scales_of(m2: np.ndarray, count: float, cfg: np.ndarray, fc: np.ndarray, n: int, s: np.ndarray) -> None:
     """tracking.scales_of: the scales from the mean squares (linear: the inputs pooled in the warm-up)."""
     for j in range(n):
@@ -174,7 +191,7 @@ def _scales_of(m2: np.ndarray, count: float, cfg: np.ndarray, fc: np.ndarray, n:
             s[j] = math.exp(w * math.log(s[j]) + (1 - w) * mean)
 
 
-@njit(cache=True)
+@_helper
 def _features(
     f: np.ndarray,
     xr: np.ndarray,
@@ -203,7 +220,7 @@ def _features(
     phi[cfg[K_P] - 1] = 1.0
 
 
-@njit(cache=True)
+@_helper
 def _predict(
     f: np.ndarray,
     cfg: np.ndarray,
@@ -256,7 +273,7 @@ def _predict(
         served[o] = nv + sh * (mv - nv)
 
 
-@njit(cache=True)
+@_helper
 def _head_shares(
     f: np.ndarray, col: np.ndarray, k: int, nh: int, o: int, w: float, tiny: float, out: np.ndarray
 ) -> None:
@@ -275,7 +292,7 @@ def _head_shares(
         out[h] /= total
 
 
-@njit(cache=True)
+@_helper
 def _loss(a: np.ndarray, b: np.ndarray, k: int, huber: int, delta: float) -> float:
     total = 0.0
     for o in range(k):
@@ -288,7 +305,7 @@ def _loss(a: np.ndarray, b: np.ndarray, k: int, huber: int, delta: float) -> flo
     return total / k
 
 
-@njit(cache=True)
+@_helper
 def _trackin(
     f: np.ndarray, i: np.ndarray, b: np.ndarray, col: np.ndarray, g: np.ndarray, n: int
 ) -> tuple[float, float, float]:
@@ -355,7 +372,7 @@ def _trackin(
     return norm, beta_t, eps_norm
 
 
-@njit(cache=True)
+@_helper
 def _p_phi(cov: np.ndarray, phi: np.ndarray, pp: np.ndarray, p: int) -> float:
     """``pp = P phi`` (P symmetric: rows of P scaled by phi's entries and added, each a contiguous vector
     operation) and returns ``phi^T P phi``, in the buffer's dtype."""
@@ -372,7 +389,7 @@ def _p_phi(cov: np.ndarray, phi: np.ndarray, pp: np.ndarray, p: int) -> float:
     return quad
 
 
-@njit(cache=True)
+@_helper
 def _cov_update(cov: np.ndarray, pp: np.ndarray, p: int, inv_denom: float, factor: float) -> None:
     """``P = (P - pp pp^T / denom) * factor``, one contiguous pass in the buffer's dtype. ``(pp_a pp_c) /
     denom`` is symmetric to the bit, so a symmetric P stays symmetric."""
@@ -383,7 +400,7 @@ def _cov_update(cov: np.ndarray, pp: np.ndarray, p: int, inv_denom: float, facto
             row[c] = (row[c] - pa * pp[c] * inv_denom) * factor
 
 
-@njit(cache=True)
+@_helper
 def _learn(
     f: np.ndarray,
     i: np.ndarray,
@@ -487,7 +504,7 @@ def _power(v: float, power: float) -> float:
     return math.pow(v, power)
 
 
-@njit(cache=True)
+@_helper
 def _update_scales(f: np.ndarray, fc: np.ndarray, col: np.ndarray, values: np.ndarray, n: int) -> bool:
     """Mean squares over the first SCALE_WARMUP observations (a square past the dtype's range counts 0);
     returns whether they moved."""
@@ -505,7 +522,7 @@ def _update_scales(f: np.ndarray, fc: np.ndarray, col: np.ndarray, values: np.nd
     return True
 
 
-@njit(cache=True)
+@_helper
 def _fold(
     f: np.ndarray,
     cfg: np.ndarray,
@@ -576,7 +593,7 @@ def _fold(
             f[L + h * k + o] = f[L + h * k + o] * r2
 
 
-@njit(cache=True)
+@_helper
 def _drift(
     f: np.ndarray,
     i: np.ndarray,
@@ -620,7 +637,7 @@ def _drift(
     return alarm
 
 
-@njit(cache=True)
+@_helper
 def _rescale(
     f: np.ndarray,
     cfg: np.ndarray,
