@@ -375,10 +375,19 @@ def _trackin(
 @_helper
 def _p_phi(cov: np.ndarray, phi: np.ndarray, pp: np.ndarray, p: int) -> float:
     """``pp = P phi`` (P symmetric: rows of P scaled by phi's entries and added, each a contiguous vector
-    operation) and returns ``phi^T P phi``, in the buffer's dtype."""
+    operation) and returns ``phi^T P phi``, in the buffer's dtype. Four rows per pass over ``pp``: the same
+    sums in the same order as one row per pass, with a quarter of the loads and stores of ``pp`` (about 5 %
+    of a default round; eight rows per pass was slower)."""
     for a in range(p):
         pp[a] = 0.0
-    for c in range(p):
+    quads = p - p % 4
+    for c in range(0, quads, 4):  # four columns per pass: each sum still adds them in column order
+        p0, p1, p2, p3 = phi[c], phi[c + 1], phi[c + 2], phi[c + 3]
+        r0, r1 = cov[c * p : (c + 1) * p], cov[(c + 1) * p : (c + 2) * p]
+        r2, r3 = cov[(c + 2) * p : (c + 3) * p], cov[(c + 3) * p : (c + 4) * p]
+        for a in range(p):
+            pp[a] = (((pp[a] + r0[a] * p0) + r1[a] * p1) + r2[a] * p2) + r3[a] * p3
+    for c in range(quads, p):
         pc = phi[c]
         row = cov[c * p : (c + 1) * p]
         for a in range(p):
