@@ -243,6 +243,12 @@ class Engine:
         entry = self._entry(code)
         return StreamLocation(entry.pool, code & _SLOT_MASK, entry.spec)
 
+    def spec_of(self, stream_id: str) -> StreamSpec | None:
+        """The stream's spec, None if there is no such stream: `locate`'s answer without building it (the
+        service checks every stream of every batch again before applying it)."""
+        code = self._streams.get(stream_id)
+        return None if code is None else self._entry(code).spec
+
     def add(self, stream_id: str, spec: StreamSpec) -> StreamLocation:
         """Create a stream in its pool (replacing nothing: remove first to replace)."""
         if stream_id in self._streams:

@@ -279,8 +279,9 @@ class Scheduler:
 
     def _still_valid(self, job: _Observe) -> bool:
         """A stream deleted or replaced after the request was checked makes the request fail, not misapply."""
+        spec_of = self.engine.spec_of
         for stream, spec in job.batch.specs.items():
-            current = None if stream not in self.engine else self.engine.locate(stream).spec
+            current = spec_of(stream)
             if current is not spec and current != spec:
                 job.future.set_exception(
                     UnknownStream(f"stream {stream!r} was removed or replaced meanwhile", stream=stream)

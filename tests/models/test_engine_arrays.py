@@ -53,3 +53,17 @@ def test_series_arrays_with_times_equal_items() -> None:
         assert got.forecasts is not None
         expected = np.array([w.forecast if w.forecast is not None else [np.nan] * 2 for w in want])
         np.testing.assert_array_equal(got.forecasts, expected)
+
+
+def test_spec_of_answers_what_locate_answers_and_none_for_a_stream_that_is_gone() -> None:
+    engine = Engine("cpu")
+    first = StreamSpec.model_validate({"model": {"family": "linear", "in_dim": 2}})
+    other = StreamSpec.model_validate({"model": {"family": "ar", "dim": 1, "lags": 2}})
+    engine.add("a", first)
+    engine.add("b", other)
+    assert engine.spec_of("a") is engine.locate("a").spec
+    assert engine.spec_of("b") is engine.locate("b").spec
+    assert engine.spec_of("b") != engine.spec_of("a")
+    engine.remove("a")
+    assert engine.spec_of("a") is None
+    assert engine.spec_of("never") is None
