@@ -56,6 +56,16 @@ class _Call:
     future: asyncio.Future[Any]
 
 
+@dataclass(slots=True)
+class _Applying:
+    """An observation batch's engine call, running on the engine thread."""
+
+    live: list[_Observe]
+    batches: list[IngestBatch]
+    started: float
+    engine: asyncio.Future[Parts]
+
+
 class Scheduler:
     """Serialises all engine access; batches consecutive observation requests."""
 
@@ -160,12 +170,14 @@ class Scheduler:
         # ``before_apply`` (a durability-log append: a store round trip) overlaps it instead of leaving
         # the engine idle. Engine work itself stays strictly in queue order, and a control-plane call
         # waits for it, so a call sees every batch queued before it applied and none after it logged.
-        applying: asyncio.Task[None] | None = None
+        # Once it is done, its requests are settled and the next batch starts on the thread in the same
+        # step of the loop: the handlers answering those requests run while the engine works.
+        applying: _Applying | None = None
         try:
             while True:
                 if not self._queue:
                     if applying is not None:
-                        await applying
+                        await self._finish(applying)
                         applying = None
                         continue
                     if self._closing:
@@ -177,7 +189,7 @@ class Scheduler:
                 job = self._queue.popleft()
                 if isinstance(job, _Call):
                     if applying is not None:
-                        await applying
+                        await self._finish(applying)
                         applying = None
                     try:
                         job.future.set_result(await self._on_thread(job.fn, self.engine))
@@ -197,17 +209,23 @@ class Scheduler:
                     jobs.append(nxt)
                     size += len(nxt.batch)
                     self._queue.popleft()
-                live = await self._prepare(jobs)
-                if applying is not None:
-                    await applying
-                    applying = None
+                prepared = asyncio.ensure_future(self._prepare(jobs))  # overlaps the running batch
+                try:
+                    if applying is not None:  # settled as soon as it returns, even if a log append is slow
+                        await self._finish(applying)
+                        applying = None
+                    live = await prepared  # no suspension when it is done already (no before_apply)
+                finally:
+                    prepared.cancel()  # a no-op once done; if the worker is cancelled meanwhile, with it
                 if live and sum(len(j.batch) for j in live) <= self.inline_limit:
                     self._apply_inline(live)
                 elif live:
-                    applying = asyncio.create_task(self._apply(live), name="trackin-apply")
+                    applying = self._start(live)
         finally:
-            if applying is not None and not applying.done():
-                applying.cancel()
+            if applying is not None:  # the worker is cancelled with a batch unsettled: its requests end too
+                self._settled(applying.live)
+                for j in applying.live:
+                    j.future.cancel()
 
     async def _linger(self) -> None:
         """Woken by new work: first let work already on its way join the batch. Ready tasks (a WebSocket
@@ -250,16 +268,28 @@ class Scheduler:
             return
         self._done(live, batches, results, started)
 
-    async def _apply(self, live: list[_Observe]) -> None:
+    def _start(self, live: list[_Observe]) -> _Applying:
+        """Hand the batch to the engine thread now; `_finish` collects it."""
         batches = [j.batch for j in live]
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        engine = loop.run_in_executor(self._executor, _observe_all, self.engine, batches)
+        self._threaded = engine  # reads wait for it (``read``)
+        return _Applying(live, batches, started, engine)
+
+    async def _finish(self, applying: _Applying) -> None:
+        """Wait for the batch's engine call, then settle its requests, with no await after the engine call
+        returns: the caller starts the next batch in the same step, before any handler answers."""
         try:
-            results = await self._on_thread(_observe_all, self.engine, batches)
-        except BaseException as exc:
-            self._settled(live)
-            _fail(live, exc)
+            results = await applying.engine
+        except Exception as exc:
+            self._settled(applying.live)
+            _fail(applying.live, exc)
             return
-        self._done(live, batches, results, started)
+        finally:
+            if applying.engine.done():
+                self._threaded = None
+        self._done(applying.live, applying.batches, results, applying.started)
 
     def _done(
         self,
