@@ -10,7 +10,11 @@ engine call costs about as much as the thread hand-off it would need (submit, wa
 future back: tens of microseconds and two context switches), and the loop parses the next requests while
 the previous answers are written anyway. Bigger batches and control-plane calls (exports, restores: possibly
 long) run on one dedicated thread, so the loop keeps parsing requests meanwhile. Either way engine work
-stays strictly in queue order.
+stays strictly in queue order. The loop and the thread form a pipeline: while the thread applies batch N,
+the loop checks (and logs) batch N+1; when batch N returns, its requests are settled and batch N+1 is handed
+to the thread in the same step of the loop, before the handlers of batch N's requests encode and write
+their answers. (Letting those handlers run first left the thread idle about a third of the time under
+pipelined WebSocket batches: docs/engine.md, "The hand-off between the loop and the engine thread".)
 
 Reads (`read`: figures, predictions) do not queue: they see every step acknowledged before them (an
 acknowledged step has been applied), and only wait for engine work running on the thread right now.
