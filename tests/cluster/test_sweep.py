@@ -75,17 +75,32 @@ def _read(http: httpx.Client, url: str) -> httpx.Response:
     return got
 
 
-def _state(http: httpx.Client, urls: list[str], streams: list[str]) -> dict[str, int | None]:
-    """Each stream's steps through every replica (None: unknown); every replica must agree."""
-    seen: dict[str, int | None] = {}
+def _answers(http: httpx.Client, urls: list[str], streams: list[str]) -> dict[str, set[int | None]]:
+    """Each stream's steps as every replica answers them (None: unknown), one read after another."""
+    seen: dict[str, set[int | None]] = {}
     for stream in streams:
-        answers = set()
+        seen[stream] = set()
         for url in urls:
             got = _read(http, f"{url}/v1/streams/{stream}")
-            answers.add(got.json()["figures"]["steps"] if got.status_code == 200 else None)
-        assert len(answers) == 1, (stream, answers)
-        seen[stream] = answers.pop()
+            seen[stream].add(got.json()["figures"]["steps"] if got.status_code == 200 else None)
     return seen
+
+
+def _state(http: httpx.Client, urls: list[str], streams: list[str]) -> dict[str, int | None]:
+    """Each stream's steps through every replica, at rest: every replica must agree."""
+    seen = _answers(http, urls, streams)
+    for stream, answers in seen.items():
+        assert len(answers) == 1, (stream, answers)
+    return {stream: answers.pop() for stream, answers in seen.items()}
+
+
+def _settled(http: httpx.Client, urls: list[str], streams: list[str], want: dict[str, int | None]) -> None:
+    """Wait until every replica answers ``want``. The reads go one after another while the owner's sweep
+    runs, so until it is done two replicas may tell a stream's state before and after it."""
+    deadline = time.monotonic() + 20
+    while (seen := _answers(http, urls, streams)) != {stream: {steps} for stream, steps in want.items()}:
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.25)
 
 
 async def test_idle_streams_are_swept_through_the_log_and_a_successor_agrees(cluster: Cluster) -> None:
@@ -124,10 +139,7 @@ async def test_idle_streams_are_swept_through_the_log_and_a_successor_agrees(clu
 
             # The owner's own sweep: the "swa-" streams idle for 2 s are gone within a few seconds.
             want = {plain: 0, **dict.fromkeys(idle), kept: 2, dropped: None}
-            deadline = time.monotonic() + 20
-            while (state := _state(http, urls, streams)) != want:
-                assert time.monotonic() < deadline, state
-                time.sleep(0.25)
+            _settled(http, urls, streams, want)
             assert await _stored(cluster.redis.url, "sw") == {plain, kept}
             assert counter(cluster, "trackin_cluster_streams_swept_total") >= 5
 
