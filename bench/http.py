@@ -64,6 +64,7 @@ class Row:
     river_ratio: float = float("nan")
     server_cpu_us: float = float("nan")  # server process CPU time per observation
     floor_ratio: float = float("nan")  # rate / the floor's rate under the same load
+    client_cpu_us: float = float("nan")  # the load generator's CPU time per observation (WebSocket rows)
     errors: int = 0
 
     @property
@@ -310,9 +311,10 @@ async def ws_rows(args: argparse.Namespace, server: Server, mix: Mix) -> list[Ro
     ]
     for name, per, scenario in scenarios:
         ws = await LeanWebSocket.connect(host, int(port))
-        before = _cpu_seconds(server.pid)
+        before, client_before = _cpu_seconds(server.pid), time.process_time()
         row = _ws_row(name, per, await scenario(ws))
         row.server_cpu_us = (_cpu_seconds(server.pid) - before) / max(1, row.observations) * 1e6
+        row.client_cpu_us = (time.process_time() - client_before) / max(1, row.observations) * 1e6
         await ws.close()
         rows.append(row)
     return rows
@@ -340,7 +342,17 @@ def _print(rows: list[Row], river: float, header: str) -> None:
     from rich.table import Table
 
     table = Table(title=header)
-    columns = ("obs/request", "obs/s", "p50 ms", "p99 ms", "x floor", "x River", "server us/obs", "errors")
+    columns = (
+        "obs/request",
+        "obs/s",
+        "p50 ms",
+        "p99 ms",
+        "x floor",
+        "x River",
+        "server us/obs",
+        "client us/obs",
+        "errors",
+    )
     for column in ("load", *columns):
         table.add_column(column, justify="left" if column == "load" else "right")
     for r in rows:
@@ -353,10 +365,11 @@ def _print(rows: list[Row], river: float, header: str) -> None:
             "" if r.floor_ratio != r.floor_ratio else f"{r.floor_ratio:.2f}",
             f"{r.river_ratio:.2f}",
             "" if r.server_cpu_us != r.server_cpu_us else f"{r.server_cpu_us:.1f}",
+            "" if r.client_cpu_us != r.client_cpu_us else f"{r.client_cpu_us:.1f}",
             str(r.errors),
         )
-    table.add_row("River LinearRegression, in-process", "1", f"{river:,.0f}", "", "", "", "1.00", "", "")
-    Console(width=160).print(table)
+    table.add_row("River LinearRegression, in-process", "1", f"{river:,.0f}", "", "", "", "1.00", "", "", "")
+    Console(width=180).print(table)
 
 
 def _targets(rows: list[Row], river: float, rate: float) -> list[str]:
