@@ -9,8 +9,8 @@ observation for a random stream):
 - reads (``GET /v1/streams/{id}``, ``/predict``, ``/healthz``) from ``wrk``;
 - REST batches of 1,000 (row form and the columnar form) from ``wrk`` over 2 connections;
 - one WebSocket connection from a lean asyncio client (bench/wsclient.py): batches of 1,000 as MessagePack
-  columns (raw float buffers) and as JSON rows, single observations pipelined, and single observations paced
-  at ``--rate`` messages/s (the latency target);
+  columns (raw float buffers) and as JSON rows, single observations pipelined (256 in flight, the server's
+  default bound), and single observations paced at ``--rate`` messages/s (the latency target);
 
 with observations/s, p50/p99 per request or message, the server's CPU per observation and the ratio to
 River's ``linear_model.LinearRegression`` (``predict_one`` then ``learn_one``, one model per stream) in this
@@ -306,7 +306,8 @@ async def ws_rows(args: argparse.Namespace, server: Server, mix: Mix) -> list[Ro
             lambda ws: ws.pipelined(batch_frames, args.seconds, 4),
         ),
         ("WS batch 1,000 (JSON rows), 1 conn", 1000, lambda ws: ws.pipelined(json_frames, args.seconds, 4)),
-        ("WS single, 1 conn, pipelined", 1, lambda ws: ws.pipelined(singles, args.seconds, 64)),
+        # as many in flight as the server reads ahead by default (TRACKIN_MAX_WS_IN_FLIGHT)
+        ("WS single, 1 conn, pipelined", 1, lambda ws: ws.pipelined(singles, args.seconds, 256)),
         (f"WS single, paced at {args.rate:,.0f}/s", 1, lambda ws: ws.paced(singles, args.seconds, args.rate)),
     ]
     for name, per, scenario in scenarios:

@@ -42,7 +42,10 @@ class Settings(BaseSettings):
     max_request_observations: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_ws_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    max_ws_in_flight: int = Field(default=64, ge=1)
+    max_ws_in_flight: int = Field(default=256, ge=1)
+    """Messages a WebSocket connection may have read and not answered; past it the server stops reading."""
+    max_ws_in_flight_bytes: int = Field(default=64 * 2**20, ge=1024)
+    """What those messages may weigh together (their frames' bytes); past it the server stops reading."""
     pending_label_ttl_seconds: float = Field(default=300.0, gt=0)
     max_pending_labels: int = Field(default=100_000, ge=1)
     max_pending_label_bytes: int = Field(default=64 * 2**20, ge=1)

@@ -1,9 +1,10 @@
 """WebSocket sessions for :mod:`trackin_client`: pipelined ``{"seq", "observations"}`` messages.
 
-A session keeps up to ``max_in_flight`` messages unanswered on one connection (the server's own bound is
-``max_ws_in_flight``, 8 by default; past it the server stops reading, so a larger client bound only queues
-in TCP). The server answers in order, so answers are matched to messages first in, first out, and the
-``seq`` each answer carries is checked. MessagePack binary frames by default (``binary=False``: JSON text).
+A session keeps up to ``max_in_flight`` messages unanswered on one connection (the server's own bounds are
+``max_ws_in_flight``, 256 messages by default, and ``max_ws_in_flight_bytes``, 64 MiB of frames; past them the
+server stops reading, so a larger client bound only queues in TCP). The server answers in order, so answers
+are matched to messages first in, first out, and the ``seq`` each answer carries is checked. MessagePack
+binary frames by default (``binary=False``: JSON text).
 
 Example::
 

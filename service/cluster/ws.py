@@ -5,14 +5,14 @@ the columnar form (``{"seq", "streams", "x", "y"}``, answered with columns, raw 
 bad message gets ``{"seq", "error"}`` and the connection stays open; an oversized frame closes it with
 1009, an unparsable one with 1007 (after the answers to the messages before it), as single-node.
 
-Pipelined as single-node's: a reader decodes each message and starts its check by its streams' owners
-and its logging per partition (`many.submit_items`), then reads the next one, while a writer waits for the
-owners' answers and sends them in order. Checks overlap; each message is logged only once the one before
-it was, so a connection's messages are applied in the order sent, whichever partitions they touch; with
-``max_ws_in_flight`` messages outstanding the reader stops reading, and TCP backpressure slows a fast
-client. A message is checked against its owners' state before the messages still in flight are applied:
-one those change (a series time) is refused by its owner at apply time, answered as a partial failure
-(docs/scale-out.md).
+Pipelined as single-node's: a reader decodes each message and starts its check by its streams' owners and its
+logging per partition (`many.submit_items`), then reads the next one, while a writer waits for the owners'
+answers and sends them in order. Checks overlap; each message is logged only once the one before it was, so a
+connection's messages are applied in the order sent, whichever partitions they touch; with
+``max_ws_in_flight`` messages outstanding, or ``max_ws_in_flight_bytes`` of their frames, the reader stops
+reading, and TCP backpressure slows a fast client. A message is checked against its owners' state before the
+messages still in flight are applied: one those change (a series time) is refused by its owner at apply time,
+answered as a partial failure (docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from trackin.service.cluster.messages import Answer
 from trackin.service.cluster.state import ClusterState
 from trackin.service.errors import InvalidInput, ServiceError
 from trackin.service.security.namespace import Namespace, principal_of
+from trackin.service.transport.inflight import InFlightBytes
 from trackin.service.transport.results import encode_columns_json, encode_columns_msgpack
 from trackin.service.transport.wire import WsMessage, decode_json, decode_msgpack
 
@@ -43,8 +44,9 @@ router = APIRouter()
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_TOO_BIG = 1009
 
-_Entry = tuple[Any, bool, Pending | dict[str, Any], bool]
-"""(seq, binary, the answer to come or an error body, columnar): one message checked and logged."""
+_Entry = tuple[Any, bool, Pending | dict[str, Any], bool, int]
+"""(seq, binary, the answer to come or an error body, columnar, frame bytes): one message checked and
+logged."""
 _Queued: TypeAlias = "asyncio.Task[_Entry] | tuple[int, str] | None"
 """What the writer takes, in the order read: a message being checked and logged, a close, the end."""
 
@@ -60,9 +62,10 @@ async def ingest(websocket: WebSocket) -> None:
     await websocket.accept(subprotocol=websocket.scope.get("trackin.subprotocol"))
     namespace = principal_of(websocket.scope).namespace
     queue: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=state.settings.max_ws_in_flight)
-    writer = asyncio.create_task(_write(websocket, queue, namespace))
+    held = InFlightBytes(state.settings.max_ws_in_flight_bytes)
+    writer = asyncio.create_task(_write(websocket, queue, namespace, held))
     try:
-        await _read(websocket, state, queue, namespace)
+        await _read(websocket, state, queue, namespace, held)
     except WebSocketDisconnect:
         pass
     finally:
@@ -72,11 +75,16 @@ async def ingest(websocket: WebSocket) -> None:
 
 
 async def _read(
-    websocket: WebSocket, state: ClusterState, queue: asyncio.Queue[_Queued], namespace: Namespace
+    websocket: WebSocket,
+    state: ClusterState,
+    queue: asyncio.Queue[_Queued],
+    namespace: Namespace,
+    held: InFlightBytes,
 ) -> None:
     limit = state.settings.max_ws_message_bytes
     previous: asyncio.Future[None] | None = None
     while True:
+        await held.room()
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
@@ -85,6 +93,7 @@ async def _read(
         if len(data) > limit:
             await queue.put((CLOSE_TOO_BIG, f"message exceeds {limit} bytes"))
             return
+        held.take(len(data))  # given back by the writer once the message is answered
         try:
             decoded: WsMessage | ServiceError = (
                 decode_msgpack(data, WsMessage) if isinstance(data, bytes) else decode_json(data, WsMessage)
@@ -120,13 +129,14 @@ async def _submit(
         if decoded.streams is not None:
             encode = _column_encoder(seq, binary)
             pending = await submit_columns(state.front, decoded, namespace, limit, encode, after=previous)
-            return seq, binary, pending, True
+            return seq, binary, pending, True, len(data)
         items = body_items(decoded)
-        return seq, binary, await submit_items(state.front, items, namespace, limit, after=previous), False
+        submitted = await submit_items(state.front, items, namespace, limit, after=previous)
+        return seq, binary, submitted, False, len(data)
     except ServiceError as exc:
         if seq is None:
             seq = _seq_of(data)
-        return seq, binary, namespace.public_error(exc).body(), False
+        return seq, binary, namespace.public_error(exc).body(), False, len(data)
     finally:
         if previous is not None and not previous.done():
             await asyncio.wait([previous])  # a refused message must not let the next one overtake it
@@ -140,7 +150,9 @@ def _column_encoder(seq: Any, binary: bool) -> Encode:
     return encode
 
 
-async def _write(websocket: WebSocket, queue: asyncio.Queue[_Queued], namespace: Namespace) -> None:
+async def _write(
+    websocket: WebSocket, queue: asyncio.Queue[_Queued], namespace: Namespace, held: InFlightBytes
+) -> None:
     gone = False  # the client left: keep taking entries (unanswered) so the reader never blocks on us
     while True:
         queued = await queue.get()
@@ -153,21 +165,21 @@ async def _write(websocket: WebSocket, queue: asyncio.Queue[_Queued], namespace:
                     await websocket.close(code, reason)
             gone = True
             continue
-        seq, binary, outcome, columnar = await queued
+        seq, binary, outcome, columnar, size = await queued
         if isinstance(outcome, dict):
             frame: bytes = _encode({"seq": seq, **outcome}, binary)
         else:
             answer = outcome if isinstance(outcome, Answer) else await outcome
             frame = _frame(seq, binary, answer, columnar, namespace)
-        if gone:
-            continue
-        try:
-            if binary:
-                await websocket.send_bytes(frame)
-            else:
-                await websocket.send_text(frame.decode())
-        except (WebSocketDisconnect, RuntimeError):
-            gone = True
+        if not gone:
+            try:
+                if binary:
+                    await websocket.send_bytes(frame)
+                else:
+                    await websocket.send_text(frame.decode())
+            except (WebSocketDisconnect, RuntimeError):
+                gone = True
+        held.give(size)
 
 
 def _frame(seq: Any, binary: bool, answer: Answer, columnar: bool, namespace: Namespace) -> bytes:

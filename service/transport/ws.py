@@ -4,9 +4,10 @@ buffers), answered with columns (raw buffers in MessagePack).
 
 A reader validates and queues each message's observations with the scheduler at once (fixing their order),
 then hands the pending answer to a writer through a bounded queue: with ``max_ws_in_flight`` answers
-outstanding the reader stops reading, so a fast client is slowed by TCP backpressure; nothing is dropped or
-reordered. Bad messages get ``{"seq", "error"}`` and the connection stays open; protocol abuse (oversized or
-unparsable frames) closes it: 1009 (message too big) or 1007 (invalid payload data).
+outstanding, or ``max_ws_in_flight_bytes`` of their frames (service/transport/inflight.py), the reader stops
+reading, so a fast client is slowed by TCP backpressure; nothing is dropped or reordered. Bad messages get
+``{"seq", "error"}`` and the connection stays open; protocol abuse (oversized or unparsable frames) closes
+it: 1009 (message too big) or 1007 (invalid payload data).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from trackin.service.errors import InvalidInput, PayloadTooLarge, ServiceError
 from trackin.service.security.namespace import principal_of
 from trackin.service.state import AppState, WsState
 from trackin.service.transport.columnar import columns_of
+from trackin.service.transport.inflight import InFlightBytes
 from trackin.service.transport.results import (
     columns_json,
     columns_msgpack,
@@ -48,7 +50,9 @@ Pending = tuple[
     "IngestBatch | None",
     float,
     bool,
+    int,
 ]
+"""(seq, binary, the answer to come or an error body, its batch, when it was read, columnar, frame bytes)"""
 
 
 class _SeqOnly(msgspec.Struct):
@@ -76,9 +80,10 @@ async def ingest(websocket: WebSocket, state: WsState) -> None:
     if handler is not None:
         state.websockets.add(handler)
     pending: asyncio.Queue[Pending | None] = asyncio.Queue(maxsize=state.settings.max_ws_in_flight)
-    writer = asyncio.create_task(_write(websocket, state, pending))
+    held = InFlightBytes(state.settings.max_ws_in_flight_bytes)
+    writer = asyncio.create_task(_write(websocket, state, pending, held))
     try:
-        await _read(websocket, state, pending, writer)
+        await _read(websocket, state, pending, writer, held)
     except WebSocketDisconnect:
         pass
     finally:
@@ -98,7 +103,11 @@ async def close_websockets(state: AppState, timeout: float) -> None:
 
 
 async def _read(
-    websocket: WebSocket, state: AppState, pending: asyncio.Queue[Pending | None], writer: asyncio.Task[None]
+    websocket: WebSocket,
+    state: AppState,
+    pending: asyncio.Queue[Pending | None],
+    writer: asyncio.Task[None],
+    held: InFlightBytes,
 ) -> None:
     # Shutdown, and a coalesced group waiting to be queued, interrupt a reader waiting for a frame by
     # cancelling it (from a callback), instead of racing every receive against the closing event: that
@@ -110,7 +119,7 @@ async def _read(
     closing = asyncio.ensure_future(state.closing.wait())
     closing.add_done_callback(inbox.shutdown)
     try:
-        await _read_messages(websocket, state, pending, writer, inbox)
+        await _read_messages(websocket, state, pending, writer, inbox, held)
     finally:
         closing.remove_done_callback(inbox.shutdown)
         closing.cancel()
@@ -177,12 +186,14 @@ class _Group:
     __slots__ = ("entries", "observations")
 
     def __init__(self) -> None:
-        self.entries: list[tuple[Any, bool, list[Any] | dict[str, Any], float]] = []
+        self.entries: list[tuple[Any, bool, list[Any] | dict[str, Any], float, int]] = []
         self.observations = 0
 
-    def add(self, seq: Any, binary: bool, items: list[Any] | dict[str, Any], started: float) -> None:
+    def add(
+        self, seq: Any, binary: bool, items: list[Any] | dict[str, Any], started: float, size: int
+    ) -> None:
         """A frame's items to queue, or its error (answered in its place in the order)."""
-        self.entries.append((seq, binary, items, started))
+        self.entries.append((seq, binary, items, started, size))
         if isinstance(items, list):
             self.observations += len(items)
 
@@ -224,7 +235,7 @@ async def _flush(
         except ServiceError:
             shared = None  # refused as a whole: one frame at a time below, each with its own answer
     start = 0
-    for seq, binary, items_or_error, started in entries:
+    for seq, binary, items_or_error, started, size in entries:
         outcome: asyncio.Future[Any] | dict[str, Any] | tuple[_Shared, int, int]
         batch_of: IngestBatch | None = None
         if isinstance(items_or_error, dict):
@@ -241,7 +252,7 @@ async def _flush(
             except ServiceError as exc:
                 state.metrics.observed("rejected", "ws")
                 outcome = principal_of(websocket.scope).namespace.public_error(exc).body()
-        await pending.put((seq, binary, outcome, batch_of, started, False))
+        await pending.put((seq, binary, outcome, batch_of, started, False, size))
 
 
 async def _read_messages(
@@ -250,6 +261,7 @@ async def _read_messages(
     pending: asyncio.Queue[Pending | None],
     writer: asyncio.Task[None],
     inbox: _Inbox,
+    held: InFlightBytes,
 ) -> None:
     caller = principal_of(websocket.scope)
     namespace = caller.namespace
@@ -265,6 +277,9 @@ async def _read_messages(
         await _close_after_answers(websocket, pending, writer, code, reason)
 
     while True:
+        if held.full():  # answer what is held (the group too) before reading more
+            await _flush(websocket, state, pending, group)
+            await held.room()
         message = await inbox.receive(websocket)
         if message is None:
             if inbox.closing:
@@ -280,6 +295,8 @@ async def _read_messages(
         started = time.perf_counter()
         if len(data) > limit:
             await close(CLOSE_TOO_BIG, f"message exceeds {limit} bytes")
+        size = len(data)
+        held.take(size)  # given back by the writer once the frame is answered
         seq = None
         batch: IngestBatch | None = None
         columnar = False
@@ -309,7 +326,7 @@ async def _read_messages(
                 if coalesce:
                     if group.observations + len(items) > settings.max_request_observations:
                         await _flush(websocket, state, pending, group)
-                    group.add(seq, binary, list(items), started)
+                    group.add(seq, binary, list(items), started, size)
                     if len(group.entries) >= settings.max_ws_in_flight:
                         await _flush(websocket, state, pending, group)
                     else:
@@ -328,10 +345,10 @@ async def _read_messages(
             state.metrics.observed("rejected", "ws")
             error = namespace.public_error(exc).body()
             if coalesce and group.entries:
-                group.add(seq, binary, error, started)  # answered in its place among the grouped frames
+                group.add(seq, binary, error, started, size)  # answered in its place among the grouped frames
                 continue
             outcome = error
-        await pending.put((seq, binary, outcome, batch, started, columnar))
+        await pending.put((seq, binary, outcome, batch, started, columnar, size))
 
 
 async def _close_after_answers(
@@ -348,13 +365,15 @@ async def _close_after_answers(
     raise WebSocketDisconnect(code)
 
 
-async def _write(websocket: WebSocket, state: AppState, pending: asyncio.Queue[Pending | None]) -> None:
+async def _write(
+    websocket: WebSocket, state: AppState, pending: asyncio.Queue[Pending | None], held: InFlightBytes
+) -> None:
     gone = False  # the client left: keep taking entries (unanswered) so the reader never blocks on us
     while True:
         entry = await pending.get()
         if entry is None:
             return
-        seq, binary, outcome, batch, started, columnar = entry
+        seq, binary, outcome, batch, started, columnar, size = entry
         frame: bytes | None = None
         if isinstance(outcome, dict):
             body: dict[str, Any] = {"seq": seq, **outcome}
@@ -391,15 +410,15 @@ async def _write(websocket: WebSocket, state: AppState, pending: asyncio.Queue[P
                 state.metrics.websocket_message(ok=False)
         if frame is None:
             frame = msgspec.msgpack.encode(body) if binary else msgspec.json.encode(body)
-        if gone:
-            continue
-        try:
-            if binary:
-                await websocket.send_bytes(frame)
-            else:
-                await websocket.send_text(frame.decode())
-        except (WebSocketDisconnect, RuntimeError):
-            gone = True
+        if not gone:
+            try:
+                if binary:
+                    await websocket.send_bytes(frame)
+                else:
+                    await websocket.send_text(frame.decode())
+            except (WebSocketDisconnect, RuntimeError):
+                gone = True
+        held.give(size)
 
 
 __all__ = ["close_websockets", "router"]

@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.service import AR, LINEAR, Reference, assert_close, assert_results_match, check_error_body, unique
+from tests.service.conftest import LIMITS_ENV
 from tests.support.server import TrackinServer
 
 pytestmark = pytest.mark.timeout(90)
@@ -250,17 +252,32 @@ def _max_send_buffer() -> int:
         return 64 * 1024 * 1024  # no /proc: far more than any default
 
 
+@pytest.fixture(scope="module")
+def weighed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackinServer]:
+    """A server bounding what is in flight by its weight only: 1,024 bytes of frames (with messages of
+    about 990 bytes: two read unanswered at most, as ``IN_FLIGHT``), thousands of messages."""
+    env = {**LIMITS_ENV, "TRACKIN_MAX_WS_IN_FLIGHT": "10000", "TRACKIN_MAX_WS_IN_FLIGHT_BYTES": "1024"}
+    with TrackinServer(tmp_path_factory.mktemp("weighed"), env=env) as started:
+        yield started
+
+
 @pytest.mark.timeout(120)
-async def test_backpressure_stops_reading_and_loses_nothing(limits_server: TrackinServer) -> None:
-    """A client that sends without reading: the server (2 messages in flight) stops reading once the
-    answers back up, so it never reads more than its in-flight bound plus the answers the connection
-    can buffer; when the client reads, every answer arrives exactly once, in order, and every message was
-    applied.
+@pytest.mark.parametrize("bound_by", ["messages", "bytes"])
+async def test_backpressure_stops_reading_and_loses_nothing(
+    request: pytest.FixtureRequest, bound_by: str
+) -> None:
+    """A client that sends without reading: the server (2 messages in flight, by their count or by their
+    bytes) stops reading once the answers back up, so it never reads more than its in-flight bound plus
+    the answers the connection can buffer; when the client reads, every answer arrives exactly once, in
+    order, and every message was applied.
 
     The buffers are measured, not assumed: the client's receive buffer (set small, read back), the cap of
     the server's send buffer (tcp_wmem), and user space's share bound how many answers can be on their way;
     the client sends that many plus 200 more messages, so the server must stop reading before the end
     whatever the kernel's buffer sizes, and the bound is checked against the step count."""
+    limits_server: TrackinServer = request.getfixturevalue(
+        "limits_server" if bound_by == "messages" else "weighed_server"
+    )
     sid = unique("bp")
     out_dim = 300  # answers much larger than messages: a few hundred fill the buffers
     spec = {
