@@ -100,21 +100,26 @@ def figure_rows(packed: PackedState, slots: Tensor, window: int | None) -> Tenso
     ``window``: the lag window of a first-order ``ar`` pool (its streams warm until it is full), else None.
     """
     c = packed.columns
-    f = packed.buffers[FLOAT].index_select(0, slots)
-    floats = f[:, [c[k].start for k in keys.FIGURES]]
-    ints = packed.buffers[INT].index_select(0, slots)
-    counters = ints[:, [c[k].start for k in _INTS]]
+    rows = slots.unsqueeze(1)
+
+    def take(kind: int, names: Sequence[str]) -> Tensor:
+        """Only those columns of those rows: a big model's row is megabytes, its figures a few floats."""
+        buffer = packed.buffers[kind]
+        return buffer[rows, torch.tensor([c[k].start for k in names], device=buffer.device)]
+
+    floats = take(FLOAT, keys.FIGURES)
+    counters = take(INT, _INTS)
     if window is not None:
-        warming = (ints[:, c[keys.AR_FILLED].start] < window).double()
+        warming = (take(INT, (keys.AR_FILLED,))[:, 0] < window).double()
     elif keys.SERIES_SEEN in c:
-        warming = (f[:, c[keys.SERIES_SEEN].start] == 0).double()
+        warming = (take(FLOAT, (keys.SERIES_SEEN,))[:, 0] == 0).double()
     else:
         warming = torch.zeros_like(slots, dtype=torch.float64)
     if keys.MODEL_LOSS in c:
-        skill = f[:, [c[k].start for k in keys.SKILL_FIGURES]].double()
+        skill = take(FLOAT, keys.SKILL_FIGURES).double()
     else:
         skill = torch.full((slots.shape[0], len(keys.SKILL_FIGURES)), math.nan, dtype=torch.float64)
-        skill = skill.to(f.device)
+        skill = skill.to(floats.device)
     return torch.cat([floats.double(), counters.double(), warming.unsqueeze(1), skill], 1)
 
 
