@@ -3,9 +3,10 @@
 :class:`FusedTrackingRound` hands the pool's packed buffers (as NumPy views: no copy), the batch and the
 column offsets to :func:`models.fused_tracking_kernel.tracking_round`, which steps the rows in place in
 arrival order, so the pool passes a whole batch at once (:meth:`FusedTrackingRound.observe`), repeats
-included. Prediction without learning stays the torch round's. :func:`warm_up` compiles the kernel for
-float32 and float64 (or loads it from numba's on-disk cache) on zero rows, so the first observation does
-not pay for it.
+included. Prediction without learning (``/predict``) is the kernel's too
+(:func:`models.fused_tracking_kernel.tracking_predict`): the torch round took milliseconds per call.
+:func:`warm_up` compiles both for float32 and float64 (or loads them from numba's on-disk cache) on zero rows,
+so the first request does not pay for it.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ Outcomes = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor 
 Host = Tensor | np.ndarray
 """Rows as a host tensor or a NumPy array (`StreamPool.observe_host` passes arrays: no torch wrapping)."""
 _KERNEL: Any = K.tracking_round  # numba's Dispatcher (typed loosely: its stubs know no entry points)
+_PREDICT: Any = K.tracking_predict
 _TYPEOF: Any = numba.typeof
 
 
@@ -199,6 +201,17 @@ class FusedTrackingRound(TrackingRound):
             entry(*args)
         return pred, loss, forecast if lay.kind != "linear" else None, step, flags
 
+    def predict(self, s: Tensor, x: Tensor | None) -> Tensor:
+        """Served predictions without learning (:meth:`TrackingRound.predict`), one kernel call."""
+        dt, lay = self._np_dtype, self.layout
+        n = s.shape[0]
+        slots = _writable(np.ascontiguousarray(s.numpy(), dtype=np.int64))
+        xs = np.empty((n, 0), dt) if x is None else _writable(np.ascontiguousarray(x.numpy(), dtype=dt))
+        out = np.empty((n, lay.outputs), dtype=dt)
+        fbuf = self._numpy_buffers()[0]
+        _PREDICT(fbuf, slots, xs, self._cfg, self._fc, self._kcol, out)
+        return torch.from_numpy(out)
+
     def observe(self, slots: np.ndarray, x: Tensor, y: Tensor | None, ts: Tensor | None) -> Outcomes:
         """:meth:`StreamPool.observe` for the whole batch (one kernel call): the fields of
         :class:`models.pool.ObserveResult`, in order."""
@@ -256,9 +269,9 @@ def _writable(a: np.ndarray) -> np.ndarray:
 
 
 def warm_up() -> float:
-    """Compile the kernel for float32 and float64 pools (or load it from numba's on-disk cache); returns the
-    seconds it took. A call on zero rows: the argument types of a pool's calls, no state touched. Call it at
-    start-up, before the first observation."""
+    """Compile both kernels for float32 and float64 pools (or load them from numba's on-disk cache); returns
+    the seconds it took. A call on zero rows: the argument types of a pool's calls, no state touched. Call
+    it at start-up, before the first observation."""
     start = time.perf_counter()
     for name in ("float32", "float64"):
         dt = np.dtype(name)
@@ -269,4 +282,5 @@ def warm_up() -> float:
         settings = (cfg, np.zeros(K.N_FC), np.full(K.N_COL, -1, dtype=np.int64))
         out = (np.empty((0, 1), dt), np.empty(0, dt), np.empty((0, 1), dt), np.empty(0, np.int64))
         _KERNEL(*bufs, *rows, *settings, *out, np.empty((K.N_FLAGS, 0), np.bool_))
+        _PREDICT(bufs[0], rows[0], rows[1], *settings, out[0])
     return time.perf_counter() - start

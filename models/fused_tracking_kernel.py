@@ -838,3 +838,56 @@ def tracking_round(
                     forecast[r, d] = f[col[O_LAST] + d] + served[d]
             else:
                 forecast[r, :] = nan
+
+
+@njit(cache=True, nogil=True)
+def tracking_predict(
+    fbuf: np.ndarray,
+    slots: np.ndarray,
+    x: np.ndarray,
+    cfg: np.ndarray,
+    fc: np.ndarray,
+    col: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Served predictions without learning (``/predict``), the buffers left as they are.
+
+    Linear: what :func:`tracking_round` would serve for inputs ``x`` (tracking.linear_served), on a copy of
+    the row: the inputs' scales take finite ``x`` as a step's would (the target's own mean square is fed
+    back, so its scale stays) and the heads are folded into them. Series (``x`` ignored): the next value one
+    time unit ahead, NaN before the first (tracking.forecast). ``out``: ``[n, k]`` (series ``[n, dim]``).
+    """
+    k, p, kind, nscale, nin = cfg[K_OUT], cfg[K_P], cfg[K_KIND], cfg[K_NSCALE], cfg[K_IN]
+    s = np.empty(nscale)
+    phi = np.empty(p)
+    naive, model, served, share = np.empty(k), np.empty(k), np.empty(k), np.empty(k)
+    values = np.empty(nscale)
+    nh = cfg[K_HEADS]
+    heads, dots = np.empty(nh), np.empty(nh * k)
+    s_old, m2_old, fq, fr = np.empty(nscale), np.empty(nscale), np.empty(p), np.empty(k)
+    fcv, fcol = np.empty(p), np.empty(p)
+    fmoved = np.empty(k * p)
+    copy = np.empty(fbuf.shape[1], fbuf.dtype)
+    for r in range(slots.shape[0]):
+        f = fbuf[slots[r]]
+        xr = x[r]
+        if kind == _LINEAR:
+            finite = True
+            for j in range(nin):
+                finite = finite and math.isfinite(xr[j])
+            if finite and cfg[K_STANDARDIZE] and f[col[O_SN]] < fc[C_SCALE_WARMUP]:
+                copy[:] = f  # the scales would move: fold a copy
+                f = copy
+                for j in range(nin):
+                    values[j] = xr[j]
+                for o in range(k):
+                    values[nin + o] = math.sqrt(f[col[O_SM2] + nin + o])
+                _rescale(f, cfg, fc, col, values, nscale, s, s_old, m2_old, fq, fr, fcv, fcol, fmoved)
+        elif not f[col[O_SEEN]] > 0:
+            out[r, :] = math.nan
+            continue
+        _scales(f, cfg, fc, col, nscale, s)
+        _features(f, xr, cfg, fc, col, s, phi)
+        _predict(f, cfg, fc, col, s, phi, naive, model, served, share, heads, dots)
+        for o in range(k):
+            out[r, o] = served[o] if kind == _LINEAR else f[col[O_LAST] + o] + served[o]

@@ -13,7 +13,7 @@ import torch
 
 from tests.support.tolerances import memory, tolerance
 from trackin.models.fused_tracking import FusedTrackingRound, warm_up
-from trackin.models.fused_tracking_kernel import tracking_round
+from trackin.models.fused_tracking_kernel import tracking_predict, tracking_round
 from trackin.models.kernels import fused_applies
 from trackin.models.pool import ObserveResult, StreamPool
 from trackin.models.specs import StreamSpec
@@ -169,11 +169,39 @@ def test_fused_equals_torch_round(name: str, dtype: str) -> None:
         drifts += int(out["torch"].drift.sum())
         if t % 8 and t != 119:
             continue  # every state key every 8 batches: a difference in the state shows in the outcomes too
+        _assert_same_predictions(pools, slots, who, x, signs, eps, dict(tol), t, seen)
         state = {k: p.state for k, p in pools.items()}
         for key, want in state["torch"].items():
             got, moved = state["auto"][key][slots["auto"]], state["moved"][key][slots["moved"]]
             _assert_same(got, want[slots["torch"]], dict(tol), f"step {t}: {key}", moved, seen)
     assert drifts > 0, "the drift detectors fired (and reset momenta)"
+
+
+def _assert_same_predictions(
+    pools: dict[str, StreamPool],
+    slots: dict[str, list[int]],
+    who: np.ndarray,
+    x: torch.Tensor,
+    signs: np.random.Generator,
+    eps: float,
+    tol: dict[str, float],
+    t: int,
+    seen: dict[str, float],
+) -> None:
+    """``predict`` (no learning) of the kernel equals the torch round's, and leaves every buffer as it was
+    (linear pools fold a copy of the row into the inputs' scales; series ignore ``x``)."""
+    before = {key: value.clone() for key, value in pools["auto"].state.items()}
+    linear = pools["auto"].model.family == "linear"
+    got: dict[str, torch.Tensor] = {}
+    for k, p in pools.items():
+        s = np.array(slots[k])[who % len(slots[k])]
+        jitter = torch.from_numpy(signs.choice([-1.0, 1.0], size=tuple(x.shape)))
+        xk = x * (1 + eps * jitter) if k == "moved" else x.clone()
+        got[k] = p.predict(s, xk if linear else None)
+    assert got["torch"].isfinite().any(), "predictions to compare"
+    _assert_same(got["auto"], got["torch"], tol, f"step {t}: predict", got["moved"], seen)
+    for key, value in pools["auto"].state.items():
+        assert torch.equal(value.nan_to_num(0.5), before[key].nan_to_num(0.5)), f"predict changed {key}"
 
 
 def test_kernels_setting_and_warm_up() -> None:
@@ -191,7 +219,7 @@ def test_kernels_setting_and_warm_up() -> None:
         "the first-order round is not this kernel's (fused_round.py)"
     )
     assert warm_up() >= 0
-    compiled = len(tracking_round.overloads)
+    compiled = len(tracking_round.overloads), len(tracking_predict.overloads)
     for dtype in ("float32", "float64"):  # warm-up compiled exactly the types a pool's calls have
         for model in ({"family": "linear", "in_dim": 3}, {"family": "track", "dim": 2}):
             spec = StreamSpec.model_validate({"model": model, "dtype": dtype})
@@ -200,4 +228,5 @@ def test_kernels_setting_and_warm_up() -> None:
             x = torch.ones(1, 3 if model["family"] == "linear" else 2, dtype=getattr(torch, dtype))
             y = torch.ones(1, 1, dtype=x.dtype) if model["family"] == "linear" else None
             assert pool.observe(np.array([slot]), x, y).nonfinite.tolist() == [False]
-    assert len(tracking_round.overloads) == compiled == 2
+            assert pool.predict(np.array([slot]), x if y is not None else None).isfinite().all()
+    assert (len(tracking_round.overloads), len(tracking_predict.overloads)) == compiled == (2, 2)
