@@ -377,9 +377,9 @@ class Engine:
         return self.figures_of([stream_id])[0]
 
     def figures_of(self, stream_ids: Sequence[str]) -> list[StreamFigures]:
-        """The figures of many streams, in order, with one copy to the host."""
+        """The figures of many streams, in order: one gather per pool and buffer."""
         slots, groups = self._group(stream_ids)
-        blocks: list[Tensor] = []
+        blocks: list[np.ndarray] = []
         order: list[int] = []
         for pool, members in groups:
             items = list(range(len(stream_ids))) if members is None else members
@@ -387,7 +387,7 @@ class Engine:
             order += items
         if not blocks:
             return []
-        rows = dict(zip(order, torch.cat(blocks).tolist(), strict=True))
+        rows = dict(zip(order, np.concatenate(blocks).tolist(), strict=True))
         return [StreamFigures.from_row(rows[i]) for i in range(len(stream_ids))]
 
     def fleet_figures(self) -> FleetFigures:
@@ -498,11 +498,8 @@ class Engine:
         out: list[list[float] | None] = [None] * len(stream_ids)
         for pool, group in groups:
             members = list(range(len(stream_ids))) if group is None else group
-            x = None
-            if not _is_series(pool):
-                x = torch.from_numpy(_stacked([inputs[i] for i in members]))  # type: ignore[misc]
-            values = pool.predict(slots[members], x)
-            for i, row in zip(members, _rows(values), strict=True):
+            x = None if _is_series(pool) else _stacked([inputs[i] for i in members])  # type: ignore[misc]
+            for i, row in zip(members, _host_rows(pool.predict_host(slots[members], x)), strict=True):
                 out[i] = row
         return out
 
@@ -516,15 +513,9 @@ def _stacked(items: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _rows(values: Tensor) -> list[list[float] | None]:
-    """Rows as lists, None for rows with a NaN."""
-    nan = values.isnan().any(1).tolist()
-    return [None if bad else row for row, bad in zip(values.tolist(), nan, strict=True)]
-
-
 def _host_rows(values: np.ndarray) -> list[list[float] | None]:
-    """`_rows` of a NumPy array: ``tolist`` once, then None only where a row has a NaN (no loop over the
-    rows in the common case, where none has)."""
+    """Rows as lists, None for rows with a NaN: ``tolist`` once, then the NaN rows replaced (no loop over
+    the rows in the common case, where none has)."""
     rows: list[list[float] | None] = values.tolist()
     return _nan_to_none(rows, np.isnan(values).any(1))
 

@@ -11,11 +11,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from trackin.models import keys
-from trackin.models.layout import FLOAT, INT, PackedState
+from trackin.models.layout import FLOAT, PackedState
 
 __all__ = ["LOSS_EWMA_ALPHA", "FleetFigures", "StreamFigures", "figure_rows", "fleet_rows"]
 
@@ -93,34 +94,31 @@ class FleetFigures:
         return cls(loss_ewma=loss_ewma, beta=beta, eps_norm=eps_norm, skill=skill[~skill.isnan()])
 
 
-def figure_rows(packed: PackedState, slots: Tensor, window: int | None) -> Tensor:
-    """``[len(slots), 13]`` float64 on the pool's device: the fields of :class:`StreamFigures` in order,
-    ``skill`` left out (derived).
+def figure_rows(packed: PackedState, slots: np.ndarray, window: int | None) -> np.ndarray:
+    """``[len(slots), 13]`` float64 on the host: the fields of :class:`StreamFigures` in order, ``skill``
+    left out (derived).
 
     ``window``: the lag window of a first-order ``ar`` pool (its streams warm until it is full), else None.
+    Only the figure columns of those rows are read (:meth:`PackedState.read_columns`), one gather per
+    buffer; the rest is host arithmetic on a few numbers.
     """
     c = packed.columns
-    rows = slots.unsqueeze(1)
-
-    def take(kind: int, names: Sequence[str]) -> Tensor:
-        """Only those columns of those rows: a big model's row is megabytes, its figures a few floats."""
-        buffer = packed.buffers[kind]
-        return buffer[rows, torch.tensor([c[k].start for k in names], device=buffer.device)]
-
-    floats = take(FLOAT, keys.FIGURES)
-    counters = take(INT, _INTS)
+    skill = keys.MODEL_LOSS in c
+    seen = window is None and keys.SERIES_SEEN in c
+    float_names = keys.FIGURES + (keys.SKILL_FIGURES if skill else ()) + ((keys.SERIES_SEEN,) if seen else ())
+    int_names = _INTS + ((keys.AR_FILLED,) if window is not None else ())
+    floats = packed.read_columns(slots, float_names).astype(np.float64)
+    counters = packed.read_columns(slots, int_names)
+    n, figures, skills = len(slots), len(keys.FIGURES), len(keys.SKILL_FIGURES)
+    out = np.empty((n, figures + len(_INTS) + 1 + skills))
+    out[:, :figures] = floats[:, :figures]
+    out[:, figures : figures + len(_INTS)] = counters[:, : len(_INTS)]
     if window is not None:
-        warming = (take(INT, (keys.AR_FILLED,))[:, 0] < window).double()
-    elif keys.SERIES_SEEN in c:
-        warming = (take(FLOAT, (keys.SERIES_SEEN,))[:, 0] == 0).double()
+        out[:, -skills - 1] = counters[:, len(_INTS)] < window
     else:
-        warming = torch.zeros_like(slots, dtype=torch.float64)
-    if keys.MODEL_LOSS in c:
-        skill = take(FLOAT, keys.SKILL_FIGURES).double()
-    else:
-        skill = torch.full((slots.shape[0], len(keys.SKILL_FIGURES)), math.nan, dtype=torch.float64)
-        skill = skill.to(floats.device)
-    return torch.cat([floats.double(), counters.double(), warming.unsqueeze(1), skill], 1)
+        out[:, -skills - 1] = floats[:, -1] == 0 if seen else 0.0
+    out[:, -skills:] = floats[:, figures : figures + skills] if skill else math.nan
+    return out
 
 
 def fleet_rows(packed: PackedState, used: Tensor) -> Tensor:

@@ -203,14 +203,16 @@ class FusedTrackingRound(TrackingRound):
 
     def predict(self, s: Tensor, x: Tensor | None) -> Tensor:
         """Served predictions without learning (:meth:`TrackingRound.predict`), one kernel call."""
-        dt, lay = self._np_dtype, self.layout
-        n = s.shape[0]
-        slots = _writable(np.ascontiguousarray(s.numpy(), dtype=np.int64))
-        xs = np.empty((n, 0), dt) if x is None else _writable(np.ascontiguousarray(x.numpy(), dtype=dt))
-        out = np.empty((n, lay.outputs), dtype=dt)
-        fbuf = self._numpy_buffers()[0]
-        _PREDICT(fbuf, slots, xs, self._cfg, self._fc, self._kcol, out)
-        return torch.from_numpy(out)
+        return torch.from_numpy(self.predict_rows(s.numpy(), None if x is None else x.numpy()))
+
+    def predict_rows(self, slots: np.ndarray, x: np.ndarray | None) -> np.ndarray:
+        """:meth:`predict` on NumPy arrays: ``[n, outputs]`` in the pool's dtype."""
+        dt, n = self._np_dtype, slots.shape[0]
+        s = _writable(np.ascontiguousarray(slots, dtype=np.int64))
+        xs = np.empty((n, 0), dt) if x is None else _writable(np.ascontiguousarray(x, dtype=dt))
+        out = np.empty((n, self.layout.outputs), dtype=dt)
+        _PREDICT(self._numpy_buffers()[0], s, xs, self._cfg, self._fc, self._kcol, out)
+        return out
 
     def observe(self, slots: np.ndarray, x: Tensor, y: Tensor | None, ts: Tensor | None) -> Outcomes:
         """:meth:`StreamPool.observe` for the whole batch (one kernel call): the fields of

@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -87,6 +88,7 @@ class PackedState:
         self.capacity = 0
         self.buffers: list[Tensor] = [self._empty(0, kind) for kind in KINDS]
         self.views: dict[str, Tensor] = {}
+        self._indices: dict[tuple[str, ...], Tensor] = {}
         self.grow(capacity)
 
     def _empty(self, rows: int, kind: int) -> Tensor:
@@ -124,6 +126,21 @@ class PackedState:
     def read_row(self, slot: int) -> list[Tensor]:
         """One slot's ``[1, width]`` rows (copies)."""
         return [buf[slot : slot + 1].clone() for buf in self.buffers]
+
+    def read_columns(self, slots: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+        """Scalar keys ``names`` (all of one kind) of rows ``slots`` on the host, ``[len(slots),
+        len(names)]`` in the buffer's dtype. Only those entries are gathered (a big model's row is
+        megabytes), on the device, with one copy to the host; a CPU buffer is read through NumPy (a torch
+        op costs about 10 us, more than this whole read)."""
+        index = self._indices.get(names)
+        if index is None:
+            starts = [self.columns[k].start for k in names]
+            index = self._indices[names] = torch.tensor(starts, dtype=torch.int64, device=self.device)
+        buffer = self.buffers[self.columns[names[0]].kind]
+        if self.device.type == "cpu":
+            return np.asarray(buffer.numpy()[slots[:, None], index.numpy()])
+        rows = torch.as_tensor(slots, device=self.device).unsqueeze(1)
+        return buffer[rows, index].cpu().numpy()
 
     def gather(self, slots: Tensor, kind: int) -> Tensor:
         """Rows ``slots`` of one buffer: ``[len(slots), width]`` (a copy)."""

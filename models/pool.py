@@ -286,12 +286,11 @@ class StreamPool:
 
     # ----- figures ----------------------------------------------------------------------------------------
 
-    def figure_rows(self, slots: np.ndarray) -> Tensor:
-        """The figures of streams ``slots``: ``[n, 10]`` float64 on the pool's device (see
+    def figure_rows(self, slots: np.ndarray) -> np.ndarray:
+        """The figures of streams ``slots``: ``[n, 13]`` float64 on the host (see
         :func:`models.figures.figure_rows`)."""
-        s = torch.as_tensor(np.asarray(slots), dtype=torch.int64).to(self.device)
         window = self.model.window if isinstance(self.model, ARModel) and not self.tracking else None
-        return figure_rows(self._packed, s, window)
+        return figure_rows(self._packed, np.asarray(slots, dtype=np.int64), window)
 
     def fleet_rows(self) -> Tensor:
         """Loss EWMA, beta_t and ||eps|| of every resident stream that has stepped: ``[n, 3]`` float64."""
@@ -311,6 +310,13 @@ class StreamPool:
         with torch.inference_mode():
             out = self._predictor.predict(s, x)
         return _plain(out.cpu())
+
+    def predict_host(self, slots: np.ndarray, inputs: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`predict` with NumPy in and out: a fused tracking pool answers without a torch op (each
+        costs microseconds, more than the kernel's prediction)."""
+        if self._fused is not None:
+            return self._fused.predict_rows(np.asarray(slots, dtype=np.int64), inputs)
+        return self.predict(slots, None if inputs is None else torch.from_numpy(inputs)).numpy()
 
     def observe(
         self, slots: np.ndarray, inputs: Tensor, targets: Tensor | None = None, times: Tensor | None = None

@@ -32,7 +32,7 @@ from trackin.service.transport.openapi import (
     errors,
     inline_schema,
 )
-from trackin.service.transport.results import result_json, shape_prediction
+from trackin.service.transport.results import JsonAnswer, result_json, shape_prediction
 from trackin.service.transport.schemas import STREAM_EXAMPLES, BulkStreamsIn, TemplateIn
 from trackin.service.transport.wire import LabelIn, PredictIn
 
@@ -110,9 +110,9 @@ async def put_streams(body: BulkStreamsIn, state: State, caller: Caller) -> JSON
     response_model=None,
     responses=answers(StreamOut, 404, 422, 503),
 )
-async def get_stream(stream_id: str, state: State, caller: Caller) -> dict[str, Any]:
+async def get_stream(stream_id: str, state: State, caller: Caller) -> JsonAnswer:
     internal = caller.namespace.inside(stream_id)
-    return _described(await state.registry.describe(internal), caller.namespace)
+    return JsonAnswer(_described(await state.registry.describe(internal), caller.namespace))
 
 
 @router.delete(
@@ -138,7 +138,7 @@ async def list_streams(
     prefix: Annotated[str, Query(max_length=MAX_ID_LENGTH)] = "",
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     cursor: Annotated[str | None, Query(max_length=MAX_ID_LENGTH)] = None,
-) -> dict[str, Any]:
+) -> JsonAnswer:
     namespace = caller.namespace
     start = namespace.prefix + _page_ids(cursor, "cursor") if cursor else None
     ids, next_cursor = await state.registry.list_streams(
@@ -147,7 +147,7 @@ async def list_streams(
     # The default namespace's ids sort before every other ("~"): a page reaching them is its last.
     own = [namespace.outside(s) for s in ids if namespace.owns(s)]
     more = next_cursor is not None and len(own) == len(ids)
-    return {"streams": own, "next_cursor": own[-1] if more and own else None}
+    return JsonAnswer({"streams": own, "next_cursor": own[-1] if more and own else None})
 
 
 @router.post(
@@ -164,7 +164,7 @@ async def list_streams(
     response_model=None,
     responses=answers(PredictionOut, 404, 413, 415, 422, 503, 507),
 )
-async def predict(stream_id: str, request: Request, state: State, caller: Caller) -> dict[str, Any]:
+async def predict(stream_id: str, request: Request, state: State, caller: Caller) -> JsonAnswer:
     internal = caller.namespace.inside(stream_id)
     with _naming(stream_id):
         # An empty body (a series stream predicts from its own history) needs no content type.
@@ -175,7 +175,7 @@ async def predict(stream_id: str, request: Request, state: State, caller: Caller
     out: dict[str, Any] = {"stream": stream_id, "prediction": shape_prediction(spec, values)}
     if body.request_id is not None:
         out["request_id"] = body.request_id
-    return out
+    return JsonAnswer(out)
 
 
 @router.post(
@@ -188,7 +188,7 @@ async def predict(stream_id: str, request: Request, state: State, caller: Caller
     response_model=None,
     responses=answers(LabelOut, 404, 413, 415, 422, 503),
 )
-async def label(stream_id: str, request: Request, state: State, caller: Caller) -> dict[str, Any]:
+async def label(stream_id: str, request: Request, state: State, caller: Caller) -> JsonAnswer:
     internal = caller.namespace.inside(stream_id)
     with _naming(stream_id):
         fmt = body_format(request.headers.get("content-type"))
@@ -200,7 +200,7 @@ async def label(stream_id: str, request: Request, state: State, caller: Caller) 
             # The label is checked as an observation (label[0].y); name the field as the client sent it.
             exc.field = exc.field.removeprefix("label[0].") if exc.field else exc.field
             raise
-    return {"request_id": body.request_id, **result_json(spec, result)}
+    return JsonAnswer({"request_id": body.request_id, **result_json(spec, result)})
 
 
 @router.put(
