@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from trackin.models.specs import ARModel, StreamSpec, TrackModel
+from trackin.models.specs import ARModel, LinearModel, MLPModel, StreamSpec, TrackModel
 from trackin.service.errors import InvalidInput
 from trackin.service.transport.wire import ObservationIn
 
@@ -108,6 +108,19 @@ def build_batch(
     """Validate every item; raise ``InvalidInput`` naming the first bad field (``observations[i].x``)."""
     if len(items) == 1 and (one := _one_supervised(items[0], specs, default_stream)) is not None:
         return one
+    if len(items) > 1 and (rows := _supervised_rows(items, specs, default_stream)) is not None:
+        return rows
+    return _general_batch(items, specs, default_stream=default_stream, prefix=prefix)
+
+
+def _general_batch(
+    items: Sequence[ObservationIn],
+    specs: Mapping[str, StreamSpec],
+    *,
+    default_stream: str | None = None,
+    prefix: str = "observations",
+) -> IngestBatch:
+    """Any request, item by item: every check, and the first bad field named."""
     batch = IngestBatch()
     times: list[float | None] | None = None
     # rows waiting for one numpy conversion per width: (position, field suffix, values); the field's full
@@ -223,6 +236,42 @@ def _one_supervised(
     if spec.loss == "bce" and not ((target >= 0) & (target <= 1)).all():
         return None
     return IngestBatch([stream], specs={stream: spec}, x=x, y=target)
+
+
+def _supervised_rows(
+    items: Sequence[ObservationIn], specs: Mapping[str, StreamSpec], default_stream: str | None
+) -> IngestBatch | None:
+    """Many supervised items whose streams share one input and one target width, all valid (the common
+    multi-stream request in rows): one array per column and the checks on the arrays, with no per-item
+    bookkeeping (a fifth of the general path's cost); None for anything else, which the general path then
+    checks and, if bad, refuses with the field named."""
+    streams = [item.stream if item.stream is not None else default_stream for item in items]
+    if None in streams or (default_stream is not None and any(s != default_stream for s in streams)):
+        return None
+    ids = cast(list[str], streams)
+    if any(i.x is None or i.y is None or i.value is not None or i.ts is not None for i in items):
+        return None
+    chosen = {stream: specs[stream] for stream in dict.fromkeys(ids)}
+    models = [spec.model for spec in chosen.values()]
+    supervised = [m for m in models if isinstance(m, LinearModel | MLPModel)]
+    widths = {(m.in_dim, m.out_dim) for m in supervised}
+    if len(supervised) != len(models) or len(widths) != 1:
+        return None
+    if any(spec.loss == "bce" for spec in chosen.values()):
+        return None  # a target range to check per stream: the general path's
+    try:
+        x = np.array([item.x for item in items], dtype=np.float64)
+        y = np.array([item.y for item in items], dtype=np.float64)
+    except (ValueError, TypeError):  # ragged rows, or scalars beside lists
+        return None
+    if y.ndim == 1:
+        y = y[:, None]
+    (in_dim, out_dim), n = widths.pop(), len(items)
+    if x.shape != (n, in_dim) or y.shape != (n, out_dim):
+        return None
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return None
+    return IngestBatch(ids, specs=chosen, x=x, y=y)
 
 
 def _columnar(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from trackin.models.specs import StreamSpec
-from trackin.service.domain.ingest import build_batch, check_vector
+from trackin.service.domain.ingest import _general_batch, _supervised_rows, build_batch, check_vector
 from trackin.service.errors import InvalidInput
 from trackin.service.transport.columnar import columns_of
 from trackin.service.transport.wire import (
@@ -95,6 +95,62 @@ def test_one_observation_is_the_general_paths_batch(item: dict[str, Any], defaul
     assert (one.x.dtype, one.y.dtype, one.t) == (np.float64, np.float64, None)
     np.testing.assert_array_equal(one.x, two.x[:1])
     np.testing.assert_array_equal(one.y, two.y[:1])
+
+
+LIN1 = StreamSpec.model_validate({"model": {"family": "linear", "in_dim": 3}})
+MLP = StreamSpec.model_validate({"model": {"family": "mlp", "in_dim": 3, "hidden": [4], "out_dim": 2}})
+ROWS: list[tuple[list[dict[str, Any]], str | None]] = [
+    (
+        [
+            OK_LIN,
+            {"stream": "lin", "x": [4, 5.5, -6], "y": [0, 1]},
+            {"stream": "mlp", "x": [1, 1, 1], "y": [2, 3]},
+        ],
+        None,
+    ),
+    ([{"x": [1, 2, 3], "y": [1, 2]}, {"stream": "lin", "x": [3, 2, 1], "y": [0.5, -1]}], "lin"),
+    ([{"stream": "one", "x": [1, 2, 3], "y": 1.5}, {"stream": "one2", "x": [0, 0, 1e300], "y": -2}], None),
+    (
+        [{"stream": "one", "x": [1, 2, 3], "y": [1.5]}, {"stream": "one2", "x": [0, 0, 1], "y": [7]}] * 50,
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(("items", "default"), ROWS)
+def test_supervised_rows_are_the_general_paths_batch(
+    items: list[dict[str, Any]], default: str | None
+) -> None:
+    """Many valid supervised items of one width take the array path (`_supervised_rows`): the same
+    batch as the item-by-item path, columnar, float64."""
+    specs = {**SPECS, "mlp": MLP, "one": LIN1, "one2": LIN1}
+    observations = [ObservationIn(**i) for i in items]
+    fast = _supervised_rows(observations, specs, default)
+    general = _general_batch(observations, specs, default_stream=default)
+    assert fast is not None, "valid rows of one width take the array path"
+    assert fast.x is not None
+    assert fast.y is not None
+    assert general.x is not None
+    assert general.y is not None
+    assert (fast.stream_ids, fast.specs, fast.t) == (general.stream_ids, general.specs, general.t)
+    assert list(fast.specs) == list(general.specs), "specs in order of first appearance"
+    assert (fast.x.dtype, fast.y.dtype) == (np.float64, np.float64)
+    np.testing.assert_array_equal(fast.x, general.x)
+    np.testing.assert_array_equal(fast.y, general.y)
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [OK_LIN, OK_AR],  # a series item
+        [OK_LIN, {"stream": "bce", "x": [1], "y": 1}],  # two widths
+        [{"stream": "bce", "x": [1], "y": 1}, {"stream": "bce", "x": [2], "y": 0}],  # bce: range per stream
+        [OK_LIN, {"stream": "lin", "x": [1, 2, 3], "y": [1, 2], "ts": 3.0}],
+        [OK_LIN, {"stream": "lin", "x": [1, 2, 3], "y": 1}],  # a scalar beside lists
+    ],
+)
+def test_supervised_rows_leave_the_rest_to_the_general_path(items: list[dict[str, Any]]) -> None:
+    assert _supervised_rows([ObservationIn(**i) for i in items], SPECS, None) is None
 
 
 def test_a_stream_other_than_the_urls_is_refused() -> None:
