@@ -2,8 +2,9 @@
 
 As bench.rest_ab does for REST: on a shared machine one run's rate swings with other jobs, so the two
 checkouts are alternated round by round and the server's CPU time per observation is read beside the rate.
-Each round, for each checkout: single observations pipelined on one connection (``--window`` in flight) and
-MessagePack column batches of 1,000 (4 in flight), from the lean client (bench/wsclient.py).
+Each round, for each checkout: single observations pipelined on one connection (``--window`` in flight),
+MessagePack column batches of 1,000 and JSON row batches of 1,000 (4 in flight each), from the lean client
+(bench/wsclient.py).
 
     .venv/bin/python -m bench.ws_ab --before /path/to/main --after . [--rounds 3] [--seconds 4]
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.http import Mix, Server, _columns_msgpack, _cpu_seconds, _create_streams
+from bench.http import Mix, Server, _columns_msgpack, _cpu_seconds, _create_streams, _rows_body
 from bench.rest_ab import _served
 from bench.wsclient import LeanWebSocket, encode_frame
 
@@ -60,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     ]
     batches = [encode_frame(_columns_msgpack(mix, k, k * 1000, 1000), binary=True) for k in range(32)]
+    rows = [
+        encode_frame(orjson.dumps({"seq": k, **_rows_body(mix, k * 1000, 1000)}), binary=False)
+        for k in range(32)
+    ]
     with contextlib.ExitStack() as stack:
         servers = {
             "before": stack.enter_context(_served(args.before.resolve())),
@@ -71,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
             for name, server in servers.items():
                 single = asyncio.run(_measure(server, singles, 1, args.window, args.seconds))
                 batch = asyncio.run(_measure(server, batches, 1000, 4, args.seconds))
-                print(f"round {round_ + 1} {name:6s} single: {single} | batch: {batch}", flush=True)
+                json_rows = asyncio.run(_measure(server, rows, 1000, 4, args.seconds))
+                print(
+                    f"round {round_ + 1} {name:6s} single: {single} | batch: {batch} | rows: {json_rows}",
+                    flush=True,
+                )
     return 0
 
 

@@ -642,7 +642,9 @@ class PartitionWorker:
         ``render``: the answer's body (default: the row form)."""
 
         def rows(outcomes: Outcomes) -> bytes:
-            return orjson.dumps({"results": results_json(batch.stream_ids, batch.specs, outcomes, many=many)})
+            uniform = batch.x is not None  # columnar: one kind and width
+            results = results_json(batch.stream_ids, batch.specs, outcomes, many=many, uniform=uniform)
+            return orjson.dumps({"results": results})
 
         async def answer() -> None:
             try:

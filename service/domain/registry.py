@@ -427,9 +427,15 @@ class Registry:
         specs: dict[str, StreamSpec] = {}
         if default_stream is not None:
             specs[default_stream] = (await self.require(default_stream)).spec
+        record_of = self._catalog.record
         for i, item in enumerate(items):
             stream = item.stream
             if stream is not None and stream not in specs:
+                # a catalogued id was checked when its stream was made: only new ids need the check
+                record = record_of(stream) if create else None
+                if record is not None:
+                    specs[stream] = record.spec
+                    continue
                 check_internal_id(stream, field=f"{prefix}[{i}].stream")
                 if create:
                     specs[stream] = (await self.require(stream)).spec
@@ -441,6 +447,8 @@ class Registry:
         """Refuse a series time that is not after its stream's last one (queued requests included), before
         anything is applied; then (``commit``) the queued times move on (no await between this and the
         submit)."""
+        if batch.y is not None:
+            return  # columnar with targets: supervised streams only, no times to check
         timed = [s for s, spec in batch.specs.items() if series_times.timed(spec)]
         if not timed:
             return

@@ -82,13 +82,20 @@ def _shaped(values: np.ndarray, width: int) -> list[Any]:
 
 
 def results_json(
-    stream_ids: list[str], specs: dict[str, StreamSpec], outcomes: Outcomes, *, many: bool
+    stream_ids: list[str],
+    specs: dict[str, StreamSpec],
+    outcomes: Outcomes,
+    *,
+    many: bool,
+    uniform: bool = False,
 ) -> list[dict[str, Any]]:
-    """The row-form answers of a batch (``many``: each names its stream), built column by column."""
+    """The row-form answers of a batch (``many``: each names its stream), built column by column.
+    ``uniform``: the caller knows every stream shares a kind and width (a columnar batch), so the specs
+    need not be compared one by one."""
     if not stream_ids:
         return []
     first = specs[stream_ids[0]]
-    uniform = len(specs) == 1 or len({(is_series(s), shape_width(s)) for s in specs.values()}) == 1
+    uniform = uniform or len(specs) == 1 or len({(is_series(s), shape_width(s)) for s in specs.values()}) == 1
     if not uniform:
         return _mixed_json(stream_ids, specs, outcomes, many=many)
     width, series = shape_width(first), is_series(first)

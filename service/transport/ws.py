@@ -211,7 +211,9 @@ class _Shared:
     async def slice(self, start: int, stop: int, websocket: WebSocket) -> list[dict[str, Any]]:
         if self.rows is None:
             outcomes = await self.future
-            rows = results_json(self.batch.stream_ids, self.batch.specs, outcomes, many=True)
+            rows = results_json(
+                self.batch.stream_ids, self.batch.specs, outcomes, many=True, uniform=self.batch.x is not None
+            )
             self.rows = principal_of(websocket.scope).namespace.public_results(rows)
         return self.rows[start:stop]
 
@@ -400,7 +402,9 @@ async def _write(
                         else columns_json(outcomes, width, series, seq=seq)
                     )
                 else:
-                    results = results_json(batch.stream_ids, batch.specs, outcomes, many=True)
+                    results = results_json(
+                        batch.stream_ids, batch.specs, outcomes, many=True, uniform=batch.x is not None
+                    )
                     namespace = principal_of(websocket.scope).namespace
                     body = {"seq": seq, "results": namespace.public_results(results)}
                 state.metrics.websocket_message(ok=True)

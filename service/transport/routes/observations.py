@@ -92,7 +92,8 @@ async def _ingest(
         raise namespace.public_error(exc) from None
     outcomes = await applied
     many = default_stream is None
-    results = results_json(batch.stream_ids, batch.specs, outcomes, many=many)
+    uniform = batch.x is not None  # columnar: one kind and width
+    results = results_json(batch.stream_ids, batch.specs, outcomes, many=many, uniform=uniform)
     body = {"results": namespace.public_results(results) if many else results}
     state.metrics.ingested("rest", time.perf_counter() - started)
     return encode_json(body)
