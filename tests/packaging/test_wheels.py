@@ -171,13 +171,16 @@ def test_client_wheel_pulls_in_neither_torch_nor_the_server(client_venv: Path) -
 
 @pytest.fixture
 def installed_server(server_venv: Path, user_dir: Path) -> Iterator[str]:
-    """The server from its wheel, on a free port, started in the user's directory."""
+    """The server from its wheel, on a free port, started in the user's directory. On the torch rounds:
+    this is the client's and the server's packaging, and compiling the fused kernels in a fresh install
+    (about a minute here: the wheel's copy has no numba cache) is covered in process by
+    ``test_server_wheel_runs_beside_generic_user_modules``."""
     port = free_port()
     with (user_dir / "server.log").open("wb") as log:
         process = subprocess.Popen(
             [server_venv / "bin/trackin", "serve", "--port", str(port), "--store", "memory"],
             cwd=user_dir,
-            env=ENV,
+            env={**ENV, "TRACKIN_KERNELS": "torch"},
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
