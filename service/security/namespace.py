@@ -72,8 +72,8 @@ class Namespace:
     def public_error(self, exc: ServiceError) -> ServiceError:
         """An error as the client may see it: its own ids, without the namespace."""
         if self.prefix:
-            if exc.stream is not None:
-                exc.stream = self.outside(exc.stream)
+            if exc.stream is not None:  # an internal id, or the client's own (named at the edge): as is
+                exc.stream = exc.stream.removeprefix(self.prefix)
             exc.message = exc.message.replace(self.prefix, "")
         return exc
 

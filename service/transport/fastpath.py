@@ -1,6 +1,7 @@
-"""The observation endpoints answered as plain ASGI, ahead of FastAPI and the middleware stack.
+"""The observation endpoints and `/predict` answered as plain ASGI, ahead of FastAPI and its middleware stack.
 
-``POST /v1/streams/{id}/observations`` and ``POST /v1/observations`` are the hot path. Through the app each
+``POST /v1/streams/{id}/observations`` and ``POST /v1/observations`` are the hot path, and ``POST
+/v1/streams/{id}/predict`` its read. Through the app each
 request also paid FastAPI's and Starlette's own layers (error middleware, telemetry, body limit, exception
 handlers, route matching over every route, dependency solving, a ``Request`` and a ``Response``) and five
 middlewares of ours, each wrapping ``send`` once more: together more CPU than parsing, validating and
@@ -37,6 +38,7 @@ from trackin.service.state import AppState
 from trackin.service.transport.media import body_format
 from trackin.service.transport.requestid import incoming_or_new
 from trackin.service.transport.routes.observations import observe_many_streams, observe_one
+from trackin.service.transport.routes.streams import predict_answer
 
 __all__ = ["FastObservations"]
 
@@ -44,8 +46,10 @@ log = logging.getLogger("trackin")
 
 _PREFIX = "/v1/streams/"
 _SUFFIX = "/observations"
+_PREDICT_SUFFIX = "/predict"
 _ONE = f"{_PREFIX}{{stream_id}}{_SUFFIX}"  # the route templates, as the request metrics name them
 _MANY = "/v1/observations"
+_PREDICT = f"{_PREFIX}{{stream_id}}{_PREDICT_SUFFIX}"
 _JSON = (b"content-type", b"application/json")
 _REQUEST_ID = b"x-request-id"
 
@@ -57,24 +61,30 @@ class FastObservations:
         self.get_state = get_state
         self.gate = gate
 
-    def match(self, scope: Scope) -> tuple[AppState, str | None] | None:
-        """The state and the URL's stream (None: ``/v1/observations``) for a hot request, else None
-        (anything else, and any request before the lifespan has built the state)."""
+    def match(self, scope: Scope) -> tuple[AppState, str | None, str] | None:
+        """The state, the URL's stream (None: ``/v1/observations``) and the route template for a hot
+        request, else None (anything else, and any request before the lifespan has built the state)."""
         if scope["type"] != "http" or scope["method"] != "POST":
             return None
         path: str = scope["path"]
         stream: str | None = None
+        route = _MANY
         if path != _MANY:
-            if not (path.startswith(_PREFIX) and path.endswith(_SUFFIX)):
+            if not path.startswith(_PREFIX):
                 return None
-            stream = path[len(_PREFIX) : -len(_SUFFIX)]
+            if path.endswith(_SUFFIX):
+                stream, route = path[len(_PREFIX) : -len(_SUFFIX)], _ONE
+            elif path.endswith(_PREDICT_SUFFIX):
+                stream, route = path[len(_PREFIX) : -len(_PREDICT_SUFFIX)], _PREDICT
+            else:
+                return None
             if not stream or "/" in stream:
                 return None
         state = self.get_state()
-        return None if state is None else (state, stream)
+        return None if state is None else (state, stream, route)
 
     async def serve(
-        self, scope: Scope, receive: Receive, send: Send, state: AppState, stream: str | None
+        self, scope: Scope, receive: Receive, send: Send, state: AppState, stream: str | None, route: str
     ) -> None:
         started = time.perf_counter()
         rid = incoming_or_new(scope)
@@ -82,7 +92,11 @@ class FastObservations:
         status, answered = 500, False
         try:
             try:
-                body = await self._observe(scope, receive, state, stream, started)
+                if route == _PREDICT:
+                    assert stream is not None
+                    body = await self._predict(scope, receive, state, stream)
+                else:
+                    body = await self._observe(scope, receive, state, stream, started)
                 if body is None:
                     return  # the client left
                 status, headers = 200, [_JSON, (b"content-length", b"%d" % len(body)), tag]
@@ -100,7 +114,6 @@ class FastObservations:
             await send({"type": "http.response.start", "status": 500, "headers": headers})
             await send({"type": "http.response.body", "body": body})
         finally:
-            route = _MANY if stream is None else _ONE
             state.metrics.http_request(route, "POST", status, time.perf_counter() - started)
 
     async def _observe(
@@ -129,6 +142,30 @@ class FastObservations:
         if stream is None:
             return await observe_many_streams(state, caller, raw, fmt, started)
         return await observe_one(state, caller, stream, raw, fmt, started)
+
+    async def _predict(self, scope: Scope, receive: Receive, state: AppState, stream: str) -> bytes | None:
+        """The answer's body (None if the client left), or a ``ServiceError`` with the client's ids (as the
+        app's error handler gives them)."""
+        caller = await self.gate.authenticate(scope)
+        scope[PRINCIPAL] = caller
+        try:
+            limit = state.settings.max_body_bytes
+            _, declared = _headers(scope)
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                raise PayloadTooLarge(
+                    f"body of {int(declared)} bytes exceeds the limit of {limit}", field="body"
+                )
+            raw = await _body(receive, limit)
+        except ServiceError as exc:
+            with contextlib.suppress(InvalidStreamId):  # named only when the id is valid
+                exc.stream = exc.stream or check_stream_id(stream)
+            raise
+        if raw is None:
+            return None
+        try:
+            return await predict_answer(state, caller, stream, raw, _headers(scope)[0])
+        except ServiceError as exc:
+            raise caller.namespace.public_error(exc) from None
 
 
 def _headers(scope: Scope) -> tuple[bytes | None, bytes | None]:

@@ -174,6 +174,14 @@ def test_a_tenant_cannot_reach_another_tenants_streams_or_templates(
         assert beta.post(
             "/v1/streams/b-1/predict", json={"x": [0.1, 0.2, 0.3], "request_id": "r1"}
         ).is_success
+        for bad, field in (({"x": [0.1]}, "x"), ({"x": "no"}, "x"), ({}, "x")):
+            refused = beta.post("/v1/streams/b-1/predict", json=bad)  # errors name the tenant's own id
+            assert refused.status_code == 422, refused.text
+            assert (refused.json()["error"]["stream"], refused.json()["error"]["field"]) == ("b-1", field)
+            assert "beta" not in refused.text
+        unknown = beta.post("/v1/streams/b-9/predict", json={"x": [0.1, 0.2, 0.3]})
+        assert (unknown.status_code, unknown.json()["error"]["stream"]) == (404, "b-9"), unknown.text
+        assert "beta" not in unknown.text
 
         def snapshot() -> list[Any]:
             return [

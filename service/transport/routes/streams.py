@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -14,8 +15,8 @@ from trackin.models.specs import StreamSpec
 from trackin.service.domain.catalog import Template
 from trackin.service.errors import InvalidInput, ServiceError
 from trackin.service.ids import MAX_ID_LENGTH
-from trackin.service.security.namespace import Namespace
-from trackin.service.state import Caller, State
+from trackin.service.security.namespace import Namespace, Principal
+from trackin.service.state import AppState, Caller, State
 from trackin.service.transport.body import read_body
 from trackin.service.transport.media import body_format, decode_body
 from trackin.service.transport.openapi import (
@@ -164,18 +165,28 @@ async def list_streams(
     response_model=None,
     responses=answers(PredictionOut, 404, 413, 415, 422, 503, 507),
 )
-async def predict(stream_id: str, request: Request, state: State, caller: Caller) -> JsonAnswer:
+async def predict(stream_id: str, request: Request, state: State, caller: Caller) -> Response:
+    with _naming(stream_id):
+        raw = await read_body(request, state.settings.max_body_bytes)
+    body = await predict_answer(state, caller, stream_id, raw, request.headers.get("content-type"))
+    return Response(body, media_type="application/json")
+
+
+async def predict_answer(
+    state: AppState, caller: Principal, stream_id: str, raw: bytes, content_type: str | bytes | None
+) -> bytes:
+    """``POST /v1/streams/{stream_id}/predict``'s answer body, or a ``ServiceError`` naming the URL's
+    stream; served by the route above and ahead of the app's stack (service/transport/fastpath.py)."""
     internal = caller.namespace.inside(stream_id)
     with _naming(stream_id):
         # An empty body (a series stream predicts from its own history) needs no content type.
-        raw = await read_body(request, state.settings.max_body_bytes)
-        fmt = body_format(request.headers.get("content-type")) if raw else "json"
+        fmt = body_format(content_type) if raw else "json"
         body: PredictIn = decode_body(raw or b"{}", fmt, PredictIn)
         spec, values = await state.registry.predict(internal, body.x, body.request_id)
     out: dict[str, Any] = {"stream": stream_id, "prediction": shape_prediction(spec, values)}
     if body.request_id is not None:
         out["request_id"] = body.request_id
-    return JsonAnswer(out)
+    return orjson.dumps(out)
 
 
 @router.post(
