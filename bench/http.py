@@ -282,6 +282,9 @@ def _ws_row(name: str, per_message: int, outcome: tuple[list[float], float, int]
     return Row(name, per_message * len(latencies), elapsed, p50, p99, per_message, errors=errors)
 
 
+_BATCH_WINDOW = 16
+
+
 async def ws_rows(args: argparse.Namespace, server: Server, mix: Mix) -> list[Row]:
     host, port = server.url.removeprefix("http://").split(":")
     names = mix.names
@@ -299,13 +302,19 @@ async def ws_rows(args: argparse.Namespace, server: Server, mix: Mix) -> list[Ro
         )
     ]
     rows = []
+    # Batches: 16 messages in flight. With 4, the answers' round trip through the client left the engine
+    # thread idle a fifth of the time (docs/engine.md, "The engine thread's next batch, queued ahead").
     scenarios: list[tuple[str, int, Any]] = [
         (
             "WS batch 1,000 (msgpack columns), 1 conn",
             1000,
-            lambda ws: ws.pipelined(batch_frames, args.seconds, 4),
+            lambda ws: ws.pipelined(batch_frames, args.seconds, _BATCH_WINDOW),
         ),
-        ("WS batch 1,000 (JSON rows), 1 conn", 1000, lambda ws: ws.pipelined(json_frames, args.seconds, 4)),
+        (
+            "WS batch 1,000 (JSON rows), 1 conn",
+            1000,
+            lambda ws: ws.pipelined(json_frames, args.seconds, _BATCH_WINDOW),
+        ),
         # as many in flight as the server reads ahead by default (TRACKIN_MAX_WS_IN_FLIGHT)
         ("WS single, 1 conn, pipelined", 1, lambda ws: ws.pipelined(singles, args.seconds, 256)),
         (f"WS single, paced at {args.rate:,.0f}/s", 1, lambda ws: ws.paced(singles, args.seconds, args.rate)),

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4)
     parser.add_argument("--window", type=int, default=64, help="single observations in flight")
+    parser.add_argument("--batch-window", type=int, default=16, help="batches of 1,000 in flight")
     args = parser.parse_args(argv)
     mix = Mix.make(1000, 16, 40_000)
     names = mix.names
@@ -75,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.rounds):
             for name, server in servers.items():
                 single = asyncio.run(_measure(server, singles, 1, args.window, args.seconds))
-                batch = asyncio.run(_measure(server, batches, 1000, 4, args.seconds))
-                json_rows = asyncio.run(_measure(server, rows, 1000, 4, args.seconds))
+                batch = asyncio.run(_measure(server, batches, 1000, args.batch_window, args.seconds))
+                json_rows = asyncio.run(_measure(server, rows, 1000, args.batch_window, args.seconds))
                 print(
                     f"round {round_ + 1} {name:6s} single: {single} | batch: {batch} | rows: {json_rows}",
                     flush=True,

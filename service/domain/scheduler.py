@@ -11,13 +11,15 @@ future back: tens of microseconds and two context switches), and the loop parses
 the previous answers are written anyway. Bigger batches and control-plane calls (exports, restores: possibly
 long) run on one dedicated thread, so the loop keeps parsing requests meanwhile. Either way engine work
 stays strictly in queue order. The loop and the thread form a pipeline: while the thread applies batch N,
-the loop checks (and logs) batch N+1; when batch N returns, its requests are settled and batch N+1 is handed
-to the thread in the same step of the loop, before the handlers of batch N's requests encode and write
-their answers. (Letting those handlers run first left the thread idle about a third of the time under
-pipelined WebSocket batches: docs/engine.md, "The hand-off between the loop and the engine thread".)
+the loop checks (and logs) batch N+1 and hands it to the thread at once, queued behind N, so the thread
+starts it the moment N returns instead of waiting for the loop to come round (the loop may be decoding a
+frame of a thousand rows then: the thread sat idle a quarter of the time under pipelined MessagePack
+batches, docs/engine.md, "The engine thread's next batch, queued ahead"). When batch N returns, its
+requests are settled in the loop's next step.
 
-Reads (`read`: figures, predictions) do not queue: they see every step acknowledged before them (an
-acknowledged step has been applied), and only wait for engine work running on the thread right now.
+Reads (`read`: figures, predictions) do not queue behind observations: they see every step acknowledged
+before them (an acknowledged step has been applied). They run on the loop when the thread is idle, and
+otherwise on the thread right after the (at most two) batches already handed to it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ from trackin.service.errors import Unavailable, UnknownStream
 __all__ = ["AfterApply", "BatchHook", "Parts", "Scheduler"]
 
 T = TypeVar("T")
+
+_AHEAD = 2
+"""Observation batches handed to the engine thread at once: the one it runs and the next, queued."""
 
 AfterApply = Callable[[list[IngestBatch], Any, float], None]
 """Called in the worker right after each engine call, before any later job runs (counting, metrics); the
@@ -141,12 +146,15 @@ class Scheduler:
         return await future
 
     async def read(self, fn: Callable[[Engine], T]) -> T:
-        """Run a read-only ``fn(engine)`` on the event loop now, without queueing behind observations:
-        it sees every batch applied so far (so every step acknowledged before it). Waits only while
-        engine work runs on the thread, which may be mutating the state ``fn`` reads."""
-        while (busy := self._threaded) is not None and not busy.done():
-            await asyncio.wait([busy])  # never raises; the thread's own caller sees its error
-        return fn(self.engine)
+        """Run a read-only ``fn(engine)`` without queueing behind observations: it sees every batch applied
+        so far (so every step acknowledged before it). On the event loop, now, when the engine thread is
+        idle; otherwise on the thread, right after the batches already handed to it (at most ``_AHEAD``),
+        which may be mutating the state ``fn`` reads. (Waiting on the loop for a quiet thread could wait
+        for ever under steady ingestion: the thread is handed its next batch before it returns one.)"""
+        busy = self._threaded
+        if busy is None or busy.done():
+            return fn(self.engine)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self.engine)
 
     async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on the engine thread; reads wait for it (``read``)."""
@@ -170,19 +178,19 @@ class Scheduler:
         self._pending_observations -= sum(len(j.batch) for j in jobs)
 
     async def _run(self) -> None:
-        # The engine stage of the previous observation batch, still running: the next batch's
-        # ``before_apply`` (a durability-log append: a store round trip) overlaps it instead of leaving
-        # the engine idle. Engine work itself stays strictly in queue order, and a control-plane call
-        # waits for it, so a call sees every batch queued before it applied and none after it logged.
-        # Once it is done, its requests are settled and the next batch starts on the thread in the same
-        # step of the loop: the handlers answering those requests run while the engine works.
-        applying: _Applying | None = None
+        # The engine stages of earlier observation batches, oldest first, on the thread or queued for it
+        # (at most ``_AHEAD``). The thread takes them in order, so when it returns one the next is already
+        # waiting for it, instead of waiting for the loop to come round (the loop may be a frame's decode
+        # away). The next batch's ``before_apply`` (a durability-log append: a store round trip) overlaps
+        # them too. Engine work stays strictly in queue order, and a control-plane call waits for all of
+        # it, so a call sees every batch queued before it applied and none after it logged. A batch's
+        # requests are settled as soon as it returns.
+        applying: collections.deque[_Applying] = collections.deque()
         try:
             while True:
                 if not self._queue:
-                    if applying is not None:
-                        await self._finish(applying)
-                        applying = None
+                    if applying:
+                        await self._finish(applying.popleft())
                         continue
                     if self._closing:
                         return
@@ -192,9 +200,8 @@ class Scheduler:
                     continue
                 job = self._queue.popleft()
                 if isinstance(job, _Call):
-                    if applying is not None:
-                        await self._finish(applying)
-                        applying = None
+                    while applying:
+                        await self._finish(applying.popleft())
                     try:
                         job.future.set_result(await self._on_thread(job.fn, self.engine))
                     except BaseException as exc:
@@ -213,22 +220,23 @@ class Scheduler:
                     jobs.append(nxt)
                     size += len(nxt.batch)
                     self._queue.popleft()
-                prepared = asyncio.ensure_future(self._prepare(jobs))  # overlaps the running batch
+                prepared = asyncio.ensure_future(self._prepare(jobs))  # overlaps the running batches
                 try:
-                    if applying is not None:  # settled as soon as it returns, even if a log append is slow
-                        await self._finish(applying)
-                        applying = None
+                    while len(applying) >= _AHEAD:  # settled as soon as each returns, even if a log is slow
+                        await self._finish(applying.popleft())
                     live = await prepared  # no suspension when it is done already (no before_apply)
                 finally:
                     prepared.cancel()  # a no-op once done; if the worker is cancelled meanwhile, with it
-                if live and sum(len(j.batch) for j in live) <= self.inline_limit:
+                if not live:
+                    continue
+                if not applying and sum(len(j.batch) for j in live) <= self.inline_limit:
                     self._apply_inline(live)
-                elif live:
-                    applying = self._start(live)
+                else:  # after the batches on the thread, in order (never inline past them)
+                    applying.append(self._start(live))
         finally:
-            if applying is not None:  # the worker is cancelled with a batch unsettled: its requests end too
-                self._settled(applying.live)
-                for j in applying.live:
+            for unsettled in applying:  # the worker is cancelled with batches unsettled: their requests end
+                self._settled(unsettled.live)
+                for j in unsettled.live:
                     j.future.cancel()
 
     async def _linger(self) -> None:
@@ -290,9 +298,6 @@ class Scheduler:
             self._settled(applying.live)
             _fail(applying.live, exc)
             return
-        finally:
-            if applying.engine.done():
-                self._threaded = None
         self._done(applying.live, applying.batches, results, applying.started)
 
     def _done(

@@ -202,3 +202,39 @@ async def test_reads_wait_for_engine_work_on_the_thread() -> None:
     assert await asyncio.wait_for(read, timeout=5) == "read"
     await blocked
     await scheduler.stop()
+
+
+async def test_reads_under_steady_ingestion_finish_and_see_every_acknowledged_step() -> None:
+    """Batches are handed to the thread before it returns the previous one, so the thread is seldom idle:
+    a read must not wait for an idle moment (it would wait for ever), and must still see every step
+    acknowledged before it, and never one half applied."""
+    scheduler, _, recorder = await started(max_batch=200)
+    acknowledged = 0
+    stop = asyncio.Event()
+
+    async def ingest() -> None:
+        nonlocal acknowledged
+        in_flight: list[asyncio.Future[Outcomes]] = []
+        while not stop.is_set():
+            while len(in_flight) < 4:  # batches of 100 go to the thread (above the inline limit)
+                in_flight.append(scheduler.submit(batch("a", 100)))
+            done = await in_flight.pop(0)
+            steps = done.steps.tolist()
+            assert steps == list(range(steps[0], steps[0] + 100))  # one request's steps, in order
+            acknowledged = steps[-1]
+        for rest in in_flight:
+            await rest
+
+    producer = asyncio.ensure_future(ingest())
+    try:
+        for _ in range(20):
+            before = acknowledged
+            seen = await asyncio.wait_for(scheduler.read(lambda e: e.figures("a").steps), timeout=5)
+            assert seen >= before
+            assert seen % 100 == 0  # whole requests only: never read halfway through a batch
+            await asyncio.sleep(0.002)
+    finally:
+        stop.set()
+        await producer
+    assert sum(len(c) for c in recorder.calls) > 20
+    await scheduler.stop()
