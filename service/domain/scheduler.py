@@ -198,6 +198,9 @@ class Scheduler:
                     await self._wake.wait()
                     await self._linger()
                     continue
+                if len(applying) >= _AHEAD:  # the thread has its next batch: this one gathers meanwhile
+                    await self._finish(applying.popleft())
+                    continue
                 job = self._queue.popleft()
                 if isinstance(job, _Call):
                     while applying:
@@ -220,13 +223,9 @@ class Scheduler:
                     jobs.append(nxt)
                     size += len(nxt.batch)
                     self._queue.popleft()
-                prepared = asyncio.ensure_future(self._prepare(jobs))  # overlaps the running batches
-                try:
-                    while len(applying) >= _AHEAD:  # settled as soon as each returns, even if a log is slow
-                        await self._finish(applying.popleft())
-                    live = await prepared  # no suspension when it is done already (no before_apply)
-                finally:
-                    prepared.cancel()  # a no-op once done; if the worker is cancelled meanwhile, with it
+                live = self._valid(jobs)
+                if live and self.before_apply is not None:
+                    live = await self._logged(live, applying)
                 if not live:
                     continue
                 if not applying and sum(len(j.batch) for j in live) <= self.inline_limit:
@@ -238,6 +237,21 @@ class Scheduler:
                 self._settled(unsettled.live)
                 for j in unsettled.live:
                     j.future.cancel()
+
+    async def _logged(self, live: list[_Observe], applying: collections.deque[_Applying]) -> list[_Observe]:
+        """`_prepare` (``before_apply``: a store round trip) while the batches on the thread run; each one
+        that returns meanwhile is settled at once, not after the append."""
+        prepared = asyncio.ensure_future(self._prepare(live))
+        try:
+            while applying and not prepared.done():
+                head = applying[0].engine
+                either: list[asyncio.Future[Any]] = [prepared, head]
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                if head.done():
+                    await self._finish(applying.popleft())
+            return await prepared
+        finally:
+            prepared.cancel()  # a no-op once done; if the worker is cancelled meanwhile, with it
 
     async def _linger(self) -> None:
         """Woken by new work: first let work already on its way join the batch. Ready tasks (a WebSocket
@@ -251,13 +265,17 @@ class Scheduler:
             await asyncio.sleep(0)
             quiet = quiet + 1 if self._pending_observations == before else 0
 
-    async def _prepare(self, jobs: list[_Observe]) -> list[_Observe]:
-        """The jobs still valid whose ``before_apply`` succeeded; the others' futures get the error."""
+    def _valid(self, jobs: list[_Observe]) -> list[_Observe]:
+        """The jobs still valid; the others' futures get the error."""
         live: list[_Observe] = []
         failed: list[_Observe] = []
         for j in jobs:
             (live if self._still_valid(j) else failed).append(j)
         self._settled(failed)
+        return live
+
+    async def _prepare(self, live: list[_Observe]) -> list[_Observe]:
+        """The valid jobs whose ``before_apply`` succeeded; the others' futures get the error."""
         if not live or self.before_apply is None:
             return live
         try:
