@@ -103,7 +103,8 @@ def _count(metrics: Metrics, transport: Any, outcome: Outcomes, *, losses: bool 
 
 
 class TrackinApp(FastAPI):
-    """FastAPI, with the observation endpoints answered ahead of its stack (`FastObservations`)."""
+    """FastAPI, with the observation endpoints and stream reads answered ahead of its stack
+    (`FastObservations`)."""
 
     fast: FastObservations | None = None
 
@@ -309,8 +310,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     mount_docs(app)
     # Pure ASGI middleware only (no BaseHTTPMiddleware: it costs a task and a stream per request).
     # Innermost first: the body limit, authentication (before any body is read), the request metrics
-    # (refusals are counted too), then request ids outermost. The observation endpoints skip all of it
-    # (`FastObservations` does the same checks itself, in one pass).
+    # (refusals are counted too), then request ids outermost. The observation endpoints and the stream
+    # reads skip all of it (`FastObservations` does the same checks itself, in one pass).
     get_keyring = lambda: getattr(getattr(app.state, "trackin", None), "keyring", None)  # noqa: E731
     get_limiter = lambda: getattr(getattr(app.state, "trackin", None), "limiter", None)  # noqa: E731
     app.fast = FastObservations(lambda: getattr(app.state, "trackin", None), Gate(get_keyring, get_limiter))

@@ -1,7 +1,8 @@
-"""The observation endpoints and `/predict` answered as plain ASGI, ahead of FastAPI and its middleware stack.
+"""The observation endpoints and the stream reads answered as plain ASGI, ahead of FastAPI and its middleware
+stack.
 
 ``POST /v1/streams/{id}/observations`` and ``POST /v1/observations`` are the hot path, and ``POST
-/v1/streams/{id}/predict`` its read. Through the app each
+/v1/streams/{id}/predict`` and ``GET /v1/streams/{id}`` its reads. Through the app each
 request also paid FastAPI's and Starlette's own layers (error middleware, telemetry, body limit, exception
 handlers, route matching over every route, dependency solving, a ``Request`` and a ``Response``) and five
 middlewares of ours, each wrapping ``send`` once more: together more CPU than parsing, validating and
@@ -38,7 +39,7 @@ from trackin.service.state import AppState
 from trackin.service.transport.media import body_format
 from trackin.service.transport.requestid import incoming_or_new
 from trackin.service.transport.routes.observations import observe_many_streams, observe_one
-from trackin.service.transport.routes.streams import predict_answer
+from trackin.service.transport.routes.streams import describe_answer, predict_answer
 
 __all__ = ["FastObservations"]
 
@@ -50,12 +51,14 @@ _PREDICT_SUFFIX = "/predict"
 _ONE = f"{_PREFIX}{{stream_id}}{_SUFFIX}"  # the route templates, as the request metrics name them
 _MANY = "/v1/observations"
 _PREDICT = f"{_PREFIX}{{stream_id}}{_PREDICT_SUFFIX}"
+_STREAM = f"{_PREFIX}{{stream_id}}"
 _JSON = (b"content-type", b"application/json")
 _REQUEST_ID = b"x-request-id"
 
 
 class FastObservations:
-    """`match` a scope, then `serve` it: the two observation endpoints without the app's stack."""
+    """`match` a scope, then `serve` it: the observation endpoints and stream reads without the app's
+    stack."""
 
     def __init__(self, get_state: Callable[[], AppState | None], gate: Gate) -> None:
         self.get_state = get_state
@@ -64,12 +67,18 @@ class FastObservations:
     def match(self, scope: Scope) -> tuple[AppState, str | None, str] | None:
         """The state, the URL's stream (None: ``/v1/observations``) and the route template for a hot
         request, else None (anything else, and any request before the lifespan has built the state)."""
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http":
             return None
         path: str = scope["path"]
         stream: str | None = None
         route = _MANY
-        if path != _MANY:
+        if scope["method"] == "GET":
+            stream, route = path[len(_PREFIX) :] if path.startswith(_PREFIX) else "", _STREAM
+            if not stream or "/" in stream:
+                return None
+        elif scope["method"] != "POST":
+            return None
+        elif path != _MANY:
             if not path.startswith(_PREFIX):
                 return None
             if path.endswith(_SUFFIX):
@@ -92,7 +101,11 @@ class FastObservations:
         status, answered = 500, False
         try:
             try:
-                if route == _PREDICT:
+                body: bytes | None
+                if route == _STREAM:
+                    assert stream is not None
+                    body = await self._describe(scope, state, stream)
+                elif route == _PREDICT:
                     assert stream is not None
                     body = await self._predict(scope, receive, state, stream)
                 else:
@@ -114,7 +127,7 @@ class FastObservations:
             await send({"type": "http.response.start", "status": 500, "headers": headers})
             await send({"type": "http.response.body", "body": body})
         finally:
-            state.metrics.http_request(route, "POST", status, time.perf_counter() - started)
+            state.metrics.http_request(route, scope["method"], status, time.perf_counter() - started)
 
     async def _observe(
         self, scope: Scope, receive: Receive, state: AppState, stream: str | None, started: float
@@ -142,6 +155,15 @@ class FastObservations:
         if stream is None:
             return await observe_many_streams(state, caller, raw, fmt, started)
         return await observe_one(state, caller, stream, raw, fmt, started)
+
+    async def _describe(self, scope: Scope, state: AppState, stream: str) -> bytes:
+        """The stream's description, or a ``ServiceError`` with the client's ids."""
+        caller = await self.gate.authenticate(scope)
+        scope[PRINCIPAL] = caller
+        try:
+            return await describe_answer(state, caller, stream)
+        except ServiceError as exc:
+            raise caller.namespace.public_error(exc) from None
 
     async def _predict(self, scope: Scope, receive: Receive, state: AppState, stream: str) -> bytes | None:
         """The answer's body (None if the client left), or a ``ServiceError`` with the client's ids (as the

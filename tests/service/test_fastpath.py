@@ -115,3 +115,33 @@ class _Answers:
         chunk = self.conn.recv(65536)
         assert chunk, "the server closed the connection"
         self.data += chunk
+
+
+def test_stream_reads_keep_the_stacks_answers(http: httpx.Client) -> None:
+    """``GET /v1/streams/{id}`` is answered ahead of the stack too: the same description, a request id on
+    every answer, errors in the one shape naming the stream, and counted by route template and method."""
+    sid = _stream(http, "fast-read")
+    assert http.post(f"/v1/streams/{sid}/observations", json={"x": [1, 2, 3], "y": 1.0}).status_code == 200
+    read = http.get(f"/v1/streams/{sid}", headers={"x-request-id": "trace-9"})
+    assert read.status_code == 200
+    assert read.headers["x-request-id"] == "trace-9"
+    assert read.headers["content-type"] == "application/json"
+    body = read.json()
+    assert (body["stream"], body["figures"]["steps"]) == (sid, 1)
+    missing = http.get("/v1/streams/fast-nobody")
+    assert missing.status_code == 404
+    assert len(missing.headers["x-request-id"]) == 32
+    assert missing.json()["error"]["stream"] == "fast-nobody"
+    bad = http.get("/v1/streams/" + "x" * 300)
+    assert bad.status_code == 422
+    assert bad.json()["error"]["field"] == "stream_id"
+    metrics = http.get("/metrics").text
+    counted = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("trackin_http_requests_total")
+        and 'route="/v1/streams/{stream_id}"' in line
+        and 'method="GET"' in line
+    ]
+    assert any('status="200"' in line for line in counted), counted
+    assert any('status="404"' in line for line in counted), counted

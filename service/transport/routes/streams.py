@@ -111,9 +111,15 @@ async def put_streams(body: BulkStreamsIn, state: State, caller: Caller) -> JSON
     response_model=None,
     responses=answers(StreamOut, 404, 422, 503),
 )
-async def get_stream(stream_id: str, state: State, caller: Caller) -> JsonAnswer:
+async def get_stream(stream_id: str, state: State, caller: Caller) -> Response:
+    return Response(await describe_answer(state, caller, stream_id), media_type="application/json")
+
+
+async def describe_answer(state: AppState, caller: Principal, stream_id: str) -> bytes:
+    """``GET /v1/streams/{stream_id}``'s answer body, or a ``ServiceError``; served by the route above and
+    ahead of the app's stack (service/transport/fastpath.py)."""
     internal = caller.namespace.inside(stream_id)
-    return JsonAnswer(_described(await state.registry.describe(internal), caller.namespace))
+    return orjson.dumps(_described(await state.registry.describe(internal), caller.namespace))
 
 
 @router.delete(
