@@ -45,11 +45,11 @@ def ensure_wrk() -> str:
     return found
 
 
-def write_requests(requests: list[tuple[str, str, bytes]]) -> Path:
-    """A temporary directory of ``<i>.req`` files (method, path, body) for ``requests.lua``."""
+def write_requests(requests: list[tuple[str, str, bytes]], content_type: str = "application/json") -> Path:
+    """A temporary directory of ``<i>.req`` files (method, path, content type, body) for ``requests.lua``."""
     folder = Path(tempfile.mkdtemp(prefix="trackin-wrk-"))
     for i, (method, path, body) in enumerate(requests, start=1):
-        (folder / f"{i}.req").write_bytes(f"{method} {path}\n".encode() + body)
+        (folder / f"{i}.req").write_bytes(f"{method} {path} {content_type}\n".encode() + body)
     return folder
 
 
