@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -54,6 +53,7 @@ from trackin.service.settings import Settings
 from trackin.service.snapshot import fleet_snapshot
 from trackin.service.state import AppState
 from trackin.service.tasks import stop_task
+from trackin.service.threads import configure_threads
 from trackin.service.transport.body import BodyLimit
 from trackin.service.transport.fastpath import FastObservations
 from trackin.service.transport.metrics_port import serve_metrics
@@ -252,7 +252,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        torch.set_num_threads(settings.torch_threads)
+        configure_threads(settings)
         state = build(settings)
         keyring = state.keyring
         assert keyring is not None

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     torch_threads: int = Field(default=1, ge=1, le=256)
     """Intra-op threads for the engine; one is fastest for the small per-round ops (docs/engine.md)."""
+    gil_switch_interval_ms: float = Field(default=0.2, gt=0, le=100)
+    """How long a thread may keep the GIL while another waits for it (CPython's default: 5 ms); short, so
+    the engine thread is not kept waiting by the event loop between kernel calls (service/threads.py)."""
     kernels: Literal["auto", "torch"] = "auto"
     """``auto``: fused CPU kernels (numba) where they apply, compiled at start-up; ``torch``: the torch
     rounds everywhere (docs/engine.md, "Fused kernels")."""

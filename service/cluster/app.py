@@ -19,7 +19,6 @@ import socket
 import threading
 from collections.abc import AsyncIterator
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -67,6 +66,7 @@ from trackin.service.security.limiter import Limiter
 from trackin.service.security.namespace import PRINCIPAL
 from trackin.service.security.setup import make_keyring, make_limiter, refuse_open
 from trackin.service.settings import Settings
+from trackin.service.threads import configure_threads
 from trackin.service.transport.metrics_port import serve_metrics
 
 __all__ = ["build_cluster", "create_cluster_app"]
@@ -214,7 +214,7 @@ async def _start_keyring(settings: Settings) -> Keyring:
 def create_cluster_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        torch.set_num_threads(settings.torch_threads)
+        configure_threads(settings)
         keyring = await _start_keyring(settings)
         # The rates are counted in the cluster's Redis, so every replica draws on the same budget.
         limiter = make_limiter(settings.model_copy(update={"store": "redis"}))
