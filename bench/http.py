@@ -406,8 +406,8 @@ def _targets(rows: list[Row], river: float, rate: float) -> list[str]:
         return "met" if ok else "MISSED"
 
     single = find("REST single, 16 conn") if any(r.name.startswith("REST single, 16") for r in rows) else None
-    batched = max((r for r in rows if r.name.startswith("REST batch")), key=lambda r: r.rate)
-    ws_batch = max((r for r in rows if r.name.startswith("WS batch")), key=lambda r: r.rate)
+    batched = max((r for r in rows if r.name.startswith("REST batch")), key=lambda r: r.river_ratio)
+    ws_batch = max((r for r in rows if r.name.startswith("WS batch")), key=lambda r: r.river_ratio)
     pipelined, paced = find("WS single, 1 conn"), find("WS single, paced")
     lines = []
     if single is not None:
