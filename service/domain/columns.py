@@ -59,12 +59,16 @@ def _width(array: np.ndarray, width: int, name: str, streams: Sequence[str]) -> 
 
 
 def build_columns(columns: Columns, specs: Mapping[str, StreamSpec]) -> IngestBatch:
-    """Check a columnar body against its streams' specs; the batch, or ``InvalidInput`` naming the field."""
+    """Check a columnar body against its streams' specs; the batch, or ``InvalidInput`` naming the field.
+
+    ``specs``: the spec of each stream the body names, and of no other (as the registry looks them up)."""
     streams = columns.streams
-    named = {s: specs[s] for s in dict.fromkeys(streams)}  # each stream once, in order
+    named = dict(specs)
     kind = _shape(specs[streams[0]])
     series, width, out = kind
-    if any(_shape(spec) != kind for spec in named.values()):  # per stream; per row only to name the row
+    # Streams of equal specs share one spec object (the engine's): one object, one shape, checked in C.
+    shared = len(set(map(id, named.values()))) == 1
+    if not shared and any(_shape(spec) != kind for spec in named.values()):  # per row only to name it
         i = next(i for i, s in enumerate(streams) if _shape(specs[s]) != kind)
         raise InvalidInput(
             "a columnar body takes streams of one shape (the same model widths): "
@@ -98,7 +102,8 @@ def build_columns(columns: Columns, specs: Mapping[str, StreamSpec]) -> IngestBa
     _width(columns.y, out, "y", streams)
     _finite(columns.x, "x", streams)
     _finite(columns.y, "y", streams)
-    if any(spec.loss == "bce" for spec in batch.specs.values()):
+    first = named[streams[0]]
+    if first.loss == "bce" if shared else any(spec.loss == "bce" for spec in named.values()):
         bce = np.fromiter((specs[s].loss == "bce" for s in streams), bool, len(streams))
         outside = bce & ~((columns.y >= 0) & (columns.y <= 1)).all(axis=1)
         if outside.any():
