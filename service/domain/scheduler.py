@@ -99,7 +99,7 @@ class Scheduler:
         self._closing = False
         self.last_batch_size = 0
         self._pending_observations = 0
-        self._threaded: asyncio.Future[Any] | None = None  # engine work on the thread right now
+        self._threaded: asyncio.Future[Any] | None = None  # the last work handed to the engine thread
 
     @property
     def pending(self) -> int:
@@ -151,20 +151,22 @@ class Scheduler:
         idle; otherwise on the thread, right after the batches already handed to it (at most ``_AHEAD``),
         which may be mutating the state ``fn`` reads. (Waiting on the loop for a quiet thread could wait
         for ever under steady ingestion: the thread is handed its next batch before it returns one.)"""
-        busy = self._threaded
-        if busy is None or busy.done():
+        if self._thread_idle():
             return fn(self.engine)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self.engine)
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, self.engine)
+        self._threaded = future  # nothing runs inline on the loop until it is done (``_thread_idle``)
+        return await future
+
+    def _thread_idle(self) -> bool:
+        """Nothing runs on the engine thread or waits for it (in its queue, work runs in order)."""
+        busy = self._threaded
+        return busy is None or busy.done()
 
     async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on the engine thread; reads wait for it (``read``)."""
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, fn, *args)
+        """``fn(*args)`` on the engine thread; reads meanwhile go to the thread, after it (``read``)."""
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         self._threaded = future
-        try:
-            return await future
-        finally:
-            self._threaded = None
+        return await future
 
     def _submit(self, job: _Observe | _Call) -> None:
         if self._closing:
@@ -228,9 +230,9 @@ class Scheduler:
                     live = await self._logged(live, applying)
                 if not live:
                     continue
-                if not applying and sum(len(j.batch) for j in live) <= self.inline_limit:
+                if self._thread_idle() and sum(len(j.batch) for j in live) <= self.inline_limit:
                     self._apply_inline(live)
-                else:  # after the batches on the thread, in order (never inline past them)
+                else:  # after the batches (and reads) on the thread, in order: never inline past them
                     applying.append(self._start(live))
         finally:
             for unsettled in applying:  # the worker is cancelled with batches unsettled: their requests end
@@ -308,8 +310,8 @@ class Scheduler:
         return _Applying(live, batches, started, engine)
 
     async def _finish(self, applying: _Applying) -> None:
-        """Wait for the batch's engine call, then settle its requests, with no await after the engine call
-        returns: the caller starts the next batch in the same step, before any handler answers."""
+        """Wait for the batch's engine call, then settle its requests (the next batch is already on the
+        thread, or the caller hands it over in the same step, before any handler answers)."""
         try:
             results = await applying.engine
         except Exception as exc:

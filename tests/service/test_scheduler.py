@@ -238,3 +238,32 @@ async def test_reads_under_steady_ingestion_finish_and_see_every_acknowledged_st
         await producer
     assert sum(len(c) for c in recorder.calls) > 20
     await scheduler.stop()
+
+
+async def test_a_read_on_the_thread_holds_small_batches_off_the_loop() -> None:
+    """A read that went to the busy engine thread may still run there when the thread's other work is done:
+    a small batch queued then must not be applied on the loop meanwhile (it would change what the read is
+    reading), but after it, on the thread."""
+    scheduler, _, _ = await started()
+    release, blocked = await hold_engine(scheduler)  # the thread is busy: the read queues behind it
+    reading, finish = threading.Event(), threading.Event()
+
+    def slow_read(engine: Engine) -> tuple[int, int]:
+        first = engine.figures("a").steps
+        reading.set()
+        finish.wait(10)
+        return first, engine.figures("a").steps
+
+    read = asyncio.ensure_future(scheduler.read(slow_read))
+    await asyncio.sleep(0.01)
+    release.set()
+    await blocked
+    await asyncio.to_thread(reading.wait, 10)  # the read runs on the thread now
+    small = scheduler.submit(batch("a", 2))  # inline-sized
+    await asyncio.sleep(0.05)
+    assert not small.done()  # not applied on the loop under the read
+    finish.set()
+    first, last = await asyncio.wait_for(read, timeout=5)
+    assert first == last == 0
+    assert (await asyncio.wait_for(small, timeout=5)).steps.tolist() == [1, 2]
+    await scheduler.stop()
