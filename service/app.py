@@ -201,7 +201,7 @@ def build(settings: Settings) -> AppState:
     else:
         health = StoreHealth(metrics)
         connection = Connection(store, health, catalog)
-        ledger = Ledger()
+        ledger = Ledger(settings.checkpoint_every_steps)
         journal = DurabilityLog(store, connection, ledger, health)
         scheduler = Scheduler(
             engine,

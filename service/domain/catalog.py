@@ -60,6 +60,15 @@ class Catalog:
     def __len__(self) -> int:
         return len(self._records)
 
+    def missing(self, stream_ids: Iterable[str]) -> list[str]:
+        """The ids without a record, each once, in order. When every one has a record (ingestion's usual
+        case) that is one subset test in C, not a membership test in Python per stream."""
+        distinct = dict.fromkeys(stream_ids)
+        records = self._records
+        if distinct.keys() <= records.keys():
+            return []
+        return [s for s in distinct if s not in records]
+
     def record(self, stream_id: str) -> StreamRecord | None:
         return self._records.get(stream_id)
 

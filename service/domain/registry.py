@@ -11,6 +11,7 @@ import asyncio
 import bisect
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
@@ -350,7 +351,7 @@ class Registry:
         batch: its order among all requests is fixed here. The future gets the per-item results once the
         batch is applied; its streams stay resident until then."""
         # Stored streams come back in one batch, not one by one.
-        await self._persistence.prefetch(s for s in _named(items) if s not in self._catalog)
+        await self._persistence.prefetch(filter(None, map(_STREAM, items)))  # lazy: in C where consumed
         async with self._persistence.hold(_named(items, default_stream)) as held:
             batch = await self._validate(items, default_stream=default_stream, prefix=prefix)
             batch.transport = transport
@@ -363,7 +364,7 @@ class Registry:
     ) -> tuple[IngestBatch, asyncio.Future[Outcomes]]:
         """`enqueue` for a columnar body (every stream of one shape): checked as arrays, queued whole."""
         named = dict.fromkeys(columns.streams)
-        await self._persistence.prefetch(s for s in named if s not in self._catalog)
+        await self._persistence.prefetch(named)  # the store's side keeps the uncatalogued (Catalog.missing)
         async with self._persistence.hold(named) as held:
             # All catalogued (the common case): their specs in one pass in C, no Python per stream. A
             # catalogued id was checked when its stream was made; only new ids need the check.
@@ -551,6 +552,9 @@ class Registry:
             result = (await self._submit(batch)).items()[0]
         self._labels.discard(stream_id, request_id)
         return record.spec, result
+
+
+_STREAM = attrgetter("stream")
 
 
 def _named(items: Sequence[ObservationIn], default_stream: str | None = None) -> Iterator[str]:

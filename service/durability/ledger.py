@@ -32,12 +32,15 @@ class Ledger:
     engine state an export sees.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, every_steps: int) -> None:
+        self.every_steps = every_steps
+        """Observations since its last checkpoint that make a stream due (`due_streams`)."""
         self._counts: dict[str, int] = {}
         self._saved: dict[str, int] = {}  # count at the last accepted checkpoint
         self._positions: dict[str, str] = {}  # last log position appended (or restored) per stream
         self._recent: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self._changed: dict[str, None] = {}  # streams whose count differs from the saved one, as a set
+        self._due: dict[str, None] = {}  # streams at least ``every_steps`` behind their checkpoint, as a set
         self._saved_positions: dict[str, str] = {}  # log position of the last accepted checkpoint
         self._wake = asyncio.Event()
         self.head = ""
@@ -51,13 +54,17 @@ class Ledger:
     def applied(self, batches: list[IngestBatch], results: list[list[ItemResult]], seconds: float) -> None:
         """Count each applied observation and refresh recency (the scheduler's ``after_apply`` hook)."""
         del results, seconds
-        counts, recent, changed = self._counts, self._recent, self._changed
+        counts, saved, recent, due = self._counts, self._saved, self._recent, self._due
+        every = self.every_steps
+        arrived = Counter(itertools.chain.from_iterable(b.stream_ids for b in batches))
         # once per stream, not per observation (a Counter counts in C); recency in order of first arrival
-        for stream_id, n in Counter(itertools.chain.from_iterable(b.stream_ids for b in batches)).items():
-            counts[stream_id] = counts.get(stream_id, 0) + n
+        for stream_id, n in arrived.items():
+            count = counts[stream_id] = counts.get(stream_id, 0) + n
             recent[stream_id] = None
             recent.move_to_end(stream_id)
-            changed[stream_id] = None
+            if count - saved.get(stream_id, 0) >= every:
+                due[stream_id] = None
+        self._changed.update(dict.fromkeys(arrived))
         self._wake.set()
 
     def started(self, stream_id: str) -> None:
@@ -73,6 +80,7 @@ class Ledger:
             self._positions.pop(stream_id, None)
         self._recent[stream_id] = None
         self._changed[stream_id] = None
+        self._due.pop(stream_id, None)
         self._wake.set()
 
     def loaded(self, stream_id: str, *, count: int, saved: int, head: str, saved_position: str = "") -> None:
@@ -119,10 +127,14 @@ class Ledger:
             self._changed[stream_id] = None
         else:
             self._changed.pop(stream_id, None)
+        if self._counts.get(stream_id, 0) - self._saved.get(stream_id, 0) >= self.every_steps:
+            self._due[stream_id] = None
+        else:
+            self._due.pop(stream_id, None)
 
     def forget(self, stream_id: str) -> None:
         """A stream deleted or dropped from memory: nothing is known about it any more."""
-        tables = (self._counts, self._saved, self._positions, self._recent, self._changed)
+        tables = (self._counts, self._saved, self._positions, self._recent, self._changed, self._due)
         for table in (*tables, self._saved_positions):
             table.pop(stream_id, None)
 
@@ -153,10 +165,11 @@ class Ledger:
     def changed_streams(self) -> list[str]:
         return list(self._changed)
 
-    def streams_behind(self, steps: int) -> list[str]:
-        """Streams with at least ``steps`` observations since their last checkpoint."""
-        counts, saved = self._counts, self._saved
-        return [s for s in self._changed if counts.get(s, 0) - saved.get(s, 0) >= steps]
+    def due_streams(self) -> list[str]:
+        """Streams with at least ``every_steps`` observations since their last checkpoint. Kept as each
+        batch is counted, so the checkpoint loop's pass after every batch costs the streams due, not every
+        stream changed since the last full pass (a scan of all of them per batch: O(streams) per batch)."""
+        return list(self._due)
 
     # ----- the checkpoint loop's cue ----------------------------------------------------------------------
 

@@ -55,7 +55,6 @@ class CheckpointLoop:
         restorer: Restorer,
         health: StoreHealth,
     ) -> None:
-        self._every = settings.checkpoint_every_steps
         self._interval = settings.checkpoint_interval_seconds
         self._log_mode = settings.durability == "log"
         self._restore_pending = settings.restore_eagerly
@@ -139,7 +138,7 @@ class CheckpointLoop:
                 await self._prepare()
                 full = time.monotonic() - last_full >= self._interval
                 ledger = self._ledger
-                due = ledger.changed_streams() if full else ledger.streams_behind(self._every)
+                due = ledger.changed_streams() if full else ledger.due_streams()
                 if due:
                     await self._checkpointer.checkpoint(due)
                 await self.settle()

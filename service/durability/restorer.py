@@ -205,10 +205,8 @@ class Restorer:
         """
         wanted = [
             s
-            for s in dict.fromkeys(stream_ids)
-            if s not in self._records
-            and self._residency.evicting(s) is None
-            and STREAM_ID_PATTERN.fullmatch(s)
+            for s in self._records.missing(stream_ids)
+            if self._residency.evicting(s) is None and STREAM_ID_PATTERN.fullmatch(s)
         ]
         if len(wanted) < 2:
             return  # one stream: the ordinary path is as fast
