@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import socket
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.service import AR, LINEAR, Reference, assert_close, assert_results_match, check_error_body, unique
 from tests.service.conftest import LIMITS_ENV
+from tests.support.backpressure import check_backpressure
 from tests.support.server import TrackinServer
 
 pytestmark = pytest.mark.timeout(90)
@@ -238,18 +237,6 @@ async def test_messages_before_a_protocol_error_are_answered(server: TrackinServ
 
 
 IN_FLIGHT = 2  # TRACKIN_MAX_WS_IN_FLIGHT of the limits server
-# Bytes user space may hold on the way, beyond the kernel's socket buffers: the client's reads are paused
-# with at most one socket read (asyncio reads 256 KiB at a time) and ``max_queue`` frames queued; the
-# server's transport holds at most its write buffer's high-water mark (64 KiB) and the frame being written.
-USER_SPACE_BYTES = 2 * 256 * 1024
-
-
-def _max_send_buffer() -> int:
-    """The most a TCP socket's send buffer grows to by itself (Linux autotuning's cap, net.ipv4.tcp_wmem)."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
-    except (OSError, IndexError, ValueError):
-        return 64 * 1024 * 1024  # no /proc: far more than any default
 
 
 @pytest.fixture(scope="module")
@@ -267,76 +254,12 @@ async def test_backpressure_stops_reading_and_loses_nothing(
     request: pytest.FixtureRequest, bound_by: str
 ) -> None:
     """A client that sends without reading: the server (2 messages in flight, by their count or by their
-    bytes) stops reading once the answers back up, so it never reads more than its in-flight bound plus
-    the answers the connection can buffer; when the client reads, every answer arrives exactly once, in
-    order, and every message was applied.
-
-    The buffers are measured, not assumed: the client's receive buffer (set small, read back), the cap of
-    the server's send buffer (tcp_wmem), and user space's share bound how many answers can be on their way;
-    the client sends that many plus 200 more messages, so the server must stop reading before the end
-    whatever the kernel's buffer sizes, and the bound is checked against the step count."""
+    bytes) stops reading once the answers back up, and loses and reorders nothing
+    (tests/support/backpressure.py says how the bound is measured)."""
     limits_server: TrackinServer = request.getfixturevalue(
         "limits_server" if bound_by == "messages" else "weighed_server"
     )
-    sid = unique("bp")
-    out_dim = 300  # answers much larger than messages: a few hundred fill the buffers
-    spec = {
-        "model": {"family": "linear", "in_dim": 1, "out_dim": out_dim, "init": "random"},
-        "optimizer": {"name": "sgd", "lr": 1e-3},
-        "standardize": False,  # raw units: standardised, a constant target is predicted as "1.0", short
-    }
-    await create(limits_server.url, {sid: spec})
-    message = {"observations": [{"stream": sid, "x": [1.0], "y": [1] * out_dim}]}
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    receive_buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)  # what the kernel granted
-    sock.connect(("127.0.0.1", limits_server.port))
-    sock.setblocking(False)
-    sent = 0
-    async with await ws_connect(limits_server, sock=sock, max_queue=1, compression=None) as ws:
-        await ws.send(json.dumps({"seq": 0, **message}))
-        # Answers are 300 floats of full precision (random weights), so about as long as the first; count
-        # them at half its length to be safe.
-        answer_bytes = len(await ws.recv())
-        buffered = (receive_buffer + _max_send_buffer() + USER_SPACE_BYTES) // (answer_bytes // 2)
-        # read but unanswered: the queue, the answer being written, the message waiting to be queued
-        bound = 1 + buffered + IN_FLIGHT + 2
-        total = bound + 200
-
-        async def send_all() -> None:
-            nonlocal sent
-            for seq in range(1, total):
-                await ws.send(json.dumps({"seq": seq, **message}))
-                sent += 1
-
-        sender = asyncio.create_task(send_all())
-        try:
-            # Until the step count rests for a second (a slow server only makes this wait longer).
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 90
-            history = [await steps(limits_server.url, sid)]
-            while len(history) < 5 or len(set(history[-5:])) > 1:
-                assert loop.time() < deadline, history[-10:]
-                assert history[-1] <= bound, f"the server read {history[-1]} messages, bound {bound}"
-                await asyncio.sleep(0.25)
-                history.append(await steps(limits_server.url, sid))
-            stalled = history[-1]
-            assert stalled <= bound, f"the server read {stalled} messages unanswered, bound {bound}"
-            assert stalled < total
-            seqs, sizes = [], []
-            for _ in range(1, total):
-                frame = await asyncio.wait_for(ws.recv(), timeout=30)
-                sizes.append(len(frame))
-                got = json.loads(frame)
-                seqs.append(got["seq"])
-                assert got["results"][0]["step"] == got["seq"] + 1, got["seq"]
-            await sender
-        finally:
-            sender.cancel()
-    assert sent == total - 1
-    assert seqs == list(range(1, total))
-    assert min(sizes) > answer_bytes // 2, (min(sizes), answer_bytes)
-    assert await steps(limits_server.url, sid) == total
+    await check_backpressure(limits_server, IN_FLIGHT)
 
 
 def open_connections(url: str) -> float:
