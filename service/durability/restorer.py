@@ -436,12 +436,14 @@ def _install_all(engine: Engine, blobs: RowBlobs, ready: list[_Decoded]) -> dict
     chain through one live engine call (which applies each stream's observations in order); the
     observations replayed per stream installed (streams resident already are left as they are)."""
     out: dict[str, int | StreamCorrupt] = {}
-    by_spec: dict[StreamSpec, list[_Decoded]] = {}
+    # by the spec object: `Restorer._spec` hands equal specs out as one object, and hashing a pydantic
+    # model per stream (its fields) cost more than the rest of this loop
+    by_spec: dict[int, tuple[StreamSpec, list[_Decoded]]] = {}
     for d in ready:
         if d.checkpoint.stream_id not in engine:  # else installed meanwhile: leave it as it is
-            by_spec.setdefault(d.spec, []).append(d)
+            by_spec.setdefault(id(d.spec), (d.spec, []))[1].append(d)
     loaded: list[_Decoded] = []
-    for spec, group in by_spec.items():
+    for spec, group in by_spec.values():
         ids, rows, errors = blobs.decode(
             engine.pool_of(spec).packed,
             [d.checkpoint.stream_id for d in group],

@@ -1,7 +1,8 @@
 """The SQLite store's tables and every SQL statement it runs, kept apart from the threading around them.
 
 Reading the schema and the statements together shows what each query can use: the checkpoint
-primary key for paging by prefix, ``log_stream_seq`` for one stream's log in order. Fencing is in
+primary key for one stream's row, ``checkpoints_live`` (the live ids alone) for paging by prefix and
+counting without reading the rows' blobs, ``log_stream_seq`` for one stream's log in order. Fencing is in
 the WHERE of `FENCED_UPSERT`, so the check and the write are one statement.
 """
 
@@ -53,6 +54,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     tensors      BLOB NOT NULL,
     deleted      INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS checkpoints_live ON checkpoints (stream_id) WHERE deleted = 0;
 CREATE TABLE IF NOT EXISTS log (
     seq       INTEGER PRIMARY KEY AUTOINCREMENT,
     stream_id TEXT NOT NULL,

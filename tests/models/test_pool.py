@@ -209,6 +209,35 @@ def test_growth_by_doubling_keeps_states() -> None:
     assert small.state["param/weight0"].data_ptr() == small._packed.buffers[0].data_ptr()
 
 
+@pytest.mark.parametrize("kernels", ["auto", "torch"])
+def test_free_rows_are_never_read(kernels: Kernels) -> None:
+    """Growth leaves new rows unwritten (``PackedState.grow``): a stream placed in one (one at a time, or
+    many restored at once) and the fleet's figures must not depend on what such a row held."""
+    clean = StreamPool(LIN, capacity=1, kernels=kernels)
+    poisoned = StreamPool(LIN, capacity=1, kernels=kernels)
+    donor = StreamPool(LIN, capacity=4, kernels=kernels)
+    donor_slots = [donor.add(LIN) for _ in range(4)]
+    feed(donor, donor_slots, 99)
+    restored = donor.export_rows(np.array(donor_slots))
+    for pool in (clean, poisoned):
+        pool._packed.grow(16)
+        pool._free.extend(range(15, 0, -1))
+    for buffer in poisoned._packed.buffers:  # what a reused allocation may hold
+        buffer.fill_(7)
+    poisoned._packed.buffers[0].fill_(float("nan"))
+    outcomes = []
+    for pool in (clean, poisoned):
+        slots = [pool.add(LIN) for _ in range(5)]
+        slots += pool.add_rows(LIN, restored).tolist()
+        feed(pool, slots, 7)
+        outcomes.append((exports(pool, slots), pool.fleet_rows()))
+    (states, fleet), (poisoned_states, poisoned_fleet) = outcomes
+    for a, b in zip(states, poisoned_states, strict=True):
+        same_bits(a, b)
+    assert fleet.shape[0] == 9
+    assert torch.equal(bits(fleet), bits(poisoned_fleet))
+
+
 @pytest.mark.parametrize("spec", [LIN, MLP, AR, StreamSpec(model=LinearModel(in_dim=3), optimizer=SGDSpec())])
 def test_export_load_round_trip_continues_bit_for_bit(spec: StreamSpec) -> None:
     def step(pool: StreamPool, slot: int, k: int) -> None:
