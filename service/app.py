@@ -201,7 +201,7 @@ def build(settings: Settings) -> AppState:
     else:
         health = StoreHealth(metrics)
         connection = Connection(store, health, catalog)
-        ledger = Ledger(settings.checkpoint_every_steps)
+        ledger = Ledger(settings.checkpoint_every_steps, by_recency=settings.max_resident_streams is not None)
         journal = DurabilityLog(store, connection, ledger, health)
         scheduler = Scheduler(
             engine,

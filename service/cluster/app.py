@@ -123,7 +123,7 @@ async def build_cluster(settings: Settings, limiter: Limiter | None = None) -> t
     store = LeaseFencedStore(inner, book, partitions)
     health = StoreHealth(metrics)
     connection = Connection(store, health, catalog)
-    ledger = Ledger(settings.checkpoint_every_steps)
+    ledger = Ledger(settings.checkpoint_every_steps, by_recency=False)  # nothing is evicted by recency
     scheduler = Scheduler(engine, max_batch=settings.max_batch_observations, after_apply=[ledger.applied])
     checkpointer = Checkpointer(store, connection, ledger, scheduler, catalog, health, metrics)
     journal = DurabilityLog(store, connection, ledger, health)  # unused (no store log); residency wants it

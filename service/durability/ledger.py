@@ -30,11 +30,16 @@ class Ledger:
     46/s by 20,000 streams on SQLite). `applied` is a scheduler hook: it runs right after each
     engine call and before any later engine job (such as a checkpoint export), so counts always match the
     engine state an export sees.
+
+    Args:
+        every_steps: observations since its last checkpoint that make a stream due (`due_streams`).
+        by_recency: keep `recent` in order of last use (eviction needs it: ``max_resident_streams``);
+            without, `recent` is the resident streams in no useful order, and a batch skips that update.
     """
 
-    def __init__(self, every_steps: int) -> None:
+    def __init__(self, every_steps: int, *, by_recency: bool = True) -> None:
         self.every_steps = every_steps
-        """Observations since its last checkpoint that make a stream due (`due_streams`)."""
+        self.by_recency = by_recency
         self._counts: dict[str, int] = {}
         self._saved: dict[str, int] = {}  # count at the last accepted checkpoint
         self._positions: dict[str, str] = {}  # last log position appended (or restored) per stream
@@ -54,17 +59,20 @@ class Ledger:
     def applied(self, batches: list[IngestBatch], results: list[list[ItemResult]], seconds: float) -> None:
         """Count each applied observation and refresh recency (the scheduler's ``after_apply`` hook)."""
         del results, seconds
-        counts, saved, recent, due = self._counts, self._saved, self._recent, self._due
+        counts, saved, due = self._counts, self._saved, self._due
         every = self.every_steps
         arrived = Counter(itertools.chain.from_iterable(b.stream_ids for b in batches))
-        # once per stream, not per observation (a Counter counts in C); recency in order of first arrival
+        # once per stream, not per observation (a Counter counts in C)
         for stream_id, n in arrived.items():
             count = counts[stream_id] = counts.get(stream_id, 0) + n
-            recent[stream_id] = None
-            recent.move_to_end(stream_id)
             if count - saved.get(stream_id, 0) >= every:
                 due[stream_id] = None
         self._changed.update(dict.fromkeys(arrived))
+        if self.by_recency:  # in order of first arrival, after the streams used less recently
+            recent = self._recent
+            for stream_id in arrived:
+                recent[stream_id] = None
+                recent.move_to_end(stream_id)
         self._wake.set()
 
     def started(self, stream_id: str) -> None:
@@ -159,8 +167,8 @@ class Ledger:
         return self._counts.get(stream_id, 0) != self._saved.get(stream_id, -1)
 
     def recent(self) -> list[str]:
-        """Resident streams, least recently used first."""
-        return list(self._recent)
+        """Resident streams, least recently used first (``by_recency``; else in no particular order)."""
+        return list(self._recent) if self.by_recency else list(self._counts)
 
     def changed_streams(self) -> list[str]:
         return list(self._changed)

@@ -76,7 +76,7 @@ class Parts:
         catalog = Catalog()
         health = StoreHealth(metrics)
         connection = Connection(store, health, catalog)
-        ledger = Ledger(config.checkpoint_every_steps)
+        ledger = Ledger(config.checkpoint_every_steps, by_recency=config.max_resident_streams is not None)
         log = DurabilityLog(store, connection, ledger, health)
         log_mode = config.durability == "log"
         scheduler = Scheduler(

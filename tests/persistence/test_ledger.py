@@ -66,3 +66,22 @@ def test_due_streams_equal_a_scan_over_random_traffic() -> None:
             ledger.started(s)
         assert set(ledger.due_streams()) == _behind(ledger, saved, every)
     assert ledger.due_streams(), "the traffic left some stream due"
+
+
+def test_without_recency_the_resident_streams_are_still_listed() -> None:
+    """Without eviction the ledger skips the recency order; shutdown still checkpoints from `recent`, so it
+    must hold every resident stream (created, restored, or applied since) and none forgotten."""
+    ordered, plain = Ledger(every_steps=3), Ledger(every_steps=3, by_recency=False)
+    for ledger in (ordered, plain):
+        for s in ("a", "b", "c"):
+            ledger.started(s)
+        ledger.loaded("d", count=4, saved=4, head="")
+        ledger.applied([_batch(["c", "a", "c"])], [], 0.0)
+        ledger.forget("b")
+        ledger.applied([_batch(["d"])], [], 0.0)
+    assert ordered.recent() == ["c", "a", "d"]  # least recently used first
+    assert sorted(plain.recent()) == ["a", "c", "d"]
+    assert [plain.count(s) for s in "acd"] == [ordered.count(s) for s in "acd"] == [1, 2, 5]
+    assert plain.due_streams() == ordered.due_streams() == []
+    plain.applied([_batch(["a", "a"])], [], 0.0)
+    assert plain.due_streams() == ["a"]

@@ -19,6 +19,7 @@ import torch
 
 from tests.support.redis_server import RedisServer, redis_server_binary
 from trackin.service.store import (
+    SQLITE_FILENAME,
     Checkpoint,
     LogEntry,
     RedisStore,
@@ -278,6 +279,28 @@ def test_sqlite_lists_and_counts_live_streams_from_the_id_index(tmp_path: Path) 
     plan = " ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql.COUNT_STREAMS}"))
     assert "checkpoints_live" in plan, plan
     db.close()
+
+
+async def test_sqlite_new_files_take_large_pages_and_old_files_keep_theirs(tmp_path: Path) -> None:
+    """The page size is set before the file exists (after WAL it would be ignored for good); a database
+    made with SQLite's default 4 kB pages still opens, keeps them, and works."""
+    old = tmp_path / "old" / SQLITE_FILENAME
+    old.parent.mkdir()
+    db = sqlite3.connect(old, isolation_level=None)
+    db.execute("PRAGMA page_size=4096")
+    db.execute("PRAGMA journal_mode=WAL")
+    sql.create_schema(db)
+    db.close()
+    for path, size in ((tmp_path / "new" / SQLITE_FILENAME, sql.PAGE_SIZE), (old, 4096)):
+        async with SQLiteStore(path) as store:
+            epoch = await store.acquire_epoch()
+            [position] = await store.append_batches(epoch, [bytes(range(256)) * 200])
+            await store.write_checkpoints([checkpoint("s", epoch, 1)])
+            assert await store.read_batches("") == [(position, epoch, bytes(range(256)) * 200)]
+            assert await store.read_checkpoint("s") == checkpoint("s", epoch, 1)
+        db = sqlite3.connect(path)
+        assert db.execute("PRAGMA page_size").fetchone()[0] == size
+        db.close()
 
 
 async def test_delete_removes_checkpoint_log_and_listing(store: Store) -> None:
