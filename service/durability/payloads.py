@@ -341,6 +341,8 @@ class ReplayPlan:
 
 def plan_replay(checkpoint_epoch: int, checkpoint_position: str, tail: Sequence[LoggedBatch]) -> ReplayPlan:
     """The chain of ``tail`` entries that continues the checkpoint's state (see the module docstring)."""
+    if not tail:  # a stream checkpointed with all it applied: the usual case of a restore
+        return ReplayPlan([], checkpoint_position, 0)
     chain: list[LoggedBatch] = []
     heads = [checkpoint_position]  # heads[i]: position after applying chain[:i]
     epoch = checkpoint_epoch

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -94,6 +94,7 @@ class Restorer:
         self._restoring: dict[str, asyncio.Lock] = {}
         self._blobs = RowBlobs()
         self._specs: dict[tuple[object, bytes], StreamSpec] = {}
+        self._last_spec: tuple[object, dict[str, Any], StreamSpec] | None = None
 
     async def restore(self, stream_id: str) -> StreamRecord | None:
         """Load a stream that is not resident; its record, or None if it was never stored.
@@ -249,7 +250,7 @@ class Restorer:
                     if following is not None:
                         following.cancel()
                         with contextlib.suppress(BaseException):
-                            self._release((await following).locks)
+                            self._release(await following)
                     raise
                 if following is None:
                     return
@@ -260,24 +261,25 @@ class Restorer:
         await self._install_page(await self._read_page(ids), report=report)
 
     async def _read_page(self, ids: Sequence[str], adoption: _Adoption | None = None) -> _Page:
-        """Lock the streams of ``ids`` nobody else is restoring, and read their checkpoints and, when
-        adopting, their log tails (the locks are released by `_install_page`, or here if the read fails)."""
-        locks: list[tuple[str, asyncio.Lock]] = []
-        for stream_id in ids:
-            lock = self._restoring.setdefault(stream_id, asyncio.Lock())
-            if not lock.locked() and stream_id not in self._records:
-                await lock.acquire()  # free: returns at once
-                locks.append((stream_id, lock))
-        started = time.perf_counter()
+        """Claim the streams of ``ids`` nobody else is restoring, and read their checkpoints and, when
+        adopting, their log tails (released by `_install_page`, or here if the read fails).
+
+        The page's streams share one held lock under their ids in ``_restoring`` (a lock per stream cost
+        more than reading its checkpoint): a request restoring one of them meanwhile waits for the page."""
+        lock = asyncio.Lock()
+        await lock.acquire()  # free: returns at once
+        restoring, records = self._restoring, self._records
+        claimed = [s for s in ids if s not in records and restoring.setdefault(s, lock) is lock]
+        page = _Page(lock, claimed, time.perf_counter(), {}, {})
         try:
-            if not locks:
-                return _Page(locks, started, {}, {})
-            checkpoints = await self._store.read_checkpoints([s for s, _ in locks])
+            if not claimed:
+                return page
+            checkpoints = await self._store.read_checkpoints(claimed)
             tails = {} if adoption is None else await self._tails(checkpoints, adoption)
         except BaseException:
-            self._release(locks)
+            self._release(page)
             raise
-        return _Page(locks, started, checkpoints, tails)
+        return _Page(lock, claimed, page.started, checkpoints, tails)
 
     async def _install_page(self, page: _Page, *, report: bool) -> None:
         try:
@@ -293,12 +295,13 @@ class Restorer:
                     elif report:
                         log.error("%s", outcome.message)
         finally:
-            self._release(page.locks)
+            self._release(page)
 
-    def _release(self, locks: list[tuple[str, asyncio.Lock]]) -> None:
-        for stream_id, lock in locks:
-            lock.release()
-            self._restoring.pop(stream_id, None)
+    def _release(self, page: _Page) -> None:
+        restoring = self._restoring
+        for stream_id in page.claimed:
+            restoring.pop(stream_id, None)
+        page.lock.release()
 
     async def _install(
         self, stored: list[tuple[Checkpoint, _Tail]]
@@ -365,14 +368,23 @@ class Restorer:
         return _Decoded(checkpoint, spec, plan)
 
     def _spec(self, meta: dict[str, Any]) -> StreamSpec:
-        """The spec a checkpoint's meta holds, validated once per distinct spec (streams share a few)."""
-        key = (meta.get(FORMAT_KEY), orjson.dumps(meta["spec"], option=orjson.OPT_SORT_KEYS))
+        """The spec a checkpoint's meta holds, validated once per distinct spec (streams share a few).
+
+        The last one is checked first by equality of the stored dicts (written by ``model_dump``, so
+        equal dicts are equal specs): a page's streams mostly share one, and dumping each stream's spec
+        for the cache key cost more than the rest of its decode."""
+        fmt, raw = meta.get(FORMAT_KEY), meta["spec"]
+        last = self._last_spec
+        if last is not None and last[0] == fmt and last[1] == raw:
+            return last[2]
+        key = (fmt, orjson.dumps(raw, option=orjson.OPT_SORT_KEYS))
         spec = self._specs.get(key)
         if spec is None:
             spec = StreamSpec.model_validate(upgrade_spec(meta["spec"], meta))
             if len(self._specs) >= 1024:
                 self._specs.clear()
             self._specs[key] = spec
+        self._last_spec = (fmt, raw, spec)
         return spec
 
 
@@ -395,9 +407,10 @@ def _collector_paused() -> Iterator[None]:
 
 @dataclass(frozen=True, slots=True)
 class _Page:
-    """Streams locked for a restore, and what the store holds for them."""
+    """Streams claimed for a restore (held under ``lock``), and what the store holds for them."""
 
-    locks: list[tuple[str, asyncio.Lock]]
+    lock: asyncio.Lock
+    claimed: list[str]
     started: float
     checkpoints: dict[str, Checkpoint]
     tails: dict[str, _Tail]
@@ -428,8 +441,10 @@ def _shares(entries: list[tuple[str, bytes]]) -> dict[str, list[LoggedBatch]]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class _Decoded:
+class _Decoded(NamedTuple):
+    """A stored stream ready to install (a tuple: a frozen dataclass's ``__init__`` cost a microsecond per
+    stream of an eager restore)."""
+
     checkpoint: Checkpoint
     spec: StreamSpec
     plan: ReplayPlan

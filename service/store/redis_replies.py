@@ -11,7 +11,7 @@ from typing import Any
 
 from trackin.service.store.base import Checkpoint
 from trackin.service.store.errors import CorruptCheckpoint, StoreError
-from trackin.service.store.rows import decoding_checkpoint, loads_object
+from trackin.service.store.rows import stored_checkpoint
 
 __all__ = ["CHECKPOINT_FIELDS", "checkpoint_from_fields", "log_entries", "reply_bytes", "reply_text"]
 
@@ -39,9 +39,7 @@ def checkpoint_from_fields(stream_id: str, fields: list[bytes | None]) -> Checkp
         return None
     if step is None or log_position is None or meta is None or tensors is None:
         raise CorruptCheckpoint(stream_id, "checkpoint hash is missing fields")
-    with decoding_checkpoint(stream_id):
-        meta_value = loads_object(meta, "meta")
-        return Checkpoint(stream_id, int(epoch), int(step), log_position.decode(), meta_value, bytes(tensors))
+    return stored_checkpoint(stream_id, epoch, step, log_position.decode(), meta, tensors)
 
 
 def log_entries(page: Sequence[tuple[object, Mapping[Any, object] | None]] | None) -> list[tuple[str, bytes]]:

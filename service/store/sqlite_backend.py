@@ -37,7 +37,7 @@ from trackin.service.store.base import (
     check_stream_id,
 )
 from trackin.service.store.errors import StoreError, StoreUnavailable
-from trackin.service.store.rows import decoding_checkpoint, dumps_record, loads_object, split_page
+from trackin.service.store.rows import dumps_record, loads_object, split_page, stored_checkpoint
 
 __all__ = ["SQLiteStore", "Synchronous"]
 
@@ -177,7 +177,7 @@ class SQLiteStore(Store):
 
         if not ids:
             return {}
-        return {row[0]: _checkpoint_from_row(row) for row in await self._run(read)}
+        return {row[0]: stored_checkpoint(*row) for row in await self._run(read)}
 
     async def delete_stream(self, stream_id: str, epoch: int) -> bool:
         check_stream_id(stream_id)
@@ -401,9 +401,3 @@ def _parse_batch_position(position: str) -> int:
     if not isinstance(position, str) or not position.startswith("b"):
         raise ValueError(f"Invalid batch log position: {position!r}")
     return _parse_position(position[1:])
-
-
-def _checkpoint_from_row(row: tuple[Any, ...]) -> Checkpoint:
-    stream_id, epoch, step, log_position, meta, tensors = row
-    with decoding_checkpoint(stream_id):
-        return Checkpoint(stream_id, epoch, step, log_position, loads_object(meta), bytes(tensors))

@@ -112,6 +112,31 @@ async def test_prefetch_restores_many_at_once_and_leaves_the_rest_to_restore(bac
             await second.restorer.restore("bad")
 
 
+async def test_a_restore_of_a_stream_a_page_is_loading_waits_for_the_page(backend: Backend) -> None:
+    ids = [f"s{i}" for i in range(4)]
+    async with Parts.on(backend.open(), durability="checkpoint") as first:  # no log to take over first
+        for stream_id in [*ids, "bad"]:
+            await first.create(stream_id)
+            await first.observe(stream_id, rows(2))
+        await first.checkpointer.checkpoint([*ids, "bad"])
+        await first.crash()
+    backend.overwrite_tensors("bad", b"\0" * len(backend.raw_tensors("bad")))
+
+    async with Parts.on(backend.open(), durability="checkpoint") as second:
+        assert await second.restorer.restore("nobody") is None  # connected: the page's claim is not delayed
+        page = asyncio.ensure_future(second.restorer.prefetch([*ids, "bad"]))
+        await asyncio.sleep(0)  # the page has claimed its streams and is reading them
+        waiting = [asyncio.ensure_future(second.restorer.restore(s)) for s in [*ids, "bad"]]
+        await page
+        *records, bad = await asyncio.gather(*waiting, return_exceptions=True)
+        assert records == [second.catalog.record(s) for s in ids]
+        assert None not in records
+        assert isinstance(bad, StreamCorrupt)
+        assert bad.stream == "bad"
+        assert _restores(second) == len(ids), "each stream loaded once, by the page"
+        assert all(second.ledger.count(s) == 2 for s in ids)
+
+
 async def test_eager_restore_fills_memory_up_to_the_residency_limit(backend: Backend) -> None:
     async with Parts.on(backend.open()) as first:
         for i in range(5):
