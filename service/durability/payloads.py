@@ -190,12 +190,12 @@ def encode_group(batches: Sequence[IngestBatch], epoch: int, bases: Mapping[str,
             ts = None
             if any(b.t is not None for b in batches):
                 ts = [b.t if b.t is not None else np.full(len(b), np.nan) for b in batches]
-            ids = (
-                batches[0].stream_ids
-                if len(batches) == 1
-                else [*itertools.chain(*(b.stream_ids for b in batches))]
-            )
-            return [_group_entry(ids, xs, ys, ts, epoch, bases)]  # type: ignore[arg-type]
+            if len(batches) == 1:
+                ids, streams = batches[0].stream_ids, list(batches[0].streams)
+            else:
+                ids = [*itertools.chain(*(b.stream_ids for b in batches))]
+                streams = list(dict.fromkeys(itertools.chain(*(b.streams for b in batches))))
+            return [_group_entry(ids, streams, xs, ys, ts, epoch, bases)]  # type: ignore[arg-type]
     # Items walked one by one (mixed widths): one entry per (input, target) width class.
     classes: dict[tuple[int, int], tuple[list[str], list[np.ndarray], list[np.ndarray], list[float]]] = {}
     timed = any(b.times is not None for b in batches)
@@ -213,6 +213,7 @@ def encode_group(batches: Sequence[IngestBatch], epoch: int, bases: Mapping[str,
         out.append(
             _group_entry(
                 class_ids,
+                list(dict.fromkeys(class_ids)),
                 [np.stack(class_xs)],
                 [np.stack(class_ys)] if wy >= 0 else None,
                 [np.asarray(class_ts, dtype=np.float64)] if timed else None,
@@ -225,13 +226,14 @@ def encode_group(batches: Sequence[IngestBatch], epoch: int, bases: Mapping[str,
 
 def _group_entry(
     ids: list[str],
+    streams: list[str],
     xs: list[np.ndarray],
     ys: list[np.ndarray] | None,
     ts: list[np.ndarray] | None,
     epoch: int,
     bases: Mapping[str, str],
 ) -> GroupEntry:
-    streams = list(dict.fromkeys(ids))
+    """``streams``: the distinct ``ids`` in order of first arrival (the order `decode_group` reads)."""
     columns = [np.concatenate(xs) if len(xs) > 1 else xs[0]]
     wx = columns[0].shape[1]
     wy = 0

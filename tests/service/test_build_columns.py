@@ -40,3 +40,10 @@ def test_streams_of_two_shapes_are_refused_naming_the_first_that_differs() -> No
     assert _refusal(columns, {"a": MSE, "b": MSE, "w": WIDE}) == ("streams[2]", "w")
     batch = build_columns(Columns(["a", "b"], np.ones((2, 2)), np.ones((2, 1))), {"a": MSE, "b": MSE})
     assert list(batch.specs) == ["a", "b"]
+
+
+def test_a_columnar_batch_names_its_streams_once_each_in_order_of_arrival() -> None:
+    streams = ["c", "a", "c", "b", "a"]
+    specs = {s: MSE for s in dict.fromkeys(streams)}  # as the registry looks them up
+    batch = build_columns(Columns(streams, np.ones((5, 2)), np.ones((5, 1))), specs)
+    assert list(batch.streams) == list(dict.fromkeys(batch.stream_ids)) == ["c", "a", "b"]

@@ -208,3 +208,21 @@ def test_msgpack_decode_errors_name_the_field() -> None:
         decode_msgpack(b"\xc1", WsMessage)
     assert error.value.field == "body"
     assert error.value.message.startswith("malformed")
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [OK_LIN],  # one supervised item
+        [{"stream": s, "x": [1, 2, 3], "y": [1, 2]} for s in ("b", "lin", "b", "c", "lin")],  # rows
+        [OK_AR, OK_LIN, OK_AR, {"stream": "ar2", "value": [3, 4]}, OK_LIN],  # the general path
+        [{"stream": "c", "x": [1, 2, 3], "y": [1, 2]}, OK_AR, {"stream": "b", "x": [0, 0, 0], "y": [0, 0]}],
+    ],
+)
+def test_a_batch_names_its_streams_once_each_in_order_of_arrival(items: list[dict[str, Any]]) -> None:
+    """The durability log writes the distinct streams from `IngestBatch.streams` and reads them back in
+    the order the ids first appear: every builder must give that order."""
+    specs = {**SPECS, "b": LIN, "c": LIN, "ar2": AR}
+    batch = build_batch([ObservationIn(**i) for i in items], specs)
+    assert list(batch.streams) == list(dict.fromkeys(i["stream"] for i in items))
+    assert list(batch.streams) == list(dict.fromkeys(batch.stream_ids))
