@@ -39,6 +39,11 @@ class Persistence(Protocol):
         """Restore many stored streams in one go (best effort: `restore` answers for each later)."""
         ...
 
+    def all_resident(self) -> bool:
+        """Every stored stream is resident as far as this process knows, so a request's prefetch would
+        find nothing (a hint: if it is wrong, `restore` still brings each stream back)."""
+        ...
+
     def hold(self, stream_ids: Iterable[str]) -> Hold:
         """Keep these streams resident while the caller uses them."""
         ...
@@ -95,6 +100,9 @@ class InMemory:
 
     async def prefetch(self, stream_ids: Iterable[str]) -> None:
         return None
+
+    def all_resident(self) -> bool:
+        return True
 
     def hold(self, stream_ids: Iterable[str]) -> Hold:
         return self._HOLD

@@ -350,8 +350,10 @@ class Registry:
         """Resolve the streams (templates, restores), check every item against its spec, and queue the
         batch: its order among all requests is fixed here. The future gets the per-item results once the
         batch is applied; its streams stay resident until then."""
-        # Stored streams come back in one batch, not one by one.
-        await self._persistence.prefetch(filter(None, map(_STREAM, items)))  # lazy: in C where consumed
+        # Stored streams come back in one batch, not one by one; with every stored stream resident there
+        # is nothing to look for (a pass over a thousand ids per request otherwise).
+        if not self._persistence.all_resident():
+            await self._persistence.prefetch(filter(None, map(_STREAM, items)))  # lazy: in C where consumed
         async with self._persistence.hold(_named(items, default_stream)) as held:
             batch = await self._validate(items, default_stream=default_stream, prefix=prefix)
             batch.transport = transport
@@ -364,7 +366,8 @@ class Registry:
     ) -> tuple[IngestBatch, asyncio.Future[Outcomes]]:
         """`enqueue` for a columnar body (every stream of one shape): checked as arrays, queued whole."""
         named = dict.fromkeys(columns.streams)
-        await self._persistence.prefetch(named)  # the store's side keeps the uncatalogued (Catalog.missing)
+        if not self._persistence.all_resident():
+            await self._persistence.prefetch(named)  # the store keeps the uncatalogued (Catalog.missing)
         async with self._persistence.hold(named) as held:
             # All catalogued (the common case): their specs in one pass in C, no Python per stream. A
             # catalogued id was checked when its stream was made; only new ids need the check.

@@ -108,6 +108,11 @@ class Durability:
     async def prefetch(self, stream_ids: Iterable[str]) -> None:
         await self._restorer.prefetch(stream_ids)
 
+    def all_resident(self) -> bool:
+        """Connected, and as many streams resident as stored: the steady state without eviction. Only this
+        process creates and deletes streams in its store, so the count it keeps is the store's."""
+        return self._connection.connected and len(self._engine) >= self._connection.known
+
     def hold(self, stream_ids: Iterable[str]) -> Hold:
         return self._residency.hold(stream_ids)
 

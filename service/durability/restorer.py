@@ -203,11 +203,7 @@ class Restorer:
         per page), e.g. before a batch of observations is validated stream by stream.
 
         Best effort: ids that are invalid, unknown or corrupt are left for `restore` to answer one by one.
-        When every stored stream is resident (the steady state without eviction) there is nothing to
-        fetch, and the ids are not even looked at (a pass over a thousand ids per request otherwise).
         """
-        if self._connection.connected and len(self._records) >= self._connection.known:
-            return
         wanted = [
             s
             for s in self._records.missing(stream_ids)
