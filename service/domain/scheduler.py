@@ -192,7 +192,7 @@ class Scheduler:
             while True:
                 if not self._queue:
                     if applying:
-                        await self._finish(applying.popleft())
+                        await self._finish_or_arrival(applying)
                         continue
                     if self._closing:
                         return
@@ -239,6 +239,24 @@ class Scheduler:
                 self._settled(unsettled.live)
                 for j in unsettled.live:
                     j.future.cancel()
+
+    async def _finish_or_arrival(self, applying: collections.deque[_Applying]) -> None:
+        """Nothing queued, batches on the thread: settle the oldest when it returns, or, while the thread
+        has room for its next batch, stop at the first new arrival so it is handed over at once. (A REST
+        client with a request or two in flight sends its next only after its answer: waiting for the
+        thread's last batch instead left the thread idle while that request was read and checked.)"""
+        head = applying[0].engine
+        if len(applying) < _AHEAD and not head.done():
+            self._wake.clear()
+            arrival = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait((head, arrival), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                arrival.cancel()
+            if not head.done():
+                await self._linger()
+                return
+        await self._finish(applying.popleft())
 
     async def _logged(self, live: list[_Observe], applying: collections.deque[_Applying]) -> list[_Observe]:
         """`_prepare` (``before_apply``: a store round trip) while the batches on the thread run; each one

@@ -267,3 +267,42 @@ async def test_a_read_on_the_thread_holds_small_batches_off_the_loop() -> None:
     assert first == last == 0
     assert (await asyncio.wait_for(small, timeout=5)).steps.tolist() == [1, 2]
     await scheduler.stop()
+
+
+async def test_the_next_batch_goes_to_the_thread_while_the_last_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request arriving while the thread runs the only batch it has is handed over (checked, logged and
+    queued on the thread) at once, not when that batch returns: a REST client sends its next request only
+    after its answer, and waiting left the thread idle while that request was read and checked."""
+    engine = Engine("cpu")
+    for sid in ("a", "b"):
+        engine.add(sid, SPEC)
+    entered, release = threading.Event(), threading.Event()
+    observe = engine.observe_arrays
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        if not entered.is_set():  # the first engine call waits for the test
+            entered.set()
+            release.wait(10)
+        return observe(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "observe_arrays", held)
+    logged: list[list[int]] = []
+
+    async def log(batches: list[IngestBatch]) -> None:
+        logged.append([len(b) for b in batches])
+
+    scheduler = Scheduler(engine, max_batch=100, inline_limit=0, before_apply=log)
+    scheduler.start()
+    first = scheduler.submit(batch("a", 3))
+    assert await asyncio.to_thread(entered.wait, 10)
+    second = scheduler.submit(batch("b", 2))
+    for _ in range(200):
+        if len(logged) == 2:
+            break
+        await asyncio.sleep(0.005)
+    assert logged == [[3], [2]]  # the second was handed over while the first still ran
+    assert not first.done()
+    release.set()
+    assert (await asyncio.wait_for(first, timeout=5)).steps.tolist() == [1, 2, 3]
+    assert (await asyncio.wait_for(second, timeout=5)).steps.tolist() == [1, 2]
+    await scheduler.stop()
