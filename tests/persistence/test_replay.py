@@ -10,7 +10,10 @@ from __future__ import annotations
 import msgpack
 import numpy as np
 import pytest
+import torch
 
+from trackin.models.engine import Engine
+from trackin.models.specs import StreamSpec
 from trackin.service.domain.ingest import IngestBatch
 from trackin.service.durability.payloads import (
     LoggedBatch,
@@ -163,3 +166,71 @@ def test_batch_log_entries_of_streams_with_different_widths() -> None:
     assert [a.tolist() for a in shares["w"].inputs] == [wide.tolist(), (wide + 1).tolist()]
     assert (shares["n"].base, shares["n"].targets) == ("7", [None])
     assert [a.tolist() for a in shares["l"].targets if a is not None] == [y.tolist()]
+
+
+FLOAT32 = StreamSpec.model_validate({"model": {"family": "linear", "in_dim": 3}})
+FLOAT64 = StreamSpec.model_validate({"model": {"family": "linear", "in_dim": 3}, "dtype": "float64"})
+TRACK = StreamSpec.model_validate({"model": {"family": "track", "dim": 2}})
+
+
+def _replayed(entry: bytes, specs: dict[str, StreamSpec]) -> Engine:
+    """A fresh engine that stepped on each stream's share of the decoded entry, as a restore does."""
+    engine = Engine("cpu")
+    for stream, spec in specs.items():
+        engine.add(stream, spec)
+    for stream, share in decode_group("b1", entry).items():
+        engine.observe([stream] * len(share.inputs), share.inputs, share.targets, share.times)
+    return engine
+
+
+def test_float32_streams_replay_a_narrowed_entry_to_the_same_state_bit_for_bit() -> None:
+    """Format 4: streams that keep float32 state get their inputs and targets logged as float32 (the
+    engine casts to it before any arithmetic), so a replay ends in exactly the live state; 40 % less to
+    store. Values are float64 noise, which float32 cannot hold: the live engine gets the originals."""
+    rng = np.random.default_rng(3)
+    ids = [("a", "b", "c")[i] for i in rng.integers(0, 3, 300)]
+    x, y = rng.normal(size=(300, 3)), rng.normal(size=(300, 1))
+    specs = dict.fromkeys(("a", "b", "c"), FLOAT32)
+    [entry] = encode_group([IngestBatch(ids, x=x, y=y, specs=dict(specs))], 1, {})
+    [wide] = encode_group([IngestBatch(ids, x=x, y=y)], 1, {})  # no specs known: float64
+    assert (entry.payload[1], wide.payload[1]) == (4, 3)
+    assert len(wide.payload) - len(entry.payload) == 300 * 4 * 4
+    live = Engine("cpu")
+    for stream, spec in specs.items():
+        live.add(stream, spec)
+    live.observe_arrays(ids, x, y)
+    replayed = _replayed(entry.payload, specs)
+    for stream in specs:
+        got, want = replayed.export(stream), live.export(stream)
+        assert set(got) == set(want)
+        for key in want:
+            assert torch.equal(got[key], want[key]), (stream, key)
+
+
+def test_a_track_replays_a_narrowed_entry_with_its_times_kept_in_float64() -> None:
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=(40, 2)).cumsum(axis=0)
+    times = 1e5 + np.cumsum(rng.uniform(0.5, 1.5, 40)) + 1e-9  # frame times float32 cannot hold exactly
+    times[7] = np.nan  # "one unit after the last"
+    ids = ["s"] * 40
+    [entry] = encode_group([IngestBatch(ids, x=values, y=None, t=times, specs={"s": TRACK})], 1, {})
+    assert entry.payload[1] == 4
+    share = decode_group("b1", entry.payload)["s"]
+    assert share.times == [None if t != t else float(t) for t in times.tolist()]
+    live = Engine("cpu")
+    live.add("s", TRACK)
+    live.observe_arrays(ids, values, None, times)
+    got, want = _replayed(entry.payload, {"s": TRACK}).export("s"), live.export("s")
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+
+
+def test_an_entry_with_a_float64_stream_keeps_every_value_exact() -> None:
+    x = np.array([[0.1, 1 / 3, -2.5e-300], [2.0, np.pi, 1e300]])
+    y = np.array([[1 / 7], [np.e]])
+    specs = {"f": FLOAT32, "d": FLOAT64}
+    [entry] = encode_group([IngestBatch(["f", "d"], x=x, y=y, specs=specs)], 1, {})
+    assert entry.payload[1] == 3  # one float64 stream keeps the whole entry wide
+    shares = decode_group("b1", entry.payload)
+    assert [shares["f"].inputs[0].tolist(), shares["d"].inputs[0].tolist()] == x.tolist()
+    assert [shares["f"].targets[0].tolist(), shares["d"].targets[0].tolist()] == y.tolist()  # type: ignore[union-attr]
