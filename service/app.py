@@ -202,7 +202,7 @@ def build(settings: Settings) -> AppState:
         health = StoreHealth(metrics)
         connection = Connection(store, health, catalog)
         ledger = Ledger(settings.checkpoint_every_steps, by_recency=settings.max_resident_streams is not None)
-        journal = DurabilityLog(store, connection, ledger, health)
+        journal = DurabilityLog(store, connection, ledger, health, float32=settings.log_float32)
         scheduler = Scheduler(
             engine,
             max_batch=max_batch,

@@ -33,8 +33,17 @@ log = logging.getLogger("trackin.durability")
 class DurabilityLog:
     """Appends batches before they are applied; remembers and settles suspect streams; trims."""
 
-    def __init__(self, store: Store, connection: Connection, ledger: Ledger, health: StoreHealth) -> None:
+    def __init__(
+        self,
+        store: Store,
+        connection: Connection,
+        ledger: Ledger,
+        health: StoreHealth,
+        *,
+        float32: bool = True,
+    ) -> None:
         self._store = store
+        self._float32 = float32  # float32 streams' observations logged as float32 (format 4)
         self._connection = connection
         self._ledger = ledger
         self._health = health
@@ -57,7 +66,7 @@ class DurabilityLog:
                     retry_after=1,
                     stream=min(unsettled),
                 )
-        entries = encode_group(batches, epoch, self._ledger.positions())
+        entries = encode_group(batches, epoch, self._ledger.positions(), float32=self._float32)
         async with self._lock:
             try:
                 with self._health.store_errors("store unavailable, nothing applied"):

@@ -187,12 +187,15 @@ class GroupEntry:
     streams: list[str]
 
 
-def encode_group(batches: Sequence[IngestBatch], epoch: int, bases: Mapping[str, str]) -> list[GroupEntry]:
+def encode_group(
+    batches: Sequence[IngestBatch], epoch: int, bases: Mapping[str, str], *, float32: bool = True
+) -> list[GroupEntry]:
     """The merged batches as batch-log entries (one, unless their streams differ in widths).
 
-    ``bases[stream]``: the position of the last entry applied to that stream's state ("" if none)."""
+    ``bases[stream]``: the position of the last entry applied to that stream's state ("" if none);
+    ``float32``: format 4 where every stream keeps float32 state (else always format 3)."""
     batches = [b for b in batches if len(b)]
-    narrow = _all_float32(batches)
+    narrow = float32 and _all_float32(batches)
     if batches and all(b.x is not None for b in batches):
         kinds = {(b.x.shape[1], None if b.y is None else b.y.shape[1]) for b in batches}  # type: ignore[union-attr]
         if len(kinds) == 1:

@@ -77,7 +77,7 @@ class Parts:
         health = StoreHealth(metrics)
         connection = Connection(store, health, catalog)
         ledger = Ledger(config.checkpoint_every_steps, by_recency=config.max_resident_streams is not None)
-        log = DurabilityLog(store, connection, ledger, health)
+        log = DurabilityLog(store, connection, ledger, health, float32=config.log_float32)
         log_mode = config.durability == "log"
         scheduler = Scheduler(
             engine,

@@ -39,6 +39,23 @@ async def test_each_batch_is_logged_with_the_epoch_and_the_entry_it_builds_on(ba
         assert (len(plan.apply), plan.head, plan.skipped) == (2, entries[1].position, 0)
 
 
+@pytest.mark.parametrize("float32", [True, False])
+async def test_float32_streams_are_logged_in_format_4_unless_it_is_turned_off(
+    backend: Backend, float32: bool
+) -> None:
+    """``log_float32=false`` keeps writing format 3 (earlier versions refuse 4), every value as sent."""
+    async with Parts.on(backend.open(), log_float32=float32) as parts:
+        await parts.create("a")
+        await parts.observe("a", rows(3))
+        [(_, _, payload)] = await parts.store.read_batches("")
+        assert payload[1] == (4 if float32 else 3)
+        [entry] = await logged(parts.store, "a")
+        values = np.asarray([(*x, *y) for x, y in zip(entry.inputs, entry.targets, strict=True)])
+        sent = np.asarray(rows(3))
+        np.testing.assert_array_equal(values, sent.astype(np.float32) if float32 else sent)
+        assert float32 == (not np.array_equal(values, sent)), "rows(3) holds values float32 rounds"
+
+
 async def test_checkpoint_mode_logs_nothing(backend: Backend) -> None:
     async with Parts.on(backend.open(), durability="checkpoint") as parts:
         await parts.create("a")
