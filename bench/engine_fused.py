@@ -33,6 +33,7 @@ from bench.engine import (
     round_us,
 )
 from trackin.models.kernels import Kernels
+from trackin.models.tracking import SCALE_WARMUP
 
 KERNELS: dict[str, Kernels] = {"fused": "auto", "torch": "torch"}
 _CHILD = """
@@ -69,6 +70,7 @@ def run(budget: float, stream_counts: tuple[int, ...]) -> None:
     )
     print(header)
     print("-" * len(header))
+    warming: list[str] = []
     for streams in stream_counts:
         work = Workload(streams)
         river = bench_river(work, budget, streams)
@@ -78,6 +80,8 @@ def run(budget: float, stream_counts: tuple[int, ...]) -> None:
             call, _ = round_us(*engine_ids, work)
             arrays, _ = arrays_round_us(*engine_ids, work)
             big, big_ids, _ = bench_engine(*engine_ids, work, 1_024, budget)
+            if label == "fused" and (one.observations + big.observations) < streams * SCALE_WARMUP:
+                warming.append(f"{streams:,}")
             ratios = ["-", "-", "-"]
             if river is not None:
                 ratios = [
@@ -94,6 +98,13 @@ def run(budget: float, stream_counts: tuple[int, ...]) -> None:
                 flush=True,
             )
             del engine_ids
+    if warming:
+        print(
+            f"at {' and '.join(warming)} streams the fused cells stepped fewer than {SCALE_WARMUP}"
+            " observations per stream: each of a stream's first ones also folds every head into the"
+            " input scales being measured (tracking.fold), several times a later step;"
+            " `python -m bench.rls_floor` times the kernel past them"
+        )
     cost = compile_cost()
     print("\ncompiling the kernel (float32 and float64), fresh processes:")
     for label, c in cost.items():
