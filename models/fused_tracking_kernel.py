@@ -696,12 +696,14 @@ def tracking_round(
     forecast: np.ndarray,
     step: np.ndarray,
     flags: np.ndarray,
+    order: np.ndarray,
 ) -> None:
-    """One observation per row, rows in order, in place on the buffers ``fbuf``, ``ibuf``, ``bbuf``.
+    """One observation per row, in place on the buffers ``fbuf``, ``ibuf``, ``bbuf``: the rows in
+    ``order`` (row indices, each stream's in its arrival order; empty: ``0 .. n-1``).
 
     ``x``: inputs (series: the arriving values), ``y``: targets (linear; series ``[n, 0]``), ``ts``: the
-    series' times (NaN: one unit after the previous value). Outcomes: ``pred`` (served, NaN where no step),
-    ``loss``, ``forecast`` (series: the next value, NaN before the first), ``step`` and ``flags``.
+    series' times (NaN: one unit after the previous value). Outcomes, by row: ``pred`` (served, NaN where
+    no step), ``loss``, ``forecast`` (series: the next value, NaN before the first), ``step`` and ``flags``.
     """
     k, p, kind, nscale = cfg[K_OUT], cfg[K_P], cfg[K_KIND], cfg[K_NSCALE]
     dim = cfg[K_DIM]
@@ -718,7 +720,9 @@ def tracking_round(
     fcv, fcol = np.empty(p), np.empty(p)
     fmoved = np.empty(k * p)
     nan = math.nan
-    for r in range(slots.shape[0]):
+    ordered = order.shape[0] == slots.shape[0]
+    for q in range(slots.shape[0]):
+        r = order[q] if ordered else q
         row = slots[r]
         f, i, b = fbuf[row], ibuf[row], bbuf[row]
         xr = x[r]

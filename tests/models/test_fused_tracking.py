@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from tests.support.tolerances import memory, tolerance
-from trackin.models.fused_tracking import FusedTrackingRound, warm_up
+from trackin.models import fused_tracking
+from trackin.models.fused_tracking import FusedTrackingRound, slot_order, warm_up
 from trackin.models.fused_tracking_kernel import tracking_predict, tracking_round
 from trackin.models.kernels import fused_applies
 from trackin.models.pool import ObserveResult, StreamPool
@@ -175,6 +176,41 @@ def test_fused_equals_torch_round(name: str, dtype: str) -> None:
             got, moved = state["auto"][key][slots["auto"]], state["moved"][key][slots["moved"]]
             _assert_same(got, want[slots["torch"]], dict(tol), f"step {t}: {key}", moved, seen)
     assert drifts > 0, "the drift detectors fired (and reset momenta)"
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_big_batch_stepped_in_slot_order_equals_arrival_order_to_the_bit(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`slot_order`: a batch of many rows is stepped by slot, each stream's rows in their order. Streams are
+    independent, so outcomes and state are the arrival order's to the bit (one code path, float32 too)."""
+    specs = _specs(name, "float32")
+    pools = [StreamPool(specs[0], capacity=2, kernels="auto") for _ in range(2)]
+    slots = [np.array([p.add(s) for s in specs]) for p in pools]
+    monkeypatch.setattr(fused_tracking, "SORT_MIN_STATE_BYTES", 0)  # these pools are tiny
+    rng = np.random.default_rng(11)
+    clocks = np.zeros(STREAMS)
+    for t in range(6):
+        parts = [_batch(specs[0], rng, 20 * t, clocks) for _ in range(120)]
+        who = np.concatenate([part[0] for part in parts])
+        x = torch.cat([part[1] for part in parts])
+        y = None if parts[0][2] is None else torch.cat([part[2] for part in parts])  # type: ignore[misc]
+        ts = None if parts[0][3] is None else torch.cat([part[3] for part in parts])  # type: ignore[misc]
+        out = []
+        for k, pool in enumerate(pools):  # pool 1 keeps the arrival order
+            monkeypatch.setattr(fused_tracking, "SORT_MIN_ROWS", 2**40 if k else 256)
+            assert (slot_order(slots[k][who]) is None) == bool(k), "pool 0 sorts the batch, pool 1 does not"
+            copy = [None if v is None else v.clone() for v in (x, y, ts)]
+            out.append(pool.observe(slots[k][who], copy[0], copy[1], copy[2]))  # type: ignore[arg-type]
+        for field in ObserveResult.__slots__:
+            got, want = getattr(out[0], field), getattr(out[1], field)
+            if want is None:
+                assert got is None, field
+                continue
+            torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True, msg=f"step {t}: {field}")
+        for key, want in pools[1].state.items():
+            got = pools[0].state[key][slots[0]]
+            torch.testing.assert_close(got, want[slots[1]], rtol=0, atol=0, equal_nan=True, msg=key)
 
 
 def _assert_same_predictions(
