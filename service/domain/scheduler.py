@@ -15,7 +15,10 @@ the loop checks (and logs) batch N+1 and hands it to the thread at once, queued 
 starts it the moment N returns instead of waiting for the loop to come round (the loop may be decoding a
 frame of a thousand rows then: the thread sat idle a quarter of the time under pipelined MessagePack
 batches, docs/engine.md, "The engine thread's next batch, queued ahead"). When batch N returns, its
-requests are settled in the loop's next step.
+requests are settled in the loop's next step. With nothing queued, the loop waits for the thread's batch
+or a new arrival, whichever comes first: a REST client sends its next request only after its answer, and
+that request must reach the thread while the other connection's batch still runs (docs/engine.md,
+"Eighth session").
 
 Reads (`read`: figures, predictions) do not queue behind observations: they see every step acknowledged
 before them (an acknowledged step has been applied). They run on the loop when the thread is idle, and
