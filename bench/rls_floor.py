@@ -46,10 +46,12 @@ def rls(cov: np.ndarray, phi: np.ndarray, slots: np.ndarray, rows: np.ndarray, l
     pp = np.empty(p, dtype=cov.dtype)
     for i in range(slots.shape[0]):
         x = phi[rows[i]]
+        state = cov[slots[i]]
         for h in range(lam.shape[0]):
-            m = cov[slots[i], h * p * p : (h + 1) * p * p]
+            m = state[h * p * p : (h + 1) * p * p]  # contiguous, scalars of the dtype: the kernel's compile
             quad = _p_phi(m, x, pp, p)
-            _cov_update(m, pp, p, 1.0 / (lam[h] + quad), 1.0 / lam[h])
+            inv_denom, factor = np.float32(1.0 / (lam[h] + quad)), np.float32(1.0 / lam[h])
+            _cov_update(m, pp, p, inv_denom, factor)
 
 
 @njit(cache=True)

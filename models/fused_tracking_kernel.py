@@ -10,7 +10,10 @@ covariance loops (``P phi`` and the rank-one update: most of a round's work), wh
 as the torch round does; results are stored in the buffer's dtype. Strict IEEE order (no fastmath: the RLS
 recursion amplifies a changed rounding order past the tests' tolerances, docs/engine.md "Branch `kernel`").
 Each region of a row is taken as a slice and indexed from zero (``w[j]``, not ``f[W + j]``): numba must check
-an index that may be negative and wrap it, which kept LLVM from vectorising the dense loops. Rows are taken in
+an index that may be negative and wrap it, which kept LLVM from vectorising the dense loops. The two
+dense loops (`_p_phi`, `_cov_update`) are written out in blocks of 8 and compiled with the SLP vectoriser
+(`_compile_dense`), which packs each block into vector operations without reordering any sum: rows of 17
+stayed scalar under the loop vectoriser alone, which takes 32 floats per pass. Rows are taken in
 order, each reading the state its predecessors left, so a batch that holds a stream twice is one call (the
 same as one round per occurrence). Only NumPy arrays and numbers go
 in: :mod:`models.fused_tracking` builds them.
@@ -27,14 +30,18 @@ compiled with functions of another module would keep their old code from the cac
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 import numpy as np
 from numba import njit
+from numba import types as numba_types
+from numba.core import config as _numba_config
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_Scalar = float | np.floating[Any]
 
 
 def _helper(function: _F) -> _F:
@@ -374,24 +381,31 @@ def _trackin(
 
 @_helper
 def _p_phi(cov: np.ndarray, phi: np.ndarray, pp: np.ndarray, p: int) -> float:
-    """``pp = P phi`` (P symmetric: rows of P scaled by phi's entries and added, each a contiguous vector
-    operation) and returns ``phi^T P phi``, in the buffer's dtype. Four rows per pass over ``pp``: the same
-    sums in the same order as one row per pass, with a quarter of the loads and stores of ``pp`` (about 5 %
-    of a default round; eight rows per pass was slower)."""
-    for a in range(p):
-        pp[a] = 0.0
-    quads = p - p % 4
-    for c in range(0, quads, 4):  # four columns per pass: each sum still adds them in column order
-        p0, p1, p2, p3 = phi[c], phi[c + 1], phi[c + 2], phi[c + 3]
-        r0, r1 = cov[c * p : (c + 1) * p], cov[(c + 1) * p : (c + 2) * p]
-        r2, r3 = cov[(c + 2) * p : (c + 3) * p], cov[(c + 3) * p : (c + 4) * p]
-        for a in range(p):
-            pp[a] = (((pp[a] + r0[a] * p0) + r1[a] * p1) + r2[a] * p2) + r3[a] * p3
-    for c in range(quads, p):
-        pc = phi[c]
-        row = cov[c * p : (c + 1) * p]
-        for a in range(p):
-            pp[a] += row[a] * pc
+    """``pp = P phi`` (P symmetric: rows of P scaled by phi's entries and added) and returns ``phi^T P phi``,
+    in the buffer's dtype. Eight entries of ``pp`` at a time, summed in registers over every column (then
+    the rest one by one): each entry adds its terms in column order, as one entry per pass would; written
+    out so that the SLP vectoriser makes each block one vector operation per column (`_compile_dense`)."""
+    p8 = p - p % 8
+    for a0 in range(0, p8, 8):
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+        for c in range(p):
+            pc = phi[c]
+            r = cov[c * p + a0 : c * p + a0 + 8]
+            s0 += r[0] * pc
+            s1 += r[1] * pc
+            s2 += r[2] * pc
+            s3 += r[3] * pc
+            s4 += r[4] * pc
+            s5 += r[5] * pc
+            s6 += r[6] * pc
+            s7 += r[7] * pc
+        o = pp[a0 : a0 + 8]
+        o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7] = s0, s1, s2, s3, s4, s5, s6, s7
+    for a in range(p8, p):
+        s = np.float32(0.0)
+        for c in range(p):
+            s += cov[c * p + a] * phi[c]
+        pp[a] = s
     quad = 0.0
     for a in range(p):
         quad += phi[a] * pp[a]
@@ -399,14 +413,62 @@ def _p_phi(cov: np.ndarray, phi: np.ndarray, pp: np.ndarray, p: int) -> float:
 
 
 @_helper
-def _cov_update(cov: np.ndarray, pp: np.ndarray, p: int, inv_denom: float, factor: float) -> None:
-    """``P = (P - pp pp^T / denom) * factor``, one contiguous pass in the buffer's dtype. ``(pp_a pp_c) /
-    denom`` is symmetric to the bit, so a symmetric P stays symmetric."""
-    for a in range(p):
-        pa = pp[a]
-        row = cov[a * p : (a + 1) * p]
-        for c in range(p):
-            row[c] = (row[c] - pa * pp[c] * inv_denom) * factor
+def _cov_update(cov: np.ndarray, pp: np.ndarray, p: int, inv_denom: _Scalar, factor: _Scalar) -> None:
+    """``P = (P - pp pp^T / denom) * factor`` in the buffer's dtype, eight columns at a time down every row
+    (then the rest one by one): each entry's own arithmetic, in its own order, whatever the blocking.
+    ``(pp_a pp_c) / denom`` is symmetric to the bit, so a symmetric P stays symmetric."""
+    p8 = p - p % 8
+    for c0 in range(0, p8, 8):
+        q = pp[c0 : c0 + 8]
+        q0, q1, q2, q3, q4, q5, q6, q7 = q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]
+        for a in range(p):
+            pa = pp[a]
+            r = cov[a * p + c0 : a * p + c0 + 8]
+            v0, v1, v2, v3, v4, v5, v6, v7 = r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]
+            r[0] = (v0 - pa * q0 * inv_denom) * factor
+            r[1] = (v1 - pa * q1 * inv_denom) * factor
+            r[2] = (v2 - pa * q2 * inv_denom) * factor
+            r[3] = (v3 - pa * q3 * inv_denom) * factor
+            r[4] = (v4 - pa * q4 * inv_denom) * factor
+            r[5] = (v5 - pa * q5 * inv_denom) * factor
+            r[6] = (v6 - pa * q6 * inv_denom) * factor
+            r[7] = (v7 - pa * q7 * inv_denom) * factor
+    for c in range(p8, p):
+        qc = pp[c]
+        for a in range(p):
+            e = a * p + c
+            cov[e] = (cov[e] - pp[a] * qc * inv_denom) * factor
+
+
+@contextlib.contextmanager
+def _slp_vectorized() -> Iterator[None]:
+    """numba's superword-level vectoriser on for what compiles meanwhile. numba turns it off by default
+    (numba PR #8852: LLVM miscompiled some code with it); it is what packs `_p_phi`'s and `_cov_update`'s
+    eight written-out entries into vector operations. The loop vectoriser, which numba keeps on, leaves
+    rows of 17 scalar: it takes 32 floats per pass. Only these two functions compile with it, and
+    ``tests/models/test_fused_tracking.py`` holds their compiled code to the interpreter's run of the same
+    Python, bit for bit."""
+    config: Any = _numba_config  # its settings are read from the environment: no stubs
+    saved = config.SLP_VECTORIZE
+    config.SLP_VECTORIZE = 1
+    try:
+        yield
+    finally:
+        config.SLP_VECTORIZE = saved
+
+
+def _compile_dense() -> None:
+    """Compile (or load from numba's cache) `_p_phi` and `_cov_update` for both buffer dtypes, vectorised,
+    before any kernel that calls them: a caller compiled later links these, not a scalar compile of its
+    own."""
+    with _slp_vectorized():
+        for dtype in (numba_types.float32, numba_types.float64):
+            row = numba_types.Array(dtype, 1, "C")
+            _p_phi.compile((row, row, row, numba_types.int64))  # type: ignore[attr-defined]
+            _cov_update.compile((row, row, numba_types.int64, dtype, dtype))  # type: ignore[attr-defined]
+
+
+_compile_dense()
 
 
 @_helper

@@ -14,7 +14,7 @@ import torch
 from tests.support.tolerances import memory, tolerance
 from trackin.models import fused_tracking
 from trackin.models.fused_tracking import FusedTrackingRound, slot_order, warm_up
-from trackin.models.fused_tracking_kernel import tracking_predict, tracking_round
+from trackin.models.fused_tracking_kernel import _cov_update, _p_phi, tracking_predict, tracking_round
 from trackin.models.kernels import fused_applies
 from trackin.models.pool import ObserveResult, StreamPool
 from trackin.models.specs import StreamSpec
@@ -36,6 +36,7 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "ar-level": {"model": {"family": "ar", "dim": 2, "lags": 2, "target": "level"}},
     "track": {"model": {"family": "track", "dim": 4, "lags": 2}},
+    "linear-16": {"model": {"family": "linear", "in_dim": 16}},  # the default width: 17 features, 5 heads
 }
 OPTIMIZERS: list[dict[str, Any]] = [
     {},
@@ -211,6 +212,31 @@ def test_a_big_batch_stepped_in_slot_order_equals_arrival_order_to_the_bit(
         for key, want in pools[1].state.items():
             got = pools[0].state[key][slots[0]]
             torch.testing.assert_close(got, want[slots[1]], rtol=0, atol=0, equal_nan=True, msg=key)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("p", [1, 3, 8, 9, 16, 17, 25, 33])
+def test_the_covariance_loops_compile_to_what_their_python_computes(p: int, dtype: type) -> None:
+    """`_p_phi` and `_cov_update`, compiled with the SLP vectoriser (numba's default turns it off after
+    miscompilations), equal the interpreter's run of the same Python to the bit: NumPy scalars round each
+    operation to the dtype as the compiled code must. Rows of every length about the blocks of 8."""
+    rng = np.random.default_rng(p)
+    a = rng.normal(size=(p, p))
+    cov = ((a @ a.T) / p + np.eye(p)).astype(dtype).ravel()
+    phi = (rng.normal(size=p) * 3).astype(dtype)
+    inv_denom, factor = dtype(1.0 / 1.7), dtype(1.0 / 0.99)
+    got_cov, want_cov = cov.copy(), cov.copy()
+    got_pp, want_pp = np.zeros(p, dtype), np.zeros(p, dtype)
+    for _ in range(3):
+        _p_phi(got_cov, phi, got_pp, p)
+        _p_phi.py_func(want_cov, phi, want_pp, p)
+        assert np.array_equal(got_pp, want_pp), "P phi"
+        _cov_update(got_cov, got_pp, p, inv_denom, factor)
+        _cov_update.py_func(want_cov, want_pp, p, inv_denom, factor)
+        assert np.array_equal(got_cov, want_cov), "the rank-one update"
+    assert np.array_equal(got_cov.reshape(p, p), got_cov.reshape(p, p).T), "P stays symmetric to the bit"
+    # the calls above took the vectorised compiles (one per dtype), not a scalar compile of their own
+    assert len(_p_phi.overloads) == len(_cov_update.overloads) == 2
 
 
 def _assert_same_predictions(
