@@ -460,7 +460,9 @@ def _slp_vectorized() -> Iterator[None]:
 def _compile_dense() -> None:
     """Compile (or load from numba's cache) `_p_phi` and `_cov_update` for both buffer dtypes, vectorised,
     before any kernel that calls them: a caller compiled later links these, not a scalar compile of its
-    own."""
+    own. (Nothing to compile under ``NUMBA_DISABLE_JIT``: the functions are plain Python then.)"""
+    if cast(Any, _numba_config).DISABLE_JIT:
+        return
     with _slp_vectorized():
         for dtype in (numba_types.float32, numba_types.float64):
             row = numba_types.Array(dtype, 1, "C")
