@@ -395,15 +395,22 @@ class Engine:
         with one copy to the host."""
         return FleetFigures.from_rows([pool.fleet_rows() for pool in self._pools.values()])
 
-    def _group(
-        self, stream_ids: Sequence[str]
-    ) -> tuple[np.ndarray, list[tuple[StreamPool, list[int] | None]]]:
-        """Slots of the items, and the items of each pool (None: all of them, the common one-pool batch)."""
+    def codes(self, stream_ids: Sequence[str]) -> np.ndarray:
+        """Where each item's stream lives (its pool and slot, packed), for `observe_arrays`. Valid until
+        the next stream is added, removed or moved; a caller that serialises those with the engine's other
+        calls (the service's scheduler) may look them up while another call runs, off that call's thread."""
         streams = self._streams
         try:  # map + fromiter: about half the cost of a list comprehension into np.array per id
-            codes = np.fromiter(map(streams.__getitem__, stream_ids), np.int64, len(stream_ids))
+            return np.fromiter(map(streams.__getitem__, stream_ids), np.int64, len(stream_ids))
         except KeyError as error:
             raise UnknownStreamError(error.args[0]) from None
+
+    def _group(
+        self, stream_ids: Sequence[str], codes: np.ndarray | None = None
+    ) -> tuple[np.ndarray, list[tuple[StreamPool, list[int] | None]]]:
+        """Slots of the items, and the items of each pool (None: all of them, the common one-pool batch)."""
+        if codes is None:
+            codes = self.codes(stream_ids)
         slots = codes & _SLOT_MASK
         if codes.size == 0:
             return slots, []
@@ -457,12 +464,13 @@ class Engine:
         x: np.ndarray,
         y: np.ndarray | None = None,
         times: np.ndarray | None = None,
+        codes: np.ndarray | None = None,
     ) -> Outcomes:
         """`observe` on arrays: ``x [n, d]`` features (series: the new values), ``y [n, k]`` targets (None
         for series streams, whose target is the arriving value), ``times [n]`` (NaN: one unit after the
         last). Every item's stream takes these widths (streams of several pools may mix). Arrays in, arrays
-        out: no object per item beyond the id lookup."""
-        slots, groups = self._group(stream_ids)
+        out: no object per item beyond the id lookup. ``codes``: the ids' `codes`, if looked up already."""
+        slots, groups = self._group(stream_ids, codes)
         if not groups:
             return Outcomes.empty(0, 0, np.dtype(np.float32), y is None)
         x = np.ascontiguousarray(x)

@@ -15,10 +15,12 @@ the loop checks (and logs) batch N+1 and hands it to the thread at once, queued 
 starts it the moment N returns instead of waiting for the loop to come round (the loop may be decoding a
 frame of a thousand rows then: the thread sat idle a quarter of the time under pipelined MessagePack
 batches, docs/engine.md, "The engine thread's next batch, queued ahead"). When batch N returns, its
-requests are settled in the loop's next step. With nothing queued, the loop waits for the thread's batch
-or a new arrival, whichever comes first: a REST client sends its next request only after its answer, and
-that request must reach the thread while the other connection's batch still runs (docs/engine.md,
-"Eighth session").
+requests are settled in the loop's next step. What the thread's call needs and the loop can prepare (the
+merged columns, the streams' codes) is prepared on the loop as the batch is handed over: under batched
+load the thread is the bottleneck (docs/engine.md, "Ninth session"). With nothing queued, the loop waits
+for the thread's batch or a new arrival, whichever comes first: a REST client sends its next request only
+after its answer, and that request must reach the thread while the other connection's batch still runs
+(docs/engine.md, "Eighth session").
 
 Reads (`read`: figures, predictions) do not queue behind observations: they see every step acknowledged
 before them (an acknowledged step has been applied). They run on the loop when the thread is idle, and
@@ -37,7 +39,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from trackin.models.engine import Engine, ItemResult, Outcomes
+from trackin.models.engine import Engine, ItemResult, Outcomes, UnknownStreamError
 from trackin.service.domain.ingest import IngestBatch
 from trackin.service.errors import Unavailable, UnknownStream
 
@@ -326,7 +328,8 @@ class Scheduler:
         batches = [j.batch for j in live]
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        engine = loop.run_in_executor(self._executor, _observe_all, self.engine, batches)
+        columns = _columns(self.engine, batches)  # here: the thread's time is the scarce one (see there)
+        engine = loop.run_in_executor(self._executor, _observe_all, self.engine, batches, columns)
         self._threaded = engine  # reads wait for it (``read``)
         return _Applying(live, batches, started, engine)
 
@@ -370,22 +373,51 @@ class Scheduler:
         return True
 
 
-def _observe_all(engine: Engine, batches: list[IngestBatch]) -> Parts:
+@dataclass(slots=True)
+class _Columns:
+    """Columnar batches of one shape, merged: `Engine.observe_arrays`'s arguments."""
+
+    ids: Sequence[str]
+    x: np.ndarray
+    y: np.ndarray | None
+    t: np.ndarray | None
+    codes: np.ndarray | None
+
+
+def _columns(engine: Engine, batches: list[IngestBatch]) -> _Columns | None:
+    """The batches merged for one ``observe_arrays`` call, with their streams' codes looked up, or None
+    if they are not all columnar of one shape. The scheduler calls this on the event loop as it hands the
+    batches to the engine thread: under batched load that thread is the bottleneck and the loop is not
+    (docs/engine.md, "Ninth session"), and the codes hold until the next control-plane call, which waits
+    for these batches. An unknown stream leaves the lookup to the engine call, which refuses it."""
+    first = batches[0]
+    if first.x is None or not all(_same_shape(first, b) for b in batches):
+        return None
+    x = first.x if len(batches) == 1 else np.concatenate([b.x for b in batches])  # type: ignore[misc]
+    y = None
+    if first.y is not None:
+        y = first.y if len(batches) == 1 else np.concatenate([b.y for b in batches])  # type: ignore[misc]
+    t = None
+    if any(b.t is not None for b in batches):
+        t = np.concatenate([b.t if b.t is not None else np.full(len(b), np.nan) for b in batches])
+    ids = first.stream_ids if len(batches) == 1 else [s for b in batches for s in b.stream_ids]
+    try:
+        codes = engine.codes(ids)
+    except UnknownStreamError:
+        codes = None
+    return _Columns(ids, x, y, t, codes)
+
+
+def _observe_all(engine: Engine, batches: list[IngestBatch], columns: _Columns | None = None) -> Parts:
     """One engine call for the merged batches; outcomes split back per request.
 
     Columnar batches of one shape (the common case) are concatenated and go through
-    ``Engine.observe_arrays``; anything else through the per-item ``Engine.observe``."""
-    first = batches[0]
-    if first.x is not None and all(_same_shape(first, b) for b in batches):
-        x = first.x if len(batches) == 1 else np.concatenate([b.x for b in batches])  # type: ignore[misc]
-        y = None
-        if first.y is not None:
-            y = first.y if len(batches) == 1 else np.concatenate([b.y for b in batches])  # type: ignore[misc]
-        t = None
-        if any(b.t is not None for b in batches):
-            t = np.concatenate([b.t if b.t is not None else np.full(len(b), np.nan) for b in batches])
-        ids = first.stream_ids if len(batches) == 1 else [s for b in batches for s in b.stream_ids]
-        merged = engine.observe_arrays(ids, x, y, t)
+    ``Engine.observe_arrays`` (``columns``: merged already, `_columns`); anything else through the
+    per-item ``Engine.observe``."""
+    if columns is None:
+        columns = _columns(engine, batches)
+    if columns is not None:
+        merged = engine.observe_arrays(columns.ids, columns.x, columns.y, columns.t, columns.codes)
     else:
         ids = []
         inputs: list[np.ndarray] = []

@@ -306,3 +306,33 @@ async def test_the_next_batch_goes_to_the_thread_while_the_last_runs(monkeypatch
     assert (await asyncio.wait_for(first, timeout=5)).steps.tolist() == [1, 2, 3]
     assert (await asyncio.wait_for(second, timeout=5)).steps.tolist() == [1, 2]
     await scheduler.stop()
+
+
+async def test_a_batch_for_the_thread_finds_its_streams_on_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under batched load the engine thread is the bottleneck and the loop is not: a batch handed to the
+    thread has its streams looked up on the loop, and the engine call takes those codes."""
+    scheduler, engine, _ = await started(max_batch=1000)
+    loop_thread = threading.get_ident()
+    lookups: list[int] = []
+    given: list[bool] = []
+    codes, observe_arrays = engine.codes, engine.observe_arrays
+
+    def recording_codes(ids: Any) -> Any:
+        lookups.append(threading.get_ident())
+        return codes(ids)
+
+    def recording_observe(*args: Any, **kwargs: Any) -> Outcomes:
+        given.append(len(args) >= 5 and args[4] is not None)
+        return observe_arrays(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "codes", recording_codes)
+    monkeypatch.setattr(engine, "observe_arrays", recording_observe)
+    first, second = batch("a", 200), batch("b", 300)
+    assert first.x is not None, "a columnar batch"
+    results = await asyncio.gather(scheduler.observe(first), scheduler.observe(second))
+    await scheduler.stop()
+    assert [r.steps.tolist() for r in results] == [list(range(1, 201)), list(range(1, 301))]
+    assert lookups, "the streams were looked up"
+    assert set(lookups) == {loop_thread}, "on the event loop's thread, not the engine's"
+    assert given, "the engine call took the codes looked up"
+    assert all(given)
