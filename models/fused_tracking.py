@@ -94,12 +94,14 @@ Host = Tensor | np.ndarray
 """Rows as a host tensor or a NumPy array (`StreamPool.observe_host` passes arrays: no torch wrapping)."""
 SORT_MIN_ROWS = 256
 """The smallest batch the kernel steps in slot order (`slot_order`)."""
-SORT_MIN_STATE_BYTES = 8 * 2**20
+SORT_MIN_STATE_BYTES = 4 * 2**20
 """The smallest pool (its float buffer) whose batches are stepped in slot order: below, the state stays in
-the caches and the order gains nothing (1,000 linear-16 streams, 6.5 MB: within the noise either way)."""
+a core's cache (1-2 MiB of L2 on these machines) and the order gains nothing. 1,000 linear-16 streams (6.5
+MB), in-process: batches of 1,000 1.01x, of 2,000-8,000 (merged WebSocket frames) 1.06-1.07x; 100 and 300
+streams: 0.99x and 1.00x (docs/engine.md, "Ninth session")."""
 
 
-def slot_order(slots: np.ndarray) -> np.ndarray | None:
+def slot_order(slots: np.ndarray, nslots: int | None = None) -> np.ndarray | None:
     """The order the kernel steps a batch's rows in: by slot, each slot's rows in their order (a stable
     sort), or None for the arrival order (a small batch, or one already in slot order).
 
@@ -107,10 +109,13 @@ def slot_order(slots: np.ndarray) -> np.ndarray | None:
     and the state are the arrival order's to the bit. Where the fleet's state outgrows the caches,
     stepping in slot order walks the buffers forwards, with a stream's repeats back to back (in-process,
     3,000 linear-16 streams in batches of 4,000: 1.5x; docs/engine.md, "Eighth session"); where it fits,
-    it costs a sort (NumPy's, without the GIL)."""
+    it costs a sort. ``nslots``: the pool's slots (every slot is below it); the sort is a counting sort
+    (`fused_tracking_kernel.slot_order_into`), linear in the rows and the slots."""
     if slots.shape[0] < SORT_MIN_ROWS or bool((slots[1:] >= slots[:-1]).all()):
         return None
-    return np.argsort(slots, kind="stable")
+    order = np.empty(slots.shape[0], dtype=np.int64)
+    K.slot_order_into(slots, int(slots.max()) + 1 if nslots is None else nslots, order)
+    return order
 
 
 _ARRIVAL = np.empty(0, dtype=np.int64)
@@ -217,7 +222,8 @@ class FusedTrackingRound(TrackingRound):
         flags = np.empty((K.N_FLAGS, n), dtype=np.bool_)
         fbuf, ibuf, bbuf = self._numpy_buffers()
         args: tuple[np.ndarray, ...] = (fbuf, ibuf, bbuf, s, xs, ys, times, self._cfg, self._fc, self._kcol)
-        order = slot_order(s) if fbuf.nbytes >= SORT_MIN_STATE_BYTES else None  # None: arrival order
+        big = fbuf.nbytes >= SORT_MIN_STATE_BYTES
+        order = slot_order(s, fbuf.shape[0]) if big else None  # None: arrival order
         args += (pred, loss, forecast, step, flags, _ARRIVAL if order is None else order)
         entry = self._entry
         if entry is None:  # the dispatcher picks (compiles or loads) the overload for these types, once
@@ -297,9 +303,9 @@ def _writable(a: np.ndarray) -> np.ndarray:
 
 
 def warm_up() -> float:
-    """Compile both kernels for float32 and float64 pools (or load them from numba's on-disk cache); returns
-    the seconds it took. A call on zero rows: the argument types of a pool's calls, no state touched. Call
-    it at start-up, before the first observation."""
+    """Compile both kernels for float32 and float64 pools and the slot-order sort (or load them from numba's
+    on-disk cache); returns the seconds it took. A call on zero rows: the argument types of a pool's calls,
+    no state touched. Call it at start-up, before the first observation."""
     start = time.perf_counter()
     for name in ("float32", "float64"):
         dt = np.dtype(name)
@@ -311,4 +317,5 @@ def warm_up() -> float:
         out = (np.empty((0, 1), dt), np.empty(0, dt), np.empty((0, 1), dt), np.empty(0, np.int64))
         _KERNEL(*bufs, *rows, *settings, *out, np.empty((K.N_FLAGS, 0), np.bool_), _ARRIVAL)
         _PREDICT(bufs[0], rows[0], rows[1], *settings, out[0])
+    K.slot_order_into(np.empty(0, np.int64), 1, np.empty(0, np.int64))
     return time.perf_counter() - start

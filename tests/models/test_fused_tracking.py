@@ -14,7 +14,13 @@ import torch
 from tests.support.tolerances import memory, tolerance
 from trackin.models import fused_tracking
 from trackin.models.fused_tracking import FusedTrackingRound, slot_order, warm_up
-from trackin.models.fused_tracking_kernel import _cov_update, _p_phi, tracking_predict, tracking_round
+from trackin.models.fused_tracking_kernel import (
+    _cov_update,
+    _p_phi,
+    slot_order_into,
+    tracking_predict,
+    tracking_round,
+)
 from trackin.models.kernels import fused_applies
 from trackin.models.pool import ObserveResult, StreamPool
 from trackin.models.specs import StreamSpec
@@ -239,6 +245,21 @@ def test_the_covariance_loops_compile_to_what_their_python_computes(p: int, dtyp
     assert len(_p_phi.overloads) == len(_cov_update.overloads) == 2
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_slot_order_is_a_stable_sort_by_slot(seed: int) -> None:
+    """The counting sort equals NumPy's stable argsort (each slot's rows in their arrival order), with the
+    pool's slot count given or not; small or sorted batches keep the arrival order (None)."""
+    rng = np.random.default_rng(seed)
+    slots = rng.integers(0, [3, 50, 1000, 7][seed], size=[300, 1000, 4000, 256][seed]).astype(np.int64)
+    want = np.argsort(slots, kind="stable")
+    for nslots in (None, int(slots.max()) + 1 + seed * 10):
+        got = slot_order(slots, nslots)
+        assert got is not None
+        assert np.array_equal(got, want)
+    assert slot_order(np.sort(slots)) is None, "already in slot order"
+    assert slot_order(slots[: fused_tracking.SORT_MIN_ROWS - 1]) is None, "too small to sort"
+
+
 def _assert_same_predictions(
     pools: dict[str, StreamPool],
     slots: dict[str, list[int]],
@@ -292,3 +313,6 @@ def test_kernels_setting_and_warm_up() -> None:
             assert pool.observe(np.array([slot]), x, y).nonfinite.tolist() == [False]
             assert pool.predict(np.array([slot]), x if y is not None else None).isfinite().all()
     assert (len(tracking_round.overloads), len(tracking_predict.overloads)) == compiled == (2, 2)
+    backwards = np.arange(fused_tracking.SORT_MIN_ROWS, dtype=np.int64)[::-1].copy()
+    assert np.array_equal(slot_order(backwards, 1024), backwards)  # type: ignore[arg-type]
+    assert len(slot_order_into.overloads) == 1, "warm-up compiled the sort for a pool's argument types"
