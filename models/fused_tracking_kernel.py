@@ -323,32 +323,42 @@ def _trackin(
     if wd != 0:
         for j in range(n):
             g[j] += wd * w[j]
-    sq = 0.0
-    for j in range(n):
-        sq += g[j] * g[j]
-    norm = math.sqrt(sq)
-    mgn = f[col[O_MGN]]
-    if mgn != math.inf:
+    t = i[col[O_STEP]] + 1
+    i[col[O_STEP]] = t
+    gamma, rule, mgn = f[col[O_GAMMA]], i[col[O_RULE]], f[col[O_MGN]]
+    keep = 1 - gamma
+    # Each sum below is a chain of dependent additions (strict order): one pass carrying all of them costs
+    # one chain's latency where a pass per sum cost one each. Without clipping g is final here, so ||g||^2,
+    # the cos rule's m . m and g . m, and the new momentum's norm go in one pass, each in its own order.
+    sq, old_msq, dot, msq = 0.0, 0.0, 0.0, 0.0
+    if mgn == math.inf:
+        for j in range(n):
+            gj, mo = g[j], m[j]
+            sq += gj * gj
+            old_msq += mo * mo
+            dot += gj * mo
+            mj = mo * gamma + gj * keep
+            m[j] = mj
+            msq += mj * mj
+        norm = math.sqrt(sq)
+    else:  # clipping scales g by its norm first
+        for j in range(n):
+            sq += g[j] * g[j]
+        norm = math.sqrt(sq)
         scale = min(mgn / norm, 1.0)
         for j in range(n):
             g[j] *= scale
         sq *= scale * scale
-    t = i[col[O_STEP]] + 1
-    i[col[O_STEP]] = t
-    gamma, rule = f[col[O_GAMMA]], i[col[O_RULE]]
+        for j in range(n):
+            gj, mo = g[j], m[j]
+            old_msq += mo * mo
+            dot += gj * mo
+            mj = mo * gamma + gj * keep
+            m[j] = mj
+            msq += mj * mj
     s_cos = 0.0
     if rule == 1:
-        msq, dot = 0.0, 0.0
-        for j in range(n):
-            msq += m[j] * m[j]
-            dot += g[j] * m[j]
-        s_cos = max(dot / max(math.sqrt(sq * msq), _TINY), 0.0)
-    msq = 0.0
-    keep = 1 - gamma
-    for j in range(n):
-        mj = m[j] * gamma + g[j] * keep
-        m[j] = mj
-        msq += mj * mj
+        s_cos = max(dot / max(math.sqrt(sq * old_msq), _TINY), 0.0)
     sq_avg = f[col[O_SQ]] * gamma + keep * sq
     f[col[O_SQ]] = sq_avg
     bias = 1 - gamma**t if b[col[O_DEBIAS]] else 1.0
