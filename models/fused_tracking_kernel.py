@@ -483,6 +483,27 @@ def _compile_dense() -> None:
 _compile_dense()
 
 
+@njit(cache=True, inline="always")
+def _diagonal_peak(cov: np.ndarray, pp: np.ndarray, p: int, inv_denom: float, inv_lam: float) -> float:
+    """The largest diagonal entry of the updated covariance, ``(P_aa - pp_a^2 / denom) / lambda``: four
+    running maxima, then the largest of them. The same value as one running maximum (a maximum of finite
+    values does not depend on the order), at a quarter of its chain of dependent comparisons, which was
+    about a tenth of a default round (five heads of 17)."""
+    peak0 = peak1 = peak2 = peak3 = -math.inf
+    p4 = p - p % 4
+    for a in range(0, p4, 4):
+        peak0 = max(peak0, (cov[a * p + a] - pp[a] * pp[a] * inv_denom) * inv_lam)
+        b = a + 1
+        peak1 = max(peak1, (cov[b * p + b] - pp[b] * pp[b] * inv_denom) * inv_lam)
+        b = a + 2
+        peak2 = max(peak2, (cov[b * p + b] - pp[b] * pp[b] * inv_denom) * inv_lam)
+        b = a + 3
+        peak3 = max(peak3, (cov[b * p + b] - pp[b] * pp[b] * inv_denom) * inv_lam)
+    for a in range(p4, p):
+        peak0 = max(peak0, (cov[a * p + a] - pp[a] * pp[a] * inv_denom) * inv_lam)
+    return max(max(peak0, peak1), max(peak2, peak3))
+
+
 @_helper
 def _learn(
     f: np.ndarray,
@@ -549,9 +570,7 @@ def _learn(
     for h in range(nh):
         cov, pp = f[C + h * p * p : C + (h + 1) * p * p], pp_t[h * p : (h + 1) * p]
         inv_lam, inv_denom = 1.0 / fc[N_FC + h], 1.0 / denoms[h]
-        peak = -math.inf
-        for a in range(p):
-            peak = max(peak, (cov[a * p + a] - pp[a] * pp[a] * inv_denom) * inv_lam)
+        peak = _diagonal_peak(cov, pp, p, inv_denom, inv_lam)
         sc[0], sc[1] = inv_denom, inv_lam * (fc[C_COV_CAP] / max(peak, fc[C_COV_CAP]))
         _cov_update(cov, pp, p, sc[0], sc[1])
     keep, rho, power, head_rho = 1 - fc[C_STAT_ALPHA], fc[C_MIX_RHO], fc[C_MIX_POWER], fc[C_HEAD_RHO]
