@@ -392,11 +392,38 @@ def _trackin(
 @_helper
 def _p_phi(cov: np.ndarray, phi: np.ndarray, pp: np.ndarray, p: int) -> float:
     """``pp = P phi`` (P symmetric: rows of P scaled by phi's entries and added) and returns ``phi^T P phi``,
-    in the buffer's dtype. Eight entries of ``pp`` at a time, summed in registers over every column (then
-    the rest one by one): each entry adds its terms in column order, as one entry per pass would; written
-    out so that the SLP vectoriser makes each block one vector operation per column (`_compile_dense`)."""
+    in the buffer's dtype. Sixteen, then eight entries of ``pp`` at a time, summed in registers over every
+    column (then the rest one by one): each entry adds its terms in column order, as one entry per pass
+    would; written out so that the SLP vectoriser makes each block of 8 one vector operation per column
+    (`_compile_dense`), and two blocks per pass so that their chains of additions run side by side."""
+    p16 = p - p % 16
+    for a0 in range(0, p16, 16):  # two blocks of 8 per pass: their chains of additions side by side
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+        t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = np.float32(0.0)
+        for c in range(p):
+            pc = phi[c]
+            r = cov[c * p + a0 : c * p + a0 + 16]
+            s0 += r[0] * pc
+            s1 += r[1] * pc
+            s2 += r[2] * pc
+            s3 += r[3] * pc
+            s4 += r[4] * pc
+            s5 += r[5] * pc
+            s6 += r[6] * pc
+            s7 += r[7] * pc
+            t0 += r[8] * pc
+            t1 += r[9] * pc
+            t2 += r[10] * pc
+            t3 += r[11] * pc
+            t4 += r[12] * pc
+            t5 += r[13] * pc
+            t6 += r[14] * pc
+            t7 += r[15] * pc
+        o = pp[a0 : a0 + 16]
+        o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7] = s0, s1, s2, s3, s4, s5, s6, s7
+        o[8], o[9], o[10], o[11], o[12], o[13], o[14], o[15] = t0, t1, t2, t3, t4, t5, t6, t7
     p8 = p - p % 8
-    for a0 in range(0, p8, 8):
+    for a0 in range(p16, p8, 8):
         s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
         for c in range(p):
             pc = phi[c]
