@@ -44,6 +44,7 @@ from trackin.service.durability import (
     configured_store,
 )
 from trackin.service.errors import ServiceError, error_body, error_headers
+from trackin.service.garbage import CollectionTimer, configure_collections, freeze_long_lived
 from trackin.service.metrics import Metrics
 from trackin.service.security.guard import Gate, Guard
 from trackin.service.security.namespace import PRINCIPAL
@@ -173,6 +174,7 @@ def _start_warm_up(engine: Engine) -> asyncio.Event:
 async def _ready_when(warmed: asyncio.Event, state: AppState) -> None:
     """Readiness waits for the kernels (a request that comes earlier waits for the compilation instead)."""
     await warmed.wait()
+    freeze_long_lived()  # the kernels' compiled objects, made by the warm-up, out of every later collection
     state.ready = True
 
 
@@ -253,6 +255,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_threads(settings)
+        configure_collections(settings.gc_young_threshold)
         state = build(settings)
         keyring = state.keyring
         assert keyring is not None
@@ -277,6 +280,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             scrape = await serve_metrics(settings.host, settings.metrics_port, render, CONTENT_TYPE_LATEST)
         # Long-lived objects made at start-up (engine, modules) need no cycle scans: keeps GC pauses short.
         gc.freeze()
+        gc_timer = CollectionTimer(state.metrics.gc_pauses)
+        gc_timer.install()
         readiness = asyncio.create_task(_ready_when(warmed, state))
         log.info("trackin started on %s (device %s)", f"{settings.host}:{settings.port}", state.engine.device)
         try:
@@ -292,6 +297,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await durability.stop()
             await scheduler.stop()
             await keyring.stop()
+            gc_timer.remove()
             log.info("trackin stopped")
 
     app = TrackinApp(

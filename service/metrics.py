@@ -21,6 +21,7 @@ Three kinds of figures:
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 from importlib import metadata
@@ -209,6 +210,21 @@ class Metrics:
             registry=r,
         )
         self.evictions = Counter("trackin_evictions", "Streams evicted from memory.", registry=r)
+        self.gc_pauses = Histogram(
+            "trackin_gc_pause_seconds",
+            "Cyclic garbage collections by generation: the event loop and the engine thread wait for each.",
+            ["generation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        for generation in "012":
+            self.gc_pauses.labels(generation)
+        self.gc_frozen = Gauge(
+            "trackin_gc_frozen_objects",
+            "Objects kept out of garbage collection (alive at readiness: start-up's long-lived objects).",
+            registry=r,
+        )
+        self.gc_frozen.set_function(gc.get_freeze_count)
         if process_metrics:
             ProcessCollector(namespace="trackin", registry=r)
 

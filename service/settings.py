@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     gil_switch_interval_ms: float = Field(default=0.2, gt=0, le=100)
     """How long a thread may keep the GIL while another waits for it (CPython's default: 5 ms); short, so
     the engine thread is not kept waiting by the event loop between kernel calls (service/threads.py)."""
+    gc_young_threshold: int = Field(default=10_000, ge=100, le=10_000_000)
+    """Container objects allocated (net of those freed) between young-generation garbage collections.
+    CPython's 700 set off several collections per batched request, each scanning the request's live
+    objects; at 10,000 a request's objects are freed by reference counting first (service/garbage.py)."""
     kernels: Literal["auto", "torch"] = "auto"
     """``auto``: fused CPU kernels (numba) where they apply, compiled at start-up; ``torch``: the torch
     rounds everywhere (docs/engine.md, "Fused kernels")."""

@@ -59,6 +59,7 @@ from trackin.service.durability import (
     configured_store,
 )
 from trackin.service.errors import ServiceError, error_body, error_headers
+from trackin.service.garbage import CollectionTimer, configure_collections, freeze_long_lived
 from trackin.service.metrics import Metrics
 from trackin.service.security.guard import Guard
 from trackin.service.security.keyring import Keyring
@@ -195,6 +196,7 @@ def _warm_up(engine: Engine, state: ClusterState) -> None:
         warm_up(engine.device, engine.kernels)
     except Exception:
         log.exception("fused kernels failed to compile")
+    freeze_long_lived()  # the compiled kernels' objects, out of every later collection
     state.warmed = True
 
 
@@ -215,6 +217,7 @@ def create_cluster_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_threads(settings)
+        configure_collections(settings.gc_young_threshold)
         keyring = await _start_keyring(settings)
         # The rates are counted in the cluster's Redis, so every replica draws on the same budget.
         limiter = make_limiter(settings.model_copy(update={"store": "redis"}))
@@ -226,6 +229,8 @@ def create_cluster_app(settings: Settings) -> FastAPI:
             await keyring.stop()
             raise
         app.state.cluster = state
+        gc_timer = CollectionTimer(state.metrics.gc_pauses)
+        gc_timer.install()
         threading.Thread(
             target=_warm_up, args=(scheduler.engine, state), name="trackin-warm-up", daemon=True
         ).start()
@@ -253,6 +258,7 @@ def create_cluster_app(settings: Settings) -> FastAPI:
             if state.quotas is not None:
                 await state.quotas.close()
             await keyring.stop()
+            gc_timer.remove()
             log.info("trackin replica stopped")
 
     app = FastAPI(title="trackin (cluster replica)", version="0.1.0", lifespan=lifespan)

@@ -163,6 +163,8 @@ def test_brief_metric_names_are_exported() -> None:
         "trackin_store_up",
         "trackin_stream_restore_duration_seconds_bucket",
         "trackin_evictions_total",
+        "trackin_gc_pause_seconds_bucket",
+        "trackin_gc_frozen_objects",
         "trackin_fleet_loss_ewma_bucket",
         "trackin_fleet_loss_ewma_gsum",
         "trackin_fleet_loss_ewma_gcount",
