@@ -26,6 +26,7 @@ def _pauses(state: AppState, generation: int) -> float:
 
 async def test_what_is_alive_at_readiness_is_frozen_and_collections_are_timed(tmp_path: Path) -> None:
     app = create_app(Settings(store="memory", data_dir=tmp_path))
+    thresholds = gc.get_threshold()
     try:
         async with app.router.lifespan_context(app):
             state: AppState = app.state.trackin
@@ -47,6 +48,7 @@ async def test_what_is_alive_at_readiness_is_frozen_and_collections_are_timed(tm
         assert _pauses(state, 2) == after_stop  # the timer left with the app
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 def _young_collections(http: httpx.Client) -> float:
