@@ -15,9 +15,11 @@ Side by side in one run, each on a real ``trackin serve`` subprocess over loopba
   survives a Redis crash too); SQLite is WAL with ``synchronous=NORMAL`` (survives a trackin crash).
   Ratios are to no store. Target: ``log`` on SQLite and on Redis >= 0.8x. The configurations run in
   ``--repeat`` rounds and each keeps its best run, so a slow moment of a shared machine does not decide a
-  ratio. Beside the throughput, the server-side CPU per observation (the trackin process and its
-  redis-server, from /proc over the measured window) and its ratio (no store's CPU / this one's): on a
-  machine other work shares, the CPU an observation costs moves far less than the wall-clock rate.
+  ratio; "per round (median)" is the median over the rounds of each round's rate over no store's in the
+  same round (runs minutes apart, where best-of can pair a fast moment with a slow one). Beside the
+  throughput, the server-side CPU per observation (the trackin process and its redis-server, from /proc
+  over the measured window) and its ratio (no store's CPU / this one's): on a machine other work shares,
+  the CPU an observation costs moves far less than the wall-clock rate.
 - Restore of ``--restore-streams`` stored streams (``log`` durability, clean shutdown: empty log tails):
   eagerly at startup (``TRACKIN_RESTORE_EAGERLY=true``; time to ``/readyz`` minus a lazy server's start,
   and the same difference in the server's CPU time, with its redis-server's CPU meanwhile: the steady
@@ -35,6 +37,7 @@ import asyncio
 import json
 import math
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -72,6 +75,9 @@ class ThroughputRow:
     """CPU time of the server process and of its redis-server over the measured window."""
     ratio: float = float("nan")
     cpu_ratio: float = float("nan")
+    round_ratio: float = float("nan")
+    """Median over the rounds of this configuration's rate over no store's in the same round: pairs runs
+    made minutes apart, where the best-of-rounds ratio can pair a fast moment with a slow one."""
 
     @property
     def rate(self) -> float:
@@ -360,7 +366,7 @@ def _report(
         f"{args.batch:,} observations per request, {args.seconds:g} s each"
     )
     columns = ("configuration", "observations/s", "vs no store", "server CPU/obs", "vs no store (CPU)")
-    for column in (*columns, "checkpoints written"):
+    for column in (*columns, "per round (median)", "checkpoints written"):
         table.add_column(column, justify="left" if column == "configuration" else "right")
     for row in rates:
         table.add_row(
@@ -369,6 +375,7 @@ def _report(
             f"{row.ratio:.2f}x",
             f"{row.cpu_us:.1f} us",
             f"{row.cpu_ratio:.2f}x",
+            f"{row.round_ratio:.2f}x",
             f"{row.checkpoints:,}",
         )
     console.print(table)
@@ -425,12 +432,15 @@ def main(argv: list[str] | None = None) -> int:
             configs = [("memory", "checkpoint"), ("sqlite", "checkpoint"), ("sqlite", "log")]
             configs += [("redis", "checkpoint"), ("redis", "log")]
             best: dict[str, ThroughputRow] = {}
+            rounds: list[dict[str, ThroughputRow]] = []
             for r in range(args.repeat):  # rounds over all configurations: slow phases of a shared
                 # machine hit every one alike; each round starts one configuration later, so no
                 # configuration always runs first (after the previous round's teardown)
                 shift = r % len(configs)
+                rounds.append({})
                 for i, (backend, durability) in enumerate(configs[shift:] + configs[:shift]):
                     row = throughput(base / f"t{r}-{i}", backend, durability, args)
+                    rounds[-1][row.name] = row
                     console.log(f"{row.name}: {row.rate:,.0f} observations/s, {row.cpu_us:.1f} us CPU each")
                     if row.name not in best or row.rate > best[row.name].rate:
                         best[row.name] = row
@@ -438,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             for row in rates:
                 row.ratio = row.rate / rates[0].rate
                 row.cpu_ratio = rates[0].cpu_us / row.cpu_us
+                row.round_ratio = statistics.median(rs[row.name].rate / rs["no store"].rate for rs in rounds)
         if args.only in (None, "restore"):
             for backend in ("sqlite", "redis"):
                 restores += restore(base / f"r-{backend}", backend, args, console)
