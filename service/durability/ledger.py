@@ -25,11 +25,17 @@ class Ledger:
 
     A stream's count is the fencing step its checkpoints carry; it has changed since its last checkpoint
     while the count differs from the saved one. The changed streams are also kept as a set, so the
-    checkpoint loop's passes (one per nudge: each creation, each batch) cost what changed, not what is
-    resident: scanning every resident stream per pass made creating N streams O(N^2) (320/s falling to
-    46/s by 20,000 streams on SQLite). `applied` is a scheduler hook: it runs right after each
+    checkpoint loop's passes (one per nudge: each creation; and every ``POLL_SECONDS``) cost what changed,
+    not what is resident: scanning every resident stream per pass made creating N streams O(N^2) (320/s
+    falling to 46/s by 20,000 streams on SQLite). `applied` is a scheduler hook: it runs right after each
     engine call and before any later engine job (such as a checkpoint export), so counts always match the
-    engine state an export sees.
+    engine state an export sees. It runs on the event loop once per engine batch and wakes nothing: counts,
+    changed and touched streams are updated in C (no Python per stream unless ``by_recency``), and which
+    touched streams fell ``every_steps`` behind is worked out when `due_streams` is asked (by the next
+    pass, within ``POLL_SECONDS``), once per stream however many batches touched it meanwhile. (A pass per
+    batch cost the event loop a Python loop over each batch's streams and, whenever one fell due, a
+    checkpoint export that drained the engine's pipeline: about 240 of each per second under
+    ``bench.checkpoint``'s load.)
 
     Args:
         every_steps: observations since its last checkpoint that make a stream due (`due_streams`).
@@ -40,12 +46,13 @@ class Ledger:
     def __init__(self, every_steps: int, *, by_recency: bool = True) -> None:
         self.every_steps = every_steps
         self.by_recency = by_recency
-        self._counts: dict[str, int] = {}
+        self._counts: Counter[str] = Counter()
         self._saved: dict[str, int] = {}  # count at the last accepted checkpoint
         self._positions: dict[str, str] = {}  # last log position appended (or restored) per stream
         self._recent: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self._changed: dict[str, None] = {}  # streams whose count differs from the saved one, as a set
         self._due: dict[str, None] = {}  # streams at least ``every_steps`` behind their checkpoint, as a set
+        self._touched: dict[str, None] = {}  # streams applied to since `_due` was last brought up to date
         self._saved_positions: dict[str, str] = {}  # log position of the last accepted checkpoint
         self._wake = asyncio.Event()
         self.head = ""
@@ -59,21 +66,15 @@ class Ledger:
     def applied(self, batches: list[IngestBatch], results: list[list[ItemResult]], seconds: float) -> None:
         """Count each applied observation and refresh recency (the scheduler's ``after_apply`` hook)."""
         del results, seconds
-        counts, saved, due = self._counts, self._saved, self._due
-        every = self.every_steps
-        arrived = Counter(itertools.chain.from_iterable(b.stream_ids for b in batches))
-        # once per stream, not per observation (a Counter counts in C)
-        for stream_id, n in arrived.items():
-            count = counts[stream_id] = counts.get(stream_id, 0) + n
-            if count - saved.get(stream_id, 0) >= every:
-                due[stream_id] = None
-        self._changed.update(dict.fromkeys(arrived))
+        self._counts.update(itertools.chain.from_iterable(b.stream_ids for b in batches))  # counted in C
+        arrived = dict.fromkeys(itertools.chain.from_iterable(b.streams for b in batches))
+        self._changed.update(arrived)
+        self._touched.update(arrived)
         if self.by_recency:  # in order of first arrival, after the streams used less recently
             recent = self._recent
             for stream_id in arrived:
                 recent[stream_id] = None
                 recent.move_to_end(stream_id)
-        self._wake.set()
 
     def started(self, stream_id: str) -> None:
         """A new stream: nothing applied, saved or logged yet."""
@@ -143,7 +144,7 @@ class Ledger:
     def forget(self, stream_id: str) -> None:
         """A stream deleted or dropped from memory: nothing is known about it any more."""
         tables = (self._counts, self._saved, self._positions, self._recent, self._changed, self._due)
-        for table in (*tables, self._saved_positions):
+        for table in (*tables, self._saved_positions, self._touched):
             table.pop(stream_id, None)
 
     # ----- reads ------------------------------------------------------------------------------------------
@@ -174,10 +175,15 @@ class Ledger:
         return list(self._changed)
 
     def due_streams(self) -> list[str]:
-        """Streams with at least ``every_steps`` observations since their last checkpoint. Kept as each
-        batch is counted, so the checkpoint loop's pass after every batch costs the streams due, not every
-        stream changed since the last full pass (a scan of all of them per batch: O(streams) per batch)."""
-        return list(self._due)
+        """Streams with at least ``every_steps`` observations since their last checkpoint. Kept as streams
+        are touched, so a pass costs the streams applied to since the last one, not every stream changed
+        since the last full pass (a scan of all of them per pass: O(streams) each time)."""
+        counts, saved, due, every = self._counts, self._saved, self._due, self.every_steps
+        for stream_id in self._touched:
+            if counts[stream_id] - saved.get(stream_id, 0) >= every:
+                due[stream_id] = None
+        self._touched.clear()
+        return list(due)
 
     # ----- the checkpoint loop's cue ----------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ def test_due_streams_follow_counts_checkpoints_and_restores() -> None:
 
 
 def test_due_streams_equal_a_scan_over_random_traffic() -> None:
+    """Whenever a pass asks, however many batches, checkpoints and restarts came since the last one."""
     rng = random.Random(7)
     every = 4
     streams = [f"s{i}" for i in range(30)]
@@ -64,7 +65,9 @@ def test_due_streams_equal_a_scan_over_random_traffic() -> None:
             s = rng.choice(streams)
             saved.pop(s, None)
             ledger.started(s)
-        assert set(ledger.due_streams()) == _behind(ledger, saved, every)
+        if rng.random() < 0.4:  # passes come now and then: several batches, checkpoints, restarts between
+            assert set(ledger.due_streams()) == _behind(ledger, saved, every)
+    assert set(ledger.due_streams()) == _behind(ledger, saved, every)
     assert ledger.due_streams(), "the traffic left some stream due"
 
 
