@@ -1,7 +1,7 @@
 """Persistence benchmark: what checkpoints and the durability log cost ingestion; how fast state comes back.
 
-    .venv/bin/python -m bench.checkpoint [--seconds 8] [--streams 1000] [--batch 1000] [--clients 3]
-                                         [--repeat 2] [--restore-streams 100000] [--skip-lazy]
+    .venv/bin/python -m bench.checkpoint [--seconds 4] [--streams 1000] [--batch 1000] [--clients 3]
+                                         [--rounds 5] [--restore-streams 100000] [--skip-lazy]
                                          [--only throughput|restore] [--json out.json]
 
 Side by side in one run, each on a real ``trackin serve`` subprocess over loopback (the helpers of
@@ -13,10 +13,12 @@ Side by side in one run, each on a real ``trackin serve`` subprocess over loopba
   ``checkpoint`` and ``log`` durability, with the default checkpoint settings (every 1,000 steps or 5 s).
   Redis is a local ``redis-server`` with AOF and ``appendfsync always`` (an acknowledged log append
   survives a Redis crash too); SQLite is WAL with ``synchronous=NORMAL`` (survives a trackin crash).
-  Ratios are to no store. Target: ``log`` on SQLite and on Redis >= 0.8x. The configurations run in
-  ``--repeat`` rounds and each keeps its best run, so a slow moment of a shared machine does not decide a
-  ratio; "per round (median)" is the median over the rounds of each round's rate over no store's in the
-  same round (runs minutes apart, where best-of can pair a fast moment with a slow one). Beside the
+  Ratios are to no store. Target: ``log`` on SQLite and on Redis >= 0.8x. The five servers are started
+  once and stay up; each of ``--rounds`` rounds drives every configuration for ``--seconds`` in turn
+  (one configuration later each round, so none always runs first), and "vs no store (median of rounds)"
+  is the median over the rounds of each round's rate over no store's in the same round: windows seconds
+  apart, so a slow phase of a shared machine (some swing by 1.5x within minutes) hits both sides of a
+  ratio. "best round" is each configuration's best window against no store's best. Beside the
   throughput, the server-side CPU per observation (the trackin process and its redis-server, from /proc
   over the measured window) and its ratio (no store's CPU / this one's): on a machine other work shares,
   the CPU an observation costs moves far less than the wall-clock rate.
@@ -41,7 +43,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -76,8 +78,8 @@ class ThroughputRow:
     ratio: float = float("nan")
     cpu_ratio: float = float("nan")
     round_ratio: float = float("nan")
-    """Median over the rounds of this configuration's rate over no store's in the same round: pairs runs
-    made minutes apart, where the best-of-rounds ratio can pair a fast moment with a slow one."""
+    """Median over the rounds of this configuration's rate over no store's in the same round: pairs
+    windows seconds apart, where the best-of-rounds ratio can pair a fast moment with a slow one."""
 
     @property
     def rate(self) -> float:
@@ -252,19 +254,33 @@ async def _drive(
         return done, elapsed, sum(cpu_seconds(pid) for pid in pids) - cpu
 
 
-def throughput(base: Path, backend: str, durability: str, args: argparse.Namespace) -> ThroughputRow:
+@dataclass
+class _Running:
+    """One configuration's server, up for the whole throughput run."""
+
+    name: str
+    deployment: Deployment
+    server: TrackinServer
+
+
+def _start(stack: ExitStack, base: Path, backend: str, durability: str, streams: int) -> _Running:
     name = "no store" if backend == "memory" else f"{backend}, {durability}"
-    with deployment(base, backend) as d:
-        server = d.make({"TRACKIN_DURABILITY": durability}).start()
-        asyncio.run(_create(server.url, [f"s{i:05d}" for i in range(args.streams)]))
-        bodies = _bodies(args.streams, args.batch)
-        before = scrape(server.url).get("trackin_checkpoint_writes_total:accepted", 0.0)
-        pids = (server.pid, d.redis.pid if d.redis is not None else None)
-        observations, seconds, cpu = asyncio.run(
-            _drive(server.url, bodies, args.clients, args.seconds, args.batch, pids)
-        )
-        after = scrape(server.url).get("trackin_checkpoint_writes_total:accepted", 0.0)
-    return ThroughputRow(name, observations, seconds, int(after - before), cpu)
+    d = stack.enter_context(deployment(base, backend))
+    server = d.make({"TRACKIN_DURABILITY": durability}).start()
+    asyncio.run(_create(server.url, [f"s{i:05d}" for i in range(streams)]))
+    return _Running(name, d, server)
+
+
+def throughput(running: _Running, bodies: list[bytes], args: argparse.Namespace) -> ThroughputRow:
+    """One window of load on a running configuration."""
+    server, d = running.server, running.deployment
+    before = scrape(server.url).get("trackin_checkpoint_writes_total:accepted", 0.0)
+    pids = (server.pid, d.redis.pid if d.redis is not None else None)
+    observations, seconds, cpu = asyncio.run(
+        _drive(server.url, bodies, args.clients, args.seconds, args.batch, pids)
+    )
+    after = scrape(server.url).get("trackin_checkpoint_writes_total:accepted", 0.0)
+    return ThroughputRow(running.name, observations, seconds, int(after - before), cpu)
 
 
 # ----- restore ----------------------------------------------------------------------------------------------
@@ -363,19 +379,19 @@ def _report(
 ) -> None:
     table = Table(
         title=f"Batched REST ingestion: {args.streams:,} linear streams, {args.clients} clients x "
-        f"{args.batch:,} observations per request, {args.seconds:g} s each"
+        f"{args.batch:,} observations per request, {args.rounds} rounds of {args.seconds:g} s each"
     )
-    columns = ("configuration", "observations/s", "vs no store", "server CPU/obs", "vs no store (CPU)")
-    for column in (*columns, "per round (median)", "checkpoints written"):
+    columns = ("configuration", "observations/s (best round)", "vs no store (median of rounds)", "best round")
+    for column in (*columns, "server CPU/obs", "vs no store (CPU)", "checkpoints written"):
         table.add_column(column, justify="left" if column == "configuration" else "right")
     for row in rates:
         table.add_row(
             row.name,
             f"{row.rate:,.0f}",
+            f"{row.round_ratio:.2f}x",
             f"{row.ratio:.2f}x",
             f"{row.cpu_us:.1f} us",
             f"{row.cpu_ratio:.2f}x",
-            f"{row.round_ratio:.2f}x",
             f"{row.checkpoints:,}",
         )
     console.print(table)
@@ -412,11 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=4.0, help="each window of load")
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=3)
-    parser.add_argument("--repeat", type=int, default=2, help="rounds of throughput runs; the best counts")
+    parser.add_argument("--rounds", type=int, default=5, help="windows of load per configuration")
     parser.add_argument("--restore-streams", type=int, default=100_000)
     parser.add_argument("--skip-lazy", action="store_true", help="only the eager restore")
     parser.add_argument("--only", choices=["throughput", "restore"], help="run one half")
@@ -433,18 +449,24 @@ def main(argv: list[str] | None = None) -> int:
             configs += [("redis", "checkpoint"), ("redis", "log")]
             best: dict[str, ThroughputRow] = {}
             rounds: list[dict[str, ThroughputRow]] = []
-            for r in range(args.repeat):  # rounds over all configurations: slow phases of a shared
-                # machine hit every one alike; each round starts one configuration later, so no
-                # configuration always runs first (after the previous round's teardown)
-                shift = r % len(configs)
-                rounds.append({})
-                for i, (backend, durability) in enumerate(configs[shift:] + configs[:shift]):
-                    row = throughput(base / f"t{r}-{i}", backend, durability, args)
-                    rounds[-1][row.name] = row
-                    console.log(f"{row.name}: {row.rate:,.0f} observations/s, {row.cpu_us:.1f} us CPU each")
-                    if row.name not in best or row.rate > best[row.name].rate:
-                        best[row.name] = row
-            rates = [best[n] for n in ("no store", *(f"{b}, {d}" for b, d in configs[1:]))]
+            bodies = _bodies(args.streams, args.batch)
+            with ExitStack() as stack:
+                running = [
+                    _start(stack, base / f"t{i}", b, d, args.streams) for i, (b, d) in enumerate(configs)
+                ]
+                for r in range(args.rounds):  # each round starts one configuration later
+                    shift = r % len(running)
+                    rounds.append({})
+                    for one in running[shift:] + running[:shift]:
+                        row = throughput(one, bodies, args)
+                        rounds[-1][row.name] = row
+                        console.log(
+                            f"round {r + 1}, {row.name}: {row.rate:,.0f} observations/s, "
+                            f"{row.cpu_us:.1f} us CPU each"
+                        )
+                        if row.name not in best or row.rate > best[row.name].rate:
+                            best[row.name] = row
+            rates = [best[one.name] for one in running]
             for row in rates:
                 row.ratio = row.rate / rates[0].rate
                 row.cpu_ratio = rates[0].cpu_us / row.cpu_us
