@@ -235,6 +235,7 @@ LOSS_CASES: list[list[float]] = [
     [0.0, 1e-6, 1e-6 * (1 + 1e-12), 0.3, 0.5, 1.0, 1e4, 1e4 * 2],
     [float("nan"), float("inf"), 0.2, -1.0],
     [10.0**k for k in range(-9, 7)],
+    [10.0 ** (k / 4) for k in range(-36, 28)] + [float("nan"), float("-inf"), 0.0],  # numpy's path (> 16)
 ]
 
 
