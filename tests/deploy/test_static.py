@@ -193,6 +193,8 @@ def test_compose_wires_the_stack() -> None:
     assert redis["image"].startswith("redis:7")
     assert "--appendonly" in redis["command"]
     assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    # the log is in Redis here: an acknowledged append is fsynced before its answer, as benchmarked
+    assert redis["command"][redis["command"].index("--appendfsync") + 1] == "always"
     named = set(compose["volumes"])
     for service in services.values():
         for volume in service.get("volumes", []):
