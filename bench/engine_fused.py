@@ -8,8 +8,12 @@ time, less sensitive to other load), which also gathers that step's inputs with 
 service's: an id and float64 arrays in, arrays out), inputs prepared beforehand (microseconds, the minimum
 over 3,000 calls: the cost itself, which load on the machine cannot shrink); at batch 1,024 the rates are
 observations per second (``ids``: ``Engine.observe_arrays``) and their ratio to River (one
-``LinearRegression`` per stream, ``predict_one`` then ``learn_one``). The compile cost is measured in
-fresh processes: cold (an empty numba cache directory) and from numba's on-disk cache.
+``LinearRegression`` per stream, ``predict_one`` then ``learn_one``). On a machine of more than one core, a
+``fused`` row with ``threads`` > 1 runs batches of 1,024 with that many intra-op threads
+(``torch.set_num_threads``: the kernel steps a batch's streams in runs on as many threads; River is pure
+Python, one core, and has no such row); batch 1 is never split, so its columns are left out there. The
+compile cost is measured in fresh processes: cold (an empty numba cache directory) and from numba's on-disk
+cache.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 
 from bench.engine import (
     DEFAULT,
+    Rate,
     Workload,
     arrays_round_us,
     bench_engine,
@@ -32,6 +37,7 @@ from bench.engine import (
     fmt,
     round_us,
 )
+from trackin.models.engine import Engine
 from trackin.models.kernels import Kernels
 from trackin.models.tracking import SCALE_WARMUP
 
@@ -59,12 +65,43 @@ def compile_cost() -> dict[str, dict[str, float]]:
     return out
 
 
+def _split_row(
+    engine_ids: tuple[Engine, list[str]],
+    work: Workload,
+    budget: float,
+    threads: int,
+    streams: int,
+    river: Rate | None,
+) -> None:
+    """Batches of 1,024 on ``threads`` intra-op threads: the kernel's runs stepped at once."""
+    torch.set_num_threads(threads)
+    try:
+        big, big_ids, _ = bench_engine(*engine_ids, work, 1_024, budget)
+    finally:
+        torch.set_num_threads(1)
+    ratios = ["-", "-", "-"]
+    if river is not None:
+        ratios = [
+            f"{big.per_second / river.per_second:.1f}",
+            f"{big.per_cpu_second / river.per_cpu_second:.1f}",
+            f"{big_ids.per_second / river.per_second:.1f}",
+        ]
+    print(
+        f"{'fused':<7} {threads:>7} {streams:>8,} {'-':>9} {'-':>7} {'-':>5} {'-':>6} {'-':>9} "
+        f"{fmt(big.per_second):>10} {fmt(big_ids.per_second):>9} "
+        f"{fmt(river.per_second if river else None):>7} {ratios[0]:>8} {ratios[1]:>11} {ratios[2]:>11}",
+        flush=True,
+    )
+
+
 def run(budget: float, stream_counts: tuple[int, ...]) -> None:
     torch.set_num_threads(1)
     print("\nfused tracking kernel vs torch round: linear 16, the default path (scale-free, RLS)")
     print(f"1 thread, {budget:g} s per cell, load average {os.getloadavg()[0]:.2f}")
+    cores = os.cpu_count() or 1
     header = (
-        f"{'kernels':<7} {'streams':>8} {'us/round':>9} {'cpu us':>7} {'call':>5} {'arrays':>6} "
+        f"{'kernels':<7} {'threads':>7} {'streams':>8} {'us/round':>9} {'cpu us':>7} "
+        f"{'call':>5} {'arrays':>6} "
         f"{'obs/s b1':>9} {'obs/s 1024':>10} "
         f"{'ids 1024':>9} {'river':>7} {'x river':>8} {'cpu x river':>11} {'ids x river':>11}"
     )
@@ -90,13 +127,16 @@ def run(budget: float, stream_counts: tuple[int, ...]) -> None:
                     f"{big_ids.per_second / river.per_second:.1f}",
                 ]
             print(
-                f"{label:<7} {streams:>8,} {1e6 / one.per_second:>9.1f} {1e6 / one.per_cpu_second:>7.1f} "
+                f"{label:<7} {1:>7} {streams:>8,} {1e6 / one.per_second:>9.1f} "
+                f"{1e6 / one.per_cpu_second:>7.1f} "
                 f"{call:>5.1f} {arrays:>6.1f} "
                 f"{fmt(one.per_second):>9} {fmt(big.per_second):>10} {fmt(big_ids.per_second):>9} "
                 f"{fmt(river.per_second if river else None):>7} {ratios[0]:>8} {ratios[1]:>11} "
                 f"{ratios[2]:>11}",
                 flush=True,
             )
+            if label == "fused" and cores > 1:
+                _split_row(engine_ids, work, budget, cores, streams, river)
             del engine_ids
     if warming:
         print(

@@ -5,6 +5,8 @@ repeats, non-finite values, time gaps and times that go back, and a pool that gr
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,7 +15,7 @@ import torch
 
 from tests.support.tolerances import memory, tolerance
 from trackin.models import fused_tracking
-from trackin.models.fused_tracking import FusedTrackingRound, slot_order, warm_up
+from trackin.models.fused_tracking import FusedTrackingRound, slot_order, split_batch, warm_up
 from trackin.models.fused_tracking_kernel import (
     _cov_update,
     _p_phi,
@@ -185,16 +187,13 @@ def test_fused_equals_torch_round(name: str, dtype: str) -> None:
     assert drifts > 0, "the drift detectors fired (and reset momenta)"
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_a_big_batch_stepped_in_slot_order_equals_arrival_order_to_the_bit(
-    name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`slot_order`: a batch of many rows is stepped by slot, each stream's rows in their order. Streams are
-    independent, so outcomes and state are the arrival order's to the bit (one code path, float32 too)."""
+def _assert_two_pools_step_alike(name: str, configure: Callable[[int, np.ndarray], None]) -> None:
+    """Two pools of case ``name`` (float32) take the same big batches (about 540 rows, repeats of each of
+    the six streams), ``configure(k, slots)`` run before pool ``k`` steps; outcomes and state must be
+    equal to the bit (one code path: only the order of independent streams may differ)."""
     specs = _specs(name, "float32")
     pools = [StreamPool(specs[0], capacity=2, kernels="auto") for _ in range(2)]
     slots = [np.array([p.add(s) for s in specs]) for p in pools]
-    monkeypatch.setattr(fused_tracking, "SORT_MIN_STATE_BYTES", 0)  # these pools are tiny
     rng = np.random.default_rng(11)
     clocks = np.zeros(STREAMS)
     for t in range(6):
@@ -204,9 +203,8 @@ def test_a_big_batch_stepped_in_slot_order_equals_arrival_order_to_the_bit(
         y = None if parts[0][2] is None else torch.cat([part[2] for part in parts])  # type: ignore[misc]
         ts = None if parts[0][3] is None else torch.cat([part[3] for part in parts])  # type: ignore[misc]
         out = []
-        for k, pool in enumerate(pools):  # pool 1 keeps the arrival order
-            monkeypatch.setattr(fused_tracking, "SORT_MIN_ROWS", 2**40 if k else 256)
-            assert (slot_order(slots[k][who]) is None) == bool(k), "pool 0 sorts the batch, pool 1 does not"
+        for k, pool in enumerate(pools):
+            configure(k, slots[k][who])
             copy = [None if v is None else v.clone() for v in (x, y, ts)]
             out.append(pool.observe(slots[k][who], copy[0], copy[1], copy[2]))  # type: ignore[arg-type]
         for field in ObserveResult.__slots__:
@@ -218,6 +216,85 @@ def test_a_big_batch_stepped_in_slot_order_equals_arrival_order_to_the_bit(
         for key, want in pools[1].state.items():
             got = pools[0].state[key][slots[0]]
             torch.testing.assert_close(got, want[slots[1]], rtol=0, atol=0, equal_nan=True, msg=key)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_big_batch_stepped_in_slot_order_equals_arrival_order_to_the_bit(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`slot_order`: a batch of many rows is stepped by slot, each stream's rows in their order. Streams are
+    independent, so outcomes and state are the arrival order's to the bit (one code path, float32 too)."""
+    monkeypatch.setattr(fused_tracking, "SORT_MIN_STATE_BYTES", 0)  # these pools are tiny
+
+    def configure(k: int, slots: np.ndarray) -> None:  # pool 1 keeps the arrival order
+        monkeypatch.setattr(fused_tracking, "SORT_MIN_ROWS", 2**40 if k else 256)
+        assert (slot_order(slots) is None) == bool(k), "pool 0 sorts the batch, pool 1 does not"
+
+    _assert_two_pools_step_alike(name, configure)
+
+
+@pytest.mark.parametrize("in_slot_order", [False, True], ids=["dealt", "slot-order"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_batch_split_over_threads_equals_one_thread_to_the_bit(
+    name: str, in_slot_order: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With more than one intra-op thread (``torch.set_num_threads``), a big batch's streams are split
+    into runs stepped at once on as many threads (`split_batch`); each stream's rows stay in their order
+    in one run, so outcomes and state are one thread's to the bit, dealt by slot or cut from the slot
+    order."""
+    monkeypatch.setattr(fused_tracking, "SORT_MIN_STATE_BYTES", 0 if in_slot_order else 2**62)
+    threads = torch.get_num_threads()
+
+    def configure(k: int, slots: np.ndarray) -> None:  # pool 0 splits, pool 1 steps on one thread
+        torch.set_num_threads(1 if k else 3)
+        if not k:
+            assert len(split_batch(slots, slot_order(slots) if in_slot_order else None, 3)) == 3
+
+    try:
+        _assert_two_pools_step_alike(name, configure)
+    finally:
+        torch.set_num_threads(threads)
+    assert fused_tracking._HELPERS[2]._threads, "pool 0's runs were stepped on helper threads"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_split_batch_makes_runs_that_share_no_stream(seed: int) -> None:
+    """Every row in exactly one run, no stream in two runs, each stream's rows in their order; runs cut
+    from the slot order are its consecutive pieces, of near equal lengths where the streams allow."""
+    rng = np.random.default_rng(seed)
+    streams, rows = [2, 7, 50, 1000, 3, 400][seed], [300, 513, 1000, 4000, 256, 2048][seed]
+    parts = 2 + seed % 3
+    slots = rng.integers(0, streams, size=rows).astype(np.int64)
+    for order in (None, np.argsort(slots, kind="stable")):
+        runs = split_batch(slots, order, parts)
+        assert 1 <= len(runs) <= parts
+        assert all(run.size for run in runs), "an empty run would step every row"
+        assert np.array_equal(np.sort(np.concatenate(runs)), np.arange(rows))
+        owners = [set(slots[run].tolist()) for run in runs]
+        assert sum(map(len, owners)) == len(set().union(*owners)), "a stream in two runs"
+        for run in runs:
+            for slot in set(slots[run].tolist()):
+                mine = run[slots[run] == slot]
+                assert np.all(np.diff(mine) > 0), "a stream's rows out of their order"
+        if order is not None:
+            assert np.array_equal(np.concatenate(runs), order), "consecutive pieces of the slot order"
+            if streams >= 50:
+                assert max(map(len, runs)) <= rows // parts + rows // streams * 4, "near equal lengths"
+
+
+def test_an_error_in_one_run_reaches_the_caller_after_every_run_finished() -> None:
+    """The buffers are read only once every run has finished, also when the caller's own run fails."""
+    finished: list[int] = []
+
+    def entry(run: np.ndarray) -> None:
+        if run[0] == 0:
+            raise ValueError("the caller's run failed")
+        time.sleep(0.05)
+        finished.append(int(run[0]))
+
+    with pytest.raises(ValueError, match="caller's run"):
+        fused_tracking._run_split(entry, (), [np.array([0]), np.array([1]), np.array([2])])
+    assert sorted(finished) == [1, 2]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
