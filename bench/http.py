@@ -69,7 +69,7 @@ class Row:
     floor_ratio: float = float("nan")  # rate / the floor's rate under the same load
     client_cpu_us: float = float("nan")  # the load generator's CPU time per observation (WebSocket rows)
     errors: int = 0
-    river: float | None = None  # River's rate measured just before this row (batched rows)
+    river: float | None = None  # River's rate around this row (batched rows: `_around`)
 
     @property
     def rate(self) -> float:
@@ -156,9 +156,16 @@ class Mix:
 
 
 _BESIDE_SECONDS = 2.0
-"""River is timed again just before each batched row, and that row's ratio is to it: the machine's speed
-drifts by tens of percent over the minutes of a run (shared cores), and a ratio should compare one minute's
-figures."""
+"""River is timed again just before and just after each batched row, and that row's ratio is to the mean
+of the two: the machine's speed drifts by tens of percent over the minutes of a run (shared cores; on one
+VM River's rate moved between 173k and 244k obs/s within a minute), and a ratio should compare one
+minute's figures. One timing before the row alone put a row at 1.83x that five windows interleaved with
+River put at 2.22-2.90x (docs/engine.md, "Fourteenth session")."""
+
+
+def _around(mix: Mix, before: float) -> float:
+    """River's rate around a row: the mean of its timing just before the row and one now, just after."""
+    return (before + river_rate(mix, _BESIDE_SECONDS)) / 2
 
 
 def river_rate(mix: Mix, seconds: float) -> float:
@@ -282,12 +289,12 @@ def rest_rows(
         )
         river = river_rate(mix, _BESIDE_SECONDS)
         rows.append(_wrk(server, f"REST batch 1,000 ({form}), 2 conn", size, folder, count, 2, seconds))
-        rows[-1].river = river
+        rows[-1].river = _around(mix, river)
     packed = [("POST", "/v1/observations", _columns_msgpack(mix, None, k * size, size)) for k in range(count)]
     folder = write_requests(packed, content_type="application/msgpack")
     river = river_rate(mix, _BESIDE_SECONDS)
     rows.append(_wrk(server, "REST batch 1,000 (msgpack columns), 2 conn", size, folder, count, 2, seconds))
-    rows[-1].river = river
+    rows[-1].river = _around(mix, river)
     return rows
 
 
@@ -342,7 +349,7 @@ async def ws_rows(args: argparse.Namespace, server: Server, floor: Server, mix: 
         row.server_cpu_us = (_cpu_seconds(server.pid) - before) / max(1, row.observations) * 1e6
         row.client_cpu_us = (time.process_time() - client_before) / max(1, row.observations) * 1e6
         await ws.close()
-        row.river = river
+        row.river = None if river is None else _around(mix, river)
         rows.append(row)
     return rows + await _paced_rows(args, server, floor, singles)
 
@@ -514,7 +521,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     _print(rows, river, header)
     beside = [f"{r.name.rsplit(',', 1)[0]}: {r.river:,.0f}" for r in rows if r.river is not None]
-    print("River timed just before each batched row (its x River is to that): " + "; ".join(beside))
+    print(
+        "River timed around each batched row (the mean of its rates just before and just after; the row's"
+        " x River is to that): " + "; ".join(beside)
+    )
     for line in _targets(rows, river, args.rate):
         print(line)
     if args.breakdown:
