@@ -344,7 +344,7 @@ def _forecast(
         dest[d] = level
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def observe_rows(
     fbuf: np.ndarray,
     ibuf: np.ndarray,
@@ -357,8 +357,12 @@ def observe_rows(
     steps: np.ndarray,
     flags: np.ndarray,
     tiny: float,
+    order: np.ndarray,
 ) -> None:
-    """Step the streams ``slots`` (rows of the packed buffers) once per row, in order, in place.
+    """Step the streams ``slots`` (rows of the packed buffers) once per row, in order, in place: the rows in
+    ``order`` (row indices, each stream's in its arrival order; empty: every row). A call touches only its
+    rows' slots and outcomes and holds no GIL, so calls on disjoint streams may run at once
+    (:mod:`models.kernel_threads`).
 
     ``x``: ``[n, in]`` inputs (``ar``: ``[n, dim]`` arriving values); ``y``: ``[n, out]`` targets (``ar``:
     unused). Outputs, preallocated: ``results`` ``[n, 2 out + 1]`` (pool dtype: the prediction, the loss,
@@ -394,7 +398,9 @@ def observe_rows(
     g = np.empty(n_params, np.float64)
     cell = np.empty(1, fbuf.dtype)  # rounds a float64 to the pool's dtype
     fig = cfg[FIG]
-    for r in range(slots.shape[0]):
+    ordered = order.shape[0] > 0
+    for q in range(order.shape[0] if ordered else slots.shape[0]):
+        r = order[q] if ordered else q
         s = slots[r]
         frow, irow, brow = fbuf[s], ibuf[s], bbuf[s]
         ready = True

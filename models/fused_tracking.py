@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numba
@@ -23,7 +22,7 @@ import torch
 from torch import Tensor
 
 from trackin.models import fused_tracking_kernel as K
-from trackin.models import keys, tracking
+from trackin.models import kernel_threads, keys, tracking
 from trackin.models.drift import MEAN_WINDOW
 from trackin.models.figures import LOSS_EWMA_ALPHA
 from trackin.models.hyper import Hyperparameters
@@ -121,45 +120,6 @@ def slot_order(slots: np.ndarray, nslots: int | None = None) -> np.ndarray | Non
 
 _ARRIVAL = np.empty(0, dtype=np.int64)
 """No order: the kernel steps the rows as they arrived."""
-
-ROWS_PER_THREAD = 128
-"""A batch is split over ``torch.get_num_threads()`` threads (the engine's intra-op threads, as for the
-torch rounds), at most one per this many rows: below, handing a run to a thread (tens of microseconds)
-costs more than it saves (about a microsecond a row)."""
-_HELPERS: dict[int, ThreadPoolExecutor] = {}
-
-
-def _helpers(count: int) -> ThreadPoolExecutor:
-    """The process's threads that step a split batch's runs beside the caller (started on first use)."""
-    pool = _HELPERS.get(count)
-    if pool is None:
-        pool = _HELPERS[count] = ThreadPoolExecutor(count, thread_name_prefix="trackin-kernel")
-    return pool
-
-
-def split_batch(slots: np.ndarray, order: np.ndarray | None, parts: int) -> list[np.ndarray]:
-    """A batch's rows as up to ``parts`` runs (row indices) that share no stream, each stream's rows in
-    their order: the slot order cut at slot boundaries, or (``order`` None) the rows dealt by slot."""
-    bounds = np.empty(parts + 1, dtype=np.int64)
-    if order is None:
-        order = np.empty(slots.shape[0], dtype=np.int64)
-        K.deal_by_slot(slots, parts, order, bounds)
-    else:
-        K.split_by_stream(slots, order, parts, bounds)
-    return [order[bounds[t] : bounds[t + 1]] for t in range(parts) if bounds[t + 1] > bounds[t]]
-
-
-def _run_split(entry: Callable[..., None], args: tuple[np.ndarray, ...], runs: list[np.ndarray]) -> None:
-    """Step each run on its own thread (the first on the caller's): the kernel holds no GIL, and runs that
-    share no stream write disjoint rows of the buffers and of the outcomes."""
-    pool = _helpers(len(runs) - 1)
-    futures: list[Future[None]] = [pool.submit(entry, *args, run) for run in runs[1:]]
-    try:
-        entry(*args, runs[0])
-    finally:
-        for future in futures:  # every run finishes before the buffers are read, error or not
-            future.result()
-
 
 _KERNEL: Any = K.tracking_round  # numba's Dispatcher (typed loosely: its stubs know no entry points)
 _PREDICT: Any = K.tracking_predict
@@ -265,15 +225,15 @@ class FusedTrackingRound(TrackingRound):
         order = slot_order(s, fbuf.shape[0]) if big else None  # None: arrival order
         args += (pred, loss, forecast, step, flags)
         entry = self._entry
-        parts = min(torch.get_num_threads(), n // ROWS_PER_THREAD) if n >= 2 * ROWS_PER_THREAD else 1
+        parts = kernel_threads.threads_for(n)
         if entry is None:  # the dispatcher picks (compiles or loads) the overload for these types, once
             every = _ARRIVAL if order is None else order
             _KERNEL(*args, every)
             self._entry = _KERNEL.overloads[tuple(_TYPEOF(a) for a in (*args, every))].entry_point
         elif parts > 1:
-            runs = split_batch(s, order, parts)
+            runs = kernel_threads.split_batch(s, order, parts)
             if len(runs) > 1:
-                _run_split(entry, args, runs)
+                kernel_threads.run_split(entry, args, runs)
             else:
                 entry(*args, runs[0])
         else:  # the same types every call: skip the dispatcher's type resolution (about 4 us)
@@ -366,6 +326,5 @@ def warm_up() -> float:
         _PREDICT(bufs[0], rows[0], rows[1], *settings, out[0])
     none = np.empty(0, np.int64)
     K.slot_order_into(none, 1, none)
-    K.deal_by_slot(none, 2, none, np.zeros(3, np.int64))
-    K.split_by_stream(none, none, 2, np.zeros(3, np.int64))
+    kernel_threads.warm_up()
     return time.perf_counter() - start

@@ -800,38 +800,6 @@ def _rescale(
 
 
 @njit(cache=True, nogil=True)
-def split_by_stream(slots: np.ndarray, order: np.ndarray, parts: int, bounds: np.ndarray) -> None:
-    """Cut ``order`` (row indices in slot order: `slot_order_into`) into ``parts`` runs that share no slot,
-    run ``t`` from ``bounds[t]`` to ``bounds[t + 1]``: near equal lengths, each cut moved on to where the
-    slot changes, so each thread walks its own range of the buffers."""
-    n = order.shape[0]
-    bounds[0] = 0
-    for t in range(1, parts):
-        cut = max(bounds[t - 1], n * t // parts)
-        while 0 < cut < n and slots[order[cut]] == slots[order[cut - 1]]:
-            cut += 1
-        bounds[t] = cut
-    bounds[parts] = n
-
-
-@njit(cache=True, nogil=True)
-def deal_by_slot(slots: np.ndarray, parts: int, order: np.ndarray, bounds: np.ndarray) -> None:
-    """``order``: the row indices grouped by ``slot % parts`` (a stable counting sort: each slot's rows in
-    their order), group ``t`` from ``bounds[t]`` to ``bounds[t + 1]``: runs that share no slot, in arrival
-    order within each, for a state small enough that the slot order gains nothing."""
-    bounds[:] = 0
-    for q in range(slots.shape[0]):
-        bounds[slots[q] % parts + 1] += 1
-    for t in range(parts):
-        bounds[t + 1] += bounds[t]
-    fill = bounds[:parts].copy()
-    for q in range(slots.shape[0]):
-        t = slots[q] % parts
-        order[fill[t]] = q
-        fill[t] += 1
-
-
-@njit(cache=True, nogil=True)
 def slot_order_into(slots: np.ndarray, nslots: int, order: np.ndarray) -> None:
     """``order``: the row indices by slot, each slot's rows in their order: a stable counting sort (one pass
     to count, one to place), about 9 us for 4,000 rows where NumPy's stable argsort took 160 us, on the

@@ -22,8 +22,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     torch_threads: int = Field(default=1, ge=1, le=256)
-    """Intra-op threads for the engine: torch's, and the fused tracking kernel's, which steps a batch of
-    256 rows or more as runs of distinct streams on that many threads. One is fastest on two cores, where
+    """Intra-op threads for the engine: torch's, and the fused kernels', which step a big batch as runs of
+    distinct streams on that many threads (models/kernel_threads.py). One is fastest on two cores, where
     the event loop needs the other; more pays where cores are idle under batched load (docs/engine.md)."""
     gil_switch_interval_ms: float = Field(default=0.2, gt=0, le=100)
     """How long a thread may keep the GIL while another waits for it (CPython's default: 5 ms); short, so

@@ -15,7 +15,7 @@ import torch
 
 from tests.support.tolerances import step_ops, tolerance
 from trackin.models import fused_kernel as K
-from trackin.models import naive_mix, standardize, tracking
+from trackin.models import kernel_threads, naive_mix, standardize, tracking
 from trackin.models.engine import Engine
 from trackin.models.fused_round import FusedRound
 from trackin.models.fused_warmup import warm_up
@@ -174,6 +174,55 @@ def test_fused_kernel_equals_the_torch_round(
                 torch.testing.assert_close(value, torch_[key], equal_nan=True, **tol, msg=key)
             else:
                 assert torch.equal(value, torch_[key]), key
+
+
+@pytest.mark.parametrize("optimizer", ["trackin-eta", "sgd-momentum", "adam"])
+@pytest.mark.parametrize(("model", "loss"), [("linear2", "huber"), ("ar2-delta", "mse"), ("ar-level", "bce")])
+def test_a_batch_split_over_threads_equals_one_thread_to_the_bit(
+    model: str, loss: str, optimizer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With three intra-op threads a batch of 864 rows (each stream many times, drift alarms, non-finite
+    rows) is stepped as runs of distinct streams at once (:mod:`models.kernel_threads`); each stream's rows
+    stay in their order in one run, so outcomes and state are one thread's to the bit (one code path)."""
+    specs = specs_for(model, loss, optimizer, "float32", "default")
+    pools = [StreamPool(specs[0], capacity=2) for _ in range(2)]
+    for pool in pools:
+        for spec in specs:
+            pool.add(spec)
+    runs = _count_runs(monkeypatch)
+    threads = torch.get_num_threads()
+    try:
+        for seed in range(3):
+            parts = [batches(specs[0], len(specs), 10 * seed + k) for k in range(8)]
+            rows = [row for part in parts for row in part]
+            slots = np.concatenate([r[0] for r in rows])
+            x = torch.cat([r[1] for r in rows]).float()
+            y = None if rows[0][2] is None else torch.cat([r[2] for r in rows]).float()
+            out = []
+            for k, pool in enumerate(pools):  # pool 0 splits over three threads, pool 1 runs on one
+                torch.set_num_threads(1 if k else 3)
+                out.append(pool.observe(slots, x.clone(), None if y is None else y.clone()))
+            assert_same(out[0], out[1], {"rtol": 0.0, "atol": 0.0})
+            for key, value in pools[1].state.items():
+                torch.testing.assert_close(
+                    pools[0].state[key][: len(specs)], value[: len(specs)], rtol=0, atol=0, equal_nan=True
+                )
+    finally:
+        torch.set_num_threads(threads)
+    assert runs == [3, 3, 3], "each of pool 0's batches was stepped as three runs at once"
+
+
+def _count_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many runs each split batch was stepped in (`kernel_threads.run_split` observed, not replaced)."""
+    runs: list[int] = []
+    split = kernel_threads.run_split
+
+    def observed(entry: Any, args: tuple[Any, ...], parts: list[np.ndarray]) -> None:
+        runs.append(len(parts))
+        split(entry, args, parts)
+
+    monkeypatch.setattr(kernel_threads, "run_split", observed)
+    return runs
 
 
 def test_which_pools_are_fused() -> None:

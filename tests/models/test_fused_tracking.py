@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from tests.support.tolerances import memory, tolerance
-from trackin.models import fused_tracking
-from trackin.models.fused_tracking import FusedTrackingRound, slot_order, split_batch, warm_up
+from trackin.models import fused_tracking, kernel_threads
+from trackin.models.fused_tracking import FusedTrackingRound, slot_order, warm_up
 from trackin.models.fused_tracking_kernel import (
     _cov_update,
     _p_phi,
@@ -23,6 +23,7 @@ from trackin.models.fused_tracking_kernel import (
     tracking_predict,
     tracking_round,
 )
+from trackin.models.kernel_threads import split_batch
 from trackin.models.kernels import fused_applies
 from trackin.models.pool import ObserveResult, StreamPool
 from trackin.models.specs import StreamSpec
@@ -243,6 +244,14 @@ def test_a_batch_split_over_threads_equals_one_thread_to_the_bit(
     in one run, so outcomes and state are one thread's to the bit, dealt by slot or cut from the slot
     order."""
     monkeypatch.setattr(fused_tracking, "SORT_MIN_STATE_BYTES", 0 if in_slot_order else 2**62)
+    runs: list[int] = []
+    split = kernel_threads.run_split
+
+    def observed(entry: Any, args: tuple[Any, ...], parts: list[np.ndarray]) -> None:
+        runs.append(len(parts))
+        split(entry, args, parts)
+
+    monkeypatch.setattr(kernel_threads, "run_split", observed)  # counted, not replaced
     threads = torch.get_num_threads()
 
     def configure(k: int, slots: np.ndarray) -> None:  # pool 0 splits, pool 1 steps on one thread
@@ -254,7 +263,8 @@ def test_a_batch_split_over_threads_equals_one_thread_to_the_bit(
         _assert_two_pools_step_alike(name, configure)
     finally:
         torch.set_num_threads(threads)
-    assert fused_tracking._HELPERS[2]._threads, "pool 0's runs were stepped on helper threads"
+    # every batch after the first (whose call picks the compiled overload, whole) in three runs at once
+    assert runs == [3] * 5
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -293,7 +303,7 @@ def test_an_error_in_one_run_reaches_the_caller_after_every_run_finished() -> No
         finished.append(int(run[0]))
 
     with pytest.raises(ValueError, match="caller's run"):
-        fused_tracking._run_split(entry, (), [np.array([0]), np.array([1]), np.array([2])])
+        kernel_threads.run_split(entry, (), [np.array([0]), np.array([1]), np.array([2])])
     assert sorted(finished) == [1, 2]
 
 
