@@ -5,6 +5,8 @@ repeats, non-finite values, time gaps and times that go back, and a pool that gr
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -290,6 +292,34 @@ def test_split_batch_makes_runs_that_share_no_stream(seed: int) -> None:
             assert np.array_equal(np.concatenate(runs), order), "consecutive pieces of the slot order"
             if streams >= 50:
                 assert max(map(len, runs)) <= rows // parts + rows // streams * 4, "near equal lengths"
+
+
+def test_a_forked_child_starts_its_own_helper_threads() -> None:
+    """A process forked after runs were stepped on helper threads (a server's workers, a forkserver's
+    children) has none of those threads; its split batches must still be stepped, on helpers of its own."""
+    finished: list[int] = []
+
+    def entry(run: np.ndarray) -> None:
+        finished.append(int(run[0]))
+
+    def slow(run: np.ndarray) -> None:  # keeps each helper busy, so the pool starts both
+        time.sleep(0.05)
+
+    runs = [np.array([0]), np.array([1]), np.array([2])]
+    kernel_threads.run_split(slow, (), runs)  # the parent's two helpers exist now, idle
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 once its runs were stepped (a hang is killed by the parent)
+        finished.clear()
+        kernel_threads.run_split(entry, (), runs)
+        os._exit(0 if sorted(finished) == [0, 1, 2] else 1)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's split batch never finished")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
 
 
 def test_an_error_in_one_run_reaches_the_caller_after_every_run_finished() -> None:
