@@ -101,6 +101,15 @@ MB), in-process: batches of 1,000 1.01x, of 2,000-8,000 (merged WebSocket frames
 streams: 0.99x and 1.00x (docs/engine.md, "Ninth session")."""
 
 
+PREFETCH_SPREAD = 4
+"""The kernel prefetches each next row's state (`fused_tracking_kernel.K_PREFETCH`) when the pool's state
+is past ``SORT_MIN_STATE_BYTES`` and it holds at least this many slots per row of the batch: rows stepped
+in slot order then lie slots apart, where the hardware's own prefetchers, which follow addresses that
+advance steadily within a page, do not reach. In-process, batches of 1,024 of default `linear 16` streams
+(about 7 kB of state each): 10,000 streams 1.16x, 100,000 1.14-1.21x; 1,000 streams, which a batch covers
+almost slot by slot, lost 5-9 % (docs/engine.md, "Fifteenth session")."""
+
+
 def slot_order(slots: np.ndarray, nslots: int | None = None) -> np.ndarray | None:
     """The order the kernel steps a batch's rows in: by slot, each slot's rows in their order (a stable
     sort), or None for the arrival order (a small batch, or one already in slot order).
@@ -223,6 +232,7 @@ class FusedTrackingRound(TrackingRound):
         args: tuple[np.ndarray, ...] = (fbuf, ibuf, bbuf, s, xs, ys, times, self._cfg, self._fc, self._kcol)
         big = fbuf.nbytes >= SORT_MIN_STATE_BYTES
         order = slot_order(s, fbuf.shape[0]) if big else None  # None: arrival order
+        self._cfg[K.K_PREFETCH] = big and fbuf.shape[0] >= PREFETCH_SPREAD * n
         args += (pred, loss, forecast, step, flags)
         entry = self._entry
         parts = kernel_threads.threads_for(n)

@@ -36,9 +36,13 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 import numpy as np
+from llvmlite import ir
+from llvmlite.binding import llvm_version_info
 from numba import njit
 from numba import types as numba_types
+from numba.core import cgutils
 from numba.core import config as _numba_config
+from numba.extending import intrinsic
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _Scalar = float | np.floating[Any]
@@ -48,6 +52,47 @@ def _helper(function: _F) -> _F:
     """``njit(cache=True)`` without reference counting (the module's docstring says why)."""
     compiled = njit(cache=True, _nrt=False)(function)  # type: ignore[call-overload]  # not in numba's stubs
     return cast(_F, compiled)
+
+
+_LINE_BYTES = 64
+"""A cache line: the stride of `_prefetch_row`."""
+_PREFETCH_INTRINSIC = "llvm.prefetch.p0" if llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
+"""LLVM's name for it: opaque pointers from LLVM 15 (numba >= 0.60 bundles LLVM 14 or later)."""
+
+
+def _prefetch_typed(typingctx: Any, row: Any, index: Any) -> Any:
+    """A hint to fetch the cache line of ``row[index]`` for writing into every level (``llvm.prefetch``,
+    ``prefetchw`` on x86-64, nothing where the target has none). It never faults and changes no value;
+    numba offers no prefetch of its own."""
+    del typingctx
+    signature = numba_types.void(row, index)
+    llvm: Any = cgutils  # numba's code generation helpers: no stubs
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        array_type = sig.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        pointer = llvm.get_item_pointer(context, builder, array_type, array, [args[1]], wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        hint = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        function = llvm.get_or_insert_function(builder.module, hint, _PREFETCH_INTRINSIC)
+        # write, keep in every cache level, data (not instructions)
+        builder.call(function, [builder.bitcast(pointer, i8p), i32(1), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+_prefetch: Any = intrinsic(_prefetch_typed)
+
+
+@njit(cache=True, inline="always")
+def _prefetch_row(fbuf: np.ndarray, ibuf: np.ndarray, bbuf: np.ndarray, row: int) -> None:
+    """Every cache line of ``row``'s float state, and the first of its int and bool state."""
+    f = fbuf[row]
+    for e in range(0, f.shape[0], _LINE_BYTES // fbuf.itemsize):
+        _prefetch(f, e)
+    _prefetch(ibuf[row], 0)
+    _prefetch(bbuf[row], 0)
 
 
 # cfg: int settings of the pool
@@ -64,8 +109,9 @@ def _helper(function: _F) -> _F:
     K_HUBER,
     K_EPS,  # the pool keeps TrackIn's eps buffer
     K_HEADS,  # RLS heads: their forgetting factors follow the constants in ``fc``
+    K_PREFETCH,  # 1: prefetch each next row's state (set per call by the round: `tracking_round`)
     N_CFG,
-) = range(13)
+) = range(14)
 # fc: float settings and constants, then the heads' forgetting factors (``fc[N_FC + h]``)
 (
     C_HEAD_RHO,
@@ -858,10 +904,14 @@ def tracking_round(
     fmoved = np.empty(k * p)
     nan = math.nan
     ordered = order.shape[0] > 0
-    for q in range(order.shape[0] if ordered else slots.shape[0]):
+    rows = order.shape[0] if ordered else slots.shape[0]
+    prefetch = cfg[K_PREFETCH] > 0
+    for q in range(rows):
         r = order[q] if ordered else q
         row = slots[r]
         f, i, b = fbuf[row], ibuf[row], bbuf[row]
+        if prefetch and q + 1 < rows:  # the next row's state on its way while this one is stepped
+            _prefetch_row(fbuf, ibuf, bbuf, slots[order[q + 1] if ordered else q + 1])
         xr = x[r]
         finite = True
         for j in range(xr.shape[0]):

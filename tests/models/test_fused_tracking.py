@@ -19,6 +19,7 @@ from tests.support.tolerances import memory, tolerance
 from trackin.models import fused_tracking, kernel_threads
 from trackin.models.fused_tracking import FusedTrackingRound, slot_order, warm_up
 from trackin.models.fused_tracking_kernel import (
+    K_PREFETCH,
     _cov_update,
     _p_phi,
     slot_order_into,
@@ -234,6 +235,31 @@ def test_a_big_batch_stepped_in_slot_order_equals_arrival_order_to_the_bit(
         assert (slot_order(slots) is None) == bool(k), "pool 0 sorts the batch, pool 1 does not"
 
     _assert_two_pools_step_alike(name, configure)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_rows_stepped_with_the_next_rows_state_prefetched_equal_rows_without_to_the_bit(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big pool's sparse batches are stepped with each next row's state prefetched
+    (`fused_tracking.PREFETCH_SPREAD`): a hint to the caches that must change no value. Both pools step in
+    slot order; pool 0 prefetches, pool 1 does not."""
+    monkeypatch.setattr(fused_tracking, "SORT_MIN_STATE_BYTES", 0)  # these pools are tiny
+    prefetched: list[bool] = []
+    run = FusedTrackingRound.run
+
+    def observed(self: FusedTrackingRound, *args: Any) -> Any:
+        out = run(self, *args)
+        prefetched.append(bool(self._cfg[K_PREFETCH]))
+        return out
+
+    monkeypatch.setattr(FusedTrackingRound, "run", observed)  # read after each call, not replaced
+
+    def configure(k: int, slots: np.ndarray) -> None:
+        monkeypatch.setattr(fused_tracking, "PREFETCH_SPREAD", 2**40 if k else 0)
+
+    _assert_two_pools_step_alike(name, configure)
+    assert prefetched == [True, False] * 6, "pool 0 prefetched every batch, pool 1 none"
 
 
 @pytest.mark.parametrize("in_slot_order", [False, True], ids=["dealt", "slot-order"])
