@@ -26,7 +26,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import numpy as np
+from llvmlite import ir
+from llvmlite.binding import llvm_version_info
 from numba import njit
+from numba import types as numba_types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -38,6 +43,49 @@ def _helper(function: _F) -> _F:
 
 
 __all__ = ["CFG_SIZE", "observe_rows", "predict_rows"]
+
+_LINE_BYTES = 64
+"""A cache line: the stride of `_prefetch_row`. The prefetch is written here as in
+:mod:`models.fused_tracking_kernel`, not imported: numba keys a function's on-disk cache on its own source
+file, so a kernel built with another module's functions would keep their old code after they change."""
+_PREFETCH_INTRINSIC = "llvm.prefetch.p0" if llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
+"""LLVM's name for it: opaque pointers from LLVM 15 (numba >= 0.60 bundles LLVM 14 or later)."""
+
+
+def _prefetch_typed(typingctx: Any, row: Any, index: Any) -> Any:
+    """A hint to fetch the cache line of ``row[index]`` for writing into every level (``llvm.prefetch``,
+    ``prefetchw`` on x86-64, nothing where the target has none). It never faults and changes no value;
+    numba offers no prefetch of its own."""
+    del typingctx
+    signature = numba_types.void(row, index)
+    llvm: Any = cgutils  # numba's code generation helpers: no stubs
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        array_type = sig.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        pointer = llvm.get_item_pointer(context, builder, array_type, array, [args[1]], wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        hint = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        function = llvm.get_or_insert_function(builder.module, hint, _PREFETCH_INTRINSIC)
+        # write, keep in every cache level, data (not instructions)
+        builder.call(function, [builder.bitcast(pointer, i8p), i32(1), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+_prefetch: Any = intrinsic(_prefetch_typed)
+
+
+@njit(cache=True, inline="always")
+def _prefetch_row(fbuf: np.ndarray, ibuf: np.ndarray, bbuf: np.ndarray, row: int) -> None:
+    """Every cache line of ``row``'s float state, and the first of its int and bool state."""
+    f = fbuf[row]
+    for e in range(0, f.shape[0], _LINE_BYTES // fbuf.itemsize):
+        _prefetch(f, e)
+    _prefetch(ibuf[row], 0)
+    _prefetch(bbuf[row], 0)
+
 
 # ----- cfg: the pool's structure and where its columns are (indices into the int64 ``cfg`` array) --------
 FAMILY, LOSS, OPT, N_IN, N_OUT, N_PARAMS, WINDOW, DIM = 0, 1, 2, 3, 4, 5, 6, 7
@@ -54,7 +102,8 @@ WEIGHT_DECAY, MAX_GRAD_NORM = 5, 6  # every optimizer's last two
 # standardisation (models/standardize.py) and the naive mix (models/naive_mix.py): -1 where the pool has none
 NORM_X_MEAN, NORM_X_VAR, NORM_Y_MEAN, NORM_Y_VAR, NORM_N = 38, 39, 40, 41, 42
 MIX_MODEL, MIX_NAIVE, MIX_N, SKILL = 43, 44, 45, 46  # SKILL: keys.SKILL_FIGURES, one slice
-CFG_SIZE = 47
+PREFETCH = 47  # 1: prefetch each next row's state (set per call: models.fused_round.PREFETCH_NEXT_ROW)
+CFG_SIZE = 48
 
 LINEAR, AR_LEVEL, AR_DELTA = 0, 1, 2
 MSE, HUBER_LOSS, BCE = 0, 1, 2
@@ -399,10 +448,14 @@ def observe_rows(
     cell = np.empty(1, fbuf.dtype)  # rounds a float64 to the pool's dtype
     fig = cfg[FIG]
     ordered = order.shape[0] > 0
-    for q in range(order.shape[0] if ordered else slots.shape[0]):
+    rows = order.shape[0] if ordered else slots.shape[0]
+    prefetch = cfg[PREFETCH] > 0
+    for q in range(rows):
         r = order[q] if ordered else q
         s = slots[r]
         frow, irow, brow = fbuf[s], ibuf[s], bbuf[s]
+        if prefetch and q + 1 < rows:  # the next row's state on its way while this one is stepped
+            _prefetch_row(fbuf, ibuf, bbuf, slots[order[q + 1] if ordered else q + 1])
         ready = True
         stats_finite = True
         filled_before = 0

@@ -15,7 +15,7 @@ import torch
 
 from tests.support.tolerances import step_ops, tolerance
 from trackin.models import fused_kernel as K
-from trackin.models import kernel_threads, naive_mix, standardize, tracking
+from trackin.models import fused_round, kernel_threads, naive_mix, standardize, tracking
 from trackin.models.engine import Engine
 from trackin.models.fused_round import FusedRound
 from trackin.models.fused_warmup import warm_up
@@ -210,6 +210,46 @@ def test_a_batch_split_over_threads_equals_one_thread_to_the_bit(
     finally:
         torch.set_num_threads(threads)
     assert runs == [3, 3, 3], "each of pool 0's batches was stepped as three runs at once"
+
+
+@pytest.mark.parametrize("optimizer", ["trackin-eta", "sgd-momentum", "adam"])
+@pytest.mark.parametrize(("model", "loss"), [("linear2", "huber"), ("ar2-delta", "mse"), ("ar-level", "bce")])
+def test_rows_stepped_with_the_next_rows_state_prefetched_equal_rows_without_to_the_bit(
+    model: str, loss: str, optimizer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel prefetches each next row's state (`fused_round.PREFETCH_NEXT_ROW`): a hint to the caches
+    that must change no value. Pool 0 prefetches, pool 1 does not; the same batches of 864 rows (each stream
+    many times, drift alarms, non-finite rows)."""
+    specs = specs_for(model, loss, optimizer, "float32", "default")
+    pools = [StreamPool(specs[0], capacity=2) for _ in range(2)]
+    for pool in pools:
+        for spec in specs:
+            pool.add(spec)
+    prefetched: list[int] = []
+    run = FusedRound.run
+
+    def observed(self: FusedRound, *args: Any) -> Any:
+        out = run(self, *args)
+        prefetched.append(int(self._cfg[K.PREFETCH]))
+        return out
+
+    monkeypatch.setattr(FusedRound, "run", observed)  # read after each call, not replaced
+    for seed in range(3):
+        parts = [batches(specs[0], len(specs), 10 * seed + k) for k in range(8)]
+        rows = [row for part in parts for row in part]
+        slots = np.concatenate([r[0] for r in rows])
+        x = torch.cat([r[1] for r in rows]).float()
+        y = None if rows[0][2] is None else torch.cat([r[2] for r in rows]).float()
+        out = []
+        for k, pool in enumerate(pools):
+            monkeypatch.setattr(fused_round, "PREFETCH_NEXT_ROW", not k)
+            out.append(pool.observe(slots, x.clone(), None if y is None else y.clone()))
+        assert_same(out[0], out[1], {"rtol": 0.0, "atol": 0.0})
+        for key, value in pools[1].state.items():
+            torch.testing.assert_close(
+                pools[0].state[key][: len(specs)], value[: len(specs)], rtol=0, atol=0, equal_nan=True
+            )
+    assert prefetched == [1, 0] * 3, "pool 0 prefetched every batch, pool 1 none"
 
 
 def _count_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
