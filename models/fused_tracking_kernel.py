@@ -845,20 +845,44 @@ def _rescale(
     return True
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _counting_pass(
+    slots: np.ndarray, src: np.ndarray, dst: np.ndarray, shift: int, mask: int, buckets: int
+) -> None:
+    """``dst``: the rows ``src`` stably sorted by the digit ``(slot >> shift) & mask`` of their slot."""
+    starts = np.zeros(buckets + 1, dtype=np.int64)
+    for q in range(src.shape[0]):
+        starts[((slots[src[q]] >> shift) & mask) + 1] += 1
+    for j in range(buckets):
+        starts[j + 1] += starts[j]
+    for q in range(src.shape[0]):
+        row = src[q]
+        digit = (slots[row] >> shift) & mask
+        dst[starts[digit]] = row
+        starts[digit] += 1
+
+
 @njit(cache=True, nogil=True)
 def slot_order_into(slots: np.ndarray, nslots: int, order: np.ndarray) -> None:
-    """``order``: the row indices by slot, each slot's rows in their order: a stable counting sort (one pass
-    to count, one to place), about 9 us for 4,000 rows where NumPy's stable argsort took 160 us, on the
-    engine thread that is the bottleneck under batched load."""
-    starts = np.zeros(nslots + 1, dtype=np.int64)
-    for q in range(slots.shape[0]):
-        starts[slots[q] + 1] += 1
-    for j in range(nslots):
-        starts[j + 1] += starts[j]
-    for q in range(slots.shape[0]):
-        slot = slots[q]
-        order[starts[slot]] = q
-        starts[slot] += 1
+    """``order``: the row indices by slot, each slot's rows in their order: a stable sort. One counting
+    pass (count, then place: about 9 us for 4,000 rows where NumPy's stable argsort took 160 us) where the
+    slots are few beside the rows; else a radix sort, two or more counting passes over digits of at most 11
+    bits, whose buckets stay as few as the rows: one pass over 131,072 slots took 78 us for 1,024 rows, and
+    over 1,048,576 slots 819 us."""
+    n = slots.shape[0]
+    if nslots <= max(2 * n, 2048):
+        _counting_pass(slots, np.arange(n), order, 0, -1, nslots)
+        return
+    bits = 0
+    while (1 << bits) < nslots:
+        bits += 1
+    passes = (bits + 10) // 11
+    width = (bits + passes - 1) // passes
+    src, dst = np.arange(n), np.empty(n, dtype=np.int64)
+    for k in range(passes):  # least significant digit first; each pass is stable, so the sort is
+        _counting_pass(slots, src, dst, k * width, (1 << width) - 1, 1 << width)
+        src, dst = dst, src
+    order[:] = src
 
 
 @njit(cache=True, nogil=True)

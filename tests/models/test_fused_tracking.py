@@ -403,6 +403,21 @@ def test_slot_order_is_a_stable_sort_by_slot(seed: int) -> None:
     assert slot_order(slots[: fused_tracking.SORT_MIN_ROWS - 1]) is None, "too small to sort"
 
 
+@pytest.mark.parametrize("nslots", [2049, 4097, 131_072, 3_000_000, 2**33 + 5])
+def test_slot_order_of_a_few_rows_among_many_slots_is_a_stable_sort_by_slot(nslots: int) -> None:
+    """With many more slots than rows the sort is a radix sort (two or more passes over digits of the
+    slots): still NumPy's stable argsort, repeats included, up to slot ``nslots - 1``."""
+    rng = np.random.default_rng(nslots % 1000)
+    slots = rng.integers(0, nslots, size=1024).astype(np.int64)
+    slots[::7] = slots[0]  # one slot many times, its rows in their order
+    slots[5], slots[9] = nslots - 1, 0
+    want = np.argsort(slots, kind="stable")
+    for given in (nslots, None):
+        got = slot_order(slots, given)
+        assert got is not None
+        assert np.array_equal(got, want)
+
+
 def _assert_same_predictions(
     pools: dict[str, StreamPool],
     slots: dict[str, list[int]],
