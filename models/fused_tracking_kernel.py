@@ -6,14 +6,15 @@ It is one more implementation of the same math, not a new definition: every cons
 from :mod:`models.tracking` and friends, every column offset in ``col`` from the pool's layout, and each
 row's hyperparameters are read from its own columns (so any mix of beta rules, debias, weight decay and
 clipping within a pool runs here). Arithmetic is float64 whatever the buffer's dtype, except the dense
-covariance loops (``P phi`` and the rank-one update: most of a round's work), which run in the buffer's dtype
-as the torch round does; results are stored in the buffer's dtype. Strict IEEE order (no fastmath: the RLS
-recursion amplifies a changed rounding order past the tests' tolerances, docs/engine.md "Branch `kernel`").
+covariance loops (``P phi``, the step's rank-one update and the fold's: most of a round's work), which run in
+the buffer's dtype as the torch round does; results are stored in the buffer's dtype. Strict IEEE order (no
+fastmath: the RLS recursion amplifies a changed rounding order past the tests' tolerances, docs/engine.md
+"Branch `kernel`").
 Each region of a row is taken as a slice and indexed from zero (``w[j]``, not ``f[W + j]``): numba must check
 an index that may be negative and wrap it, which kept LLVM from vectorising the dense loops. The two
-dense loops (`_p_phi`, `_cov_update`) are written out in blocks of 8 and compiled with the SLP vectoriser
-(`_compile_dense`), which packs each block into vector operations without reordering any sum: rows of 17
-stayed scalar under the loop vectoriser alone, which takes 32 floats per pass. Rows are taken in
+dense loops (`_p_phi`, `_cov_update`) are written out in blocks of 16 and 8 and compiled with the SLP
+vectoriser (`_compile_dense`), which packs each block into vector operations without reordering any sum:
+rows of 17 stayed scalar under the loop vectoriser alone, which takes 32 floats per pass. Rows are taken in
 order, each reading the state its predecessors left, so a batch that holds a stream twice is one call (the
 same as one round per occurrence). Only NumPy arrays and numbers go
 in: :mod:`models.fused_tracking` builds them.
@@ -497,11 +498,37 @@ def _p_phi(cov: np.ndarray, phi: np.ndarray, pp: np.ndarray, p: int) -> float:
 
 @_helper
 def _cov_update(cov: np.ndarray, pp: np.ndarray, p: int, inv_denom: _Scalar, factor: _Scalar) -> None:
-    """``P = (P - pp pp^T / denom) * factor`` in the buffer's dtype, eight columns at a time down every row
-    (then the rest one by one): each entry's own arithmetic, in its own order, whatever the blocking.
-    ``(pp_a pp_c) / denom`` is symmetric to the bit, so a symmetric P stays symmetric."""
+    """``P = (P - pp pp^T / denom) * factor`` in the buffer's dtype, sixteen, then eight columns at a time
+    down every row (then the rest one by one): each entry's own arithmetic, in its own order, whatever the
+    blocking. ``(pp_a pp_c) / denom`` is symmetric to the bit, so a symmetric P stays symmetric."""
+    p16 = p - p % 16
+    for c0 in range(0, p16, 16):  # one 512-bit vector of float32 per row where the machine has them
+        q = pp[c0 : c0 + 16]
+        q0, q1, q2, q3, q4, q5, q6, q7 = q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]
+        q8, q9, q10, q11, q12, q13, q14, q15 = q[8], q[9], q[10], q[11], q[12], q[13], q[14], q[15]
+        for a in range(p):
+            pa = pp[a]
+            r = cov[a * p + c0 : a * p + c0 + 16]
+            v0, v1, v2, v3, v4, v5, v6, v7 = r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]
+            v8, v9, v10, v11, v12, v13, v14, v15 = r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]
+            r[0] = (v0 - pa * q0 * inv_denom) * factor
+            r[1] = (v1 - pa * q1 * inv_denom) * factor
+            r[2] = (v2 - pa * q2 * inv_denom) * factor
+            r[3] = (v3 - pa * q3 * inv_denom) * factor
+            r[4] = (v4 - pa * q4 * inv_denom) * factor
+            r[5] = (v5 - pa * q5 * inv_denom) * factor
+            r[6] = (v6 - pa * q6 * inv_denom) * factor
+            r[7] = (v7 - pa * q7 * inv_denom) * factor
+            r[8] = (v8 - pa * q8 * inv_denom) * factor
+            r[9] = (v9 - pa * q9 * inv_denom) * factor
+            r[10] = (v10 - pa * q10 * inv_denom) * factor
+            r[11] = (v11 - pa * q11 * inv_denom) * factor
+            r[12] = (v12 - pa * q12 * inv_denom) * factor
+            r[13] = (v13 - pa * q13 * inv_denom) * factor
+            r[14] = (v14 - pa * q14 * inv_denom) * factor
+            r[15] = (v15 - pa * q15 * inv_denom) * factor
     p8 = p - p % 8
-    for c0 in range(0, p8, 8):
+    for c0 in range(p16, p8, 8):
         q = pp[c0 : c0 + 8]
         q0, q1, q2, q3, q4, q5, q6, q7 = q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]
         for a in range(p):
@@ -709,11 +736,18 @@ def _fold(
     rr: np.ndarray,
     c: np.ndarray,
     cj_col: np.ndarray,
+    gc: np.ndarray,
     moved: np.ndarray,
+    acc: np.ndarray,
 ) -> None:
     """Every head re-expressed in the new scales ``s`` (tracking.fold): weights ``W * r q'``, covariances
     ``P * q q'``, the prior left in the old scales moved to the new ones, the residual statistics ``* r^2``.
-    ``q``, ``c``, ``cj_col`` (``p``), ``rr`` (``k``) and ``moved`` (``k p``): scratch."""
+
+    Each of the prior's rank-one steps is `_cov_update` in the buffer's dtype, as the torch fold runs it
+    (``(col_a col_b) (c g)``: the same math, rounded once less; symmetric to the bit): it was a float64
+    loop over rows of 17 that LLVM left scalar, two thirds of a new stream's step (docs/engine.md,
+    "Sixteenth session"). Scratch: ``q``, ``c``, ``acc`` (``p``), ``cj_col`` (``p``, the buffer's dtype),
+    ``gc`` (3, the buffer's dtype), ``rr`` (``k``), ``moved`` (``k p``)."""
     k, p, nh, kind = cfg[K_OUT], cfg[K_P], cfg[K_HEADS], cfg[K_KIND]
     dim, lags = cfg[K_DIM], cfg[K_LAGS]
     for j in range(p - 1):
@@ -743,22 +777,26 @@ def _fold(
         for j in range(p):
             c[j] = decay / fc[C_PRIOR] * (1 - 1 / (q[j] * q[j]))
         for j in range(p):
+            if c[j] == 0.0:  # q_j = 1: the update would leave P as it is, to the bit
+                continue
             g = 1 / (1 + c[j] * cov[j * p + j])
+            gc[0], gc[1], gc[2] = c[j] * g, g, 1.0  # in the buffer's dtype
             for a in range(p):
                 cj_col[a] = cov[a * p + j]
-            for a in range(p):  # c (col_a col_b): symmetric to the bit, as the step keeps P (no symmetrising)
-                ca = cj_col[a]
-                for b in range(p):
-                    cov[a * p + b] = cov[a * p + b] - c[j] * (ca * cj_col[b]) * g
+            # P - (col_a col_b) c g: symmetric to the bit, as the step keeps P (no symmetrising)
+            _cov_update(cov, cj_col, p, gc[0], gc[2])
             for a in range(p):  # row and column j without the cancellation: P_aj / (1 + c P_jj)
-                cov[a * p + j] = cj_col[a] * g
-                cov[j * p + a] = cj_col[a] * g
-        for o in range(k):
+                cov[a * p + j] = cj_col[a] * gc[1]
+                cov[j * p + a] = cj_col[a] * gc[1]
+        for o in range(k):  # W - (moved c) P by rows of P (symmetric): each sum in column order, as before
             for a in range(p):
-                acc = 0.0
-                for j in range(p):
-                    acc += moved[o * p + j] * c[j] * cov[a * p + j]
-                w[o * p + a] = w[o * p + a] - acc
+                acc[a] = 0.0
+            for j in range(p):
+                mc = moved[o * p + j] * c[j]
+                for a in range(p):
+                    acc[a] += mc * cov[j * p + a]
+            for a in range(p):
+                w[o * p + a] = w[o * p + a] - acc[a]
     L, R2 = col[O_HLOSS], col[O_RESID2]
     for o in range(k):
         r2 = rr[o] * rr[o]
@@ -827,7 +865,9 @@ def _rescale(
     fr: np.ndarray,
     fcv: np.ndarray,
     fcol: np.ndarray,
+    fgc: np.ndarray,
     fmoved: np.ndarray,
+    facc: np.ndarray,
 ) -> bool:
     """The scales take ``values`` (while they are measured) and every head is folded into them; ``s``: the
     new scales. Returns whether they moved."""
@@ -841,7 +881,7 @@ def _rescale(
     for j in range(nscale):  # a scale not measured before takes the new one (tracking.fold)
         if not m2_old[j] > 0:
             s_old[j] = s[j]
-    _fold(f, cfg, fc, col, s_old, s, fq, fr, fcv, fcol, fmoved)
+    _fold(f, cfg, fc, col, s_old, s, fq, fr, fcv, fcol, fgc, fmoved, facc)
     return True
 
 
@@ -924,8 +964,8 @@ def tracking_round(
     phi_t, pp_t, sc = np.empty(p, fbuf.dtype), np.empty(nh * p, fbuf.dtype), np.empty(2, fbuf.dtype)
     heads, dots = np.empty(nh), np.empty(nh * k)
     s_old, m2_old, fq, fr = np.empty(nscale), np.empty(nscale), np.empty(p), np.empty(k)
-    fcv, fcol = np.empty(p), np.empty(p)
-    fmoved = np.empty(k * p)
+    fcv, fcol, fgc = np.empty(p), np.empty(p, fbuf.dtype), np.empty(3, fbuf.dtype)
+    fmoved, facc = np.empty(k * p), np.empty(p)
     nan = math.nan
     ordered = order.shape[0] > 0
     rows = order.shape[0] if ordered else slots.shape[0]
@@ -978,7 +1018,9 @@ def tracking_round(
                     values[j] = xr[j]
                 for o in range(k):
                     values[cfg[K_IN] + o] = y[r, o]
-                _rescale(f, cfg, fc, col, values, nscale, s, s_old, m2_old, fq, fr, fcv, fcol, fmoved)
+                _rescale(
+                    f, cfg, fc, col, values, nscale, s, s_old, m2_old, fq, fr, fcv, fcol, fgc, fmoved, facc
+                )
             _scales(f, cfg, fc, col, nscale, s)
             _features(f, xr, cfg, fc, col, s, phi)
             _predict(f, cfg, fc, col, s, phi, naive, model, served, share, heads, dots)
@@ -990,7 +1032,9 @@ def tracking_round(
                 if kind == _LEVEL:
                     for d in range(dim):
                         values[dim + d] = xr[d]
-                if _rescale(f, cfg, fc, col, values, nscale, s, s_old, m2_old, fq, fr, fcv, fcol, fmoved):
+                if _rescale(
+                    f, cfg, fc, col, values, nscale, s, s_old, m2_old, fq, fr, fcv, fcol, fgc, fmoved, facc
+                ):
                     _features(f, xr, cfg, fc, col, s, phi)  # the step learns in the scales with this rate
                     fresh = False
             for o in range(k):
@@ -1080,8 +1124,8 @@ def tracking_predict(
     nh = cfg[K_HEADS]
     heads, dots = np.empty(nh), np.empty(nh * k)
     s_old, m2_old, fq, fr = np.empty(nscale), np.empty(nscale), np.empty(p), np.empty(k)
-    fcv, fcol = np.empty(p), np.empty(p)
-    fmoved = np.empty(k * p)
+    fcv, fcol, fgc = np.empty(p), np.empty(p, fbuf.dtype), np.empty(3, fbuf.dtype)
+    fmoved, facc = np.empty(k * p), np.empty(p)
     copy = np.empty(fbuf.shape[1], fbuf.dtype)
     for r in range(slots.shape[0]):
         f = fbuf[slots[r]]
@@ -1097,7 +1141,9 @@ def tracking_predict(
                     values[j] = xr[j]
                 for o in range(k):
                     values[nin + o] = math.sqrt(f[col[O_SM2] + nin + o])
-                _rescale(f, cfg, fc, col, values, nscale, s, s_old, m2_old, fq, fr, fcv, fcol, fmoved)
+                _rescale(
+                    f, cfg, fc, col, values, nscale, s, s_old, m2_old, fq, fr, fcv, fcol, fgc, fmoved, facc
+                )
         elif not f[col[O_SEEN]] > 0:
             out[r, :] = math.nan
             continue
