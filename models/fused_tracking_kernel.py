@@ -224,25 +224,29 @@ def _scales_of(m2: np.ndarray, count: float, cfg: np.ndarray, fc: np.ndarray, n:
     pool = cfg[K_IN] if cfg[K_KIND] == _LINEAR else 0
     if pool < 2 or fc[C_SCALE_POOL] <= 0 or count >= fc[C_SCALE_WARMUP]:
         return
-    total, measured = 0.0, 0
+    measured = 0
     for j in range(pool):
         if m2[j] > 0:
-            total += math.log(s[j])
             measured += 1
     if measured < 2:
         return
+    total = 0.0
+    for j in range(pool):
+        if m2[j] > 0:
+            s[j] = math.log(s[j])  # s holds the logs until the last pass: each taken once, not twice
+            total += s[j]
     mean = total / measured
     spread = 0.0
     for j in range(pool):
         if m2[j] > 0:
-            spread += (math.log(s[j]) - mean) ** 2
+            spread += (s[j] - mean) ** 2
     spread /= measured - 1
     noise = fc[C_SCALE_POOL] / max(count, 1.0)
     between = max(spread - noise, 0.0)
     w = between / (between + noise)
     for j in range(pool):
         if m2[j] > 0:
-            s[j] = math.exp(w * math.log(s[j]) + (1 - w) * mean)
+            s[j] = math.exp(w * s[j] + (1 - w) * mean)
 
 
 @_helper
@@ -1008,7 +1012,7 @@ def tracking_round(
             pred[r, :] = nan
             loss[r] = nan
         else:
-            fresh = True
+            fresh, rescaled = True, False
             if kind == _LINEAR:
                 # the inputs' scales take this input before it is predicted from (tracking.step): a
                 # feature is never a multiple of the scales it is divided by (no Cauchy ratio x_2 / x_1)
@@ -1018,10 +1022,11 @@ def tracking_round(
                     values[j] = xr[j]
                 for o in range(k):
                     values[cfg[K_IN] + o] = y[r, o]
-                _rescale(
+                rescaled = _rescale(
                     f, cfg, fc, col, values, nscale, s, s_old, m2_old, fq, fr, fcv, fcol, fgc, fmoved, facc
                 )
-            _scales(f, cfg, fc, col, nscale, s)
+            if not rescaled:  # (a rescale leaves the new scales in s)
+                _scales(f, cfg, fc, col, nscale, s)
             _features(f, xr, cfg, fc, col, s, phi)
             _predict(f, cfg, fc, col, s, phi, naive, model, served, share, heads, dots)
             if kind != _LINEAR:
