@@ -781,7 +781,7 @@ def _fold(
         for j in range(p):
             c[j] = decay / fc[C_PRIOR] * (1 - 1 / (q[j] * q[j]))
         for j in range(p):
-            if c[j] == 0.0:  # q_j = 1: the update would leave P as it is, to the bit
+            if c[j] == 0.0:  # q_j = 1: the update would leave a finite P as it is, to the bit
                 continue
             g = 1 / (1 + c[j] * cov[j * p + j])
             gc[0], gc[1], gc[2] = c[j] * g, g, 1.0  # in the buffer's dtype
