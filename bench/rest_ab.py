@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -27,13 +28,15 @@ __all__ = ["main"]
 
 
 @contextlib.contextmanager
-def _served(root: Path, *, floor: bool = False, one_write: bool = False) -> Iterator[Server]:
-    """bench.http's server (or floor), run from the checkout at ``root``."""
+def _served(
+    root: Path, *, floor: bool = False, one_write: bool = False, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """bench.http's server (or floor), run from the checkout at ``root`` (``env``: settings for it)."""
     saved_root, saved_path = http.ROOT, os.environ.get("PYTHONPATH", "")
     http.ROOT = root
     os.environ["PYTHONPATH"] = f"{root}:{root}/client"
     try:
-        with http.serve(floor=floor, one_write=one_write) as server:
+        with http.serve(env, floor=floor, one_write=one_write) as server:
             yield server
     finally:
         http.ROOT = saved_root
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         ("POST", "/v1/observations", orjson.dumps(_columns_body(mix, k * 1000, 1000))) for k in range(32)
     ]
     batch = write_requests(batches)
-    setups: list[tuple[str, Path, dict[str, bool]]] = [
+    setups: list[tuple[str, Path, dict[str, Any]]] = [
         ("before", args.before.resolve(), {}),
         ("after", args.after.resolve(), {}),
         ("floor", args.after.resolve(), {"floor": True}),
